@@ -1,0 +1,53 @@
+"""The ``ultrasound-diffusers`` console script.
+
+Sub-commands live one per module in :mod:`ultrasound_diffusers.commands`
+(see that package's docstring); this module only discovers and dispatches them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from typing import List, Optional
+
+from . import commands as _commands_pkg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ultrasound-diffusers",
+        description="Physics-inspired diffusion models for ultrasound imaging (B-map schedules, semantic diffusion).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(_commands_pkg.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{_commands_pkg.__name__}.{info.name}")
+        register = getattr(module, "register", None)
+        if callable(register):
+            register(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        code = func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"ultrasound-diffusers {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
