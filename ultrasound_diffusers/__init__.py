@@ -2,6 +2,4 @@
 
 __version__ = "0.1.0"
 
-from .schedulers import BMapAttenuationScheduler  # noqa: E402
-
-__all__ = ["__version__", "BMapAttenuationScheduler"]
+__all__ = ["__version__"]

@@ -1,0 +1,1 @@
+"""Diffusion pipelines of ultrasound-diffusers (installed as ``ultrasound_diffusers.pipelines``)."""
