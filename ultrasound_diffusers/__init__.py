@@ -2,4 +2,6 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from .schedulers import BMapAttenuationScheduler, BMapSchedulerOutput  # noqa: E402
+
+__all__ = ["__version__", "BMapAttenuationScheduler", "BMapSchedulerOutput"]

@@ -1,0 +1,660 @@
+# Copyright 2026 The ultrasound-diffusers authors. Apache-2.0.
+"""B-map attenuation scheduler: a DDPM whose signal level decays faster with depth, as sound does.
+
+The forward process of "Diffusion as Sound Propagation" (Domínguez et al., MICCAI 2024) is DDPM with a
+per-pixel signal level
+
+    a_t(p) = abar_t * Bbar_t(p),        Bbar_t(p) = prod_{s<=t} M_s(p),
+    M_t(p) = sqrt(1 - d(p) * b_t * (1 - bmap_min)),
+
+where ``d(p)`` in [0, 1] is the normalised depth of pixel ``p`` (rows for a linear probe, the distance to the
+fan apex for a convex / phased probe) and ``b_t`` the B-map time schedule. With ``bmap_min = 1`` it is exactly
+DDPM. Because ``M_t`` depends on the pixel only through its depth, the scheduler never stores a [T, H, W]
+tensor: it keeps the T-long 1-D schedules and, per sample shape, the depth map, and computes ``Bbar_t`` on
+demand in float64 (with a small cache of recently used steps, so sequential sampling costs O(H*W) per step).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_ddpm import betas_for_alpha_bar, rescale_zero_terminal_snr
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .bmaps import (
+    BMAP_SCHEDULES,
+    CAMUS_FAN_APEX,
+    CAMUS_FAN_HALF_ANGLE_DEG,
+    CAMUS_FAN_RADII,
+    PROBE_GEOMETRIES,
+    _check_fan,
+    bmap_time_schedule,
+    bmap_values,
+    depth_map,
+)
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "linear_small", "sigmoid")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned_range")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+SAMPLERS = ("ddpm", "ddim")
+
+TimestepLike = Union[int, float, torch.Tensor, np.integer, Sequence[int]]
+
+# Steps whose cumulative log B-map is kept per sample shape (each entry costs O(H*W)).
+_ANCHOR_CACHE_SIZE = 8
+# Sample shapes whose depth map is kept.
+_GRID_CACHE_SIZE = 8
+# Steps evaluated at once when accumulating the B-map product (bounds temporary memory to chunk * H*W).
+_STEP_CHUNK = 64
+
+
+@dataclass
+class BMapSchedulerOutput(BaseOutput):
+    """Output of :meth:`BMapAttenuationScheduler.step`.
+
+    Args:
+        prev_sample (`torch.Tensor` [B, C, H, W]): x_{t-1}, the input of the next denoising step.
+        pred_original_sample (`torch.Tensor` [B, C, H, W]): the model's estimate of x_0 (after clipping).
+    """
+
+    prev_sample: torch.Tensor
+    pred_original_sample: Optional[torch.Tensor] = None
+
+
+class _DepthGrid:
+    """Depth map of one sample size, stored as unique depth values plus an index (memory O(H*W))."""
+
+    def __init__(self, height: int, width: int, depth: torch.Tensor, inside: torch.Tensor, linear_rows: Optional[int]):
+        self.height, self.width = height, width
+        self.inside = inside
+        self.depth = depth
+        self.values, inverse = torch.unique(depth.reshape(-1), return_inverse=True)
+        self.inverse = inverse.reshape(height, width)
+        self.linear_rows = linear_rows
+        self.anchors: "OrderedDict[int, torch.Tensor]" = OrderedDict()
+
+    def to_image(self, per_value: torch.Tensor) -> torch.Tensor:
+        """Map [..., U] values on the unique depths back to [..., H, W]."""
+        return per_value[..., self.inverse]
+
+
+class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
+    """DDPM / DDIM sampling with the per-pixel B-map attenuation of "Diffusion as Sound Propagation".
+
+    Besides diffusers' DDPM options, the B-map options are:
+
+    Args:
+        bmap_schedule (`str`, defaults to `"cosine"`): time schedule b_t of the attenuation front:
+            `"linear"`, `"cosine"` (published), `"normal_cosine"` or `"sqrt"`.
+        bmap_min (`float`, defaults to 0.97): eps in (0, 1]; each step multiplies the deepest pixel's signal
+            factor by at least sqrt(eps). `1.0` gives exactly DDPM.
+        bmap_buffer (`bool`, defaults to `False`): the first 5 % of the steps carry no attenuation.
+        preserve_length (`bool`, defaults to `False`): pixels shallower than 1 - b_t keep a factor of 1.
+        probe_geometry (`str`, defaults to `"convex"`): `"linear"` (depth = row) or `"convex"` (depth = distance
+            from the fan apex; pixels outside the fan are not attenuated).
+        fan_apex (`(float, float)`, defaults to (0.5, 0.0)): apex (x, y) in units of the image width.
+        fan_radii (`(float, float)`, defaults to (0, 250/256)): inner and outer radius in units of the width.
+        fan_half_angle_deg (`float`): half-opening angle of the fan from the downward vertical.
+        sampler (`str`, defaults to `"ddpm"`): what :meth:`step` does when called without `eta`: `"ddpm"`
+            (ancestral sampling with the B-map posterior) or `"ddim"` (deterministic DDIM generalised to
+            per-pixel signal levels, with `ddim_eta`).
+        ddim_eta (`float`, defaults to 0.0): eta of the `"ddim"` sampler.
+
+    The DDPM options (`num_train_timesteps`, `beta_start`, `beta_end`, `beta_schedule`, `trained_betas`,
+    `variance_type`, `clip_sample`, `prediction_type`, `thresholding`, `dynamic_thresholding_ratio`,
+    `clip_sample_range`, `sample_max_value`, `timestep_spacing`, `steps_offset`, `rescale_betas_zero_snr`)
+    have diffusers' names and meanings; `beta_schedule` also accepts the B-map fork's `"linear_small"`
+    (beta from 0.0001 to 0.001, scaled by 1000 / T).
+
+    Samples are tensors [B, C, H, W] (any H, W; also [B, C, ..., H, W]) in [-1, 1].
+    """
+
+    _compatibles = ["DDPMScheduler", "DDIMScheduler"]
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        variance_type: str = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        bmap_schedule: str = "cosine",
+        bmap_min: float = 0.97,
+        bmap_buffer: bool = False,
+        preserve_length: bool = False,
+        probe_geometry: str = "convex",
+        fan_apex: Tuple[float, float] = CAMUS_FAN_APEX,
+        fan_radii: Tuple[float, float] = CAMUS_FAN_RADII,
+        fan_half_angle_deg: float = CAMUS_FAN_HALF_ANGLE_DEG,
+        sampler: str = "ddpm",
+        ddim_eta: float = 0.0,
+    ):
+        _check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES, allow=trained_betas is not None)
+        _check_choice("variance_type", variance_type, VARIANCE_TYPES)
+        _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        _check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
+        _check_choice("bmap_schedule", bmap_schedule, BMAP_SCHEDULES)
+        _check_choice("probe_geometry", probe_geometry, PROBE_GEOMETRIES)
+        _check_choice("sampler", sampler, SAMPLERS)
+        if not (isinstance(num_train_timesteps, (int, np.integer)) and num_train_timesteps >= 2):
+            raise ValueError(f"`num_train_timesteps` must be an integer >= 2, got {num_train_timesteps!r}")
+        if not (0.0 < float(bmap_min) <= 1.0):
+            raise ValueError(f"`bmap_min` must lie in (0, 1], got {bmap_min!r}")
+        if float(ddim_eta) < 0.0:
+            raise ValueError(f"`ddim_eta` must be >= 0, got {ddim_eta!r}")
+        _check_fan(fan_apex, fan_radii, fan_half_angle_deg)
+
+        self.betas = _make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+        if rescale_betas_zero_snr:
+            self.betas = rescale_zero_terminal_snr(self.betas)
+        # The cumulative product is taken in float32 exactly as DDPMScheduler does, so that with bmap_min=1 the
+        # two schedulers share abar_t bit for bit; all per-pixel math then runs in float64.
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._abar = self.alphas_cumprod.to(torch.float64)
+        self.bmap_b = bmap_time_schedule(bmap_schedule, num_train_timesteps, buffer=bool(bmap_buffer))
+        self.one = torch.tensor(1.0)
+        self.init_noise_sigma = 1.0
+
+        self.custom_timesteps = False
+        self.num_inference_steps = None
+        self.timesteps = torch.from_numpy(np.arange(0, num_train_timesteps)[::-1].copy())
+        self._grids: "OrderedDict[Tuple[int, int], _DepthGrid]" = OrderedDict()
+
+    # ------------------------------------------------------------------------------------------------ geometry
+    def depth_map(self, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Normalised depth (float64 [H, W] in [0, 1]) and mask of attenuated pixels (bool [H, W])."""
+        grid = self._grid(height, width)
+        return grid.depth.clone(), grid.inside.clone()
+
+    def _grid(self, height: int, width: int) -> _DepthGrid:
+        key = (int(height), int(width))
+        grid = self._grids.get(key)
+        if grid is None:
+            cfg = self.config
+            depth, inside = depth_map(
+                key[0], key[1], cfg.probe_geometry, tuple(cfg.fan_apex), tuple(cfg.fan_radii), cfg.fan_half_angle_deg
+            )
+            linear_rows = key[0] if (cfg.probe_geometry == "linear" and cfg.preserve_length) else None
+            grid = _DepthGrid(key[0], key[1], depth, inside, linear_rows)
+            self._grids[key] = grid
+            while len(self._grids) > _GRID_CACHE_SIZE:
+                self._grids.popitem(last=False)
+        else:
+            self._grids.move_to_end(key)
+        return grid
+
+    # ------------------------------------------------------------------------------------------------ B-maps
+    def _log_bmap_steps(self, grid: _DepthGrid, start: int, stop: int) -> torch.Tensor:
+        """log M_s on the unique depths for s in [start, stop): float64 [stop - start, U]."""
+        b = self.bmap_b[start:stop]
+        values = bmap_values(grid.values, b, self.config.bmap_min, self.config.preserve_length, grid.linear_rows)
+        return torch.log(values)
+
+    def _sum_log_bmaps(self, grid: _DepthGrid, start: int, stop: int) -> torch.Tensor:
+        """sum_{s in [start, stop)} log M_s: float64 [U]."""
+        total = torch.zeros_like(grid.values)
+        for lo in range(start, stop, _STEP_CHUNK):
+            total += self._log_bmap_steps(grid, lo, min(stop, lo + _STEP_CHUNK)).sum(0)
+        return total
+
+    def _log_cumulative(self, grid: _DepthGrid, steps: Sequence[int]) -> Dict[int, torch.Tensor]:
+        """log Bbar_t on the unique depths for each t in ``steps`` (t = -1 gives 0)."""
+        out: Dict[int, torch.Tensor] = {}
+        wanted = sorted({int(t) for t in steps})
+        for t in wanted:
+            if t < 0:
+                out[t] = torch.zeros_like(grid.values)
+            elif t in grid.anchors:
+                grid.anchors.move_to_end(t)
+                out[t] = grid.anchors[t]
+        missing = [t for t in wanted if t not in out]
+        if len(missing) == 1:
+            # Start from the nearest known step, above or below (sequential sampling moves one step at a time).
+            t = missing[0]
+            known = {-1: torch.zeros_like(grid.values), **grid.anchors}
+            ref = min(known, key=lambda s: abs(s - t))
+            if ref <= t:
+                out[t] = known[ref] + self._sum_log_bmaps(grid, ref + 1, t + 1)
+            else:
+                out[t] = known[ref] - self._sum_log_bmaps(grid, t + 1, ref + 1)
+        elif missing:
+            # One upward sweep that records every requested step (training batches with random t).
+            below = [s for s in grid.anchors if s <= missing[0]]
+            pos = max(below) if below else -1
+            acc = grid.anchors[pos].clone() if below else torch.zeros_like(grid.values)
+            for t in missing:
+                acc = acc + self._sum_log_bmaps(grid, pos + 1, t + 1)
+                pos = t
+                out[t] = acc
+        for t in missing:
+            grid.anchors[t] = out[t]
+            grid.anchors.move_to_end(t)
+        while len(grid.anchors) > _ANCHOR_CACHE_SIZE:
+            grid.anchors.popitem(last=False)
+        return out
+
+    def _per_pixel(self, grid: _DepthGrid, steps: List[int], what: str) -> torch.Tensor:
+        """float64 [len(steps), H, W] of ``what`` in {"signal", "cumulative", "bmap"} at each step."""
+        if what == "bmap":
+            rows = []
+            for t in steps:
+                if t < 0:
+                    rows.append(torch.zeros_like(grid.values))
+                else:
+                    rows.append(self._log_bmap_steps(grid, t, t + 1)[0])
+            return grid.to_image(torch.exp(torch.stack(rows)))
+        logs = self._log_cumulative(grid, steps)
+        log_cum = torch.stack([logs[t] for t in steps])
+        if what == "cumulative":
+            return grid.to_image(torch.exp(log_cum))
+        abar = torch.stack([self._abar[t] if t >= 0 else self._abar.new_tensor(1.0) for t in steps])
+        return grid.to_image(abar.view(-1, 1) * torch.exp(log_cum))
+
+    def _evaluate(
+        self,
+        what: str,
+        timesteps: TimestepLike,
+        shape: Sequence[int],
+        device: Optional[Union[str, torch.device]],
+        dtype: Optional[torch.dtype],
+    ) -> torch.Tensor:
+        batch, height, width, ndim = _split_shape(shape)
+        steps = self._steps_for_batch(timesteps, batch)
+        grid = self._grid(height, width)
+        unique = sorted(set(steps))
+        table = self._per_pixel(grid, unique, what)
+        index = torch.tensor([unique.index(t) for t in steps])
+        values = table[index]  # [B, H, W]
+        values = values.view(batch, *([1] * (ndim - 3)), height, width) if ndim >= 3 else values
+        return _to(values, device, dtype)
+
+    def signal_level(
+        self,
+        timesteps: TimestepLike,
+        shape: Sequence[int],
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> torch.Tensor:
+        """Per-pixel signal level a_t(p) = abar_t * Bbar_t(p) of q(x_t | x_0) = N(sqrt(a_t) x_0, (1 - a_t) I).
+
+        Args:
+            timesteps: an int, a 0-d / one-element tensor, or one step per batch element ([B]); t = -1 gives 1.
+            shape: the sample shape [B, C, H, W] (or [B, C, ..., H, W]); only B, H and W matter.
+            device, dtype: of the result (default: CPU, float64).
+
+        Returns:
+            Tensor [B, 1, H, W] with values in (0, 1].
+        """
+        return self._evaluate("signal", timesteps, shape, device, dtype)
+
+    def cumulative_bmap(self, timesteps: TimestepLike, shape: Sequence[int], device=None, dtype=None) -> torch.Tensor:
+        """Cumulative B-map Bbar_t(p) = prod_{s<=t} M_s(p), as [B, 1, H, W] (see :meth:`signal_level`)."""
+        return self._evaluate("cumulative", timesteps, shape, device, dtype)
+
+    def bmap(self, timesteps: TimestepLike, shape: Sequence[int], device=None, dtype=None) -> torch.Tensor:
+        """Per-step B-map M_t(p) in [sqrt(bmap_min), 1], as [B, 1, H, W] (see :meth:`signal_level`)."""
+        return self._evaluate("bmap", timesteps, shape, device, dtype)
+
+    # ------------------------------------------------------------------------------------------------ q(x_t|x_0)
+    def scale_model_input(self, sample: torch.Tensor, timestep: Optional[int] = None) -> torch.Tensor:
+        """No scaling is needed; present for interchangeability with other schedulers."""
+        return sample
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: TimestepLike) -> torch.Tensor:
+        """Sample q(x_t | x_0) pixelwise: sqrt(a_t) x_0 + sqrt(1 - a_t) noise. Shapes [B, C, H, W]."""
+        a = self.signal_level(timesteps, original_samples.shape)
+        x0, eps = _work(original_samples), _work(noise)
+        a = a.to(x0.device, x0.dtype)
+        return (a.sqrt() * x0 + (1.0 - a).sqrt() * eps).to(original_samples.dtype)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: TimestepLike) -> torch.Tensor:
+        """v = sqrt(a_t) noise - sqrt(1 - a_t) x_0 (the v-prediction target), pixelwise."""
+        a = self.signal_level(timesteps, sample.shape)
+        x0, eps = _work(sample), _work(noise)
+        a = a.to(x0.device, x0.dtype)
+        return (a.sqrt() * eps - (1.0 - a).sqrt() * x0).to(sample.dtype)
+
+    def predict_start_from_noise(self, x_t: torch.Tensor, timesteps: TimestepLike, noise: torch.Tensor) -> torch.Tensor:
+        """x_0 = x_t / sqrt(a_t) - sqrt(1 / a_t - 1) eps, pixelwise."""
+        a = self.signal_level(timesteps, x_t.shape).to(x_t.device, _work_dtype(x_t))
+        return (_work(x_t) / a.sqrt() - (1.0 / a - 1.0).sqrt() * _work(noise)).to(x_t.dtype)
+
+    def predict_noise_from_start(self, x_t: torch.Tensor, timesteps: TimestepLike, x_start: torch.Tensor) -> torch.Tensor:
+        """eps = (x_t - sqrt(a_t) x_0) / sqrt(1 - a_t), pixelwise."""
+        a = self.signal_level(timesteps, x_t.shape).to(x_t.device, _work_dtype(x_t))
+        return ((_work(x_t) - a.sqrt() * _work(x_start)) / (1.0 - a).sqrt()).to(x_t.dtype)
+
+    # ------------------------------------------------------------------------------------------------ posterior
+    def _posterior_terms(self, a_t: torch.Tensor, a_prev: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Coefficients of q(x_prev | x_t, x_0) from the two signal levels (any broadcastable shapes)."""
+        step_alpha = a_t / a_prev  # alpha_t * M_t, or the respaced per-step factor
+        step_beta = 1.0 - step_alpha
+        coef_x0 = step_beta * a_prev.sqrt() / (1.0 - a_t)
+        coef_xt = (1.0 - a_prev) * step_alpha.sqrt() / (1.0 - a_t)
+        variance = step_beta * (1.0 - a_prev) / (1.0 - a_t)
+        return {"coef_x0": coef_x0, "coef_xt": coef_xt, "variance": variance, "step_beta": step_beta}
+
+    def q_posterior_mean_variance(
+        self, x_start: torch.Tensor, x_t: torch.Tensor, timesteps: TimestepLike
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean, variance and clipped log variance of q(x_{t-1} | x_t, x_0) at train-time steps.
+
+        The log variance at t = 0 (where the variance is 0) is clipped to its t = 1 value, as improved-diffusion
+        does. Inputs [B, C, H, W]; outputs: mean [B, C, H, W] (dtype of ``x_t``), variance and log variance
+        [B, 1, H, W] (float64 on the device of ``x_t``).
+        """
+        terms, _ = self._train_posterior(timesteps, x_t.shape, x_t.device)
+        mean = terms["coef_x0"] * _work(x_start) + terms["coef_xt"] * _work(x_t)
+        return mean.to(x_t.dtype), terms["variance"], terms["log_variance_clipped"]
+
+    def _train_posterior(self, timesteps: TimestepLike, shape, device) -> Tuple[Dict[str, torch.Tensor], List[int]]:
+        batch = _split_shape(shape)[0]
+        steps = self._steps_for_batch(timesteps, batch)
+        a_t = self.signal_level(steps, shape)
+        a_prev = self.signal_level([t - 1 for t in steps], shape)
+        terms = self._posterior_terms(a_t, a_prev)
+        # improved-diffusion: log variance at t = 0 taken from t = 1.
+        if any(t == 0 for t in steps):
+            a_1 = self.signal_level([max(t, 1) for t in steps], shape)
+            a_0 = self.signal_level([max(t, 1) - 1 for t in steps], shape)
+            var_1 = self._posterior_terms(a_1, a_0)["variance"]
+            zero = torch.tensor([t == 0 for t in steps]).view(-1, *([1] * (a_t.dim() - 1)))
+            clipped = torch.where(zero, var_1, terms["variance"])
+        else:
+            clipped = terms["variance"]
+        terms["log_variance_clipped"] = torch.log(clipped.clamp(min=1e-20))
+        device_dtype = torch.float64 if torch.device(device).type != "mps" else torch.float32
+        terms = {k: v.to(device, device_dtype) for k, v in terms.items()}
+        return terms, steps
+
+    def model_log_variance(self, model_var_values: torch.Tensor, timesteps: TimestepLike, shape=None) -> torch.Tensor:
+        """Per-pixel log variance of p(x_{t-1} | x_t) at train-time steps.
+
+        For ``learned_range``: f log(1 - alpha_t M_t) + (1 - f) log(clipped posterior variance), f = (v + 1) / 2,
+        with ``model_var_values`` v in [-1, 1] of shape [B, C, H, W]. For the fixed types the model values are
+        ignored (``fixed_large`` uses 1 - alpha_t M_t, ``fixed_small`` the clipped posterior variance).
+        Returns a float64 tensor broadcastable to [B, C, H, W].
+        """
+        shape = model_var_values.shape if shape is None else shape
+        terms, _ = self._train_posterior(timesteps, shape, model_var_values.device)
+        min_log = terms["log_variance_clipped"]
+        max_log = torch.log(terms["step_beta"])
+        variance_type = self.config.variance_type
+        if variance_type == "learned_range":
+            frac = (_work(model_var_values) + 1.0) / 2.0
+            return frac * max_log + (1.0 - frac) * min_log
+        if variance_type in ("fixed_large", "fixed_large_log"):
+            return max_log
+        return min_log
+
+    # ------------------------------------------------------------------------------------------------ sampling
+    def set_timesteps(
+        self,
+        num_inference_steps: Optional[int] = None,
+        device: Optional[Union[str, torch.device]] = None,
+        timesteps: Optional[List[int]] = None,
+    ):
+        """Choose the steps used at inference (diffusers' spacing rules); kept steps keep their a_t exactly.
+
+        Args:
+            num_inference_steps: number of steps, spaced by ``timestep_spacing`` (``"linspace"`` reproduces the
+                published respacing). Exclusive with ``timesteps``.
+            device: where ``self.timesteps`` lives.
+            timesteps: custom strictly decreasing list of train steps.
+        """
+        T = self.config.num_train_timesteps
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("pass only one of `num_inference_steps` and `timesteps`")
+        if timesteps is not None:
+            steps = np.asarray(list(timesteps), dtype=np.int64)
+            if steps.ndim != 1 or len(steps) == 0:
+                raise ValueError(f"`timesteps` must be a non-empty list of integers, got {timesteps!r}")
+            if np.any(np.diff(steps) >= 0):
+                raise ValueError("`timesteps` must be strictly decreasing")
+            if steps[0] >= T or steps[-1] < 0:
+                raise ValueError(f"`timesteps` must lie in [0, {T - 1}], got {steps[0]}..{steps[-1]}")
+            self.custom_timesteps = True
+            self.num_inference_steps = len(steps)
+        else:
+            if num_inference_steps is None or int(num_inference_steps) < 1 or int(num_inference_steps) > T:
+                raise ValueError(f"`num_inference_steps` must be an integer in [1, {T}], got {num_inference_steps!r}")
+            n = int(num_inference_steps)
+            self.custom_timesteps = False
+            self.num_inference_steps = n
+            spacing = self.config.timestep_spacing
+            if spacing == "linspace":
+                steps = np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
+            elif spacing == "leading":
+                ratio = T // n
+                steps = (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.int64) + self.config.steps_offset
+            else:  # trailing
+                steps = np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
+            if steps.max() >= T or steps.min() < 0:
+                raise ValueError(f"`steps_offset`={self.config.steps_offset} moves the timesteps outside [0, {T - 1}]")
+        self.timesteps = torch.from_numpy(steps).to(device)
+
+    def previous_timestep(self, timestep: Union[int, torch.Tensor]) -> int:
+        """The next step of the chain (the next kept step after respacing), or -1 after the last."""
+        t = int(timestep)
+        if self.num_inference_steps is None and not self.custom_timesteps:
+            return t - 1
+        steps = self.timesteps.tolist()
+        if t not in steps:
+            raise ValueError(f"`timestep` {t} is not one of the scheduler's timesteps; call set_timesteps first")
+        index = steps.index(t)
+        return steps[index + 1] if index + 1 < len(steps) else -1
+
+    def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding (Imagen): clamp each sample to its `dynamic_thresholding_ratio` quantile."""
+        batch, channels = sample.shape[:2]
+        flat = sample.reshape(batch, -1)
+        s = torch.quantile(flat.abs().float(), self.config.dynamic_thresholding_ratio, dim=1).to(flat.dtype)
+        s = s.clamp(min=1.0, max=self.config.sample_max_value).unsqueeze(1)
+        return (flat.clamp(-s, s) / s).reshape(sample.shape)
+
+    def _predict_x0_eps(self, model_output, sample, a_t):
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            x0 = (sample - (1.0 - a_t).sqrt() * model_output) / a_t.sqrt()
+            eps = model_output
+        elif kind == "sample":
+            x0 = model_output
+            eps = (sample - a_t.sqrt() * x0) / (1.0 - a_t).sqrt()
+        else:  # v_prediction
+            x0 = a_t.sqrt() * sample - (1.0 - a_t).sqrt() * model_output
+            eps = a_t.sqrt() * model_output + (1.0 - a_t).sqrt() * sample
+        return x0, eps
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Union[int, torch.Tensor],
+        sample: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        eta: Optional[float] = None,
+        variance_noise: Optional[torch.Tensor] = None,
+        use_clipped_model_output: bool = False,
+        return_dict: bool = True,
+    ) -> Union[BMapSchedulerOutput, Tuple[torch.Tensor, torch.Tensor]]:
+        """One reverse step x_t -> x_{t_prev} with per-pixel signal levels.
+
+        Args:
+            model_output (`torch.Tensor` [B, C, H, W] or [B, 2C, H, W]): the network output; with
+                ``variance_type="learned_range"`` the second half of the channels are the variance values in [-1, 1].
+            timestep (`int`): the current step (one of ``self.timesteps`` after :meth:`set_timesteps`).
+            sample (`torch.Tensor` [B, C, H, W]): x_t.
+            generator: random generator for the noise.
+            eta (`float`, *optional*): None uses the configured ``sampler``; a float runs the DDIM-style update with
+                that eta (0 = deterministic).
+            variance_noise (`torch.Tensor` [B, C, H, W], *optional*): noise to use instead of drawing it.
+            use_clipped_model_output (`bool`): DDIM only: recompute epsilon from the clipped x_0.
+            return_dict (`bool`): return a :class:`BMapSchedulerOutput` rather than a tuple.
+        """
+        if sample.dim() < 3:
+            raise ValueError(f"`sample` must have shape [B, C, H, W], got {tuple(sample.shape)}")
+        t = int(timestep)
+        if not 0 <= t < self.config.num_train_timesteps:
+            raise ValueError(f"`timestep` must lie in [0, {self.config.num_train_timesteps - 1}], got {t}")
+        prev_t = self.previous_timestep(t)
+        channels = sample.shape[1]
+        predicted_variance = None
+        if model_output.shape[1] == 2 * channels and self.config.variance_type in ("learned", "learned_range"):
+            model_output, predicted_variance = torch.split(model_output, channels, dim=1)
+        elif model_output.shape[1] != channels:
+            raise ValueError(
+                f"`model_output` has {model_output.shape[1]} channels; expected {channels}"
+                + (" or twice that with variance_type='learned_range'" if channels else "")
+            )
+        if eta is None and self.config.sampler == "ddim":
+            eta = self.config.ddim_eta
+        if eta is not None and float(eta) < 0:
+            raise ValueError(f"`eta` must be >= 0, got {eta}")
+
+        out_dtype = sample.dtype
+        x_t, out = _work(sample), _work(model_output)
+        a_t = self.signal_level(t, sample.shape).to(x_t.device, x_t.dtype)
+        a_prev = self.signal_level(prev_t, sample.shape).to(x_t.device, x_t.dtype)
+
+        x0, eps = self._predict_x0_eps(out, x_t, a_t)
+        if self.config.thresholding:
+            x0 = self._threshold_sample(x0)
+        elif self.config.clip_sample:
+            r = self.config.clip_sample_range
+            x0 = x0.clamp(-r, r)
+
+        def draw_noise():
+            if variance_noise is not None:
+                if variance_noise.shape != sample.shape:
+                    raise ValueError(f"`variance_noise` must have shape {tuple(sample.shape)}, got {tuple(variance_noise.shape)}")
+                return _work(variance_noise)
+            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
+            return _work(noise)
+
+        if eta is None:  # ancestral DDPM with the B-map posterior
+            terms = self._posterior_terms(a_t, a_prev)
+            prev = terms["coef_x0"] * x0 + terms["coef_xt"] * x_t
+            if prev_t >= 0:
+                variance = terms["variance"].clamp(min=1e-20)
+                vt = self.config.variance_type
+                if vt in ("fixed_small", "fixed_small_log"):
+                    std = variance.sqrt()
+                elif vt in ("fixed_large", "fixed_large_log"):
+                    std = terms["step_beta"].sqrt()
+                elif predicted_variance is None:
+                    raise ValueError(
+                        "variance_type='learned_range' needs a `model_output` with twice the sample's channels"
+                    )
+                else:
+                    frac = (_work(predicted_variance) + 1.0) / 2.0
+                    log_var = frac * torch.log(terms["step_beta"]) + (1.0 - frac) * torch.log(variance)
+                    std = torch.exp(0.5 * log_var)
+                prev = prev + std * draw_noise()
+        else:  # DDIM generalised to per-pixel signal levels
+            if use_clipped_model_output:
+                eps = (x_t - a_t.sqrt() * x0) / (1.0 - a_t).sqrt()
+            variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
+            std = float(eta) * variance.clamp(min=0).sqrt()
+            direction = (1.0 - a_prev - std**2).clamp(min=0).sqrt() * eps
+            prev = a_prev.sqrt() * x0 + direction
+            if float(eta) > 0:
+                prev = prev + std * draw_noise()
+
+        prev, x0 = prev.to(out_dtype), x0.to(out_dtype)
+        if not return_dict:
+            return (prev, x0)
+        return BMapSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _steps_for_batch(self, timesteps: TimestepLike, batch: int) -> List[int]:
+        if isinstance(timesteps, torch.Tensor):
+            steps = [int(v) for v in timesteps.detach().reshape(-1).cpu().tolist()]
+        elif isinstance(timesteps, (list, tuple, np.ndarray)):
+            steps = [int(v) for v in np.asarray(timesteps).reshape(-1).tolist()]
+        else:
+            steps = [int(timesteps)]
+        if len(steps) == 1:
+            steps = steps * batch
+        if len(steps) != batch:
+            raise ValueError(f"`timesteps` must be a scalar or hold one value per batch element ({batch}), got {len(steps)}")
+        T = self.config.num_train_timesteps
+        for t in steps:
+            if not -1 <= t < T:
+                raise ValueError(f"`timesteps` must lie in [0, {T - 1}] (or -1 for the clean image), got {t}")
+        return steps
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+
+# ---------------------------------------------------------------------------------------------------- functions
+def _check_choice(name: str, value, choices: Sequence[str], allow: bool = False) -> None:
+    if not allow and value not in choices:
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")
+
+
+def _make_betas(T: int, beta_start: float, beta_end: float, schedule: str, trained_betas) -> torch.Tensor:
+    """float32 betas [T], computed as diffusers' DDPMScheduler computes them."""
+    if trained_betas is not None:
+        betas = torch.tensor(np.asarray(trained_betas), dtype=torch.float32)
+        if betas.shape != (T,):
+            raise ValueError(f"`trained_betas` must have num_train_timesteps={T} values, got {tuple(betas.shape)}")
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError("`trained_betas` must lie in (0, 1)")
+        return betas
+    if schedule == "linear":
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
+    if schedule == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
+    if schedule == "squaredcos_cap_v2":
+        return betas_for_alpha_bar(T)
+    if schedule == "linear_small":
+        scale = 1000.0 / T
+        return torch.linspace(scale * 0.0001, scale * 0.001, T, dtype=torch.float32)
+    # sigmoid (GeoDiff)
+    return torch.sigmoid(torch.linspace(-6, 6, T)) * (beta_end - beta_start) + beta_start
+
+
+def _split_shape(shape: Sequence[int]) -> Tuple[int, int, int, int]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 3:
+        raise ValueError(f"sample shape must be [B, C, H, W] (batch, channels, height, width), got {shape}")
+    batch, height, width = shape[0], shape[-2], shape[-1]
+    if min(batch, height, width) < 1:
+        raise ValueError(f"sample shape must have positive batch, height and width, got {shape}")
+    return batch, height, width, len(shape)
+
+
+def _work_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float32 if x.device.type == "mps" else torch.float64
+
+
+def _work(x: torch.Tensor) -> torch.Tensor:
+    """The tensor in the working precision (float64, float32 on MPS)."""
+    return x.to(_work_dtype(x))
+
+
+def _to(x: torch.Tensor, device, dtype) -> torch.Tensor:
+    if device is not None and torch.device(device).type == "mps" and (dtype is None or dtype == torch.float64):
+        dtype = torch.float32
+    return x.to(device=device if device is not None else x.device, dtype=dtype if dtype is not None else x.dtype)
