@@ -112,7 +112,8 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
     `variance_type`, `clip_sample`, `prediction_type`, `thresholding`, `dynamic_thresholding_ratio`,
     `clip_sample_range`, `sample_max_value`, `timestep_spacing`, `steps_offset`, `rescale_betas_zero_snr`)
     have diffusers' names and meanings; `beta_schedule` also accepts the B-map fork's `"linear_small"`
-    (beta from 0.0001 to 0.001, scaled by 1000 / T).
+    (beta from 0.0001 to 0.001, scaled by 1000 / T), which is stored in the config as the equivalent `"linear"`
+    schedule with those ends so that diffusers' own schedulers can load it.
 
     Samples are tensors [B, C, H, W] (any H, W; also [B, C, ..., H, W]) in [-1, 1].
     """
@@ -163,6 +164,14 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         if float(ddim_eta) < 0.0:
             raise ValueError(f"`ddim_eta` must be >= 0, got {ddim_eta!r}")
         _check_fan(fan_apex, fan_radii, fan_half_angle_deg)
+        if beta_schedule == "linear_small" and trained_betas is None:
+            # The fork's schedule is a linear one with T-scaled ends; store it as such so that the saved config
+            # also loads into diffusers' own schedulers (DDPMScheduler.from_config).
+            beta_start, beta_end, beta_schedule = 0.0001 * 1000 / num_train_timesteps, 0.001 * 1000 / num_train_timesteps, "linear"
+            self.register_to_config(beta_start=beta_start, beta_end=beta_end, beta_schedule=beta_schedule)
+            defaults = [k for k in self.config.get("_use_default_values", []) if k not in ("beta_start", "beta_end")]
+            if "_use_default_values" in self.config:
+                self.register_to_config(_use_default_values=defaults)
 
         self.betas = _make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
         if rescale_betas_zero_snr:
@@ -628,9 +637,6 @@ def _make_betas(T: int, beta_start: float, beta_end: float, schedule: str, train
         return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
     if schedule == "squaredcos_cap_v2":
         return betas_for_alpha_bar(T)
-    if schedule == "linear_small":
-        scale = 1000.0 / T
-        return torch.linspace(scale * 0.0001, scale * 0.001, T, dtype=torch.float32)
     # sigmoid (GeoDiff)
     return torch.sigmoid(torch.linspace(-6, 6, T)) * (beta_end - beta_start) + beta_start
 
