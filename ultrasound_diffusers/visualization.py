@@ -1,0 +1,117 @@
+"""Figures people would rather look at than read: B-maps over time, depth profiles, image grids."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .utils.io import atomic_write
+
+
+def _pyplot():
+    import matplotlib
+
+    if os.environ.get("MPLBACKEND") is None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bmap_steps(num_train_timesteps: int, num: int = 6) -> list:
+    """``num`` evenly spread train steps from 0 to T-1 (inclusive)."""
+    if num < 1:
+        raise ValueError(f"`num` must be >= 1, got {num}")
+    return sorted({int(round(v)) for v in np.linspace(0, num_train_timesteps - 1, num)})
+
+
+def plot_bmaps(
+    scheduler,
+    sample_size: Union[int, Tuple[int, int]] = 128,
+    timesteps: Optional[Sequence[int]] = None,
+    num: int = 6,
+    what: str = "signal",
+    save_path: Optional[Union[str, os.PathLike]] = None,
+    profile: bool = True,
+    dpi: int = 120,
+):
+    """Plot the attenuation front of a :class:`BMapAttenuationScheduler` at a few steps.
+
+    Top row: per-pixel maps at each step; bottom (``profile=True``): the map along the central column against
+    normalised depth, one line per step, with plain DDPM's (depth-independent) value dashed.
+
+    Args:
+        scheduler: a ``BMapAttenuationScheduler``.
+        sample_size: image size, an int or (H, W).
+        timesteps: train steps to show (default: ``num`` evenly spread steps).
+        what: ``"signal"`` (a_t / abar_t = the cumulative B-map Bbar_t, in [0, 1]), ``"bmap"`` (the per-step M_t)
+            or ``"snr_ratio"`` (SNR relative to DDPM's at the same step).
+        save_path: write a PNG there (atomically) and close the figure; otherwise return the figure.
+
+    Returns:
+        The matplotlib figure (None when ``save_path`` is given).
+    """
+    if what not in ("signal", "bmap", "snr_ratio"):
+        raise ValueError(f"`what` must be 'signal', 'bmap' or 'snr_ratio', got {what!r}")
+    height, width = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+    T = scheduler.config.num_train_timesteps
+    steps = list(timesteps) if timesteps is not None else bmap_steps(T, num)
+    shape = (len(steps), 1, height, width)
+    if what == "bmap":
+        maps = scheduler.bmap(torch.tensor(steps), shape)[:, 0]
+        label = "per-step B-map $M_t$"
+    else:
+        maps = scheduler.cumulative_bmap(torch.tensor(steps), shape)[:, 0]
+        label = r"cumulative B-map $\bar B_t = a_t / \bar\alpha_t$"
+        if what == "snr_ratio":
+            abar = scheduler.alphas_cumprod.double()[steps].view(-1, 1, 1)
+            a = abar * maps
+            maps = (a / (1 - a)) / (abar / (1 - abar))
+            label = "SNR relative to DDPM"
+    maps = maps.numpy()
+    plt = _pyplot()
+    rows = 2 if profile else 1
+    fig, axes = plt.subplots(rows, len(steps), figsize=(2.2 * len(steps), 2.3 * rows + 0.4), squeeze=False)
+    vmin = float(min(maps.min(), np.sqrt(scheduler.config.bmap_min) if what == "bmap" else maps.min()))
+    for i, t in enumerate(steps):
+        ax = axes[0, i]
+        im = ax.imshow(maps[i], cmap="magma", vmin=vmin, vmax=1.0, aspect="auto" if height * 4 < width else "equal")
+        ax.set_title(f"t = {t}", fontsize=9)
+        ax.axis("off")
+    fig.colorbar(im, ax=axes[0, :].tolist(), shrink=0.8, label=label)
+    if profile:
+        depth, inside = scheduler.depth_map(height, width)
+        col = width // 2
+        rows_in = inside[:, col].numpy()
+        d = depth[:, col].numpy()[rows_in]
+        merged = fig.add_subplot(2, 1, 2)
+        for ax in axes[1]:
+            ax.remove()
+        for i, t in enumerate(steps):
+            merged.plot(d, maps[i][:, col][rows_in], label=f"t = {t}")
+        merged.axhline(1.0, color="grey", ls="--", lw=0.8, label="DDPM")
+        merged.set_xlabel("normalised depth d (central beam)")
+        merged.set_ylabel(label, fontsize=8)
+        merged.legend(fontsize=7, ncol=min(len(steps) + 1, 7))
+        merged.grid(alpha=0.3)
+    cfg = scheduler.config
+    fig.suptitle(
+        f"B-maps: {cfg.probe_geometry} probe, bmap_schedule={cfg.bmap_schedule}, bmap_min={cfg.bmap_min}, T={T}",
+        fontsize=10,
+    )
+    if save_path is None:
+        return fig
+    save_figure(fig, save_path, dpi=dpi)
+    return None
+
+
+def save_figure(fig, path: Union[str, os.PathLike], dpi: int = 120) -> str:
+    """Save a matplotlib figure as PNG atomically and close it; returns the path."""
+    plt = _pyplot()
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return str(path)
