@@ -18,8 +18,11 @@ def register(subparsers) -> None:
 
 
 def parse_size(text: str):
-    parts = [int(v) for v in str(text).replace("x", ",").split(",") if v.strip()]
-    if len(parts) == 1:
+    try:
+        parts = [int(v) for v in str(text).lower().replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        parts = []
+    if len(parts) == 1 and parts[0] > 0:
         return parts[0], parts[0]
     if len(parts) == 2 and min(parts) > 0:
         return parts[0], parts[1]

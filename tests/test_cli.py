@@ -1,0 +1,42 @@
+"""The console script: sub-command discovery, the B-map plot command, clear errors."""
+
+import subprocess
+import sys
+
+from PIL import Image
+
+from ultrasound_diffusers.cli import build_parser, main
+
+
+def test_help_lists_subcommands(capsys):
+    parser = build_parser()
+    names = set(parser._subparsers._group_actions[0].choices)
+    assert "bmaps" in names
+
+
+def test_bmaps_command_writes_png(tmp_path, capsys):
+    out = tmp_path / "fig" / "b.png"
+    assert main(["bmaps", "--probe_geometry", "linear", "--size", "8,64", "--num", "3", "--out", str(out)]) == 0
+    assert "B-map figure written" in capsys.readouterr().out
+    with Image.open(out) as im:
+        assert im.size[0] > 100 and im.size[1] > 100
+    assert not list(out.parent.glob(".*tmp"))  # atomic write left nothing behind
+
+
+def test_bmaps_command_reads_scheduler_folder(tmp_path):
+    from ultrasound_diffusers import BMapAttenuationScheduler
+
+    BMapAttenuationScheduler(bmap_min=0.5, probe_geometry="linear").save_pretrained(tmp_path / "sched")
+    out = tmp_path / "b.png"
+    assert main(["bmaps", "--scheduler", str(tmp_path / "sched"), "--size", "16", "--out", str(out)]) == 0
+    assert out.exists()
+
+
+def test_bad_size_is_a_clear_error(tmp_path, capsys):
+    assert main(["bmaps", "--size", "0,x", "--out", str(tmp_path / "b.png")]) == 2
+    assert "--size" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "ultrasound_diffusers", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "bmaps" in result.stdout
