@@ -1,0 +1,32 @@
+"""``ultrasound-diffusers demo``: generate labelled ultrasound images with the bundled pipeline and plot them."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo", help="generate images from label maps with the bundled demo pipeline and write a picture"
+    )
+    p.add_argument("--pipeline", default=None, help="pipeline folder or Hub repo id (default: the bundled demo pipeline)")
+    p.add_argument("--labels", nargs="*", default=None, help="label map files (PNG with class values, or .npy); default: built-in examples")
+    p.add_argument("--num_images", type=int, default=4, help="number of built-in example label maps")
+    p.add_argument("--num_inference_steps", type=int, default=50)
+    p.add_argument("--guidance_scale", type=float, default=1.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output_dir", default="demo_output")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import os
+
+    from ..demo import run_demo
+
+    path = run_demo(
+        pipeline=args.pipeline, labels=args.labels, num_images=args.num_images,
+        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, seed=args.seed,
+        output_dir=args.output_dir, device=args.device,
+    )
+    print(f"demo picture written to {os.path.abspath(path)}")
+    return 0
