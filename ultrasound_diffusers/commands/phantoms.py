@@ -1,0 +1,128 @@
+"""``ultrasound-diffusers phantoms``: generate a physics phantom dataset.
+
+Example::
+
+    ultrasound-diffusers phantoms --num_images 1000 --anatomy echo --size 128 --seed 0 --output_dir data/echo128
+    ultrasound-diffusers phantoms --num_images 16 --size 64x96 --output_dir out --png_dir out_png --preview grid.png
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _size(text: str):
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(p) for p in parts if p]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must be N or HxW, got {text!r}") from None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return tuple(values)
+    raise argparse.ArgumentTypeError(f"--size must be N or HxW, got {text!r}")
+
+
+def _tgc(text: str):
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("--tgc needs a fraction or comma-separated gains in dB")
+    return values[0] if len(values) == 1 and "," not in text else tuple(values)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "phantoms",
+        help="generate a physics-based phantom dataset (images + label maps) as a datasets.Dataset",
+        description="Generate N physics-based ultrasound phantoms (image + label map) and save them with "
+        "datasets' save_to_disk (atomically), optionally as PNG files and/or on the Hub.",
+    )
+    p.add_argument("--num_images", type=int, required=True, help="number of training examples N")
+    p.add_argument("--anatomy", default="echo", choices=["echo", "thyroid", "homogeneous"])
+    p.add_argument("--size", type=_size, default=64, help="N or HxW (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output_dir", default=None, help="where to save_to_disk the dataset")
+    p.add_argument("--num_validation_images", type=int, default=0, help="if > 0 save a DatasetDict with a validation split (examples N..N+K-1)")
+    p.add_argument("--probe", default=None, choices=["convex", "linear"], help="probe geometry (default: per anatomy)")
+    p.add_argument("--depth_cm", type=float, default=None)
+    p.add_argument("--center_frequency_mhz", type=float, default=None)
+    p.add_argument("--attenuation_db_cm_mhz", type=float, default=None, help="one attenuation for all tissues (default: tissue-dependent)")
+    p.add_argument("--tgc", type=_tgc, default=None, help="TGC: fraction of the nominal loss compensated, or comma-separated gains in dB")
+    p.add_argument("--dynamic_range_db", type=float, default=None)
+    p.add_argument("--gain_db", type=float, default=None)
+    p.add_argument("--noise_db", type=float, default=None)
+    p.add_argument("--batch_size", type=int, default=32, help="examples simulated together")
+    p.add_argument("--png_dir", default=None, help="also write images/ and labels/ PNG files here")
+    p.add_argument("--preview", default=None, help="write a PNG grid of the first images and coloured label maps")
+    p.add_argument("--push_to_hub", action="store_true")
+    p.add_argument("--hub_dataset_id", default=None, help="Hub dataset repo id for --push_to_hub")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..data.converters import save_dataset
+    from ..data.phantoms import NUM_CLASSES, generate_phantoms, resolve_probe
+    from ..utils.io import atomic_write_bytes, replace_directory
+
+    if args.num_images < 1:
+        raise ValueError(f"--num_images must be at least 1, got {args.num_images}")
+    if args.num_validation_images < 0:
+        raise ValueError("--num_validation_images must be non-negative")
+    if args.output_dir is None and not args.push_to_hub and args.png_dir is None:
+        raise ValueError("give --output_dir, --png_dir or --push_to_hub")
+    probe = None
+    overrides = {k: getattr(args, k) for k in ("depth_cm", "center_frequency_mhz") if getattr(args, k) is not None}
+    if args.probe is not None or overrides:
+        base = resolve_probe(args.anatomy, args.probe)
+        probe = {**base.to_dict(), **overrides}
+    physics = {
+        k: getattr(args, k)
+        for k in ("attenuation_db_cm_mhz", "tgc", "dynamic_range_db", "gain_db", "noise_db")
+        if getattr(args, k) is not None
+    }
+    common = dict(anatomy=args.anatomy, size=args.size, seed=args.seed, probe=probe, batch_size=args.batch_size, progress=True, **physics)
+    train = generate_phantoms(args.num_images, **common)
+    dataset = train
+    if args.num_validation_images:
+        import datasets
+
+        val = generate_phantoms(args.num_validation_images, start=args.num_images, **common)
+        dataset = datasets.DatasetDict({"train": train, "validation": val})
+
+    if args.output_dir is not None or args.push_to_hub:
+        save_dataset(dataset, args.output_dir, args.push_to_hub, args.hub_dataset_id, args.private)
+        if args.output_dir is not None:
+            print(f"saved {len(train)} {args.anatomy} phantoms to {args.output_dir}")
+    if args.png_dir is not None:
+
+        def build(tmp):
+            (tmp / "images").mkdir()
+            (tmp / "labels").mkdir()
+            for i, row in enumerate(train):
+                row["image"].save(tmp / "images" / f"{i:06d}.png")
+                row["label"].save(tmp / "labels" / f"{i:06d}.png")
+
+        replace_directory(build, args.png_dir)
+        print(f"wrote {len(train)} PNG pairs to {args.png_dir}")
+    if args.preview is not None:
+        import io
+
+        from PIL import Image
+
+        from ..data.labels import label_grid
+
+        n = min(len(train), 16)
+        rows = train.select(range(n))
+        grid = label_grid(
+            [np.asarray(r["image"]) for r in rows], [np.asarray(r["label"]) for r in rows],
+            num_classes=NUM_CLASSES[args.anatomy], ncols=8, coding="thyroid" if args.anatomy == "thyroid" else None,
+        )
+        buf = io.BytesIO()
+        Image.fromarray(grid).save(buf, format="PNG")
+        atomic_write_bytes(args.preview, buf.getvalue())
+        print(f"wrote preview {args.preview}")
+    return 0

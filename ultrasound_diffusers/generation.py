@@ -1,0 +1,1186 @@
+"""Synthetic dataset generation at scale: label maps in, a labelled ``datasets.Dataset`` out.
+
+:func:`generate_dataset` draws ``images_per_label`` images from every label map of a source with a
+label-conditioned pipeline (:class:`~ultrasound_diffusers.pipelines.SemanticUltrasoundPipeline`) and returns a
+``datasets.Dataset`` with the generated ``image``, the ``label`` map it was drawn from and metadata (source id,
+seed, model, scheduler settings, ...). It is what echo-from-noise did with its model: take the CAMUS training
+labels, augment each five times, generate an image per map, and train a segmentation network on the result.
+
+Work items and seeds
+    Work item ``g = label_index * images_per_label + copy_index`` is image ``copy_index`` of label map
+    ``label_index``. Its random numbers come from ``numpy.random.SeedSequence([seed, label_index, copy_index])``
+    alone (:func:`derive_seeds`): one 63-bit seed for the torch generator of the image's noise and one for its
+    label augmentation. The dataset is sorted by ``(label_index, copy_index)``.
+
+Chunks, processes and resuming
+    The items are cut into contiguous chunks of ``chunk_size`` (chunk boundaries and the batches inside a chunk
+    depend only on ``chunk_size`` and ``batch_size``). Under ``accelerate launch`` the unfinished chunks are dealt
+    out round-robin to the processes; each process writes its chunks as small saved datasets under
+    ``output_dir/chunks/``, each one built in a temporary sibling folder and renamed into place only when
+    complete, with a ``chunk.json`` marker holding the run's fingerprint (a hash of everything that changes the
+    output: model weights and configs, label maps, settings). Restarted with the same arguments, a run skips
+    every chunk whose marker matches and redoes the rest, so an interruption costs at most the chunks in flight;
+    folders without a valid marker are never taken for finished chunks. At the end the main process merges the
+    chunks in order into ``output_dir/dataset`` (``datasets.load_from_disk``), writes the dataset card
+    ``output_dir/README.md`` and, if asked, PNG folders and a Hub upload.
+
+    Because batch composition does not depend on the number of processes, 1 and N processes give bit-identical
+    datasets (on the same kind of device). Different ``batch_size`` values (or thread counts) run the network on
+    differently shaped work; CPU/GPU kernels may then round differently in the last float bit, which can move a
+    pixel by one grey level in rare cases (none in the tests here). Everything else (labels, seeds, metadata)
+    is identical.
+
+Layout of ``output_dir``::
+
+    generation.json        run manifest: fingerprint, settings, status ("running" / "complete")
+    chunks/chunk-<start>-<stop>/   finished chunks (removed after the merge unless keep_chunks=True)
+    dataset/               the merged dataset (save_to_disk)
+    README.md              dataset card
+    png/images/*.png, png/images/metadata.csv, png/labels/*.png   (save_png=True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+#: Version of the on-disk layout (chunks, manifest); part of the fingerprint.
+GENERATION_FORMAT_VERSION = 1
+MANIFEST_NAME = "generation.json"
+CHUNK_MARKER_NAME = "chunk.json"
+CHUNKS_DIR = "chunks"
+DATASET_DIR = "dataset"
+PNG_DIR = "png"
+CARD_NAME = "README.md"
+LABEL_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".npy")
+_CHUNK_RE = re.compile(r"^chunk-(\d+)-(\d+)$")
+
+__all__ = [
+    "ArrayLabelSource",
+    "DatasetLabelSource",
+    "FolderLabelSource",
+    "check_label_source",
+    "export_png_folders",
+    "push_dataset_to_hub",
+    "GenerationSettings",
+    "LabelSource",
+    "chunk_ranges",
+    "create_dataset_card",
+    "derive_seeds",
+    "generate_dataset",
+    "generation_features",
+    "load_label_source",
+    "parse_phantom_spec",
+    "pipeline_digest",
+    "process_state",
+    "read_label_image",
+    "to_label_array",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Label maps
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def to_label_array(value: Any, where: str = "label map") -> np.ndarray:
+    """One label map as an int64 array [H, W].
+
+    Accepts a PIL image (modes 1, L, P, I, I;16; an RGB/RGBA image only if its channels are equal), a numpy
+    array or tensor [H, W] / [1, H, W] / [H, W, 1] with integer values (floats must be whole numbers), or a
+    nested list. ``where`` names the map in error messages.
+    """
+    import PIL.Image
+
+    if isinstance(value, PIL.Image.Image):
+        if value.mode in ("RGB", "RGBA", "LA"):
+            array = np.asarray(value)
+            colour = array[..., :1] if value.mode == "LA" else array[..., :3]
+            if not (colour == colour[..., :1]).all():
+                raise ValueError(
+                    f"{where} is a colour {value.mode} image whose channels differ; label maps must hold one class "
+                    "index per pixel (mode L, P or I)"
+                )
+            array = colour[..., 0]
+        else:
+            array = np.asarray(value)
+    elif hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor
+        array = value.detach().cpu().numpy()
+    else:
+        array = np.asarray(value)
+    array = np.squeeze(array) if array.ndim > 2 else array
+    if array.ndim != 2:
+        raise ValueError(f"{where} must be a 2-D label map [H, W], got shape {tuple(np.shape(array))}")
+    if array.dtype == np.bool_:
+        array = array.astype(np.int64)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+            raise ValueError(f"{where} holds non-integer values; label maps must hold integer class indices")
+    elif not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{where} must hold integer class indices, got dtype {array.dtype}")
+    return array.astype(np.int64)
+
+
+def read_label_image(path: PathLike) -> np.ndarray:
+    """Read a label map file (PNG/TIFF/BMP with class values as pixel values, or a ``.npy`` array [H, W])."""
+    import PIL.Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label map {path} does not exist")
+    if path.suffix.lower() == ".npy":
+        return to_label_array(np.load(path, allow_pickle=False), where=f"label map {path}")
+    with PIL.Image.open(path) as image:
+        image.load()
+        return to_label_array(image, where=f"label map {path}")
+
+
+class LabelSource:
+    """A sequence of label maps with stable ids. Subclasses implement ``__len__``, ``_get`` and ``source_id``.
+
+    ``source[i]`` is label map ``i`` as an int64 array [H, W]; :meth:`get_many` reads several (subclasses read
+    consecutive indices in one go); ``description`` says where the maps come from (shown in the dataset card).
+    """
+
+    description: str = "label maps"
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _get(self, index: int) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def source_id(self, index: int) -> str:
+        return str(index)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"label index {index} out of range for {n} label maps")
+        index = index % n
+        return to_label_array(self._get(index), where=f"label map {index} ({self.source_id(index)!r})")
+
+    def get_many(self, indices: Sequence[int]) -> List[np.ndarray]:
+        return [self[i] for i in indices]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+
+class ArrayLabelSource(LabelSource):
+    """Label maps held in memory: an array [N, H, W] or a list of 2-D maps (arrays, tensors, PIL images)."""
+
+    def __init__(self, maps: Union[np.ndarray, Sequence[Any]], ids: Optional[Sequence[str]] = None,
+                 description: str = "in-memory label maps"):
+        if isinstance(maps, np.ndarray):
+            if maps.ndim == 2:
+                maps = maps[None]
+            if maps.ndim != 3:
+                raise ValueError(f"`labels` array must have shape [N, H, W], got {maps.shape}")
+            self._maps = list(maps)
+        else:
+            self._maps = list(maps)
+        if ids is not None and len(ids) != len(self._maps):
+            raise ValueError(f"`ids` has {len(ids)} entries for {len(self._maps)} label maps")
+        self._ids = None if ids is None else [str(i) for i in ids]
+        self.description = description
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def _get(self, index: int) -> Any:
+        return self._maps[index]
+
+    def source_id(self, index: int) -> str:
+        return self._ids[index] if self._ids is not None else str(index)
+
+
+class DatasetLabelSource(LabelSource):
+    """Label maps in a column of a ``datasets.Dataset`` (an ``Image`` column or a 2-D array column).
+
+    Args:
+        dataset: the dataset.
+        label_column: column of the label maps.
+        id_column: column(s) naming each row (a name, a comma-separated list or a list; joined with ``_``);
+            default: the row index.
+    """
+
+    def __init__(self, dataset, label_column: str = "label", id_column: Union[str, Sequence[str], None] = None,
+                 description: Optional[str] = None):
+        if label_column not in dataset.column_names:
+            raise ValueError(
+                f"`label_column` {label_column!r} is not a column of the dataset; its columns are {dataset.column_names}"
+            )
+        if isinstance(id_column, str):
+            id_columns = [c.strip() for c in id_column.split(",") if c.strip()]
+        else:
+            id_columns = list(id_column or [])
+        missing = [c for c in id_columns if c not in dataset.column_names]
+        if missing:
+            raise ValueError(f"`id_column` {missing} not in the dataset's columns {dataset.column_names}")
+        self.label_column = label_column
+        self.id_columns = id_columns
+        self._labels = dataset.select_columns([label_column])
+        self._ids = None
+        if id_columns:
+            table = dataset.select_columns(id_columns).to_dict()
+            self._ids = ["_".join(str(table[c][i]) for c in id_columns) for i in range(dataset.num_rows)]
+            if len(set(self._ids)) != len(self._ids):
+                raise ValueError(f"`id_column` {id_columns} does not identify the rows uniquely")
+        self.description = description or f"datasets.Dataset ({dataset.num_rows} rows), column {label_column!r}"
+
+    def __len__(self) -> int:
+        return self._labels.num_rows
+
+    def _get(self, index: int) -> Any:
+        return self._labels[int(index)][self.label_column]
+
+    def get_many(self, indices: Sequence[int]) -> List[np.ndarray]:
+        indices = [int(i) for i in indices]
+        if indices and indices == list(range(indices[0], indices[0] + len(indices))):
+            values = self._labels[indices[0]: indices[0] + len(indices)][self.label_column]
+            return [to_label_array(v, where=f"label map {i} ({self.source_id(i)!r})") for i, v in zip(indices, values)]
+        return super().get_many(indices)
+
+    def source_id(self, index: int) -> str:
+        return self._ids[index] if self._ids is not None else str(index)
+
+
+class FolderLabelSource(LabelSource):
+    """Label map files under a folder (recursively, sorted; hidden entries skipped); ids are relative paths."""
+
+    def __init__(self, folder: PathLike, suffixes: Sequence[str] = LABEL_IMAGE_SUFFIXES):
+        root = Path(folder)
+        if not root.is_dir():
+            raise FileNotFoundError(f"label folder {root} does not exist")
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if not name.startswith(".") and name.lower().endswith(tuple(suffixes)):
+                    files.append(Path(dirpath) / name)
+        if not files:
+            raise ValueError(f"label folder {root} holds no label map files ({', '.join(suffixes)})")
+        self.root = root
+        self.files = files
+        self.description = f"label map files in {root} ({len(files)})"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _get(self, index: int) -> Any:
+        return read_label_image(self.files[index])
+
+    def source_id(self, index: int) -> str:
+        return self.files[index].relative_to(self.root).as_posix()
+
+
+def parse_phantom_spec(spec: str) -> Dict[str, Any]:
+    """Parse ``phantoms:ANATOMY:N[:SEED]`` into ``{"anatomy", "num", "seed"}`` (ValueError if malformed)."""
+    from .data.phantoms import ANATOMIES
+
+    parts = spec.split(":")
+    usage = "'phantoms:ANATOMY:N' or 'phantoms:ANATOMY:N:SEED' (e.g. phantoms:echo:100)"
+    if parts[0] != "phantoms" or len(parts) not in (3, 4):
+        raise ValueError(f"`labels` {spec!r} is not a phantom source; expected {usage}")
+    anatomy = parts[1]
+    if anatomy not in ANATOMIES:
+        raise ValueError(f"`labels` {spec!r}: anatomy must be one of {ANATOMIES}, got {anatomy!r}")
+    try:
+        num = int(parts[2])
+        seed = int(parts[3]) if len(parts) == 4 else 0
+    except ValueError as err:
+        raise ValueError(f"`labels` {spec!r}: N and SEED must be integers; expected {usage}") from err
+    if num < 1 or seed < 0:
+        raise ValueError(f"`labels` {spec!r}: N must be positive and SEED non-negative")
+    return {"anatomy": anatomy, "num": num, "seed": seed}
+
+
+def _select_split(dataset, split: Optional[str], name: str):
+    import datasets
+
+    if isinstance(dataset, (datasets.DatasetDict, dict)):
+        splits = list(dataset.keys())
+        if split is None:
+            if "train" in splits:
+                split = "train"
+            elif len(splits) == 1:
+                split = splits[0]
+            else:
+                raise ValueError(f"`labels` {name} has splits {splits}; choose one with `split`")
+        if split not in dataset:
+            raise ValueError(f"`split` {split!r} is not a split of {name}; its splits are {splits}")
+        return dataset[split], split
+    return dataset, split
+
+
+def load_label_source(
+    labels: Any,
+    label_column: str = "label",
+    id_column: Union[str, Sequence[str], None] = None,
+    split: Optional[str] = None,
+    size: Union[int, Tuple[int, int], None] = None,
+) -> LabelSource:
+    """Open a source of label maps.
+
+    Args:
+        labels: one of
+
+            * ``"phantoms:ANATOMY:N[:SEED]"``: ``N`` built-in phantom label maps
+              (:func:`ultrasound_diffusers.data.phantoms.phantom_label_maps`) of size ``size``;
+            * a folder written by ``save_to_disk`` (a Dataset or DatasetDict), read with ``load_from_disk``;
+            * a folder of label map images (PNG/TIFF/BMP whose pixel values are class indices, or ``.npy``);
+            * a ``.npy`` file with an array [N, H, W];
+            * any other string: a dataset on the Hugging Face Hub, read with ``datasets.load_dataset``;
+            * a ``datasets.Dataset`` / ``DatasetDict``, an array [N, H, W], a list of 2-D maps or of label map
+              files, or a LabelSource.
+        label_column: column of the label maps for dataset sources.
+        id_column: column(s) naming the rows of a dataset source (default: the row index).
+        split: split of a DatasetDict or Hub dataset (default: ``"train"`` or the only split).
+        size: (height, width) or int, for phantom sources.
+    """
+    import datasets
+
+    if isinstance(labels, LabelSource):
+        return labels
+    if isinstance(labels, (datasets.Dataset, datasets.DatasetDict)):
+        dataset, used = _select_split(labels, split, "the dataset")
+        return DatasetLabelSource(dataset, label_column, id_column)
+    if isinstance(labels, np.ndarray) or isinstance(labels, (list, tuple)):
+        if len(labels) == 0:
+            raise ValueError("`labels` is empty")
+        if all(isinstance(item, (str, os.PathLike)) for item in labels):
+            return ArrayLabelSource([read_label_image(p) for p in labels], ids=[os.fspath(p) for p in labels],
+                                    description=f"{len(labels)} label map files")
+        return ArrayLabelSource(labels)
+    if not isinstance(labels, (str, os.PathLike)):
+        raise ValueError(
+            "`labels` must be a path, a Hub dataset name, 'phantoms:ANATOMY:N', a datasets.Dataset, an array "
+            f"[N, H, W] or a list of label maps; got {type(labels).__name__}"
+        )
+    spec = os.fspath(labels)
+    if spec.startswith("phantoms:"):
+        from .data.phantoms import phantom_label_maps
+
+        options = parse_phantom_spec(spec)
+        if size is None:
+            raise ValueError("phantom label sources need the image `size` (the model's sample size)")
+        maps = phantom_label_maps(options["num"], anatomy=options["anatomy"], size=size, seed=options["seed"])
+        ids = [f"phantom-{options['anatomy']}-{options['seed']}-{i}" for i in range(options["num"])]
+        h, w = maps.shape[-2:]
+        return ArrayLabelSource(maps, ids, description=f"{spec} (built-in {options['anatomy']} phantom label maps, {h}x{w})")
+    path = Path(spec)
+    if path.is_file():
+        if path.suffix.lower() != ".npy":
+            raise ValueError(f"`labels` file {path} must be a .npy array [N, H, W]; image files go in a folder")
+        array = np.load(path, allow_pickle=False)
+        if array.ndim == 2:
+            array = array[None]
+        if array.ndim != 3:
+            raise ValueError(f"`labels` file {path} must hold an array [N, H, W], got shape {array.shape}")
+        return ArrayLabelSource(array, description=f"{path} ({array.shape[0]} label maps)")
+    if path.is_dir():
+        if any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            dataset, used = _select_split(datasets.load_from_disk(str(path)), split, str(path))
+            where = f"{path}" + (f" split {used!r}" if used else "")
+            return DatasetLabelSource(dataset, label_column, id_column,
+                                      description=f"dataset {where} ({dataset.num_rows} rows), column {label_column!r}")
+        return FolderLabelSource(path)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (os.sep != "/" and os.sep in spec):
+        raise FileNotFoundError(f"`labels` {spec!r} does not exist (and is not a Hub dataset name 'org/name')")
+    dataset = datasets.load_dataset(spec, split=split or "train")
+    return DatasetLabelSource(dataset, label_column, id_column,
+                              description=f"Hub dataset {spec} split {split or 'train'!r}, column {label_column!r}")
+
+
+def _resize_nearest(label: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map (the same rule as the pipelines: ``nearest-exact``)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(label.astype(np.float32))[None, None]
+    return F.interpolate(x, size=size, mode="nearest-exact")[0, 0].round().numpy().astype(np.int64)
+
+
+def _prepare_label(label: np.ndarray, size: Tuple[int, int], resize: bool, where: str) -> np.ndarray:
+    if tuple(label.shape) != tuple(size):
+        if not resize:
+            raise ValueError(
+                f"{where} has size {label.shape[0]}x{label.shape[1]} but the model generates {size[0]}x{size[1]} "
+                "images; resize the labels or pass resize_labels=True (--resize_labels) to resize them (nearest)"
+            )
+        label = _resize_nearest(label, size)
+    return label
+
+
+def check_label_source(source: LabelSource, num_classes: int, size: Tuple[int, int], resize: bool = False,
+                       progress: bool = False) -> str:
+    """Check every label map before anything is generated; return a digest of the maps and their ids.
+
+    Raises ValueError naming the first map that is not 2-D, has the wrong size (unless ``resize``) or holds
+    labels outside ``[0, num_classes - 1]``.
+    """
+    from tqdm.auto import tqdm
+
+    n = len(source)
+    if n == 0:
+        raise ValueError("`labels` holds no label maps")
+    digest = hashlib.sha256()
+    step = 256
+    bar = tqdm(total=n, desc="checking label maps", unit="map", disable=not progress or n < 2 * step, leave=False)
+    for start in range(0, n, step):
+        indices = list(range(start, min(start + step, n)))
+        for i, raw in zip(indices, source.get_many(indices)):
+            where = f"label map {i} ({source.source_id(i)!r})"
+            label = _prepare_label(raw, size, resize, where)
+            low, high = int(label.min()), int(label.max())
+            if low < 0 or high >= num_classes:
+                raise ValueError(
+                    f"{where} holds labels in [{low}, {high}], but the model knows {num_classes} classes "
+                    f"[0, {num_classes - 1}]; re-code the labels (e.g. the echo coding with the fan) first"
+                )
+            digest.update(source.source_id(i).encode("utf-8") + b"\0")
+            digest.update(np.asarray(label.shape, dtype=np.int64).tobytes())
+            digest.update(label.astype(np.uint8 if high < 256 else np.int64).tobytes())
+        bar.update(len(indices))
+    bar.close()
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Seeds, chunks, fingerprints
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def derive_seeds(seed: int, label_index: int, copy_index: int) -> Tuple[int, int]:
+    """(image seed, augmentation seed) of image ``copy_index`` of label map ``label_index``: two 63-bit integers
+    drawn from ``numpy.random.SeedSequence([seed, label_index, copy_index])``. They depend on nothing else (not
+    on the process, the batch or the chunk that makes the image)."""
+    state = np.random.SeedSequence([int(seed), int(label_index), int(copy_index)]).generate_state(2, dtype=np.uint64)
+    return int(state[0] >> np.uint64(1)), int(state[1] >> np.uint64(1))
+
+
+def chunk_ranges(num_items: int, chunk_size: int) -> List[Tuple[int, int]]:
+    """Contiguous ``[start, stop)`` ranges of at most ``chunk_size`` items covering ``range(num_items)``."""
+    if chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size}")
+    return [(s, min(s + chunk_size, num_items)) for s in range(0, num_items, chunk_size)]
+
+
+def _config_dict(obj) -> Dict[str, Any]:
+    config = getattr(obj, "config", None)
+    if config is None:
+        return {}
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def pipeline_digest(pipeline) -> str:
+    """SHA-256 of a pipeline's component classes, configs and weights (the bytes of every state-dict tensor)."""
+    import torch
+
+    digest = hashlib.sha256()
+    digest.update(type(pipeline).__name__.encode())
+    for name, component in sorted(pipeline.components.items()):
+        digest.update(f"|{name}:{type(component).__name__}|".encode())
+        digest.update(json.dumps(_config_dict(component), sort_keys=True, default=_json_default).encode())
+        if isinstance(component, torch.nn.Module):
+            for key, tensor in component.state_dict().items():
+                digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class GenerationSettings:
+    """Everything that determines the generated dataset (hashed into the run's fingerprint)."""
+
+    model: str
+    pipeline_class: str
+    scheduler_class: str
+    scheduler_config: Dict[str, Any]
+    model_digest: str
+    labels: str
+    labels_digest: str
+    num_labels: int
+    height: int
+    width: int
+    images_per_label: int
+    num_inference_steps: int
+    guidance_scale: float
+    eta: Optional[float]
+    seed: int
+    augment: Optional[Dict[str, Any]]
+    augment_tissue_label: Optional[int]
+    resize_labels: bool
+    chunk_size: int
+    format_version: int = GENERATION_FORMAT_VERSION
+
+    @property
+    def num_items(self) -> int:
+        return self.num_labels * self.images_per_label
+
+    def to_dict(self) -> Dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=_json_default))
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that change the rows (the label source's description, e.g. the spelling of its
+        path, does not: its content is in ``labels_digest``)."""
+        settings = self.to_dict()
+        settings.pop("labels")
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def generation_features():
+    """The ``datasets.Features`` of a generated dataset."""
+    import datasets
+
+    s, i64, f64 = datasets.Value("string"), datasets.Value("int64"), datasets.Value("float64")
+    return datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.Image(),
+            "source_id": s,
+            "label_index": i64,
+            "copy_index": i64,
+            "seed": i64,
+            "augmented": datasets.Value("bool"),
+            "augmentation_seed": i64,
+            "global_seed": i64,
+            "model": s,
+            "pipeline_class": s,
+            "scheduler_class": s,
+            "scheduler_config": s,
+            "num_inference_steps": i64,
+            "guidance_scale": f64,
+            "eta": f64,
+            "height": i64,
+            "width": i64,
+        }
+    )
+
+
+def _png(array_or_image) -> Dict[str, Any]:
+    import PIL.Image
+
+    image = array_or_image if isinstance(array_or_image, PIL.Image.Image) else PIL.Image.fromarray(array_or_image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run folder: manifest and chunks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _chunk_name(start: int, stop: int) -> str:
+    return f"chunk-{start:09d}-{stop:09d}"
+
+
+def _chunk_is_complete(folder: Path, fingerprint: str, start: int, stop: int) -> bool:
+    """A chunk counts as finished only with a marker naming this run and range and a saved dataset beside it."""
+    marker = _read_json(folder / CHUNK_MARKER_NAME)
+    if marker is None:
+        return False
+    if (marker.get("fingerprint"), marker.get("start"), marker.get("stop"), marker.get("num_rows")) != (
+        fingerprint, start, stop, stop - start
+    ):
+        return False
+    return (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
+
+
+def _finished_chunks(chunks_dir: Path, fingerprint: str, ranges: Sequence[Tuple[int, int]]) -> set:
+    return {
+        (start, stop) for start, stop in ranges
+        if _chunk_is_complete(chunks_dir / _chunk_name(start, stop), fingerprint, start, stop)
+    }
+
+
+def _remove_temporaries(chunks_dir: Path) -> None:
+    """Delete leftovers of interrupted chunk writes (hidden ``.chunk-*`` siblings made by replace_directory)."""
+    if not chunks_dir.is_dir():
+        return
+    for entry in chunks_dir.iterdir():
+        if entry.name.startswith(".chunk-") and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _clear_run(output_dir: Path) -> None:
+    for name in (CHUNKS_DIR, DATASET_DIR, PNG_DIR):
+        shutil.rmtree(output_dir / name, ignore_errors=True)
+    for name in (MANIFEST_NAME, CARD_NAME):
+        try:
+            (output_dir / name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _run_status(output_dir: Path, fingerprint: str) -> str:
+    """'fresh' (nothing of ours), 'resume' (same run, unfinished), 'complete' (same run, done) or 'other'."""
+    manifest = _read_json(output_dir / MANIFEST_NAME)
+    if manifest is None:
+        if (output_dir / CHUNKS_DIR).exists() or (output_dir / DATASET_DIR).exists():
+            return "other"
+        return "fresh"
+    if manifest.get("fingerprint") != fingerprint:
+        return "other"
+    if manifest.get("status") == "complete" and (output_dir / DATASET_DIR / "state.json").is_file():
+        return "complete"
+    return "resume"
+
+
+def _write_manifest(output_dir: Path, settings: GenerationSettings, status: str, **extra) -> None:
+    from .utils.io import atomic_write_text
+
+    manifest = {
+        "fingerprint": settings.fingerprint(),
+        "status": status,
+        "num_items": settings.num_items,
+        "settings": settings.to_dict(),
+        **extra,
+    }
+    atomic_write_text(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dataset card and Hub upload
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "n>1M"
+
+
+def create_dataset_card(settings: Union[GenerationSettings, Dict[str, Any]], num_rows: int,
+                        label_names: Optional[Dict[str, str]] = None, repo_id: Optional[str] = None,
+                        command: Optional[str] = None) -> str:
+    """Markdown dataset card (with YAML metadata) saying which model, settings and labels made the dataset."""
+    s = settings.to_dict() if isinstance(settings, GenerationSettings) else dict(settings)
+    title = repo_id.split("/")[-1] if repo_id else "Synthetic ultrasound images"
+    lines = [
+        "---",
+        "tags:",
+        "- ultrasound",
+        "- synthetic",
+        "- medical-imaging",
+        "- diffusers",
+        "- ultrasound-diffusers",
+        "task_categories:",
+        "- image-segmentation",
+        "size_categories:",
+        f"- {_size_category(num_rows)}",
+        f"pretty_name: {json.dumps(title)}",
+        "---",
+        "",
+        f"# {title}",
+        "",
+        f"{num_rows} synthetic ultrasound images, each paired with the label map it was generated from, made with "
+        "`ultrasound-diffusers generate` (label-conditioned diffusion with the physics-inspired "
+        "B-map forward process). Intended for research, e.g. training segmentation networks on synthetic data; "
+        "not for clinical use.",
+        "",
+        "## How it was made",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| model | `{s['model']}` |",
+        f"| pipeline | `{s['pipeline_class']}` |",
+        f"| scheduler | `{s['scheduler_class']}` |",
+        f"| inference steps | {s['num_inference_steps']} |",
+        f"| guidance scale | {s['guidance_scale']} |",
+        f"| eta | {'scheduler default' if s['eta'] is None else s['eta']} |",
+        f"| seed | {s['seed']} |",
+        f"| label maps | {s['labels']} |",
+        f"| number of label maps | {s['num_labels']} |",
+        f"| images per label map | {s['images_per_label']} |",
+        f"| image size | {s['height']} x {s['width']} |",
+        f"| label augmentation | {'none' if not s['augment'] else 'affine + elastic (echo-from-noise), ' + json.dumps(s['augment'])} |",
+        f"| labels resized | {'yes (nearest)' if s['resize_labels'] else 'no'} |",
+        f"| model (configs + weights) SHA-256 | `{s['model_digest'][:16]}...` |",
+        f"| label maps SHA-256 | `{s['labels_digest'][:16]}...` |",
+        "",
+        "Scheduler configuration:",
+        "",
+        "```json",
+        json.dumps(s["scheduler_config"], indent=2, sort_keys=True, default=_json_default),
+        "```",
+        "",
+    ]
+    if label_names:
+        lines += ["## Labels", "", "| label | meaning |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(label_names.items(), key=lambda kv: int(kv[0]))]
+        lines.append("")
+    lines += [
+        "## Columns",
+        "",
+        "- `image`: the generated image (PNG); `label`: the label map it was generated from (PNG, pixel value = class).",
+        "- `source_id`, `label_index`: the label map in the source; `copy_index`: which of its images this is.",
+        "- `seed`: the torch seed of the image's noise, derived from (global seed, label index, copy index); "
+        "`augmentation_seed`: the seed of the label augmentation (or null), `augmented`.",
+        "- `model`, `pipeline_class`, `scheduler_class`, `scheduler_config` (JSON), `num_inference_steps`, "
+        "`guidance_scale`, `eta`, `global_seed`, `height`, `width`.",
+        "",
+        "Rows are sorted by (`label_index`, `copy_index`); the same arguments give the same dataset on any number "
+        "of processes.",
+        "",
+    ]
+    if command:
+        lines += ["## Command", "", "```bash", command, "```", ""]
+    lines += [
+        "## License and provenance",
+        "",
+        "The images are outputs of the model above, conditioned on the label maps above: the terms of the model "
+        "and of the label source (for example CAMUS: CC BY-NC-SA 4.0, non-commercial) apply.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _hub_api(token: Optional[str] = None):
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token)
+
+
+def push_dataset_to_hub(dataset, repo_id: str, card: str, private: Optional[bool] = None,
+                        token: Optional[str] = None) -> str:
+    """Upload the dataset card, then the dataset (``Dataset.push_to_hub`` keeps the card's text and adds its
+    own metadata). Returns the repository id."""
+    api = _hub_api(token)
+    url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    repo_id = getattr(url, "repo_id", None) or repo_id
+    api.upload_file(
+        path_or_fileobj=card.encode("utf-8"), path_in_repo=CARD_NAME, repo_id=repo_id, repo_type="dataset",
+        commit_message="Dataset card (ultrasound-diffusers generate)",
+    )
+    dataset.push_to_hub(repo_id, private=private, token=token, commit_message="Synthetic ultrasound dataset")
+    return repo_id
+
+
+def export_png_folders(dataset, folder: PathLike) -> Path:
+    """Write ``images/`` (with an imagefolder ``metadata.csv``) and ``labels/`` PNG folders, atomically."""
+    import csv
+
+    import datasets
+
+    from .utils.io import replace_directory
+
+    raw = dataset.cast_column("image", datasets.Image(decode=False)).cast_column("label", datasets.Image(decode=False))
+    n_labels = max(int(max(dataset["label_index"], default=0)) + 1, 1)
+    n_copies = max(int(max(dataset["copy_index"], default=0)) + 1, 1)
+    w1, w2 = max(6, len(str(n_labels - 1))), max(3, len(str(n_copies - 1)))
+
+    def build(tmp: Path) -> None:
+        (tmp / "images").mkdir()
+        (tmp / "labels").mkdir()
+        with open(tmp / "images" / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file_name", "source_id", "label_index", "copy_index", "seed"])
+            for row in raw:
+                name = f"{row['label_index']:0{w1}d}-{row['copy_index']:0{w2}d}.png"
+                (tmp / "images" / name).write_bytes(row["image"]["bytes"])
+                (tmp / "labels" / name).write_bytes(row["label"]["bytes"])
+                writer.writerow([name, row["source_id"], row["label_index"], row["copy_index"], row["seed"]])
+
+    return replace_directory(build, folder)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def process_state(accelerator):
+    """The given Accelerator / PartialState, or the process state of the current launch (``PartialState``;
+    ``ACCELERATE_USE_CPU=true`` selects CPU processes, as ``Accelerator()`` does)."""
+    if accelerator is not None:
+        return accelerator
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def _model_size(pipeline) -> Tuple[int, int]:
+    from .pipelines.pipeline_utils import resolve_sample_size
+
+    return resolve_sample_size(pipeline.unet.config.sample_size)
+
+
+def _augmentation_params(augment) -> Optional[Any]:
+    if augment is None or augment is False:
+        return None
+    from .data.augment import LabelAugmentation
+
+    if augment is True:
+        return LabelAugmentation()
+    if isinstance(augment, LabelAugmentation):
+        return augment
+    if isinstance(augment, dict):
+        return LabelAugmentation(**augment)
+    raise ValueError(f"`augment` must be a bool, a dict or a LabelAugmentation, got {type(augment).__name__}")
+
+
+def _generate_chunk(pipeline, source: LabelSource, settings: GenerationSettings, start: int, stop: int,
+                    batch_size: int, aug_params, bar=None):
+    """Generate items ``[start, stop)`` and return them as a ``datasets.Dataset``."""
+    import datasets
+    import torch
+
+    features = generation_features()
+    columns: Dict[str, list] = {name: [] for name in features}
+    k = settings.images_per_label
+    label_indices = sorted({g // k for g in range(start, stop)})
+    base = dict(zip(label_indices, source.get_many(label_indices)))
+    size = (settings.height, settings.width)
+    fan = None
+    tissue = settings.augment_tissue_label
+    if aug_params is not None and tissue is None:
+        fan, tissue = np.ones(size, dtype=bool), 0
+    scheduler_config = json.dumps(settings.scheduler_config, sort_keys=True, default=_json_default)
+
+    for b0 in range(start, stop, batch_size):
+        items = range(b0, min(b0 + batch_size, stop))
+        maps, seeds, aug_seeds = [], [], []
+        for g in items:
+            li, ci = divmod(g, k)
+            image_seed, aug_seed = derive_seeds(settings.seed, li, ci)
+            label = _prepare_label(base[li], size, settings.resize_labels, f"label map {li}")
+            if aug_params is not None:
+                from .data.augment import augment_label_map
+
+                label = augment_label_map(label.astype(np.uint8), seed=aug_seed, fan_mask=fan, params=aug_params,
+                                          tissue_label=tissue).astype(np.int64)
+            maps.append(label)
+            seeds.append(image_seed)
+            aug_seeds.append(aug_seed if aug_params is not None else None)
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        output = pipeline(
+            segmap=np.stack(maps), num_inference_steps=settings.num_inference_steps,
+            guidance_scale=settings.guidance_scale, eta=settings.eta, generator=generators, output_type="pil",
+        )
+        for g, image, label, image_seed, aug_seed in zip(items, output.images, maps, seeds, aug_seeds):
+            li, ci = divmod(g, k)
+            columns["image"].append(_png(image))
+            columns["label"].append(_png(label.astype(np.uint8)))
+            columns["source_id"].append(source.source_id(li))
+            columns["label_index"].append(li)
+            columns["copy_index"].append(ci)
+            columns["seed"].append(image_seed)
+            columns["augmented"].append(aug_params is not None)
+            columns["augmentation_seed"].append(aug_seed)
+            columns["global_seed"].append(settings.seed)
+            columns["model"].append(settings.model)
+            columns["pipeline_class"].append(settings.pipeline_class)
+            columns["scheduler_class"].append(settings.scheduler_class)
+            columns["scheduler_config"].append(scheduler_config)
+            columns["num_inference_steps"].append(settings.num_inference_steps)
+            columns["guidance_scale"].append(settings.guidance_scale)
+            columns["eta"].append(settings.eta)
+            columns["height"].append(settings.height)
+            columns["width"].append(settings.width)
+        if bar is not None:
+            bar.update(len(items))
+    return datasets.Dataset.from_dict(columns, features=features)
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """Silence the ``datasets`` progress bars (one per small save / load) inside the block, then restore them."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
+def _write_chunk(chunk, chunks_dir: Path, fingerprint: str, start: int, stop: int, process_index: int,
+                 seconds: float) -> Path:
+    """Save a chunk under a temporary name with its marker, then rename it into place (atomic)."""
+    from .utils.io import replace_directory
+
+    def build(tmp: Path) -> None:
+        with _quiet_datasets():
+            chunk.save_to_disk(str(tmp))
+        marker = {"fingerprint": fingerprint, "start": start, "stop": stop, "num_rows": chunk.num_rows,
+                  "process_index": process_index, "seconds": round(seconds, 3)}
+        (tmp / CHUNK_MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
+    return replace_directory(build, chunks_dir / _chunk_name(start, stop))
+
+
+def _merge_chunks(chunks_dir: Path, fingerprint: str, ranges: Sequence[Tuple[int, int]], settings: GenerationSettings):
+    import datasets
+
+    parts = []
+    for start, stop in ranges:
+        folder = chunks_dir / _chunk_name(start, stop)
+        if not _chunk_is_complete(folder, fingerprint, start, stop):
+            raise RuntimeError(f"chunk {folder} is missing or unfinished; run the same command again to finish it")
+        with _quiet_datasets():
+            parts.append(datasets.load_from_disk(str(folder)))
+    merged = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    expected_labels = [g // settings.images_per_label for g in range(settings.num_items)]
+    expected_copies = [g % settings.images_per_label for g in range(settings.num_items)]
+    if merged["label_index"] != expected_labels or merged["copy_index"] != expected_copies:
+        raise RuntimeError(f"the chunks in {chunks_dir} do not cover the work items in order")
+    return merged
+
+
+def generate_dataset(
+    pipeline,
+    labels,
+    output_dir: PathLike,
+    images_per_label: int = 1,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 1.0,
+    eta: Optional[float] = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    augment: Union[bool, Dict[str, Any], Any] = False,
+    save_png: bool = False,
+    push_to_hub: Optional[str] = None,
+    accelerator=None,
+    *,
+    label_column: str = "label",
+    id_column: Union[str, Sequence[str], None] = None,
+    split: Optional[str] = None,
+    resize_labels: bool = False,
+    augment_tissue_label: Optional[int] = 2,
+    chunk_size: int = 64,
+    model_id: Optional[str] = None,
+    overwrite: bool = False,
+    keep_chunks: bool = False,
+    hub_private: Optional[bool] = None,
+    hub_token: Optional[str] = None,
+    command: Optional[str] = None,
+    progress: bool = True,
+):
+    r"""Generate a labelled synthetic dataset from label maps, resumably and across ``accelerate`` processes.
+
+    Args:
+        pipeline: a label-conditioned pipeline (``SemanticUltrasoundPipeline``): ``pipeline(segmap=int labels
+            [B, H, W], num_inference_steps, guidance_scale, eta, generator=[one torch.Generator per image],
+            output_type="pil")``. It is moved to the accelerator's device.
+        labels: the label maps (see :func:`load_label_source`): ``"phantoms:echo:N"``, a saved dataset folder,
+            a folder of label PNGs, a ``.npy`` file, a Hub dataset name, a ``datasets.Dataset``, an array
+            [N, H, W] or a list of maps. Values must lie in [0, num_classes - 1]; sizes must equal the model's
+            ``sample_size`` unless ``resize_labels``.
+        output_dir: run folder (chunks, manifest, the merged ``dataset/``, ``README.md``, ``png/``); must be on a
+            file system every process sees.
+        images_per_label (`int`, defaults to 1): images drawn from each label map (each from its own augmented
+            copy when ``augment``).
+        num_inference_steps, guidance_scale, eta: sampling settings passed to the pipeline (``eta=None``: the
+            scheduler's own sampler).
+        batch_size (`int`, defaults to 8): images per network batch.
+        seed (`int`, defaults to 0): global seed; image ``(label_index, copy_index)`` uses
+            :func:`derive_seeds` of ``(seed, label_index, copy_index)``.
+        augment: ``True`` for the echo-from-noise label augmentation (affine + elastic, fan re-applied; see
+            :mod:`ultrasound_diffusers.data.augment`), a dict / ``LabelAugmentation`` with other parameters, or
+            ``False``.
+        augment_tissue_label (`int` or None, defaults to 2): the tissue-in-fan label of the echo coding that the
+            augmentation re-fills inside the fan (the fan is each map's ``label > 0``); ``None`` for codings
+            without a fan (the whole image is the field of view, background 0).
+        save_png (`bool`): also write ``output_dir/png/images`` (with an imagefolder ``metadata.csv``) and
+            ``output_dir/png/labels``.
+        push_to_hub (`str`, *optional*): Hub dataset repository id to upload the dataset and its card to.
+        accelerator: an ``accelerate.Accelerator`` / ``PartialState``; default: ``PartialState()`` of the current
+            ``accelerate launch`` (CPU processes with ``ACCELERATE_USE_CPU=true``).
+        label_column, id_column, split: for dataset label sources (see :func:`load_label_source`).
+        resize_labels (`bool`): resize label maps of another size to the model's size (nearest neighbour).
+        chunk_size (`int`, defaults to 64): items per chunk, the unit of resuming and of work distribution.
+        model_id (`str`, *optional*): name of the model in the metadata (default: the pipeline's
+            ``_name_or_path``).
+        overwrite (`bool`): discard a run of other arguments found in ``output_dir`` (otherwise a ValueError).
+        keep_chunks (`bool`): keep the chunk folders after the merge.
+        hub_private, hub_token: Hub options.
+        command: the command line, recorded in the dataset card.
+        progress (`bool`): show progress bars (main process): images/s and the time left.
+
+    Returns:
+        ``datasets.Dataset`` (on every process) with columns ``image``, ``label`` (PNG images) and the metadata
+        of :func:`generation_features`, sorted by ``(label_index, copy_index)``; also saved in
+        ``output_dir/dataset``.
+    """
+    import datasets
+    from tqdm.auto import tqdm
+
+    # ---------------------------------------------------------------- arguments
+    for name, value in (("images_per_label", images_per_label), ("num_inference_steps", num_inference_steps),
+                        ("batch_size", batch_size), ("chunk_size", chunk_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}")
+    if guidance_scale is None or float(guidance_scale) < 0:
+        raise ValueError(f"`guidance_scale` must be >= 0, got {guidance_scale!r}")
+    if eta is not None and float(eta) < 0:
+        raise ValueError(f"`eta` must be >= 0 or None, got {eta!r}")
+    if push_to_hub is not None and (not isinstance(push_to_hub, str) or not push_to_hub.strip()):
+        raise ValueError(f"`push_to_hub` must be a Hub dataset repository id 'org/name', got {push_to_hub!r}")
+    unet = getattr(pipeline, "unet", None)
+    num_classes = int(getattr(getattr(unet, "config", None), "num_classes", 0) or 0)
+    if unet is None or num_classes < 1 or not getattr(pipeline, "_requires_segmap", True):
+        raise ValueError(
+            f"`pipeline` must be label-conditioned (a SemanticUltrasoundPipeline whose unet has num_classes > 0), "
+            f"got {type(pipeline).__name__}"
+        )
+    if num_classes > 256:
+        raise ValueError(f"label maps are stored as 8-bit PNG; the model has {num_classes} > 256 classes")
+    aug_params = _augmentation_params(augment)
+    if aug_params is not None and augment_tissue_label is not None and not 0 <= augment_tissue_label < num_classes:
+        raise ValueError(f"`augment_tissue_label` must be a label in [0, {num_classes - 1}] or None, got {augment_tissue_label}")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"`output_dir` {output_dir} exists and is not a folder")
+
+    state = process_state(accelerator)
+    rank, world = int(state.process_index), int(state.num_processes)
+    is_main = bool(state.is_main_process)
+    show = progress and bool(getattr(state, "is_local_main_process", is_main))
+    if world == 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        logger.warning("WORLD_SIZE=%s but the accelerator sees one process: every process would do all the work. "
+                       "On CPU use ACCELERATE_USE_CPU=true (or Accelerator(cpu=True)).", os.environ["WORLD_SIZE"])
+
+    # ---------------------------------------------------------------- labels and fingerprint (every process)
+    height, width = _model_size(pipeline)
+    source = load_label_source(labels, label_column=label_column, id_column=id_column, split=split, size=(height, width))
+    labels_digest = check_label_source(source, num_classes, (height, width), resize_labels, progress=show)
+    scheduler = pipeline.scheduler
+    settings = GenerationSettings(
+        model=model_id or str(getattr(pipeline.config, "_name_or_path", None) or "(in-memory pipeline)"),
+        pipeline_class=type(pipeline).__name__,
+        scheduler_class=type(scheduler).__name__,
+        scheduler_config=_config_dict(scheduler),
+        model_digest=pipeline_digest(pipeline),
+        labels=source.description,
+        labels_digest=labels_digest,
+        num_labels=len(source),
+        height=height,
+        width=width,
+        images_per_label=int(images_per_label),
+        num_inference_steps=int(num_inference_steps),
+        guidance_scale=float(guidance_scale),
+        eta=None if eta is None else float(eta),
+        seed=int(seed),
+        augment=None if aug_params is None else dataclasses.asdict(aug_params),
+        augment_tissue_label=None if augment_tissue_label is None else int(augment_tissue_label),
+        resize_labels=bool(resize_labels),
+        chunk_size=int(chunk_size),
+    )
+    fingerprint = settings.fingerprint()
+    ranges = chunk_ranges(settings.num_items, settings.chunk_size)
+    chunks_dir = output_dir / CHUNKS_DIR
+
+    # ---------------------------------------------------------------- the run folder (read by all, then set up by main)
+    status = _run_status(output_dir, fingerprint)
+    if status == "other" and not overwrite:
+        raise ValueError(
+            f"`output_dir` {output_dir} holds a generation run with other arguments (or an unknown dataset); "
+            "use another folder, or overwrite=True (--overwrite) to discard it"
+        )
+    state.wait_for_everyone()
+    if is_main:
+        if status == "other":
+            _clear_run(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if status != "complete":
+            _write_manifest(output_dir, settings, "running")
+            _remove_temporaries(chunks_dir)
+    state.wait_for_everyone()
+
+    # ---------------------------------------------------------------- generate this process's share
+    if status != "complete":
+        done = _finished_chunks(chunks_dir, fingerprint, ranges)
+        state.wait_for_everyone()  # everyone has listed the finished chunks before anyone writes new ones
+        pending = [r for r in ranges if r not in done]
+        mine = pending[rank::world]
+        if is_main:
+            logger.info("%d of %d chunks done; %d to go on %d process(es)", len(done), len(ranges), len(pending), world)
+        if mine:
+            device = getattr(state, "device", None)
+            if device is not None and getattr(pipeline, "device", None) != device:
+                pipeline.to(device)
+            had_config = hasattr(pipeline, "_progress_bar_config")
+            previous = dict(getattr(pipeline, "_progress_bar_config", {}))
+            pipeline.set_progress_bar_config(**{**previous, "disable": True})
+            total = sum(stop - start for start, stop in mine)
+            desc = "generating" if world == 1 else f"generating (process {rank + 1}/{world})"
+            bar = tqdm(total=total, desc=desc, unit="img", disable=not show, dynamic_ncols=True)
+            try:
+                for start, stop in mine:
+                    t0 = time.perf_counter()
+                    chunk = _generate_chunk(pipeline, source, settings, start, stop, int(batch_size), aug_params, bar)
+                    _write_chunk(chunk, chunks_dir, fingerprint, start, stop, rank, time.perf_counter() - t0)
+            finally:
+                bar.close()
+                if had_config:
+                    pipeline._progress_bar_config = previous
+                else:
+                    del pipeline._progress_bar_config
+        state.wait_for_everyone()
+
+    # ---------------------------------------------------------------- merge, card, PNGs, Hub (main process)
+    dataset_dir = output_dir / DATASET_DIR
+    if is_main:
+        from .utils.io import atomic_save_to_disk, atomic_write_text
+
+        if status != "complete":
+            merged = _merge_chunks(chunks_dir, fingerprint, ranges, settings)
+            with contextlib.nullcontext() if show else _quiet_datasets():
+                atomic_save_to_disk(merged, dataset_dir)
+            _write_manifest(output_dir, settings, "complete", num_rows=merged.num_rows)
+        if not keep_chunks:
+            shutil.rmtree(chunks_dir, ignore_errors=True)
+        dataset = datasets.load_from_disk(str(dataset_dir))
+        label_names = getattr(pipeline.config, "label_names", None)
+        card = create_dataset_card(settings, dataset.num_rows, label_names=dict(label_names) if label_names else None,
+                                   repo_id=push_to_hub, command=command)
+        atomic_write_text(output_dir / CARD_NAME, card)
+        if save_png:
+            export_png_folders(dataset, output_dir / PNG_DIR)
+        if push_to_hub:
+            push_dataset_to_hub(dataset, push_to_hub, card, private=hub_private, token=hub_token)
+    state.wait_for_everyone()
+    return datasets.load_from_disk(str(dataset_dir))
