@@ -386,6 +386,25 @@ def test_save_and_load_as_reconstruction_pipeline(tiny_unet, tmp_path):
     assert isinstance(pipe.scheduler, BMapAttenuationScheduler)
 
 
+@pytest.mark.skipif(
+    not hasattr(__import__("ultrasound_diffusers.pipelines", fromlist=["x"]), "UltrasoundReconstructionPipeline"),
+    reason="UltrasoundReconstructionPipeline is not exported from ultrasound_diffusers.pipelines yet",
+)
+def test_save_and_load_round_trip(tiny_unet, tmp_path):
+    from ultrasound_diffusers.pipelines import DiffusionPipeline
+
+    pipe = tiny_pipeline(tiny_unet)
+    pipe.save_pretrained(tmp_path / "recon")
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "recon")
+    assert type(loaded).__name__ == "UltrasoundReconstructionPipeline"
+    op = MissingScanLines(2)
+    y = op(_image())
+    a = pipe(y, op, num_inference_steps=3, generator=torch.Generator().manual_seed(0)).images
+    loaded.set_progress_bar_config(disable=True)
+    b = loaded(y, op, num_inference_steps=3, generator=torch.Generator().manual_seed(0)).images
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def test_cli_writes_figure_arrays_and_metrics(tiny_label_unet, tmp_path):
     from ultrasound_diffusers.cli import main

@@ -34,6 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--num_samples", type=int, default=4)
     p.add_argument("--num_inference_steps", type=int, default=50)
     p.add_argument("--guidance_step_size", type=float, default=1.0)
+    p.add_argument("--num_resample", type=int, default=0, help="RePaint-style resampling passes per step (helps --method projection)")
     p.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance of label-conditioned models")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -199,7 +200,7 @@ def _operator(spec: str, pipe, size, noise_std):
 
 
 def reconstruct_image(pipe, image, labels, operator, method="dps", num_samples=4, num_inference_steps=50,
-                      guidance_step_size=1.0, guidance_scale=1.0, seed=0):
+                      guidance_step_size=1.0, guidance_scale=1.0, seed=0, num_resample=0):
     """Simulate measurements of ``image`` ([H, W] in [0, 1]) and reconstruct them.
 
     Returns a dict of float64 arrays in [0, 1]: ``truth``, ``measured`` (NaN where not measured), ``baseline``,
@@ -222,7 +223,7 @@ def reconstruct_image(pipe, image, labels, operator, method="dps", num_samples=4
     out = pipe(
         y, operator, segmap=segmap, method=method, num_inference_steps=num_inference_steps,
         guidance_step_size=guidance_step_size, guidance_scale=guidance_scale, num_samples=num_samples,
-        generator=generator, height=height, width=width, output_type="np",
+        num_resample=num_resample, generator=generator, height=height, width=width, output_type="np",
     )
     measured = operator.to_image(y, (height, width))[0, 0].double().numpy()
     baseline = operator.baseline(y, (1, 1, height, width))[0, 0].double().numpy()
@@ -248,7 +249,7 @@ def _metrics(result) -> dict:
 
 def run_reconstruction(pipeline=None, image="phantom", labels=None, operator="missing_lines:4", noise_std=None,
                        method="dps", num_samples=4, num_inference_steps=50, guidance_step_size=1.0,
-                       guidance_scale=1.0, seed=0, out="reconstruction_output", device="cpu") -> dict:
+                       guidance_scale=1.0, seed=0, out="reconstruction_output", device="cpu", num_resample=0) -> dict:
     """Everything ``ultrasound-diffusers reconstruct`` does; returns the metrics dict (also in metrics.json)."""
     import io
     import json
@@ -271,12 +272,13 @@ def run_reconstruction(pipeline=None, image="phantom", labels=None, operator="mi
         phantom_labels = load_label_maps([labels])[0]
     op = _operator(operator, pipe, size, noise_std) if isinstance(operator, str) else operator
     result = reconstruct_image(pipe, truth, phantom_labels, op, method, num_samples, num_inference_steps,
-                               guidance_step_size, guidance_scale, seed)
+                               guidance_step_size, guidance_scale, seed, num_resample)
     metrics = _metrics(result)
     std = float(op.noise_std_map((1, 1) + tuple(size)).max())
     summary = {
         "image": description, "operator": repr(op), "method": method, "num_samples": num_samples,
-        "num_inference_steps": num_inference_steps, "guidance_step_size": guidance_step_size, "seed": seed,
+        "num_inference_steps": num_inference_steps, "guidance_step_size": guidance_step_size,
+        "num_resample": num_resample, "seed": seed,
         "noise_std_max": std, "final_residual_rms": float(np.mean(result["final_residual"])),
         "mean_uncertainty": float(result["uncertainty"].mean()), "seconds": round(time.perf_counter() - start, 2),
         **{f"{k}_{m}": v[m] for k, v in metrics.items() for m in ("psnr", "ssim")},
@@ -301,7 +303,7 @@ def run_reconstruction(pipeline=None, image="phantom", labels=None, operator="mi
 
 def run_benchmark(pipeline=None, keep_every=(2, 4, 8), num_images=4, method="dps", num_samples=1,
                   num_inference_steps=50, guidance_step_size=1.0, guidance_scale=1.0, noise_std=None, seed=0,
-                  out="reconstruction_output", device="cpu") -> list:
+                  out="reconstruction_output", device="cpu", num_resample=0) -> list:
     """PSNR / SSIM (mean over ``num_images`` held-out phantoms) of interpolation and reconstruction for each
     fraction 1/K of scan lines kept; writes ``benchmark.md`` and ``benchmark.json`` into ``out``."""
     import json
@@ -324,7 +326,7 @@ def run_benchmark(pipeline=None, keep_every=(2, 4, 8), num_images=4, method="dps
         for i in range(num_images):
             truth, labels, _ = load_image(f"phantom:{i}", size, pipe)
             result = reconstruct_image(pipe, truth, labels, op, method, num_samples, num_inference_steps,
-                                       guidance_step_size, guidance_scale, seed + i)
+                                       guidance_step_size, guidance_scale, seed + i, num_resample)
             for name, value in _metrics(result).items():
                 scores[name].append(value)
         row = {"keep_every": int(k), "fraction_kept": op.fraction_measured(size),
@@ -335,8 +337,9 @@ def run_benchmark(pipeline=None, keep_every=(2, 4, 8), num_images=4, method="dps
         rows.append(row)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
+    name = method if num_samples == 1 else f"{method} (mean of {num_samples})"
     lines = [
-        f"| lines kept | interpolation PSNR (dB) | {method} PSNR (dB) | interpolation SSIM | {method} SSIM |",
+        f"| lines kept | interpolation PSNR (dB) | {name} PSNR (dB) | interpolation SSIM | {name} SSIM |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
@@ -354,6 +357,8 @@ def run(args) -> int:
 
     if args.num_samples < 1:
         raise ValueError(f"--num_samples must be >= 1, got {args.num_samples}")
+    if args.num_resample < 0:
+        raise ValueError(f"--num_resample must be >= 0, got {args.num_resample}")
     if args.num_inference_steps < 1:
         raise ValueError(f"--num_inference_steps must be >= 1, got {args.num_inference_steps}")
     if args.benchmark:
@@ -363,13 +368,13 @@ def run(args) -> int:
             raise ValueError(f"--benchmark must be comma-separated integers, got {args.benchmark!r}") from None
         rows = run_benchmark(args.pipeline, ks, args.num_images, args.method, args.num_samples,
                              args.num_inference_steps, args.guidance_step_size, args.guidance_scale, args.noise_std,
-                             args.seed, args.out, args.device)
+                             args.seed, args.out, args.device, args.num_resample)
         with open(os.path.join(args.out, "benchmark.md"), encoding="utf-8") as handle:
             print(handle.read().rstrip())
         return 0 if rows else 1
     summary = run_reconstruction(args.pipeline, args.image, args.labels, args.operator, args.noise_std, args.method,
                                  args.num_samples, args.num_inference_steps, args.guidance_step_size,
-                                 args.guidance_scale, args.seed, args.out, args.device)
+                                 args.guidance_scale, args.seed, args.out, args.device, args.num_resample)
     print(
         f"baseline {summary['baseline_psnr']:.2f} dB / SSIM {summary['baseline_ssim']:.3f}, reconstruction "
         f"{summary['reconstruction_psnr']:.2f} dB / SSIM {summary['reconstruction_ssim']:.3f}, residual "
