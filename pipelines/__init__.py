@@ -2,6 +2,7 @@
 
 * :class:`SemanticUltrasoundPipeline`: label map in, ultrasound image out (SDM with classifier-free guidance).
 * :class:`UltrasoundPipeline`: unconditional generation, any (rectangular) image size.
+* :class:`UltrasoundReconstructionPipeline`: measurement-guided reconstruction (DPS, data-consistency projection).
 * :class:`DiffusionPipeline`: their base class, and an auto class whose ``from_pretrained`` returns the
   pipeline that a folder's or repository's model_index.json names (ours or diffusers').
 * :mod:`.hub`: remote-code files for ``trust_remote_code=True`` users of plain diffusers, model cards,
@@ -11,6 +12,7 @@
 from .hub import create_model_card, push_to_hub, save_model_card, write_remote_code_files
 from .pipeline_semantic_ultrasound import SemanticUltrasoundPipeline, SemanticUltrasoundPipelineOutput
 from .pipeline_ultrasound import UltrasoundPipeline
+from .pipeline_ultrasound_reconstruction import UltrasoundReconstructionPipeline, UltrasoundReconstructionPipelineOutput
 from .pipeline_utils import DiffusionPipeline
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "SemanticUltrasoundPipeline",
     "SemanticUltrasoundPipelineOutput",
     "UltrasoundPipeline",
+    "UltrasoundReconstructionPipeline",
+    "UltrasoundReconstructionPipelineOutput",
     "create_model_card",
     "push_to_hub",
     "save_model_card",

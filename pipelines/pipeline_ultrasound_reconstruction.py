@@ -238,7 +238,7 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
             measurements = torch.from_numpy(np.ascontiguousarray(measurements))
         if not torch.is_tensor(measurements):
             raise ValueError(f"`measurements` must be a torch tensor or numpy array, got {type(measurements).__name__}")
-        expected = operator.measurement_shape(image_shape)
+        expected = operator.measurement_shape(image_shape, device=device, dtype=dtype)
         y = measurements.to(device=device, dtype=dtype)
         if y.dim() == len(expected) - 1 and tuple(y.shape) == tuple(expected[1:]):
             y = y[None]
@@ -361,7 +361,7 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
         weights = noise_var.clamp(min=MIN_NOISE_STD**2).min() / noise_var.clamp(min=MIN_NOISE_STD**2)
         lipschitz = 1.0
         if method == "dps" and not operator.has_projection:
-            lipschitz = max(operator.lipschitz(image_shape), 1e-12)
+            lipschitz = max(operator.lipschitz(image_shape, device=device, dtype=dtype), 1e-12)
 
         # label maps
         model_segmap = None

@@ -48,6 +48,15 @@ _LAZY = {
     "load_label_source": ".generation",
     # reconstruction
     "UltrasoundReconstructionPipeline": ".pipelines",
+    "make_operator": ".operators",
+    "MissingScanLines": ".operators",
+    "AreaDownsample": ".operators",
+    "DepthAttenuation": ".operators",
+    "Mask": ".operators",
+    "FunctionOperator": ".operators",
+    # training losses
+    "hybrid_loss": ".losses",
+    "variational_bound_terms": ".losses",
     # plots
     "plot_bmaps": ".visualization",
 }

@@ -192,14 +192,14 @@ class ForwardOperator:
         _check_image(x)
         return self.forward(x)
 
-    def measurement_shape(self, image_shape: Sequence[int]) -> Tuple[int, ...]:
+    def measurement_shape(self, image_shape: Sequence[int], device=None, dtype=torch.float32) -> Tuple[int, ...]:
         """Shape of ``A(x)`` for images of shape ``image_shape`` [B, C, H, W] (ValueError if A refuses it)."""
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) != 4:
             raise ValueError(f"`image_shape` must be [B, C, H, W], got {image_shape}")
         with torch.no_grad():
             try:
-                out = self(torch.zeros(image_shape))
+                out = self(torch.zeros(image_shape, device=device, dtype=dtype))
             except ValueError:
                 raise
             except Exception as error:  # a user function failing on this size
@@ -275,7 +275,8 @@ class ForwardOperator:
         gain = torch.where(denom > 0, residual / denom.clamp(min=_TINY), torch.zeros_like(residual))
         return x + r * self.transpose(gain, x.shape)
 
-    def lipschitz(self, image_shape: Sequence[int], iterations: int = 30, seed: int = 0) -> float:
+    def lipschitz(self, image_shape: Sequence[int], iterations: int = 30, seed: int = 0, device=None,
+                  dtype=torch.float32) -> float:
         """``||J||^2``, the largest eigenvalue of ``J^T J`` for the Jacobian J of A (of its linear part).
 
         Exact (the largest entry of ``diag(A A^T)``) for operators with a projection; otherwise estimated by
@@ -284,9 +285,9 @@ class ForwardOperator:
         """
         image_shape = tuple(int(s) for s in image_shape)
         if self.has_projection:
-            return float(self.gram(torch.ones((1,) + image_shape[1:])).max())
+            return float(self.gram(torch.ones((1,) + image_shape[1:], device=device, dtype=dtype)).max())
         generator = torch.Generator().manual_seed(seed)
-        v = torch.randn((1,) + image_shape[1:], generator=generator)
+        v = torch.randn((1,) + image_shape[1:], generator=generator, dtype=dtype).to(device)
         v = v / v.norm()
         value = 0.0
         with torch.enable_grad():

@@ -1,0 +1,69 @@
+"""The bundled demonstration pipeline and the demo command (issue: the main job out of the box)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ultrasound_diffusers.demo import DEMO_PIPELINE_PATH, default_label_maps, load_label_maps, run_demo
+
+
+@pytest.fixture(scope="module")
+def demo_pipe():
+    from ultrasound_diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(DEMO_PIPELINE_PATH)
+
+
+def test_bundled_pipeline_is_small_and_complete():
+    index = json.loads((DEMO_PIPELINE_PATH / "model_index.json").read_text())
+    assert index["_class_name"] == "SemanticUltrasoundPipeline"
+    assert (DEMO_PIPELINE_PATH / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (DEMO_PIPELINE_PATH / "README.md").is_file()
+    size = sum(p.stat().st_size for p in DEMO_PIPELINE_PATH.rglob("*") if p.is_file())
+    assert size < 50 * 2**20
+
+
+def test_bundled_pipeline_generates_plausible_echo(demo_pipe):
+    """Few steps, one label map: a fan, dark outside it, a cavity darker than the myocardium."""
+    from ultrasound_diffusers.schedulers.bmaps import fan_mask
+
+    labels = default_label_maps(2, size=64, seed=7)
+    out = demo_pipe(
+        labels, num_inference_steps=12, guidance_scale=1.5, generator=torch.Generator().manual_seed(0), output_type="np"
+    )
+    images = np.asarray(out.images)[..., 0]
+    assert images.shape == (2, 64, 64)
+    assert np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
+    outside = ~fan_mask(64, 64).numpy()
+    for image, label in zip(images, labels):
+        assert image[outside].mean() < 0.1
+        cavity, myocardium = image[label == 1].mean(), image[label == 3].mean()
+        assert cavity < myocardium - 0.05, (cavity, myocardium)
+
+
+def test_demo_writes_picture(tmp_path, capsys):
+    from ultrasound_diffusers.cli import main
+
+    assert main(["demo", "--num_images", "2", "--num_inference_steps", "5", "--output_dir", str(tmp_path)]) == 0
+    assert "demo picture written to" in capsys.readouterr().out
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    assert len(list(tmp_path.glob("generated_*.png"))) == 2
+
+
+def test_demo_reads_user_label_maps(tmp_path):
+    from PIL import Image
+
+    labels = default_label_maps(1, size=64, seed=3)[0].astype(np.uint8)
+    Image.fromarray(labels).save(tmp_path / "map.png")
+    np.save(tmp_path / "map.npy", labels)
+    loaded = load_label_maps([tmp_path / "map.png", tmp_path / "map.npy"])
+    assert all(np.array_equal(m, labels) for m in loaded)
+    path = run_demo(labels=[tmp_path / "map.png"], num_inference_steps=3, output_dir=tmp_path / "out")
+    assert path.exists()
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        load_label_maps([tmp_path / "missing.png"])
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3, 4)))
+    with pytest.raises(ValueError, match="bad.npy"):
+        load_label_maps([tmp_path / "bad.npy"])
