@@ -13,23 +13,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from ultrasound_diffusers import BMapAttenuationScheduler
-
-
-def held_bytes(obj, seen=None) -> int:
-    """Bytes of all tensors reachable from an object's attributes."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return 0
-    seen.add(id(obj))
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(held_bytes(v, seen) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(held_bytes(v, seen) for v in obj)
-    if hasattr(obj, "__dict__"):
-        return held_bytes(vars(obj), seen)
-    return 0
+from ultrasound_diffusers.utils.memory import tensor_nbytes
 
 
 def time_it(fn, repeat: int) -> float:
@@ -64,7 +48,7 @@ def main() -> None:
         for t in sched.timesteps:
             sched.step(out, t, x)
         sched.add_noise(torch.randn(4, 1, size, size), torch.randn(4, 1, size, size), torch.randint(0, T, (4,)))
-        memory = held_bytes(vars(sched)) / 2**20
+        memory = tensor_nbytes(sched) / 2**20
         published = 6 * T * 3 * size * size * 4 / 2**20
         steps = list(sched.timesteps)
         it = iter(range(10**9))

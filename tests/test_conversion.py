@@ -26,13 +26,6 @@ from ultrasound_diffusers.models.unet_semantic_2d import SemanticUNet2DModel
 GROUPS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ------------------------------------------------------------------------------ reference (original layout)
 

@@ -19,14 +19,6 @@ from ultrasound_diffusers.evaluation.report import evaluate, format_summary, par
 from ultrasound_diffusers.schedulers.bmaps import depth_map
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # on a shared 2-core machine OpenMP with 2 threads is 10-40x slower than 1 thread for these tiny workloads
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def synthetic_echo(n, size=32, seed=0, attenuation=0.0):
     """Echo-like (image, label) pairs: CAMUS fan, LV cavity (1) in a myocardium ring (3), LA (4), tissue (2)."""

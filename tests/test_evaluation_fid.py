@@ -10,14 +10,6 @@ import torch
 from ultrasound_diffusers.evaluation import fid as F
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # on a shared 2-core machine OpenMP with 2 threads is 10-40x slower than 1 thread for these tiny workloads
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _spd(rng, d, rank=None):
     a = rng.normal(size=(d, rank or d))

@@ -7,14 +7,6 @@ import torch
 from ultrasound_diffusers.evaluation.memorization import memorization_statistics, nearest_neighbours
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # on a shared 2-core machine OpenMP with 2 threads is 10-40x slower than 1 thread for these tiny workloads
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def test_nearest_neighbours_matches_brute_force():
     rng = np.random.default_rng(0)

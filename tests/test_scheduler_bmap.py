@@ -352,20 +352,9 @@ def test_memory_is_linear_in_steps_plus_pixels():
         x = s.step(torch.zeros_like(x), t, x).prev_sample
     s.add_noise(torch.zeros(4, 1, 256, 256), torch.zeros(4, 1, 256, 256), torch.tensor([1, 300, 600, 999]))
 
-    def tensor_bytes(obj, seen):
-        if id(obj) in seen:
-            return 0
-        seen.add(id(obj))
-        if isinstance(obj, torch.Tensor):
-            return obj.numel() * obj.element_size()
-        if isinstance(obj, dict):
-            return sum(tensor_bytes(v, seen) for v in obj.values())
-        if isinstance(obj, (list, tuple)):
-            return sum(tensor_bytes(v, seen) for v in obj)
-        if hasattr(obj, "__dict__"):
-            return tensor_bytes(vars(obj), seen)
-        return 0
+    from ultrasound_diffusers.utils.memory import tensor_nbytes
 
-    held = tensor_bytes(vars(s), set())
+    held = tensor_nbytes(s)
+    assert held > 256 * 256 * 8  # the accounting does see the cached depth grid
     assert held < 16 * 2**20, f"scheduler holds {held / 2**20:.1f} MB"
     assert held < 1000 * 256 * 256 * 4 / 50  # far below one float32 [T, H, W] tensor
