@@ -50,14 +50,16 @@ def default_label_maps(num: int = 4, size: int = 64, seed: int = 2024) -> List[n
 
 
 def attenuated_signal(scheduler, image: np.ndarray, steps: Sequence[int]) -> np.ndarray:
-    """sqrt(a_t(p)) * x_0(p) for an image in [0, 1]: what is left of the signal at each step. [S, H, W]."""
+    """sqrt(Bbar_t(p)) * x_0(p) for an image in [0, 1]: the image under the B-map attenuation alone at each step
+    (the depth-dependent part of the signal level a_t = abar_t * Bbar_t). [S, H, W]."""
     x0 = torch.from_numpy(np.asarray(image, dtype=np.float64))[None, None]
-    level = scheduler.signal_level(torch.tensor(list(steps)), (len(steps), 1) + tuple(x0.shape[-2:]))
-    return (level.sqrt() * x0).numpy()[:, 0]
+    bbar = scheduler.cumulative_bmap(torch.tensor(list(steps)), (len(steps), 1) + tuple(x0.shape[-2:]))
+    return (bbar.sqrt() * x0).numpy()[:, 0]
 
 
 def make_demo_figure(label_maps, images, scheduler, num_classes: int, steps: Sequence[int], title: str = ""):
-    """Rows: examples. Columns: label map, generated image, the image attenuated by the B-maps at ``steps``."""
+    """Rows: examples. Columns: label map, generated image, the image attenuated by the cumulative B-maps at
+    ``steps`` (deep tissue fades first, as sound does)."""
     from .data.labels import colorize_labels
     from .visualization import _pyplot
 
@@ -76,7 +78,7 @@ def make_demo_figure(label_maps, images, scheduler, num_classes: int, steps: Seq
     axes[0, 0].set_title("label map", fontsize=9)
     axes[0, 1].set_title("generated", fontsize=9)
     for j, t in enumerate(steps):
-        axes[0, 2 + j].set_title(f"B-map signal, t={t}", fontsize=9)
+        axes[0, 2 + j].set_title(f"B-map attenuation, t={t}", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
