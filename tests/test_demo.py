@@ -32,7 +32,7 @@ def test_bundled_pipeline_generates_plausible_echo(demo_pipe):
 
     labels = default_label_maps(2, size=64, seed=7)
     out = demo_pipe(
-        labels, num_inference_steps=25, guidance_scale=1.5, generator=torch.Generator().manual_seed(0), output_type="np"
+        labels, num_inference_steps=50, guidance_scale=1.5, generator=torch.Generator().manual_seed(0), output_type="np"
     )
     images = np.asarray(out.images)[..., 0]
     assert images.shape == (2, 64, 64)
