@@ -84,6 +84,23 @@ def test_kid_unbiased_near_zero_and_grows_with_shift():
     assert F.mmd2_unbiased(x, y) == pytest.approx(kxx + kyy - 2 * kxy, rel=1e-10)
 
 
+def test_kid_default_subsets_differ_for_small_sets():
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=(200, 8)), rng.normal(size=(150, 8)) + 0.3
+    assert F.resolve_kid_subset_size(5000, 3000) == 1000
+    assert F.resolve_kid_subset_size(200, 150) == 75
+    assert F.resolve_kid_subset_size(200, 150, 1000) == 150
+    res = F.fid_kid_from_features(a, b, compute_fid=False, kid_subsets=10)
+    assert res["kid_subset_size"] == 75 and res["kid_std"] > 0 and not res["warnings"]
+    # the whole set as every subset: the spread is zero and the result says so
+    whole = F.fid_kid_from_features(a[:150], b, compute_fid=False, kid_subsets=4, kid_subset_size=1000)
+    assert whole["kid_std"] < 1e-12 and "no uncertainty" in whole["warnings"][0]
+    with pytest.raises(ValueError, match="subset_size"):
+        F.kernel_inception_distance(a, b, subset_size=1)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        F.kernel_inception_distance(a[:1], b)
+
+
 def test_fid_kid_from_features_records_warning():
     rng = np.random.default_rng(5)
     with pytest.warns(UserWarning):

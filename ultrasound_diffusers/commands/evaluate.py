@@ -65,7 +65,8 @@ def register(subparsers) -> None:
     p.add_argument("--dynamic_range_db", type=float, default=None,
                    help="log-compression dynamic range of the images; enables envelope-domain speckle statistics")
     p.add_argument("--kid_subsets", type=int, default=100)
-    p.add_argument("--kid_subset_size", type=int, default=1000)
+    p.add_argument("--kid_subset_size", type=int, default=None,
+                   help="rows per KID subset (default: 1000, capped at half the smaller set)")
     p.add_argument("--copy_fraction", type=float, default=0.5,
                    help="flag generated images closer to a train image than this x the real-to-train median distance")
     p.add_argument("--seg_steps", type=int, default=300, help="training steps of the downstream segmentation UNet")

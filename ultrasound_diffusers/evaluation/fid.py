@@ -416,11 +416,29 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray, **kernel_kwargs) -> float:
     return float(term_x + term_y - 2.0 * kxy.mean())
 
 
+def resolve_kid_subset_size(n1: int, n2: int, subset_size: Optional[int] = None) -> int:
+    """Rows per KID subset for sets of ``n1`` and ``n2`` feature vectors.
+
+    ``subset_size=None`` gives ``min(1000, n1 // 2, n2 // 2)`` (at least 2), a given value ``min(subset_size, n1,
+    n2)``. Raises ``ValueError`` when that is below 2 (the unbiased MMD needs two rows).
+    """
+    if subset_size is None:
+        size = max(2, min(1000, n1 // 2, n2 // 2))
+    elif int(subset_size) < 2:
+        raise ValueError(f"`subset_size` must be at least 2, got {subset_size}")
+    else:
+        size = int(subset_size)
+    size = min(size, int(n1), int(n2))
+    if size < 2:
+        raise ValueError(f"KID needs at least 2 images in each set, got {n1} and {n2}")
+    return size
+
+
 def kernel_inception_distance(
     features1: np.ndarray,
     features2: np.ndarray,
     num_subsets: int = 100,
-    subset_size: int = 1000,
+    subset_size: Optional[int] = None,
     degree: int = 3,
     gamma: Optional[float] = None,
     coef0: float = 1.0,
@@ -428,7 +446,9 @@ def kernel_inception_distance(
 ) -> Tuple[float, float]:
     """KID: mean and standard deviation of the unbiased polynomial-kernel MMD^2 over random subsets.
 
-    Each subset draws ``min(subset_size, N1, N2)`` rows of each set without replacement.
+    Each subset draws :func:`resolve_kid_subset_size` rows of each set without replacement: ``min(subset_size, N1, N2)``,
+    or by default (``subset_size=None``) the usual 1000 rows, capped at half the smaller set so that the subsets
+    differ and their standard deviation measures something.
 
     Returns:
         ``(kid_mean, kid_std)``.
@@ -438,9 +458,7 @@ def kernel_inception_distance(
         raise ValueError(f"features must be [N1, D] and [N2, D] with one D, got {f1.shape} and {f2.shape}")
     if num_subsets < 1:
         raise ValueError(f"`num_subsets` must be positive, got {num_subsets}")
-    size = min(int(subset_size), f1.shape[0], f2.shape[0])
-    if size < 2:
-        raise ValueError(f"KID needs `subset_size` and both sets >= 2, got {subset_size}, {f1.shape[0]}, {f2.shape[0]}")
+    size = resolve_kid_subset_size(f1.shape[0], f2.shape[0], subset_size)
     rng = np.random.default_rng(seed)
     values = np.array(
         [
@@ -463,7 +481,7 @@ def fid_kid_from_features(
     compute_fid: bool = True,
     compute_kid: bool = True,
     kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
+    kid_subset_size: Optional[int] = None,
     seed: int = 0,
 ) -> Dict[str, object]:
     """FID and KID between two feature sets, with the warnings collected in ``result["warnings"]``."""
@@ -480,7 +498,7 @@ def fid_kid_from_features(
             real_features, generated_features, num_subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
         )
         result["kid_mean"], result["kid_std"] = mean, std
-        size = min(int(kid_subset_size), len(real_features), len(generated_features))
+        size = resolve_kid_subset_size(len(real_features), len(generated_features), kid_subset_size)
         result["kid_subset_size"] = size
         if size == len(real_features) == len(generated_features):
             result["warnings"].append(  # type: ignore[union-attr]
@@ -498,6 +516,7 @@ __all__: Sequence[str] = (
     "extract_features",
     "feature_statistics",
     "fid_kid_from_features",
+    "resolve_kid_subset_size",
     "find_fid_helper_weights",
     "frechet_distance",
     "frechet_distance_from_features",

@@ -130,7 +130,7 @@ def evaluate(
     speckle_window: int = 8,
     dynamic_range_db: Optional[float] = None,
     kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
+    kid_subset_size: Optional[int] = None,
     copy_fraction: float = 0.5,
     seg_steps: int = 300,
     seg_batch_size: int = 8,
@@ -159,7 +159,7 @@ def evaluate(
         class_names: label index -> name (default: echo coding, :data:`ECHO_CLASS_NAMES`).
         contrast_pairs: class-name pairs whose contrast is reported.
         num_depth_bins, speckle_window, dynamic_range_db: see :mod:`.physics`.
-        kid_subsets, kid_subset_size: KID subsets.
+        kid_subsets, kid_subset_size: KID subsets (subset size default: 1000, capped at half the smaller set).
         copy_fraction: memorisation copy threshold as a fraction of the real-to-train median distance.
         seg_steps, seg_batch_size, seg_base_channels: downstream segmentation training.
         num_samples_in_grid: images per row in ``sample_grid.png``.
