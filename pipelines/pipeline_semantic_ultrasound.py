@@ -139,7 +139,10 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
             generator: torch generator(s) for reproducible results (one, or one per generated image).
             num_images_per_prompt (`int`, defaults to 1): images drawn per label map.
             latents (`torch.Tensor`, *optional*): initial noise [B * num_images_per_prompt, C, H, W].
-            height, width (`int`, *optional*): generated size; defaults to the network's ``sample_size``.
+            height, width (`int`, *optional*): generated size; defaults to the network's ``sample_size``, the
+                size it was trained at, and label maps of another size are resized to it (nearest). Pass a map's
+                own size to generate at that size (the network is fully convolutional, but quality away from
+                the training size is not guaranteed).
             timesteps (`List[int]`, *optional*): custom timesteps for schedulers that accept them.
             output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` or ``"pt"`` (see
                 :class:`SemanticUltrasoundPipelineOutput`).

@@ -316,3 +316,62 @@ def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
         save_dataset(dd, tmp_path / "out")
     assert (tmp_path / "marker").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["marker"]
+
+
+def _write_monochrome_us(path, pixels, photometric, bits_stored=8):
+    """A minimal ultrasound DICOM file (Ultrasound [Multi-frame] Image Storage) written with pydicom."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    frames = pixels.shape[0] if pixels.ndim == 3 else 1
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1" if frames > 1 else "1.2.840.10008.5.1.4.1.1.6.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName, ds.PatientID = "US", "Doe^Jane", "PID-123456"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.BitsAllocated = 8 if bits_stored <= 8 else 16
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = pixels.astype(np.uint8 if bits_stored <= 8 else np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_dicom_monochrome1_and_monochrome2(tmp_path):
+    """MONOCHROME2 (8 and 12 bits, single frame and cine) and inverted MONOCHROME1: same grayscale frames."""
+    from ultrasound_diffusers.data.dicom import convert_dicom
+    from ultrasound_diffusers.schedulers.bmaps import fan_mask
+
+    rng = np.random.default_rng(0)
+    fan = fan_mask(96, 128, apex=(0.5, 0.05), radii=(0.0, 0.7), half_angle_deg=35.0).numpy()
+    tissue = np.where(fan, rng.integers(40, 250, size=(96, 128)), 0).astype(np.int64)
+    tissue[4:12, 4:40] = 255  # burned-in text in a corner, apart from the fan
+    (tmp_path / "m2").mkdir()
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m2_12bit").mkdir()
+    _write_monochrome_us(tmp_path / "m2" / "a.dcm", tissue, "MONOCHROME2")
+    _write_monochrome_us(tmp_path / "m1" / "a.dcm", 255 - tissue, "MONOCHROME1")
+    cine = np.stack([tissue * 4095 // 255, (tissue // 2) * 4095 // 255])
+    _write_monochrome_us(tmp_path / "m2_12bit" / "a.dcm", cine, "MONOCHROME2", bits_stored=12)
+
+    rows = {name: convert_dicom(tmp_path / name, crop=False)["train"] for name in ("m2", "m1", "m2_12bit")}
+    assert rows["m2"][0]["photometric_interpretation"] == "MONOCHROME2"
+    assert rows["m1"][0]["photometric_interpretation"] == "MONOCHROME1"
+    img2, img1 = np.asarray(rows["m2"][0]["image"]), np.asarray(rows["m1"][0]["image"])
+    area = np.asarray(rows["m2"][0]["scan_area"]).astype(bool)
+    assert np.array_equal(img1, img2), "MONOCHROME1 is inverted to the MONOCHROME2 grey scale"
+    assert (img2[~area] == 0).all() and not img2[4:12, 4:40].any(), "burned-in text outside the scan area is removed"
+    inside = area & fan
+    assert inside.sum() > 0.8 * fan.sum() and np.array_equal(img2[inside], tissue[inside])
+    twelve = rows["m2_12bit"]
+    assert len(twelve) == 2 and [r["frame"] for r in twelve] == [0, 1]
+    first = np.asarray(twelve[0]["image"]).astype(int)
+    assert np.abs(first[inside] - tissue[inside]).max() <= 1, "12-bit values are scaled to 0-255"
+    assert np.asarray(twelve[1]["image"])[inside].mean() < 0.6 * first[inside].mean()
+    values = " ".join(str(v) for r in (rows["m2"], rows["m1"]) for c in r.column_names if c != "image" for v in r[c])
+    assert "Doe^Jane" not in values and "PID-123456" not in values

@@ -386,10 +386,6 @@ def test_save_and_load_as_reconstruction_pipeline(tiny_unet, tmp_path):
     assert isinstance(pipe.scheduler, BMapAttenuationScheduler)
 
 
-@pytest.mark.skipif(
-    not hasattr(__import__("ultrasound_diffusers.pipelines", fromlist=["x"]), "UltrasoundReconstructionPipeline"),
-    reason="UltrasoundReconstructionPipeline is not exported from ultrasound_diffusers.pipelines yet",
-)
 def test_save_and_load_round_trip(tiny_unet, tmp_path):
     from ultrasound_diffusers.pipelines import DiffusionPipeline
 
