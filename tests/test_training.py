@@ -219,7 +219,8 @@ def _env():
     return env
 
 
-def run_script(args, launcher="python", processes=1, expect_ok=True, timeout=300):
+def script_command(launcher="python", processes=1):
+    """(command prefix, environment) that runs the training script with ``python`` or ``accelerate launch``."""
     if launcher == "python":
         cmd = [sys.executable, str(SCRIPT)]
         env = _env()
@@ -231,6 +232,11 @@ def run_script(args, launcher="python", processes=1, expect_ok=True, timeout=300
             cmd += ["--multi_gpu"]
             env["ACCELERATE_USE_CPU"] = "true"
         cmd += [str(SCRIPT)]
+    return cmd, env
+
+
+def run_script(args, launcher="python", processes=1, expect_ok=True, timeout=300):
+    cmd, env = script_command(launcher, processes)
     result = subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=timeout)
     if expect_ok and result.returncode != 0:
@@ -296,6 +302,59 @@ def test_accelerate_run_checkpoints_resumes_exactly_and_loads(saved_dataset, tmp
     out = pipe(segmap=labels, num_inference_steps=2, guidance_scale=1.5, output_type="np",
                generator=torch.Generator().manual_seed(0))
     assert np.asarray(out.images).shape[:3] == (1, 16, 16) and np.isfinite(np.asarray(out.images)).all()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_in_place_to_the_same_weights(saved_dataset, tmp_path):
+    """SIGKILL a run after its first checkpoint; the same command with --resume_from_checkpoint latest in the
+    same folder ends with the weights of an uninterrupted run."""
+    import signal
+    import time
+
+    common = ["--max_train_steps", "150", "--checkpointing_steps", "5", "--checkpoints_total_limit", "1",
+              "--use_ema", "--ema_decay", "0.9", "--learn_sigma", "--random_flip", "--drop_rate", "0.3",
+              "--validation_steps", "0", "--logger", "none"]
+    full = tmp_path / "full"
+    run_script(tiny_args(saved_dataset, full, *common))
+
+    killed = tmp_path / "killed"
+    cmd, env = script_command()
+    proc = subprocess.Popen(cmd + tiny_args(saved_dataset, killed, *common), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and not list(killed.glob("checkpoint-*")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.15)  # into the next steps, possibly into the next checkpoint write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "model_index.json").exists()
+    assert list(killed.glob("checkpoint-*")), "a complete checkpoint survives the kill"
+
+    result = run_script(tiny_args(saved_dataset, killed, *common, "--resume_from_checkpoint", "latest"))
+    assert "resum" in (result.stderr + result.stdout).lower()
+    final_full, final_resumed = _weights(full / "unet"), _weights(killed / "unet")
+    assert final_full.keys() == final_resumed.keys()
+    assert all(torch.equal(final_full[k], final_resumed[k]) for k in final_full)
+    assert [p.name for p in killed.glob("checkpoint-*")] == ["checkpoint-150"]
+
+
+@pytest.mark.slow
+def test_imagefolder_with_metadata_end_to_end(saved_dataset, tmp_path):
+    folder = make_imagefolder(tmp_path / "folder", n=4, size=(20, 24), num_classes=4)
+    out = tmp_path / "out"
+    result = run_script(["--train_data_dir", folder, "--model_config", saved_dataset / "tiny.json",
+                         "--resolution", "16", "--num_train_timesteps", "20", "--train_batch_size", "2",
+                         "--max_train_steps", "2", "--checkpointing_steps", "0", "--validation_steps", "0",
+                         "--logger", "none", "--output_dir", out])
+    assert "dataset: 4 examples, 4 classes" in result.stderr + result.stdout
+    config = json.loads((out / "unet" / "config.json").read_text())
+    assert config["num_classes"] == 4 and config["sample_size"] == 16
+    assert str(folder) in (out / "README.md").read_text()
 
 
 @pytest.mark.slow

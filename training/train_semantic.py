@@ -868,10 +868,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             resume_batches = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
 
     def save_checkpoint(step: int) -> None:
-        if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-            existing = list_checkpoints(args.output_dir)
-            for _, old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
-                shutil.rmtree(old, ignore_errors=True)
+        # written under a temporary name and renamed when complete; older checkpoints beyond
+        # --checkpoints_total_limit are removed only after that, so a kill at any moment leaves a usable one
         tmp = os.path.join(args.output_dir, f".checkpoint-{step}.tmp")
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -884,6 +882,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 shutil.rmtree(final)
             os.replace(tmp, final)
             logger.info("saved %s", final)
+            if args.checkpoints_total_limit is not None:
+                existing = list_checkpoints(args.output_dir)
+                for _, old in existing[: max(0, len(existing) - args.checkpoints_total_limit)]:
+                    shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
 
     def run_validation(step: int) -> None:
