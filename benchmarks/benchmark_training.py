@@ -42,6 +42,8 @@ def run_training(size: int, steps: int, args: argparse.Namespace, output_dir: st
     if args.launcher == "accelerate":
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
                "--dynamo_backend", "no", "--num_processes", str(args.num_processes)]
+        if args.threads is not None:
+            cmd += ["--num_cpu_threads_per_process", str(args.threads)]
         if args.num_processes > 1:
             cmd.append("--multi_gpu")
             env["ACCELERATE_USE_CPU"] = "true"
@@ -72,9 +74,11 @@ def main(argv=None) -> int:
     parser.add_argument("--phantoms", type=int, default=64, help="Size of the built-in phantom dataset.")
     parser.add_argument("--launcher", choices=["python", "accelerate"], default="python")
     parser.add_argument("--num_processes", type=int, default=1, help="Processes for --launcher accelerate.")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="--num_cpu_threads_per_process for --launcher accelerate (accelerate's default is 1).")
     args = parser.parse_args(argv)
-    for name in ("batch_size", "warmup", "steps", "phantoms", "num_processes"):
-        if getattr(args, name) < 1:
+    for name in ("batch_size", "warmup", "steps", "phantoms", "num_processes", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if args.launcher == "python" and args.num_processes != 1:
         parser.error("--num_processes > 1 needs --launcher accelerate")
@@ -83,8 +87,9 @@ def main(argv=None) -> int:
 
     processes = args.num_processes if args.launcher == "accelerate" else 1
     global_batch = args.batch_size * processes
+    threads = (args.threads or 1) if args.launcher == "accelerate" else torch.get_num_threads()
     print(f"model {args.model_config}, {args.anatomy} phantoms, global batch {global_batch} "
-          f"({processes} process(es) x {args.batch_size}), {torch.get_num_threads()} torch thread(s), "
+          f"({processes} process(es) x {args.batch_size}), {threads} torch thread(s) per process, "
           f"launcher {args.launcher}; {args.steps} measured steps after {args.warmup}")
     header = f"{'size':>5} | {'s/step':>7} | {'images/s':>8}"
     print(header)
