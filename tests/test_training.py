@@ -163,6 +163,13 @@ def test_training_inputs_drop_and_flip():
             assert bool((seg[i, 2, :, 3:] == 1).all()) == is_flipped  # the label map follows its image
             kinds.add(is_flipped)
     assert kinds == {True, False}
+    # offset noise: a per-image, per-channel constant on top of the same draws
+    c0, seg0, t0, n0 = ts.draw_training_inputs(clean, labels, 3, 100, 0.5, True, gen())
+    c1, seg1, t1, n1 = ts.draw_training_inputs(clean, labels, 3, 100, 0.5, True, gen(), noise_offset=0.1)
+    assert torch.equal(c0, c1) and torch.equal(seg0, seg1) and torch.equal(t0, t1)
+    shift = n1 - n0
+    assert torch.allclose(shift, shift[..., :1, :1].expand_as(shift), atol=1e-6)
+    assert bool((shift[:, :, 0, 0].abs() > 0).all()) and float(shift.abs().max()) < 1.0
 
 
 def test_sampler_order_depends_only_on_seed_and_epoch():

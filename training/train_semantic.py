@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lambda of L_simple + lambda L_vlb (the VB term is T * L_t; 0.001 = improved-diffusion).")
     g.add_argument("--drop_rate", type=float, default=0.2,
                    help="Probability of replacing a sample's label map by zeros (classifier-free guidance).")
+    g.add_argument("--noise_offset", type=float, default=0.0,
+                   help="Std of a per-image constant added to the training noise (offset noise; 0 = off, "
+                        "0.05-0.1 typical). Helps the model change an image's mean brightness.")
 
     g = p.add_argument_group("scheduler")
     g.add_argument("--num_train_timesteps", type=int, default=1000)
@@ -178,6 +181,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         ("--gradient_accumulation_steps", args.gradient_accumulation_steps >= 1, "a positive integer"),
         ("--phantoms", args.phantoms >= 1, "a positive integer"),
         ("--drop_rate", 0.0 <= args.drop_rate <= 1.0, "a probability in [0, 1]"),
+        ("--noise_offset", args.noise_offset >= 0.0, "a non-negative number"),
         ("--vb_weight", args.vb_weight >= 0.0, "a non-negative number"),
         ("--bmap_min", 0.0 < args.bmap_min <= 1.0, "a number in (0, 1]"),
         ("--num_classes", args.num_classes is None or args.num_classes >= 1, "a positive integer"),
@@ -486,6 +490,7 @@ def draw_training_inputs(
     drop_rate: float,
     random_flip: bool,
     generator: torch.Generator,
+    noise_offset: float = 0.0,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
     """The random inputs of one training batch, all drawn from ``generator`` (CPU) in a fixed order.
 
@@ -493,6 +498,8 @@ def draw_training_inputs(
         clean: [B, C, H, W] images in [-1, 1]; labels: int64 [B, H, W] or None (unconditional).
         num_classes: K (ignored without labels); drop_rate: probability of an all-zero ("no label") map.
         random_flip: flip image and label map together left-right with probability 1/2.
+        noise_offset: std of a per-sample, per-channel constant added to the noise ("offset noise", diffusers'
+            ``--noise_offset``), drawn last so that 0 leaves every other draw unchanged.
 
     Returns:
         ``(clean, segmap, timesteps, noise)``: the (flipped) images, the float one-hot map [B, K, H, W] with
@@ -512,6 +519,9 @@ def draw_training_inputs(
     if labels is not None:
         segmap = F.one_hot(labels, num_classes).permute(0, 3, 1, 2).to(clean.dtype)
         segmap = segmap * keep.view(-1, 1, 1, 1).to(clean.dtype)
+    if noise_offset:
+        offset = torch.randn(bsz, clean.shape[1], 1, 1, generator=generator).to(device=device, dtype=clean.dtype)
+        noise = noise + noise_offset * offset
     return clean, segmap, timesteps, noise
 
 
@@ -934,7 +944,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             gen = torch.Generator().manual_seed(seed)
             clean, segmap, timesteps, noise = draw_training_inputs(
                 batch["pixel_values"], batch.get("labels"), num_classes if conditional else 0, T, args.drop_rate,
-                args.random_flip, gen,
+                args.random_flip, gen, noise_offset=args.noise_offset,
             )
             noisy = noise_scheduler.add_noise(clean, noise, timesteps)
 
