@@ -29,8 +29,8 @@ def test_bundled_pipeline_is_small_and_complete():
 def test_bundled_pipeline_generates_plausible_echo(demo_pipe):
     """Few steps, four label maps: a fan, dark outside it, a cavity darker than the myocardium.
 
-    The model card reports a grey haze outside the fan in some samples (its mean over 200 images), so the
-    outside-fan check is on the median image of the batch, the cavity check on every image."""
+    The model card reports a faint grey haze outside the fan in some samples (its mean over 200 images), so the
+    strict outside-fan check is on the median image of the batch, with a looser bound on every image."""
     from ultrasound_diffusers.schedulers.bmaps import fan_mask
 
     labels = default_label_maps(4, size=64, seed=7)
@@ -41,7 +41,8 @@ def test_bundled_pipeline_generates_plausible_echo(demo_pipe):
     assert images.shape == (4, 64, 64)
     assert np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
     outside = ~fan_mask(64, 64).numpy()
-    assert np.median([image[outside].mean() for image in images]) < 0.1
+    outside_means = [image[outside].mean() for image in images]
+    assert np.median(outside_means) < 0.1 and max(outside_means) < 0.25, outside_means
     for image, label in zip(images, labels):
         inside = image[label > 0].mean()
         assert inside > image[outside].mean() + 0.1, "the fan is brighter than its surroundings"
