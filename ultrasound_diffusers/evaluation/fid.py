@@ -494,11 +494,11 @@ def fid_kid_from_features(
             warnings.warn(few_samples_message(n, dim), UserWarning, stacklevel=2)
         result["fid"] = frechet_distance_from_features(real_features, generated_features, warn=False)
     if compute_kid:
+        size = resolve_kid_subset_size(len(real_features), len(generated_features), kid_subset_size)
         mean, std = kernel_inception_distance(
-            real_features, generated_features, num_subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
+            real_features, generated_features, num_subsets=kid_subsets, subset_size=size, seed=seed
         )
         result["kid_mean"], result["kid_std"] = mean, std
-        size = resolve_kid_subset_size(len(real_features), len(generated_features), kid_subset_size)
         result["kid_subset_size"] = size
         if size == len(real_features) == len(generated_features):
             result["warnings"].append(  # type: ignore[union-attr]
