@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The B-map ablation of docs/ablation.md: the bundled demo recipe (training/demo_model.sh) trained twice, once
+# with the published B-maps (--bmap_min 0.97) and once as the plain SDM twin (--bmap_min 1.0), every other flag
+# identical; then both sampled on the same held-out label maps with the same seeds and sampler, and compared in
+# one `evaluate` report with bootstrap intervals.
+#
+# Usage: bash training/ablation.sh WORK_DIR [STEP ...]
+#   steps: train-bmap train-plain heldout generate evaluate   (default: all, in that order)
+# Each arm trains in WORK_DIR/<arm>/ with `--output_dir pipeline`, so the two training_args.json files differ in
+# `bmap_min` only. The two train steps can run at the same time (one CPU thread each):
+#   bash training/ablation.sh W train-bmap & bash training/ablation.sh W train-plain; wait
+#   bash training/ablation.sh W heldout generate evaluate
+# Wall time on 2 CPU cores: about 55 min per arm (both arms in parallel: about 60 min), then ~15 min.
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+WORK="$(mkdir -p "${1:?usage: bash training/ablation.sh WORK_DIR [STEP ...]}" && cd "$1" && pwd)"
+shift
+STEPS=("$@")
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(train-bmap train-plain heldout generate evaluate)
+PY="${PYTHON:-python}"
+
+train_arm() {  # $1 = arm name, $2 = bmap_min
+  mkdir -p "$WORK/$1"
+  cd "$WORK/$1"
+  # Stage 1: identical to training/demo_model.sh step 1a but for --bmap_min.
+  ACCELERATE_USE_CPU=true "$PY" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
+    --mixed_precision no --dynamo_backend no "$REPO/training/train_semantic.py" \
+    --dataset_name phantoms:echo --phantoms 2000 --resolution 64 --model_config tiny-64 --learn_sigma \
+    --drop_rate 0.2 --beta_schedule squaredcos_cap_v2 --bmap_schedule cosine --bmap_min "$2" --probe_geometry convex \
+    --train_batch_size 8 --max_train_steps 2400 --learning_rate 2e-4 --lr_scheduler linear --lr_warmup_steps 100 \
+    --adam_weight_decay 1e-3 --use_ema --ema_decay 0.999 --checkpointing_steps 400 --checkpoints_total_limit 2 \
+    --logger tensorboard --seed 0 --output_dir pipeline
+  # Stage 2: identical to training/demo_model.sh step 1b (offset-noise fine-tune) but for --bmap_min.
+  ACCELERATE_USE_CPU=true "$PY" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
+    --mixed_precision no --dynamo_backend no "$REPO/training/train_semantic.py" \
+    --dataset_name phantoms:echo --phantoms 2000 --resolution 64 --model_config tiny-64 --learn_sigma \
+    --drop_rate 0.2 --beta_schedule squaredcos_cap_v2 --bmap_schedule cosine --bmap_min "$2" --probe_geometry convex \
+    --train_batch_size 8 --max_train_steps 3200 --learning_rate 5e-5 --lr_scheduler constant --lr_warmup_steps 0 \
+    --adam_weight_decay 1e-3 --use_ema --ema_decay 0.995 --checkpointing_steps 400 --checkpoints_total_limit 2 \
+    --validation_steps 0 --logger tensorboard --seed 0 --output_dir pipeline \
+    --resume_from_checkpoint latest --noise_offset 0.1
+  cd "$REPO"
+}
+
+for step in "${STEPS[@]}"; do
+  case "$step" in
+    train-bmap) train_arm bmap 0.97 ;;
+    train-plain) train_arm plain 1.0 ;;
+    heldout)
+      # The held-out phantoms of training/demo_model.sh (seed 4242) and a reference slice of the training set.
+      "$PY" -m ultrasound_diffusers phantoms --num_images 200 --anatomy echo --size 64 --seed 4242 --output_dir "$WORK/heldout"
+      "$PY" -m ultrasound_diffusers phantoms --num_images 500 --anatomy echo --size 64 --seed 0 --output_dir "$WORK/train_ref" ;;
+    generate)
+      for arm in bmap plain; do
+        "$PY" -m ultrasound_diffusers generate --pipeline "$WORK/$arm/pipeline" --labels phantoms:echo:200:4242 \
+          --num_inference_steps 50 --guidance_scale 1.5 --batch_size 25 --seed 0 --output_dir "$WORK/generated-$arm"
+      done ;;
+    evaluate)
+      "$PY" -m ultrasound_diffusers evaluate --real "$WORK/heldout" \
+        --generated "bmap=$WORK/generated-bmap/dataset" "plain=$WORK/generated-plain/dataset" \
+        --train "$WORK/train_ref" --paired --out "$WORK/report" ;;
+    *) echo "ablation.sh: unknown step '$step' (expected train-bmap, train-plain, heldout, generate, evaluate)" >&2; exit 2 ;;
+  esac
+done
