@@ -145,8 +145,8 @@ def test_evaluate_skips_fid_without_weights_and_detects_attenuation(tmp_path, mo
     same = evaluate(real, synthetic_echo(6, seed=3)[0], tmp_path / "rep2", metrics="depth", progress=False)
     assert same["depth_profile"]["l1"] < report["depth_profile"]["l1"] / 3
     assert (tmp_path / "rep" / "sample_grid.png").is_file()
-    with pytest.raises(FileExistsError):
-        evaluate(real, gen, tmp_path / "rep", metrics="depth", overwrite=False, progress=False)
+    with pytest.raises(ValueError, match="earlier `evaluate` output"):
+        evaluate(real, gen, tmp_path / "rep", metrics="depth", replace_report=False, progress=False)
     with pytest.raises(ValueError, match="cannot run"):
         evaluate(real, gen, tmp_path / "rep3", metrics="fid", progress=False)
 

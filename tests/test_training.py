@@ -431,7 +431,7 @@ def test_validation_split_and_phantoms(tmp_path):
 def test_bad_labels_stop_the_script_before_training(saved_dataset, tmp_path):
     out = tmp_path / "bad"
     with pytest.raises(ValueError, match=r"row 0.*outside \[0, 2\) \(--num_classes 2\)"):
-        ts.main(tiny_args(saved_dataset, out, "--num_classes", "2", "--max_train_steps", "1"))
+        ts.train(tiny_args(saved_dataset, out, "--num_classes", "2", "--max_train_steps", "1"))
     assert not out.exists()  # nothing was written: the check runs before the run starts
     with pytest.raises(ValueError, match="--label_column 'mask'"):
-        ts.main(tiny_args(saved_dataset, out, "--label_column", "mask"))
+        ts.train(tiny_args(saved_dataset, out, "--label_column", "mask"))

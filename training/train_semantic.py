@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--output_dir", type=str, default="semantic-ultrasound-model")
+    g.add_argument("--overwrite_output_dir", action="store_true",
+                   help="Write into a non-empty --output_dir that is not a training run (its files of the same "
+                   "names are replaced).")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--train_batch_size", type=int, default=4, help="Batch size per process.")
     g.add_argument("--num_epochs", type=int, default=100)
@@ -189,13 +192,57 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         ("--validation_steps", args.validation_steps >= 0, "a non-negative integer"),
         ("--checkpoints_total_limit", args.checkpoints_total_limit is None or args.checkpoints_total_limit >= 1,
          "a positive integer"),
+        ("--learning_rate", math.isfinite(args.learning_rate) and args.learning_rate > 0, "a positive number"),
+        ("--lr_warmup_steps", args.lr_warmup_steps >= 0, "a non-negative integer"),
+        ("--adam_beta1", 0.0 <= args.adam_beta1 < 1.0, "a number in [0, 1)"),
+        ("--adam_beta2", 0.0 <= args.adam_beta2 < 1.0, "a number in [0, 1)"),
+        ("--adam_weight_decay", math.isfinite(args.adam_weight_decay) and args.adam_weight_decay >= 0,
+         "a non-negative number"),
+        ("--adam_epsilon", math.isfinite(args.adam_epsilon) and args.adam_epsilon > 0, "a positive number"),
+        ("--max_grad_norm", math.isfinite(args.max_grad_norm) and args.max_grad_norm >= 0, "a non-negative number"),
+        ("--ema_decay", 0.0 <= args.ema_decay <= 1.0, "a number in [0, 1]"),
+        ("--guidance_scale", math.isfinite(args.guidance_scale) and args.guidance_scale >= 0, "a non-negative number"),
+        ("--num_validation_images", args.num_validation_images >= 1, "a positive integer"),
+        ("--validation_inference_steps", args.validation_inference_steps >= 1, "a positive integer"),
     ]
     for flag, ok, expected in checks:
         if not ok:
             raise ValueError(f"{flag} must be {expected}, got {getattr(args, flag[2:])!r}")
     if args.dataset_name is not None and args.train_data_dir is not None:
         raise ValueError("pass only one of --dataset_name and --train_data_dir")
+    check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir)
+    if args.resume_from_checkpoint not in (None, "latest"):
+        path = Path(args.resume_from_checkpoint)
+        if not path.is_dir() or not CHECKPOINT_PATTERN.match(path.name):
+            raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a checkpoint-N folder")
+        if not checkpoint_is_complete(path):
+            raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is incomplete (no optimizer "
+                             "state or weights); pick another checkpoint")
     return args
+
+
+#: What a training run writes into --output_dir (anything else there is the user's).
+RUN_ENTRIES = {"model_index.json", "unet", "unet_ema", "scheduler", "README.md", "training_args.json", "samples",
+               "logs", "pipeline_semantic_ultrasound.py", "pipeline_ultrasound.py", ".ultrasound-diffusers.json"}
+
+
+def check_output_dir(output_dir: str, overwrite: bool = False) -> None:
+    """Refuse, before any work, an --output_dir that is a file or a non-empty folder that is not a training run."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--output_dir {output_dir} exists and is not a folder")
+    if not path.is_dir() or overwrite:
+        return
+    foreign = sorted(
+        e.name for e in path.iterdir()
+        if e.name not in RUN_ENTRIES and not CHECKPOINT_PATTERN.match(e.name) and not e.name.startswith(".checkpoint-")
+        and not e.name.startswith(".")
+    )
+    if foreign:
+        raise ValueError(
+            f"--output_dir {output_dir} holds files that are not from a training run ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); choose a new folder, or pass --overwrite_output_dir"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -663,12 +710,27 @@ def make_grid(images: np.ndarray, labels: Optional[np.ndarray], num_classes: int
 
 
 # ---------------------------------------------------------------------------------------------------- saving
+def checkpoint_is_complete(path: Path) -> bool:
+    """Whether a ``checkpoint-N`` folder holds what :meth:`Accelerator.save_state` writes here: the optimizer
+    state and the weights (``unet/`` from the save hook, or accelerate's own model file)."""
+    path = Path(path)
+    if not (path / "optimizer.bin").is_file() and not (path / "optimizer.safetensors").is_file():
+        return False
+    unet = path / "unet"
+    if (unet / "config.json").is_file() and any(unet.glob("*.safetensors")):
+        return True
+    return any(path.glob("model*.safetensors")) or any(path.glob("pytorch_model*.bin"))
+
+
 def list_checkpoints(output_dir: str) -> List[Tuple[int, Path]]:
-    """(step, path) of every complete ``checkpoint-N`` folder, oldest first."""
+    """(step, path) of every complete ``checkpoint-N`` folder, oldest first (empty or partial ones are skipped)."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))]
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir()
+        if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name)) and checkpoint_is_complete(p)
+    ]
     return sorted(found)
 
 
@@ -733,6 +795,16 @@ def prepare_training_data(args: argparse.Namespace, show_progress: bool = True):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the training; expected failures (bad flags, bad data, a bad --output_dir) end in one line on stderr,
+    ``train_semantic.py: error: ...``, and exit code 2, as argparse does; unexpected ones keep their traceback."""
+    try:
+        return train(argv)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+        print(f"train_semantic.py: error: {err}", file=sys.stderr)
+        return 2
+
+
+def train(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
 
     import datasets
@@ -862,17 +934,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     global_step, first_epoch, resume_batches = 0, 0, 0
     if args.resume_from_checkpoint:
         if args.resume_from_checkpoint == "latest":
-            found = list_checkpoints(args.output_dir)
-            path = found[-1][1] if found else None
+            candidates = [p for _, p in reversed(list_checkpoints(args.output_dir))]
         else:
-            path = Path(args.resume_from_checkpoint)
-            if not path.is_dir() or not CHECKPOINT_PATTERN.match(path.name):
-                raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a checkpoint-N folder")
+            candidates = [Path(args.resume_from_checkpoint)]
+        path = None
+        for candidate in candidates:
+            try:
+                accelerator.load_state(str(candidate))
+            except Exception as err:  # a damaged checkpoint: fall back to the one before it ("latest" only)
+                if args.resume_from_checkpoint != "latest":
+                    raise ValueError(f"--resume_from_checkpoint {candidate} could not be loaded: {err}") from err
+                logger.warning("checkpoint %s could not be loaded (%s); trying the previous one", candidate, err)
+                continue
+            path = candidate
+            break
         if path is None:
+            if candidates:
+                raise ValueError(f"no checkpoint in {args.output_dir} could be loaded; remove them or start anew")
             logger.info("no checkpoint in %s; starting a new run", args.output_dir)
         else:
-            logger.info("resuming from %s", path)
-            accelerator.load_state(str(path))
+            logger.info("resumed from %s", path)
             global_step = int(CHECKPOINT_PATTERN.match(path.name).group(1))
             first_epoch = global_step // num_update_steps_per_epoch
             resume_batches = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps

@@ -56,6 +56,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .utils.io import remove_stale_temporaries
+
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
@@ -649,13 +651,29 @@ def _clear_run(output_dir: Path) -> None:
             pass
 
 
+_RUN_ENTRIES = (CHUNKS_DIR, DATASET_DIR, PNG_DIR, MANIFEST_NAME, CARD_NAME)
+
+
 def _run_status(output_dir: Path, fingerprint: str) -> str:
-    """'fresh' (nothing of ours), 'resume' (same run, unfinished), 'complete' (same run, done) or 'other'."""
+    """'fresh' (nothing there), 'resume' (same run, unfinished), 'complete' (same run, done), 'other' (a run
+    with other arguments) or 'foreign' (a non-empty folder that is not a generation run: never touched)."""
     manifest = _read_json(output_dir / MANIFEST_NAME)
     if manifest is None:
-        if (output_dir / CHUNKS_DIR).exists() or (output_dir / DATASET_DIR).exists():
-            return "other"
-        return "fresh"
+        if not output_dir.is_dir():
+            return "fresh"
+        from .utils.io import _LEGACY_TEMP_PATTERN, _TEMP_PATTERN
+
+        entries = [
+            e.name for e in output_dir.iterdir()
+            if not (_TEMP_PATTERN.match(e.name) or _LEGACY_TEMP_PATTERN.match(e.name))
+        ]
+        if not entries:
+            return "fresh"
+        if set(entries) <= {CHUNKS_DIR, DATASET_DIR} and (output_dir / CHUNKS_DIR).exists():
+            return "other"  # a run whose manifest was lost before the first chunk: ours, discard on --overwrite
+        return "foreign"
+    if not all(e.name in _RUN_ENTRIES or e.name.startswith(".") for e in output_dir.iterdir()):
+        return "foreign"  # a run folder the user has put other files in
     if manifest.get("fingerprint") != fingerprint:
         return "other"
     if manifest.get("status") == "complete" and (output_dir / DATASET_DIR / "state.json").is_file():
@@ -1115,6 +1133,11 @@ def generate_dataset(
 
     # ---------------------------------------------------------------- the run folder (read by all, then set up by main)
     status = _run_status(output_dir, fingerprint)
+    if status == "foreign":
+        raise ValueError(
+            f"`output_dir` {output_dir} is not empty and is not a generation run (it holds files this command did "
+            "not write); it is never overwritten: choose a new or empty folder"
+        )
     if status == "other" and not overwrite:
         raise ValueError(
             f"`output_dir` {output_dir} holds a generation run with other arguments (or an unknown dataset); "
@@ -1128,6 +1151,8 @@ def generate_dataset(
         if status != "complete":
             _write_manifest(output_dir, settings, "running")
             _remove_temporaries(chunks_dir)
+        remove_stale_temporaries(output_dir)  # leftovers of a killed merge (.dataset.tmp-*, .generation.json.*.tmp)
+        remove_stale_temporaries(chunks_dir)
     state.wait_for_everyone()
 
     # ---------------------------------------------------------------- generate this process's share

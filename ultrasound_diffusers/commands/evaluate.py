@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--real", required=True, help="real (held-out) images: folder, saved dataset or Hub dataset name")
     p.add_argument("--generated", required=True, help="generated images: folder, saved dataset or Hub dataset name")
-    p.add_argument("--out", required=True, help="report folder (replaced atomically)")
+    p.add_argument("--out", "--output_dir", dest="out", required=True,
+                   help="report folder (written atomically; an earlier report of this command is replaced)")
     p.add_argument("--train", default=None, help="training images, for memorisation and the segmentation reference")
     p.add_argument(
         "--metrics",
@@ -79,7 +80,10 @@ def register(subparsers) -> None:
         help="torch CPU threads (default: torch's choice); 1 is often much faster on a busy shared CPU",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no_overwrite", action="store_true", help="fail if --out exists")
+    p.add_argument("--no_overwrite", action="store_true", help="fail if --out exists, even as an earlier report")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out that is not an earlier report (never one holding an input, the "
+                   "working directory or a parent of it)")
     p.add_argument("--no_progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -127,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
         seg_batch_size=args.seg_batch_size,
         seg_base_channels=args.seg_base_channels,
         seed=args.seed,
-        overwrite=not args.no_overwrite,
+        overwrite=args.overwrite,
+        replace_report=not args.no_overwrite,
         progress=not args.no_progress,
     )
     print(format_summary(report))

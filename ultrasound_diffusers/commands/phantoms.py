@@ -58,15 +58,20 @@ def register(subparsers) -> None:
     p.add_argument("--push_to_hub", action="store_true")
     p.add_argument("--hub_dataset_id", default=None, help="Hub dataset repo id for --push_to_hub")
     p.add_argument("--private", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --output_dir / --png_dir that this command did not write (never the "
+                   "working directory or a parent of it)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     import numpy as np
 
     from ..data.converters import save_dataset
     from ..data.phantoms import NUM_CLASSES, generate_phantoms, resolve_probe
-    from ..utils.io import atomic_write_bytes, replace_directory
+    from ..utils.io import atomic_write_bytes, check_output_dir, replace_directory
 
     if args.num_images < 1:
         raise ValueError(f"--num_images must be at least 1, got {args.num_images}")
@@ -74,6 +79,12 @@ def run(args) -> int:
         raise ValueError("--num_validation_images must be non-negative")
     if args.output_dir is None and not args.push_to_hub and args.png_dir is None:
         raise ValueError("give --output_dir, --png_dir or --push_to_hub")
+    if args.output_dir is not None:
+        check_output_dir(args.output_dir, "phantoms", overwrite=args.overwrite, argument="--output_dir")
+    if args.png_dir is not None:
+        check_output_dir(args.png_dir, "phantoms-png", overwrite=args.overwrite, argument="--png_dir")
+        if args.output_dir is not None and Path(args.png_dir).resolve() == Path(args.output_dir).resolve():
+            raise ValueError("--png_dir and --output_dir must be different folders")
     probe = None
     overrides = {k: getattr(args, k) for k in ("depth_cm", "center_frequency_mhz") if getattr(args, k) is not None}
     if args.probe is not None or overrides:
@@ -94,7 +105,7 @@ def run(args) -> int:
         dataset = datasets.DatasetDict({"train": train, "validation": val})
 
     if args.output_dir is not None or args.push_to_hub:
-        save_dataset(dataset, args.output_dir, args.push_to_hub, args.hub_dataset_id, args.private)
+        save_dataset(dataset, args.output_dir, args.push_to_hub, args.hub_dataset_id, args.private, kind="phantoms")
         if args.output_dir is not None:
             print(f"saved {len(train)} {args.anatomy} phantoms to {args.output_dir}")
     if args.png_dir is not None:
@@ -106,7 +117,7 @@ def run(args) -> int:
                 row["image"].save(tmp / "images" / f"{i:06d}.png")
                 row["label"].save(tmp / "labels" / f"{i:06d}.png")
 
-        replace_directory(build, args.png_dir)
+        replace_directory(build, args.png_dir, kind="phantoms-png")
         print(f"wrote {len(train)} PNG pairs to {args.png_dir}")
     if args.preview is not None:
         import io

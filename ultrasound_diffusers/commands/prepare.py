@@ -47,6 +47,9 @@ def _common(p, default_fractions=None) -> None:
     p.add_argument("--push_to_hub", action="store_true")
     p.add_argument("--hub_dataset_id", default=None)
     p.add_argument("--private", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --output_dir that this command did not write (never one that holds "
+                   "--input, the working directory or a parent of it)")
     p.set_defaults(func=run)
 
 
@@ -94,9 +97,14 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..data.converters import get_converter, save_dataset
+    from ..utils.io import check_output_dir
 
     if args.output_dir is None and not args.push_to_hub:
         raise ValueError("give --output_dir or --push_to_hub")
+    kind = f"prepare-{args.source}"
+    if args.output_dir is not None:
+        inputs = [args.input] + [getattr(args, k, None) for k in ("image_dir", "label_dir")]
+        check_output_dir(args.output_dir, kind, inputs=inputs, overwrite=args.overwrite)
     convert = get_converter(args.source)
     common = dict(strict=args.strict, seed=args.seed, progress=True)
     if args.source == "camus":
@@ -116,7 +124,7 @@ def run(args) -> int:
             args.input, size=args.size, crop=not args.no_crop, max_frames=args.max_frames, frame_step=args.frame_step,
             require_ultrasound=not args.any_modality, fractions=args.split_fractions, **common,
         )
-    save_dataset(ds, args.output_dir, args.push_to_hub, args.hub_dataset_id, args.private)
+    save_dataset(ds, args.output_dir, args.push_to_hub, args.hub_dataset_id, args.private, kind=kind)
     counts = ", ".join(f"{name}: {len(split)}" for name, split in ds.items())
     print(f"{args.source}: {counts}" + (f" -> {args.output_dir}" if args.output_dir else ""))
     return 0

@@ -236,8 +236,19 @@ def pseudonym(value: str, length: int = 16) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()[:length]
 
 
-def save_dataset(dataset, output_dir: Optional[Union[str, os.PathLike]] = None, push_to_hub: bool = False, hub_dataset_id: Optional[str] = None, private: bool = False, overwrite: bool = True) -> Optional[Path]:
+def save_dataset(
+    dataset,
+    output_dir: Optional[Union[str, os.PathLike]] = None,
+    push_to_hub: bool = False,
+    hub_dataset_id: Optional[str] = None,
+    private: bool = False,
+    overwrite: bool = True,
+    kind: Optional[str] = None,
+) -> Optional[Path]:
     """Write a Dataset / DatasetDict atomically with ``save_to_disk`` and/or push it to the Hub.
+
+    ``kind`` names the writing command in the folder's marker (see
+    :func:`ultrasound_diffusers.utils.io.check_output_dir`, which commands call before any work).
 
     Returns the output directory (or None when only pushed).
     """
@@ -257,7 +268,7 @@ def save_dataset(dataset, output_dir: Optional[Union[str, os.PathLike]] = None, 
                 kwargs["num_shards"] = empty
         elif len(dataset) == 0:
             kwargs["num_shards"] = 1
-        path = atomic_save_to_disk(dataset, output_dir, overwrite=overwrite, **kwargs)
+        path = atomic_save_to_disk(dataset, output_dir, overwrite=overwrite, kind=kind, **kwargs)
     if push_to_hub:
         dataset.push_to_hub(hub_dataset_id, private=private)
     return path

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..utils.io import replace_directory
+from ..utils.io import check_output_dir, replace_directory
 from .io import ImageSet, load_image_set
 from .physics import (
     ECHO_CLASS_NAMES,
@@ -137,7 +137,8 @@ def evaluate(
     seg_base_channels: int = 16,
     num_samples_in_grid: int = 8,
     seed: int = 0,
-    overwrite: bool = True,
+    overwrite: bool = False,
+    replace_report: bool = True,
     progress: bool = True,
 ) -> Dict[str, Any]:
     """Evaluate ``generated`` images against ``real`` ones and write a report folder.
@@ -146,7 +147,9 @@ def evaluate(
         real: real (held-out) images: a folder, saved dataset, Hub name, ``datasets`` object, array or
             :class:`~ultrasound_diffusers.evaluation.io.ImageSet` (see :func:`load_image_set`).
         generated: generated images, same kinds of source.
-        out_dir: report folder (replaced atomically; ``overwrite=False`` refuses an existing one).
+        out_dir: report folder, written atomically. An earlier report of ``evaluate`` there is replaced (unless
+            ``replace_report=False``); any other non-empty folder needs ``overwrite=True``; a folder holding
+            ``real``, ``generated`` or ``train``, the working directory and its parents are always refused.
         train: optional training images (memorisation; with labels also the segmentation reference).
         metrics: subset of :data:`ALL_METRICS` (list or comma string); None runs every applicable metric.
         label_column: dataset column with label maps (``"auto"``: detect; None: no labels).
@@ -172,9 +175,10 @@ def evaluate(
     requested = parse_metrics(metrics)
     explicit = requested is not None
     wanted = list(ALL_METRICS) if requested is None else requested
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"`out_dir` {out_dir} exists; pass overwrite=True to replace it")
+    out_dir = check_output_dir(
+        out_dir, "evaluate", inputs=[real, generated, train], overwrite=overwrite, replace_own=replace_report,
+        argument="`out_dir`",
+    )
     geometry = geometry or FanGeometry()
     names = dict(ECHO_CLASS_NAMES if class_names is None else class_names)
 
@@ -306,7 +310,7 @@ def evaluate(
         (tmp / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (tmp / "report.md").write_text(markdown, encoding="utf-8")
 
-    replace_directory(build, out_dir, overwrite=overwrite)
+    replace_directory(build, out_dir, kind="evaluate")
     return report
 
 

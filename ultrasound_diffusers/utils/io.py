@@ -5,19 +5,37 @@ interrupted: files are written to a temporary sibling and moved into place with
 :func:`os.replace`, which is atomic on POSIX and Windows for paths on the same
 file system. Directories (a saved ``datasets.Dataset``, a pipeline folder) are
 written into a temporary sibling directory and swapped in at the end.
+
+Every command that writes a folder follows one rule, :func:`check_output_dir`, checked before any work: a
+folder is replaced only if it is new, empty, or was written by the same command (a small marker file,
+:data:`MARKER_NAME`, says which); anything else needs ``--overwrite``, and even then the working directory, a
+parent of it, and a folder that contains one of the command's inputs are never replaced. Temporaries left by
+an interrupted write (siblings named ``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` and ``.NAME.PID.*.tmp``) are
+removed by the next write to the same place once their process is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
+
+#: Name of the marker file that records which command wrote a folder.
+MARKER_NAME = ".ultrasound-diffusers.json"
+
+# Temporaries made by this module carry the writing process's id, so a later run can tell a leftover of a
+# dead process from the work of a live one.
+# Version 0.1.0 named them without the process id (``.NAME.tmp-HEX8``, ``.NAME.RANDOM.tmp``); those count as stale.
+_TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$|^\.(?P<fname>.+)\.(?P<fpid>\d+)\.[^.]+\.tmp$")
+_LEGACY_TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-[0-9a-f]{8}$|^\.(?P<fname>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 @contextlib.contextmanager
@@ -33,7 +51,8 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator:
         raise ValueError(f"`mode` must be 'w', 'wt' or 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -65,24 +84,165 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Pat
     return atomic_write_bytes(path, text.encode(encoding))
 
 
-def replace_directory(build: Callable[[Path], None], target: PathLike, overwrite: bool = True) -> Path:
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: PathLike, name: Optional[str] = None) -> list:
+    """Remove temporaries of this module left in ``folder`` by processes that no longer run.
+
+    Args:
+        folder: the folder to clean (not recursive).
+        name: only leftovers of writes to ``folder/name`` (default: of any entry).
+
+    Returns:
+        The removed paths.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TEMP_PATTERN.match(entry.name)
+        legacy = _LEGACY_TEMP_PATTERN.match(entry.name) if match is None else None
+        if match is None and legacy is None:
+            continue
+        if match is not None:
+            owner = match.group("name") or match.group("fname")
+            alive = _pid_alive(int(match.group("pid") or match.group("fpid")))
+        else:
+            owner, alive = legacy.group("name") or legacy.group("fname"), False
+        if (name is not None and owner != name) or alive:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        removed.append(entry)
+    return removed
+
+
+def read_marker(folder: PathLike) -> Optional[dict]:
+    """The marker a command of this package left in ``folder`` (None if there is none or it is unreadable)."""
+    try:
+        data = json.loads((Path(folder) / MARKER_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_marker(folder: PathLike, kind: str) -> None:
+    """Record in ``folder`` that the command ``kind`` wrote it."""
+    from .. import __version__
+
+    (Path(folder) / MARKER_NAME).write_text(
+        json.dumps({"written_by": "ultrasound-diffusers", "kind": kind, "version": __version__}) + "\n", encoding="utf-8"
+    )
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output_dir(
+    target: PathLike,
+    kind: str,
+    *,
+    inputs: Iterable[Optional[PathLike]] = (),
+    overwrite: bool = False,
+    replace_own: bool = True,
+    argument: str = "--output_dir",
+) -> Path:
+    """Refuse an output folder that a write of the command ``kind`` must not replace; call it before any work.
+
+    Allowed: a folder that does not exist, an empty folder, and (if ``replace_own``) a folder whose marker says
+    ``kind`` wrote it. Anything else needs ``overwrite=True``. Never allowed, whatever ``overwrite`` says: an
+    existing file, the working directory or a parent of it, and a folder that is or contains one of ``inputs``.
+
+    Args:
+        target: the output folder.
+        kind: the writing command (``"phantoms"``, ``"prepare"``, ``"evaluate"``, ...), stored in the marker.
+        inputs: paths the command reads (None entries and non-paths such as Hub ids are ignored).
+        overwrite: replace a non-empty folder that another command or the user wrote.
+        replace_own: replace a folder this command wrote before without ``overwrite``.
+        argument: the flag or parameter name used in error messages.
+
+    Returns:
+        ``target`` as a ``Path``.
+
+    Raises:
+        ValueError: naming ``argument``, the folder and what to do instead.
+    """
+    path = Path(target)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{argument} {path} exists and is not a folder; give a folder path")
+    resolved = path.resolve()
+    cwd = Path.cwd().resolve()
+    if _is_within(cwd, resolved):
+        raise ValueError(
+            f"{argument} {path} is the working directory or a parent of it; it is never replaced: give a new folder"
+        )
+    for item in inputs:
+        if item is None or not isinstance(item, (str, os.PathLike)):
+            continue
+        candidate = Path(item)
+        if not candidate.exists():
+            continue
+        if _is_within(candidate.resolve(), resolved):
+            raise ValueError(
+                f"{argument} {path} contains the input {item}; writing there would delete it: give another folder"
+            )
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    marker = read_marker(path)
+    if replace_own and marker is not None and marker.get("kind") == kind:
+        return path
+    if overwrite:
+        return path
+    if not replace_own and marker is not None and marker.get("kind") == kind:
+        raise ValueError(f"{argument} {path} exists (an earlier `{kind}` output); choose another folder")
+    raise ValueError(
+        f"{argument} {path} is not empty and was not written by `ultrasound-diffusers {kind}`; choose a new or "
+        "empty folder, or pass --overwrite to replace it and everything in it"
+    )
+
+
+def replace_directory(
+    build: Callable[[Path], None], target: PathLike, overwrite: bool = True, kind: Optional[str] = None
+) -> Path:
     """Build a directory with ``build(tmp_dir)`` and move it onto ``target`` in one step.
 
     The temporary directory is a sibling of ``target`` (same file system). If
     ``build`` raises, the temporary directory is removed and ``target`` is left
     as it was. With ``overwrite=False`` an existing ``target`` raises
-    ``FileExistsError``.
+    ``FileExistsError``. With ``kind`` the folder gets a marker saying which
+    command wrote it (see :func:`check_output_dir`, which user-facing writers call first).
     """
     target = Path(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{target} exists and is not a folder")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_stale_temporaries(target.parent, target.name)
+    pid = os.getpid()
+    tmp = target.parent / f".{target.name}.tmp-{pid}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
         build(tmp)
+        if kind is not None:
+            write_marker(tmp, kind)
         if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            old = target.parent / f".{target.name}.old-{pid}-{uuid.uuid4().hex[:8]}"
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
@@ -94,6 +254,6 @@ def replace_directory(build: Callable[[Path], None], target: PathLike, overwrite
     return target
 
 
-def atomic_save_to_disk(dataset, target: PathLike, overwrite: bool = True, **kwargs) -> Path:
+def atomic_save_to_disk(dataset, target: PathLike, overwrite: bool = True, kind: Optional[str] = None, **kwargs) -> Path:
     """``dataset.save_to_disk`` into a temporary sibling directory, then swap it onto ``target``."""
-    return replace_directory(lambda tmp: dataset.save_to_disk(str(tmp), **kwargs), target, overwrite=overwrite)
+    return replace_directory(lambda tmp: dataset.save_to_disk(str(tmp), **kwargs), target, overwrite=overwrite, kind=kind)
