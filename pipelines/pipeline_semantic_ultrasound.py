@@ -22,6 +22,8 @@ from .pipeline_utils import (
     postprocess_images,
     prepare_extra_step_kwargs,
     prepare_segmap,
+    check_generation_size,
+    check_guidance_scale,
     resolve_sample_size,
 )
 
@@ -163,8 +165,7 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
                 raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}")
-        if guidance_scale is None or float(guidance_scale) < 0:
-            raise ValueError(f"`guidance_scale` must be >= 0, got {guidance_scale!r}")
+        guidance_scale = check_guidance_scale(guidance_scale)
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
         self._guidance_scale = float(guidance_scale)
@@ -180,6 +181,7 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
         one_hot = one_hot.repeat_interleave(num_images_per_prompt, dim=0)
         labels = labels.repeat_interleave(num_images_per_prompt, dim=0) if labels is not None else None
         batch = one_hot.shape[0]
+        check_generation_size(self.unet, size, batch * (2 if self.do_classifier_free_guidance else 1))
         if self.do_classifier_free_guidance:
             model_segmap = torch.cat([one_hot, torch.zeros_like(one_hot)])
         else:

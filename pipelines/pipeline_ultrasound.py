@@ -15,6 +15,7 @@ from .pipeline_utils import (
     fit_model_output,
     postprocess_images,
     prepare_extra_step_kwargs,
+    check_generation_size,
     resolve_sample_size,
 )
 
@@ -99,6 +100,7 @@ class UltrasoundPipeline(DiffusionPipeline):
         device = self._execution_device
         dtype = self.unet.dtype
         height, width = resolve_sample_size(self.unet.config.sample_size, height, width)
+        check_generation_size(self.unet, (height, width), batch_size)
         channels = int(self.unet.config.in_channels)
         shape = (batch_size, channels, height, width)
         if isinstance(generator, list) and len(generator) != batch_size:

@@ -58,6 +58,8 @@ from .pipeline_utils import (
     postprocess_images,
     prepare_extra_step_kwargs,
     prepare_segmap,
+    check_generation_size,
+    check_guidance_scale,
     resolve_sample_size,
 )
 
@@ -338,8 +340,7 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
             raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}")
         if not isinstance(num_resample, int) or num_resample < 0:
             raise ValueError(f"`num_resample` must be a non-negative integer, got {num_resample!r}")
-        if guidance_scale is None or float(guidance_scale) < 0:
-            raise ValueError(f"`guidance_scale` must be >= 0, got {guidance_scale!r}")
+        guidance_scale = check_guidance_scale(guidance_scale)
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
         self._check_scheduler()
@@ -354,6 +355,7 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
         y = self._prepare_measurements(measurements, operator, (1, channels, height, width), device, dtype)
         batch, samples = y.shape[0], num_samples
         total = batch * samples
+        check_generation_size(self.unet, (height, width), 2 * total)  # guidance keeps a graph: count twice
         y_rep = y.repeat_interleave(samples, dim=0)
         image_shape = (total, channels, height, width)
         noise_var = operator.noise_std_map(image_shape, device=device, dtype=dtype) ** 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import math
 import os
 import re
 import shutil
@@ -36,6 +37,8 @@ from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
+
+from ultrasound_diffusers.image_processor import resize_label_map, to_label_array
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
@@ -64,11 +67,37 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def check_guidance_scale(guidance_scale: Any) -> float:
+    """``guidance_scale`` as a float; ValueError unless it is a finite number >= 0."""
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.integer, np.floating)):
+        raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}")
+    value = float(guidance_scale)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}")
+    return value
+
+
+def check_generation_size(unet, size: Tuple[int, int], batch: int) -> None:
+    """Refuse, before the loop starts, a (height, width) that does not fit in memory for ``batch`` images
+    (classifier-free guidance doubles the batch) or exceeds
+    :data:`~ultrasound_diffusers.utils.memory.MAX_IMAGE_SIDE`; see
+    :func:`~ultrasound_diffusers.utils.memory.check_image_size`."""
+    from ultrasound_diffusers.utils.memory import check_image_size, unet_bytes_per_pixel
+
+    check_image_size(
+        int(size[0]), int(size[1]), bytes_per_pixel=unet_bytes_per_pixel(unet.config), batch=batch,
+        argument="height`/`width", what="the network's activations",
+    )
+
+
 def resolve_sample_size(
     sample_size: Union[int, Sequence[int], None], height: Optional[int] = None, width: Optional[int] = None
 ) -> Tuple[int, int]:
     """(height, width) from a model's ``sample_size`` (an int for square images or ``(H, W)``), overridden by
-    explicit ``height`` / ``width``. Raises ValueError for missing or non-positive sizes."""
+    explicit ``height`` / ``width``. Raises ValueError for missing, non-integer, non-positive or too large
+    (over :data:`~ultrasound_diffusers.utils.memory.MAX_IMAGE_SIDE`) sizes."""
+    from ultrasound_diffusers.utils.memory import MAX_IMAGE_SIDE
+
     if isinstance(sample_size, (list, tuple)):
         if len(sample_size) != 2:
             raise ValueError(f"`sample_size` must be an int or (height, width), got {sample_size!r}")
@@ -82,32 +111,23 @@ def resolve_sample_size(
     for name, value in (("height", h), ("width", w)):
         if value is None:
             raise ValueError(f"`{name}` must be given: the model's config has no `sample_size`")
-        if int(value) != value or int(value) < 1:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float, np.integer, np.floating))
+            or not math.isfinite(float(value))
+            or int(value) != value
+            or int(value) < 1
+        ):
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        if int(value) > MAX_IMAGE_SIDE:
+            raise ValueError(f"`{name}` must be at most {MAX_IMAGE_SIDE} px, got {value!r}")
     return int(h), int(w)
-
-
-def _pil_to_labels(image: PIL.Image.Image) -> np.ndarray:
-    """Integer label array [H, W] of a single-channel PIL label map (modes 1, L, P, I, I;16, F with integers)."""
-    if image.mode in ("RGB", "RGBA", "LA"):
-        array = np.asarray(image)
-        colour = array[..., :3] if image.mode != "LA" else array[..., :1]
-        if not (colour == colour[..., :1]).all():
-            raise ValueError(
-                f"`segmap` PIL images must be single-channel label maps (mode L, P or I), got a colour {image.mode} "
-                "image whose channels differ; convert colours to class indices first"
-            )
-        return colour[..., 0].astype(np.int64)
-    array = np.asarray(image)
-    if array.ndim != 2:
-        raise ValueError(f"`segmap` PIL image of mode {image.mode} is not a 2-D label map")
-    return array.astype(np.int64) if array.dtype != np.float32 else array
 
 
 def _as_tensor_batch(item: Any, num_classes: int, index: str) -> Tuple[torch.Tensor, bool]:
     """One segmap item as a batch: (long labels [B, H, W], False) or (float one-hot / soft maps [B, K, H, W], True)."""
     if isinstance(item, PIL.Image.Image):
-        item = _pil_to_labels(item)
+        item = to_label_array(item, f"`segmap`{index}")
     if isinstance(item, np.ndarray):
         if item.dtype == np.bool_:
             item = item.astype(np.int64)
@@ -122,6 +142,8 @@ def _as_tensor_batch(item: Any, num_classes: int, index: str) -> Tuple[torch.Ten
     x = item.detach()
     if x.dtype == torch.bool:
         x = x.long()
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"`segmap`{index} holds NaN or infinite values")
     if x.is_floating_point() and x.ndim == 4 and x.shape[1] == num_classes and num_classes > 1:
         return x.float(), True
     if x.ndim == 2:
@@ -180,13 +202,12 @@ def prepare_segmap(
             raise ValueError(f"`segmap` has an empty shape {tuple(x.shape)}")
         x = x.to(device)
         if is_soft:
-            soft = x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="nearest-exact")
+            soft = resize_label_map(x, size)
             one_hots.append(soft.to(dtype))
             labels.append(soft.argmax(dim=1))
             all_zero_soft = all_zero_soft and not bool(soft.any())
         else:
-            if tuple(x.shape[-2:]) != tuple(size):
-                x = F.interpolate(x[:, None].float(), size=size, mode="nearest-exact")[:, 0].round().long()
+            x = resize_label_map(x, size)
             one_hots.append(F.one_hot(x, num_classes).permute(0, 3, 1, 2).to(dtype))
             labels.append(x)
             all_zero_soft = False
@@ -202,14 +223,24 @@ def postprocess_images(images: torch.Tensor, output_type: str = "pil"):
     if output_type not in ("pil", "np", "pt"):
         raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
     images = (images.float() / 2 + 0.5).clamp(0, 1)
+    if not bool(torch.isfinite(images).all()):
+        logger.warning("the generated images contain NaN or infinite values (a diverged sampler or bad weights)")
     if output_type == "pt":
         return images
     array = images.cpu().permute(0, 2, 3, 1).numpy()
     if output_type == "np":
         return array
+    return numpy_to_pil(array)
+
+
+def numpy_to_pil(array: np.ndarray) -> List[PIL.Image.Image]:
+    """Images [B, H, W, C] in [0, 1] (C = 1 or 3) to PIL images (mode ``L`` or ``RGB``), rounding to 8 bits.
+    Non-finite values are refused (``ValueError``): they have no grey level."""
     channels = array.shape[-1]
     if channels not in (1, 3):
         raise ValueError(f"`output_type='pil'` needs 1 or 3 image channels, the model makes {channels}; use 'np' or 'pt'")
+    if not np.isfinite(array).all():
+        raise ValueError("the images contain NaN or infinite values; they cannot be converted to PIL images")
     array = (array * 255).round().astype(np.uint8)
     if channels == 1:
         return [PIL.Image.fromarray(a[..., 0], mode="L") for a in array]
@@ -246,8 +277,10 @@ def prepare_extra_step_kwargs(scheduler, generator=None, eta: Optional[float] = 
     params = set(inspect.signature(scheduler.step).parameters)
     kwargs: Dict[str, Any] = {}
     if eta is not None:
-        if eta < 0:
-            raise ValueError(f"`eta` must be >= 0, got {eta}")
+        if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)) or not (
+            math.isfinite(float(eta)) and eta >= 0
+        ):
+            raise ValueError(f"`eta` must be a finite number >= 0 (or None), got {eta!r}")
         if "eta" in params:
             kwargs["eta"] = float(eta)
         else:

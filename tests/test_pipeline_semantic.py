@@ -129,7 +129,7 @@ def test_bad_segmaps_raise_naming_the_argument(pipe, bad, message):
 def test_colour_pil_label_map_is_refused(pipe):
     colour = np.zeros((16, 16, 3), np.uint8)
     colour[..., 0] = 1
-    with pytest.raises(ValueError, match="single-channel"):
+    with pytest.raises(ValueError, match="colour RGB image whose channels differ"):
         run(pipe, PIL.Image.fromarray(colour, mode="RGB"))
 
 

@@ -61,7 +61,9 @@ def make_imagefolder(root: Path, n=5, size=(20, 24), num_classes=4, bad=None):
                 lab[0, 0] = num_classes + 2
             if bad == (i, "size"):
                 lab = lab[:-2]
-            if bad == (i, "rgb"):
+            if bad == (i, "rgb"):  # a colour-coded map: channels differ
+                lab = np.stack([lab, lab, (lab + 1) % 4], axis=-1).astype(np.uint8)
+            if bad == (i, "grey-rgb"):  # a label map saved as RGB with equal channels: accepted everywhere
                 lab = np.stack([lab] * 3, axis=-1)
             Image.fromarray(img).save(root / "images" / f"im{i}.png")
             Image.fromarray(lab).save(root / "labels" / f"lab{i}.png")
@@ -107,13 +109,18 @@ def test_check_dataset_infers_classes_and_accepts_good_data(tmp_path):
     [
         ("range", r"row 3 \(.*lab3\.png\).*outside \[0, 4\)"),
         ("size", r"row 3 \(.*lab3\.png\).*same size"),
-        ("rgb", r"row 3 \(.*lab3\.png\).*single-channel"),
+        ("rgb", r"row 3 \(.*lab3\.png\).*colour RGB image whose channels differ"),
     ],
 )
 def test_check_dataset_names_the_bad_file(tmp_path, kind, message):
     ds = load_imagefolder(make_imagefolder(tmp_path / kind, bad=(3, kind)))
     with pytest.raises(ValueError, match=message):
         ts.check_dataset(ds, "image", "label", 4, show_progress=False)
+
+
+def test_check_dataset_accepts_a_grey_label_map_saved_as_rgb(tmp_path):
+    ds = load_imagefolder(make_imagefolder(tmp_path / "grey", bad=(3, "grey-rgb")))
+    assert ts.check_dataset(ds, "image", "label", 4, show_progress=False) == 4
 
 
 def test_check_dataset_wrong_columns(tmp_path):

@@ -344,21 +344,11 @@ def _spatial_size(obj) -> Tuple[int, int]:
 
 
 def label_array(obj) -> np.ndarray:
-    """Integer label map [H, W] from a PIL image / array; raises ValueError for multi-channel or fractional maps."""
-    arr = np.asarray(obj)
-    if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
-        arr = arr.reshape(arr.shape[1:] if arr.shape[0] == 1 else arr.shape[:-1])
-    if arr.ndim != 2:
-        raise ValueError(f"a label map must be a single-channel 2-D integer map, got an array of shape {arr.shape}")
-    if arr.dtype.kind == "b":
-        arr = arr.astype(np.int64)
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise ValueError("a label map must hold integer class ids, got fractional values")
-        arr = arr.astype(np.int64)
-    if arr.dtype.kind not in "iu":
-        raise ValueError(f"a label map must hold integer class ids, got dtype {arr.dtype}")
-    return arr.astype(np.int64)
+    """Integer label map [H, W] from a PIL image / array (the package's one acceptance rule,
+    :func:`ultrasound_diffusers.image_processor.to_label_array`)."""
+    from ultrasound_diffusers.image_processor import to_label_array
+
+    return to_label_array(obj, "a label map")
 
 
 def check_dataset(

@@ -22,24 +22,12 @@ DEMO_PIPELINE_PATH = Path(__file__).resolve().parent / "assets" / "bmap-echo-pha
 
 
 def load_label_maps(paths: Sequence[Union[str, os.PathLike]]) -> List[np.ndarray]:
-    """Read integer label maps from PNG/TIFF images (pixel value = class) or ``.npy`` arrays ([H, W])."""
-    from PIL import Image
+    """Read integer label maps from PNG/TIFF images (pixel value = class) or ``.npy`` arrays ([H, W]), with the
+    package's one acceptance rule (:func:`ultrasound_diffusers.image_processor.read_label_file`): colour-coded
+    maps, negative or fractional values are refused."""
+    from .image_processor import read_label_file
 
-    maps = []
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"label map {path} does not exist")
-        if path.suffix.lower() == ".npy":
-            array = np.load(path, allow_pickle=False)
-        else:
-            with Image.open(path) as im:
-                array = np.asarray(im.convert("L") if im.mode not in ("L", "P", "I", "I;16") else im)
-        array = np.squeeze(array)
-        if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
-            raise ValueError(f"label map {path} must be a 2-D integer image, got shape {array.shape} dtype {array.dtype}")
-        maps.append(array.astype(np.int64))
-    return maps
+    return [read_label_file(path) for path in paths]
 
 
 def default_label_maps(num: int = 4, size: int = 64, seed: int = 2024) -> List[np.ndarray]:

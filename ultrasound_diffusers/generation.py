@@ -47,6 +47,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -56,6 +57,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .image_processor import read_label_file, resize_label_map, to_label_array
 from .utils.io import remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
@@ -101,56 +103,10 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def to_label_array(value: Any, where: str = "label map") -> np.ndarray:
-    """One label map as an int64 array [H, W].
-
-    Accepts a PIL image (modes 1, L, P, I, I;16; an RGB/RGBA image only if its channels are equal), a numpy
-    array or tensor [H, W] / [1, H, W] / [H, W, 1] with integer values (floats must be whole numbers), or a
-    nested list. ``where`` names the map in error messages.
-    """
-    import PIL.Image
-
-    if isinstance(value, PIL.Image.Image):
-        if value.mode in ("RGB", "RGBA", "LA"):
-            array = np.asarray(value)
-            colour = array[..., :1] if value.mode == "LA" else array[..., :3]
-            if not (colour == colour[..., :1]).all():
-                raise ValueError(
-                    f"{where} is a colour {value.mode} image whose channels differ; label maps must hold one class "
-                    "index per pixel (mode L, P or I)"
-                )
-            array = colour[..., 0]
-        else:
-            array = np.asarray(value)
-    elif hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor
-        array = value.detach().cpu().numpy()
-    else:
-        array = np.asarray(value)
-    array = np.squeeze(array) if array.ndim > 2 else array
-    if array.ndim != 2:
-        raise ValueError(f"{where} must be a 2-D label map [H, W], got shape {tuple(np.shape(array))}")
-    if array.dtype == np.bool_:
-        array = array.astype(np.int64)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
-            raise ValueError(f"{where} holds non-integer values; label maps must hold integer class indices")
-    elif not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{where} must hold integer class indices, got dtype {array.dtype}")
-    return array.astype(np.int64)
-
-
 def read_label_image(path: PathLike) -> np.ndarray:
-    """Read a label map file (PNG/TIFF/BMP with class values as pixel values, or a ``.npy`` array [H, W])."""
-    import PIL.Image
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"label map {path} does not exist")
-    if path.suffix.lower() == ".npy":
-        return to_label_array(np.load(path, allow_pickle=False), where=f"label map {path}")
-    with PIL.Image.open(path) as image:
-        image.load()
-        return to_label_array(image, where=f"label map {path}")
+    """Read a label map file (PNG/TIFF/BMP with class values as pixel values, or a ``.npy`` array [H, W]); see
+    :func:`ultrasound_diffusers.image_processor.read_label_file`."""
+    return read_label_file(path)
 
 
 class LabelSource:
@@ -413,12 +369,8 @@ def load_label_source(
 
 
 def _resize_nearest(label: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map (the same rule as the pipelines: ``nearest-exact``)."""
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(label.astype(np.float32))[None, None]
-    return F.interpolate(x, size=size, mode="nearest-exact")[0, 0].round().numpy().astype(np.int64)
+    """Nearest-neighbour resize of a label map (the package's one rule, :func:`resize_label_map`)."""
+    return resize_label_map(label, size).astype(np.int64)
 
 
 def _prepare_label(label: np.ndarray, size: Tuple[int, int], resize: bool, where: str) -> np.ndarray:
@@ -912,9 +864,18 @@ def _generate_chunk(pipeline, source: LabelSource, settings: GenerationSettings,
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         output = pipeline(
             segmap=np.stack(maps), num_inference_steps=settings.num_inference_steps,
-            guidance_scale=settings.guidance_scale, eta=settings.eta, generator=generators, output_type="pil",
+            guidance_scale=settings.guidance_scale, eta=settings.eta, generator=generators, output_type="np",
         )
-        for g, image, label, image_seed, aug_seed in zip(items, output.images, maps, seeds, aug_seeds):
+        if not np.isfinite(output.images).all():
+            bad = [items[i] for i in range(len(items)) if not np.isfinite(output.images[i]).all()]
+            raise ValueError(
+                f"the pipeline returned NaN or infinite images (items {bad[:5]}{' ...' if len(bad) > 5 else ''}); "
+                "nothing of this chunk was written: check the model weights and the sampling settings"
+            )
+        from .pipelines.pipeline_utils import numpy_to_pil
+
+        images = numpy_to_pil(output.images)
+        for g, image, label, image_seed, aug_seed in zip(items, images, maps, seeds, aug_seeds):
             li, ci = divmod(g, k)
             columns["image"].append(_png(image))
             columns["label"].append(_png(label.astype(np.uint8)))
@@ -1071,10 +1032,14 @@ def generate_dataset(
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}")
-    if guidance_scale is None or float(guidance_scale) < 0:
-        raise ValueError(f"`guidance_scale` must be >= 0, got {guidance_scale!r}")
-    if eta is not None and float(eta) < 0:
-        raise ValueError(f"`eta` must be >= 0 or None, got {eta!r}")
+    from .pipelines.pipeline_utils import check_guidance_scale
+
+    guidance_scale = check_guidance_scale(guidance_scale)
+    if eta is not None and (
+        isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating))
+        or not math.isfinite(float(eta)) or eta < 0
+    ):
+        raise ValueError(f"`eta` must be a finite number >= 0 or None, got {eta!r}")
     if push_to_hub is not None and (not isinstance(push_to_hub, str) or not push_to_hub.strip()):
         raise ValueError(f"`push_to_hub` must be a Hub dataset repository id 'org/name', got {push_to_hub!r}")
     unet = getattr(pipeline, "unet", None)

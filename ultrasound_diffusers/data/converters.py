@@ -103,13 +103,17 @@ def parse_size(size) -> Optional[Tuple[int, int]]:
 
 
 def resize(array: np.ndarray, size: Optional[Tuple[int, int]], label: bool = False) -> np.ndarray:
-    """Resize a uint8 [H, W] image (bilinear) or label map (nearest) to ``size`` = (height, width)."""
+    """Resize a uint8 [H, W] image (bilinear) or label map (the package's one nearest rule,
+    :func:`ultrasound_diffusers.image_processor.resize_label_map`) to ``size`` = (height, width)."""
     if size is None or tuple(array.shape[:2]) == tuple(size):
         return array
+    if label:
+        from ..image_processor import resize_label_map
+
+        return np.ascontiguousarray(resize_label_map(array, size))
     from PIL import Image
 
-    resample = Image.NEAREST if label else Image.BILINEAR
-    return np.array(Image.fromarray(array).resize((size[1], size[0]), resample=resample))
+    return np.array(Image.fromarray(array).resize((size[1], size[0]), resample=Image.BILINEAR))
 
 
 def _disk(radius: int) -> np.ndarray:

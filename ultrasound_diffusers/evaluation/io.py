@@ -119,10 +119,9 @@ def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 
 def resize_label(label: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of one label map ``[H, W]`` to ``size`` = (H', W')."""
-    if tuple(label.shape) == tuple(size):
-        return label.astype(np.int64, copy=False)
-    pil = Image.fromarray(label.astype(np.int32), mode="I")
-    return np.asarray(pil.resize((size[1], size[0]), Image.NEAREST)).astype(np.int64)
+    from ..image_processor import resize_label_map
+
+    return resize_label_map(np.asarray(label), size).astype(np.int64, copy=False)
 
 
 def image_to_array(image: Any) -> np.ndarray:
@@ -151,23 +150,11 @@ def image_to_array(image: Any) -> np.ndarray:
 
 
 def label_to_array(label: Any) -> np.ndarray:
-    """One label map (PIL, numpy or torch) as int64 ``[H, W]``."""
-    if isinstance(label, Image.Image):
-        if label.mode not in ("L", "P", "I", "I;16", "1"):
-            label = label.convert("L")
-        arr = np.asarray(label)
-    else:
-        arr = _to_numpy(label)
-    arr = np.squeeze(arr)
-    if arr.ndim != 2:
-        raise ValueError(f"a label map must be [H, W], got shape {arr.shape}")
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.allclose(arr, np.round(arr)):
-            raise ValueError("a label map must hold integer class indices, got non-integer values")
-        arr = np.round(arr)
-    if arr.min() < 0:
-        raise ValueError(f"a label map must hold non-negative class indices, got minimum {arr.min()}")
-    return arr.astype(np.int64)
+    """One label map (PIL, numpy or torch) as int64 ``[H, W]``; the package's one acceptance rule,
+    :func:`ultrasound_diffusers.image_processor.to_label_array`."""
+    from ..image_processor import to_label_array
+
+    return to_label_array(label, "a label map")
 
 
 def _to_numpy(x: Any) -> np.ndarray:
