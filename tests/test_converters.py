@@ -235,8 +235,10 @@ def test_dicom_folder(dicom_dir):
         dd = convert_dicom(dicom_dir, max_frames=3, crop=False)
     skipped = " ".join(str(w.message) for w in caught if issubclass(w.category, ConversionWarning))
     assert "CT_small.dcm" in skipped and "notes.txt" in skipped
+    # the 60 x 80 big-endian file is a flat grey picture with no speckle: no scan area, dropped (fails closed)
+    assert "ExplVR_BigEnd.dcm: no ultrasound scan area found" in skipped
     rows = dd["train"]
-    assert len(rows) == 4 + 3  # four single frames + the first 3 frames of the YBR cine
+    assert len(rows) == 3 + 3  # three single frames + the first 3 frames of the YBR cine
     assert sorted(set(rows["photometric_interpretation"])) == sorted({"RGB", "PALETTE COLOR", "YBR_RCT", "YBR_FULL_422"})
     for row in rows:
         img, area = np.asarray(row["image"]), np.asarray(row["scan_area"])

@@ -334,7 +334,7 @@ def fit_scan_shape(
     elif spread > 0:
         y_apex = (a_l - a_r) / (b_r - b_l)
         x_apex = a_l + b_l * y_apex
-        if y_apex > y_top + tol:
+        if y_apex > y_top + max(tol, 0.15 * (y_bot - y_top)):  # banners may rise a little above the apex
             return None, {"reason": "the edges meet inside the content"}
         radius = np.hypot(xx - x_apex, yy - y_apex)
         r_in = radius[mask & band]
@@ -374,16 +374,31 @@ def find_scan_area(
     if component is None:
         return None, {"reason": "no tissue-like pixels"}
     shape, info = fit_scan_shape(component, min_area_fraction=min_area_fraction, min_fill=min_fill)
+    if shape is not None and text_like(np.asarray(frames).max(0)[shape] if np.ndim(frames) == 3 else np.asarray(frames)[shape]):
+        return None, {"reason": f"the fitted {info['shape']} holds text or graphics, not speckle"}
     if shape is not None:
         info["masked_inside_hull"] = int((component & ~shape).sum())
     return shape, info
 
 
+def text_like(values: np.ndarray, max_share: float = 0.5) -> bool:
+    """Whether intensities look like rendered text or graphics rather than speckle: a few grey levels
+    (background, ink, their anti-aliasing) hold more than ``max_share`` of the non-zero pixels (zero is
+    left out: anechoic regions such as a heart cavity are black), or almost everything is zero."""
+    v = np.rint(np.asarray(values, dtype=np.float32)).astype(np.int64).ravel()
+    total = v.size
+    v = v[v > 0]
+    if v.size < 0.1 * total or v.size == 0:
+        return True
+    counts = np.bincount(np.clip(v, 0, 255), minlength=256)
+    return bool(np.sort(counts)[-3:].sum() > max_share * v.size)
+
+
 def frame_fill(frame: np.ndarray, scan_area: np.ndarray) -> float:
-    """Fraction of ``scan_area`` that is tissue-like in this single frame [H, W] (0 for a report page
-    or a blank frame, about the file's own fill for an ultrasound frame)."""
+    """Fraction of ``scan_area`` that is tissue-like in this single frame [H, W] (0 for a report page,
+    a text frame or a blank frame; about the file's own fill for an ultrasound frame)."""
     area = int(scan_area.sum())
-    if area == 0:
+    if area == 0 or text_like(np.asarray(frame)[scan_area]):
         return 0.0
     return float((tissue_candidates(frame, use_motion=False) & scan_area).sum() / area)
 
