@@ -183,6 +183,21 @@ def test_source_id_is_salted_per_run(study):
     assert not ids & {hashlib.sha256(u.encode()).hexdigest()[:16] for u in uids.values()}
 
 
+def test_one_patient_never_spans_two_splits(study, tmp_path):
+    root, _ = study
+    from ultrasound_diffusers.data.dicom import convert_dicom
+
+    with pytest.warns(ConversionWarning):
+        dd = convert_dicom(root, fractions=(1, 1, 1))  # all files share one Patient ID (read in memory only)
+    assert sorted(len(s) for s in dd.values()) == [0, 0, 4]
+    other = tmp_path / "two_patients"
+    other.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        write_us(other / f"p{i}.dcm", echo_frame(rng), patient=(f"P^{i}", f"ID{i}"))
+    assert sorted(len(s) for s in convert_dicom(other, fractions=(1, 1, 0)).values()) == [0, 1, 1]
+
+
 def test_flags_keep_frames_but_never_burned_in_report_pages(study):
     root, _ = study
     rows, report, _ = _convert(root, keep_frames_without_scan_area=True, accept_burned_in_annotation=True)

@@ -594,9 +594,9 @@ def convert_dicom(
                     frames_dropped["frame does not fill the scan area (report page, blank or text frame)"] += 1
                     continue
                 frames_kept_by_flag["frame does not fill the scan area: kept, masked"] += 1
-            img = np.rint(frames[t, y0:y1, x0:x1]).astype(np.uint8)
-            masked_pixels += int((img[~mask_c] > 0).sum())
+            masked_pixels += int((frames[t][~mask] >= 0.5).sum())
             total_pixels += H * W
+            img = np.rint(frames[t, y0:y1, x0:x1]).astype(np.uint8)
             img[~mask_c] = 0
             img = resize(img, out_size)
             img[mask_u8 == 0] = 0

@@ -54,7 +54,7 @@ class FailureLog:
         if len(rows):
             return
         if self.total:
-            example = "; ".join(f"{p}: {m}" for p, m in self.examples[:2])
+            example = "; ".join(f"{p}: {m}" for p, m in self.examples[:1])
             raise ValueError(
                 f"no {what} could be converted from {input_dir}: {self.total} file(s) failed ({self.summary()}); "
                 f"for example {example}"
