@@ -227,7 +227,6 @@ def test_canonical_vendor():
         assert canonical_vendor(free_text) == ""
 
 
-@pytest.mark.slow
 def test_cli_prepare_dicom_writes_no_identifier(study, tmp_path, capsys):
     import datasets
 

@@ -450,7 +450,7 @@ def deidentification_report(counts: Dict[str, Any]) -> str:
             lines.append(f"  {title}: {n} x {reason}")
     lines.append(
         f"  masked: {counts['pixels_masked_outside_scan_area_fraction']:.3f} of the pixels of kept frames (outside the scan area); "
-        f"{counts['files_with_content_masked_inside_hull']} file(s) had text-like content next to the scan area masked"
+        f"{counts['files_with_content_masked_inside_hull']} file(s) had content attached to the scan area (e.g. a banner next to the apex) masked"
     )
     lines.append(
         f"  metadata: manufacturer kept for {counts['manufacturer']['canonical vendor name']} file(s), dropped for "
@@ -567,7 +567,7 @@ def convert_dicom(
             _warn(f"{path}: no scan area found ({info['reason']}); keeping its {len(keep)} frame(s) whole and unmasked as asked")
         else:
             shape = info["shape"]
-            if info.get("masked_inside_hull", 0) > 0:
+            if info.get("masked_inside_hull", 0) > 0.01 * mask.sum():  # more than edge pixels: e.g. a banner at the apex
                 masked_inside_hull += 1
         ys, xs = np.nonzero(mask)
         if crop:
