@@ -210,12 +210,14 @@ def tissue_candidates(
     opening_fraction: float = 1.0 / 50.0,
     region_box: Optional[Tuple[int, int, int, int]] = None,
     use_motion: bool = True,
+    motion_threshold: float = 1.0,
 ) -> np.ndarray:
     """Pixels that look like tissue: bool [H, W].
 
-    Bright enough (``max over frames > threshold``), textured (local 7x7 standard deviation of that
-    maximum above ``texture_threshold``), changing over time in cines of 3+ frames (burned-in text is
-    static), inside ``region_box`` (x0, y0, x1, y1 inclusive) if given, then opened with a disk of radius
+    Bright enough (``max over frames > threshold``) and either changing over time (cines of 3+ frames
+    with ``use_motion``: the 9x9 average of the per-pixel standard deviation over frames above
+    ``motion_threshold``; burned-in text is static) or, for single frames, textured (local 7x7 standard
+    deviation above ``texture_threshold``); inside ``region_box`` (x0, y0, x1, y1 inclusive) if given, then opened with a disk of radius
     ``opening_fraction * min(H, W)`` (at least 1 px), which removes text strokes, ticks and calipers.
     """
     arr = np.asarray(frames, dtype=np.float32)
@@ -227,11 +229,13 @@ def tissue_candidates(
     ref = arr.max(0)
     mask = ref > threshold
     if use_motion and arr.shape[0] >= 3:
-        moving = arr.std(0) > 1.0
-        mask &= ndi.binary_dilation(moving, iterations=2)
-    mean = ndi.uniform_filter(ref, 7)
-    sq = ndi.uniform_filter(ref * ref, 7)
-    mask &= np.sqrt(np.maximum(sq - mean * mean, 0.0)) > texture_threshold
+        # cines: the (locally averaged) change over time; burned-in text is static. Texture of a single
+        # picture is a poorer guide here: the far field of a fan is often dark and smooth.
+        mask &= ndi.uniform_filter(arr.std(0), 9) > motion_threshold
+    else:
+        mean = ndi.uniform_filter(ref, 7)
+        sq = ndi.uniform_filter(ref * ref, 7)
+        mask &= np.sqrt(np.maximum(sq - mean * mean, 0.0)) > texture_threshold
     if region_box is not None:
         x0, y0, x1, y1 = region_box
         box = np.zeros_like(mask)
