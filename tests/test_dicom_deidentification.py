@@ -209,6 +209,21 @@ def test_flags_keep_frames_but_never_burned_in_report_pages(study):
     assert sum(n for r, n in report["files_dropped"].items() if "BurnedInAnnotation=YES" in r) == 1
 
 
+def test_static_text_inside_the_fan_of_a_cine_is_masked(tmp_path):
+    rng = np.random.default_rng(2)
+    cine = np.stack([echo_frame(rng, banner=False) for _ in range(5)])
+    marks = _text(np.zeros((H, W), np.uint8), ["Quillon"], (60, 70), 13) > 0  # text overlaid on the tissue
+    assert (marks & _fan()).sum() == marks.sum() > 30
+    cine[:, marks] = 255
+    write_us(tmp_path / "cine.dcm", cine)
+    rows, report, _ = _convert(tmp_path)
+    assert len(rows) == 5 and report["files_with_static_marks_masked_inside_scan_area"] == 1
+    for row in rows:
+        img = np.asarray(row["image"])
+        assert not img[marks].any()
+        assert (img[_fan() & ~__import__("scipy.ndimage", fromlist=["x"]).binary_dilation(marks, iterations=2)] > 0).mean() > 0.95
+
+
 def test_everything_dropped_is_an_error(tmp_path):
     from ultrasound_diffusers.data.dicom import convert_dicom
 

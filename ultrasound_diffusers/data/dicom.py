@@ -398,6 +398,23 @@ def text_like(values: np.ndarray, max_share: float = 0.5) -> bool:
     return bool(np.sort(counts)[-3:].sum() > max_share * v.size)
 
 
+def static_overlay(frames: np.ndarray, scan_area: np.ndarray, min_motion: float = 2.0) -> np.ndarray:
+    """Burned-in marks inside the scan area of a cine: pixels that are not dark yet identical (standard
+    deviation below 0.5 grey levels) in every frame, grown by one pixel. Speckle never stays still, so
+    in a cine with motion these are text, calipers, markers. bool [H, W]; all False for fewer than 3
+    frames or a cine whose scan area hardly changes (median standard deviation below ``min_motion``).
+    """
+    arr = np.asarray(frames, dtype=np.float32)
+    H, W = scan_area.shape
+    if arr.ndim != 3 or arr.shape[0] < 3 or not scan_area.any():
+        return np.zeros((H, W), dtype=bool)
+    std = arr.std(0)
+    if float(np.median(std[scan_area])) < min_motion:
+        return np.zeros((H, W), dtype=bool)
+    still = (std < 0.5) & (arr.min(0) > 16.0) & scan_area
+    return ndi.binary_dilation(still, iterations=1) & scan_area
+
+
 def frame_fill(frame: np.ndarray, scan_area: np.ndarray) -> float:
     """Fraction of ``scan_area`` that is tissue-like in this single frame [H, W] (0 for a report page,
     a text frame or a blank frame; about the file's own fill for an ultrasound frame)."""
@@ -453,8 +470,9 @@ def deidentification_report(counts: Dict[str, Any]) -> str:
         for reason, n in counts[key].items():
             lines.append(f"  {title}: {n} x {reason}")
     lines.append(
-        f"  masked: {counts['pixels_masked_outside_scan_area_fraction']:.3f} of the pixels of kept frames (outside the scan area); "
-        f"{counts['files_with_content_masked_inside_hull']} file(s) had content attached to the scan area (e.g. a banner next to the apex) masked"
+        f"  masked: {counts['pixels_masked_outside_scan_area_fraction']:.3f} of the pixels of kept frames (outside the scan area, static marks); "
+        f"{counts['files_with_content_masked_inside_hull']} file(s) had content attached to the scan area (e.g. a banner next to the apex) masked, "
+        f"{counts['files_with_static_marks_masked_inside_scan_area']} cine(s) had static marks inside it masked"
     )
     lines.append(
         f"  metadata: manufacturer kept for {counts['manufacturer']['canonical vendor name']} file(s), dropped for "
@@ -526,6 +544,7 @@ def convert_dicom(
     vendors: Counter = Counter({"canonical vendor name": 0, "not in the vendor allow-list": 0})
     shapes: Counter = Counter()
     masked_inside_hull = 0
+    overlay_files = overlay_pixels = 0
     masked_pixels = total_pixels = 0
     per_file: List[Tuple[str, List[Dict[str, Any]]]] = []
     for path in tqdm(files, desc="DICOM files", disable=not progress):
@@ -579,6 +598,11 @@ def convert_dicom(
         else:
             y0, y1, x0, x1 = 0, H, 0, W
         mask_c = mask[y0:y1, x0:x1]
+        overlay = static_overlay(frames, mask) if shape != "none" else np.zeros_like(mask)
+        if overlay.any():
+            overlay_files += 1
+            overlay_pixels += int(overlay.sum())
+        visible_c = mask_c & ~overlay[y0:y1, x0:x1]
         meta = technical_metadata(ds)
         vendors["canonical vendor name" if meta["manufacturer"] else "not in the vendor allow-list"] += 1
         uid = str(ds.get("SOPInstanceUID", "") or "") or f"file:{path.resolve()}"
@@ -598,10 +622,10 @@ def convert_dicom(
                     frames_dropped["frame does not fill the scan area (report page, blank or text frame)"] += 1
                     continue
                 frames_kept_by_flag["frame does not fill the scan area: kept, masked"] += 1
-            masked_pixels += int((frames[t][~mask] >= 0.5).sum())
+            masked_pixels += int((frames[t][~mask | overlay] >= 0.5).sum())
             total_pixels += H * W
             img = np.rint(frames[t, y0:y1, x0:x1]).astype(np.uint8)
-            img[~mask_c] = 0
+            img[~visible_c] = 0
             img = resize(img, out_size)
             img[mask_u8 == 0] = 0
             rows.append({**meta, "image": encode_png(img), "scan_area": mask_cell, "frame": t, "height": img.shape[0], "width": img.shape[1]})
@@ -624,6 +648,8 @@ def convert_dicom(
         "burned_in_annotation_tag": dict(sorted(burned_in.items())),
         "scan_area_shapes": dict(sorted(shapes.items())),
         "files_with_content_masked_inside_hull": masked_inside_hull,
+        "files_with_static_marks_masked_inside_scan_area": overlay_files,
+        "static_mark_pixels_masked_inside_scan_area": overlay_pixels,
         "pixels_masked_outside_scan_area_fraction": (masked_pixels / total_pixels) if total_pixels else 0.0,
         "manufacturer": dict(vendors),
         "copied_tags": list(COPIED_TAGS),
