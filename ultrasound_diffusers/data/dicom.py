@@ -11,14 +11,15 @@ pydicom can decode) becomes one row per kept frame:
   sector (two straight edges meeting at the apex, cut by two arcs around it) or a rectangle is fitted.
   Every pixel outside the fitted shape is set to zero: burned-in text, rulers, colour bars, logos and
   the banners vendors put next to the apex (which lie inside the convex hull of fan + text, but outside
-  the fan's edges). The mask is stored in the ``scan_area`` column (1 inside) and, with ``crop``,
-  frames are cropped to it.
+  the fan's edges). In cines, marks that stay identical in every frame inside the scan area (text,
+  calipers) are set to zero too. The mask is stored in the ``scan_area`` column (1 inside) and, with
+  ``crop``, frames are cropped to it.
 
 De-identification fails closed:
 
-* a file where no clean sector or rectangle fits (a report page, a screenshot, an empty frame), and a
-  frame that does not fill its file's scan area (a report page inside a cine, a blank frame), is
-  dropped; ``keep_frames_without_scan_area=True`` keeps such frames (whole and unmasked when the file has
+* a file where no clean sector or rectangle fits (a report page, a screenshot, an empty frame, a fitted
+  shape that holds a few grey levels like rendered text rather than speckle), and a frame that does not
+  fill its file's scan area with speckle (a report page inside a cine, a blank frame), is dropped; ``keep_frames_without_scan_area=True`` keeps such frames (whole and unmasked when the file has
   no scan area), never for a file marked ``BurnedInAnnotation=YES``;
 * a file marked ``BurnedInAnnotation=YES`` is dropped unless ``accept_burned_in_annotation=True``,
   which keeps it, masked to its scan area (text overlaid *inside* the fan cannot be told from tissue);
@@ -494,7 +495,7 @@ def convert_dicom(
     progress: bool = False,
     keep_frames_without_scan_area: bool = False,
     accept_burned_in_annotation: bool = False,
-    min_frame_fill: float = 0.35,
+    min_frame_fill: float = 0.25,
     return_report: bool = False,
 ):
     """Convert a folder of ultrasound DICOM files into a de-identified ``datasets.DatasetDict``.
