@@ -605,7 +605,6 @@ def convert_dicom(
             overlay_pixels += int(overlay.sum())
         visible_c = mask_c & ~overlay[y0:y1, x0:x1]
         meta = technical_metadata(ds)
-        vendors["canonical vendor name" if meta["manufacturer"] else "not in the vendor allow-list"] += 1
         uid = str(ds.get("SOPInstanceUID", "") or "") or f"file:{path.resolve()}"
         source_id = _pseudonym(key, uid)
         meta.update(
@@ -637,6 +636,7 @@ def convert_dicom(
             files_dropped["no frame fills the scan area"] += 1
             continue
         shapes[shape] += 1
+        vendors["canonical vendor name" if meta["manufacturer"] else "not in the vendor allow-list"] += 1
         per_file.append((_split_key(ds, path), rows))
     report: Dict[str, Any] = {
         "files_seen": len(files),
