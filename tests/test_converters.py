@@ -235,8 +235,10 @@ def test_dicom_folder(dicom_dir):
         dd = convert_dicom(dicom_dir, max_frames=3, crop=False)
     skipped = " ".join(str(w.message) for w in caught if issubclass(w.category, ConversionWarning))
     assert "CT_small.dcm" in skipped and "notes.txt" in skipped
+    # the 60 x 80 big-endian file is a flat grey picture with no speckle: no scan area, dropped (fails closed)
+    assert "ExplVR_BigEnd.dcm: no ultrasound scan area found" in skipped
     rows = dd["train"]
-    assert len(rows) == 4 + 3  # four single frames + the first 3 frames of the YBR cine
+    assert len(rows) == 3 + 3  # three single frames + the first 3 frames of the YBR cine
     assert sorted(set(rows["photometric_interpretation"])) == sorted({"RGB", "PALETTE COLOR", "YBR_RCT", "YBR_FULL_422"})
     for row in rows:
         img, area = np.asarray(row["image"]), np.asarray(row["scan_area"])
@@ -375,3 +377,59 @@ def test_dicom_monochrome1_and_monochrome2(tmp_path):
     assert np.asarray(twelve[1]["image"])[inside].mean() < 0.6 * first[inside].mean()
     values = " ".join(str(v) for r in (rows["m2"], rows["m1"]) for c in r.column_names if c != "image" for v in r[c])
     assert "Doe^Jane" not in values and "PID-123456" not in values
+
+
+def _corrupt_camus(root):
+    for pid in ("patient0001", "patient0002"):
+        pdir = root / "database_nifti" / pid
+        pdir.mkdir(parents=True)
+        for view in ("2CH", "4CH"):
+            for phase in ("ED", "ES"):
+                (pdir / f"{pid}_{view}_{phase}.nii.gz").write_bytes(b"not gzip")
+                (pdir / f"{pid}_{view}_{phase}_gt.nii.gz").write_bytes(b"not gzip")
+    return root
+
+
+def _corrupt_thyroid(root):
+    (root / "US").mkdir(parents=True)
+    (root / "US_thyroid_label").mkdir()
+    for name in ("P1", "P2", "P3"):
+        (root / "US" / f"{name}.nii").write_bytes(b"truncated")
+        (root / "US_thyroid_label" / f"{name}.nii").write_bytes(b"truncated")
+    return root
+
+
+def test_camus_and_thyroid_refuse_when_every_file_fails(tmp_path):
+    from ultrasound_diffusers.data.camus import convert_camus
+    from ultrasound_diffusers.data.thyroid import convert_thyroid
+
+    camus = _corrupt_camus(tmp_path / "camus_in")
+    with pytest.warns(ConversionWarning), pytest.raises(ValueError, match=r"camus_in: 8 file\(s\) failed \(8 unreadable\)"):
+        convert_camus(camus)
+    thyroid = _corrupt_thyroid(tmp_path / "thyroid_in")
+    with pytest.warns(ConversionWarning), pytest.raises(ValueError, match=r"thyroid_in: 3 file\(s\) failed \(3 unreadable\)"):
+        convert_thyroid(thyroid)
+    # readable volumes without any label and --skip_empty: nothing to convert is an error too, with the remedy
+    import nibabel as nib
+
+    empty = tmp_path / "empty_labels"
+    (empty / "US").mkdir(parents=True)
+    (empty / "US_thyroid_label").mkdir()
+    nib.save(nib.Nifti1Image(np.ones((8, 6, 3), np.float32), np.eye(4)), str(empty / "US" / "P1.nii"))
+    nib.save(nib.Nifti1Image(np.zeros((8, 6, 3), np.uint8), np.eye(4)), str(empty / "US_thyroid_label" / "P1.nii"))
+    with pytest.raises(ValueError, match="drop --skip_empty"):
+        convert_thyroid(empty, skip_empty=True)
+    assert sum(len(s) for s in convert_thyroid(empty).values()) == 3
+
+
+@pytest.mark.parametrize("source", ["camus", "thyroid"])
+def test_cli_prepare_refuses_unreadable_input(tmp_path, capsys, source):
+    from ultrasound_diffusers.cli import main
+
+    src = (_corrupt_camus if source == "camus" else _corrupt_thyroid)(tmp_path / f"{source}_in")
+    out = tmp_path / "out"
+    with pytest.warns(ConversionWarning):
+        assert main(["prepare", source, "--input", str(src), "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{source}_in" in err and "file(s) failed" in err and "unreadable" in err
+    assert not out.exists()

@@ -93,6 +93,15 @@ def register(subparsers) -> None:
     d.add_argument("--max_frames", type=int, default=None, help="at most this many frames per file")
     d.add_argument("--frame_step", type=int, default=1)
     d.add_argument("--any_modality", action="store_true", help="also convert files whose Modality is not US")
+    d.add_argument(
+        "--keep_frames_without_scan_area", action="store_true",
+        help="keep frames where no scan area is found (whole and unmasked: burned-in text stays) or that do not fill it; "
+        "default: drop them. Never for files marked BurnedInAnnotation=YES",
+    )
+    d.add_argument(
+        "--accept_burned_in_annotation", action="store_true",
+        help="convert files marked BurnedInAnnotation=YES, masked to their scan area (text inside the fan stays); default: drop them",
+    )
 
 
 def run(args) -> int:
@@ -107,6 +116,7 @@ def run(args) -> int:
         check_output_dir(args.output_dir, kind, inputs=inputs, overwrite=args.overwrite)
     convert = get_converter(args.source)
     common = dict(strict=args.strict, seed=args.seed, progress=True)
+    extra = None
     if args.source == "camus":
         ds = convert(
             args.input, views=args.views, phases=args.phases, half_sequences=args.half_sequences, size=args.size,
@@ -120,11 +130,20 @@ def run(args) -> int:
     elif args.source == "lung":
         ds = convert(args.input, rows=args.rows, pool=args.pool, value_range=tuple(args.value_range), fractions=args.split_fractions, **common)
     else:
-        ds = convert(
+        from ..data.dicom import deidentification_report
+
+        ds, report = convert(
             args.input, size=args.size, crop=not args.no_crop, max_frames=args.max_frames, frame_step=args.frame_step,
-            require_ultrasound=not args.any_modality, fractions=args.split_fractions, **common,
+            require_ultrasound=not args.any_modality, fractions=args.split_fractions,
+            keep_frames_without_scan_area=args.keep_frames_without_scan_area,
+            accept_burned_in_annotation=args.accept_burned_in_annotation, return_report=True, **common,
         )
-    save_dataset(ds, args.output_dir, args.push_to_hub, args.hub_dataset_id, args.private, kind=kind)
+        print(deidentification_report(report))
+        import json
+
+        # also inside every split's dataset_info.json (description); this copy is for people
+        extra = {"deidentification_report.json": json.dumps(report, indent=2, sort_keys=True) + "\n"}
+    save_dataset(ds, args.output_dir, args.push_to_hub, args.hub_dataset_id, args.private, kind=kind, extra_files=extra)
     counts = ", ".join(f"{name}: {len(split)}" for name, split in ds.items())
     print(f"{args.source}: {counts}" + (f" -> {args.output_dir}" if args.output_dir else ""))
     return 0

@@ -28,6 +28,7 @@ import numpy as np
 
 from .augment import LabelAugmentation, augment_label_map
 from .converters import detect_scan_area, encode_png, make_dataset_dict, parse_size, report_bad_file, resize
+from .failures import FailureLog
 from .labels import NUM_CAMUS_CLASSES, NUM_ECHO_CLASSES, recode_camus_with_fan
 
 VIEWS = ("2CH", "4CH")
@@ -229,6 +230,7 @@ def convert_camus(
         raise ValueError(f"no patient folders found under {input_dir}")
 
     rows: List[Dict[str, Any]] = []
+    failures = FailureLog(strict)
     num_classes = NUM_ECHO_CLASSES if fan_labels else NUM_CAMUS_CLASSES
     for pdir, split in tqdm(patients, desc="CAMUS patients", disable=not progress):
         pid = pdir.name
@@ -248,26 +250,26 @@ def convert_camus(
                 img_path = _find_existing(pdir, stem, suffixes)
                 if img_path is None:
                     if phase != "half_sequence":
-                        report_bad_file(pdir / (stem + suffixes[0]), "missing image file", strict)
+                        failures.add(pdir / (stem + suffixes[0]), "missing image file", "missing image file")
                     continue
                 gt_path = _find_existing(pdir, stem + "_gt", suffixes)
                 try:
                     image, spacing = _read(img_path)
                     label = _read(gt_path)[0] if gt_path is not None else None
                 except Exception as err:  # corrupt / truncated files: reader-specific exception types
-                    report_bad_file(img_path if gt_path is None else f"{img_path} / {gt_path.name}", f"unreadable ({type(err).__name__}: {err})", strict)
+                    failures.add(img_path if gt_path is None else f"{img_path} / {gt_path.name}", "unreadable", f"unreadable ({type(err).__name__}: {err})")
                     continue
                 if label is not None and label.shape != image.shape:
-                    report_bad_file(gt_path, f"label shape {label.shape} differs from image shape {image.shape}", strict)
+                    failures.add(gt_path, "label shape differs from image", f"label shape {label.shape} differs from image shape {image.shape}")
                     continue
                 if label is not None and (label.min() < 0 or label.max() > 3):
-                    report_bad_file(gt_path, f"labels outside the CAMUS coding 0..3 (found {np.unique(label).tolist()})", strict)
+                    failures.add(gt_path, "labels outside 0..3", f"labels outside the CAMUS coding 0..3 (found {np.unique(label).tolist()})")
                     continue
                 if phase == "half_sequence":
                     frames = [(t, image[..., t], None if label is None else label[..., t]) for t in range(image.shape[-1])] if image.ndim == 3 else [(0, image, label)]
                 else:
                     if image.ndim != 2:
-                        report_bad_file(img_path, f"expected a single frame, got shape {image.shape}", strict)
+                        failures.add(img_path, "not a single frame", f"expected a single frame, got shape {image.shape}")
                         continue
                     frame_no = info.get("ed_frame" if phase == "ED" else "es_frame", -1)
                     frames = [(frame_no, image, label)]
@@ -294,4 +296,5 @@ def convert_camus(
                             ss = np.random.SeedSequence([int(seed), pnum, vi, phase_code, fi, k])
                             aug = augment_label_map(lab_u8, ss, fan_mask=fan, params=aug_params)
                             rows.append({**base, "image": image_cell, "label": encode_png(aug), "augmentation": k})
+    failures.refuse_empty(rows, input_dir, "CAMUS images", hint="check --views / --phases and the patient folders")
     return make_dataset_dict(rows, camus_features())

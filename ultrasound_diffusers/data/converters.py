@@ -248,11 +248,13 @@ def save_dataset(
     private: bool = False,
     overwrite: bool = True,
     kind: Optional[str] = None,
+    extra_files: Optional[Dict[str, str]] = None,
 ) -> Optional[Path]:
     """Write a Dataset / DatasetDict atomically with ``save_to_disk`` and/or push it to the Hub.
 
     ``kind`` names the writing command in the folder's marker (see
     :func:`ultrasound_diffusers.utils.io.check_output_dir`, which commands call before any work).
+    ``extra_files`` (name -> text) are written into the same folder inside the same atomic swap.
 
     Returns the output directory (or None when only pushed).
     """
@@ -272,7 +274,7 @@ def save_dataset(
                 kwargs["num_shards"] = empty
         elif len(dataset) == 0:
             kwargs["num_shards"] = 1
-        path = atomic_save_to_disk(dataset, output_dir, overwrite=overwrite, kind=kind, **kwargs)
+        path = atomic_save_to_disk(dataset, output_dir, overwrite=overwrite, kind=kind, extra_files=extra_files, **kwargs)
     if push_to_hub:
         dataset.push_to_hub(hub_dataset_id, private=private)
     return path

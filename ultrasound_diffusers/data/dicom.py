@@ -1,33 +1,118 @@
-"""A folder of ultrasound DICOM files -> grayscale frames with everything outside the scan area zeroed.
+"""A folder of ultrasound DICOM files -> de-identified grayscale frames of the scan area only.
 
 Every file (single frames and cines; RGB, YBR, palette colour and monochrome; any transfer syntax
-pydicom can decode) becomes one row per frame:
+pydicom can decode) becomes one row per kept frame:
 
 * colour is converted to luminance (``0.299 R + 0.587 G + 0.114 B``; pydicom already turns YBR into
   RGB, palette colour goes through its lookup table), MONOCHROME1 is inverted, more than 8 bits are
   scaled to 0-255;
-* the scan area (fan or rectangle) is found per file with
-  :func:`ultrasound_diffusers.data.converters.detect_scan_area` - within the tissue regions of the
-  Sequence of Ultrasound Regions when the file has them - and every pixel outside it (burned-in text,
-  rulers, colour bars, logos) is set to zero; the mask is stored in the ``scan_area`` column
-  (1 inside, 0 outside) and, with ``crop``, both are cropped to its bounding box;
-* only de-identified metadata is kept: a pseudonymous ``source_id`` (a hash of the SOP Instance UID),
-  frame numbers, the photometric interpretation, manufacturer and model, pixel spacing and frame time.
-  Names, IDs, dates and institutions are never read into the dataset.
+* the scan area is found per file (:func:`find_scan_area`): textured (and, in cines, moving) pixels,
+  within the tissue regions of the Sequence of Ultrasound Regions when the file has them, to which a
+  sector (two straight edges meeting at the apex, cut by two arcs around it) or a rectangle is fitted.
+  Every pixel outside the fitted shape is set to zero: burned-in text, rulers, colour bars, logos and
+  the banners vendors put next to the apex (which lie inside the convex hull of fan + text, but outside
+  the fan's edges). In cines, marks that stay identical in every frame inside the scan area (text,
+  calipers) are set to zero too. The mask is stored in the ``scan_area`` column (1 inside) and, with
+  ``crop``, frames are cropped to it.
+
+De-identification fails closed:
+
+* a file where no clean sector or rectangle fits (a report page, a screenshot, an empty frame, a fitted
+  shape that holds a few grey levels like rendered text rather than speckle), and a frame that does not
+  fill its file's scan area with speckle (a report page inside a cine, a blank frame), is dropped; ``keep_frames_without_scan_area=True`` keeps such frames (whole and unmasked when the file has
+  no scan area), never for a file marked ``BurnedInAnnotation=YES``;
+* a file marked ``BurnedInAnnotation=YES`` is dropped unless ``accept_burned_in_annotation=True``,
+  which keeps it, masked to its scan area (text overlaid *inside* the fan cannot be told from tissue);
+* only an allow-list of technical values is copied (:data:`COPIED_TAGS`): Modality and Photometric
+  Interpretation (checked against DICOM's defined terms), the frame count, frame time and the physical
+  pixel size of the ultrasound regions. ``Manufacturer`` is replaced by a canonical vendor name from a
+  fixed table (:data:`KNOWN_VENDORS`) or left empty; ``ManufacturerModelName`` and every other free-text
+  tag are never copied. Names, IDs, dates, institutions and UIDs are never written;
+* ``source_id`` is an HMAC of the SOP Instance UID with a random key drawn for each conversion and never
+  stored: rows of one file share it, but it cannot be linked back to the file nor across conversions;
+* a :func:`de-identification report <deidentification_report>` (counts of files and frames dropped or
+  kept per reason, pixels masked; no file names, which can hold identifiers) is returned with
+  ``return_report=True`` and stored in the ``description`` of every split's ``DatasetInfo``.
 
 Files that are not DICOM, hold no pixel data or are not ultrasound are skipped with a warning naming
-them (or raise with ``strict``). Splits are made per file.
+them (or raise with ``strict``). Splits are made per patient (the Patient ID, read in memory only; the
+Study Instance UID or the file when it is missing), so one patient never spans two splits.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import warnings
+from collections import Counter
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import scipy.ndimage as ndi
 
-from .converters import assign_splits, detect_scan_area, encode_png, find_files, make_dataset_dict, parse_size, pseudonym, report_bad_file, resize
+from .converters import ConversionWarning, assign_splits, encode_png, find_files, make_dataset_dict, parse_size, resize
+from .failures import FailureLog
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+#: the only DICOM attributes whose values reach the dataset (all technical, none free text)
+COPIED_TAGS = (
+    "Modality", "PhotometricInterpretation", "NumberOfFrames", "FrameTime", "Rows", "Columns",
+    "SequenceOfUltrasoundRegions (PhysicalDeltaX/Y of 2-D tissue regions)", "Manufacturer (canonical vendor name only)",
+)
+#: attributes read in memory but never written: what to drop, the pseudonym key and the split grouping
+READ_NOT_COPIED = ("BurnedInAnnotation", "SOPInstanceUID", "PatientID", "StudyInstanceUID")
+
+_MODALITIES = frozenset(
+    "US CT MR CR DX MG NM PT XA RF OT SC IVUS OCT ES XC GM SM OP ECG IO PX RG DG BI".split()
+)
+_PHOTOMETRIC = frozenset(
+    ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420",
+     "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_422")
+)
+#: normalised Manufacturer value -> canonical vendor name; anything else is not copied
+KNOWN_VENDORS = {
+    **dict.fromkeys(("ge", "g e", "ge medical systems", "g e medical systems", "ge healthcare", "ge vingmed ultrasound",
+                     "ge ultrasound", "ge healthcare austria", "kretztechnik", "ge medical systems kretz"), "GE"),
+    **dict.fromkeys(("philips", "philips medical systems", "philips healthcare", "philips ultrasound", "atl",
+                     "advanced technology laboratories", "atl ultrasound"), "Philips"),
+    **dict.fromkeys(("siemens", "siemens healthineers", "siemens healthcare", "siemens medical solutions",
+                     "siemens medical solutions usa", "acuson"), "Siemens"),
+    **dict.fromkeys(("toshiba", "toshiba medical systems", "canon", "canon medical systems"), "Canon"),
+    **dict.fromkeys(("samsung medison", "medison", "samsung", "samsung electronics"), "Samsung Medison"),
+    **dict.fromkeys(("hitachi", "hitachi aloka", "hitachi aloka medical", "aloka", "hitachi medical"), "Hitachi Aloka"),
+    **dict.fromkeys(("sonosite", "fujifilm sonosite", "fujifilm"), "FUJIFILM SonoSite"),
+    **dict.fromkeys(("esaote",), "Esaote"),
+    **dict.fromkeys(("mindray", "shenzhen mindray", "shenzhen mindray bio medical electronics"), "Mindray"),
+    **dict.fromkeys(("bk medical", "b k medical", "bk ultrasound"), "BK Medical"),
+    **dict.fromkeys(("butterfly network", "butterfly"), "Butterfly Network"),
+    **dict.fromkeys(("clarius", "clarius mobile health"), "Clarius"),
+    **dict.fromkeys(("terason",), "Terason"),
+    **dict.fromkeys(("supersonic imagine", "supersonic"), "SuperSonic Imagine"),
+    **dict.fromkeys(("zonare", "zonare medical systems"), "Zonare"),
+    **dict.fromkeys(("sonoscape",), "SonoScape"),
+    **dict.fromkeys(("chison",), "Chison"),
+    **dict.fromkeys(("alpinion", "alpinion medical systems"), "Alpinion"),
+    **dict.fromkeys(("telemed",), "Telemed"),
+    **dict.fromkeys(("verasonics",), "Verasonics"),
+}
+_CORPORATE = frozenset("inc ltd co corp corporation gmbh ag sa spa llc kk bv nv plc company limited".split())
+
+
+def canonical_vendor(manufacturer) -> str:
+    """The canonical vendor name for a ``Manufacturer`` value, or ``""`` when it is not in :data:`KNOWN_VENDORS`.
+
+    Matching is on the whole value (lower-cased, punctuation and corporate suffixes removed), never on a
+    part of it, so ``"GE Healthcare / Dr. Smith"`` gives ``""``.
+    """
+    words = re.sub(r"[^a-z0-9]+", " ", str(manufacturer or "").lower()).split()
+    while words and words[-1] in _CORPORATE:
+        words.pop()
+    return KNOWN_VENDORS.get(" ".join(words), "")
 
 
 def dicom_features():
@@ -39,7 +124,7 @@ def dicom_features():
             "image": datasets.Image(),
             "scan_area": datasets.Image(),
             "source_id": s, "frame": i64, "num_frames": i64, "photometric_interpretation": s, "modality": s,
-            "manufacturer": s, "manufacturer_model": s, "physical_delta_x_cm": f32, "physical_delta_y_cm": f32,
+            "manufacturer": s, "scan_area_shape": s, "physical_delta_x_cm": f32, "physical_delta_y_cm": f32,
             "frame_time_ms": f32, "source_height": i64, "source_width": i64, "crop_x0": i64, "crop_y0": i64,
             "height": i64, "width": i64,
         }
@@ -110,6 +195,293 @@ def ultrasound_region(ds, height: int, width: int) -> Tuple[Optional[Tuple[int, 
     return (x0, y0, x1, y1), dx, dy
 
 
+def _opening(mask: np.ndarray, radius: int) -> np.ndarray:
+    if radius <= 0:
+        return mask
+    import cv2
+
+    se = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, se, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+
+
+def tissue_candidates(
+    frames: np.ndarray,
+    threshold: float = 6.0,
+    texture_threshold: float = 3.0,
+    opening_fraction: float = 1.0 / 50.0,
+    region_box: Optional[Tuple[int, int, int, int]] = None,
+    use_motion: bool = True,
+    motion_threshold: float = 1.0,
+) -> np.ndarray:
+    """Pixels that look like tissue: bool [H, W].
+
+    Bright enough (``max over frames > threshold``) and either changing over time (cines of 3+ frames
+    with ``use_motion``: the 9x9 average of the per-pixel standard deviation over frames above
+    ``motion_threshold``; burned-in text is static) or, for single frames, textured (local 7x7 standard
+    deviation above ``texture_threshold``); inside ``region_box`` (x0, y0, x1, y1 inclusive) if given, then opened with a disk of radius
+    ``opening_fraction * min(H, W)`` (at least 1 px), which removes text strokes, ticks and calipers.
+    """
+    arr = np.asarray(frames, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"`frames` must have shape [H, W] or [T, H, W], got {np.shape(frames)}")
+    _, H, W = arr.shape
+    ref = arr.max(0)
+    mask = ref > threshold
+    if use_motion and arr.shape[0] >= 3:
+        # cines: the (locally averaged) change over time; burned-in text is static. Texture of a single
+        # picture is a poorer guide here: the far field of a fan is often dark and smooth.
+        mask &= ndi.uniform_filter(arr.std(0), 9) > motion_threshold
+    else:
+        mean = ndi.uniform_filter(ref, 7)
+        sq = ndi.uniform_filter(ref * ref, 7)
+        mask &= np.sqrt(np.maximum(sq - mean * mean, 0.0)) > texture_threshold
+    if region_box is not None:
+        x0, y0, x1, y1 = region_box
+        box = np.zeros_like(mask)
+        box[max(y0, 0) : min(y1, H - 1) + 1, max(x0, 0) : min(x1, W - 1) + 1] = True
+        mask &= box
+    radius = max(1, int(round(opening_fraction * min(H, W)))) if opening_fraction > 0 else 0
+    return _opening(mask, radius)
+
+
+def _largest_component(mask: np.ndarray) -> Optional[np.ndarray]:
+    labels, n = ndi.label(mask)
+    if n == 0:
+        return None
+    sizes = ndi.sum(mask, labels, index=np.arange(1, n + 1))
+    return ndi.binary_fill_holes(labels == (int(np.argmax(sizes)) + 1))
+
+
+def _fit_edge(ys: np.ndarray, xs: np.ndarray, tol: float, trials: int = 256) -> Tuple[float, float, float]:
+    """Robust line ``x = a + b * y`` through boundary points (RANSAC over point pairs, refined by least
+    squares on the inliers). Returns (a, b, fraction of points within ``tol``)."""
+    ys, xs = ys.astype(np.float64), xs.astype(np.float64)
+    n = len(ys)
+    rng = np.random.default_rng(0)  # a local generator: the fit is deterministic, no global state
+    i, j = rng.integers(0, n, trials), rng.integers(0, n, trials)
+    ok = ys[i] != ys[j]
+    i, j = i[ok], j[ok]
+    b = (xs[j] - xs[i]) / (ys[j] - ys[i])
+    a = xs[i] - b * ys[i]
+    # candidates also include the vertical line through the median (rectangles, clipped edges)
+    a = np.append(a, np.median(xs))
+    b = np.append(b, 0.0)
+    support = (np.abs(xs[None] - (a[:, None] + b[:, None] * ys[None])) <= tol).sum(1)
+    k = int(np.argmax(support))
+    a_k, b_k = a[k], b[k]
+    for _ in range(2):
+        inl = np.abs(xs - (a_k + b_k * ys)) <= tol
+        if inl.sum() >= 2 and np.ptp(ys[inl]) > 0:
+            b_k, a_k = np.polyfit(ys[inl], xs[inl], 1)
+    inl = np.abs(xs - (a_k + b_k * ys)) <= tol
+    return float(a_k), float(b_k), float(inl.mean())
+
+
+def fit_scan_shape(
+    mask: np.ndarray,
+    min_area_fraction: float = 0.05,
+    min_fill: float = 0.7,
+    min_edge_support: float = 0.3,
+    min_coverage: float = 0.6,
+) -> Tuple[Optional[np.ndarray], Dict[str, Any]]:
+    """Fit a sector or a rectangle to a tissue mask (the largest component of :func:`tissue_candidates`).
+
+    The left and right edges are straight lines ``x = a + b y`` fitted robustly to the first and last
+    pixel of every row, so text touching the fan (a banner next to the apex) does not move them. Edges
+    that meet above the content give a sector, cut to the radii around their crossing point (the apex)
+    that the content spans; parallel edges give a rectangle, cut to the rows the content fills.
+
+    Args:
+        mask: bool [H, W].
+        min_area_fraction: the shape must cover at least this fraction of the frame.
+        min_fill: at least this fraction of the shape must be tissue (a clean fit).
+        min_edge_support: at least this fraction of the rows must lie on each fitted edge (the far field
+            of a sector is often dark, so its edges are visible only near the apex).
+        min_coverage: at least this fraction of the tissue mask must lie inside the shape.
+
+    Returns:
+        (bool [H, W] shape or None when no clean fit exists, info dict with ``shape`` and the fit's
+        ``fill`` / ``reason``).
+    """
+    H, W = mask.shape
+    rows = np.nonzero(mask.any(1))[0]
+    if len(rows) < 8 or mask.sum() < min_area_fraction * H * W * min_fill:
+        return None, {"reason": "no tissue-like region large enough"}
+    sub = mask[rows]
+    x_left = np.argmax(sub, axis=1)
+    x_right = W - 1 - np.argmax(sub[:, ::-1], axis=1)
+    tol = max(1.5, 0.01 * W)
+    edges = []
+    for xs, border in ((x_left, 0), (x_right, W - 1)):
+        free = xs != border  # rows where the content is not cut by the image border
+        if free.mean() < 0.25:
+            edges.append((float(border), 0.0, 1.0))
+        else:
+            edges.append(_fit_edge(rows[free], xs[free], tol))
+    (a_l, b_l, s_l), (a_r, b_r, s_r) = edges
+    if min(s_l, s_r) < min_edge_support:
+        return None, {"reason": f"edges are not straight (support {min(s_l, s_r):.2f} < {min_edge_support})"}
+    y_top, y_bot = float(rows[0]), float(rows[-1])
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    band = (xx >= a_l + b_l * yy) & (xx <= a_r + b_r * yy)
+    spread = (b_r - b_l) * (y_bot - y_top)
+    info: Dict[str, Any] = {}
+    if abs(spread) < max(3.0, 0.03 * W):
+        inside = mask & band
+        width = np.maximum((a_r + b_r * rows) - (a_l + b_l * rows), 1.0)
+        filled = rows[inside[rows].sum(1) >= 0.5 * width]
+        if len(filled) < 2:
+            return None, {"reason": "no rows filled by tissue"}
+        shape = band & (yy >= filled[0]) & (yy <= filled[-1])
+        info["shape"] = "rectangle"
+    elif spread > 0:
+        y_apex = (a_l - a_r) / (b_r - b_l)
+        x_apex = a_l + b_l * y_apex
+        if y_apex > y_top + max(tol, 0.15 * (y_bot - y_top)):  # banners may rise a little above the apex
+            return None, {"reason": "the edges meet inside the content"}
+        radius = np.hypot(xx - x_apex, yy - y_apex)
+        r_in = radius[mask & band]
+        if r_in.size == 0:
+            return None, {"reason": "no tissue between the edges"}
+        r_lo, r_hi = np.percentile(r_in, (0.5, 99.5))
+        shape = band & (yy >= y_apex) & (radius >= r_lo) & (radius <= r_hi)
+        info.update(shape="sector", apex=(float(x_apex), float(y_apex)), radii=(float(r_lo), float(r_hi)))
+    else:
+        return None, {"reason": "the edges meet below the content"}
+    area = int(shape.sum())
+    if area < min_area_fraction * H * W:
+        return None, {"reason": f"fitted {info['shape']} covers {area / (H * W):.3f} of the frame (< {min_area_fraction})"}
+    fill = float((shape & mask).sum() / area)
+    if fill < min_fill:
+        return None, {"reason": f"fitted {info['shape']} is only {fill:.2f} tissue (< {min_fill})"}
+    coverage = float((shape & mask).sum() / mask.sum())
+    if coverage < min_coverage:
+        return None, {"reason": f"only {coverage:.2f} of the tissue lies inside the fitted {info['shape']} (< {min_coverage})"}
+    info.update(fill=fill, coverage=coverage, edge_support=(s_l, s_r))
+    return shape, info
+
+
+def find_scan_area(
+    frames: np.ndarray,
+    region_box: Optional[Tuple[int, int, int, int]] = None,
+    min_area_fraction: float = 0.05,
+    min_fill: float = 0.7,
+) -> Tuple[Optional[np.ndarray], Dict[str, Any]]:
+    """The scan area of a grayscale frame or cine [T, H, W] (0-255): a fitted sector or rectangle.
+
+    Returns (bool [H, W] mask, info) or (None, info with the ``reason``) when no clean shape fits;
+    a caller that must not leak burned-in text then drops the frames instead of keeping them whole.
+    """
+    candidates = tissue_candidates(frames, region_box=region_box)
+    component = _largest_component(candidates)
+    if component is None:
+        return None, {"reason": "no tissue-like pixels"}
+    shape, info = fit_scan_shape(component, min_area_fraction=min_area_fraction, min_fill=min_fill)
+    if shape is not None and text_like(np.asarray(frames).max(0)[shape] if np.ndim(frames) == 3 else np.asarray(frames)[shape]):
+        return None, {"reason": f"the fitted {info['shape']} holds text or graphics, not speckle"}
+    if shape is not None:
+        info["masked_inside_hull"] = int((component & ~shape).sum())
+    return shape, info
+
+
+def text_like(values: np.ndarray, max_share: float = 0.5) -> bool:
+    """Whether intensities look like rendered text or graphics rather than speckle: a few grey levels
+    (background, ink, their anti-aliasing) hold more than ``max_share`` of the non-zero pixels (zero is
+    left out: anechoic regions such as a heart cavity are black), or almost everything is zero."""
+    v = np.rint(np.asarray(values, dtype=np.float32)).astype(np.int64).ravel()
+    total = v.size
+    v = v[v > 0]
+    if v.size < 0.1 * total or v.size == 0:
+        return True
+    counts = np.bincount(np.clip(v, 0, 255), minlength=256)
+    return bool(np.sort(counts)[-3:].sum() > max_share * v.size)
+
+
+def static_overlay(frames: np.ndarray, scan_area: np.ndarray, min_motion: float = 2.0) -> np.ndarray:
+    """Burned-in marks inside the scan area of a cine: pixels that are not dark yet identical (standard
+    deviation below 0.5 grey levels) in every frame, grown by one pixel. Speckle never stays still, so
+    in a cine with motion these are text, calipers, markers. bool [H, W]; all False for fewer than 3
+    frames or a cine whose scan area hardly changes (median standard deviation below ``min_motion``).
+    """
+    arr = np.asarray(frames, dtype=np.float32)
+    H, W = scan_area.shape
+    if arr.ndim != 3 or arr.shape[0] < 3 or not scan_area.any():
+        return np.zeros((H, W), dtype=bool)
+    std = arr.std(0)
+    if float(np.median(std[scan_area])) < min_motion:
+        return np.zeros((H, W), dtype=bool)
+    still = (std < 0.5) & (arr.min(0) > 16.0) & scan_area
+    return ndi.binary_dilation(still, iterations=1) & scan_area
+
+
+def frame_fill(frame: np.ndarray, scan_area: np.ndarray) -> float:
+    """Fraction of ``scan_area`` that is tissue-like in this single frame [H, W] (0 for a report page,
+    a text frame or a blank frame; about the file's own fill for an ultrasound frame)."""
+    area = int(scan_area.sum())
+    if area == 0 or text_like(np.asarray(frame)[scan_area]):
+        return 0.0
+    return float((tissue_candidates(frame, use_motion=False) & scan_area).sum() / area)
+
+
+def technical_metadata(ds) -> Dict[str, Any]:
+    """The copied values of :data:`COPIED_TAGS` (strings only from fixed sets, numbers as numbers)."""
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    frame_time = ds.get("FrameTime")
+    try:
+        frame_time = float(frame_time) if frame_time not in (None, "") else None
+    except (TypeError, ValueError):
+        frame_time = None
+    if frame_time is not None and not np.isfinite(frame_time):
+        frame_time = None
+    return {
+        "modality": modality if modality in _MODALITIES else "",
+        "photometric_interpretation": photometric if photometric in _PHOTOMETRIC else "",
+        "manufacturer": canonical_vendor(ds.get("Manufacturer", "")),
+        "frame_time_ms": frame_time,
+    }
+
+
+def _split_key(ds, path: Path) -> str:
+    """What keeps files together in one split (held in memory only): the patient, else the study, else the file."""
+    for tag in ("PatientID", "StudyInstanceUID"):
+        value = str(ds.get(tag, "") or "").strip()
+        if value:
+            return f"{tag}:{value}"
+    return f"file:{path.resolve()}"
+
+
+def _pseudonym(key: bytes, uid: str) -> str:
+    return hmac.new(key, uid.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, ConversionWarning, stacklevel=3)
+
+
+def deidentification_report(counts: Dict[str, Any]) -> str:
+    """A short human-readable summary of the report dict returned by :func:`convert_dicom`."""
+    lines = [
+        f"de-identification: {counts['files_converted']} of {counts['files_seen']} file(s) converted, "
+        f"{counts['frames_kept']} frame(s) kept, {counts['frames_dropped_total']} dropped"
+    ]
+    for key, title in (("files_dropped", "files dropped"), ("frames_dropped", "frames dropped"), ("frames_kept_by_flag", "frames kept by a flag")):
+        for reason, n in counts[key].items():
+            lines.append(f"  {title}: {n} x {reason}")
+    lines.append(
+        f"  masked: {counts['pixels_masked_outside_scan_area_fraction']:.3f} of the pixels of kept frames (outside the scan area, static marks); "
+        f"{counts['files_with_content_masked_inside_hull']} file(s) had content attached to the scan area (e.g. a banner next to the apex) masked, "
+        f"{counts['files_with_static_marks_masked_inside_scan_area']} cine(s) had static marks inside it masked"
+    )
+    lines.append(
+        f"  metadata: manufacturer kept for {counts['manufacturer']['canonical vendor name']} file(s), dropped for "
+        f"{counts['manufacturer']['not in the vendor allow-list']}; model names, names, IDs, dates, institutions and UIDs never copied"
+    )
+    return "\n".join(lines)
+
+
 def convert_dicom(
     input_dir,
     size=None,
@@ -121,8 +493,12 @@ def convert_dicom(
     seed: int = 0,
     strict: bool = False,
     progress: bool = False,
+    keep_frames_without_scan_area: bool = False,
+    accept_burned_in_annotation: bool = False,
+    min_frame_fill: float = 0.25,
+    return_report: bool = False,
 ):
-    """Convert a folder of ultrasound DICOM files into a ``datasets.DatasetDict``.
+    """Convert a folder of ultrasound DICOM files into a de-identified ``datasets.DatasetDict``.
 
     Args:
         input_dir: folder (searched recursively; files of any name) or a single file.
@@ -131,12 +507,20 @@ def convert_dicom(
         max_frames: at most this many frames per file (after ``frame_step``).
         frame_step: keep every n-th frame of a cine.
         require_ultrasound: skip files whose Modality is not ``US``.
-        fractions: (train, validation, test) fractions of the files.
+        fractions: (train, validation, test) fractions of the patients.
         strict: raise on corrupt / unexpected files instead of skipping them with a warning.
+        keep_frames_without_scan_area: keep frames where no scan area was found (whole, unmasked) or that
+            do not fill their file's scan area, instead of dropping them. Never applies to files marked
+            ``BurnedInAnnotation=YES``.
+        accept_burned_in_annotation: convert files marked ``BurnedInAnnotation=YES`` (masked to their scan
+            area) instead of dropping them.
+        min_frame_fill: a frame is kept when at least this fraction of its file's scan area is tissue-like
+            in that frame.
+        return_report: also return the de-identification report (a dict of counts).
 
     Returns:
         ``datasets.DatasetDict`` with ``image`` (grayscale, zero outside the scan area), ``scan_area``
-        (uint8 mask: 1 inside) and de-identified metadata.
+        (uint8 mask: 1 inside) and technical metadata; with ``return_report`` a tuple (DatasetDict, report).
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -146,64 +530,142 @@ def convert_dicom(
         raise ValueError(f"`frame_step` must be at least 1, got {frame_step}")
     if max_frames is not None and int(max_frames) < 1:
         raise ValueError(f"`max_frames` must be None or at least 1, got {max_frames}")
+    if not 0.0 <= float(min_frame_fill) <= 1.0:
+        raise ValueError(f"`min_frame_fill` must be in [0, 1], got {min_frame_fill}")
     out_size = parse_size(size)
     files = find_files(input_dir, ("",))
     if not files:
         raise ValueError(f"no files found under {input_dir}")
+    key = secrets.token_bytes(32)  # pseudonym key of this conversion: never stored, never reused
+    failures = FailureLog(strict)
+    files_dropped: Counter = Counter()
+    frames_dropped: Counter = Counter()
+    frames_kept_by_flag: Counter = Counter()
+    burned_in: Counter = Counter()
+    vendors: Counter = Counter({"canonical vendor name": 0, "not in the vendor allow-list": 0})
+    shapes: Counter = Counter()
+    masked_inside_hull = 0
+    overlay_files = overlay_pixels = 0
+    masked_pixels = total_pixels = 0
     per_file: List[Tuple[str, List[Dict[str, Any]]]] = []
     for path in tqdm(files, desc="DICOM files", disable=not progress):
         try:
             ds = pydicom.dcmread(str(path))
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as err:
-            report_bad_file(path, f"not a readable DICOM file ({type(err).__name__}: {err})", strict)
+            failures.add(path, "not a readable DICOM file", f"not a readable DICOM file ({type(err).__name__}: {err})")
             continue
         modality = str(ds.get("Modality", ""))
         if require_ultrasound and modality != "US":
-            report_bad_file(path, f"Modality is {modality or 'missing'}, not US", strict)
+            failures.add(path, "not ultrasound", f"Modality is {modality or 'missing'}, not US")
             continue
         if "PixelData" not in ds:
-            report_bad_file(path, "no pixel data", strict)
+            failures.add(path, "no pixel data", "no pixel data")
+            continue
+        annotation = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+        burned_in[annotation if annotation in ("YES", "NO") else "absent"] += 1
+        if annotation == "YES" and not accept_burned_in_annotation:
+            files_dropped["BurnedInAnnotation=YES (pass --accept_burned_in_annotation to keep it, masked to the scan area)"] += 1
+            _warn(f"dropping {path}: marked BurnedInAnnotation=YES (pass accept_burned_in_annotation / --accept_burned_in_annotation to keep it, masked to its scan area)")
             continue
         try:
             frames = dicom_frames_to_gray(ds)
         except Exception as err:  # decoders raise many types (missing plugin, truncated data, ...)
-            report_bad_file(path, f"pixel data could not be decoded ({type(err).__name__}: {err})", strict)
+            failures.add(path, "pixel data not decodable", f"pixel data could not be decoded ({type(err).__name__}: {err})")
             continue
         T, H, W = frames.shape
+        keep = list(range(0, T, int(frame_step)))
+        if max_frames is not None:
+            keep = keep[: int(max_frames)]
         box, delta_x, delta_y = ultrasound_region(ds, H, W)
-        mask = detect_scan_area(frames, region_box=box)
+        mask, info = find_scan_area(frames, region_box=box)
+        if mask is None:
+            if not keep_frames_without_scan_area or annotation == "YES":
+                reason = "no scan area found" + (" (file marked BurnedInAnnotation=YES)" if annotation == "YES" else "")
+                files_dropped[reason] += 1
+                frames_dropped[reason] += len(keep)
+                _warn(f"dropping {path}: no ultrasound scan area found ({info['reason']}); its {len(keep)} frame(s) could hold burned-in text"
+                      + ("" if annotation == "YES" else " (pass keep_frames_without_scan_area / --keep_frames_without_scan_area to keep them whole)"))
+                continue
+            mask = np.ones((H, W), dtype=bool)
+            shape = "none"
+            _warn(f"{path}: no scan area found ({info['reason']}); keeping its {len(keep)} frame(s) whole and unmasked as asked")
+        else:
+            shape = info["shape"]
+            if info.get("masked_inside_hull", 0) > 0.01 * mask.sum():  # more than edge pixels: e.g. a banner at the apex
+                masked_inside_hull += 1
         ys, xs = np.nonzero(mask)
         if crop:
             y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         else:
             y0, y1, x0, x1 = 0, H, 0, W
         mask_c = mask[y0:y1, x0:x1]
-        keep = list(range(0, T, int(frame_step)))
-        if max_frames is not None:
-            keep = keep[: int(max_frames)]
-        uid = str(ds.get("SOPInstanceUID", "")) or str(path.resolve())
-        source_id = pseudonym(uid)
-        frame_time = ds.get("FrameTime")
-        meta = {
-            "source_id": source_id, "num_frames": T,
-            "photometric_interpretation": str(ds.get("PhotometricInterpretation", "")), "modality": modality,
-            "manufacturer": str(ds.get("Manufacturer", "")), "manufacturer_model": str(ds.get("ManufacturerModelName", "")),
-            "physical_delta_x_cm": delta_x, "physical_delta_y_cm": delta_y,
-            "frame_time_ms": float(frame_time) if frame_time not in (None, "") else None,
-            "source_height": H, "source_width": W, "crop_x0": int(x0), "crop_y0": int(y0),
-        }
+        overlay = static_overlay(frames, mask) if shape != "none" else np.zeros_like(mask)
+        if overlay.any():
+            overlay_files += 1
+            overlay_pixels += int(overlay.sum())
+        visible_c = mask_c & ~overlay[y0:y1, x0:x1]
+        meta = technical_metadata(ds)
+        uid = str(ds.get("SOPInstanceUID", "") or "") or f"file:{path.resolve()}"
+        source_id = _pseudonym(key, uid)
+        meta.update(
+            source_id=source_id, num_frames=T, scan_area_shape=shape, physical_delta_x_cm=delta_x, physical_delta_y_cm=delta_y,
+            source_height=H, source_width=W, crop_x0=int(x0), crop_y0=int(y0),
+        )
         mask_u8 = resize(mask_c.astype(np.uint8), out_size, label=True)
         mask_cell = encode_png(mask_u8)
         rows = []
         for t in keep:
+            if shape == "none":
+                frames_kept_by_flag["no scan area found: kept whole"] += 1
+            elif frame_fill(frames[t], mask) < min_frame_fill:
+                if not keep_frames_without_scan_area or annotation == "YES":
+                    frames_dropped["frame does not fill the scan area (report page, blank or text frame)"] += 1
+                    continue
+                frames_kept_by_flag["frame does not fill the scan area: kept, masked"] += 1
+            masked_pixels += int((frames[t][~mask | overlay] >= 0.5).sum())
+            total_pixels += H * W
             img = np.rint(frames[t, y0:y1, x0:x1]).astype(np.uint8)
-            img[~mask_c] = 0
+            img[~visible_c] = 0
             img = resize(img, out_size)
             img[mask_u8 == 0] = 0
             rows.append({**meta, "image": encode_png(img), "scan_area": mask_cell, "frame": t, "height": img.shape[0], "width": img.shape[1]})
-        per_file.append((source_id, rows))
+        dropped_here = len(keep) - len(rows)
+        if dropped_here:
+            _warn(f"{path}: dropped {dropped_here} of {len(keep)} frame(s) that do not fill the scan area (possible report pages or text frames)")
+        if not rows:
+            files_dropped["no frame fills the scan area"] += 1
+            continue
+        shapes[shape] += 1
+        vendors["canonical vendor name" if meta["manufacturer"] else "not in the vendor allow-list"] += 1
+        per_file.append((_split_key(ds, path), rows))
+    report: Dict[str, Any] = {
+        "files_seen": len(files),
+        "files_converted": len(per_file),
+        "files_dropped": dict(sorted({**failures.counts(), **files_dropped}.items())),
+        "frames_kept": sum(len(r) for _, r in per_file),
+        "frames_dropped": dict(sorted(frames_dropped.items())),
+        "frames_dropped_total": int(sum(frames_dropped.values())),
+        "frames_kept_by_flag": dict(sorted(frames_kept_by_flag.items())),
+        "burned_in_annotation_tag": dict(sorted(burned_in.items())),
+        "scan_area_shapes": dict(sorted(shapes.items())),
+        "files_with_content_masked_inside_hull": masked_inside_hull,
+        "files_with_static_marks_masked_inside_scan_area": overlay_files,
+        "static_mark_pixels_masked_inside_scan_area": overlay_pixels,
+        "pixels_masked_outside_scan_area_fraction": (masked_pixels / total_pixels) if total_pixels else 0.0,
+        "manufacturer": dict(vendors),
+        "copied_tags": list(COPIED_TAGS),
+        "read_but_never_copied": list(READ_NOT_COPIED),
+        "source_id": "HMAC-SHA256 of the SOP Instance UID with a random key drawn for this conversion and not stored",
+        "options": {"keep_frames_without_scan_area": bool(keep_frames_without_scan_area), "accept_burned_in_annotation": bool(accept_burned_in_annotation), "min_frame_fill": float(min_frame_fill)},
+    }
     if not per_file:
-        raise ValueError(f"no usable ultrasound DICOM files under {input_dir}")
-    splits = assign_splits([sid for sid, _ in per_file], fractions, seed)
-    all_rows = [{**row, "split": splits[sid]} for sid, rows in per_file for row in rows]
-    return make_dataset_dict(all_rows, dicom_features())
+        dropped = "; ".join(f"{n} x {r}" for r, n in report["files_dropped"].items())
+        raise ValueError(f"no usable ultrasound DICOM files under {input_dir}: all {len(files)} file(s) were dropped ({dropped})")
+    keys = sorted({k for k, _ in per_file})
+    splits = assign_splits(keys, fractions, seed)
+    all_rows = [{**row, "split": splits[k]} for k, rows in per_file for row in rows]
+    dd = make_dataset_dict(all_rows, dicom_features())
+    description = "De-identified ultrasound frames (ultrasound-diffusers prepare dicom). De-identification report: " + json.dumps(report, sort_keys=True)
+    for split in dd.values():
+        split.info.description = description
+    return (dd, report) if return_report else dd

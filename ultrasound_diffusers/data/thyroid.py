@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .converters import assign_splits, encode_png, find_files, make_dataset_dict, parse_size, report_bad_file, resize, to_uint8
+from .failures import FailureLog
 from .labels import NUM_THYROID_CLASSES, SEGTHY_TO_THYROID, remap_labels
 
 _NIFTI = (".nii.gz", ".nii")
@@ -60,8 +61,9 @@ def _key(path: Path) -> str:
     return re.sub(r"[^a-z0-9]", "", _LABEL_TOKENS.sub("", _stem(path)).lower())
 
 
-def pair_volumes(input_dir, image_dir=None, label_dir=None, strict: bool = False) -> List[Tuple[Path, Path]]:
-    """(image volume, label volume) pairs; unmatched images are reported (skipped or, with strict, raised)."""
+def pair_volumes(input_dir, image_dir=None, label_dir=None, strict: bool = False, failures: Optional[FailureLog] = None) -> List[Tuple[Path, Path]]:
+    """(image volume, label volume) pairs; unmatched images are reported (skipped or, with strict, raised)
+    and counted in ``failures`` when given."""
     if image_dir is not None or label_dir is not None:
         if image_dir is None or label_dir is None:
             raise ValueError("give both `image_dir` and `label_dir`, or neither")
@@ -87,7 +89,10 @@ def pair_volumes(input_dir, image_dir=None, label_dir=None, strict: bool = False
         pairs = list(zip(sorted(images), sorted(labels)))
         unmatched = []
     for img in unmatched:
-        report_bad_file(img, "no label volume with a matching name", strict)
+        if failures is not None:
+            failures.add(img, "no matching label volume", "no label volume with a matching name")
+        else:
+            report_bad_file(img, "no label volume with a matching name", strict)
     return pairs
 
 
@@ -129,9 +134,14 @@ def convert_thyroid(
         raise ValueError(f"`axis` must be 0, 1 or 2, got {axis}")
     out_size = parse_size(size)
     mapping = dict(SEGTHY_TO_THYROID if label_mapping is None else label_mapping)
-    pairs = pair_volumes(input_dir, image_dir, label_dir, strict)
+    failures = FailureLog(strict)
+    source = input_dir if input_dir is not None else image_dir
+    pairs = pair_volumes(input_dir, image_dir, label_dir, strict, failures)
     if not pairs:
-        raise ValueError(f"no (image, label) volume pairs found under {input_dir or image_dir}")
+        raise ValueError(
+            f"no (image, label) volume pairs found under {source}"
+            + (f": {failures.total} image volume(s) failed ({failures.summary()})" if failures.total else "")
+        )
     splits = assign_splits([_stem(img) for img, _ in pairs], fractions, seed)
     rows: List[Dict[str, Any]] = []
     for img_path, lab_path in tqdm(pairs, desc="thyroid volumes", disable=not progress):
@@ -139,16 +149,16 @@ def convert_thyroid(
             vol = np.asarray(nib.load(str(img_path)).dataobj)
             lab = np.asarray(nib.load(str(lab_path)).dataobj)
         except Exception as err:  # nibabel raises several types for corrupt files
-            report_bad_file(f"{img_path} / {lab_path.name}", f"unreadable ({type(err).__name__}: {err})", strict)
+            failures.add(f"{img_path} / {lab_path.name}", "unreadable", f"unreadable ({type(err).__name__}: {err})")
             continue
         vol, lab = np.squeeze(vol), np.squeeze(lab)
         if vol.ndim != 3 or vol.shape != lab.shape:
-            report_bad_file(img_path, f"expected 3-D image and label volumes of one shape, got {vol.shape} and {lab.shape}", strict)
+            failures.add(img_path, "not 3-D volumes of one shape", f"expected 3-D image and label volumes of one shape, got {vol.shape} and {lab.shape}")
             continue
         try:
             lab = remap_labels(np.rint(lab).astype(np.int64), mapping, name=str(lab_path))
         except ValueError as err:
-            report_bad_file(lab_path, str(err), strict)
+            failures.add(lab_path, "labels outside the mapping", str(err))
             continue
         if vol.dtype == np.uint8:
             vol_u8 = vol
@@ -173,4 +183,5 @@ def convert_thyroid(
                     "height": img2d.shape[0], "width": img2d.shape[1],
                 }
             )
+    failures.refuse_empty(rows, source, "thyroid slices", hint="no slice carries a label; drop --skip_empty" if skip_empty else "")
     return make_dataset_dict(rows, thyroid_features())

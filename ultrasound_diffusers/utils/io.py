@@ -254,6 +254,15 @@ def replace_directory(
     return target
 
 
-def atomic_save_to_disk(dataset, target: PathLike, overwrite: bool = True, kind: Optional[str] = None, **kwargs) -> Path:
-    """``dataset.save_to_disk`` into a temporary sibling directory, then swap it onto ``target``."""
-    return replace_directory(lambda tmp: dataset.save_to_disk(str(tmp), **kwargs), target, overwrite=overwrite, kind=kind)
+def atomic_save_to_disk(
+    dataset, target: PathLike, overwrite: bool = True, kind: Optional[str] = None, extra_files=None, **kwargs
+) -> Path:
+    """``dataset.save_to_disk`` into a temporary sibling directory (with ``extra_files``, name -> text, beside
+    it), then swap it onto ``target``."""
+
+    def build(tmp: Path) -> None:
+        dataset.save_to_disk(str(tmp), **kwargs)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+
+    return replace_directory(build, target, overwrite=overwrite, kind=kind)

@@ -1,0 +1,266 @@
+"""`prepare dicom` must not leak a planted identifier: neither in any written byte nor in the pixels.
+
+The inputs are DICOM files built with pydicom that carry identifiers in their tags (name, ID, birth date,
+institution, a Manufacturer string holding a name, UIDs), in their file names, and burned into the pixels:
+a report page (a frame with no scan area), a report page inside a cine, and a textured banner touching the
+fan next to its apex (inside the convex hull of fan + banner, outside the fan).
+"""
+
+import hashlib
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from ultrasound_diffusers.data.converters import ConversionWarning
+
+H, W = 128, 160
+NAME, PID, BIRTH, INSTITUTION = "Zyxwvut^Quillon", "PID-98765-ZQ", "19470312", "St Quillon Memorial Hospital"
+PLANTED = [
+    "Zyxwvut", "Quillon", PID, BIRTH, "1947-03-12", "Memorial Hospital", "QuillonScope", "Dr Quillon",
+    "ACC-5550123", "Station-QZ", "SN-0042-QZ",
+]
+BANNER = (slice(0, 15), slice(88, 156))  # rows, columns of the banner next to the apex (apex at x = 80, y = 6), outside the fan
+
+
+def _fan():
+    from ultrasound_diffusers.schedulers.bmaps import fan_mask
+
+    return fan_mask(H, W, apex=(0.5, 0.05), radii=(0.0, 0.92), half_angle_deg=38.0).numpy().astype(bool)
+
+
+def _text(canvas, lines, xy, size, fill=255):
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(img)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType
+        font = ImageFont.load_default()
+    draw.multiline_text(xy, "\n".join(lines), fill=fill, font=font, spacing=4)
+    return np.array(img)
+
+
+def report_page():
+    """A report frame: patient data rendered as text, no ultrasound."""
+    page = np.zeros((H, W), np.uint8)
+    page[:18] = 90  # a header bar
+    return _text(page, ["Zyxwvut Quillon", PID, "born 1947-03-12", "St Quillon Memorial", "Hospital"], (6, 4), 15)
+
+
+def echo_frame(rng, banner=True):
+    """A sector of speckle with a textured banner (a label with the patient's name) touching it at the apex."""
+    fan = _fan()
+    frame = np.where(fan, rng.integers(30, 256, (H, W)), 0).astype(np.uint8)
+    if banner:
+        rows, cols = BANNER
+        frame[rows, cols] = rng.integers(60, 200, (rows.stop - rows.start, cols.stop - cols.start))
+        frame[rows, 78:cols.start] = rng.integers(60, 200, (rows.stop - rows.start, cols.start - 78))  # touches the fan
+        frame = _text(frame, ["Quillon"], (cols.start + 2, rows.start + 1), 11)
+    return frame
+
+
+def write_us(path, frames, burned_in=None, manufacturer="GE Healthcare - Dr Quillon", patient=(NAME, PID)):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    frames = np.asarray(frames, np.uint8)
+    n = frames.shape[0] if frames.ndim == 3 else 1
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1" if n > 1 else "1.2.840.10008.5.1.4.1.1.6.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = "US"
+    ds.PatientName, ds.PatientID = patient
+    ds.PatientBirthDate, ds.InstitutionName, ds.InstitutionAddress = BIRTH, INSTITUTION, "1 Quillon Road"
+    ds.ReferringPhysicianName, ds.OperatorsName = "Dr Quillon", "Quillon^Tech"
+    ds.AccessionNumber, ds.StationName, ds.DeviceSerialNumber = "ACC-5550123", "Station-QZ", "SN-0042-QZ"
+    ds.StudyDescription, ds.StudyDate = "Echo for Zyxwvut Quillon", "20240105"
+    ds.Manufacturer, ds.ManufacturerModelName = manufacturer, "QuillonScope 9"
+    if burned_in is not None:
+        ds.BurnedInAnnotation = burned_in
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = frames.shape[-2:]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if n > 1:
+        ds.NumberOfFrames, ds.FrameTime = n, "33.3"
+    ds.PixelData = frames.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Input folder: which file holds what."""
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("study") / "Zyxwvut_Quillon_PID-98765-ZQ"
+    root.mkdir()
+    uids = {}
+    uids["single"] = write_us(root / "Zyxwvut_Quillon_single.dcm", echo_frame(rng), burned_in="NO").SOPInstanceUID
+    cine = np.stack([echo_frame(rng) for _ in range(4)])
+    cine[2] = report_page()  # a report page inside a cine
+    uids["cine"] = write_us(root / "Quillon_cine.dcm", cine, manufacturer="Philips Medical Systems").SOPInstanceUID
+    uids["report"] = write_us(root / "Quillon_report.dcm", report_page()).SOPInstanceUID
+    uids["burned"] = write_us(root / "Quillon_burned.dcm", echo_frame(rng), burned_in="YES").SOPInstanceUID
+    uids["burned_report"] = write_us(root / "Quillon_burned_report.dcm", report_page(), burned_in="YES").SOPInstanceUID
+    return root, uids
+
+
+def _convert(path, **kwargs):
+    from ultrasound_diffusers.data.dicom import convert_dicom
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dd, report = convert_dicom(path, crop=False, return_report=True, **kwargs)
+    return dd["train"], report, [str(w.message) for w in caught if issubclass(w.category, ConversionWarning)]
+
+
+def _planted_in(data: bytes, uids):
+    low = data.lower()
+    found = [s for s in PLANTED if s.lower().encode() in low]
+    for uid in uids.values():
+        for token in (uid, hashlib.sha256(uid.encode()).hexdigest()[:16]):  # the UID and the old unsalted pseudonym
+            if token.lower().encode() in low:
+                found.append(token)
+    return found
+
+
+def test_fails_closed_and_reports(study):
+    root, uids = study
+    rows, report, messages = _convert(root)
+    # single (1 frame) + cine (3 of 4 frames: the report page is dropped); report page and BurnedInAnnotation files dropped
+    assert len(rows) == 1 + 3
+    assert sorted(rows["frame"]) == [0, 0, 1, 3]
+    assert report["files_seen"] == 5 and report["files_converted"] == 2 and report["frames_kept"] == 4
+    dropped = report["files_dropped"]
+    assert sum(n for r, n in dropped.items() if r.startswith("BurnedInAnnotation=YES")) == 2
+    assert sum(n for r, n in dropped.items() if r.startswith("no scan area")) == 1
+    assert sum(report["frames_dropped"].values()) == 2  # the report file's frame + the cine's report frame
+    assert any("frame does not fill" in r for r in report["frames_dropped"])
+    assert report["burned_in_annotation_tag"] == {"NO": 1, "YES": 2, "absent": 2}
+    assert report["files_with_content_masked_inside_hull"] >= 1
+    assert any("BurnedInAnnotation=YES" in m for m in messages) and any("no ultrasound scan area" in m for m in messages)
+    assert json.loads(rows.info.description.split("report: ", 1)[1]) == report
+    # metadata: a Manufacturer holding a name is dropped, a known vendor is replaced by its canonical name
+    by_frames = {r["num_frames"]: r for r in rows}
+    assert by_frames[1]["manufacturer"] == "" and by_frames[4]["manufacturer"] == "Philips"
+    assert set(rows["scan_area_shape"]) == {"sector"}
+
+
+def test_no_identifier_in_pixels(study):
+    root, uids = study
+    rows, _, _ = _convert(root, accept_burned_in_annotation=True)
+    assert len(rows) == 1 + 3 + 1  # + the BurnedInAnnotation=YES echo frame (masked); its report page never
+    near_fan = __import__("scipy.ndimage", fromlist=["x"]).binary_dilation(_fan(), iterations=2)
+    rows_b, cols_b = BANNER
+    assert not _fan()[rows_b, cols_b].any()
+    for row in rows:
+        img = np.asarray(row["image"])
+        assert img.shape == (H, W)
+        assert not img[rows_b, cols_b].any(), "the banner next to the apex is masked"
+        assert not img[~near_fan].any(), "nothing outside the fan survives"
+        assert img[_fan()].mean() > 60, "the tissue is kept"
+        assert np.asarray(row["scan_area"])[_fan()].mean() > 0.85
+    page = report_page()
+    for row in rows:  # no report page in the output (not even masked)
+        img = np.asarray(row["image"]).astype(int)
+        assert np.abs(img - page).mean() > 40
+
+
+def test_source_id_is_salted_per_run(study):
+    root, uids = study
+    first, _, _ = _convert(root)
+    second, _, _ = _convert(root)
+    ids = set(first["source_id"])
+    assert len(ids) == 2 and all(len(i) == 16 for i in ids)  # rows of one file share one id
+    assert ids.isdisjoint(second["source_id"]), "ids cannot be linked across conversions"
+    assert not ids & {hashlib.sha256(u.encode()).hexdigest()[:16] for u in uids.values()}
+
+
+def test_one_patient_never_spans_two_splits(study, tmp_path):
+    root, _ = study
+    from ultrasound_diffusers.data.dicom import convert_dicom
+
+    with pytest.warns(ConversionWarning):
+        dd = convert_dicom(root, fractions=(1, 1, 1))  # all files share one Patient ID (read in memory only)
+    assert sorted(len(s) for s in dd.values()) == [0, 0, 4]
+    other = tmp_path / "two_patients"
+    other.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        write_us(other / f"p{i}.dcm", echo_frame(rng), patient=(f"P^{i}", f"ID{i}"))
+    assert sorted(len(s) for s in convert_dicom(other, fractions=(1, 1, 0)).values()) == [0, 1, 1]
+
+
+def test_flags_keep_frames_but_never_burned_in_report_pages(study):
+    root, _ = study
+    rows, report, _ = _convert(root, keep_frames_without_scan_area=True, accept_burned_in_annotation=True)
+    # + the report file (whole, unmasked, as asked) + the cine's report frame (masked); the BurnedInAnnotation=YES
+    # report page stays dropped
+    assert len(rows) == 1 + 4 + 1 + 1
+    assert sorted(set(rows["scan_area_shape"])) == ["none", "sector"]
+    assert sum(report["frames_kept_by_flag"].values()) == 2
+    assert sum(n for r, n in report["files_dropped"].items() if "BurnedInAnnotation=YES" in r) == 1
+
+
+def test_static_text_inside_the_fan_of_a_cine_is_masked(tmp_path):
+    rng = np.random.default_rng(2)
+    cine = np.stack([echo_frame(rng, banner=False) for _ in range(5)])
+    marks = _text(np.zeros((H, W), np.uint8), ["Quillon"], (60, 70), 13) > 0  # text overlaid on the tissue
+    assert (marks & _fan()).sum() == marks.sum() > 30
+    cine[:, marks] = 255
+    write_us(tmp_path / "cine.dcm", cine)
+    rows, report, _ = _convert(tmp_path)
+    assert len(rows) == 5 and report["files_with_static_marks_masked_inside_scan_area"] == 1
+    for row in rows:
+        img = np.asarray(row["image"])
+        assert not img[marks].any()
+        assert (img[_fan() & ~__import__("scipy.ndimage", fromlist=["x"]).binary_dilation(marks, iterations=2)] > 0).mean() > 0.95
+
+
+def test_everything_dropped_is_an_error(tmp_path):
+    from ultrasound_diffusers.data.dicom import convert_dicom
+
+    write_us(tmp_path / "report.dcm", report_page())
+    write_us(tmp_path / "burned.dcm", echo_frame(np.random.default_rng(1)), burned_in="YES")
+    with pytest.warns(ConversionWarning), pytest.raises(ValueError, match=r"all 2 file\(s\) were dropped.*BurnedInAnnotation=YES.*no scan area"):
+        convert_dicom(tmp_path)
+
+
+def test_canonical_vendor():
+    from ultrasound_diffusers.data.dicom import canonical_vendor
+
+    assert canonical_vendor("G.E. Medical Systems") == "GE" and canonical_vendor("SonoSite, Inc.") == "FUJIFILM SonoSite"
+    assert canonical_vendor("Philips Medical Systems") == "Philips" and canonical_vendor("SIEMENS") == "Siemens"
+    for free_text in ("GE Healthcare - Dr Quillon", "Quillon", "", None, "Philips Quillon Clinic"):
+        assert canonical_vendor(free_text) == ""
+
+
+def test_cli_prepare_dicom_writes_no_identifier(study, tmp_path, capsys):
+    import datasets
+
+    from ultrasound_diffusers.cli import main
+
+    root, uids = study
+    for flags in ([], ["--accept_burned_in_annotation"]):
+        out = tmp_path / ("out" + "".join(flags))
+        with pytest.warns(ConversionWarning):
+            assert main(["prepare", "dicom", "--input", str(root), "--output_dir", str(out), *flags]) == 0
+        printed = capsys.readouterr().out
+        assert "de-identification:" in printed and "files dropped" in printed and "BurnedInAnnotation=YES" in printed
+        report = json.loads((out / "deidentification_report.json").read_text())
+        assert report["files_converted"] == (3 if flags else 2)
+        assert len(datasets.load_from_disk(str(out))["train"]) == report["frames_kept"]
+        files = [p for p in out.rglob("*") if p.is_file()]
+        assert len(files) >= 5
+        for p in files:
+            leaked = _planted_in(p.read_bytes(), uids)
+            assert not leaked, f"{p.relative_to(out)} holds {leaked}"
+        for p in out.rglob("*"):
+            assert not _planted_in(str(p.relative_to(out)).encode(), uids)
