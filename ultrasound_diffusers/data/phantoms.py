@@ -83,7 +83,7 @@ class Tissue:
 TISSUES: Tuple[Tissue, ...] = (
     Tissue("none", -200.0, 0.0, 0.0),
     Tissue("tissue", -14.0, 3.0, 0.5, 5.0),
-    Tissue("blood", -50.0, 0.5, 0.15),
+    Tissue("blood", -42.0, 0.5, 0.15),
     Tissue("myocardium", -3.0, 4.0, 0.52, 2.0, 1),
     Tissue("pericardium", 6.0, 4.0, 0.6, 2.0),
     Tissue("valve", 3.0, 4.0, 0.5),
@@ -190,25 +190,43 @@ class PhysicsParameters:
             None disables it.
         scatterer_density: multiplies every tissue's scatterer density.
         texture: multiplies the tissue texture amplitudes (0 gives homogeneous tissues).
-        min_psf_px: floor (axial, lateral) of the PSF standard deviation in output pixels.
-        oversample: simulation samples per output pixel along the beam and, at the deepest point, across
-            it (convex probes only; a linear probe simulates on the pixel grid).
+        min_psf_px: floor (axial, lateral) of the PSF standard deviation in rendering pixels (pixels of the
+            ``render_scale`` times finer rendering grid).
+        oversample: simulation samples per rendering pixel along the beam and, at the deepest point,
+            across it (convex probes only; a linear probe simulates on the rendering pixel grid).
         fft_workers: threads for scipy.fft.
+        render_scale: tissues, speckle and display are rendered on a grid this many times finer in each
+            direction, then area-averaged to the output size (as a real scan resampled to a small image:
+            the PSF is resolved, and the grain and grey std scale with the image). Labels always come from
+            the output grid, so they do not depend on it.
+        grey_gamma: grey map after log compression, ``grey ** grey_gamma`` (> 1 darkens mid-greys as a
+            scanner's post-processing curve does, giving the dark, right-skewed histogram of real scans).
+        boundary_blur_px: Gaussian blur (output pixels) of the echogenicity map in dB: soft tissue boundaries.
+
+    Calibration (issue 19): the defaults (55 dB dynamic range, white at +12 dB, grey gamma 2, TGC 0.5 of
+    0.5 dB/cm/MHz so the far field still fades, texture 0.3, render scale 2, blood at -42 dB) put the echo
+    phantoms' grey-level statistics inside the ranges measured on real scans by
+    :mod:`ultrasound_diffusers.evaluation.realism`. The pre-calibration look is ``tgc=0.85,
+    dynamic_range_db=50, reference_db=6, texture=1, min_psf_px=(0.7, 1), oversample=1.5, render_scale=1,
+    grey_gamma=1, boundary_blur_px=0`` (blood was -50 dB).
     """
 
     speed_of_sound_m_s: float = 1540.0
     attenuation_db_cm_mhz: Optional[float] = None
-    tgc: Union[float, Tuple[float, ...]] = 0.85
+    tgc: Union[float, Tuple[float, ...]] = 0.5
     tgc_reference_db_cm_mhz: float = 0.5
-    dynamic_range_db: float = 50.0
+    dynamic_range_db: float = 55.0
     gain_db: float = 0.0
-    reference_db: float = 6.0
+    reference_db: float = 12.0
     noise_db: Optional[float] = -70.0
     scatterer_density: float = 1.0
-    texture: float = 1.0
-    min_psf_px: Tuple[float, float] = (0.7, 1.0)
-    oversample: float = 1.5
+    texture: float = 0.3
+    min_psf_px: Tuple[float, float] = (0.35, 0.5)
+    oversample: float = 1.0
     fft_workers: int = 1
+    render_scale: int = 2
+    grey_gamma: float = 2.0
+    boundary_blur_px: float = 0.7
 
     def __post_init__(self):
         if not self.speed_of_sound_m_s > 0:
@@ -234,6 +252,13 @@ class PhysicsParameters:
         if len(psf) != 2 or min(psf) <= 0:
             raise ValueError(f"`min_psf_px` must be (axial, lateral) > 0, got {self.min_psf_px!r}")
         object.__setattr__(self, "min_psf_px", psf)
+        if int(self.render_scale) != self.render_scale or not 1 <= int(self.render_scale) <= 4:
+            raise ValueError(f"`render_scale` must be an integer in [1, 4], got {self.render_scale!r}")
+        object.__setattr__(self, "render_scale", int(self.render_scale))
+        if not self.grey_gamma > 0:
+            raise ValueError(f"`grey_gamma` must be positive, got {self.grey_gamma!r}")
+        if not self.boundary_blur_px >= 0:
+            raise ValueError(f"`boundary_blur_px` must be >= 0, got {self.boundary_blur_px!r}")
         if not 1.0 <= self.oversample <= 8.0:
             raise ValueError(f"`oversample` must lie in [1, 8], got {self.oversample!r}")
 
@@ -808,27 +833,41 @@ def _texture_fields(grid: _Grid, rng: np.random.Generator) -> np.ndarray:
 
 def _render(scenes: Sequence[Scene], rngs: Sequence[np.random.Generator], grid: _Grid, probe: ProbeGeometry, phys: PhysicsParameters, return_envelope: bool = False):
     """Images float32 [B, H, W] in [0, 1] and labels uint8 [B, H, W] for a batch of scenes
-    (and, with ``return_envelope``, the envelope float32 [B, n_depth, n_beams] after TGC)."""
+    (and, with ``return_envelope``, the envelope float32 [B, n_depth, n_beams] after TGC, on the
+    simulation grid of the ``render_scale`` times finer rendering).
+
+    Labels are evaluated on the output grid ``grid``; tissues, speckle and display on a grid
+    ``phys.render_scale`` times finer in each direction, whose display image is then area-averaged down to
+    the output size (as a real scan is resampled to a small image)."""
     B = len(scenes)
     H, W = grid.height, grid.width
+    s = int(phys.render_scale)
+    sim = grid if s == 1 else _grid(H * s, W * s, probe, float(phys.oversample))
     labels = np.empty((B, H, W), dtype=np.uint8)
-    power = np.empty((B, grid.n_depth, grid.n_beams), dtype=np.float32)
+    power = np.empty((B, sim.n_depth, sim.n_beams), dtype=np.float32)
     density = np.empty_like(power)
     alpha = np.empty_like(power)
+    keep_inside = [scene.anatomy != "thyroid" or grid.geometry == "convex" for scene in scenes]
     for b, (scene, rng) in enumerate(zip(scenes, rngs)):
-        lab, tis = scene.evaluate(grid.pix_X, grid.pix_Y)
-        if scene.anatomy != "thyroid" or grid.geometry == "convex":
+        if s == 1:
+            lab, tis = scene.evaluate(grid.pix_X, grid.pix_Y)
+        else:
+            lab, _ = scene.evaluate(grid.pix_X, grid.pix_Y, tissues=False)
+            _, tis = scene.evaluate(sim.pix_X, sim.pix_Y)
+        if keep_inside[b]:
             lab = np.where(grid.inside, lab, 0).astype(np.uint8)
         labels[b] = lab
-        tex = _texture_fields(grid, rng)
+        tex = _texture_fields(sim, rng)
         echo_db = _ECHO_DB[tis] + phys.texture * _TEXTURE_DB[tis] * np.where(_TEXTURE_KIND[tis] == 1, tex[1], tex[0])
-        if grid.sim_to_pixel is not None:
-            flat_t = tis.ravel()[grid.sim_to_pixel]
-            echo_db = echo_db.ravel()[grid.sim_to_pixel]
+        if phys.boundary_blur_px > 0:
+            echo_db = _smooth2d(echo_db, phys.boundary_blur_px * s)
+        if sim.sim_to_pixel is not None:
+            flat_t = tis.ravel()[sim.sim_to_pixel]
+            echo_db = echo_db.ravel()[sim.sim_to_pixel]
         else:
             flat_t = tis.ravel()
             echo_db = echo_db.ravel()
-        shape = (grid.n_depth, grid.n_beams)
+        shape = (sim.n_depth, sim.n_beams)
         power[b] = (10.0 ** (echo_db.astype(np.float32) / 10.0)).reshape(shape)
         density[b] = (_DENSITY[flat_t] * phys.scatterer_density).reshape(shape)
         if phys.attenuation_db_cm_mhz is None:
@@ -837,31 +876,44 @@ def _render(scenes: Sequence[Scene], rngs: Sequence[np.random.Generator], grid: 
             alpha[b] = np.where(_DENSITY[flat_t] > 0, phys.attenuation_db_cm_mhz, 0.0).reshape(shape)
 
     f0 = probe.center_frequency_mhz
-    step_cm = grid.axial_step_px * grid.cm_per_px
+    step_cm = sim.axial_step_px * sim.cm_per_px
     loss_db = round_trip_loss_db(alpha, step_cm, f0, axis=1).astype(np.float32)
     power *= 10.0 ** (-loss_db / 10.0)
 
     iq = np.empty(power.shape, dtype=np.complex64)
     for b, rng in enumerate(rngs):
         iq[b] = draw_scatterers(power[b], density[b], rng)
-    sig_ax = max(axial_psf_sigma_cm(probe, phys.speed_of_sound_m_s) / grid.cm_per_px, phys.min_psf_px[0]) / grid.axial_step_px
-    sig_lat_px = np.maximum(lateral_psf_sigma_cm(grid.depth_cm, probe, phys.speed_of_sound_m_s) / grid.cm_per_px, phys.min_psf_px[1])
-    iq = psf_filter(iq, sig_ax, sig_lat_px / grid.lateral_step_px, workers=phys.fft_workers)
+    sig_ax = max(axial_psf_sigma_cm(probe, phys.speed_of_sound_m_s) / sim.cm_per_px, phys.min_psf_px[0]) / sim.axial_step_px
+    sig_lat_px = np.maximum(lateral_psf_sigma_cm(sim.depth_cm, probe, phys.speed_of_sound_m_s) / sim.cm_per_px, phys.min_psf_px[1])
+    iq = psf_filter(iq, sig_ax, sig_lat_px / sim.lateral_step_px, workers=phys.fft_workers)
     if phys.noise_db is not None:
         amp = math.sqrt(10.0 ** (phys.noise_db / 10.0) / 2.0)
         for b, rng in enumerate(rngs):
             z = rng.standard_normal(iq.shape[1:] + (2,), dtype=np.float32)
             iq[b] += (z[..., 0] + 1j * z[..., 1]) * amp
-    gain = tgc_gain_db(grid.depth_cm, phys.tgc, float(grid.depth_cm[-1]), f0, phys.tgc_reference_db_cm_mhz)
+    gain = tgc_gain_db(sim.depth_cm, phys.tgc, float(sim.depth_cm[-1]), f0, phys.tgc_reference_db_cm_mhz)
     env = np.abs(iq) * (10.0 ** (gain / 20.0)).astype(np.float32)[None, :, None]
     disp = log_compress(env, phys.dynamic_range_db, phys.gain_db, phys.reference_db)
-    if grid.scan_matrix is not None:
-        images = (grid.scan_matrix @ disp.reshape(B, -1).T).T.reshape(B, H, W).astype(np.float32)
+    if phys.grey_gamma != 1.0:
+        disp = disp ** np.float32(phys.grey_gamma)
+    if sim.scan_matrix is not None:
+        images = (sim.scan_matrix @ disp.reshape(B, -1).T).T.reshape(B, H * s, W * s).astype(np.float32)
     else:
         images = disp
+    if s > 1:
+        images = images.reshape(B, H, s, W, s).mean(axis=(2, 4))
+    if grid.geometry == "convex":
+        images = images * grid.inside[None]
     if return_envelope:
         return np.clip(images, 0.0, 1.0), labels, env
     return np.clip(images, 0.0, 1.0), labels
+
+
+def _smooth2d(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur (reflecting edges) of a 2-D array; soft tissue boundaries."""
+    import scipy.ndimage
+
+    return scipy.ndimage.gaussian_filter(a.astype(np.float32), sigma, mode="nearest", truncate=2.5)
 
 
 def _metadata(scene: Scene, probe: ProbeGeometry, phys: PhysicsParameters, seed: int, index: int, H: int, W: int) -> Dict[str, Any]:
