@@ -203,7 +203,7 @@ class PhysicsParameters:
             scanner's post-processing curve does, giving the dark, right-skewed histogram of real scans).
         boundary_blur_px: Gaussian blur (output pixels) of the echogenicity map in dB: soft tissue boundaries.
 
-    Calibration (issue 19): the defaults (55 dB dynamic range, white at +12 dB, grey gamma 2, TGC 0.5 of
+    Calibration (issue 19): the defaults (60 dB dynamic range, white at +14 dB, grey gamma 2, TGC 0.5 of
     0.5 dB/cm/MHz so the far field still fades, texture 0.3, render scale 2, blood at -42 dB) put the echo
     phantoms' grey-level statistics inside the ranges measured on real scans by
     :mod:`ultrasound_diffusers.evaluation.realism`. The pre-calibration look is ``tgc=0.85,
@@ -215,9 +215,9 @@ class PhysicsParameters:
     attenuation_db_cm_mhz: Optional[float] = None
     tgc: Union[float, Tuple[float, ...]] = 0.5
     tgc_reference_db_cm_mhz: float = 0.5
-    dynamic_range_db: float = 55.0
+    dynamic_range_db: float = 60.0
     gain_db: float = 0.0
-    reference_db: float = 12.0
+    reference_db: float = 14.0
     noise_db: Optional[float] = -70.0
     scatterer_density: float = 1.0
     texture: float = 0.3

@@ -6,7 +6,7 @@ with an optional scan-area mask (bool, same shape; True inside the fan / scan ar
 - :func:`grey_level_stats`: mean, median, fraction of pixels above 0.8 and the skew of the grey-level
   histogram, over the scan area;
 - :func:`homogeneous_windows` and :func:`homogeneous_std`: square windows inside the scan area where the
-  image is tissue without structure (window mean between ``dark`` and ``bright``, and its four quadrant
+  image is tissue without structure (window mean between ``dark`` and ``bright``, and its nine sub-block
   means agree within ``max_heterogeneity`` of the window mean); the grey std inside them;
 - :func:`speckle_grain`: the axial (along rows) and lateral (along columns) full width at half maximum of
   the speckle autocorrelation in those windows, divided by the depth extent of the scan area (rows from the
@@ -84,12 +84,13 @@ def default_window(mask: np.ndarray) -> int:
     return max(8, int(round(0.08 * depth_extent(mask))))
 
 
-def homogeneous_windows(image, mask=None, window: Optional[int] = None, dark: float = 0.08, bright: float = 0.6, max_heterogeneity: float = 0.2) -> List[Tuple[int, int, int]]:
+def homogeneous_windows(image, mask=None, window: Optional[int] = None, dark: float = 0.08, bright: float = 0.6, max_heterogeneity: float = 0.35, edge_margin: int = 2) -> List[Tuple[int, int, int]]:
     """Homogeneous tissue windows of one image: list of ``(row, col, side)`` (top-left corner, side).
 
     Windows tile the image on a grid with half-window steps; a window qualifies when it lies entirely in
     the scan area, its mean lies in ``(dark, bright)`` (tissue, not fluid or a specular reflector) and its
-    four quadrant means differ from the window mean by less than ``max_heterogeneity`` times that mean.
+    nine sub-block means (3 x 3) differ from the window mean by less than ``max_heterogeneity`` times that mean.
+    Windows also keep ``edge_margin`` pixels away from the edge of the scan area.
     """
     x, m = _as_batch(image, mask)
     img, msk = x[0], m[0]
@@ -98,6 +99,10 @@ def homogeneous_windows(image, mask=None, window: Optional[int] = None, dark: fl
         raise ValueError(f"`window` must be at least 4 pixels, got {s}")
     H, W = img.shape
     h = s // 2
+    if edge_margin > 0:  # keep windows off the scan-area edge (the fan's roll-off is not speckle)
+        import scipy.ndimage
+
+        msk = scipy.ndimage.binary_erosion(msk, iterations=int(edge_margin), border_value=0)
     out = []
     for r in range(0, H - s + 1, max(1, h)):
         for c in range(0, W - s + 1, max(1, h)):
@@ -107,7 +112,8 @@ def homogeneous_windows(image, mask=None, window: Optional[int] = None, dark: fl
             mu = win.mean()
             if not dark < mu < bright:
                 continue
-            q = np.array([win[:h, :h].mean(), win[:h, h:].mean(), win[h:, :h].mean(), win[h:, h:].mean()])
+            e = np.linspace(0, s, 4).round().astype(int)
+            q = np.array([win[e[i] : e[i + 1], e[j] : e[j + 1]].mean() for i in range(3) for j in range(3)])
             if np.abs(q - mu).max() < max_heterogeneity * mu:
                 out.append((r, c, s))
     return out
@@ -310,3 +316,43 @@ def measure_real_scans(resolutions: Sequence[Optional[int]] = (None, 64, 128)) -
             rep.pop("depth_profile")
             out[name][res] = rep
     return out
+
+
+#: :func:`realism_report` of each real scan (measured with :func:`measure_real_scans`, pydicom-data 1.0.0)
+#: at its native resolution (key None) and resampled to a depth extent of 64 and 128 pixels (color-pl.dcm has
+#: 120 rows, so its "128" is a slight upsampling; at 64 px it has no homogeneous window: NaN).
+REAL_SCAN_STATS: Dict[str, Dict[Optional[int], Dict[str, float]]] = {
+    "gdcm-US-ALOKA-16.dcm": {
+        None: dict(grey_mean=0.1030, grey_median=0.0706, frac_above_0p8=0.0, grey_skew=1.7609, homogeneous_std=0.0497, grain_axial_rel_depth=0.0069, grain_lateral_rel_depth=0.0177, far_field_falloff=0.5414),
+        64: dict(grey_mean=0.1037, grey_median=0.0785, frac_above_0p8=0.0, grey_skew=1.1054, homogeneous_std=0.0374, grain_axial_rel_depth=0.0214, grain_lateral_rel_depth=0.0348, far_field_falloff=0.5311),
+        128: dict(grey_mean=0.1033, grey_median=0.0749, frac_above_0p8=0.0, grey_skew=1.2540, homogeneous_std=0.0401, grain_axial_rel_depth=0.0110, grain_lateral_rel_depth=0.0211, far_field_falloff=0.5386),
+    },
+    "US1_UNCR.dcm": {
+        None: dict(grey_mean=0.2063, grey_median=0.1922, frac_above_0p8=0.0001, grey_skew=0.7624, homogeneous_std=0.0610, grain_axial_rel_depth=0.0103, grain_lateral_rel_depth=0.0203, far_field_falloff=0.6483),
+        64: dict(grey_mean=0.2070, grey_median=0.1944, frac_above_0p8=0.0, grey_skew=0.5517, homogeneous_std=0.0432, grain_axial_rel_depth=0.0151, grain_lateral_rel_depth=0.0218, far_field_falloff=0.6540),
+        128: dict(grey_mean=0.2075, grey_median=0.1922, frac_above_0p8=0.0, grey_skew=0.7251, homogeneous_std=0.0545, grain_axial_rel_depth=0.0103, grain_lateral_rel_depth=0.0221, far_field_falloff=0.6462),
+    },
+    "color-pl.dcm": {
+        None: dict(grey_mean=0.1559, grey_median=0.0941, frac_above_0p8=0.0004, grey_skew=1.8264, homogeneous_std=0.0453, grain_axial_rel_depth=0.0099, grain_lateral_rel_depth=0.0440, far_field_falloff=0.3449),
+        64: dict(grey_mean=0.1544, grey_median=0.0967, frac_above_0p8=0.0003, grey_skew=1.8107, homogeneous_std=float("nan"), grain_axial_rel_depth=float("nan"), grain_lateral_rel_depth=float("nan"), far_field_falloff=0.3486),
+        128: dict(grey_mean=0.1565, grey_median=0.0941, frac_above_0p8=0.0005, grey_skew=1.8465, homogeneous_std=0.0417, grain_axial_rel_depth=0.0086, grain_lateral_rel_depth=0.0396, far_field_falloff=0.3374),
+    },
+}
+
+
+def reference_ranges(stats: Mapping[str, Mapping[Optional[int], Mapping[str, float]]] = None, resolution: Optional[int] = 128, margin: float = 0.1) -> Dict[str, Tuple[float, float]]:
+    """``{metric: (low, high)}``: the smallest and largest value over the scans of ``stats`` (default
+    :data:`REAL_SCAN_STATS`) at ``resolution`` (None, 64 or 128), NaN skipped, widened by ``margin`` of the
+    values (low * (1 - margin), high * (1 + margin)) for the few windows a single scan offers."""
+    stats = REAL_SCAN_STATS if stats is None else stats
+    out = {}
+    for key in METRICS:
+        vals = [float(s[resolution][key]) for s in stats.values() if resolution in s and math.isfinite(float(s[resolution][key]))]
+        if not vals:
+            raise ValueError(f"no real-scan value of {key!r} at resolution {resolution!r}")
+        out[key] = (min(vals) * (1.0 - margin), max(vals) * (1.0 + margin))
+    return out
+
+
+#: Real-scan ranges per resolution (None: native), from :data:`REAL_SCAN_STATS` with a 10 % margin.
+REAL_SCAN_RANGES: Dict[Optional[int], Dict[str, Tuple[float, float]]] = {res: reference_ranges(resolution=res) for res in (None, 64, 128)}
