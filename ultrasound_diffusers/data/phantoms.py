@@ -181,7 +181,10 @@ class PhysicsParameters:
             tissue 0.5, muscle 1.0, air 40); a number uses that value for every tissue; 0 disables attenuation.
         tgc: time-gain compensation: a fraction in [0, 1] of the nominal loss ``2 * tgc_reference *
             f0 * z`` compensated at each depth z, or a sequence of gains in dB at equally spaced depths from
-            the surface to the deepest point (linearly interpolated).
+            the surface to the deepest point (linearly interpolated), or None for the anatomy's calibrated
+            setting :data:`DEFAULT_TGC` (echo 0.5: the far field keeps fading, as in real scans, although
+            the blood pool attenuates less than the nominal 0.5 dB/cm/MHz; thyroid 1.0: neck muscle and
+            thyroid attenuate more than nominal at 10 MHz, so full nominal compensation still leaves a fall-off).
         tgc_reference_db_cm_mhz: the nominal attenuation the fractional TGC compensates.
         dynamic_range_db: displayed dynamic range of the log compression.
         gain_db: overall gain before log compression.
@@ -202,6 +205,12 @@ class PhysicsParameters:
         grey_gamma: grey map after log compression, ``grey ** grey_gamma`` (> 1 darkens mid-greys as a
             scanner's post-processing curve does, giving the dark, right-skewed histogram of real scans).
         boundary_blur_px: Gaussian blur (output pixels) of the echogenicity map in dB: soft tissue boundaries.
+        reverberation_db: level (dB relative to myocardium, before attenuation) of near-field reverberation:
+            incoherent clutter in bands at multiples of a random 0.4-0.9 cm spacing (the echo of the chest
+            wall or skin bouncing between probe and layer), decaying by 6 dB per band; None disables it.
+        fan_edge_rolloff: fraction of the sector's beams on each side over which the transmit/receive
+            sensitivity tapers (raised cosine down to -12 dB at the edge beam); 0 gives a hard fan edge.
+            Convex probes only.
 
     Calibration (issue 19): the defaults (60 dB dynamic range, white at +14 dB, grey gamma 2, TGC 0.5 of
     0.5 dB/cm/MHz so the far field still fades, texture 0.3, render scale 2, blood at -42 dB) put the echo
@@ -213,7 +222,7 @@ class PhysicsParameters:
 
     speed_of_sound_m_s: float = 1540.0
     attenuation_db_cm_mhz: Optional[float] = None
-    tgc: Union[float, Tuple[float, ...]] = 0.5
+    tgc: Union[None, float, Tuple[float, ...]] = None
     tgc_reference_db_cm_mhz: float = 0.5
     dynamic_range_db: float = 60.0
     gain_db: float = 0.0
@@ -227,13 +236,17 @@ class PhysicsParameters:
     render_scale: int = 2
     grey_gamma: float = 2.0
     boundary_blur_px: float = 0.7
+    reverberation_db: Optional[float] = -12.0
+    fan_edge_rolloff: float = 0.08
 
     def __post_init__(self):
         if not self.speed_of_sound_m_s > 0:
             raise ValueError(f"`speed_of_sound_m_s` must be positive, got {self.speed_of_sound_m_s!r}")
         if self.attenuation_db_cm_mhz is not None and not float(self.attenuation_db_cm_mhz) >= 0:
             raise ValueError(f"`attenuation_db_cm_mhz` must be None or >= 0, got {self.attenuation_db_cm_mhz!r}")
-        if isinstance(self.tgc, (int, float, np.floating)):
+        if self.tgc is None:
+            pass
+        elif isinstance(self.tgc, (int, float, np.floating)):
             if not 0.0 <= float(self.tgc) <= 1.0:
                 raise ValueError(f"`tgc` as a fraction must lie in [0, 1], got {self.tgc!r}")
             object.__setattr__(self, "tgc", float(self.tgc))
@@ -257,6 +270,10 @@ class PhysicsParameters:
         object.__setattr__(self, "render_scale", int(self.render_scale))
         if not self.grey_gamma > 0:
             raise ValueError(f"`grey_gamma` must be positive, got {self.grey_gamma!r}")
+        if not 0.0 <= float(self.fan_edge_rolloff) < 0.5:
+            raise ValueError(f"`fan_edge_rolloff` must lie in [0, 0.5), got {self.fan_edge_rolloff!r}")
+        if self.reverberation_db is not None and not math.isfinite(float(self.reverberation_db)):
+            raise ValueError(f"`reverberation_db` must be None or a finite level in dB, got {self.reverberation_db!r}")
         if not self.boundary_blur_px >= 0:
             raise ValueError(f"`boundary_blur_px` must be >= 0, got {self.boundary_blur_px!r}")
         if not 1.0 <= self.oversample <= 8.0:
@@ -264,6 +281,16 @@ class PhysicsParameters:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: Calibrated fractional TGC per anatomy (used when ``PhysicsParameters.tgc`` is None).
+DEFAULT_TGC: Dict[str, float] = {"echo": 0.5, "homogeneous": 0.5, "thyroid": 1.0}
+
+
+def resolve_tgc(phys: PhysicsParameters, anatomy: str) -> PhysicsParameters:
+    """``phys`` with ``tgc=None`` replaced by the anatomy's :data:`DEFAULT_TGC`."""
+    _check_anatomy(anatomy)
+    return phys if phys.tgc is not None else dataclasses.replace(phys, tgc=DEFAULT_TGC[anatomy])
 
 
 def resolve_probe(anatomy: str, probe=None) -> ProbeGeometry:
@@ -875,6 +902,16 @@ def _render(scenes: Sequence[Scene], rngs: Sequence[np.random.Generator], grid: 
         else:
             alpha[b] = np.where(_DENSITY[flat_t] > 0, phys.attenuation_db_cm_mhz, 0.0).reshape(shape)
 
+    if phys.reverberation_db is not None:
+        # near-field reverberation: bands at multiples of a random layer depth, 6 dB weaker per bounce
+        z = sim.depth_cm
+        for b, rng in enumerate(rngs):
+            spacing = rng.uniform(0.4, 0.9)
+            k = z / spacing
+            band = np.exp(-0.5 * ((k - np.rint(k)) * spacing / 0.12) ** 2) * (k > 0.5)
+            level = 10.0 ** ((phys.reverberation_db - 6.0 * np.maximum(np.rint(k) - 1.0, 0.0)) / 10.0)
+            power[b] += (band * level).astype(np.float32)[:, None] * (density[b] > 0)
+
     f0 = probe.center_frequency_mhz
     step_cm = sim.axial_step_px * sim.cm_per_px
     loss_db = round_trip_loss_db(alpha, step_cm, f0, axis=1).astype(np.float32)
@@ -893,6 +930,8 @@ def _render(scenes: Sequence[Scene], rngs: Sequence[np.random.Generator], grid: 
             iq[b] += (z[..., 0] + 1j * z[..., 1]) * amp
     gain = tgc_gain_db(sim.depth_cm, phys.tgc, float(sim.depth_cm[-1]), f0, phys.tgc_reference_db_cm_mhz)
     env = np.abs(iq) * (10.0 ** (gain / 20.0)).astype(np.float32)[None, :, None]
+    if sim.geometry == "convex" and phys.fan_edge_rolloff > 0:
+        env *= fan_edge_taper(sim.n_beams, phys.fan_edge_rolloff)[None, None, :]
     disp = log_compress(env, phys.dynamic_range_db, phys.gain_db, phys.reference_db)
     if phys.grey_gamma != 1.0:
         disp = disp ** np.float32(phys.grey_gamma)
@@ -907,6 +946,15 @@ def _render(scenes: Sequence[Scene], rngs: Sequence[np.random.Generator], grid: 
     if return_envelope:
         return np.clip(images, 0.0, 1.0), labels, env
     return np.clip(images, 0.0, 1.0), labels
+
+
+def fan_edge_taper(n_beams: int, rolloff: float, edge_db: float = -12.0) -> np.ndarray:
+    """Amplitude weight float32 [n_beams] of each beam across the sector: 1 in the middle, a raised-cosine
+    taper over ``rolloff`` of the beams on each side down to ``edge_db`` at the outermost beam."""
+    u = np.abs(np.linspace(-1.0, 1.0, n_beams))
+    t = np.clip((u - (1.0 - 2.0 * rolloff)) / (2.0 * rolloff), 0.0, 1.0) if rolloff > 0 else np.zeros(n_beams)
+    db = edge_db * 0.5 * (1.0 - np.cos(np.pi * t))
+    return (10.0 ** (db / 20.0)).astype(np.float32)
 
 
 def _smooth2d(a: np.ndarray, sigma: float) -> np.ndarray:
@@ -966,7 +1014,7 @@ def make_phantom(anatomy: str = "echo", size: SizeLike = 64, seed: int = 0, inde
     _check_anatomy(anatomy)
     H, W = parse_size(size)
     probe = resolve_probe(anatomy, probe)
-    phys = resolve_physics(**physics)
+    phys = resolve_tgc(resolve_physics(**physics), anatomy)
     grid = _grid(H, W, probe, float(phys.oversample))
     shape_rng, speckle_rng = _example_rngs(seed, index)
     scene = sample_scene(anatomy, shape_rng)
@@ -1036,7 +1084,7 @@ def iter_phantom_batches(num_images: int, anatomy: str = "echo", size: SizeLike 
         raise ValueError(f"`batch_size` must be positive, got {batch_size}")
     H, W = parse_size(size)
     probe = resolve_probe(anatomy, probe)
-    phys = resolve_physics(**physics)
+    phys = resolve_tgc(resolve_physics(**physics), anatomy)
     grid = _grid(H, W, probe, float(phys.oversample))
     for b0 in range(start, start + num_images, batch_size):
         idx = range(b0, min(b0 + batch_size, start + num_images))
