@@ -136,8 +136,8 @@ def test_fully_developed_speckle_statistics():
     assert e.mean() / e.std() == pytest.approx(RAYLEIGH_MEAN_OVER_STD, rel=0.05)
 
     # after log compression on a linear probe (no interpolation): std of 20 log10(envelope) = 5.57 dB
-    # (render_scale=1: no area averaging, which would lower the std)
-    img, lab, meta = P.make_phantom("homogeneous", 64, seed=0, probe="linear", dynamic_range_db=60.0, gain_db=-15.0, reference_db=6.0, render_scale=1, **CLEAN)
+    # (render_scale=1: no area averaging, which would lower the std; a resolved PSF, as before issue 19)
+    img, lab, meta = P.make_phantom("homogeneous", 64, seed=0, probe="linear", dynamic_range_db=60.0, gain_db=-15.0, reference_db=6.0, render_scale=1, min_psf_px=(0.7, 1.0), **CLEAN)
     patch = img[4:-4, 4:-4]
     assert 0.0 < patch.min() and patch.max() < 1.0  # nothing clipped
     assert patch.std() * 60.0 == pytest.approx(RAYLEIGH_LOG_STD_DB, abs=0.45)
