@@ -55,7 +55,7 @@ def _as_batch(images, masks=None) -> Tuple[np.ndarray, np.ndarray]:
         m = np.ones(x.shape, dtype=bool)
     else:
         m = np.asarray(masks).astype(bool)
-        if m.ndim == 2:
+        if m.ndim == 2 and m.shape == x.shape[1:]:
             m = np.broadcast_to(m[None], x.shape)
         if m.shape != x.shape:
             raise ValueError(f"`masks` must have shape {x.shape[1:]} or {x.shape}, got {m.shape}")
