@@ -195,3 +195,15 @@ def test_real_scans_match_the_table():
             want = R.REAL_SCAN_STATS[name][128][key]
             got = by_res[128][key]
             assert got == pytest.approx(want, rel=0.02, abs=2e-4), (name, key)
+
+
+def test_rib_shadow_darkens_a_wedge_without_touching_labels():
+    imgs, labs = {}, {}
+    for p in (0.0, 1.0):
+        imgs[p], labs[p], _ = next(P.iter_phantom_batches(4, "echo", 64, seed=2, batch_size=4, rib_shadow_probability=p, noise_db=None))
+    np.testing.assert_array_equal(labs[0.0], labs[1.0])
+    # with a rib in every example the deep image is darker on average (the shadow), never brighter overall
+    deep = (labs[0.0] > 0) & (np.arange(64)[None, :, None] > 20)
+    assert imgs[1.0][deep].mean() < 0.97 * imgs[0.0][deep].mean()
+    with pytest.raises(ValueError, match="rib_shadow_probability"):
+        P.resolve_physics(rib_shadow_probability=1.5)
