@@ -175,7 +175,7 @@ def test_new_physics_switches():
     p_on, p_off = R.depth_profile(on, lab > 0), R.depth_profile(off, lab > 0)
     assert p_on[0] > p_off[0] + 0.05, "near-field bands"
     assert abs(p_on[10:].mean() - p_off[10:].mean()) < 0.01  # the far field is untouched (other speckle draw)
-    for bad in (dict(render_scale=0), dict(render_scale=1.5), dict(grey_gamma=0.0), dict(fan_edge_rolloff=0.6), dict(boundary_blur_px=-1.0)):
+    for bad in (dict(render_scale=0), dict(render_scale=1.5), dict(grey_gamma=0.0), dict(fan_edge_rolloff=0.6), dict(boundary_blur_px=-1.0), dict(lateral_smoothing_px=-0.5)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             P.resolve_physics(**bad)
 

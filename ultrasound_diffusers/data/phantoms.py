@@ -19,13 +19,23 @@ Each example is built in four steps:
    physical width also grows with depth), electronic noise is added, a time-gain compensation is applied,
    and the envelope is detected. The simulation runs in complex baseband (IQ): the envelope ``|IQ|``
    equals the Hilbert envelope of the RF signal.
-4. **Display.** Log compression to a dynamic range and, for the sector, scan conversion from beam/depth
-   coordinates to the image by bilinear interpolation, with zeros outside the fan.
+4. **Display.** Log compression to a dynamic range, a grey map (``grey_gamma``) and, for the sector,
+   scan conversion from beam/depth coordinates to the image by bilinear interpolation, with zeros outside
+   the fan.
+
+Steps 2-4 run on a rendering grid ``render_scale`` times finer than the output (tissue map, scatterers,
+PSF, display), and the displayed image is then area-averaged to the output size, as a real scan resampled
+to a small image; the label map is always evaluated on the output grid, so labels do not depend on the
+rendering. Physics a user sees in real scans (issue 19): soft tissue boundaries (``boundary_blur_px``),
+weakly scattering blood (-42 dB), near-field reverberation bands (``reverberation_db``), rib shadows in the
+echo near field (``rib_shadow_probability``), posterior enhancement behind blood and shadowing behind air
+(tissue attenuation), a TGC that leaves a far-field fall-off (:data:`DEFAULT_TGC`) and a fan edge that rolls
+off (``fan_edge_rolloff``). The defaults are calibrated so the echo phantoms' grey-level statistics fall in
+the ranges measured on real scans (:mod:`ultrasound_diffusers.evaluation.realism`).
 
 Physical scale: the probe's ``depth_cm`` is the depth of the deepest image point (the fan's outer radius
-or the bottom row), which fixes cm per pixel. Physical PSF sizes are floored at ``min_psf_px`` pixels
-so the speckle grain stays visible at small image sizes (a real image downsampled to 64-128 px shows
-speckle a pixel or two wide).
+or the bottom row), which fixes cm per pixel. Physical PSF sizes are floored at ``min_psf_px`` rendering
+pixels, so the speckle is at least about a rendering pixel wide.
 
 The default echo fan is the CAMUS fan of :mod:`ultrasound_diffusers.schedulers.bmaps` (apex (0.5, 0),
 radii (0, 250/256), half-angle 32.1 degrees, lengths in units of the image width), so label 0 marks
@@ -211,6 +221,9 @@ class PhysicsParameters:
         fan_edge_rolloff: fraction of the sector's beams on each side over which the transmit/receive
             sensitivity tapers (raised cosine down to -12 dB at the edge beam); 0 gives a hard fan edge.
             Convex probes only.
+        lateral_smoothing_px: Gaussian smoothing (standard deviation in output pixels) of the displayed image
+            across the image rows (lateral direction), as a scanner's lateral line interpolation and
+            spatial compounding lower the speckle contrast and widen the lateral grain; 0 disables it.
         rib_shadow_probability: chance that an echo example (convex probe) has a rib in the near field: a
             strong reflector 1-2.5 cm deep across a random 4-10 % of the beams, with 8-20 dB of extra
             round-trip loss behind it (an acoustic shadow). Drawn from the example's speckle stream, so the
@@ -243,6 +256,7 @@ class PhysicsParameters:
     reverberation_db: Optional[float] = -12.0
     fan_edge_rolloff: float = 0.08
     rib_shadow_probability: float = 0.3
+    lateral_smoothing_px: float = 0.0
 
     def __post_init__(self):
         if not self.speed_of_sound_m_s > 0:
@@ -275,6 +289,8 @@ class PhysicsParameters:
         object.__setattr__(self, "render_scale", int(self.render_scale))
         if not self.grey_gamma > 0:
             raise ValueError(f"`grey_gamma` must be positive, got {self.grey_gamma!r}")
+        if not float(self.lateral_smoothing_px) >= 0.0:
+            raise ValueError(f"`lateral_smoothing_px` must be >= 0, got {self.lateral_smoothing_px!r}")
         if not 0.0 <= float(self.rib_shadow_probability) <= 1.0:
             raise ValueError(f"`rib_shadow_probability` must lie in [0, 1], got {self.rib_shadow_probability!r}")
         if not 0.0 <= float(self.fan_edge_rolloff) < 0.5:
@@ -960,6 +976,10 @@ def _render(scenes: Sequence[Scene], rngs: Sequence[np.random.Generator], grid: 
         images = (sim.scan_matrix @ disp.reshape(B, -1).T).T.reshape(B, H * s, W * s).astype(np.float32)
     else:
         images = disp
+    if phys.lateral_smoothing_px > 0:
+        import scipy.ndimage
+
+        images = scipy.ndimage.gaussian_filter1d(images, phys.lateral_smoothing_px * s, axis=-1, mode="nearest", truncate=3.0)
     if s > 1:
         images = images.reshape(B, H, s, W, s).mean(axis=(2, 4))
     if grid.geometry == "convex":
