@@ -17,7 +17,9 @@ RAYLEIGH_MEAN_OVER_STD = math.sqrt(math.pi / (4 - math.pi))  # 1.913
 RAYLEIGH_LOG_STD_DB = 5.57
 
 # physics without anything that would disturb the speckle statistics
-CLEAN = dict(attenuation_db_cm_mhz=0.0, tgc=0.0, noise_db=None, texture=0.0)
+# no attenuation, TGC, noise or texture; since issue 19 also no reverberation, fan-edge taper or grey map
+# (grey_gamma=1 keeps the display linear in dB)
+CLEAN = dict(attenuation_db_cm_mhz=0.0, tgc=0.0, noise_db=None, texture=0.0, reverberation_db=None, fan_edge_rolloff=0.0, grey_gamma=1.0)
 
 
 @pytest.mark.parametrize("size", [64, (48, 64), (80, 64)])
@@ -85,8 +87,10 @@ def test_echo_image_looks_like_an_echocardiogram():
     blood = imgs[labs == 1].mean()
     myo = imgs[labs == 3].mean()
     la = imgs[labs == 4].mean()
-    assert myo - blood > 0.25, "the LV cavity must be much darker than the myocardium"
-    assert myo - la > 0.2
+    # calibrated display (issue 19): tissue is dark grey, blood darker still but not black
+    assert myo - blood > 0.15 and myo > 5 * blood, "the LV cavity must be much darker than the myocardium"
+    assert myo - la > 0.12
+    assert blood > 0.002, "blood scatters weakly: the cavity is not pure black"
     assert imgs[labs == 3].std() > 0.05, "speckle: tissue is not flat"
 
 
@@ -132,7 +136,8 @@ def test_fully_developed_speckle_statistics():
     assert e.mean() / e.std() == pytest.approx(RAYLEIGH_MEAN_OVER_STD, rel=0.05)
 
     # after log compression on a linear probe (no interpolation): std of 20 log10(envelope) = 5.57 dB
-    img, lab, meta = P.make_phantom("homogeneous", 64, seed=0, probe="linear", dynamic_range_db=60.0, gain_db=-15.0, **CLEAN)
+    # (render_scale=1: no area averaging, which would lower the std; a resolved PSF, as before issue 19)
+    img, lab, meta = P.make_phantom("homogeneous", 64, seed=0, probe="linear", dynamic_range_db=60.0, gain_db=-15.0, reference_db=6.0, render_scale=1, min_psf_px=(0.7, 1.0), **CLEAN)
     patch = img[4:-4, 4:-4]
     assert 0.0 < patch.min() and patch.max() < 1.0  # nothing clipped
     assert patch.std() * 60.0 == pytest.approx(RAYLEIGH_LOG_STD_DB, abs=0.45)
@@ -145,7 +150,10 @@ def _depth_slope_db_per_cm(tgc, size=64, seeds=(0, 1)):
     sel = inside & (d > 0.15) & (d < 0.95)
     xs, ys = [], []
     for seed in seeds:
-        img, _, _ = P.make_phantom("homogeneous", size, seed=seed, tgc=tgc, noise_db=None, texture=0.0, dynamic_range_db=dr, gain_db=-20.0)
+        img, _, _ = P.make_phantom(
+            "homogeneous", size, seed=seed, tgc=tgc, noise_db=None, texture=0.0, dynamic_range_db=dr, gain_db=-20.0,
+            grey_gamma=1.0, reverberation_db=None,
+        )
         xs.append(depth_cm[sel])
         ys.append(img[sel] * dr)
     return np.polyfit(np.concatenate(xs), np.concatenate(ys), 1)[0]

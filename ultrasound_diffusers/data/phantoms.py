@@ -19,13 +19,23 @@ Each example is built in four steps:
    physical width also grows with depth), electronic noise is added, a time-gain compensation is applied,
    and the envelope is detected. The simulation runs in complex baseband (IQ): the envelope ``|IQ|``
    equals the Hilbert envelope of the RF signal.
-4. **Display.** Log compression to a dynamic range and, for the sector, scan conversion from beam/depth
-   coordinates to the image by bilinear interpolation, with zeros outside the fan.
+4. **Display.** Log compression to a dynamic range, a grey map (``grey_gamma``) and, for the sector,
+   scan conversion from beam/depth coordinates to the image by bilinear interpolation, with zeros outside
+   the fan.
+
+Steps 2-4 run on a rendering grid ``render_scale`` times finer than the output (tissue map, scatterers,
+PSF, display), and the displayed image is then area-averaged to the output size, as a real scan resampled
+to a small image; the label map is always evaluated on the output grid, so labels do not depend on the
+rendering. Physics a user sees in real scans (issue 19): soft tissue boundaries (``boundary_blur_px``),
+weakly scattering blood (-42 dB), near-field reverberation bands (``reverberation_db``), rib shadows in the
+echo near field (``rib_shadow_probability``), posterior enhancement behind blood and shadowing behind air
+(tissue attenuation), a TGC that leaves a far-field fall-off (:data:`DEFAULT_TGC`) and a fan edge that rolls
+off (``fan_edge_rolloff``). The defaults are calibrated so the echo phantoms' grey-level statistics fall in
+the ranges measured on real scans (:mod:`ultrasound_diffusers.evaluation.realism`).
 
 Physical scale: the probe's ``depth_cm`` is the depth of the deepest image point (the fan's outer radius
-or the bottom row), which fixes cm per pixel. Physical PSF sizes are floored at ``min_psf_px`` pixels
-so the speckle grain stays visible at small image sizes (a real image downsampled to 64-128 px shows
-speckle a pixel or two wide).
+or the bottom row), which fixes cm per pixel. Physical PSF sizes are floored at ``min_psf_px`` rendering
+pixels, so the speckle is at least about a rendering pixel wide.
 
 The default echo fan is the CAMUS fan of :mod:`ultrasound_diffusers.schedulers.bmaps` (apex (0.5, 0),
 radii (0, 250/256), half-angle 32.1 degrees, lengths in units of the image width), so label 0 marks
@@ -83,7 +93,7 @@ class Tissue:
 TISSUES: Tuple[Tissue, ...] = (
     Tissue("none", -200.0, 0.0, 0.0),
     Tissue("tissue", -14.0, 3.0, 0.5, 5.0),
-    Tissue("blood", -50.0, 0.5, 0.15),
+    Tissue("blood", -42.0, 0.5, 0.15),
     Tissue("myocardium", -3.0, 4.0, 0.52, 2.0, 1),
     Tissue("pericardium", 6.0, 4.0, 0.6, 2.0),
     Tissue("valve", 3.0, 4.0, 0.5),
@@ -181,7 +191,10 @@ class PhysicsParameters:
             tissue 0.5, muscle 1.0, air 40); a number uses that value for every tissue; 0 disables attenuation.
         tgc: time-gain compensation: a fraction in [0, 1] of the nominal loss ``2 * tgc_reference *
             f0 * z`` compensated at each depth z, or a sequence of gains in dB at equally spaced depths from
-            the surface to the deepest point (linearly interpolated).
+            the surface to the deepest point (linearly interpolated), or None for the anatomy's calibrated
+            setting :data:`DEFAULT_TGC` (echo 0.5: the far field keeps fading, as in real scans, although
+            the blood pool attenuates less than the nominal 0.5 dB/cm/MHz; thyroid 1.0: neck muscle and
+            thyroid attenuate more than nominal at 10 MHz, so full nominal compensation still leaves a fall-off).
         tgc_reference_db_cm_mhz: the nominal attenuation the fractional TGC compensates.
         dynamic_range_db: displayed dynamic range of the log compression.
         gain_db: overall gain before log compression.
@@ -190,32 +203,69 @@ class PhysicsParameters:
             None disables it.
         scatterer_density: multiplies every tissue's scatterer density.
         texture: multiplies the tissue texture amplitudes (0 gives homogeneous tissues).
-        min_psf_px: floor (axial, lateral) of the PSF standard deviation in output pixels.
-        oversample: simulation samples per output pixel along the beam and, at the deepest point, across
-            it (convex probes only; a linear probe simulates on the pixel grid).
+        min_psf_px: floor (axial, lateral) of the PSF standard deviation in rendering pixels (pixels of the
+            ``render_scale`` times finer rendering grid).
+        oversample: simulation samples per rendering pixel along the beam and, at the deepest point,
+            across it (convex probes only; a linear probe simulates on the rendering pixel grid).
         fft_workers: threads for scipy.fft.
+        render_scale: tissues, speckle and display are rendered on a grid this many times finer in each
+            direction, then area-averaged to the output size (as a real scan resampled to a small image:
+            the PSF is resolved, and the grain and grey std scale with the image). Labels always come from
+            the output grid, so they do not depend on it.
+        grey_gamma: grey map after log compression, ``grey ** grey_gamma`` (> 1 darkens mid-greys as a
+            scanner's post-processing curve does, giving the dark, right-skewed histogram of real scans).
+        boundary_blur_px: Gaussian blur (output pixels) of the echogenicity map in dB: soft tissue boundaries.
+        reverberation_db: level (dB relative to myocardium, before attenuation) of near-field reverberation:
+            incoherent clutter in bands at multiples of a random 0.4-0.9 cm spacing (the echo of the chest
+            wall or skin bouncing between probe and layer), decaying by 6 dB per band; None disables it.
+        fan_edge_rolloff: fraction of the sector's beams on each side over which the transmit/receive
+            sensitivity tapers (raised cosine down to -12 dB at the edge beam); 0 gives a hard fan edge.
+            Convex probes only.
+        lateral_smoothing_px: Gaussian smoothing (standard deviation in output pixels) of the displayed image
+            across the image rows (lateral direction), as a scanner's lateral line interpolation and
+            spatial compounding lower the speckle contrast and widen the lateral grain; 0 disables it.
+        rib_shadow_probability: chance that an echo example (convex probe) has a rib in the near field: a
+            strong reflector 1-2.5 cm deep across a random 4-10 % of the beams, with 8-20 dB of extra
+            round-trip loss behind it (an acoustic shadow). Drawn from the example's speckle stream, so the
+            label maps are unchanged.
+
+    Calibration (issue 19): the defaults (60 dB dynamic range, white at +14 dB, grey gamma 2, TGC 0.5 of
+    0.5 dB/cm/MHz so the far field still fades, texture 0.3, render scale 2, blood at -42 dB) put the echo
+    phantoms' grey-level statistics inside the ranges measured on real scans by
+    :mod:`ultrasound_diffusers.evaluation.realism`. The pre-calibration look is ``tgc=0.85,
+    dynamic_range_db=50, reference_db=6, texture=1, min_psf_px=(0.7, 1), oversample=1.5, render_scale=1,
+    grey_gamma=1, boundary_blur_px=0`` (blood was -50 dB).
     """
 
     speed_of_sound_m_s: float = 1540.0
     attenuation_db_cm_mhz: Optional[float] = None
-    tgc: Union[float, Tuple[float, ...]] = 0.85
+    tgc: Union[None, float, Tuple[float, ...]] = None
     tgc_reference_db_cm_mhz: float = 0.5
-    dynamic_range_db: float = 50.0
+    dynamic_range_db: float = 60.0
     gain_db: float = 0.0
-    reference_db: float = 6.0
+    reference_db: float = 14.0
     noise_db: Optional[float] = -70.0
     scatterer_density: float = 1.0
-    texture: float = 1.0
-    min_psf_px: Tuple[float, float] = (0.7, 1.0)
-    oversample: float = 1.5
+    texture: float = 0.3
+    min_psf_px: Tuple[float, float] = (0.35, 0.5)
+    oversample: float = 1.0
     fft_workers: int = 1
+    render_scale: int = 2
+    grey_gamma: float = 2.0
+    boundary_blur_px: float = 0.7
+    reverberation_db: Optional[float] = -12.0
+    fan_edge_rolloff: float = 0.08
+    rib_shadow_probability: float = 0.3
+    lateral_smoothing_px: float = 0.0
 
     def __post_init__(self):
         if not self.speed_of_sound_m_s > 0:
             raise ValueError(f"`speed_of_sound_m_s` must be positive, got {self.speed_of_sound_m_s!r}")
         if self.attenuation_db_cm_mhz is not None and not float(self.attenuation_db_cm_mhz) >= 0:
             raise ValueError(f"`attenuation_db_cm_mhz` must be None or >= 0, got {self.attenuation_db_cm_mhz!r}")
-        if isinstance(self.tgc, (int, float, np.floating)):
+        if self.tgc is None:
+            pass
+        elif isinstance(self.tgc, (int, float, np.floating)):
             if not 0.0 <= float(self.tgc) <= 1.0:
                 raise ValueError(f"`tgc` as a fraction must lie in [0, 1], got {self.tgc!r}")
             object.__setattr__(self, "tgc", float(self.tgc))
@@ -234,11 +284,36 @@ class PhysicsParameters:
         if len(psf) != 2 or min(psf) <= 0:
             raise ValueError(f"`min_psf_px` must be (axial, lateral) > 0, got {self.min_psf_px!r}")
         object.__setattr__(self, "min_psf_px", psf)
+        if int(self.render_scale) != self.render_scale or not 1 <= int(self.render_scale) <= 4:
+            raise ValueError(f"`render_scale` must be an integer in [1, 4], got {self.render_scale!r}")
+        object.__setattr__(self, "render_scale", int(self.render_scale))
+        if not self.grey_gamma > 0:
+            raise ValueError(f"`grey_gamma` must be positive, got {self.grey_gamma!r}")
+        if not float(self.lateral_smoothing_px) >= 0.0:
+            raise ValueError(f"`lateral_smoothing_px` must be >= 0, got {self.lateral_smoothing_px!r}")
+        if not 0.0 <= float(self.rib_shadow_probability) <= 1.0:
+            raise ValueError(f"`rib_shadow_probability` must lie in [0, 1], got {self.rib_shadow_probability!r}")
+        if not 0.0 <= float(self.fan_edge_rolloff) < 0.5:
+            raise ValueError(f"`fan_edge_rolloff` must lie in [0, 0.5), got {self.fan_edge_rolloff!r}")
+        if self.reverberation_db is not None and not math.isfinite(float(self.reverberation_db)):
+            raise ValueError(f"`reverberation_db` must be None or a finite level in dB, got {self.reverberation_db!r}")
+        if not self.boundary_blur_px >= 0:
+            raise ValueError(f"`boundary_blur_px` must be >= 0, got {self.boundary_blur_px!r}")
         if not 1.0 <= self.oversample <= 8.0:
             raise ValueError(f"`oversample` must lie in [1, 8], got {self.oversample!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: Calibrated fractional TGC per anatomy (used when ``PhysicsParameters.tgc`` is None).
+DEFAULT_TGC: Dict[str, float] = {"echo": 0.5, "homogeneous": 0.5, "thyroid": 1.0}
+
+
+def resolve_tgc(phys: PhysicsParameters, anatomy: str) -> PhysicsParameters:
+    """``phys`` with ``tgc=None`` replaced by the anatomy's :data:`DEFAULT_TGC`."""
+    _check_anatomy(anatomy)
+    return phys if phys.tgc is not None else dataclasses.replace(phys, tgc=DEFAULT_TGC[anatomy])
 
 
 def resolve_probe(anatomy: str, probe=None) -> ProbeGeometry:
@@ -808,27 +883,41 @@ def _texture_fields(grid: _Grid, rng: np.random.Generator) -> np.ndarray:
 
 def _render(scenes: Sequence[Scene], rngs: Sequence[np.random.Generator], grid: _Grid, probe: ProbeGeometry, phys: PhysicsParameters, return_envelope: bool = False):
     """Images float32 [B, H, W] in [0, 1] and labels uint8 [B, H, W] for a batch of scenes
-    (and, with ``return_envelope``, the envelope float32 [B, n_depth, n_beams] after TGC)."""
+    (and, with ``return_envelope``, the envelope float32 [B, n_depth, n_beams] after TGC, on the
+    simulation grid of the ``render_scale`` times finer rendering).
+
+    Labels are evaluated on the output grid ``grid``; tissues, speckle and display on a grid
+    ``phys.render_scale`` times finer in each direction, whose display image is then area-averaged down to
+    the output size (as a real scan is resampled to a small image)."""
     B = len(scenes)
     H, W = grid.height, grid.width
+    s = int(phys.render_scale)
+    sim = grid if s == 1 else _grid(H * s, W * s, probe, float(phys.oversample))
     labels = np.empty((B, H, W), dtype=np.uint8)
-    power = np.empty((B, grid.n_depth, grid.n_beams), dtype=np.float32)
+    power = np.empty((B, sim.n_depth, sim.n_beams), dtype=np.float32)
     density = np.empty_like(power)
     alpha = np.empty_like(power)
+    keep_inside = [scene.anatomy != "thyroid" or grid.geometry == "convex" for scene in scenes]
     for b, (scene, rng) in enumerate(zip(scenes, rngs)):
-        lab, tis = scene.evaluate(grid.pix_X, grid.pix_Y)
-        if scene.anatomy != "thyroid" or grid.geometry == "convex":
+        if s == 1:
+            lab, tis = scene.evaluate(grid.pix_X, grid.pix_Y)
+        else:
+            lab, _ = scene.evaluate(grid.pix_X, grid.pix_Y, tissues=False)
+            _, tis = scene.evaluate(sim.pix_X, sim.pix_Y)
+        if keep_inside[b]:
             lab = np.where(grid.inside, lab, 0).astype(np.uint8)
         labels[b] = lab
-        tex = _texture_fields(grid, rng)
+        tex = _texture_fields(sim, rng)
         echo_db = _ECHO_DB[tis] + phys.texture * _TEXTURE_DB[tis] * np.where(_TEXTURE_KIND[tis] == 1, tex[1], tex[0])
-        if grid.sim_to_pixel is not None:
-            flat_t = tis.ravel()[grid.sim_to_pixel]
-            echo_db = echo_db.ravel()[grid.sim_to_pixel]
+        if phys.boundary_blur_px > 0:
+            echo_db = _smooth2d(echo_db, phys.boundary_blur_px * s)
+        if sim.sim_to_pixel is not None:
+            flat_t = tis.ravel()[sim.sim_to_pixel]
+            echo_db = echo_db.ravel()[sim.sim_to_pixel]
         else:
             flat_t = tis.ravel()
             echo_db = echo_db.ravel()
-        shape = (grid.n_depth, grid.n_beams)
+        shape = (sim.n_depth, sim.n_beams)
         power[b] = (10.0 ** (echo_db.astype(np.float32) / 10.0)).reshape(shape)
         density[b] = (_DENSITY[flat_t] * phys.scatterer_density).reshape(shape)
         if phys.attenuation_db_cm_mhz is None:
@@ -836,32 +925,84 @@ def _render(scenes: Sequence[Scene], rngs: Sequence[np.random.Generator], grid: 
         else:
             alpha[b] = np.where(_DENSITY[flat_t] > 0, phys.attenuation_db_cm_mhz, 0.0).reshape(shape)
 
+    if phys.reverberation_db is not None:
+        # near-field reverberation: bands at multiples of a random layer depth, 6 dB weaker per bounce
+        z = sim.depth_cm
+        for b, rng in enumerate(rngs):
+            spacing = rng.uniform(0.4, 0.9)
+            k = z / spacing
+            band = np.exp(-0.5 * ((k - np.rint(k)) * spacing / 0.12) ** 2) * (k > 0.5)
+            level = 10.0 ** ((phys.reverberation_db - 6.0 * np.maximum(np.rint(k) - 1.0, 0.0)) / 10.0)
+            power[b] += (band * level).astype(np.float32)[:, None] * (density[b] > 0)
+
     f0 = probe.center_frequency_mhz
-    step_cm = grid.axial_step_px * grid.cm_per_px
+    step_cm = sim.axial_step_px * sim.cm_per_px
     loss_db = round_trip_loss_db(alpha, step_cm, f0, axis=1).astype(np.float32)
+    if sim.geometry == "convex" and phys.rib_shadow_probability > 0:
+        for b, (scene, rng) in enumerate(zip(scenes, rngs)):
+            if scene.anatomy != "echo" or rng.random() >= phys.rib_shadow_probability:
+                continue
+            width = rng.uniform(0.04, 0.10) * sim.n_beams
+            centre = rng.uniform(0.1, 0.9) * sim.n_beams
+            depth = rng.uniform(1.0, 2.5)
+            shadow_db = rng.uniform(8.0, 20.0)
+            beams = np.arange(sim.n_beams)
+            lateral = np.clip(1.0 - np.abs(beams - centre) / (width / 2.0), 0.0, 1.0) ** 0.5  # soft rib edges
+            behind = np.clip((sim.depth_cm - depth) / 0.3, 0.0, 1.0)  # the loss builds up across the rib
+            rib = np.exp(-0.5 * ((sim.depth_cm - depth) / 0.15) ** 2)
+            loss_db[b] += (shadow_db * behind[:, None] * lateral[None, :]).astype(np.float32)
+            power[b] += (10.0 ** 0.5 * rib[:, None] * lateral[None, :]).astype(np.float32)  # bright rib surface
     power *= 10.0 ** (-loss_db / 10.0)
 
     iq = np.empty(power.shape, dtype=np.complex64)
     for b, rng in enumerate(rngs):
         iq[b] = draw_scatterers(power[b], density[b], rng)
-    sig_ax = max(axial_psf_sigma_cm(probe, phys.speed_of_sound_m_s) / grid.cm_per_px, phys.min_psf_px[0]) / grid.axial_step_px
-    sig_lat_px = np.maximum(lateral_psf_sigma_cm(grid.depth_cm, probe, phys.speed_of_sound_m_s) / grid.cm_per_px, phys.min_psf_px[1])
-    iq = psf_filter(iq, sig_ax, sig_lat_px / grid.lateral_step_px, workers=phys.fft_workers)
+    sig_ax = max(axial_psf_sigma_cm(probe, phys.speed_of_sound_m_s) / sim.cm_per_px, phys.min_psf_px[0]) / sim.axial_step_px
+    sig_lat_px = np.maximum(lateral_psf_sigma_cm(sim.depth_cm, probe, phys.speed_of_sound_m_s) / sim.cm_per_px, phys.min_psf_px[1])
+    iq = psf_filter(iq, sig_ax, sig_lat_px / sim.lateral_step_px, workers=phys.fft_workers)
     if phys.noise_db is not None:
         amp = math.sqrt(10.0 ** (phys.noise_db / 10.0) / 2.0)
         for b, rng in enumerate(rngs):
             z = rng.standard_normal(iq.shape[1:] + (2,), dtype=np.float32)
             iq[b] += (z[..., 0] + 1j * z[..., 1]) * amp
-    gain = tgc_gain_db(grid.depth_cm, phys.tgc, float(grid.depth_cm[-1]), f0, phys.tgc_reference_db_cm_mhz)
+    gain = tgc_gain_db(sim.depth_cm, phys.tgc, float(sim.depth_cm[-1]), f0, phys.tgc_reference_db_cm_mhz)
     env = np.abs(iq) * (10.0 ** (gain / 20.0)).astype(np.float32)[None, :, None]
+    if sim.geometry == "convex" and phys.fan_edge_rolloff > 0:
+        env *= fan_edge_taper(sim.n_beams, phys.fan_edge_rolloff)[None, None, :]
     disp = log_compress(env, phys.dynamic_range_db, phys.gain_db, phys.reference_db)
-    if grid.scan_matrix is not None:
-        images = (grid.scan_matrix @ disp.reshape(B, -1).T).T.reshape(B, H, W).astype(np.float32)
+    if phys.grey_gamma != 1.0:
+        disp = disp ** np.float32(phys.grey_gamma)
+    if sim.scan_matrix is not None:
+        images = (sim.scan_matrix @ disp.reshape(B, -1).T).T.reshape(B, H * s, W * s).astype(np.float32)
     else:
         images = disp
+    if phys.lateral_smoothing_px > 0:
+        import scipy.ndimage
+
+        images = scipy.ndimage.gaussian_filter1d(images, phys.lateral_smoothing_px * s, axis=-1, mode="nearest", truncate=3.0)
+    if s > 1:
+        images = images.reshape(B, H, s, W, s).mean(axis=(2, 4))
+    if grid.geometry == "convex":
+        images = images * grid.inside[None]
     if return_envelope:
         return np.clip(images, 0.0, 1.0), labels, env
     return np.clip(images, 0.0, 1.0), labels
+
+
+def fan_edge_taper(n_beams: int, rolloff: float, edge_db: float = -12.0) -> np.ndarray:
+    """Amplitude weight float32 [n_beams] of each beam across the sector: 1 in the middle, a raised-cosine
+    taper over ``rolloff`` of the beams on each side down to ``edge_db`` at the outermost beam."""
+    u = np.abs(np.linspace(-1.0, 1.0, n_beams))
+    t = np.clip((u - (1.0 - 2.0 * rolloff)) / (2.0 * rolloff), 0.0, 1.0) if rolloff > 0 else np.zeros(n_beams)
+    db = edge_db * 0.5 * (1.0 - np.cos(np.pi * t))
+    return (10.0 ** (db / 20.0)).astype(np.float32)
+
+
+def _smooth2d(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur (reflecting edges) of a 2-D array; soft tissue boundaries."""
+    import scipy.ndimage
+
+    return scipy.ndimage.gaussian_filter(a.astype(np.float32), sigma, mode="nearest", truncate=2.5)
 
 
 def _metadata(scene: Scene, probe: ProbeGeometry, phys: PhysicsParameters, seed: int, index: int, H: int, W: int) -> Dict[str, Any]:
@@ -914,7 +1055,7 @@ def make_phantom(anatomy: str = "echo", size: SizeLike = 64, seed: int = 0, inde
     _check_anatomy(anatomy)
     H, W = parse_size(size)
     probe = resolve_probe(anatomy, probe)
-    phys = resolve_physics(**physics)
+    phys = resolve_tgc(resolve_physics(**physics), anatomy)
     grid = _grid(H, W, probe, float(phys.oversample))
     shape_rng, speckle_rng = _example_rngs(seed, index)
     scene = sample_scene(anatomy, shape_rng)
@@ -984,7 +1125,7 @@ def iter_phantom_batches(num_images: int, anatomy: str = "echo", size: SizeLike 
         raise ValueError(f"`batch_size` must be positive, got {batch_size}")
     H, W = parse_size(size)
     probe = resolve_probe(anatomy, probe)
-    phys = resolve_physics(**physics)
+    phys = resolve_tgc(resolve_physics(**physics), anatomy)
     grid = _grid(H, W, probe, float(phys.oversample))
     for b0 in range(start, start + num_images, batch_size):
         idx = range(b0, min(b0 + batch_size, start + num_images))
