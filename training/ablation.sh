@@ -11,7 +11,12 @@
 #   bash training/ablation.sh W train-bmap & bash training/ablation.sh W train-plain; wait
 #   bash training/ablation.sh W heldout generate evaluate
 # Wall time on 2 CPU cores: about 55 min per arm (both arms in parallel: about 60 min), then ~15 min.
+#
+# Shorter runs (the same for both arms): STAGE1_STEPS=1200 FINETUNE=0 bash training/ablation.sh W ...
+# trains stage 1 for 1200 steps (the linear decay then reaches 0 at step 1200) and skips the offset-noise stage.
 set -euo pipefail
+STAGE1_STEPS="${STAGE1_STEPS:-2400}"
+FINETUNE="${FINETUNE:-1}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="$(mkdir -p "${1:?usage: bash training/ablation.sh WORK_DIR [STEP ...]}" && cd "$1" && pwd)"
 shift
@@ -27,10 +32,11 @@ train_arm() {  # $1 = arm name, $2 = bmap_min
     --mixed_precision no --dynamo_backend no "$REPO/training/train_semantic.py" \
     --dataset_name phantoms:echo --phantoms 2000 --resolution 64 --model_config tiny-64 --learn_sigma \
     --drop_rate 0.2 --beta_schedule squaredcos_cap_v2 --bmap_schedule cosine --bmap_min "$2" --probe_geometry convex \
-    --train_batch_size 8 --max_train_steps 2400 --learning_rate 2e-4 --lr_scheduler linear --lr_warmup_steps 100 \
+    --train_batch_size 8 --max_train_steps "$STAGE1_STEPS" --learning_rate 2e-4 --lr_scheduler linear --lr_warmup_steps 100 \
     --adam_weight_decay 1e-3 --use_ema --ema_decay 0.999 --checkpointing_steps 400 --checkpoints_total_limit 2 \
     --logger tensorboard --seed 0 --output_dir pipeline
   # Stage 2: identical to training/demo_model.sh step 1b (offset-noise fine-tune) but for --bmap_min.
+  [ "$FINETUNE" = 1 ] || { cd "$REPO"; return 0; }
   ACCELERATE_USE_CPU=true "$PY" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
     --mixed_precision no --dynamo_backend no "$REPO/training/train_semantic.py" \
     --dataset_name phantoms:echo --phantoms 2000 --resolution 64 --model_config tiny-64 --learn_sigma \
