@@ -246,11 +246,6 @@ def check_output_dir(output_dir: str, overwrite: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def _is_saved_dataset(path: str) -> bool:
-    p = Path(path)
-    return p.is_dir() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file())
-
-
 def load_datasets(args: argparse.Namespace, show_progress: bool = False):
     """The raw training split and, when the source has one, a validation split (``datasets.Dataset`` or None).
 
@@ -259,6 +254,8 @@ def load_datasets(args: argparse.Namespace, show_progress: bool = False):
     DatasetDict with a ``train`` and optionally a ``validation`` split) or a Hub / local dataset script.
     """
     import datasets
+
+    from ultrasound_diffusers.data.sources import is_saved_dataset, load_hub_dataset
 
     name = args.dataset_name
     want_validation = bool(args.validation_steps) and not args.unconditional
@@ -276,10 +273,10 @@ def load_datasets(args: argparse.Namespace, show_progress: bool = False):
         if want_validation:
             validation = generate_phantoms(args.num_validation_images, anatomy=anatomy, size=size, seed=args.seed,
                                            start=args.phantoms)
-    elif _is_saved_dataset(name):
+    elif is_saved_dataset(name):
         ds = datasets.load_from_disk(name)
     else:
-        ds = datasets.load_dataset(name, args.dataset_config_name, cache_dir=args.cache_dir)
+        ds = load_hub_dataset(name, args.dataset_config_name, cache_dir=args.cache_dir, argument="--dataset_name")
     if isinstance(ds, datasets.DatasetDict):
         if "train" not in ds:
             raise ValueError(f"the dataset {name or args.train_data_dir!r} has no 'train' split (splits: {sorted(ds)})")

@@ -1,5 +1,8 @@
+"""``python -m ultrasound_diffusers``: the console script. Importing this module runs nothing."""
+
 import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -43,10 +43,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         code = func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except EXPECTED_ERRORS as err:
         print(f"ultrasound-diffusers {args.command}: error: {err}", file=sys.stderr)
         return 2
     return int(code or 0)
+
+
+#: Failures caused by the user's input: one line on stderr and exit code 2 (like argparse). Anything else is a
+#: bug and keeps its traceback.
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+                   PermissionError)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,6 +57,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .data.sources import is_saved_dataset, load_hub_dataset, looks_like_hub_id
 from .image_processor import read_label_file, resize_label_map, to_label_array
 from .utils.io import remove_stale_temporaries
 
@@ -355,15 +356,15 @@ def load_label_source(
             raise ValueError(f"`labels` file {path} must hold an array [N, H, W], got shape {array.shape}")
         return ArrayLabelSource(array, description=f"{path} ({array.shape[0]} label maps)")
     if path.is_dir():
-        if any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        if is_saved_dataset(path):
             dataset, used = _select_split(datasets.load_from_disk(str(path)), split, str(path))
             where = f"{path}" + (f" split {used!r}" if used else "")
             return DatasetLabelSource(dataset, label_column, id_column,
                                       description=f"dataset {where} ({dataset.num_rows} rows), column {label_column!r}")
         return FolderLabelSource(path)
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (os.sep != "/" and os.sep in spec):
+    if not looks_like_hub_id(spec):
         raise FileNotFoundError(f"`labels` {spec!r} does not exist (and is not a Hub dataset name 'org/name')")
-    dataset = datasets.load_dataset(spec, split=split or "train")
+    dataset = load_hub_dataset(spec, split=split or "train", argument="`labels`")
     return DatasetLabelSource(dataset, label_column, id_column,
                               description=f"Hub dataset {spec} split {split or 'train'!r}, column {label_column!r}")
 

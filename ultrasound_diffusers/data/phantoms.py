@@ -1115,6 +1115,20 @@ def phantom_features():
     )
 
 
+#: Peak working memory of the simulation per output pixel and image (measured about 350 B; with margin).
+PHANTOM_BYTES_PER_PIXEL = 512
+
+
+def check_phantom_size(size: SizeLike, batch_size: int, num_images: int) -> Tuple[int, int]:
+    """(H, W) of ``size``; ValueError before anything is allocated when a batch would not fit in memory."""
+    from ..utils.memory import check_image_size
+
+    H, W = parse_size(size)
+    check_image_size(H, W, bytes_per_pixel=PHANTOM_BYTES_PER_PIXEL, batch=max(1, min(int(batch_size), int(num_images))),
+                     argument="size", what="the phantom simulation")
+    return H, W
+
+
 def iter_phantom_batches(num_images: int, anatomy: str = "echo", size: SizeLike = 64, seed: int = 0, probe=None, start: int = 0, batch_size: int = 32, **physics):
     """Yield ``(images float32 [B, H, W], labels uint8 [B, H, W], metadata list)`` for examples ``start ..``."""
     _check_anatomy(anatomy)
@@ -1123,7 +1137,7 @@ def iter_phantom_batches(num_images: int, anatomy: str = "echo", size: SizeLike 
         raise ValueError(f"`num_images` must be non-negative, got {num_images}")
     if int(batch_size) < 1:
         raise ValueError(f"`batch_size` must be positive, got {batch_size}")
-    H, W = parse_size(size)
+    H, W = check_phantom_size(size, batch_size, num_images)
     probe = resolve_probe(anatomy, probe)
     phys = resolve_tgc(resolve_physics(**physics), anatomy)
     grid = _grid(H, W, probe, float(phys.oversample))
@@ -1161,6 +1175,7 @@ def generate_phantoms(num_images: int, anatomy: str = "echo", size: SizeLike = 6
     import datasets
     from tqdm.auto import tqdm
 
+    check_phantom_size(size, batch_size, num_images)
     features = phantom_features()
     columns: Dict[str, list] = {name: [] for name in features}
     bar = tqdm(total=int(num_images), desc=f"{anatomy} phantoms", disable=not progress, unit="img")

@@ -28,9 +28,10 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from ..data.sources import is_saved_dataset, looks_like_hub_id
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: Files whose presence marks a folder written by ``datasets`` ``save_to_disk``.
-_SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 #: Column names tried, in order, when ``label_column`` is not given.
 _LABEL_COLUMN_GUESSES = ("label", "labels", "segmap", "mask", "segmentation")
 
@@ -186,10 +187,6 @@ def _float_to_unit(arr: np.ndarray, name: str) -> np.ndarray:
     return arr.clip(0.0, 1.0)
 
 
-def _is_saved_dataset(path: Path) -> bool:
-    return any((path / marker).is_file() for marker in _SAVED_DATASET_MARKERS)
-
-
 def _list_images(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
@@ -306,7 +303,7 @@ def load_image_set(
         path = Path(source)
         description = str(source)
         if path.is_dir():
-            if _is_saved_dataset(path):
+            if is_saved_dataset(path):
                 import datasets
 
                 dataset = _pick_split(datasets.load_from_disk(str(path)), split, description)
@@ -317,12 +314,12 @@ def load_image_set(
                 images, labels, names = _load_folder(path, label_dir)
         elif path.exists():
             raise ValueError(f"image set source {source!r} is a file; pass a folder, a saved dataset or a Hub name")
-        elif str(source).startswith((".", "/", "~")) or str(source).count("/") > 1 or "\\" in str(source):
+        elif not looks_like_hub_id(str(source)) or "\\" in str(source):
             raise FileNotFoundError(f"image set source {source!r} does not exist (and is not a Hub dataset name)")
         else:
-            import datasets
+            from ..data.sources import load_hub_dataset
 
-            dataset = datasets.load_dataset(str(source), split=split or "train")
+            dataset = load_hub_dataset(str(source), split=split or "train", argument="image set source")
             images, labels, names = _load_dataset_rows(
                 dataset, image_column, _resolve_label_column(dataset, label_column), max_images, description
             )

@@ -1,0 +1,66 @@
+"""Where images and label maps come from: the helpers every entry point (training, generation, evaluation,
+reconstruction) uses to open a dataset, so that they recognise the same sources and fail with the same message.
+
+* :func:`is_saved_dataset`: a folder written by ``datasets``' ``save_to_disk`` (Dataset or DatasetDict).
+* :func:`looks_like_hub_id`: ``name`` or ``org/name`` that is not a local path.
+* :func:`load_hub_dataset`: ``datasets.load_dataset`` for a Hub id, with a one-line error when the dataset is
+  not in the local cache offline (``HF_HUB_OFFLINE=1``) or the Hub cannot be reached.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+PathLike = Union[str, os.PathLike]
+
+#: Files that mark a ``save_to_disk`` folder.
+SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+def is_saved_dataset(path: PathLike) -> bool:
+    """Whether ``path`` is a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).is_file() for name in SAVED_DATASET_FILES)
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    """Whether ``spec`` can be a Hub repository id (``name`` or ``org/name``) rather than a local path."""
+    spec = str(spec)
+    if not spec or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        return False
+    return not (os.sep != "/" and os.sep in spec)
+
+
+def load_hub_dataset(
+    name: str,
+    config_name: Optional[str] = None,
+    split: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    argument: str = "dataset",
+) -> Any:
+    """``datasets.load_dataset(name, config_name, split=split, cache_dir=cache_dir)`` with clear errors.
+
+    Raises:
+        ValueError: naming ``argument`` when the Hub cannot be reached (offline mode without a cached copy, no
+            network) or the dataset does not exist, with what to do instead.
+    """
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, config_name, split=split, cache_dir=cache_dir)
+    except ConnectionError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or os.environ.get(
+            "HF_DATASETS_OFFLINE", ""
+        ).strip().lower() in ("1", "true", "yes", "on")
+        if offline:
+            raise ValueError(
+                f"{argument} {name!r}: the Hub dataset is not in the local cache and offline mode is on "
+                "(HF_HUB_OFFLINE=1); download it once with network access, or pass a local folder or saved dataset"
+            ) from err
+        raise ValueError(
+            f"{argument} {name!r}: the Hub could not be reached ({err}); check the network or pass a local folder"
+        ) from err
+    except datasets.exceptions.DatasetNotFoundError as err:
+        raise ValueError(f"{argument} {name!r} is neither a local path nor a dataset on the Hub: {err}") from err
