@@ -135,3 +135,21 @@ def isolate_remote_code_cache(monkeypatch, tmp_path) -> Path:
     for name in [m for m in sys.modules if m == "diffusers_modules" or m.startswith("diffusers_modules.")]:
         monkeypatch.delitem(sys.modules, name)
     return modules
+
+
+def semantic_pipeline_fixtures():
+    """Module-scoped pytest fixtures ``(pipe, pipeline_dir)``: a tiny semantic pipeline and a saved copy of it.
+    Use as ``pipe, pipeline_dir = semantic_pipeline_fixtures()`` at a test module's top level."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def pipe():
+        return tiny_semantic_pipeline()
+
+    @pytest.fixture(scope="module")
+    def pipeline_dir(tmp_path_factory, pipe):
+        folder = tmp_path_factory.mktemp("pipe") / "tiny-semantic"
+        pipe.save_pretrained(folder)
+        return folder
+
+    return pipe, pipeline_dir

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from _pipeline_fixtures import echo_label_map, single_torch_thread, tiny_semantic_pipeline
+from _pipeline_fixtures import echo_label_map, semantic_pipeline_fixtures, single_torch_thread, tiny_semantic_pipeline
 from ultrasound_diffusers.cli import main as cli
 from ultrasound_diffusers.utils import io as uio
 
@@ -43,16 +43,7 @@ def user_folder(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_semantic_pipeline()
-
-
-@pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory, pipe):
-    folder = tmp_path_factory.mktemp("pipe") / "tiny-semantic"
-    pipe.save_pretrained(folder)
-    return folder
+pipe, pipeline_dir = semantic_pipeline_fixtures()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _pipeline_fixtures import LABEL_NAMES, single_torch_thread, tiny_semantic_pipeline
+from _pipeline_fixtures import LABEL_NAMES, semantic_pipeline_fixtures, single_torch_thread, tiny_semantic_pipeline
 from ultrasound_diffusers import generation
 from ultrasound_diffusers.generation import derive_seeds, generate_dataset, load_label_source
 
@@ -21,16 +21,7 @@ SIZE = 16
 _single_thread = pytest.fixture(scope="module", autouse=True)(single_torch_thread)
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_semantic_pipeline()
-
-
-@pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory, pipe):
-    folder = tmp_path_factory.mktemp("pipe") / "tiny-semantic"
-    pipe.save_pretrained(folder)
-    return folder
+pipe, pipeline_dir = semantic_pipeline_fixtures()
 
 
 def _run(pipe, out, labels="phantoms:echo:5", **kwargs):

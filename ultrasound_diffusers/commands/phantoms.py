@@ -10,18 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _size(text: str):
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        values = [int(p) for p in parts if p]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size must be N or HxW, got {text!r}") from None
-    if len(values) == 1:
-        return values[0]
-    if len(values) == 2:
-        return tuple(values)
-    raise argparse.ArgumentTypeError(f"--size must be N or HxW, got {text!r}")
+from ._common import add_dataset_output_arguments, size_type
 
 
 def _tgc(text: str):
@@ -40,7 +29,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--num_images", type=int, required=True, help="number of training examples N")
     p.add_argument("--anatomy", default="echo", choices=["echo", "thyroid", "homogeneous"])
-    p.add_argument("--size", type=_size, default=64, help="N or HxW (default 64)")
+    p.add_argument("--size", type=size_type("--size"), default=64, help="N or HxW (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_dir", default=None, help="where to save_to_disk the dataset")
     p.add_argument("--num_validation_images", type=int, default=0, help="if > 0 save a DatasetDict with a validation split (examples N..N+K-1)")
@@ -55,12 +44,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch_size", type=int, default=32, help="examples simulated together")
     p.add_argument("--png_dir", default=None, help="also write images/ and labels/ PNG files here")
     p.add_argument("--preview", default=None, help="write a PNG grid of the first images and coloured label maps")
-    p.add_argument("--push_to_hub", action="store_true")
-    p.add_argument("--hub_dataset_id", default=None, help="Hub dataset repo id for --push_to_hub")
-    p.add_argument("--private", action="store_true")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a non-empty --output_dir / --png_dir that this command did not write (never the "
-                   "working directory or a parent of it)")
+    add_dataset_output_arguments(p)
     p.set_defaults(func=run)
 
 

@@ -15,16 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _size(text: str):
-    parts = [p for p in text.lower().replace(",", "x").split("x") if p]
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size must be N or HxW, got {text!r}") from None
-    if len(values) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"--size must be N or HxW, got {text!r}")
-    return values[0] if len(values) == 1 else tuple(values)
+from ._common import add_dataset_output_arguments, size_type
 
 
 def _fractions(text: str):
@@ -44,12 +35,7 @@ def _common(p, default_fractions=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     if default_fractions is not None:
         p.add_argument("--split_fractions", type=_fractions, default=default_fractions, help="TRAIN,VAL,TEST fractions")
-    p.add_argument("--push_to_hub", action="store_true")
-    p.add_argument("--hub_dataset_id", default=None)
-    p.add_argument("--private", action="store_true")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a non-empty --output_dir that this command did not write (never one that holds "
-                   "--input, the working directory or a parent of it)")
+    add_dataset_output_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -66,7 +52,7 @@ def register(subparsers) -> None:
     c.add_argument("--views", nargs="+", default=["2CH", "4CH"], choices=["2CH", "4CH"])
     c.add_argument("--phases", nargs="+", default=["ED", "ES"], choices=["ED", "ES"])
     c.add_argument("--half_sequences", action="store_true", help="add every frame of the half sequences")
-    c.add_argument("--size", type=_size, default=None, help="resize to N or HxW (e.g. 256)")
+    c.add_argument("--size", type=size_type("--size"), default=None, help="resize to N or HxW (e.g. 256)")
     c.add_argument("--fan_labels", action="store_true", help="re-code labels with the fan (5 classes, echo-from-noise)")
     c.add_argument("--augment_copies", type=int, default=0, help="augmented label copies per training example (needs --fan_labels)")
     c.add_argument("--validation_patients", type=int, default=50, help="without split files: patients 1..N are validation")
@@ -78,7 +64,7 @@ def register(subparsers) -> None:
     t.add_argument("--axis", type=int, default=2, choices=[0, 1, 2], help="array axis to slice along")
     t.add_argument("--no_transpose", action="store_true", help="do not transpose slices (nibabel arrays are transposed)")
     t.add_argument("--skip_empty", action="store_true", help="skip slices without labels")
-    t.add_argument("--size", type=_size, default=None)
+    t.add_argument("--size", type=size_type("--size"), default=None)
 
     lg = sources.add_parser("lung", help="simulated lung maps (.pt / .npy / .npz): first 32 rows, 4x4 average")
     _common(lg, (1.0, 0.0, 0.0))
@@ -88,7 +74,7 @@ def register(subparsers) -> None:
 
     d = sources.add_parser("dicom", help="a folder of ultrasound DICOM files (frames, scan area masked)")
     _common(d, (1.0, 0.0, 0.0))
-    d.add_argument("--size", type=_size, default=None)
+    d.add_argument("--size", type=size_type("--size"), default=None)
     d.add_argument("--no_crop", action="store_true", help="keep the full frame instead of cropping to the scan area")
     d.add_argument("--max_frames", type=int, default=None, help="at most this many frames per file")
     d.add_argument("--frame_step", type=int, default=1)

@@ -1,0 +1,29 @@
+"""Argument types and flags shared by the sub-commands (not a command: modules starting with ``_`` are skipped)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..image_processor import parse_size
+
+
+def size_type(flag: str = "--size"):
+    """An argparse ``type`` for ``N`` or ``HxW`` / ``H,W`` (see :func:`~ultrasound_diffusers.image_processor.parse_size`)."""
+
+    def parse(text: str):
+        try:
+            return parse_size(text, argument=flag)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+def add_dataset_output_arguments(p: argparse.ArgumentParser) -> None:
+    """``--push_to_hub``, ``--hub_dataset_id``, ``--private`` and ``--overwrite`` of the commands that write a dataset."""
+    p.add_argument("--push_to_hub", action="store_true")
+    p.add_argument("--hub_dataset_id", default=None, help="Hub dataset repo id for --push_to_hub")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty output folder that this command did not write (never the working "
+                   "directory, a parent of it, or a folder holding an input)")
