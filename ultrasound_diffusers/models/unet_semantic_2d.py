@@ -781,9 +781,12 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
 
         timesteps = _normalize_timesteps(timestep, batch, sample.device)
         t_emb = timestep_embedding(timesteps.float() * float(config.timestep_scale), config.model_channels)
-        emb = self.time_embedding(t_emb.to(dtype=self.conv_in.weight.dtype))
+        # The compute dtype: ``self.dtype`` is the hooks' compute dtype under layerwise casting (where the
+        # weights are stored in float8), else the parameters' dtype, as in diffusers' own UNets.
+        compute_dtype = self.dtype
+        emb = self.time_embedding(t_emb.to(dtype=compute_dtype))
 
-        h = self.conv_in(sample.to(self.conv_in.weight.dtype))
+        h = self.conv_in(sample.to(compute_dtype))
         skips = [h]
         for block in self.down_blocks:
             for i, resnet in enumerate(block.resnets):

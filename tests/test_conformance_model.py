@@ -1,0 +1,153 @@
+"""Conformance of SemanticUNet2DModel with what diffusers' model tester mixin checks.
+
+Written for this project after the checks of diffusers' ``ModelTesterMixin`` (save / load round trips,
+variants, dtypes, layerwise casting, dict vs tuple outputs, determinism), plus strict weight loading.
+Tiny 16 px models (tests/_pipeline_fixtures.py), CPU only.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _pipeline_fixtures import NUM_CLASSES, echo_label_map, single_torch_thread, tiny_semantic_unet
+
+from ultrasound_diffusers.models.unet_semantic_2d import SemanticUNet2DModel
+
+one_thread = pytest.fixture(scope="module", autouse=True)(single_torch_thread)
+
+
+def _inputs(batch: int = 2, conditional: bool = True, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(batch, 1, 16, 16, generator=generator)
+    timestep = torch.tensor([3, 70][:batch] + [11] * max(0, batch - 2))
+    kwargs = {}
+    if conditional:
+        labels = torch.from_numpy(echo_label_map(16)).long()
+        kwargs["segmap"] = labels[None].expand(batch, -1, -1)
+    return sample, timestep, kwargs
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return tiny_semantic_unet()
+
+
+@pytest.fixture(scope="module")
+def unconditional_unet():
+    return tiny_semantic_unet(num_classes=0)
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_output_shape_and_dict_tuple_equivalence(unet, unconditional_unet, conditional):
+    model = unet if conditional else unconditional_unet
+    sample, t, kwargs = _inputs(conditional=conditional)
+    with torch.no_grad():
+        out_dict = model(sample, t, **kwargs)
+        out_tuple = model(sample, t, return_dict=False, **kwargs)
+    assert isinstance(out_tuple, tuple) and len(out_tuple) == 1
+    assert out_dict.sample.shape == (2, 2, 16, 16)  # learn_sigma: prediction + variance channels
+    assert torch.equal(out_dict.sample, out_tuple[0])
+    assert torch.equal(out_dict[0], out_dict.sample) and torch.equal(out_dict.to_tuple()[0], out_dict.sample)
+
+
+def test_determinism(unet):
+    sample, t, kwargs = _inputs()
+    with torch.no_grad():
+        first = unet(sample, t, **kwargs).sample
+        second = unet(sample, t, **kwargs).sample
+    assert torch.isfinite(first).all()
+    assert torch.equal(first, second)
+
+
+def test_batch_matches_single(unet):
+    sample, t, kwargs = _inputs()
+    with torch.no_grad():
+        batched = unet(sample, t, **kwargs).sample
+        single = unet(sample[1:], t[1:], segmap=kwargs["segmap"][1:]).sample
+    torch.testing.assert_close(batched[1:], single, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ save / load
+
+
+def test_save_load_round_trip(unet, tmp_path):
+    unet.save_pretrained(tmp_path)
+    loaded = SemanticUNet2DModel.from_pretrained(tmp_path).eval()
+    sample, t, kwargs = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(sample, t, **kwargs).sample, unet(sample, t, **kwargs).sample, atol=0, rtol=0)
+    for (name, a), (_, b) in zip(unet.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_from_config_round_trip(unet):
+    rebuilt = SemanticUNet2DModel.from_config(unet.config)
+    assert dict(rebuilt.config) == dict(unet.config)
+    assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in unet.parameters())
+
+
+def test_variant_round_trip(unet, tmp_path):
+    unet.save_pretrained(tmp_path, variant="fp16")
+    assert (tmp_path / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    loaded = SemanticUNet2DModel.from_pretrained(tmp_path, variant="fp16")
+    for (name, a), (_, b) in zip(unet.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    # the plain (no-variant) weights are not there: diffusers refuses with an error
+    with pytest.raises((OSError, ValueError)):
+        SemanticUNet2DModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_save_load_torch_dtype(unet, tmp_path, dtype):
+    unet.save_pretrained(tmp_path)
+    loaded = SemanticUNet2DModel.from_pretrained(tmp_path, torch_dtype=dtype)
+    assert loaded.dtype == dtype
+    assert all(p.dtype == dtype for p in loaded.parameters())
+    loaded.to(torch.float32)
+    sample, t, kwargs = _inputs()
+    with torch.no_grad():
+        out = loaded(sample, t, **kwargs).sample
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_to_dtype_runs_and_keeps_outputs_close(unet):
+    sample, t, kwargs = _inputs()
+    model = tiny_semantic_unet().to(torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    with torch.no_grad():
+        reference = unet(sample, t, **kwargs).sample
+        out = model(sample, t, **kwargs).sample  # float32 input is cast to the model's dtype
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+# ------------------------------------------------------------------------------------------------ layerwise casting
+
+
+@pytest.mark.parametrize("storage_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_layerwise_casting_inference(storage_dtype):
+    """diffusers' test_layerwise_casting_inference: float8 storage, float32 compute, one forward pass."""
+    reference = tiny_semantic_unet()
+    model = tiny_semantic_unet()
+    model.enable_layerwise_casting(storage_dtype=storage_dtype, compute_dtype=torch.float32)
+    assert model.dtype == torch.float32  # the compute dtype
+    assert model.conv_in.weight.dtype == storage_dtype  # weights stored in float8
+    sample, t, kwargs = _inputs()
+    with torch.no_grad():
+        out = model(sample, t, **kwargs).sample
+        expected = reference(sample, t, **kwargs).sample
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    # float8 weights: close to the float32 model, not equal to it
+    assert (out - expected).abs().mean() < 0.25 * expected.abs().mean()
+
+
+def test_layerwise_casting_keeps_norms_in_full_precision():
+    model = tiny_semantic_unet()
+    model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    assert model.conv_norm_out.weight.dtype == torch.float32
+    assert model.mid_block.resnets[0].norm1.mlp_shared.weight.dtype == torch.float32  # SPADE norm: skipped
