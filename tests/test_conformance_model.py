@@ -29,6 +29,10 @@ def _inputs(batch: int = 2, conditional: bool = True, seed: int = 0):
     return sample, timestep, kwargs
 
 
+def _public(config) -> dict:
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
 @pytest.fixture(scope="module")
 def unet():
     return tiny_semantic_unet()
@@ -78,11 +82,18 @@ def test_batch_matches_single(unet):
 def test_save_load_round_trip(unet, tmp_path):
     unet.save_pretrained(tmp_path)
     loaded = SemanticUNet2DModel.from_pretrained(tmp_path).eval()
+    assert _public(loaded.config) == _public(unet.config)  # lists, not tuples, in the config
     sample, t, kwargs = _inputs()
     with torch.no_grad():
         torch.testing.assert_close(loaded(sample, t, **kwargs).sample, unet(sample, t, **kwargs).sample, atol=0, rtol=0)
     for (name, a), (_, b) in zip(unet.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_rectangular_config_round_trip(tmp_path):
+    model = tiny_semantic_unet(num_classes=0, sample_size=(8, 32))
+    model.save_pretrained(tmp_path)
+    assert _public(SemanticUNet2DModel.from_pretrained(tmp_path).config) == _public(model.config)
 
 
 def test_from_config_round_trip(unet):

@@ -613,6 +613,12 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
             if len(sample_size) != 2:
                 raise ValueError(f"`sample_size` must be an int or (height, width), got {sample_size}")
         heads_up = num_heads if num_heads_upsample in (None, -1) else num_heads_upsample
+        # JSON types in the config (lists, not tuples), so that save_pretrained / from_pretrained gives back the
+        # same config.
+        json_values = {"channel_mult": list(channel_mult), "attention_resolutions": list(attention_resolutions)}
+        if isinstance(sample_size, (list, tuple)):
+            json_values["sample_size"] = [int(s) for s in sample_size]
+        self.register_to_config(**json_values)
 
         self.gradient_checkpointing = False
         groups, eps = norm_num_groups, norm_eps

@@ -164,6 +164,12 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         if float(ddim_eta) < 0.0:
             raise ValueError(f"`ddim_eta` must be >= 0, got {ddim_eta!r}")
         _check_fan(fan_apex, fan_radii, fan_half_angle_deg)
+        # The config holds JSON types (lists, not tuples or arrays), so that a saved and reloaded scheduler has
+        # exactly the same config: from_pretrained(save_pretrained(s)).config == s.config.
+        json_values = {"fan_apex": [float(v) for v in fan_apex], "fan_radii": [float(v) for v in fan_radii]}
+        if trained_betas is not None:
+            json_values["trained_betas"] = [float(v) for v in np.asarray(trained_betas, dtype=np.float64).reshape(-1)]
+        self.register_to_config(**json_values)
         if beta_schedule == "linear_small" and trained_betas is None:
             # The fork's schedule is a linear one with T-scaled ends; store it as such so that the saved config
             # also loads into diffusers' own schedulers (DDPMScheduler.from_config).
