@@ -64,3 +64,27 @@ def test_from_config_round_trip_is_identity():
     scheduler = BMapAttenuationScheduler(fan_apex=(0.5, 0.1), bmap_min=0.9)
     again = BMapAttenuationScheduler.from_config(scheduler.config)
     assert _public(again.config) == _public(scheduler.config)
+
+
+# ------------------------------------------------------------------------------------------------ previous_timestep
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_previous_timestep_is_a_tensor_like_ddpm(spacing):
+    ours = BMapAttenuationScheduler(num_train_timesteps=100, timestep_spacing=spacing, bmap_min=1.0)
+    ddpm = DDPMScheduler(num_train_timesteps=100, timestep_spacing=spacing)
+    for scheduler in (ours, ddpm):
+        scheduler.set_timesteps(10)
+    assert torch.equal(ours.timesteps, ddpm.timesteps)
+    for t in ours.timesteps:
+        mine, theirs = ours.previous_timestep(t), ddpm.previous_timestep(t)
+        assert torch.is_tensor(mine) and torch.is_tensor(theirs)
+        assert mine.dtype == torch.int64 and int(mine) == int(theirs)
+    assert int(ours.previous_timestep(ours.timesteps[-1])) == -1
+
+
+def test_previous_timestep_custom_and_unset():
+    scheduler = BMapAttenuationScheduler(num_train_timesteps=100)
+    assert torch.is_tensor(scheduler.previous_timestep(50)) and int(scheduler.previous_timestep(50)) == 49
+    scheduler.set_timesteps(timesteps=[90, 40, 7])
+    assert [int(scheduler.previous_timestep(t)) for t in (90, 40, 7)] == [40, 7, -1]

@@ -16,6 +16,7 @@ demand in float64 (with a small cache of recently used steps, so sequential samp
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -469,16 +470,22 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"`steps_offset`={self.config.steps_offset} moves the timesteps outside [0, {T - 1}]")
         self.timesteps = torch.from_numpy(steps).to(device)
 
-    def previous_timestep(self, timestep: Union[int, torch.Tensor]) -> int:
-        """The next step of the chain (the next kept step after respacing), or -1 after the last."""
-        t = int(timestep)
+    def previous_timestep(self, timestep: Union[int, torch.Tensor]) -> torch.Tensor:
+        """The next step of the chain (the next kept step after respacing), or -1 after the last.
+
+        Returns a 0-d int64 tensor (on the device of ``self.timesteps``), as :class:`~diffusers.DDPMScheduler`
+        returns a tensor.
+        """
+        t = _integral_timestep(timestep, "timestep")
+        device = self.timesteps.device
         if self.num_inference_steps is None and not self.custom_timesteps:
-            return t - 1
+            return torch.tensor(t - 1, dtype=torch.int64, device=device)
         steps = self.timesteps.tolist()
         if t not in steps:
             raise ValueError(f"`timestep` {t} is not one of the scheduler's timesteps; call set_timesteps first")
         index = steps.index(t)
-        return steps[index + 1] if index + 1 < len(steps) else -1
+        prev = steps[index + 1] if index + 1 < len(steps) else -1
+        return torch.tensor(prev, dtype=torch.int64, device=device)
 
     def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
         """Dynamic thresholding (Imagen): clamp each sample to its `dynamic_thresholding_ratio` quantile."""
@@ -531,7 +538,7 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         t = int(timestep)
         if not 0 <= t < self.config.num_train_timesteps:
             raise ValueError(f"`timestep` must lie in [0, {self.config.num_train_timesteps - 1}], got {t}")
-        prev_t = self.previous_timestep(t)
+        prev_t = int(self.previous_timestep(t))
         channels = sample.shape[1]
         predicted_variance = None
         if model_output.shape[1] == 2 * channels and self.config.variance_type in ("learned", "learned_range"):
@@ -623,6 +630,23 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
 
 
 # ---------------------------------------------------------------------------------------------------- functions
+def _integral_timestep(value, name: str) -> int:
+    """``value`` (an int, a numpy integer, or a one-element integer or integral float tensor) as an int."""
+    if isinstance(value, bool) or (torch.is_tensor(value) and value.dtype == torch.bool):
+        raise ValueError(f"`{name}` must be an integer step, got the bool {value!r}")
+    if torch.is_tensor(value):
+        if value.numel() != 1:
+            raise ValueError(f"`{name}` must be a single step, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    elif isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"`{name}` must be an integer step, got {value!r}")
+
+
 def _check_choice(name: str, value, choices: Sequence[str], allow: bool = False) -> None:
     if not allow and value not in choices:
         raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")
