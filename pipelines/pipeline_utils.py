@@ -501,6 +501,41 @@ def load_component(component_cls: type, folder: Union[str, os.PathLike], name: s
     raise ValueError(f"component {name!r}: {component_cls.__name__} has no loading method")
 
 
+def _as_dtype(value: Any, where: str) -> torch.dtype:
+    """A torch.dtype from a dtype or its name (``"float16"``, ``"torch.bfloat16"``); TypeError otherwise."""
+    if isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str):
+        candidate = getattr(torch, value[len("torch."):] if value.startswith("torch.") else value, None)
+        if isinstance(candidate, torch.dtype):
+            return candidate
+    raise TypeError(f"{where} must be a torch.dtype (e.g. torch.float16) or its name, got {value!r}")
+
+
+def _component_dtypes(torch_dtype: Any, names: Sequence[str], folder: Union[str, os.PathLike]) -> Dict[str, Optional[torch.dtype]]:
+    """The dtype each component is loaded in, from ``torch_dtype``.
+
+    ``torch_dtype`` is None (every model keeps its saved dtype), one dtype for every model, or a dict, as in
+    diffusers: ``{"unet": torch.bfloat16, "default": torch.float16}`` gives each named component its dtype and
+    every other model the ``"default"`` one (float32 when there is no ``"default"``). Keys that name no
+    component of the pipeline are reported with a warning.
+    """
+    if torch_dtype is None:
+        return {}
+    if not isinstance(torch_dtype, dict):
+        dtype = _as_dtype(torch_dtype, "`torch_dtype`")
+        return {name: dtype for name in names}
+    parsed = {str(k): _as_dtype(v, f"`torch_dtype[{k!r}]`") for k, v in torch_dtype.items()}
+    unknown = sorted(k for k in parsed if k != "default" and k not in names)
+    if unknown:
+        logger.warning(
+            f"`torch_dtype` names {unknown}, which are not components of the pipeline in {folder} "
+            f"(components: {list(names)}); they are ignored"
+        )
+    default = parsed.get("default", torch.float32)
+    return {name: parsed.get(name, default) for name in names}
+
+
 def _move_into(source: Path, target: Path) -> None:
     """Move every entry of ``source`` into ``target`` one at a time with :func:`os.replace` (model_index.json
     last), replacing entries of the same name and leaving other files of ``target`` alone."""
@@ -555,7 +590,9 @@ class DiffusionPipeline(_DiffusersPipeline):
         Args:
             pretrained_model_name_or_path: a folder written by :meth:`save_pretrained`, or a repo id
                 ``"org/name"`` (downloaded with :meth:`download`; with ``HF_HUB_OFFLINE=1`` read from the cache).
-            torch_dtype / dtype (`torch.dtype`, *optional*): dtype of the loaded models.
+            torch_dtype / dtype (`torch.dtype` or `dict`, *optional*): dtype of the loaded models, or a dict giving
+                each component its own (``{"unet": torch.bfloat16, "default": torch.float16}``; components not
+                named get ``"default"``, float32 without it), as in diffusers.
             variant, use_safetensors, low_cpu_mem_usage: passed to the models' ``from_pretrained``.
             cache_dir, revision, token, force_download, local_files_only: Hub download options.
             <component name>: an already built component (e.g. ``scheduler=DDIMScheduler(...)``) to use instead
@@ -612,6 +649,7 @@ class DiffusionPipeline(_DiffusersPipeline):
             kwargs.setdefault("torch_dtype", kwargs.pop("dtype"))
         model_kwargs = {k: kwargs.pop(k) for k in _MODEL_LOAD_KWARGS if k in kwargs}
         expected, optional = pipeline_class._get_signature_keys(pipeline_class)
+        dtypes = _component_dtypes(model_kwargs.pop("torch_dtype", None), sorted(expected), folder)
         components: Dict[str, Any] = {}
         for name in sorted(expected):
             if name in kwargs:
@@ -627,7 +665,7 @@ class DiffusionPipeline(_DiffusersPipeline):
                     f"{pipeline_class.__name__} needs (pass it as `{name}=...` or re-save the pipeline)"
                 )
             component_cls = resolve_class(entry, folder, component=name)
-            components[name] = load_component(component_cls, folder, name, **model_kwargs)
+            components[name] = load_component(component_cls, folder, name, torch_dtype=dtypes.get(name), **model_kwargs)
         # optional (non-component) settings: passed ones win over the ones saved in model_index.json
         init_kwargs = {k: kwargs.pop(k) if k in kwargs else index[k] for k in optional if k in kwargs or k in index}
         if kwargs:
