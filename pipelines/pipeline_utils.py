@@ -536,6 +536,33 @@ def _component_dtypes(torch_dtype: Any, names: Sequence[str], folder: Union[str,
     return {name: parsed.get(name, default) for name in names}
 
 
+def _component_variants(
+    variant: Optional[str], index: Dict[str, Any], names: Sequence[str], passed: Dict[str, Any], folder
+) -> Dict[str, str]:
+    """The components that load weight ``variant``, as diffusers decides it.
+
+    Components whose folder has files of the variant load them; the others load their plain weights (with a
+    warning). If no component folder has the variant, a ValueError (with diffusers' message) is raised.
+    """
+    if variant is None:
+        return {}
+    from ultrasound_diffusers.models.loading import MissingVariantError, has_weight_variant, variant_message
+
+    if not isinstance(variant, str) or not variant:
+        raise ValueError(f"`variant` must be a non-empty string such as 'fp16', got {variant!r}")
+    candidates = [n for n in names if n not in passed and isinstance(index.get(n), (list, tuple))]
+    with_variant = [n for n in candidates if has_weight_variant(Path(folder) / n, variant)]
+    if not with_variant:
+        raise MissingVariantError(variant_message(variant, folder))
+    weights = [
+        n for n in candidates
+        if n not in with_variant and any(p.name.endswith((".safetensors", ".bin")) for p in (Path(folder) / n).glob("*"))
+    ]
+    if weights:
+        logger.warning(f"{folder}: components {weights} have no `variant={variant}` files; their plain weights are loaded")
+    return {n: variant for n in with_variant}
+
+
 def _move_into(source: Path, target: Path) -> None:
     """Move every entry of ``source`` into ``target`` one at a time with :func:`os.replace` (model_index.json
     last), replacing entries of the same name and leaving other files of ``target`` alone."""
@@ -650,6 +677,7 @@ class DiffusionPipeline(_DiffusersPipeline):
         model_kwargs = {k: kwargs.pop(k) for k in _MODEL_LOAD_KWARGS if k in kwargs}
         expected, optional = pipeline_class._get_signature_keys(pipeline_class)
         dtypes = _component_dtypes(model_kwargs.pop("torch_dtype", None), sorted(expected), folder)
+        variants = _component_variants(model_kwargs.pop("variant", None), index, sorted(expected), kwargs, folder)
         components: Dict[str, Any] = {}
         for name in sorted(expected):
             if name in kwargs:
@@ -665,7 +693,9 @@ class DiffusionPipeline(_DiffusersPipeline):
                     f"{pipeline_class.__name__} needs (pass it as `{name}=...` or re-save the pipeline)"
                 )
             component_cls = resolve_class(entry, folder, component=name)
-            components[name] = load_component(component_cls, folder, name, torch_dtype=dtypes.get(name), **model_kwargs)
+            components[name] = load_component(
+                component_cls, folder, name, torch_dtype=dtypes.get(name), variant=variants.get(name), **model_kwargs
+            )
         # optional (non-component) settings: passed ones win over the ones saved in model_index.json
         init_kwargs = {k: kwargs.pop(k) if k in kwargs else index[k] for k in optional if k in kwargs or k in index}
         if kwargs:

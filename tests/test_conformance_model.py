@@ -162,3 +162,14 @@ def test_layerwise_casting_keeps_norms_in_full_precision():
     model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
     assert model.conv_norm_out.weight.dtype == torch.float32
     assert model.mid_block.resnets[0].norm1.mlp_shared.weight.dtype == torch.float32  # SPADE norm: skipped
+
+
+# ------------------------------------------------------------------------------------------------ variants
+
+
+def test_missing_variant_is_a_value_error_with_diffusers_message(unet, tmp_path):
+    unet.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"variant=fp16`, but no such modeling files are available") as info:
+        SemanticUNet2DModel.from_pretrained(tmp_path, variant="fp16")
+    assert isinstance(info.value, OSError)  # what diffusers' model loader raised before: callers keep working
+    assert str(tmp_path) in str(info.value)

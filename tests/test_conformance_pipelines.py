@@ -227,3 +227,25 @@ def test_torch_dtype_dict_matches_diffusers_ddpm_pipeline(tmp_path):
 def test_bad_torch_dtype_is_refused(saved):
     with pytest.raises(TypeError, match="torch_dtype"):
         SemanticUltrasoundPipeline.from_pretrained(saved, torch_dtype={"unet": "sixteen"})
+
+
+# ------------------------------------------------------------------------------------------------ variants
+
+
+def test_missing_variant_raises_value_error_like_diffusers(saved):
+    with pytest.raises(ValueError, match=r"variant=fp16`, but no such modeling files are available"):
+        SemanticUltrasoundPipeline.from_pretrained(saved, variant="fp16")
+    with pytest.raises(ValueError, match=r"no such modeling files"):
+        DiffusionPipeline.from_pretrained(saved, variant="fp16")
+
+
+def test_variant_of_a_diffusers_pipeline_raises_the_same(tmp_path):
+    """The reference behaviour: diffusers' own loader on a DDPMPipeline folder without the variant."""
+    from diffusers import DDPMPipeline, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    with pytest.raises(ValueError, match=r"no such modeling files"):
+        DDPMPipeline.from_pretrained(tmp_path / "ddpm", variant="fp16")

@@ -700,6 +700,22 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------------------------------------------
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs: Any) -> "SemanticUNet2DModel":
+        r"""Load a model saved with ``save_pretrained`` (a folder or a Hub repo id), as diffusers' ``ModelMixin``.
+
+        On top of diffusers' loader: a ``variant`` the folder does not have raises
+        :class:`~ultrasound_diffusers.models.loading.MissingVariantError` (a ValueError with diffusers' message,
+        also an OSError) instead of falling back to other file types.
+        """
+        from .loading import MissingVariantError, has_weight_variant, local_model_folder, variant_message
+
+        variant = kwargs.get("variant")
+        folder = local_model_folder(pretrained_model_name_or_path, kwargs.get("subfolder"))
+        if variant is not None and folder is not None and not has_weight_variant(folder, variant):
+            raise MissingVariantError(variant_message(variant, folder))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
     def preset_config(cls, name: str, **overrides: Any) -> Dict[str, Any]:
         """The config dict of a preset in :data:`SEMANTIC_UNET_PRESETS`, updated with ``overrides``."""
         if name not in SEMANTIC_UNET_PRESETS:
