@@ -476,8 +476,9 @@ def load_component(component_cls: type, folder: Union[str, os.PathLike], name: s
     """Load component ``name`` (a sub-folder of ``folder``) with its class's loading method.
 
     Schedulers are built from their config after :func:`check_scheduler_config`; models are loaded with
-    ``from_pretrained`` and ``model_kwargs`` (``torch_dtype``, ``variant``, ...). Missing folders and configs
-    raise ValueError naming the expected file.
+    ``from_pretrained`` and ``model_kwargs`` (``torch_dtype``, ``variant``, ...), strictly: weights with
+    missing or unexpected keys raise ValueError naming them. Missing folders and configs raise ValueError naming
+    the expected file.
     """
     folder = Path(folder)
     subfolder = folder / name
@@ -493,7 +494,14 @@ def load_component(component_cls: type, folder: Union[str, os.PathLike], name: s
         config = check_scheduler_config(component_cls, subfolder / config_name)
         return component_cls.from_config(config)
     if issubclass(component_cls, ModelMixin):
-        return component_cls.from_pretrained(str(subfolder), **{k: v for k, v in model_kwargs.items() if v is not None})
+        from ultrasound_diffusers.models.loading import check_loading_info
+
+        # strict: a checkpoint with missing, unexpected or wrongly shaped tensors is refused, naming the keys
+        model, info = component_cls.from_pretrained(
+            str(subfolder), output_loading_info=True, **{k: v for k, v in model_kwargs.items() if v is not None}
+        )
+        check_loading_info(info, component_cls.__name__, subfolder)
+        return model
     if hasattr(component_cls, "from_pretrained"):
         return component_cls.from_pretrained(str(subfolder))
     if issubclass(component_cls, ConfigMixin):  # pragma: no cover - rare

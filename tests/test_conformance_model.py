@@ -173,3 +173,46 @@ def test_missing_variant_is_a_value_error_with_diffusers_message(unet, tmp_path)
         SemanticUNet2DModel.from_pretrained(tmp_path, variant="fp16")
     assert isinstance(info.value, OSError)  # what diffusers' model loader raised before: callers keep working
     assert str(tmp_path) in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ strict loading
+
+
+def _doctor_weights(folder, drop=(), add=None, reshape=None):
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "diffusion_pytorch_model.safetensors"
+    state = load_file(path)
+    for key in drop:
+        state.pop(key)
+    state.update(add or {})
+    for key, shape in (reshape or {}).items():
+        state[key] = torch.zeros(shape)
+    save_file(state, path, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    "doctor, names",
+    [
+        (dict(drop=["conv_in.weight", "mid_block.attention.to_qkv.bias"]), ["missing keys", "conv_in.weight", "to_qkv.bias"]),
+        (dict(add={"extra_head.weight": torch.zeros(3)}), ["unexpected keys", "extra_head.weight"]),
+        (dict(reshape={"conv_out.bias": (7,)}), ["conv_out.bias"]),
+    ],
+    ids=["missing", "unexpected", "wrong-shape"],
+)
+@pytest.mark.parametrize("low_cpu_mem_usage", [True, False])
+def test_incomplete_weights_are_refused_naming_the_keys(unet, tmp_path, doctor, names, low_cpu_mem_usage):
+    unet.save_pretrained(tmp_path)
+    _doctor_weights(tmp_path, **doctor)
+    with pytest.raises(ValueError) as info:
+        SemanticUNet2DModel.from_pretrained(tmp_path, low_cpu_mem_usage=low_cpu_mem_usage)
+    for name in names:
+        assert name in str(info.value)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_complete_weights_load_and_loading_info_is_still_available(unet, tmp_path):
+    unet.save_pretrained(tmp_path)
+    model, info = SemanticUNet2DModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == []
+    assert all(p.device.type == "cpu" for p in model.parameters())

@@ -249,3 +249,43 @@ def test_variant_of_a_diffusers_pipeline_raises_the_same(tmp_path):
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
     with pytest.raises(ValueError, match=r"no such modeling files"):
         DDPMPipeline.from_pretrained(tmp_path / "ddpm", variant="fp16")
+
+
+# ------------------------------------------------------------------------------------------------ strict loading
+
+
+def _copy(saved, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(saved, folder)
+    return folder
+
+
+def test_pipeline_with_missing_unet_keys_is_refused(saved, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(saved, tmp_path)
+    path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(path)
+    del state["up_blocks.0.resnets.0.conv1.weight"]
+    save_file(state, path, metadata={"format": "pt"})
+    for loader in (DiffusionPipeline, SemanticUltrasoundPipeline):
+        with pytest.raises(ValueError, match=r"missing keys \(1: up_blocks\.0\.resnets\.0\.conv1\.weight\)"):
+            loader.from_pretrained(folder)
+
+
+def test_load_component_is_strict_for_diffusers_models_too(tmp_path):
+    from diffusers import UNet2DModel
+    from safetensors.torch import load_file, save_file
+
+    from ultrasound_diffusers.pipelines.pipeline_utils import load_component
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)
+    unet.save_pretrained(tmp_path / "unet")
+    path = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(path)
+    state["surplus.weight"] = torch.zeros(1)
+    save_file(state, path, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"unexpected keys \(1: surplus\.weight\)"):
+        load_component(UNet2DModel, tmp_path, "unet")

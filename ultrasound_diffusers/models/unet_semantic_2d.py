@@ -19,6 +19,7 @@ The layer layout follows the original one block for block, so that the original 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -703,17 +704,43 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs: Any) -> "SemanticUNet2DModel":
         r"""Load a model saved with ``save_pretrained`` (a folder or a Hub repo id), as diffusers' ``ModelMixin``.
 
-        On top of diffusers' loader: a ``variant`` the folder does not have raises
-        :class:`~ultrasound_diffusers.models.loading.MissingVariantError` (a ValueError with diffusers' message,
-        also an OSError) instead of falling back to other file types.
+        On top of diffusers' loader:
+
+        * loading is strict: weights that leave parameters of the config's network unfilled (missing keys), hold
+          tensors the network has no place for (unexpected keys) or have the wrong shape raise
+          :class:`~ultrasound_diffusers.models.loading.IncompleteWeightsError` (a ValueError naming the keys),
+          where diffusers only logs a warning and leaves the parameters uninitialised (or on the meta device);
+        * a ``variant`` the folder does not have raises
+          :class:`~ultrasound_diffusers.models.loading.MissingVariantError` (a ValueError with diffusers'
+          message, also an OSError) instead of falling back to other file types.
         """
-        from .loading import MissingVariantError, has_weight_variant, local_model_folder, variant_message
+        from .loading import (
+            IncompleteWeightsError,
+            MissingVariantError,
+            check_loading_info,
+            has_weight_variant,
+            local_model_folder,
+            variant_message,
+        )
 
         variant = kwargs.get("variant")
         folder = local_model_folder(pretrained_model_name_or_path, kwargs.get("subfolder"))
         if variant is not None and folder is not None and not has_weight_variant(folder, variant):
             raise MissingVariantError(variant_message(variant, folder))
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        want_info = bool(kwargs.pop("output_loading_info", False))
+        where = folder if folder is not None else pretrained_model_name_or_path
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        except (RuntimeError, ValueError) as error:
+            text = str(error)
+            if "size mismatch" in text or "expected shape" in text:  # diffusers' two wordings of a wrong shape
+                raise IncompleteWeightsError(
+                    f"the weights in {os.fspath(where)} do not match {cls.__name__} and its config.json: "
+                    f"{' '.join(text.split())}"
+                ) from error
+            raise
+        check_loading_info(info, cls.__name__, where, allow_mismatched=bool(kwargs.get("ignore_mismatched_sizes")))
+        return (model, info) if want_info else model
 
     @classmethod
     def preset_config(cls, name: str, **overrides: Any) -> Dict[str, Any]:
