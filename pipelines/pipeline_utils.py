@@ -321,8 +321,34 @@ def check_callback_inputs(pipeline, callback_on_step_end, tensor_inputs: Optiona
 # ----------------------------------------------------------------------------------------------------------------
 
 # Libraries whose classes may be named in model_index.json and are imported by name (never a module that the
-# folder itself provides).
+# folder itself provides). Their classes are taken from the top-level package only (diffusers and transformers
+# export every component class there), so that no submodule (a CLI, an entry point) is ever imported by name.
 _TRUSTED_LIBRARIES = ("diffusers", "transformers")
+# The modules of this package that define components, the only ones of it the loader imports: the package and
+# its component sub-packages, and the one-file-per-component modules in them. Never an entry point
+# (``__main__``, ``cli``, ``commands.*``) or any other module, so that a doctored model_index.json cannot run
+# anything by naming it.
+_COMPONENT_MODULE = re.compile(
+    r"^" + PACKAGE_NAME + r"(?:\.(?:pipelines|models|schedulers))?$"
+    r"|^" + PACKAGE_NAME + r"\.pipelines\.pipeline_[a-z0-9_]+$"
+    r"|^" + PACKAGE_NAME + r"\.models\.unet_[a-z0-9_]+$"
+    r"|^" + PACKAGE_NAME + r"\.schedulers\.scheduling_[a-z0-9_]+$"
+)
+
+
+def is_component_module(module_name: Any) -> bool:
+    """True for the modules of ultrasound_diffusers that define pipeline components (and may be imported by the
+    loader): ``ultrasound_diffusers``, ``.pipelines``, ``.models``, ``.schedulers`` and their
+    ``pipeline_*``, ``unet_*`` and ``scheduling_*`` modules."""
+    return isinstance(module_name, str) and bool(_COMPONENT_MODULE.match(module_name)) and "__" not in module_name
+
+
+def _refuse_module(module_name: str, where: str) -> ValueError:
+    return ValueError(
+        f"{where}: `{module_name}` is not a module that defines pipeline components; the loader imports classes "
+        f"only from diffusers, transformers and the component modules of {PACKAGE_NAME} "
+        f"({PACKAGE_NAME}.pipelines.pipeline_*, .models.unet_*, .schedulers.scheduling_*), never an entry point"
+    )
 _SHIM_IMPORT = re.compile(r"^\s*from\s+(" + PACKAGE_NAME + r"(?:\.\w+)*)\s+import\s+(\w+)\s*$", re.MULTILINE)
 
 
@@ -355,6 +381,8 @@ def _shim_target(shim_file: Path, class_name: str) -> Optional[str]:
 
 
 def _import_attr(module_name: str, class_name: str, where: str):
+    if module_name not in _TRUSTED_LIBRARIES and not is_component_module(module_name):
+        raise _refuse_module(module_name, where)
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -383,15 +411,26 @@ def resolve_class(entry: Any, folder: Union[str, os.PathLike], component: Option
     else:
         raise ValueError(f"{where}: expected [library, ClassName] or a class name, got {entry!r}")
 
-    if library is not None and (library in _TRUSTED_LIBRARIES or library.split(".")[0] in _TRUSTED_LIBRARIES):
-        obj = _import_attr(library.split(".")[0] if library in _TRUSTED_LIBRARIES else library, class_name, where)
+    if not isinstance(class_name, str) or not class_name.isidentifier():
+        raise ValueError(f"{where}: `{class_name}` is not a class name")
+    if library is not None and not isinstance(library, str):
+        raise ValueError(f"{where}: expected [library, ClassName] or a class name, got {entry!r}")
+    if library is not None and library.split(".")[0] in _TRUSTED_LIBRARIES:
+        # diffusers / transformers: the top-level package only (it exports every component class)
+        obj = _import_attr(library.split(".")[0], class_name, where)
         return _check_is_class(obj, class_name, where)
     if library is not None and (library == PACKAGE_NAME or library.startswith(PACKAGE_NAME + ".")):
+        if not is_component_module(library):
+            raise _refuse_module(library, where)
         return _check_is_class(_import_attr(library, class_name, where), class_name, where)
     if library is not None:
+        if not library.isidentifier():
+            raise ValueError(f"{where}: `{library}` is neither a library nor a remote-code file name")
         shim = (folder / component / f"{library}.py") if component else (folder / f"{library}.py")
         module = _shim_target(shim, class_name)
         if module is not None:
+            if not is_component_module(module):
+                raise _refuse_module(module, f"{where}, remote-code file {shim}")
             return _check_is_class(_import_attr(module, class_name, where), class_name, where)
 
     # A bare class name (or an unreadable shim): this package's exports, then diffusers'.
@@ -672,10 +711,22 @@ class DiffusionPipeline(_DiffusersPipeline):
         if not issubclass(pipeline_class, DiffusionPipeline):
             # A plain diffusers pipeline: diffusers' loader, once the modules of our components it names are
             # imported (diffusers resolves them from sys.modules).
-            for value in index.values():
-                if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
-                    if value[0].startswith(PACKAGE_NAME + "."):
-                        importlib.import_module(value[0])
+            # diffusers imports every library a component names, so check them first: diffusers, transformers or a
+            # component module of ours (anything else only with trust_remote_code=True).
+            for key, value in index.items():
+                if key.startswith("_") or not (isinstance(value, (list, tuple)) and value and isinstance(value[0], str)):
+                    continue
+                library = value[0]
+                where = f"{Path(folder) / MODEL_INDEX_NAME} (component {key!r})"
+                if library == PACKAGE_NAME or library.startswith(PACKAGE_NAME + "."):
+                    if not is_component_module(library):
+                        raise _refuse_module(library, where)
+                    importlib.import_module(library)
+                elif library.split(".")[0] not in _TRUSTED_LIBRARIES and not trust_remote_code:
+                    raise ValueError(
+                        f"{where}: library `{library}` is not diffusers, transformers or {PACKAGE_NAME}; loading it "
+                        "would import (run) it. Pass trust_remote_code=True if you trust this folder."
+                    )
             pipe = pipeline_class.from_pretrained(folder, **kwargs)
             pipe.register_to_config(_name_or_path=source)
             return pipe

@@ -289,3 +289,97 @@ def test_load_component_is_strict_for_diffusers_models_too(tmp_path):
     save_file(state, path, metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"unexpected keys \(1: surplus\.weight\)"):
         load_component(UNet2DModel, tmp_path, "unet")
+
+
+# ------------------------------------------------------------------------------------------------ allowed modules
+
+
+def _edit_index(folder, **changes):
+    path = folder / "model_index.json"
+    index = json.loads(path.read_text())
+    index.update(changes)
+    path.write_text(json.dumps(index))
+
+
+ENTRY_POINTS = ["ultrasound_diffusers.__main__", "ultrasound_diffusers.cli", "ultrasound_diffusers.commands.convert",
+                "ultrasound_diffusers.models.conversion"]
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+@pytest.mark.parametrize("where", ["unet", "_class_name"])
+def test_model_index_naming_an_entry_point_is_refused_without_importing_it(saved, tmp_path, monkeypatch, module, where):
+    import sys
+
+    folder = _copy(saved, tmp_path)
+    class_name = "SemanticUNet2DModel" if where == "unet" else "SemanticUltrasoundPipeline"
+    _edit_index(folder, **{where: [module, class_name]})
+    monkeypatch.setattr(sys, "argv", ["pytest", "convert"])  # what the CLI would parse if it ran
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    with pytest.raises(ValueError, match=r"is not a module that defines pipeline components"):
+        DiffusionPipeline.from_pretrained(folder)
+    assert module not in sys.modules
+
+
+def test_remote_code_file_pointing_to_an_entry_point_is_refused(saved, tmp_path, monkeypatch):
+    import sys
+
+    folder = _copy(saved, tmp_path)
+    shim = folder / "unet" / "unet_semantic_2d.py"
+    shim.write_text("from ultrasound_diffusers.__main__ import SemanticUNet2DModel\n")
+    monkeypatch.delitem(sys.modules, "ultrasound_diffusers.__main__", raising=False)
+    _edit_index(folder, unet=["unet_semantic_2d", "SemanticUNet2DModel"])
+    with pytest.raises(ValueError, match=r"remote-code file .*unet_semantic_2d\.py"):
+        DiffusionPipeline.from_pretrained(folder)
+    assert "ultrasound_diffusers.__main__" not in sys.modules
+
+
+def test_plain_diffusers_pipeline_naming_an_entry_point_is_refused(tmp_path, monkeypatch):
+    import sys
+
+    from diffusers import DDPMPipeline, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)
+    folder = tmp_path / "ddpm"
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(folder)
+    monkeypatch.delitem(sys.modules, "ultrasound_diffusers.__main__", raising=False)
+    _edit_index(folder, scheduler=["ultrasound_diffusers.__main__", "BMapAttenuationScheduler"])
+    with pytest.raises(ValueError, match=r"not a module that defines pipeline components"):
+        DiffusionPipeline.from_pretrained(folder)
+    _edit_index(folder, scheduler=["antigravity", "DDPMScheduler"])
+    with pytest.raises(ValueError, match=r"library `antigravity` is not diffusers"):
+        DiffusionPipeline.from_pretrained(folder)
+    assert "ultrasound_diffusers.__main__" not in sys.modules and "antigravity" not in sys.modules
+
+
+def test_diffusers_classes_come_from_the_top_level_package(saved, tmp_path, monkeypatch):
+    import sys
+
+    folder = _copy(saved, tmp_path)
+    _edit_index(folder, scheduler=["diffusers.commands.diffusers_cli", "DDIMScheduler"])
+    monkeypatch.delitem(sys.modules, "diffusers.commands.diffusers_cli", raising=False)
+    loaded = DiffusionPipeline.from_pretrained(folder)
+    assert type(loaded.scheduler) is DDIMScheduler
+    assert "diffusers.commands.diffusers_cli" not in sys.modules
+
+
+def test_component_modules_are_allowed():
+    from ultrasound_diffusers.pipelines.pipeline_utils import is_component_module
+
+    for name in ["ultrasound_diffusers", "ultrasound_diffusers.pipelines", "ultrasound_diffusers.models.unet_semantic_2d",
+                 "ultrasound_diffusers.schedulers.scheduling_bmap_attenuation",
+                 "ultrasound_diffusers.pipelines.pipeline_semantic_ultrasound"]:
+        assert is_component_module(name), name
+    for name in ENTRY_POINTS + ["ultrasound_diffusers.schedulers.scheduling___main__", "os", "ultrasound_diffusers.utils.io"]:
+        assert not is_component_module(name), name
+
+
+def test_main_module_is_safe_to_import(monkeypatch, capsys):
+    import importlib
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["x", "--version"])
+    monkeypatch.delitem(sys.modules, "ultrasound_diffusers.__main__", raising=False)
+    importlib.import_module("ultrasound_diffusers.__main__")  # no SystemExit, no output
+    assert capsys.readouterr().out == ""
