@@ -531,7 +531,10 @@ def load_component(component_cls: type, folder: Union[str, os.PathLike], name: s
         raise ValueError(f"component {name!r}: {subfolder / config_name} does not exist")
     if issubclass(component_cls, SchedulerMixin):
         config = check_scheduler_config(component_cls, subfolder / config_name)
-        return component_cls.from_config(config)
+        try:
+            return component_cls.from_config(config)
+        except (ValueError, TypeError) as error:  # a refused value: name the file it came from
+            raise ValueError(f"{subfolder / config_name}: {error}") from error
     if issubclass(component_cls, ModelMixin):
         from ultrasound_diffusers.models.loading import check_loading_info
 

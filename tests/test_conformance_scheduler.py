@@ -88,3 +88,93 @@ def test_previous_timestep_custom_and_unset():
     assert torch.is_tensor(scheduler.previous_timestep(50)) and int(scheduler.previous_timestep(50)) == 49
     scheduler.set_timesteps(timesteps=[90, 40, 7])
     assert [int(scheduler.previous_timestep(t)) for t in (90, 40, 7)] == [40, 7, -1]
+
+
+# ------------------------------------------------------------------------------------------------ refused configs
+
+NAN, INF = float("nan"), float("inf")
+BAD_CONFIGS = [
+    (dict(beta_end=2.0), "beta_end"),
+    (dict(beta_end=1.0), "beta_end"),
+    (dict(beta_start=-0.1), "beta_start"),
+    (dict(beta_start=0.1, beta_end=0.01), "beta_start"),
+    (dict(beta_start=NAN), "beta_start"),
+    (dict(beta_end=INF), "beta_end"),
+    (dict(beta_end="0.02"), "beta_end"),
+    (dict(beta_schedule="squaredcos_cap_v2", beta_start=NAN), "beta_start"),
+    (dict(clip_sample_range=0), "clip_sample_range"),
+    (dict(clip_sample_range=-1.0), "clip_sample_range"),
+    (dict(clip_sample_range=NAN), "clip_sample_range"),
+    (dict(sample_max_value=INF), "sample_max_value"),
+    (dict(dynamic_thresholding_ratio=1.5), "dynamic_thresholding_ratio"),
+    (dict(dynamic_thresholding_ratio=-0.1), "dynamic_thresholding_ratio"),
+    (dict(dynamic_thresholding_ratio=NAN), "dynamic_thresholding_ratio"),
+    (dict(fan_apex=("a", 0)), "fan_apex"),
+    (dict(fan_apex="ab"), "fan_apex"),
+    (dict(fan_apex=(0.5, NAN)), "fan_apex"),
+    (dict(fan_radii="ab"), "fan_radii"),
+    (dict(fan_radii=(0, INF)), "fan_radii"),
+    (dict(fan_radii=(True, 1.0)), "fan_radii"),
+    (dict(fan_half_angle_deg="30"), "fan_half_angle_deg"),
+    (dict(fan_half_angle_deg=NAN), "fan_half_angle_deg"),
+    (dict(bmap_min="abc"), "bmap_min"),
+    (dict(bmap_min=True), "bmap_min"),
+    (dict(bmap_min=NAN), "bmap_min"),
+    (dict(bmap_min=0.0), "bmap_min"),
+    (dict(ddim_eta=NAN), "ddim_eta"),
+    (dict(ddim_eta=-1.0), "ddim_eta"),
+    (dict(num_train_timesteps=True), "num_train_timesteps"),
+    (dict(num_train_timesteps=100.0), "num_train_timesteps"),
+    (dict(steps_offset=1.5), "steps_offset"),
+    (dict(steps_offset=-1), "steps_offset"),
+    (dict(clip_sample="false"), "clip_sample"),
+    (dict(thresholding=1), "thresholding"),
+    (dict(preserve_length="yes"), "preserve_length"),
+    (dict(trained_betas=["a"] * 1000), "trained_betas"),
+    (dict(trained_betas=[NAN] * 1000), "trained_betas"),
+    (dict(variance_type=3), "variance_type"),
+]
+
+
+@pytest.mark.parametrize("kwargs, key", BAD_CONFIGS, ids=[",".join(f"{k}={v!r}"[:24] for k, v in kw.items()) for kw, _ in BAD_CONFIGS])
+def test_configs_that_break_sampling_are_refused_at_construction(kwargs, key):
+    with pytest.raises(ValueError, match=f"`{key}`"):
+        BMapAttenuationScheduler(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, key", [(dict(beta_end=2.0), "beta_end"), (dict(bmap_min="abc"), "bmap_min"),
+                                         (dict(beta_start=-0.1), "beta_start"), (dict(fan_apex=["x", 0]), "fan_apex")])
+def test_refused_config_from_a_folder_names_the_key_and_the_file(tmp_path, kwargs, key):
+    BMapAttenuationScheduler().save_pretrained(tmp_path)
+    path = tmp_path / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    config.update(kwargs)
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"scheduler_config.json.*`{key}`") as info:
+        BMapAttenuationScheduler.from_pretrained(tmp_path)
+    assert str(path) in str(info.value)
+
+
+def test_refused_config_in_a_pipeline_folder_names_the_file(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from _pipeline_fixtures import tiny_semantic_pipeline
+
+    from ultrasound_diffusers import DiffusionPipeline
+
+    tiny_semantic_pipeline().save_pretrained(tmp_path / "pipe")
+    path = tmp_path / "pipe" / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    config["beta_end"] = 5.0
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"scheduler_config\.json: `beta_end` must lie in \(0, 1\)"):
+        DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+
+
+@pytest.mark.parametrize("kwargs", [dict(beta_start=0.001, beta_end=0.001), dict(fan_apex=(np.float32(0.5), 0)),
+                                    dict(num_train_timesteps=np.int64(50)), dict(dynamic_thresholding_ratio=1.0),
+                                    dict(clip_sample=np.bool_(False)), dict(beta_schedule="squaredcos_cap_v2", beta_end=2.0)])
+def test_valid_edge_values_are_accepted(kwargs):
+    scheduler = BMapAttenuationScheduler(**kwargs)
+    assert torch.isfinite(scheduler.alphas_cumprod).all()

@@ -158,18 +158,23 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         _check_choice("bmap_schedule", bmap_schedule, BMAP_SCHEDULES)
         _check_choice("probe_geometry", probe_geometry, PROBE_GEOMETRIES)
         _check_choice("sampler", sampler, SAMPLERS)
-        if not (isinstance(num_train_timesteps, (int, np.integer)) and num_train_timesteps >= 2):
-            raise ValueError(f"`num_train_timesteps` must be an integer >= 2, got {num_train_timesteps!r}")
-        if not (0.0 < float(bmap_min) <= 1.0):
-            raise ValueError(f"`bmap_min` must lie in (0, 1], got {bmap_min!r}")
-        if float(ddim_eta) < 0.0:
-            raise ValueError(f"`ddim_eta` must be >= 0, got {ddim_eta!r}")
+        _check_config_values(
+            num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+            beta_schedule=beta_schedule if trained_betas is None else None, clip_sample=clip_sample,
+            thresholding=thresholding, dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+            clip_sample_range=clip_sample_range, sample_max_value=sample_max_value, steps_offset=steps_offset,
+            rescale_betas_zero_snr=rescale_betas_zero_snr, bmap_min=bmap_min, bmap_buffer=bmap_buffer,
+            preserve_length=preserve_length, ddim_eta=ddim_eta,
+        )
         _check_fan(fan_apex, fan_radii, fan_half_angle_deg)
         # The config holds JSON types (lists, not tuples or arrays), so that a saved and reloaded scheduler has
         # exactly the same config: from_pretrained(save_pretrained(s)).config == s.config.
         json_values = {"fan_apex": [float(v) for v in fan_apex], "fan_radii": [float(v) for v in fan_radii]}
         if trained_betas is not None:
-            json_values["trained_betas"] = [float(v) for v in np.asarray(trained_betas, dtype=np.float64).reshape(-1)]
+            try:
+                json_values["trained_betas"] = [float(v) for v in np.asarray(trained_betas, dtype=np.float64).reshape(-1)]
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"`trained_betas` must be a list of numbers, got {trained_betas!r}") from error
         self.register_to_config(**json_values)
         if beta_schedule == "linear_small" and trained_betas is None:
             # The fork's schedule is a linear one with T-scaled ends; store it as such so that the saved config
@@ -196,6 +201,20 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = None
         self.timesteps = torch.from_numpy(np.arange(0, num_train_timesteps)[::-1].copy())
         self._grids: "OrderedDict[Tuple[int, int], _DepthGrid]" = OrderedDict()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, subfolder: Optional[str] = None, **kwargs):
+        """Load from a folder (or Hub repo) written by ``save_pretrained``, as diffusers' ``SchedulerMixin``;
+        a config value that is refused (see the class docstring) raises a ValueError that names the file."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        except ValueError as error:
+            import os
+
+            where = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder or "", cls.config_name)
+            if where in str(error):
+                raise
+            raise ValueError(f"{where}: {error}") from error
 
     # ------------------------------------------------------------------------------------------------ geometry
     def depth_map(self, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -648,14 +667,84 @@ def _integral_timestep(value, name: str) -> int:
 
 
 def _check_choice(name: str, value, choices: Sequence[str], allow: bool = False) -> None:
-    if not allow and value not in choices:
+    if not allow and (not isinstance(value, str) or value not in choices):
         raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")
+
+
+def _real(name: str, value) -> float:
+    """``value`` as a finite float; ValueError naming ``name`` for bools, strings, None, NaN and infinities."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"`{name}` must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}")
+    return value
+
+
+def _integer(name: str, value) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"`{name}` must be an integer, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def _flag(name: str, value) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be true or false, got {type(value).__name__} {value!r}")
+
+
+def _check_config_values(
+    num_train_timesteps, beta_start, beta_end, beta_schedule, clip_sample, thresholding, dynamic_thresholding_ratio,
+    clip_sample_range, sample_max_value, steps_offset, rescale_betas_zero_snr, bmap_min, bmap_buffer,
+    preserve_length, ddim_eta,
+) -> None:
+    """Refuse settings that would break sampling (each error names the key and what was expected).
+
+    ``beta_schedule`` is None when ``trained_betas`` are given (their range is checked with the betas).
+    """
+    T = _integer("num_train_timesteps", num_train_timesteps)
+    if T < 2:
+        raise ValueError(
+            f"`num_train_timesteps` must be >= 2, got {T}: the B-map time schedules (b_t = t / (T - 1), ...) need "
+            "at least two steps (DDPMScheduler accepts T = 1, a chain of one step, which this scheduler does not)"
+        )
+    start, end = _real("beta_start", beta_start), _real("beta_end", beta_end)
+    if beta_schedule in ("linear", "scaled_linear", "sigmoid"):
+        if not 0.0 < start < 1.0:
+            raise ValueError(f"`beta_start` must lie in (0, 1) for beta_schedule={beta_schedule!r}, got {start!r}")
+        if not 0.0 < end < 1.0:
+            raise ValueError(
+                f"`beta_end` must lie in (0, 1) for beta_schedule={beta_schedule!r}, got {end!r} "
+                "(a beta of 1 or more leaves no signal: abar_t <= 0)"
+            )
+        if start > end:
+            raise ValueError(f"`beta_start` ({start}) must not exceed `beta_end` ({end})")
+    for name, value in (("clip_sample", clip_sample), ("thresholding", thresholding),
+                        ("rescale_betas_zero_snr", rescale_betas_zero_snr), ("bmap_buffer", bmap_buffer),
+                        ("preserve_length", preserve_length)):
+        _flag(name, value)
+    ratio = _real("dynamic_thresholding_ratio", dynamic_thresholding_ratio)
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"`dynamic_thresholding_ratio` is a quantile and must lie in [0, 1], got {ratio!r}")
+    if _real("clip_sample_range", clip_sample_range) <= 0:
+        raise ValueError(f"`clip_sample_range` must be > 0 (x_0 is clipped to [-range, range]), got {clip_sample_range!r}")
+    if _real("sample_max_value", sample_max_value) <= 0:
+        raise ValueError(f"`sample_max_value` must be > 0, got {sample_max_value!r}")
+    if _integer("steps_offset", steps_offset) < 0:
+        raise ValueError(f"`steps_offset` must be >= 0, got {steps_offset!r}")
+    eps = _real("bmap_min", bmap_min)
+    if not 0.0 < eps <= 1.0:
+        raise ValueError(f"`bmap_min` must lie in (0, 1] (1 = plain DDPM), got {bmap_min!r}")
+    if _real("ddim_eta", ddim_eta) < 0.0:
+        raise ValueError(f"`ddim_eta` must be >= 0, got {ddim_eta!r}")
 
 
 def _make_betas(T: int, beta_start: float, beta_end: float, schedule: str, trained_betas) -> torch.Tensor:
     """float32 betas [T], computed as diffusers' DDPMScheduler computes them."""
     if trained_betas is not None:
-        betas = torch.tensor(np.asarray(trained_betas), dtype=torch.float32)
+        try:
+            betas = torch.tensor(np.asarray(trained_betas, dtype=np.float64), dtype=torch.float32)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"`trained_betas` must be a list of numbers, got {trained_betas!r}") from error
         if betas.shape != (T,):
             raise ValueError(f"`trained_betas` must have num_train_timesteps={T} values, got {tuple(betas.shape)}")
         if not bool(((betas > 0) & (betas < 1)).all()):
