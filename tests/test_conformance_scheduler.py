@@ -178,3 +178,48 @@ def test_refused_config_in_a_pipeline_folder_names_the_file(tmp_path):
 def test_valid_edge_values_are_accepted(kwargs):
     scheduler = BMapAttenuationScheduler(**kwargs)
     assert torch.isfinite(scheduler.alphas_cumprod).all()
+
+
+# ------------------------------------------------------------------------------------------------ DDPM at bmap_min=1
+
+
+def _ddpm_pair(**kwargs):
+    ours = BMapAttenuationScheduler(num_train_timesteps=50, bmap_min=1.0, **kwargs)
+    theirs = DDPMScheduler.from_config(ours.config)
+    return ours, theirs
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(beta_schedule="laplace"), dict(variance_type="learned"), dict(variance_type="learned_range"),
+     dict(variance_type="fixed_large"), dict(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")],
+    ids=["default", "laplace", "learned", "learned_range", "fixed_large", "cosine-v"],
+)
+def test_step_equals_ddpm_at_bmap_min_1(kwargs):
+    ours, theirs = _ddpm_pair(**kwargs)
+    torch.testing.assert_close(ours.alphas_cumprod, theirs.alphas_cumprod, atol=0, rtol=0)
+    learned = ours.config.variance_type.startswith("learned")
+    sample, output = _sample_and_output(channels=2 if learned else 1)
+    if ours.config.variance_type == "learned":
+        output[:, 1:] = output[:, 1:].abs() * 0.01  # variances >= 0
+    for scheduler in (ours, theirs):
+        scheduler.set_timesteps(10)
+    for t in ours.timesteps[:4]:
+        a = ours.step(output, t, sample, generator=torch.Generator().manual_seed(int(t))).prev_sample
+        b = theirs.step(output, t, sample, generator=torch.Generator().manual_seed(int(t))).prev_sample
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_learned_variance_must_be_non_negative():
+    scheduler = BMapAttenuationScheduler(num_train_timesteps=50, variance_type="learned")
+    scheduler.set_timesteps(5)
+    sample, output = _sample_and_output(channels=2)
+    output[:, 1:] = -1.0
+    with pytest.raises(ValueError, match="variance_type='learned'.*>= 0"):
+        scheduler.step(output, scheduler.timesteps[0], sample, generator=torch.Generator().manual_seed(0))
+
+
+def test_one_train_step_is_refused_with_the_reason():
+    DDPMScheduler(num_train_timesteps=1)  # diffusers accepts it
+    with pytest.raises(ValueError, match=r"`num_train_timesteps` must be >= 2.*T - 1"):
+        BMapAttenuationScheduler(num_train_timesteps=1, bmap_min=1.0)

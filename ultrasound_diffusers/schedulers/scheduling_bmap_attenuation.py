@@ -41,8 +41,8 @@ from .bmaps import (
     depth_map,
 )
 
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "linear_small", "sigmoid")
-VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned_range")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "linear_small", "sigmoid")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 SAMPLERS = ("ddpm", "ddim")
@@ -114,7 +114,10 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
     `clip_sample_range`, `sample_max_value`, `timestep_spacing`, `steps_offset`, `rescale_betas_zero_snr`)
     have diffusers' names and meanings; `beta_schedule` also accepts the B-map fork's `"linear_small"`
     (beta from 0.0001 to 0.001, scaled by 1000 / T), which is stored in the config as the equivalent `"linear"`
-    schedule with those ends so that diffusers' own schedulers can load it.
+    schedule with those ends so that diffusers' own schedulers can load it. As in DDPMScheduler,
+    `beta_schedule="laplace"` is the Laplace schedule and `variance_type="learned"` reads the network's variance
+    channels as the variance itself (`"learned_range"`, the published setting, reads them as the interpolation
+    weight in [-1, 1]). `num_train_timesteps` must be at least 2 (the B-map time schedules divide by T - 1).
 
     Samples are tensors [B, C, H, W] (any H, W; also [B, C, ..., H, W]) in [-1, 1].
     """
@@ -439,6 +442,8 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         if variance_type == "learned_range":
             frac = (_work(model_var_values) + 1.0) / 2.0
             return frac * max_log + (1.0 - frac) * min_log
+        if variance_type == "learned":  # the network predicts the variance itself
+            return torch.log(_check_learned_variance(_work(model_var_values)))
         if variance_type in ("fixed_large", "fixed_large_log"):
             return max_log
         return min_log
@@ -604,8 +609,10 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
                     std = terms["step_beta"].sqrt()
                 elif predicted_variance is None:
                     raise ValueError(
-                        "variance_type='learned_range' needs a `model_output` with twice the sample's channels"
+                        f"variance_type={vt!r} needs a `model_output` with twice the sample's channels"
                     )
+                elif vt == "learned":  # the network predicts the variance itself, as in DDPMScheduler
+                    std = _check_learned_variance(_work(predicted_variance)) ** 0.5
                 else:
                     frac = (_work(predicted_variance) + 1.0) / 2.0
                     log_var = frac * torch.log(terms["step_beta"]) + (1.0 - frac) * torch.log(variance)
@@ -669,6 +676,17 @@ def _integral_timestep(value, name: str) -> int:
 def _check_choice(name: str, value, choices: Sequence[str], allow: bool = False) -> None:
     if not allow and (not isinstance(value, str) or value not in choices):
         raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")
+
+
+def _check_learned_variance(variance: torch.Tensor) -> torch.Tensor:
+    """The variances a ``variance_type="learned"`` network predicts, refused when negative or not finite."""
+    if not bool(torch.isfinite(variance).all()) or bool((variance < 0).any()):
+        raise ValueError(
+            "variance_type='learned' reads the model's variance channels as variances, which must be finite and >= 0; "
+            f"got values in [{float(variance.min())}, {float(variance.max())}] (networks with outputs in [-1, 1] "
+            "need variance_type='learned_range')"
+        )
+    return variance
 
 
 def _real(name: str, value) -> float:
@@ -756,6 +774,8 @@ def _make_betas(T: int, beta_start: float, beta_end: float, schedule: str, train
         return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
     if schedule == "squaredcos_cap_v2":
         return betas_for_alpha_bar(T)
+    if schedule == "laplace":  # as DDPMScheduler (Hang et al. 2024's Laplace noise schedule)
+        return betas_for_alpha_bar(T, alpha_transform_type="laplace")
     # sigmoid (GeoDiff)
     return torch.sigmoid(torch.linspace(-6, 6, T)) * (beta_end - beta_start) + beta_start
 
