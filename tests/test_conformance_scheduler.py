@@ -223,3 +223,76 @@ def test_one_train_step_is_refused_with_the_reason():
     DDPMScheduler(num_train_timesteps=1)  # diffusers accepts it
     with pytest.raises(ValueError, match=r"`num_train_timesteps` must be >= 2.*T - 1"):
         BMapAttenuationScheduler(num_train_timesteps=1, bmap_min=1.0)
+
+
+# ------------------------------------------------------------------------------------------------ SchedulerCommonTest
+
+
+def _three_steps(scheduler, sample, output, seed=0, **step_kwargs):
+    scheduler.set_timesteps(5)
+    generator = torch.Generator().manual_seed(seed)
+    for t in scheduler.timesteps[:3]:
+        sample = scheduler.step(output, t, sample, generator=generator, **step_kwargs).prev_sample
+    return sample
+
+
+@pytest.mark.parametrize("kwargs", CONFIGS[:4] + CONFIGS[6:])
+def test_outputs_survive_save_and_load(tmp_path, kwargs):
+    scheduler = BMapAttenuationScheduler(**kwargs)
+    scheduler.save_pretrained(tmp_path)
+    loaded = BMapAttenuationScheduler.from_pretrained(tmp_path)
+    channels = 2 if scheduler.config.variance_type == "learned_range" else 1
+    sample, output = _sample_and_output(channels=channels)
+    torch.testing.assert_close(_three_steps(loaded, sample, output), _three_steps(scheduler, sample, output), atol=0, rtol=0)
+
+
+def test_step_dict_and_tuple_outputs_agree():
+    scheduler = BMapAttenuationScheduler(num_train_timesteps=50)
+    scheduler.set_timesteps(5)
+    sample, output = _sample_and_output()
+    t = scheduler.timesteps[1]
+    as_dict = scheduler.step(output, t, sample, generator=torch.Generator().manual_seed(0))
+    as_tuple = scheduler.step(output, t, sample, generator=torch.Generator().manual_seed(0), return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 2
+    torch.testing.assert_close(as_dict.prev_sample, as_tuple[0], atol=0, rtol=0)
+    torch.testing.assert_close(as_dict.pred_original_sample, as_tuple[1], atol=0, rtol=0)
+    assert as_dict.prev_sample.shape == sample.shape and as_dict.prev_sample.dtype == sample.dtype
+
+
+def test_determinism_with_generators():
+    scheduler = BMapAttenuationScheduler(num_train_timesteps=50)
+    sample, output = _sample_and_output()
+    first = _three_steps(scheduler, sample, output, seed=3)
+    second = _three_steps(scheduler, sample, output, seed=3)
+    other = _three_steps(scheduler, sample, output, seed=4)
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+    assert (first - other).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("other_cls", [DDPMScheduler, DDIMScheduler])
+def test_from_config_across_compatibles(other_cls):
+    """Ours -> compatible -> ours keeps our config; the compatible scheduler gets the shared betas."""
+    assert other_cls in BMapAttenuationScheduler._get_compatibles() or other_cls.__name__ in BMapAttenuationScheduler._compatibles
+    ours = BMapAttenuationScheduler(num_train_timesteps=60, beta_schedule="squaredcos_cap_v2", bmap_min=0.9,
+                                    fan_apex=(0.5, 0.1), timestep_spacing="linspace")
+    other = other_cls.from_config(ours.config)
+    torch.testing.assert_close(other.alphas_cumprod, ours.alphas_cumprod, atol=0, rtol=0)
+    assert other.config.timestep_spacing == "linspace"
+    back = BMapAttenuationScheduler.from_config(other.config)
+    assert _public(back.config) == _public(ours.config)
+
+
+def test_from_ddpm_config_at_bmap_min_1_is_ddpm():
+    ddpm = DDPMScheduler(num_train_timesteps=40, beta_schedule="scaled_linear", variance_type="fixed_large")
+    ours = BMapAttenuationScheduler.from_config(ddpm.config, bmap_min=1.0)
+    sample, output = _sample_and_output()
+    torch.testing.assert_close(_three_steps(ours, sample, output), _three_steps(ddpm, sample, output), atol=2e-5, rtol=1e-4)
+
+
+def test_add_noise_and_timesteps_match_ddpm_at_bmap_min_1():
+    ours, theirs = _ddpm_pair()
+    sample, noise = _sample_and_output()
+    t = torch.tensor([0, 49])
+    torch.testing.assert_close(ours.add_noise(sample, noise, t), theirs.add_noise(sample, noise, t), atol=1e-6, rtol=1e-5)
+    assert len(ours) == len(theirs) == 50
+    assert ours.scale_model_input(sample, 3) is sample
