@@ -216,3 +216,15 @@ def test_complete_weights_load_and_loading_info_is_still_available(unet, tmp_pat
     model, info = SemanticUNet2DModel.from_pretrained(tmp_path, output_loading_info=True)
     assert info["missing_keys"] == [] and info["unexpected_keys"] == []
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ bad inputs
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_too_small_sample_names_the_minimum_size(size):
+    model = SemanticUNet2DModel.from_preset("tiny-64")  # 32 channels in 32 groups: one value per group at 1 px
+    with pytest.raises(ValueError, match=r"too small for this network.*at least 8") as info:
+        model(torch.randn(1, 1, size, size), 3, segmap=torch.zeros(1, size, size, dtype=torch.long))
+    assert "training" not in str(info.value)
+    model(torch.randn(1, 1, 8, 8), 3, segmap=torch.zeros(1, 8, 8, dtype=torch.long))  # the size it names works

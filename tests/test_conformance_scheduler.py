@@ -296,3 +296,39 @@ def test_add_noise_and_timesteps_match_ddpm_at_bmap_min_1():
     torch.testing.assert_close(ours.add_noise(sample, noise, t), theirs.add_noise(sample, noise, t), atol=1e-6, rtol=1e-5)
     assert len(ours) == len(theirs) == 50
     assert ours.scale_model_input(sample, 3) is sample
+
+
+# ------------------------------------------------------------------------------------------------ step counts, timesteps
+
+
+@pytest.mark.parametrize("steps", [True, False, 2.5, 10.0, "10", None, np.float64(3)])
+def test_num_inference_steps_must_be_an_integer(steps):
+    with pytest.raises(ValueError, match="`num_inference_steps` must be an integer"):
+        BMapAttenuationScheduler(num_train_timesteps=50).set_timesteps(steps)
+
+
+@pytest.mark.parametrize("steps", [np.int64(7), np.int32(7), 7])
+def test_numpy_integer_step_counts_are_accepted(steps):
+    scheduler = BMapAttenuationScheduler(num_train_timesteps=50)
+    scheduler.set_timesteps(steps)
+    assert len(scheduler.timesteps) == 7 and scheduler.num_inference_steps == 7
+
+
+@pytest.mark.parametrize("t", [10.5, torch.tensor(10.5), np.float32(9.25), True])
+def test_non_integral_timesteps_are_refused_not_truncated(t):
+    scheduler = BMapAttenuationScheduler(num_train_timesteps=50)
+    sample, output = _sample_and_output()
+    with pytest.raises(ValueError, match="must be an integer step"):
+        scheduler.step(output, t, sample)
+    with pytest.raises(ValueError, match="must be an integer step"):
+        scheduler.add_noise(sample, output, t)
+    with pytest.raises(ValueError, match="must be an integer step"):
+        scheduler.set_timesteps(timesteps=[40, t, 3])
+
+
+def test_integral_timesteps_of_any_type_are_accepted():
+    scheduler = BMapAttenuationScheduler(num_train_timesteps=50)
+    sample, output = _sample_and_output()
+    reference = scheduler.add_noise(sample, output, torch.tensor([10, 10]))
+    for t in (10, np.int64(10), torch.tensor(10), torch.tensor(10.0), 10.0, np.array([10, 10])):
+        torch.testing.assert_close(scheduler.add_noise(sample, output, t), reference, atol=0, rtol=0)

@@ -802,6 +802,21 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
             :class:`SemanticUNet2DOutput` (or a 1-tuple) with ``sample`` [B, out_channels * (2 if learn_sigma
             else 1), H, W].
         """
+        try:
+            return self._forward(sample, timestep, segmap, return_dict)
+        except ValueError as error:
+            if "Expected more than 1 value per channel" not in str(error):
+                raise
+            # torch's group-norm error speaks of "training" even in eval mode; say what is wrong instead
+            levels = len(self.config.channel_mult)
+            raise ValueError(
+                f"`sample` of size {tuple(sample.shape[-2:])} is too small for this network: its {levels - 1} "
+                "downsamplings shrink the feature maps to a single pixel, where a group norm has one value per group. "
+                f"Use a height and width of at least {2 ** levels} (the network was made for "
+                f"sample_size={self.config.sample_size})."
+            ) from error
+
+    def _forward(self, sample, timestep, segmap, return_dict):
         config = self.config
         if not torch.is_tensor(sample) or sample.ndim != 4 or sample.shape[1] != config.in_channels:
             shape = tuple(sample.shape) if torch.is_tensor(sample) else type(sample).__name__

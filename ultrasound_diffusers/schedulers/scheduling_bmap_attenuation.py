@@ -467,7 +467,9 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError("pass only one of `num_inference_steps` and `timesteps`")
         if timesteps is not None:
-            steps = np.asarray(list(timesteps), dtype=np.int64)
+            if isinstance(timesteps, (str, bytes)) or not hasattr(timesteps, "__iter__"):
+                raise ValueError(f"`timesteps` must be a non-empty list of integers, got {timesteps!r}")
+            steps = np.asarray([_integral_timestep(v, "timesteps") for v in timesteps], dtype=np.int64)
             if steps.ndim != 1 or len(steps) == 0:
                 raise ValueError(f"`timesteps` must be a non-empty list of integers, got {timesteps!r}")
             if np.any(np.diff(steps) >= 0):
@@ -477,7 +479,11 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
             self.custom_timesteps = True
             self.num_inference_steps = len(steps)
         else:
-            if num_inference_steps is None or int(num_inference_steps) < 1 or int(num_inference_steps) > T:
+            if (
+                isinstance(num_inference_steps, (bool, np.bool_))
+                or not isinstance(num_inference_steps, (int, np.integer))
+                or not 1 <= int(num_inference_steps) <= T
+            ):
                 raise ValueError(f"`num_inference_steps` must be an integer in [1, {T}], got {num_inference_steps!r}")
             n = int(num_inference_steps)
             self.custom_timesteps = False
@@ -559,7 +565,7 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         """
         if sample.dim() < 3:
             raise ValueError(f"`sample` must have shape [B, C, H, W], got {tuple(sample.shape)}")
-        t = int(timestep)
+        t = _integral_timestep(timestep, "timestep")
         if not 0 <= t < self.config.num_train_timesteps:
             raise ValueError(f"`timestep` must lie in [0, {self.config.num_train_timesteps - 1}], got {t}")
         prev_t = int(self.previous_timestep(t))
@@ -636,11 +642,13 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------------------------------------ helpers
     def _steps_for_batch(self, timesteps: TimestepLike, batch: int) -> List[int]:
         if isinstance(timesteps, torch.Tensor):
-            steps = [int(v) for v in timesteps.detach().reshape(-1).cpu().tolist()]
+            if timesteps.dtype == torch.bool:
+                raise ValueError("`timesteps` must hold integer steps, got a bool tensor")
+            steps = [_integral_timestep(v, "timesteps") for v in timesteps.detach().reshape(-1).cpu().tolist()]
         elif isinstance(timesteps, (list, tuple, np.ndarray)):
-            steps = [int(v) for v in np.asarray(timesteps).reshape(-1).tolist()]
+            steps = [_integral_timestep(v, "timesteps") for v in np.asarray(timesteps).reshape(-1).tolist()]
         else:
-            steps = [int(timesteps)]
+            steps = [_integral_timestep(timesteps, "timesteps")]
         if len(steps) == 1:
             steps = steps * batch
         if len(steps) != batch:
