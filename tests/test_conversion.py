@@ -6,6 +6,7 @@ naming scheme (``time_embed``, ``input_blocks``, ``middle_block``, ``output_bloc
 ``norm/qkv/proj_out`` as 1x1 Conv1d with the legacy or the new qkv order).
 """
 
+import json
 import math
 
 import pytest
@@ -422,3 +423,25 @@ def test_cli_convert(tmp_path):
 
     stored = load_file(out / "diffusion_pytorch_model.safetensors")
     assert stored and all(v.dtype == torch.bfloat16 for v in stored.values())
+
+
+# ------------------------------------------------------------------------------ sizes
+
+
+@pytest.mark.parametrize("size", [0, -3, (8, 0), (0, 8), 2.5, True, (8, 8, 8)])
+def test_model_sample_size_must_be_positive(size):
+    with pytest.raises(ValueError, match="sample_size"):
+        SemanticUNet2DModel(sample_size=size, model_channels=8, channel_mult=(1,), num_res_blocks=1,
+                            attention_resolutions=(), num_head_channels=8, norm_num_groups=4)
+
+
+def test_cli_convert_refuses_a_zero_sample_size(tmp_path, capsys):
+    from ultrasound_diffusers.cli import main
+
+    torch.save(randomized(RefUNet()).state_dict(), tmp_path / "model.pt")
+    base = ["convert", "--checkpoint", str(tmp_path / "model.pt"), "--config", '{"norm_num_groups": 8, "num_head_channels": 16}']
+    for size in ("0", "16,0", "-4"):
+        with pytest.raises(SystemExit) as info:
+            main(base + ["--output_dir", str(tmp_path / "zero"), "--sample_size", size])
+        assert info.value.code == 2 and "--sample_size must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "zero").exists()

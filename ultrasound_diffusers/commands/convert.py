@@ -60,6 +60,8 @@ def _sample_size(text: Optional[str]):
         sizes = [int(p) for p in parts]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"--sample_size must be N or H,W, got {text!r}") from err
+    if any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"--sample_size must be positive (N or H,W pixels), got {text!r}")
     if len(sizes) == 1:
         return sizes[0]
     if len(sizes) == 2:

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -610,9 +611,12 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
                     f"this network (channel_mult of length {len(channel_mult)}). For a {sample_size} px model, "
                     "pixel resolution r corresponds to the factor sample_size // r."
                 )
-        if isinstance(sample_size, (list, tuple)):
-            if len(sample_size) != 2:
-                raise ValueError(f"`sample_size` must be an int or (height, width), got {sample_size}")
+        sizes = list(sample_size) if isinstance(sample_size, (list, tuple)) else [sample_size]
+        if len(sizes) not in (1, 2) or (isinstance(sample_size, (list, tuple)) and len(sizes) != 2):
+            raise ValueError(f"`sample_size` must be an int or (height, width), got {sample_size!r}")
+        for size in sizes:
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or int(size) < 1:
+                raise ValueError(f"`sample_size` must be a positive integer or (height, width) of them, got {sample_size!r}")
         heads_up = num_heads if num_heads_upsample in (None, -1) else num_heads_upsample
         # JSON types in the config (lists, not tuples), so that save_pretrained / from_pretrained gives back the
         # same config.
