@@ -228,3 +228,18 @@ def test_too_small_sample_names_the_minimum_size(size):
         model(torch.randn(1, 1, size, size), 3, segmap=torch.zeros(1, size, size, dtype=torch.long))
     assert "training" not in str(info.value)
     model(torch.randn(1, 1, 8, 8), 3, segmap=torch.zeros(1, 8, 8, dtype=torch.long))  # the size it names works
+
+
+def test_sharded_variant_round_trip_and_a_missing_shard_is_refused(unet, tmp_path):
+    unet.save_pretrained(tmp_path, variant="fp16", max_shard_size="40KB")
+    shards = sorted(tmp_path.glob("diffusion_pytorch_model.fp16-*-of-*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "diffusion_pytorch_model.safetensors.index.fp16.json").is_file()
+    loaded = SemanticUNet2DModel.from_pretrained(tmp_path, variant="fp16")
+    for (name, a), (_, b) in zip(unet.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="no such modeling files"):
+        SemanticUNet2DModel.from_pretrained(tmp_path, variant="bf16")
+    (tmp_path / "diffusion_pytorch_model.safetensors.index.fp16.json").unlink()  # shards without their index
+    from ultrasound_diffusers.models.loading import has_weight_variant
+
+    assert has_weight_variant(tmp_path, "fp16") and not has_weight_variant(tmp_path, "fp1")

@@ -383,3 +383,34 @@ def test_main_module_is_safe_to_import(monkeypatch, capsys):
     monkeypatch.delitem(sys.modules, "ultrasound_diffusers.__main__", raising=False)
     importlib.import_module("ultrasound_diffusers.__main__")  # no SystemExit, no output
     assert capsys.readouterr().out == ""
+
+
+# ------------------------------------------------------------------------------------------------ mixin basics
+
+
+@pytest.mark.parametrize("pipeline_cls", [SemanticUltrasoundPipeline, UltrasoundPipeline])
+def test_call_signature_has_the_common_arguments(pipeline_cls):
+    import inspect
+
+    params = inspect.signature(pipeline_cls.__call__).parameters
+    for name in ("num_inference_steps", "generator", "latents", "output_type", "return_dict",
+                 "callback_on_step_end", "callback_on_step_end_tensor_inputs", "height", "width", "timesteps"):
+        assert name in params, name
+    assert "latents" in pipeline_cls._callback_tensor_inputs
+
+
+def test_components_rebuild_the_pipeline(pipe):
+    components = pipe.components
+    assert set(components) == {"unet", "scheduler"}
+    rebuilt = SemanticUltrasoundPipeline(**components)
+    rebuilt.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(_run(rebuilt).images, _run(pipe).images)
+
+
+def test_save_in_float16_and_load_with_torch_dtype(pipe, tmp_path):
+    half = tiny_semantic_pipeline().to(torch.float16)
+    half.save_pretrained(tmp_path / "fp16")
+    loaded = SemanticUltrasoundPipeline.from_pretrained(tmp_path / "fp16", dtype=torch.float16)
+    assert loaded.unet.dtype == torch.float16
+    for (name, a), (_, b) in zip(half.unet.state_dict().items(), loaded.unet.state_dict().items()):
+        assert torch.equal(a, b), name

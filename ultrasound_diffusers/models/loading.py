@@ -1,8 +1,8 @@
 """Checks shared by the model and pipeline loaders: weight variants and strict (complete) weights.
 
 * :func:`has_weight_variant` tells whether a model folder holds the weight files of a variant
-  (``diffusion_pytorch_model.fp16.safetensors``, sharded ``...-00001-of-00002.fp16.safetensors`` with their
-  index ``diffusion_pytorch_model.safetensors.index.fp16.json``, or the ``.bin`` equivalents).
+  (``diffusion_pytorch_model.fp16.safetensors``, shards ``diffusion_pytorch_model.fp16-00001-of-00002.safetensors``
+  with their index ``diffusion_pytorch_model.safetensors.index.fp16.json``, or the ``.bin`` equivalents).
 * :class:`MissingVariantError` is raised when a requested variant is absent, with diffusers' message; it is a
   ``ValueError`` (what diffusers' pipeline loader raises) and an ``OSError`` (what diffusers' model loader
   raises), so callers catching either keep working.
@@ -43,8 +43,8 @@ def variant_message(variant: str, where: Union[str, os.PathLike]) -> str:
 def has_weight_variant(folder: Union[str, os.PathLike], variant: str) -> bool:
     """True when ``folder`` holds a weight file (or a shard index) of ``variant``.
 
-    A variant is the dot-separated token before the extension: ``name.<variant>.safetensors``,
-    ``name-00001-of-00002.<variant>.safetensors``, ``name.safetensors.index.<variant>.json``.
+    A variant is the dot-separated token before the extension: ``name.<variant>.safetensors``, shards
+    ``name.<variant>-00001-of-00002.safetensors`` and their index ``name.safetensors.index.<variant>.json``.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -56,8 +56,8 @@ def has_weight_variant(folder: Union[str, os.PathLike], variant: str) -> bool:
         parts = name.split(".")
         if len(parts) < 3:
             continue
-        if name.endswith(_WEIGHT_SUFFIXES) and parts[-2] == variant:
-            return True
+        if name.endswith(_WEIGHT_SUFFIXES) and (parts[-2] == variant or parts[-2].startswith(variant + "-")):
+            return True  # name.<variant>.safetensors, or a shard name.<variant>-00001-of-00004.safetensors
         if name.endswith(".json") and parts[-2] == variant and "index" in parts:
             return True
     return False
