@@ -414,3 +414,16 @@ def test_save_in_float16_and_load_with_torch_dtype(pipe, tmp_path):
     assert loaded.unet.dtype == torch.float16
     for (name, a), (_, b) in zip(half.unet.state_dict().items(), loaded.unet.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_pipeline_runs_with_layerwise_casting(pipe):
+    cast = tiny_semantic_pipeline()
+    cast.unet.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    images = _run(cast).images
+    assert np.isfinite(images).all()
+    assert np.abs(images - _run(pipe).images).mean() < 0.1  # float8 weights: close to, not equal to, float32
+
+
+def test_dtype_keyword_takes_a_dict_too(saved):
+    loaded = DiffusionPipeline.from_pretrained(saved, dtype={"unet": torch.bfloat16})
+    assert loaded.unet.dtype == torch.bfloat16
