@@ -47,6 +47,7 @@ SegmapInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, Sequence[Union[PI
 
 __all__ = [
     "DiffusionPipeline",
+    "as_count",
     "SegmapInput",
     "classifier_free_guidance",
     "fit_model_output",
@@ -62,6 +63,14 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 # Sizes, label maps and outputs
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def as_count(name: str, value: Any) -> int:
+    """A positive integer argument (step count, batch size) as an int: Python and numpy integers are accepted;
+    bools, floats and anything else raise ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or int(value) < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def resolve_sample_size(

@@ -427,3 +427,25 @@ def test_pipeline_runs_with_layerwise_casting(pipe):
 def test_dtype_keyword_takes_a_dict_too(saved):
     loaded = DiffusionPipeline.from_pretrained(saved, dtype={"unet": torch.bfloat16})
     assert loaded.unet.dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------------------------------------ counts
+
+
+@pytest.mark.parametrize("steps", [np.int64(2), np.int32(2), 2])
+def test_numpy_integer_step_counts_are_accepted(pipe, unconditional, steps):
+    assert _run(pipe, num_inference_steps=steps, num_images_per_prompt=np.int64(1)).images.shape == (2, 16, 16, 1)
+    assert _run(unconditional, num_inference_steps=steps, batch_size=np.int64(2)).images.shape == (2, 8, 32, 1)
+    assert len(pipe.scheduler.timesteps) == 2
+
+
+@pytest.mark.parametrize("name", ["num_inference_steps", "num_images_per_prompt"])
+@pytest.mark.parametrize("value", [True, 2.0, "2", 0])
+def test_bool_float_and_string_counts_are_refused(pipe, name, value):
+    with pytest.raises(ValueError, match=f"`{name}` must be"):
+        _run(pipe, **{name: value})
+
+
+def test_bool_batch_size_is_refused(unconditional):
+    with pytest.raises(ValueError, match="`batch_size` must be a positive integer"):
+        _run(unconditional, batch_size=True)
