@@ -6,6 +6,11 @@ pipeline of this package derives from and that is exported as ``ultrasound_diffu
 * ``ultrasound_diffusers.DiffusionPipeline.from_pretrained(path_or_repo_id)`` reads ``model_index.json``
   and returns the pipeline class it names: one of ours, or any plain diffusers pipeline (for which it hands
   over to diffusers' own loader).
+* Classes are resolved only from the top-level diffusers / transformers packages and from the modules of this
+  package that define components (``pipeline_*``, ``unet_*``, ``scheduling_*``): a ``model_index.json`` that
+  names an entry point (``ultrasound_diffusers.__main__``, ``.cli``, ``.commands.*``) is refused, not imported.
+* Weights are loaded strictly (missing, unexpected or wrongly shaped tensors are refused, naming the keys);
+  ``torch_dtype`` may be a per-component dict (``{"unet": torch.bfloat16, "default": torch.float16}``).
 * Our pipelines are loaded without running any file of the folder or repository: the small "remote code"
   files that :meth:`DiffusionPipeline.save_pretrained` writes for ``trust_remote_code=True`` users of plain
   diffusers (see :mod:`ultrasound_diffusers.pipelines.hub`) are only *read*, to learn which class of the
@@ -687,9 +692,12 @@ class DiffusionPipeline(_DiffusersPipeline):
             trust_remote_code (`bool`, defaults to False): only used for pipelines that are neither ours nor
                 diffusers' (custom code shipped with the repository), which are then handed to diffusers' loader.
 
-        No file of the folder is executed for our pipelines: classes are imported from diffusers, transformers or
-        the installed ultrasound_diffusers package only. Errors (missing model_index.json, a class that does not exist, a
-        missing component folder, unknown scheduler config keys) are ValueErrors naming the file.
+        No file of the folder is executed for our pipelines: classes are imported from the top-level diffusers and
+        transformers packages or from the component modules of the installed ultrasound_diffusers
+        (:func:`is_component_module`), never from an entry point such as ``ultrasound_diffusers.__main__``. Weights
+        are loaded strictly (missing or unexpected keys are an error). Errors (missing model_index.json, a class
+        that does not exist or comes from another module, a missing component folder or variant, incomplete
+        weights, unknown or refused scheduler config values) are ValueErrors naming the file.
         """
         source = os.fspath(pretrained_model_name_or_path)
         if os.path.isdir(source):
