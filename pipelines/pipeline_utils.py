@@ -553,9 +553,18 @@ def load_component(component_cls: type, folder: Union[str, os.PathLike], name: s
         from ultrasound_diffusers.models.loading import check_loading_info
 
         # strict: a checkpoint with missing, unexpected or wrongly shaped tensors is refused, naming the keys
-        model, info = component_cls.from_pretrained(
-            str(subfolder), output_loading_info=True, **{k: v for k, v in model_kwargs.items() if v is not None}
-        )
+        try:
+            model, info = component_cls.from_pretrained(
+                str(subfolder), output_loading_info=True, **{k: v for k, v in model_kwargs.items() if v is not None}
+            )
+        except ValueError:
+            raise
+        except OSError as error:  # diffusers' wording for damaged / truncated / non-JSON files
+            raise ValueError(
+                f"component {name!r} ({component_cls.__name__}) in {subfolder} cannot be loaded: "
+                f"{' '.join(str(error).split())} The file is damaged, truncated or not written by save_pretrained; "
+                "re-download or re-save the pipeline."
+            ) from error
         check_loading_info(info, component_cls.__name__, subfolder)
         return model
     if hasattr(component_cls, "from_pretrained"):

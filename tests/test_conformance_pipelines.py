@@ -449,3 +449,20 @@ def test_bool_float_and_string_counts_are_refused(pipe, name, value):
 def test_bool_batch_size_is_refused(unconditional):
     with pytest.raises(ValueError, match="`batch_size` must be a positive integer"):
         _run(unconditional, batch_size=True)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "config"])
+def test_damaged_component_files_are_a_value_error_naming_the_file(saved, tmp_path, damage):
+    folder = _copy(saved, tmp_path)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    data = weights.read_bytes()
+    if damage == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        weights.write_bytes(b"\x00" * 64)
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    else:
+        (folder / "unet" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"component 'unet' \(SemanticUNet2DModel\) in .*unet cannot be loaded"):
+        DiffusionPipeline.from_pretrained(folder)
