@@ -243,3 +243,13 @@ def test_sharded_variant_round_trip_and_a_missing_shard_is_refused(unet, tmp_pat
     from ultrasound_diffusers.models.loading import has_weight_variant
 
     assert has_weight_variant(tmp_path, "fp16") and not has_weight_variant(tmp_path, "fp1")
+
+
+def test_unknown_config_keys_are_refused_naming_the_file(unet, tmp_path):
+    unet.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    config["timestep_scal"] = 0.25  # a typo of timestep_scale: diffusers would only warn and ignore it
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config\.json: unknown SemanticUNet2DModel config keys \['timestep_scal'\]"):
+        SemanticUNet2DModel.from_pretrained(tmp_path)

@@ -729,6 +729,8 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
 
         variant = kwargs.get("variant")
         folder = local_model_folder(pretrained_model_name_or_path, kwargs.get("subfolder"))
+        if folder is not None:
+            cls._check_config_keys(folder / cls.config_name)
         if variant is not None and folder is not None and not has_weight_variant(folder, variant):
             raise MissingVariantError(variant_message(variant, folder))
         want_info = bool(kwargs.pop("output_loading_info", False))
@@ -745,6 +747,24 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
             raise
         check_loading_info(info, cls.__name__, where, allow_mismatched=bool(kwargs.get("ignore_mismatched_sizes")))
         return (model, info) if want_info else model
+
+    @classmethod
+    def _check_config_keys(cls, path) -> None:
+        """Refuse a config.json with keys this class does not know (a typo such as ``timestep_scal`` would
+        otherwise be ignored with only a warning and give another network). ``_``-prefixed metadata is allowed."""
+        import json
+
+        if not path.is_file():
+            return  # diffusers reports the missing file
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return  # diffusers reports the unreadable file
+        if not isinstance(config, dict):
+            raise ValueError(f"{path} must hold a JSON object")
+        unknown = sorted(k for k in config if not str(k).startswith("_") and k not in cls._init_parameter_names())
+        if unknown:
+            raise ValueError(f"{path}: unknown {cls.__name__} config keys {unknown}; valid keys: {list(cls._init_parameter_names())}")
 
     @classmethod
     def preset_config(cls, name: str, **overrides: Any) -> Dict[str, Any]:
