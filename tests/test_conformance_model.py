@@ -253,3 +253,13 @@ def test_unknown_config_keys_are_refused_naming_the_file(unet, tmp_path):
     path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"config\.json: unknown SemanticUNet2DModel config keys \['timestep_scal'\]"):
         SemanticUNet2DModel.from_pretrained(tmp_path)
+
+
+def test_ema_model_folders_still_load(unet, tmp_path):
+    """diffusers' EMAModel stores its state in the model's config.json; those keys are not typos."""
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel(unet.parameters(), decay=0.9, model_cls=SemanticUNet2DModel, model_config=unet.config)
+    ema.save_pretrained(tmp_path / "unet_ema")
+    loaded = EMAModel.from_pretrained(tmp_path / "unet_ema", SemanticUNet2DModel)
+    assert loaded.decay == 0.9

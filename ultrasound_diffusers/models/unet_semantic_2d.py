@@ -118,6 +118,12 @@ SEMANTIC_UNET_PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
+#: Keys that diffusers' ``EMAModel.save_pretrained`` adds to a model's config.json (the EMA state), allowed there.
+_EMA_CONFIG_KEYS = frozenset(
+    ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power", "foreach")
+)
+
+
 @dataclass
 class SemanticUNet2DOutput(BaseOutput):
     """
@@ -762,7 +768,8 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
             return  # diffusers reports the unreadable file
         if not isinstance(config, dict):
             raise ValueError(f"{path} must hold a JSON object")
-        unknown = sorted(k for k in config if not str(k).startswith("_") and k not in cls._init_parameter_names())
+        known = set(cls._init_parameter_names()) | _EMA_CONFIG_KEYS
+        unknown = sorted(k for k in config if not str(k).startswith("_") and k not in known)
         if unknown:
             raise ValueError(f"{path}: unknown {cls.__name__} config keys {unknown}; valid keys: {list(cls._init_parameter_names())}")
 
