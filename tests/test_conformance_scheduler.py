@@ -332,3 +332,39 @@ def test_integral_timesteps_of_any_type_are_accepted():
     reference = scheduler.add_noise(sample, output, torch.tensor([10, 10]))
     for t in (10, np.int64(10), torch.tensor(10), torch.tensor(10.0), 10.0, np.array([10, 10])):
         torch.testing.assert_close(scheduler.add_noise(sample, output, t), reference, atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ public API
+
+
+def test_public_api_and_step_shapes():
+    scheduler = BMapAttenuationScheduler(num_train_timesteps=50)
+    assert scheduler.init_noise_sigma == 1.0 and scheduler.order == 1
+    sample, output = _sample_and_output()
+    assert scheduler.scale_model_input(sample, 3).shape == sample.shape
+    for steps in (5, 10):
+        scheduler.set_timesteps(steps)
+        t0, t1 = scheduler.timesteps[0], scheduler.timesteps[1]
+        assert scheduler.step(output, t0, sample).prev_sample.shape == sample.shape
+        assert scheduler.step(output, t1, sample).prev_sample.shape == sample.shape
+
+
+def test_trained_betas_survive_save_and_load(tmp_path):
+    betas = np.linspace(1e-4, 0.02, 30)
+    scheduler = BMapAttenuationScheduler(num_train_timesteps=30, trained_betas=betas)
+    scheduler.save_pretrained(tmp_path)
+    loaded = BMapAttenuationScheduler.from_pretrained(tmp_path)
+    assert loaded.betas.tolist() == scheduler.betas.tolist()
+
+
+def test_config_attributes_are_read_through_config():
+    scheduler = BMapAttenuationScheduler(num_train_timesteps=30, bmap_min=0.9)
+    assert scheduler.config.bmap_min == 0.9 and scheduler.config["num_train_timesteps"] == 30
+    assert BMapAttenuationScheduler.from_config(scheduler.config).config.bmap_min == 0.9
+
+
+def test_add_noise_keeps_device_and_dtype():
+    scheduler = BMapAttenuationScheduler(num_train_timesteps=30)
+    sample = torch.rand(2, 1, 8, 8, dtype=torch.float16)
+    noisy = scheduler.add_noise(sample, torch.randn_like(sample), torch.tensor([3, 20]))
+    assert noisy.dtype == torch.float16 and noisy.device == sample.device and torch.isfinite(noisy).all()
