@@ -14,6 +14,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .pipeline_utils import (
     DiffusionPipeline,
     SegmapInput,
+    as_count,
     check_callback_inputs,
     classifier_free_guidance,
     expand_timestep,
@@ -160,11 +161,9 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
         tensor_inputs = check_callback_inputs(
             self, callback_on_step_end, callback_on_step_end_tensor_inputs or ["latents"]
         )
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            if timesteps is None:
-                raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}")
+        if timesteps is None:
+            num_inference_steps = as_count("num_inference_steps", num_inference_steps)
+        num_images_per_prompt = as_count("num_images_per_prompt", num_images_per_prompt)
         guidance_scale = check_guidance_scale(guidance_scale)
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")

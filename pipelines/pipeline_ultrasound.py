@@ -10,6 +10,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_utils import (
     DiffusionPipeline,
+    as_count,
     check_callback_inputs,
     expand_timestep,
     fit_model_output,
@@ -90,10 +91,9 @@ class UltrasoundPipeline(DiffusionPipeline):
         tensor_inputs = check_callback_inputs(
             self, callback_on_step_end, callback_on_step_end_tensor_inputs or ["latents"]
         )
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
-        if timesteps is None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
-            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}")
+        batch_size = as_count("batch_size", batch_size)
+        if timesteps is None:
+            num_inference_steps = as_count("num_inference_steps", num_inference_steps)
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
 

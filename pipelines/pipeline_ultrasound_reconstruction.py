@@ -51,6 +51,7 @@ from ultrasound_diffusers.operators import ForwardOperator, FunctionOperator
 
 from .pipeline_utils import (
     DiffusionPipeline,
+    as_count,
     check_callback_inputs,
     classifier_free_guidance,
     expand_timestep,
@@ -334,8 +335,8 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
         tensor_inputs = check_callback_inputs(self, callback_on_step_end, callback_on_step_end_tensor_inputs or ["latents"])
         if method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
-        if timesteps is None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
-            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}")
+        if timesteps is None:
+            num_inference_steps = as_count("num_inference_steps", num_inference_steps)
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}")
         if not isinstance(num_resample, int) or num_resample < 0:

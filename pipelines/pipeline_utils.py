@@ -6,6 +6,11 @@ pipeline of this package derives from and that is exported as ``ultrasound_diffu
 * ``ultrasound_diffusers.DiffusionPipeline.from_pretrained(path_or_repo_id)`` reads ``model_index.json``
   and returns the pipeline class it names: one of ours, or any plain diffusers pipeline (for which it hands
   over to diffusers' own loader).
+* Classes are resolved only from the top-level diffusers / transformers packages and from the modules of this
+  package that define components (``pipeline_*``, ``unet_*``, ``scheduling_*``): a ``model_index.json`` that
+  names an entry point (``ultrasound_diffusers.__main__``, ``.cli``, ``.commands.*``) is refused, not imported.
+* Weights are loaded strictly (missing, unexpected or wrongly shaped tensors are refused, naming the keys);
+  ``torch_dtype`` may be a per-component dict (``{"unet": torch.bfloat16, "default": torch.float16}``).
 * Our pipelines are loaded without running any file of the folder or repository: the small "remote code"
   files that :meth:`DiffusionPipeline.save_pretrained` writes for ``trust_remote_code=True`` users of plain
   diffusers (see :mod:`ultrasound_diffusers.pipelines.hub`) are only *read*, to learn which class of the
@@ -50,6 +55,7 @@ SegmapInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, Sequence[Union[PI
 
 __all__ = [
     "DiffusionPipeline",
+    "as_count",
     "SegmapInput",
     "classifier_free_guidance",
     "fit_model_output",
@@ -65,6 +71,14 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 # Sizes, label maps and outputs
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def as_count(name: str, value: Any) -> int:
+    """A positive integer argument (step count, batch size) as an int: Python and numpy integers are accepted;
+    bools, floats and anything else raise ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or int(value) < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def check_guidance_scale(guidance_scale: Any) -> float:
@@ -354,8 +368,34 @@ def check_callback_inputs(pipeline, callback_on_step_end, tensor_inputs: Optiona
 # ----------------------------------------------------------------------------------------------------------------
 
 # Libraries whose classes may be named in model_index.json and are imported by name (never a module that the
-# folder itself provides).
+# folder itself provides). Their classes are taken from the top-level package only (diffusers and transformers
+# export every component class there), so that no submodule (a CLI, an entry point) is ever imported by name.
 _TRUSTED_LIBRARIES = ("diffusers", "transformers")
+# The modules of this package that define components, the only ones of it the loader imports: the package and
+# its component sub-packages, and the one-file-per-component modules in them. Never an entry point
+# (``__main__``, ``cli``, ``commands.*``) or any other module, so that a doctored model_index.json cannot run
+# anything by naming it.
+_COMPONENT_MODULE = re.compile(
+    r"^" + PACKAGE_NAME + r"(?:\.(?:pipelines|models|schedulers))?$"
+    r"|^" + PACKAGE_NAME + r"\.pipelines\.pipeline_[a-z0-9_]+$"
+    r"|^" + PACKAGE_NAME + r"\.models\.unet_[a-z0-9_]+$"
+    r"|^" + PACKAGE_NAME + r"\.schedulers\.scheduling_[a-z0-9_]+$"
+)
+
+
+def is_component_module(module_name: Any) -> bool:
+    """True for the modules of ultrasound_diffusers that define pipeline components (and may be imported by the
+    loader): ``ultrasound_diffusers``, ``.pipelines``, ``.models``, ``.schedulers`` and their
+    ``pipeline_*``, ``unet_*`` and ``scheduling_*`` modules."""
+    return isinstance(module_name, str) and bool(_COMPONENT_MODULE.match(module_name)) and "__" not in module_name
+
+
+def _refuse_module(module_name: str, where: str) -> ValueError:
+    return ValueError(
+        f"{where}: `{module_name}` is not a module that defines pipeline components; the loader imports classes "
+        f"only from diffusers, transformers and the component modules of {PACKAGE_NAME} "
+        f"({PACKAGE_NAME}.pipelines.pipeline_*, .models.unet_*, .schedulers.scheduling_*), never an entry point"
+    )
 _SHIM_IMPORT = re.compile(r"^\s*from\s+(" + PACKAGE_NAME + r"(?:\.\w+)*)\s+import\s+(\w+)\s*$", re.MULTILINE)
 
 
@@ -388,6 +428,8 @@ def _shim_target(shim_file: Path, class_name: str) -> Optional[str]:
 
 
 def _import_attr(module_name: str, class_name: str, where: str):
+    if module_name not in _TRUSTED_LIBRARIES and not is_component_module(module_name):
+        raise _refuse_module(module_name, where)
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -416,15 +458,26 @@ def resolve_class(entry: Any, folder: Union[str, os.PathLike], component: Option
     else:
         raise ValueError(f"{where}: expected [library, ClassName] or a class name, got {entry!r}")
 
-    if library is not None and (library in _TRUSTED_LIBRARIES or library.split(".")[0] in _TRUSTED_LIBRARIES):
-        obj = _import_attr(library.split(".")[0] if library in _TRUSTED_LIBRARIES else library, class_name, where)
+    if not isinstance(class_name, str) or not class_name.isidentifier():
+        raise ValueError(f"{where}: `{class_name}` is not a class name")
+    if library is not None and not isinstance(library, str):
+        raise ValueError(f"{where}: expected [library, ClassName] or a class name, got {entry!r}")
+    if library is not None and library.split(".")[0] in _TRUSTED_LIBRARIES:
+        # diffusers / transformers: the top-level package only (it exports every component class)
+        obj = _import_attr(library.split(".")[0], class_name, where)
         return _check_is_class(obj, class_name, where)
     if library is not None and (library == PACKAGE_NAME or library.startswith(PACKAGE_NAME + ".")):
+        if not is_component_module(library):
+            raise _refuse_module(library, where)
         return _check_is_class(_import_attr(library, class_name, where), class_name, where)
     if library is not None:
+        if not library.isidentifier():
+            raise ValueError(f"{where}: `{library}` is neither a library nor a remote-code file name")
         shim = (folder / component / f"{library}.py") if component else (folder / f"{library}.py")
         module = _shim_target(shim, class_name)
         if module is not None:
+            if not is_component_module(module):
+                raise _refuse_module(module, f"{where}, remote-code file {shim}")
             return _check_is_class(_import_attr(module, class_name, where), class_name, where)
 
     # A bare class name (or an unreadable shim): this package's exports, then diffusers'.
@@ -509,8 +562,9 @@ def load_component(component_cls: type, folder: Union[str, os.PathLike], name: s
     """Load component ``name`` (a sub-folder of ``folder``) with its class's loading method.
 
     Schedulers are built from their config after :func:`check_scheduler_config`; models are loaded with
-    ``from_pretrained`` and ``model_kwargs`` (``torch_dtype``, ``variant``, ...). Missing folders and configs
-    raise ValueError naming the expected file.
+    ``from_pretrained`` and ``model_kwargs`` (``torch_dtype``, ``variant``, ...), strictly: weights with
+    missing or unexpected keys raise ValueError naming them. Missing folders and configs raise ValueError naming
+    the expected file.
     """
     folder = Path(folder)
     subfolder = folder / name
@@ -524,14 +578,95 @@ def load_component(component_cls: type, folder: Union[str, os.PathLike], name: s
         raise ValueError(f"component {name!r}: {subfolder / config_name} does not exist")
     if issubclass(component_cls, SchedulerMixin):
         config = check_scheduler_config(component_cls, subfolder / config_name)
-        return component_cls.from_config(config)
+        try:
+            return component_cls.from_config(config)
+        except (ValueError, TypeError) as error:  # a refused value: name the file it came from
+            raise ValueError(f"{subfolder / config_name}: {error}") from error
     if issubclass(component_cls, ModelMixin):
-        return component_cls.from_pretrained(str(subfolder), **{k: v for k, v in model_kwargs.items() if v is not None})
+        from ultrasound_diffusers.models.loading import check_loading_info
+
+        # strict: a checkpoint with missing, unexpected or wrongly shaped tensors is refused, naming the keys
+        try:
+            model, info = component_cls.from_pretrained(
+                str(subfolder), output_loading_info=True, **{k: v for k, v in model_kwargs.items() if v is not None}
+            )
+        except ValueError:
+            raise
+        except OSError as error:  # diffusers' wording for damaged / truncated / non-JSON files
+            raise ValueError(
+                f"component {name!r} ({component_cls.__name__}) in {subfolder} cannot be loaded: "
+                f"{' '.join(str(error).split())} The file is damaged, truncated or not written by save_pretrained; "
+                "re-download or re-save the pipeline."
+            ) from error
+        check_loading_info(info, component_cls.__name__, subfolder)
+        return model
     if hasattr(component_cls, "from_pretrained"):
         return component_cls.from_pretrained(str(subfolder))
     if issubclass(component_cls, ConfigMixin):  # pragma: no cover - rare
         return component_cls.from_config(component_cls.load_config(str(subfolder)))
     raise ValueError(f"component {name!r}: {component_cls.__name__} has no loading method")
+
+
+def _as_dtype(value: Any, where: str) -> torch.dtype:
+    """A torch.dtype from a dtype or its name (``"float16"``, ``"torch.bfloat16"``); TypeError otherwise."""
+    if isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str):
+        candidate = getattr(torch, value[len("torch."):] if value.startswith("torch.") else value, None)
+        if isinstance(candidate, torch.dtype):
+            return candidate
+    raise TypeError(f"{where} must be a torch.dtype (e.g. torch.float16) or its name, got {value!r}")
+
+
+def _component_dtypes(torch_dtype: Any, names: Sequence[str], folder: Union[str, os.PathLike]) -> Dict[str, Optional[torch.dtype]]:
+    """The dtype each component is loaded in, from ``torch_dtype``.
+
+    ``torch_dtype`` is None (every model keeps its saved dtype), one dtype for every model, or a dict, as in
+    diffusers: ``{"unet": torch.bfloat16, "default": torch.float16}`` gives each named component its dtype and
+    every other model the ``"default"`` one (float32 when there is no ``"default"``). Keys that name no
+    component of the pipeline are reported with a warning.
+    """
+    if torch_dtype is None:
+        return {}
+    if not isinstance(torch_dtype, dict):
+        dtype = _as_dtype(torch_dtype, "`torch_dtype`")
+        return {name: dtype for name in names}
+    parsed = {str(k): _as_dtype(v, f"`torch_dtype[{k!r}]`") for k, v in torch_dtype.items()}
+    unknown = sorted(k for k in parsed if k != "default" and k not in names)
+    if unknown:
+        logger.warning(
+            f"`torch_dtype` names {unknown}, which are not components of the pipeline in {folder} "
+            f"(components: {list(names)}); they are ignored"
+        )
+    default = parsed.get("default", torch.float32)
+    return {name: parsed.get(name, default) for name in names}
+
+
+def _component_variants(
+    variant: Optional[str], index: Dict[str, Any], names: Sequence[str], passed: Dict[str, Any], folder
+) -> Dict[str, str]:
+    """The components that load weight ``variant``, as diffusers decides it.
+
+    Components whose folder has files of the variant load them; the others load their plain weights (with a
+    warning). If no component folder has the variant, a ValueError (with diffusers' message) is raised.
+    """
+    if variant is None:
+        return {}
+    from ultrasound_diffusers.models.loading import MissingVariantError, has_weight_variant, variant_message
+
+    if not isinstance(variant, str) or not variant:
+        raise ValueError(f"`variant` must be a non-empty string such as 'fp16', got {variant!r}")
+    candidates = [n for n in names if n not in passed and isinstance(index.get(n), (list, tuple))]
+    with_variant = [n for n in candidates if has_weight_variant(Path(folder) / n, variant)]
+    if not with_variant:
+        raise MissingVariantError(variant_message(variant, folder))
+    weights = [
+        n for n in candidates
+        if n not in with_variant and any(p.name.endswith((".safetensors", ".bin")) for p in (Path(folder) / n).glob("*"))
+    ]
+    if weights:
+        logger.warning(f"{folder}: components {weights} have no `variant={variant}` files; their plain weights are loaded")
+    return {n: variant for n in with_variant}
 
 
 def _move_into(source: Path, target: Path) -> None:
@@ -588,7 +723,9 @@ class DiffusionPipeline(_DiffusersPipeline):
         Args:
             pretrained_model_name_or_path: a folder written by :meth:`save_pretrained`, or a repo id
                 ``"org/name"`` (downloaded with :meth:`download`; with ``HF_HUB_OFFLINE=1`` read from the cache).
-            torch_dtype / dtype (`torch.dtype`, *optional*): dtype of the loaded models.
+            torch_dtype / dtype (`torch.dtype` or `dict`, *optional*): dtype of the loaded models, or a dict giving
+                each component its own (``{"unet": torch.bfloat16, "default": torch.float16}``; components not
+                named get ``"default"``, float32 without it), as in diffusers.
             variant, use_safetensors, low_cpu_mem_usage: passed to the models' ``from_pretrained``.
             cache_dir, revision, token, force_download, local_files_only: Hub download options.
             <component name>: an already built component (e.g. ``scheduler=DDIMScheduler(...)``) to use instead
@@ -597,9 +734,12 @@ class DiffusionPipeline(_DiffusersPipeline):
             trust_remote_code (`bool`, defaults to False): only used for pipelines that are neither ours nor
                 diffusers' (custom code shipped with the repository), which are then handed to diffusers' loader.
 
-        No file of the folder is executed for our pipelines: classes are imported from diffusers, transformers or
-        the installed ultrasound_diffusers package only. Errors (missing model_index.json, a class that does not exist, a
-        missing component folder, unknown scheduler config keys) are ValueErrors naming the file.
+        No file of the folder is executed for our pipelines: classes are imported from the top-level diffusers and
+        transformers packages or from the component modules of the installed ultrasound_diffusers
+        (:func:`is_component_module`), never from an entry point such as ``ultrasound_diffusers.__main__``. Weights
+        are loaded strictly (missing or unexpected keys are an error). Errors (missing model_index.json, a class
+        that does not exist or comes from another module, a missing component folder or variant, incomplete
+        weights, unknown or refused scheduler config values) are ValueErrors naming the file.
         """
         source = os.fspath(pretrained_model_name_or_path)
         if os.path.isdir(source):
@@ -633,10 +773,22 @@ class DiffusionPipeline(_DiffusersPipeline):
         if not issubclass(pipeline_class, DiffusionPipeline):
             # A plain diffusers pipeline: diffusers' loader, once the modules of our components it names are
             # imported (diffusers resolves them from sys.modules).
-            for value in index.values():
-                if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
-                    if value[0].startswith(PACKAGE_NAME + "."):
-                        importlib.import_module(value[0])
+            # diffusers imports every library a component names, so check them first: diffusers, transformers or a
+            # component module of ours (anything else only with trust_remote_code=True).
+            for key, value in index.items():
+                if key.startswith("_") or not (isinstance(value, (list, tuple)) and value and isinstance(value[0], str)):
+                    continue
+                library = value[0]
+                where = f"{Path(folder) / MODEL_INDEX_NAME} (component {key!r})"
+                if library == PACKAGE_NAME or library.startswith(PACKAGE_NAME + "."):
+                    if not is_component_module(library):
+                        raise _refuse_module(library, where)
+                    importlib.import_module(library)
+                elif library.split(".")[0] not in _TRUSTED_LIBRARIES and not trust_remote_code:
+                    raise ValueError(
+                        f"{where}: library `{library}` is not diffusers, transformers or {PACKAGE_NAME}; loading it "
+                        "would import (run) it. Pass trust_remote_code=True if you trust this folder."
+                    )
             pipe = pipeline_class.from_pretrained(folder, **kwargs)
             pipe.register_to_config(_name_or_path=source)
             return pipe
@@ -645,6 +797,8 @@ class DiffusionPipeline(_DiffusersPipeline):
             kwargs.setdefault("torch_dtype", kwargs.pop("dtype"))
         model_kwargs = {k: kwargs.pop(k) for k in _MODEL_LOAD_KWARGS if k in kwargs}
         expected, optional = pipeline_class._get_signature_keys(pipeline_class)
+        dtypes = _component_dtypes(model_kwargs.pop("torch_dtype", None), sorted(expected), folder)
+        variants = _component_variants(model_kwargs.pop("variant", None), index, sorted(expected), kwargs, folder)
         components: Dict[str, Any] = {}
         for name in sorted(expected):
             if name in kwargs:
@@ -660,7 +814,9 @@ class DiffusionPipeline(_DiffusersPipeline):
                     f"{pipeline_class.__name__} needs (pass it as `{name}=...` or re-save the pipeline)"
                 )
             component_cls = resolve_class(entry, folder, component=name)
-            components[name] = load_component(component_cls, folder, name, **model_kwargs)
+            components[name] = load_component(
+                component_cls, folder, name, torch_dtype=dtypes.get(name), variant=variants.get(name), **model_kwargs
+            )
         # optional (non-component) settings: passed ones win over the ones saved in model_index.json
         init_kwargs = {k: kwargs.pop(k) if k in kwargs else index[k] for k in optional if k in kwargs or k in index}
         if kwargs:

@@ -6,6 +6,7 @@ naming scheme (``time_embed``, ``input_blocks``, ``middle_block``, ``output_bloc
 ``norm/qkv/proj_out`` as 1x1 Conv1d with the legacy or the new qkv order).
 """
 
+import json
 import math
 
 import pytest
@@ -422,3 +423,89 @@ def test_cli_convert(tmp_path):
 
     stored = load_file(out / "diffusion_pytorch_model.safetensors")
     assert stored and all(v.dtype == torch.bfloat16 for v in stored.values())
+
+
+# ------------------------------------------------------------------------------ attention heads and sizes
+
+
+def test_head_layout_is_required_and_the_consistent_ones_are_listed():
+    from ultrasound_diffusers.models.conversion import consistent_head_layouts
+
+    state = randomized(RefUNet(heads=2, mc=16, mult=(1, 2), attn=(1, 2))).state_dict()
+    layouts = consistent_head_layouts(state)
+    assert layouts["attention_channels"] == [16, 32]
+    assert layouts["num_head_channels"] == layouts["num_heads"] == [1, 2, 4, 8, 16]
+    with pytest.raises(ValueError, match=r"does not store the number of attention heads.*16, 32 channels.*"
+                                         r"\[1, 2, 4, 8, 16\].*num_head_channels=64"):
+        convert_original_checkpoint(state, norm_num_groups=GROUPS)
+
+
+def test_source_default_heads_only_on_request_and_a_wrong_default_is_a_different_network():
+    """A checkpoint trained with 32-channel heads: the ultrasound-sdm default (64) gives another network."""
+    ref_kwargs = dict(heads=2, new_order=True, mc=32, mult=(1, 2))  # 2 heads of 16 / 32 channels
+    expected, got, model = run_pair(ref_kwargs, dict(num_heads=2))
+    assert torch.allclose(got, expected, atol=1e-10, rtol=0)
+    assert model.config.num_head_channels == -1 and model.config.num_heads == 2  # recorded in the config
+    expected, got, model = run_pair(ref_kwargs, dict(num_head_channels=None, use_source_head_defaults=True))
+    assert model.config.num_head_channels == 64
+    assert (got - expected).abs().max() > 1e-3
+
+
+def test_num_heads_alone_is_not_overridden_by_the_source_width():
+    state = randomized(RefUNet(heads=2, mc=32, mult=(1, 2))).state_dict()
+    model = convert_original_checkpoint(state, norm_num_groups=GROUPS, num_heads=4)
+    assert model.config.num_heads == 4 and model.config.num_head_channels == -1
+    assert model.mid_block.attention.num_heads == 4
+
+
+@pytest.mark.parametrize("heads", [dict(num_head_channels=24), dict(num_heads=3), dict(num_head_channels=True)])
+def test_head_layout_that_does_not_fit_the_weights_is_refused(heads):
+    state = randomized(RefUNet(heads=2, mc=16, mult=(1, 2))).state_dict()
+    with pytest.raises(ValueError, match=r"num_head"):
+        convert_original_checkpoint(state, norm_num_groups=GROUPS, **heads)
+
+
+@pytest.mark.parametrize("size", [0, -3, (8, 0), (0, 8), 2.5, True, (8, 8, 8)])
+def test_model_sample_size_must_be_positive(size):
+    with pytest.raises(ValueError, match="sample_size"):
+        SemanticUNet2DModel(sample_size=size, model_channels=8, channel_mult=(1,), num_res_blocks=1,
+                            attention_resolutions=(), num_head_channels=8, norm_num_groups=4)
+
+
+def test_cli_convert_refuses_a_zero_sample_size(tmp_path, capsys):
+    from ultrasound_diffusers.cli import main
+
+    torch.save(randomized(RefUNet()).state_dict(), tmp_path / "model.pt")
+    base = ["convert", "--checkpoint", str(tmp_path / "model.pt"), "--config", '{"norm_num_groups": 8, "num_head_channels": 16}']
+    for size in ("0", "16,0", "-4"):
+        with pytest.raises(SystemExit) as info:
+            main(base + ["--output_dir", str(tmp_path / "zero"), "--sample_size", size])
+        assert info.value.code == 2 and "--sample_size must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "zero").exists()
+
+
+def test_cli_convert_refuses_missing_heads_and_records_the_heads(tmp_path, capsys):
+    from ultrasound_diffusers.cli import main
+
+    torch.save(randomized(RefUNet()).state_dict(), tmp_path / "model.pt")
+    base = ["convert", "--checkpoint", str(tmp_path / "model.pt"), "--config", '{"norm_num_groups": 8}']
+    assert main(base + ["--output_dir", str(tmp_path / "noheads"), "--sample_size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "does not store the number of attention heads" in err and "--num_head_channels" in err
+    assert not (tmp_path / "noheads").exists()
+
+    out = tmp_path / "heads"
+    assert main(base + ["--output_dir", str(out), "--sample_size", "16", "--num_head_channels", "8",
+                        "--scheduler_args", '{"num_train_timesteps": 50}']) == 0
+    assert "num_head_channels=8, as given" in capsys.readouterr().out
+    config = json.loads((out / "unet" / "config.json").read_text())
+    assert config["num_head_channels"] == 8 and config["sample_size"] == 16
+    card = (out / "README.md").read_text()
+    assert "num_head_channels=8, as given" in card and "do not store the head count" in card
+
+    out = tmp_path / "defaults"
+    assert main(base + ["--output_dir", str(out), "--source", "improved-diffusion", "--source_head_defaults",
+                        "--scheduler_args", '{"num_train_timesteps": 50}']) == 0
+    config = json.loads((out / "unet" / "config.json").read_text())
+    assert config["num_head_channels"] == -1 and config["num_heads"] == 4
+    assert "--source_head_defaults" in (out / "README.md").read_text()

@@ -2,15 +2,19 @@
 
 Examples::
 
-    # the authors' CAMUS checkpoint -> pipeline-style folder (unet/ + scheduler/ [+ model_index.json])
-    ultrasound-diffusers convert --checkpoint ema_0.9999_050000.pt --output_dir camus-sdm-bmap
+    # the authors' CAMUS checkpoint (64 channels per attention head) -> pipeline folder with a model card
+    ultrasound-diffusers convert --checkpoint ema_0.9999_050000.pt --output_dir camus-sdm-bmap --num_head_channels 64
 
-    # an improved-diffusion checkpoint (T = 4000, rescale_timesteps) as a bare model folder
+    # an improved-diffusion checkpoint (T = 4000, rescale_timesteps, 4 heads) as a bare model folder
     ultrasound-diffusers convert --checkpoint model.pt --output_dir lung-unet --source improved-diffusion \\
-        --model_only --config '{"timestep_scale": 0.25, "sample_size": [8, 256]}'
+        --num_heads 4 --model_only --config '{"timestep_scale": 0.25, "sample_size": [8, 256]}'
 
-The network structure is read from the weights; options the weights cannot tell (attention heads and their
-order, sample size, learn_sigma when ambiguous) come from ``--source`` and the flags below.
+The network structure is read from the weights. The number of attention heads is not in the weights (any count
+that divides the attention widths fits, each giving another network), so give it with --num_head_channels or
+--num_heads as the checkpoint was trained (the error lists the layouts that fit), or accept the defaults of
+--source's training scripts with --source_head_defaults. The choice is recorded in the saved config (and, for
+pipeline folders, in the model card). The attention order, sample size and learn_sigma (when ambiguous) come
+from --source and the flags below.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ def _sample_size(text: Optional[str]):
         sizes = [int(p) for p in parts]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"--sample_size must be N or H,W, got {text!r}") from err
+    if any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"--sample_size must be positive (N or H,W pixels), got {text!r}")
     if len(sizes) == 1:
         return sizes[0]
     if len(sizes) == 2:
@@ -91,8 +97,16 @@ def register(subparsers) -> None:
         help="code base that wrote the checkpoint (sets the attention-head defaults; default: ultrasound-sdm)",
     )
     p.add_argument("--sample_size", type=_sample_size, default=None, help="default image size N or H,W (default 128)")
-    p.add_argument("--num_head_channels", type=int, default=None, help="channels per attention head (-1: use --num_heads)")
-    p.add_argument("--num_heads", type=int, default=None, help="attention heads when num_head_channels is -1")
+    p.add_argument(
+        "--num_head_channels", type=int, default=None,
+        help="channels per attention head, as the checkpoint was trained (-1: use --num_heads); not in the weights",
+    )
+    p.add_argument("--num_heads", type=int, default=None, help="attention heads (sets num_head_channels to -1)")
+    p.add_argument(
+        "--source_head_defaults", action="store_true",
+        help="use the head layout that --source's training scripts default to (ultrasound-sdm, sdm, guided-diffusion: "
+        "64 channels per head; improved-diffusion: 4 heads) instead of giving it",
+    )
     p.add_argument(
         "--attention_order", choices=["new", "legacy"], default=None,
         help="qkv layout of the checkpoint (default from --source; the ultrasound fork used 'new')",
@@ -117,7 +131,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..models.conversion import convert_original_checkpoint
+    from ..models.conversion import consistent_head_layouts, convert_original_checkpoint, load_original_state_dict
     from ..utils.io import replace_directory
 
     if os.path.exists(args.output_dir) and not args.overwrite:
@@ -135,7 +149,15 @@ def run(args: argparse.Namespace) -> int:
 
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
     print(f"converting {args.checkpoint} (source: {args.source}) ...", file=sys.stderr)
-    model = convert_original_checkpoint(args.checkpoint, source=args.source, learn_sigma=learn_sigma, **overrides)
+    heads_given = "num_head_channels" in overrides or "num_heads" in overrides
+    state = load_original_state_dict(args.checkpoint)  # read once (weights_only=True)
+    model = convert_original_checkpoint(
+        state, source=args.source, learn_sigma=learn_sigma, use_source_head_defaults=args.source_head_defaults,
+        **overrides,
+    )
+    layouts = consistent_head_layouts(state)
+    del state
+    head_text = _head_text(model.config, layouts, args.source, heads_given)
     if dtype != torch.float32:
         model = torch.nn.Module.to(model, dtype)
     n_params = sum(p.numel() for p in model.parameters())
@@ -169,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
             return
         if pipeline is not None:
             pipeline.save_pretrained(tmp, safe_serialization=True, max_shard_size=args.max_shard_size)
+            _write_card(pipeline, tmp, args, head_text)
             return
         model.save_pretrained(os.path.join(tmp, "unet"), safe_serialization=True, max_shard_size=args.max_shard_size)
         if scheduler is not None:
@@ -181,6 +204,33 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {args.output_dir} ({layout}): SemanticUNet2DModel, {n_params / 1e6:.1f}M parameters, "
         f"in={cfg.in_channels} out={cfg.out_channels}{'x2 (learn_sigma)' if cfg.learn_sigma else ''}, "
         f"num_classes={cfg.num_classes}, channel_mult={tuple(cfg.channel_mult)}, "
-        f"attention at downsampling {tuple(cfg.attention_resolutions)}"
+        f"attention at downsampling {tuple(cfg.attention_resolutions)}; {head_text}"
     )
     return 0
+
+
+def _head_text(config, layouts, source: str, given: bool) -> str:
+    """How the attention-head layout of a conversion was chosen (for the summary line and the model card)."""
+    if config.num_head_channels == -1:
+        chosen = f"num_heads={config.num_heads}"
+    else:
+        chosen = f"num_head_channels={config.num_head_channels}"
+    how = "as given" if given else f"the default of source {source!r} (--source_head_defaults)"
+    widths = ", ".join(str(w) for w in layouts["attention_channels"])
+    return (
+        f"attention heads: {chosen}, {how}; the weights do not store the head count (attention widths {widths}: "
+        f"num_head_channels in {layouts['num_head_channels']} or num_heads in {layouts['num_heads']} fit)"
+    )
+
+
+def _write_card(pipeline, folder, args: argparse.Namespace, head_text: str) -> None:
+    """A model card for the converted pipeline that records where it came from and the head layout chosen."""
+    try:
+        from ..pipelines.hub import save_model_card
+    except ImportError:  # pragma: no cover - the pipelines ship with the package
+        return
+    details = (
+        f"Converted with `ultrasound-diffusers convert` from the original checkpoint `{os.path.basename(args.checkpoint)}` "
+        f"(source: {args.source}). The {head_text}."
+    )
+    save_model_card(pipeline, folder, repo_id=os.path.basename(os.path.normpath(args.output_dir)), training_details=details)

@@ -2,6 +2,7 @@
 
 from .conversion import (
     CHECKPOINT_SOURCES,
+    consistent_head_layouts,
     convert_original_checkpoint,
     convert_original_state_dict,
     infer_config_from_original_state_dict,
@@ -22,6 +23,7 @@ __all__ = [
     "SEMANTIC_UNET_PRESETS",
     "SemanticUNet2DModel",
     "SemanticUNet2DOutput",
+    "consistent_head_layouts",
     "convert_original_checkpoint",
     "convert_original_state_dict",
     "infer_config_from_original_state_dict",

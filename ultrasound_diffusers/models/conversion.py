@@ -16,8 +16,9 @@ The original networks are saved as plain ``torch.save(model.state_dict())`` file
 * Attention: ``norm``, ``qkv`` (1x1 Conv1d, [3C, C, 1]), ``proj_out`` ([C, C, 1]). With the *legacy* order
   (guided-diffusion default, improved-diffusion, SDM) the qkv rows are ``[head, q/k/v, d]``; with
   ``use_new_attention_order`` (the ultrasound SDM fork's config) they are ``[q/k/v, head, d]``, which is
-  also the layout of our ``to_qkv``. The number of heads cannot be read from the weights, so the head
-  options must be right for legacy-order checkpoints with more than one head.
+  also the layout of our ``to_qkv``. The number of heads cannot be read from the weights (any count that
+  divides the attention widths fits, see :func:`consistent_head_layouts`), and it changes the network in
+  either order, so it must be given (or the source's default accepted explicitly).
 
 Everything structural (widths, levels, res blocks, attention positions, up/down-sampling type, scale-shift
 norm, number of classes, SPADE width, in/out channels) is inferred from the state dict.
@@ -25,6 +26,7 @@ norm, number of classes, SPADE width, in/out channels) is inferred from the stat
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections import OrderedDict
@@ -36,6 +38,7 @@ from .unet_semantic_2d import SemanticUNet2DModel
 
 __all__ = [
     "CHECKPOINT_SOURCES",
+    "consistent_head_layouts",
     "convert_original_checkpoint",
     "convert_original_state_dict",
     "infer_config_from_original_state_dict",
@@ -235,6 +238,81 @@ def infer_config_from_original_state_dict(state: StateDict) -> Dict[str, Any]:
         spade_hidden_channels=spade_hidden,
         total_out_channels=total_out,
     )
+
+
+def consistent_head_layouts(state: StateDict) -> Dict[str, List[int]]:
+    """The attention-head layouts an original state dict is consistent with.
+
+    The number of heads is not stored in the weights: a ``qkv`` weight of ``3C`` rows fits any head count that
+    divides ``C`` (and every such count gives a different network). Returns ``{"attention_channels": [C, ...],
+    "num_head_channels": [...], "num_heads": [...]}``: the widths of the attention layers, and the values of
+    ``num_head_channels`` (channels per head) and of ``num_heads`` (with ``num_head_channels=-1``) that divide
+    every one of them.
+    """
+    widths = sorted({int(v.shape[0]) // 3 for k, v in state.items() if k.endswith(".qkv.weight")})
+    if not widths:
+        return {"attention_channels": [], "num_head_channels": [], "num_heads": []}
+    common = 0
+    for width in widths:
+        common = math.gcd(common, width)
+    divisors = [d for d in range(1, common + 1) if common % d == 0]
+    return {"attention_channels": widths, "num_head_channels": divisors, "num_heads": divisors}
+
+
+def describe_head_layouts(layouts: Mapping[str, List[int]]) -> str:
+    """One sentence on the head layouts of :func:`consistent_head_layouts`."""
+    widths = layouts["attention_channels"]
+    return (
+        f"its attention layers have {', '.join(str(w) for w in widths)} channels, so num_head_channels in "
+        f"{layouts['num_head_channels']} or num_heads in {layouts['num_heads']} (with num_head_channels=-1) are all "
+        "consistent with the weights, and each gives a different network"
+    )
+
+
+def _resolve_heads(
+    state: StateDict, source: str, overrides: Dict[str, Any], use_source_head_defaults: bool
+) -> Dict[str, Any]:
+    """The head options (num_heads, num_head_channels, num_heads_upsample) of a conversion.
+
+    Given options are checked against the weights; without them the choice is required unless only one layout
+    fits (``use_source_head_defaults=True`` takes the defaults of ``source``'s training scripts).
+    """
+    layouts = consistent_head_layouts(state)
+    defaults = {k: v for k, v in CHECKPOINT_SOURCES[source].items() if k != "use_new_attention_order"}
+    given = {
+        k: overrides[k] for k in ("num_heads", "num_head_channels", "num_heads_upsample") if overrides.get(k) is not None
+    }
+    for key, value in given.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"`{key}` must be an integer, got {value!r}")
+    if "num_heads" in given and "num_head_channels" not in given:
+        given["num_head_channels"] = -1  # a head count only counts when the width per head is not fixed
+    widths = layouts["attention_channels"]
+    if "num_head_channels" in given or "num_heads" in given:
+        heads = dict(defaults, **given)
+    elif not widths or max(widths) == 1:
+        heads = defaults  # a single layout fits
+    elif use_source_head_defaults:
+        heads = dict(defaults)
+    else:
+        raise ValueError(
+            "the checkpoint does not store the number of attention heads: " + describe_head_layouts(layouts) + ". "
+            "Pass num_head_channels=N (CLI: --num_head_channels N) or num_heads=N (CLI: --num_heads N) as the "
+            f"checkpoint was trained; the training scripts of source {source!r} default to "
+            f"num_head_channels={defaults['num_head_channels']}"
+            + (f", num_heads={defaults['num_heads']}" if defaults["num_head_channels"] == -1 else "")
+            + " (use_source_head_defaults=True, CLI: --source_head_defaults, takes that default)"
+        )
+    head_channels = int(heads["num_head_channels"])
+    if head_channels != -1 and (head_channels < 1 or any(w % head_channels for w in widths)):
+        raise ValueError(
+            f"`num_head_channels`={head_channels} does not fit the weights: " + describe_head_layouts(layouts)
+        )
+    for key in ("num_heads", "num_heads_upsample"):
+        value = heads.get(key)
+        if head_channels == -1 and value not in (None, -1) and (int(value) < 1 or any(w % int(value) for w in widths)):
+            raise ValueError(f"`{key}`={value} does not fit the weights: " + describe_head_layouts(layouts))
+    return heads
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -464,6 +542,7 @@ def convert_original_checkpoint(
     learn_sigma: Optional[bool] = None,
     sample_size: Union[int, Tuple[int, int]] = 128,
     torch_dtype: Optional[torch.dtype] = None,
+    use_source_head_defaults: bool = False,
     **config_overrides: Any,
 ) -> SemanticUNet2DModel:
     """Build a :class:`SemanticUNet2DModel` holding the weights of an original checkpoint.
@@ -478,6 +557,10 @@ def convert_original_checkpoint(
             (True) or exactly (False) the input channels.
         sample_size: default image size stored in the config (128 for the published ultrasound models).
         torch_dtype: cast the converted model (default float32).
+        use_source_head_defaults: the weights do not store the number of attention heads (any count dividing
+            the attention widths fits, and each gives another network), so ``num_head_channels`` or
+            ``num_heads`` must be given; True takes the defaults of ``source``'s training scripts instead (right
+            only for checkpoints trained with them). See :func:`consistent_head_layouts`.
         **config_overrides: any :class:`SemanticUNet2DModel` option (e.g. ``num_head_channels``,
             ``num_heads``, ``dropout``, ``timestep_scale`` = 1000 / T for improved-diffusion checkpoints trained
             with ``rescale_timesteps``) and ``use_new_attention_order``. Structural options that contradict
@@ -496,6 +579,9 @@ def convert_original_checkpoint(
     inferred = infer_config_from_original_state_dict(state)
     options = dict(CHECKPOINT_SOURCES[source])
     new_order = bool(config_overrides.pop("use_new_attention_order", options.pop("use_new_attention_order")))
+    options.update(_resolve_heads(state, source, config_overrides, use_source_head_defaults))
+    for key in ("num_heads", "num_head_channels", "num_heads_upsample"):
+        config_overrides.pop(key, None)
 
     total_out = inferred.pop("total_out_channels")
     if learn_sigma is None:

@@ -19,9 +19,11 @@ The layer layout follows the original one block for block, so that the original 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -114,6 +116,12 @@ SEMANTIC_UNET_PRESETS: Dict[str, Dict[str, Any]] = {
         num_classes=0,
     ),
 }
+
+
+#: Keys that diffusers' ``EMAModel.save_pretrained`` adds to a model's config.json (the EMA state), allowed there.
+_EMA_CONFIG_KEYS = frozenset(
+    ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power", "foreach")
+)
 
 
 @dataclass
@@ -609,10 +617,19 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
                     f"this network (channel_mult of length {len(channel_mult)}). For a {sample_size} px model, "
                     "pixel resolution r corresponds to the factor sample_size // r."
                 )
-        if isinstance(sample_size, (list, tuple)):
-            if len(sample_size) != 2:
-                raise ValueError(f"`sample_size` must be an int or (height, width), got {sample_size}")
+        sizes = list(sample_size) if isinstance(sample_size, (list, tuple)) else [sample_size]
+        if len(sizes) not in (1, 2) or (isinstance(sample_size, (list, tuple)) and len(sizes) != 2):
+            raise ValueError(f"`sample_size` must be an int or (height, width), got {sample_size!r}")
+        for size in sizes:
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or int(size) < 1:
+                raise ValueError(f"`sample_size` must be a positive integer or (height, width) of them, got {sample_size!r}")
         heads_up = num_heads if num_heads_upsample in (None, -1) else num_heads_upsample
+        # JSON types in the config (lists, not tuples), so that save_pretrained / from_pretrained gives back the
+        # same config.
+        json_values = {"channel_mult": list(channel_mult), "attention_resolutions": list(attention_resolutions)}
+        if isinstance(sample_size, (list, tuple)):
+            json_values["sample_size"] = [int(s) for s in sample_size]
+        self.register_to_config(**json_values)
 
         self.gradient_checkpointing = False
         groups, eps = norm_num_groups, norm_eps
@@ -694,6 +711,69 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------------------------------------------
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs: Any) -> "SemanticUNet2DModel":
+        r"""Load a model saved with ``save_pretrained`` (a folder or a Hub repo id), as diffusers' ``ModelMixin``.
+
+        On top of diffusers' loader:
+
+        * loading is strict: weights that leave parameters of the config's network unfilled (missing keys), hold
+          tensors the network has no place for (unexpected keys) or have the wrong shape raise
+          :class:`~ultrasound_diffusers.models.loading.IncompleteWeightsError` (a ValueError naming the keys),
+          where diffusers only logs a warning and leaves the parameters uninitialised (or on the meta device);
+        * a ``variant`` the folder does not have raises
+          :class:`~ultrasound_diffusers.models.loading.MissingVariantError` (a ValueError with diffusers'
+          message, also an OSError) instead of falling back to other file types.
+        """
+        from .loading import (
+            IncompleteWeightsError,
+            MissingVariantError,
+            check_loading_info,
+            has_weight_variant,
+            local_model_folder,
+            variant_message,
+        )
+
+        variant = kwargs.get("variant")
+        folder = local_model_folder(pretrained_model_name_or_path, kwargs.get("subfolder"))
+        if folder is not None:
+            cls._check_config_keys(folder / cls.config_name)
+        if variant is not None and folder is not None and not has_weight_variant(folder, variant):
+            raise MissingVariantError(variant_message(variant, folder))
+        want_info = bool(kwargs.pop("output_loading_info", False))
+        where = folder if folder is not None else pretrained_model_name_or_path
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        except (RuntimeError, ValueError) as error:
+            text = str(error)
+            if "size mismatch" in text or "expected shape" in text:  # diffusers' two wordings of a wrong shape
+                raise IncompleteWeightsError(
+                    f"the weights in {os.fspath(where)} do not match {cls.__name__} and its config.json: "
+                    f"{' '.join(text.split())}"
+                ) from error
+            raise
+        check_loading_info(info, cls.__name__, where, allow_mismatched=bool(kwargs.get("ignore_mismatched_sizes")))
+        return (model, info) if want_info else model
+
+    @classmethod
+    def _check_config_keys(cls, path) -> None:
+        """Refuse a config.json with keys this class does not know (a typo such as ``timestep_scal`` would
+        otherwise be ignored with only a warning and give another network). ``_``-prefixed metadata is allowed."""
+        import json
+
+        if not path.is_file():
+            return  # diffusers reports the missing file
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return  # diffusers reports the unreadable file
+        if not isinstance(config, dict):
+            raise ValueError(f"{path} must hold a JSON object")
+        known = set(cls._init_parameter_names()) | _EMA_CONFIG_KEYS
+        unknown = sorted(k for k in config if not str(k).startswith("_") and k not in known)
+        if unknown:
+            raise ValueError(f"{path}: unknown {cls.__name__} config keys {unknown}; valid keys: {list(cls._init_parameter_names())}")
+
+    @classmethod
     def preset_config(cls, name: str, **overrides: Any) -> Dict[str, Any]:
         """The config dict of a preset in :data:`SEMANTIC_UNET_PRESETS`, updated with ``overrides``."""
         if name not in SEMANTIC_UNET_PRESETS:
@@ -753,6 +833,21 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
             :class:`SemanticUNet2DOutput` (or a 1-tuple) with ``sample`` [B, out_channels * (2 if learn_sigma
             else 1), H, W].
         """
+        try:
+            return self._forward(sample, timestep, segmap, return_dict)
+        except ValueError as error:
+            if "Expected more than 1 value per channel" not in str(error):
+                raise
+            # torch's group-norm error speaks of "training" even in eval mode; say what is wrong instead
+            levels = len(self.config.channel_mult)
+            raise ValueError(
+                f"`sample` of size {tuple(sample.shape[-2:])} is too small for this network: its {levels - 1} "
+                "downsamplings shrink the feature maps to a single pixel, where a group norm has one value per group. "
+                f"Use a height and width of at least {2 ** levels} (the network was made for "
+                f"sample_size={self.config.sample_size})."
+            ) from error
+
+    def _forward(self, sample, timestep, segmap, return_dict):
         config = self.config
         if not torch.is_tensor(sample) or sample.ndim != 4 or sample.shape[1] != config.in_channels:
             shape = tuple(sample.shape) if torch.is_tensor(sample) else type(sample).__name__
@@ -781,9 +876,12 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
 
         timesteps = _normalize_timesteps(timestep, batch, sample.device)
         t_emb = timestep_embedding(timesteps.float() * float(config.timestep_scale), config.model_channels)
-        emb = self.time_embedding(t_emb.to(dtype=self.conv_in.weight.dtype))
+        # The compute dtype: ``self.dtype`` is the hooks' compute dtype under layerwise casting (where the
+        # weights are stored in float8), else the parameters' dtype, as in diffusers' own UNets.
+        compute_dtype = self.dtype
+        emb = self.time_embedding(t_emb.to(dtype=compute_dtype))
 
-        h = self.conv_in(sample.to(self.conv_in.weight.dtype))
+        h = self.conv_in(sample.to(compute_dtype))
         skips = [h]
         for block in self.down_blocks:
             for i, resnet in enumerate(block.resnets):

@@ -20,6 +20,7 @@ All functions compute in float64 on the CPU.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence, Tuple
 
 import torch
@@ -153,11 +154,28 @@ def depth_map(
     return depth, inside
 
 
+def _finite_numbers(name: str, values, count: int, what: str) -> Tuple[float, ...]:
+    """``values`` as ``count`` finite floats; ValueError naming ``name`` for strings, bools, NaN, infinities."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != count:
+        raise ValueError(f"`{name}` must be {what} ({count} numbers), got {values!r}")
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"`{name}` must be {what} ({count} numbers), got {values!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"`{name}` must hold finite numbers, got {values!r}")
+        out.append(value)
+    return tuple(out)
+
+
 def _check_fan(apex: Sequence[float], radii: Sequence[float], half_angle_deg: float) -> None:
-    if len(apex) != 2:
-        raise ValueError(f"`fan_apex` must be (x, y) in units of the image width, got {apex!r}")
-    if len(radii) != 2 or not (0.0 <= float(radii[0]) < float(radii[1])):
+    _finite_numbers("fan_apex", apex, 2, "(x, y) in units of the image width")
+    inner, outer = _finite_numbers("fan_radii", radii, 2, "(inner, outer) in units of the image width")
+    if not (0.0 <= inner < outer):
         raise ValueError(f"`fan_radii` must be (inner, outer) with 0 <= inner < outer, got {radii!r}")
+    if isinstance(half_angle_deg, bool) or not isinstance(half_angle_deg, numbers.Real):
+        raise ValueError(f"`fan_half_angle_deg` must be a number of degrees, got {half_angle_deg!r}")
     if not (0.0 < float(half_angle_deg) <= 180.0):
         raise ValueError(f"`fan_half_angle_deg` must lie in (0, 180], got {half_angle_deg!r}")
 

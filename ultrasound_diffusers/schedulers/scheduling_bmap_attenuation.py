@@ -16,6 +16,7 @@ demand in float64 (with a small cache of recently used steps, so sequential samp
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -40,8 +41,8 @@ from .bmaps import (
     depth_map,
 )
 
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "linear_small", "sigmoid")
-VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned_range")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "linear_small", "sigmoid")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 SAMPLERS = ("ddpm", "ddim")
@@ -113,7 +114,10 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
     `clip_sample_range`, `sample_max_value`, `timestep_spacing`, `steps_offset`, `rescale_betas_zero_snr`)
     have diffusers' names and meanings; `beta_schedule` also accepts the B-map fork's `"linear_small"`
     (beta from 0.0001 to 0.001, scaled by 1000 / T), which is stored in the config as the equivalent `"linear"`
-    schedule with those ends so that diffusers' own schedulers can load it.
+    schedule with those ends so that diffusers' own schedulers can load it. As in DDPMScheduler,
+    `beta_schedule="laplace"` is the Laplace schedule and `variance_type="learned"` reads the network's variance
+    channels as the variance itself (`"learned_range"`, the published setting, reads them as the interpolation
+    weight in [-1, 1]). `num_train_timesteps` must be at least 2 (the B-map time schedules divide by T - 1).
 
     Samples are tensors [B, C, H, W] (any H, W; also [B, C, ..., H, W]) in [-1, 1].
     """
@@ -157,13 +161,24 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         _check_choice("bmap_schedule", bmap_schedule, BMAP_SCHEDULES)
         _check_choice("probe_geometry", probe_geometry, PROBE_GEOMETRIES)
         _check_choice("sampler", sampler, SAMPLERS)
-        if not (isinstance(num_train_timesteps, (int, np.integer)) and num_train_timesteps >= 2):
-            raise ValueError(f"`num_train_timesteps` must be an integer >= 2, got {num_train_timesteps!r}")
-        if not (0.0 < float(bmap_min) <= 1.0):
-            raise ValueError(f"`bmap_min` must lie in (0, 1], got {bmap_min!r}")
-        if float(ddim_eta) < 0.0:
-            raise ValueError(f"`ddim_eta` must be >= 0, got {ddim_eta!r}")
+        _check_config_values(
+            num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+            beta_schedule=beta_schedule if trained_betas is None else None, clip_sample=clip_sample,
+            thresholding=thresholding, dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+            clip_sample_range=clip_sample_range, sample_max_value=sample_max_value, steps_offset=steps_offset,
+            rescale_betas_zero_snr=rescale_betas_zero_snr, bmap_min=bmap_min, bmap_buffer=bmap_buffer,
+            preserve_length=preserve_length, ddim_eta=ddim_eta,
+        )
         _check_fan(fan_apex, fan_radii, fan_half_angle_deg)
+        # The config holds JSON types (lists, not tuples or arrays), so that a saved and reloaded scheduler has
+        # exactly the same config: from_pretrained(save_pretrained(s)).config == s.config.
+        json_values = {"fan_apex": [float(v) for v in fan_apex], "fan_radii": [float(v) for v in fan_radii]}
+        if trained_betas is not None:
+            try:
+                json_values["trained_betas"] = [float(v) for v in np.asarray(trained_betas, dtype=np.float64).reshape(-1)]
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"`trained_betas` must be a list of numbers, got {trained_betas!r}") from error
+        self.register_to_config(**json_values)
         if beta_schedule == "linear_small" and trained_betas is None:
             # The fork's schedule is a linear one with T-scaled ends; store it as such so that the saved config
             # also loads into diffusers' own schedulers (DDPMScheduler.from_config).
@@ -189,6 +204,20 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = None
         self.timesteps = torch.from_numpy(np.arange(0, num_train_timesteps)[::-1].copy())
         self._grids: "OrderedDict[Tuple[int, int], _DepthGrid]" = OrderedDict()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, subfolder: Optional[str] = None, **kwargs):
+        """Load from a folder (or Hub repo) written by ``save_pretrained``, as diffusers' ``SchedulerMixin``;
+        a config value that is refused (see the class docstring) raises a ValueError that names the file."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        except ValueError as error:
+            import os
+
+            where = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder or "", cls.config_name)
+            if where in str(error):
+                raise
+            raise ValueError(f"{where}: {error}") from error
 
     # ------------------------------------------------------------------------------------------------ geometry
     def depth_map(self, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -413,6 +442,8 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         if variance_type == "learned_range":
             frac = (_work(model_var_values) + 1.0) / 2.0
             return frac * max_log + (1.0 - frac) * min_log
+        if variance_type == "learned":  # the network predicts the variance itself
+            return torch.log(_check_learned_variance(_work(model_var_values)))
         if variance_type in ("fixed_large", "fixed_large_log"):
             return max_log
         return min_log
@@ -436,7 +467,9 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError("pass only one of `num_inference_steps` and `timesteps`")
         if timesteps is not None:
-            steps = np.asarray(list(timesteps), dtype=np.int64)
+            if isinstance(timesteps, (str, bytes)) or not hasattr(timesteps, "__iter__"):
+                raise ValueError(f"`timesteps` must be a non-empty list of integers, got {timesteps!r}")
+            steps = np.asarray([_integral_timestep(v, "timesteps") for v in timesteps], dtype=np.int64)
             if steps.ndim != 1 or len(steps) == 0:
                 raise ValueError(f"`timesteps` must be a non-empty list of integers, got {timesteps!r}")
             if np.any(np.diff(steps) >= 0):
@@ -446,7 +479,11 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
             self.custom_timesteps = True
             self.num_inference_steps = len(steps)
         else:
-            if num_inference_steps is None or int(num_inference_steps) < 1 or int(num_inference_steps) > T:
+            if (
+                isinstance(num_inference_steps, (bool, np.bool_))
+                or not isinstance(num_inference_steps, (int, np.integer))
+                or not 1 <= int(num_inference_steps) <= T
+            ):
                 raise ValueError(f"`num_inference_steps` must be an integer in [1, {T}], got {num_inference_steps!r}")
             n = int(num_inference_steps)
             self.custom_timesteps = False
@@ -463,16 +500,22 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"`steps_offset`={self.config.steps_offset} moves the timesteps outside [0, {T - 1}]")
         self.timesteps = torch.from_numpy(steps).to(device)
 
-    def previous_timestep(self, timestep: Union[int, torch.Tensor]) -> int:
-        """The next step of the chain (the next kept step after respacing), or -1 after the last."""
-        t = int(timestep)
+    def previous_timestep(self, timestep: Union[int, torch.Tensor]) -> torch.Tensor:
+        """The next step of the chain (the next kept step after respacing), or -1 after the last.
+
+        Returns a 0-d int64 tensor (on the device of ``self.timesteps``), as :class:`~diffusers.DDPMScheduler`
+        returns a tensor.
+        """
+        t = _integral_timestep(timestep, "timestep")
+        device = self.timesteps.device
         if self.num_inference_steps is None and not self.custom_timesteps:
-            return t - 1
+            return torch.tensor(t - 1, dtype=torch.int64, device=device)
         steps = self.timesteps.tolist()
         if t not in steps:
             raise ValueError(f"`timestep` {t} is not one of the scheduler's timesteps; call set_timesteps first")
         index = steps.index(t)
-        return steps[index + 1] if index + 1 < len(steps) else -1
+        prev = steps[index + 1] if index + 1 < len(steps) else -1
+        return torch.tensor(prev, dtype=torch.int64, device=device)
 
     def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
         """Dynamic thresholding (Imagen): clamp each sample to its `dynamic_thresholding_ratio` quantile."""
@@ -522,10 +565,10 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         """
         if sample.dim() < 3:
             raise ValueError(f"`sample` must have shape [B, C, H, W], got {tuple(sample.shape)}")
-        t = int(timestep)
+        t = _integral_timestep(timestep, "timestep")
         if not 0 <= t < self.config.num_train_timesteps:
             raise ValueError(f"`timestep` must lie in [0, {self.config.num_train_timesteps - 1}], got {t}")
-        prev_t = self.previous_timestep(t)
+        prev_t = int(self.previous_timestep(t))
         channels = sample.shape[1]
         predicted_variance = None
         if model_output.shape[1] == 2 * channels and self.config.variance_type in ("learned", "learned_range"):
@@ -572,8 +615,10 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
                     std = terms["step_beta"].sqrt()
                 elif predicted_variance is None:
                     raise ValueError(
-                        "variance_type='learned_range' needs a `model_output` with twice the sample's channels"
+                        f"variance_type={vt!r} needs a `model_output` with twice the sample's channels"
                     )
+                elif vt == "learned":  # the network predicts the variance itself, as in DDPMScheduler
+                    std = _check_learned_variance(_work(predicted_variance)) ** 0.5
                 else:
                     frac = (_work(predicted_variance) + 1.0) / 2.0
                     log_var = frac * torch.log(terms["step_beta"]) + (1.0 - frac) * torch.log(variance)
@@ -597,11 +642,13 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------------------------------------ helpers
     def _steps_for_batch(self, timesteps: TimestepLike, batch: int) -> List[int]:
         if isinstance(timesteps, torch.Tensor):
-            steps = [int(v) for v in timesteps.detach().reshape(-1).cpu().tolist()]
+            if timesteps.dtype == torch.bool:
+                raise ValueError("`timesteps` must hold integer steps, got a bool tensor")
+            steps = [_integral_timestep(v, "timesteps") for v in timesteps.detach().reshape(-1).cpu().tolist()]
         elif isinstance(timesteps, (list, tuple, np.ndarray)):
-            steps = [int(v) for v in np.asarray(timesteps).reshape(-1).tolist()]
+            steps = [_integral_timestep(v, "timesteps") for v in np.asarray(timesteps).reshape(-1).tolist()]
         else:
-            steps = [int(timesteps)]
+            steps = [_integral_timestep(timesteps, "timesteps")]
         if len(steps) == 1:
             steps = steps * batch
         if len(steps) != batch:
@@ -617,15 +664,113 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
 
 
 # ---------------------------------------------------------------------------------------------------- functions
+def _integral_timestep(value, name: str) -> int:
+    """``value`` (an int, a numpy integer, or a one-element integer or integral float tensor) as an int."""
+    if isinstance(value, bool) or (torch.is_tensor(value) and value.dtype == torch.bool):
+        raise ValueError(f"`{name}` must be an integer step, got the bool {value!r}")
+    if torch.is_tensor(value):
+        if value.numel() != 1:
+            raise ValueError(f"`{name}` must be a single step, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    elif isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"`{name}` must be an integer step, got {value!r}")
+
+
 def _check_choice(name: str, value, choices: Sequence[str], allow: bool = False) -> None:
-    if not allow and value not in choices:
+    if not allow and (not isinstance(value, str) or value not in choices):
         raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")
+
+
+def _check_learned_variance(variance: torch.Tensor) -> torch.Tensor:
+    """The variances a ``variance_type="learned"`` network predicts, refused when negative or not finite."""
+    if not bool(torch.isfinite(variance).all()) or bool((variance < 0).any()):
+        raise ValueError(
+            "variance_type='learned' reads the model's variance channels as variances, which must be finite and >= 0; "
+            f"got values in [{float(variance.min())}, {float(variance.max())}] (networks with outputs in [-1, 1] "
+            "need variance_type='learned_range')"
+        )
+    return variance
+
+
+def _real(name: str, value) -> float:
+    """``value`` as a finite float; ValueError naming ``name`` for bools, strings, None, NaN and infinities."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"`{name}` must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}")
+    return value
+
+
+def _integer(name: str, value) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"`{name}` must be an integer, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def _flag(name: str, value) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be true or false, got {type(value).__name__} {value!r}")
+
+
+def _check_config_values(
+    num_train_timesteps, beta_start, beta_end, beta_schedule, clip_sample, thresholding, dynamic_thresholding_ratio,
+    clip_sample_range, sample_max_value, steps_offset, rescale_betas_zero_snr, bmap_min, bmap_buffer,
+    preserve_length, ddim_eta,
+) -> None:
+    """Refuse settings that would break sampling (each error names the key and what was expected).
+
+    ``beta_schedule`` is None when ``trained_betas`` are given (their range is checked with the betas).
+    """
+    T = _integer("num_train_timesteps", num_train_timesteps)
+    if T < 2:
+        raise ValueError(
+            f"`num_train_timesteps` must be >= 2, got {T}: the B-map time schedules (b_t = t / (T - 1), ...) need "
+            "at least two steps (DDPMScheduler accepts T = 1, a chain of one step, which this scheduler does not)"
+        )
+    start, end = _real("beta_start", beta_start), _real("beta_end", beta_end)
+    if beta_schedule in ("linear", "scaled_linear", "sigmoid"):
+        if not 0.0 < start < 1.0:
+            raise ValueError(f"`beta_start` must lie in (0, 1) for beta_schedule={beta_schedule!r}, got {start!r}")
+        if not 0.0 < end < 1.0:
+            raise ValueError(
+                f"`beta_end` must lie in (0, 1) for beta_schedule={beta_schedule!r}, got {end!r} "
+                "(a beta of 1 or more leaves no signal: abar_t <= 0)"
+            )
+        if start > end:
+            raise ValueError(f"`beta_start` ({start}) must not exceed `beta_end` ({end})")
+    for name, value in (("clip_sample", clip_sample), ("thresholding", thresholding),
+                        ("rescale_betas_zero_snr", rescale_betas_zero_snr), ("bmap_buffer", bmap_buffer),
+                        ("preserve_length", preserve_length)):
+        _flag(name, value)
+    ratio = _real("dynamic_thresholding_ratio", dynamic_thresholding_ratio)
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"`dynamic_thresholding_ratio` is a quantile and must lie in [0, 1], got {ratio!r}")
+    if _real("clip_sample_range", clip_sample_range) <= 0:
+        raise ValueError(f"`clip_sample_range` must be > 0 (x_0 is clipped to [-range, range]), got {clip_sample_range!r}")
+    if _real("sample_max_value", sample_max_value) <= 0:
+        raise ValueError(f"`sample_max_value` must be > 0, got {sample_max_value!r}")
+    if _integer("steps_offset", steps_offset) < 0:
+        raise ValueError(f"`steps_offset` must be >= 0, got {steps_offset!r}")
+    eps = _real("bmap_min", bmap_min)
+    if not 0.0 < eps <= 1.0:
+        raise ValueError(f"`bmap_min` must lie in (0, 1] (1 = plain DDPM), got {bmap_min!r}")
+    if _real("ddim_eta", ddim_eta) < 0.0:
+        raise ValueError(f"`ddim_eta` must be >= 0, got {ddim_eta!r}")
 
 
 def _make_betas(T: int, beta_start: float, beta_end: float, schedule: str, trained_betas) -> torch.Tensor:
     """float32 betas [T], computed as diffusers' DDPMScheduler computes them."""
     if trained_betas is not None:
-        betas = torch.tensor(np.asarray(trained_betas), dtype=torch.float32)
+        try:
+            betas = torch.tensor(np.asarray(trained_betas, dtype=np.float64), dtype=torch.float32)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"`trained_betas` must be a list of numbers, got {trained_betas!r}") from error
         if betas.shape != (T,):
             raise ValueError(f"`trained_betas` must have num_train_timesteps={T} values, got {tuple(betas.shape)}")
         if not bool(((betas > 0) & (betas < 1)).all()):
@@ -637,6 +782,8 @@ def _make_betas(T: int, beta_start: float, beta_end: float, schedule: str, train
         return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
     if schedule == "squaredcos_cap_v2":
         return betas_for_alpha_bar(T)
+    if schedule == "laplace":  # as DDPMScheduler (Hang et al. 2024's Laplace noise schedule)
+        return betas_for_alpha_bar(T, alpha_transform_type="laplace")
     # sigmoid (GeoDiff)
     return torch.sigmoid(torch.linspace(-6, 6, T)) * (beta_end - beta_start) + beta_start
 
