@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Reproduces the bundled demonstration pipeline (ultrasound_diffusers/assets/bmap-echo-phantom-64) and the
-# evaluation numbers in its model card. About 45 + 8 min of training on 2 CPU cores, then ~10 min of evaluation.
+# evaluation numbers in its model card. About 45 + 8 + 25 min of training on 2 CPU cores, then ~10 min of evaluation.
 # Usage: bash training/demo_model.sh [WORK_DIR]
+#
+# Stages 1a and 1b trained on the phantoms of version 0.1.0 (before their calibration against real scans; run them
+# from a checkout of commit 15c20db: `git worktree add ../ud-0.1.0 15c20db`). Stage 1c fine-tunes that model on the
+# calibrated phantoms of this version; it is what the bundled pipeline is now.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${1:-demo_model_work}"
@@ -29,12 +33,24 @@ ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --num_cpu_threads_pe
   --validation_steps 0 --logger tensorboard --seed 0 --output_dir "$WORK/pipeline" \
   --resume_from_checkpoint latest --noise_offset 0.1
 
+# 1c. Fine-tune 800 steps on the calibrated phantoms (darker, log-compressed at 60 dB, far-field fall-off), starting
+#     from the stage-1b weights (a fresh optimizer and EMA), same flags otherwise but lr 1e-4.
+mkdir -p "$WORK/calibrated"
+ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+  training/train_semantic.py \
+  --dataset_name phantoms:echo --phantoms 2000 --resolution 64 --model_config tiny-64 --learn_sigma \
+  --drop_rate 0.2 --beta_schedule squaredcos_cap_v2 --bmap_schedule cosine --bmap_min 0.97 --probe_geometry convex \
+  --train_batch_size 8 --max_train_steps 800 --learning_rate 1e-4 --lr_scheduler constant --lr_warmup_steps 0 \
+  --adam_weight_decay 1e-3 --use_ema --ema_decay 0.995 --checkpointing_steps 400 --checkpoints_total_limit 2 \
+  --validation_steps 0 --logger tensorboard --seed 0 --noise_offset 0.1 \
+  --pretrained_model_name_or_path "$WORK/pipeline" --output_dir "$WORK/calibrated/pipeline"
+
 # 2. Held-out phantoms (seed 4242, never seen in training) and a reference slice of the training set.
 python -m ultrasound_diffusers phantoms --num_images 200 --anatomy echo --size 64 --seed 4242 --output_dir "$WORK/heldout"
 python -m ultrasound_diffusers phantoms --num_images 500 --anatomy echo --size 64 --seed 0 --output_dir "$WORK/train_ref"
 
 # 3. One generated image per held-out label map.
-python -m ultrasound_diffusers generate --pipeline "$WORK/pipeline" --labels phantoms:echo:200:4242 \
+python -m ultrasound_diffusers generate --pipeline "$WORK/calibrated/pipeline" --labels phantoms:echo:200:4242 \
   --num_inference_steps 50 --guidance_scale 1.5 --batch_size 25 --seed 0 --output_dir "$WORK/generated"
 
 # 4. Evaluation report (FID/KID, memorisation, depth profile, speckle, class contrast, downstream Dice).
