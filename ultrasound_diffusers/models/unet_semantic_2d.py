@@ -180,8 +180,8 @@ def prepare_segmap(
             the "no label" input of classifier-free guidance).
         num_classes: number of label channels (> 0).
         batch_size: expected batch size; a segmap with batch 1 is repeated to it.
-        size: expected (H, W); a map of another size with the same aspect ratio is resized with nearest
-            interpolation, any other size raises.
+        size: expected (H, W); a map of another size with the same aspect ratio is resized with the package's
+            nearest rule (:func:`ultrasound_diffusers.image_processor.resize_label_map`), any other size raises.
         dtype, device: of the returned tensor.
 
     Returns:
@@ -237,7 +237,9 @@ def prepare_segmap(
                 f"`segmap` spatial size {(h, w)} cannot be resized to the sample size {tuple(size)}: "
                 "the aspect ratios differ"
             )
-        segmap = F.interpolate(segmap, size=tuple(size), mode="nearest")
+        from ..image_processor import resize_label_map  # the package's one nearest rule (pixel centres)
+
+        segmap = resize_label_map(segmap, tuple(size))
     return segmap
 
 

@@ -1,0 +1,156 @@
+"""One label-map rule for every entry point (issue 15): acceptance, the nearest resize rule, the size parser."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ultrasound_diffusers.data.phantoms import phantom_label_maps
+from ultrasound_diffusers.image_processor import (
+    nearest_indices,
+    parse_size,
+    read_label_file,
+    resize_label_map,
+    to_label_array,
+)
+
+
+def reference_nearest_exact(labels: np.ndarray, size):
+    """PyTorch's nearest-exact, the rule the package adopted (an independent implementation)."""
+    x = torch.from_numpy(labels.astype(np.float32))[None, None]
+    return torch.nn.functional.interpolate(x, size=size, mode="nearest-exact")[0, 0].long().numpy()
+
+
+@pytest.mark.parametrize("size", [(40, 40), (64, 64), (96, 40), (13, 200), (1, 1)])
+def test_resize_rule_matches_nearest_exact_for_numpy_and_torch(size):
+    labels = phantom_label_maps(1, anatomy="echo", size=96, seed=3)[0].astype(np.int64)
+    expected = reference_nearest_exact(labels, size)
+    np.testing.assert_array_equal(resize_label_map(labels, size), expected)
+    np.testing.assert_array_equal(resize_label_map(torch.from_numpy(labels), size).numpy(), expected)
+    assert nearest_indices(96, size[0]).max() < 96
+
+
+def every_entry_point_resize(labels: np.ndarray, size):
+    """The same 96 -> 40 map through every place that resizes label maps."""
+    from ultrasound_diffusers.data.converters import resize
+    from ultrasound_diffusers.evaluation.io import resize_label
+    from ultrasound_diffusers.generation import _resize_nearest
+    from ultrasound_diffusers.models.unet_semantic_2d import prepare_segmap as model_prepare
+    from ultrasound_diffusers.pipelines.pipeline_utils import prepare_segmap as pipeline_prepare
+
+    num_classes = int(labels.max()) + 1
+    _, pipe_labels = pipeline_prepare(labels, num_classes, size)
+    model_one_hot = model_prepare(torch.from_numpy(labels)[None], num_classes, size=size)
+    return {
+        "converters": resize(labels.astype(np.uint8), size, label=True).astype(np.int64),
+        "evaluation": resize_label(labels, size),
+        "generation": _resize_nearest(labels, size),
+        "pipeline": pipe_labels[0].numpy(),
+        "model": model_one_hot.argmax(1)[0].numpy(),
+    }
+
+
+def test_a_non_integer_resize_ratio_gives_one_answer_everywhere():
+    labels = phantom_label_maps(1, anatomy="echo", size=96, seed=1)[0].astype(np.int64)
+    results = every_entry_point_resize(labels, (40, 40))
+    reference = results["pipeline"]
+    for name, result in results.items():
+        assert np.array_equal(result, reference), f"{name} differs in {(result != reference).sum()} pixels"
+
+
+GOOD = {
+    "uint8": np.array([[0, 1], [2, 3]], np.uint8),
+    "float whole": np.array([[0.0, 1.0], [2.0, 3.0]]),
+    "bool": np.array([[True, False], [False, True]]),
+    "[1,H,W] tensor": torch.tensor([[[0, 1], [2, 3]]]),
+    "grey RGB PIL": Image.fromarray(np.stack([np.array([[0, 1], [2, 3]], np.uint8)] * 3, -1)),
+    "L PIL": Image.fromarray(np.array([[0, 1], [2, 3]], np.uint8)),
+}
+BAD = {
+    "negative": (np.array([[0, -1], [2, 3]]), "negative"),
+    "fractional": (np.array([[0.5, 1.0], [2.0, 3.0]]), "non-integer"),
+    "nan": (np.array([[np.nan, 1.0], [2.0, 3.0]]), "NaN or infinite"),
+    "inf": (np.array([[np.inf, 1.0], [2.0, 3.0]]), "NaN or infinite"),
+    "colour RGB": (Image.fromarray(np.dstack([np.eye(2, dtype=np.uint8) * 200, np.zeros((2, 2, 2), np.uint8)])),
+                   "colour RGB image whose channels differ"),
+    "4-D": (np.zeros((2, 3, 4, 5)), "2-D label map"),
+    "strings": (np.array([["a", "b"]]), "integer class indices"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_accepted_label_maps(name):
+    out = to_label_array(GOOD[name])
+    assert out.dtype == np.int64 and out.shape == (2, 2)
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_refused_label_maps_name_the_map(name):
+    value, message = BAD[name]
+    with pytest.raises(ValueError, match=message):
+        to_label_array(value, where="map X")
+    with pytest.raises(ValueError, match="map X"):
+        to_label_array(value, where="map X")
+
+
+ENTRY_POINT_READERS = {}
+
+
+def _entry_points():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    from ultrasound_diffusers.evaluation.io import label_to_array
+    from ultrasound_diffusers.generation import to_label_array as generation_reader
+    from ultrasound_diffusers.pipelines.pipeline_utils import prepare_segmap
+
+    root = Path(__file__).resolve().parents[1] / "training"
+    sys.path.insert(0, str(root))
+    try:
+        ts = importlib.import_module("train_semantic")
+    finally:
+        sys.path.remove(str(root))
+    return {
+        "generation": generation_reader,
+        "evaluation": label_to_array,
+        "training": ts.label_array,
+        "pipeline": lambda v: prepare_segmap(v, 8, (2, 2))[1][0].numpy(),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(set(GOOD) | set(BAD)))
+def test_every_entry_point_accepts_and_rejects_the_same_maps(name):
+    outcomes = {}
+    for entry, reader in _entry_points().items():
+        value = GOOD[name] if name in GOOD else BAD[name][0]
+        try:
+            outcomes[entry] = ("ok", tuple(np.asarray(reader(value)).ravel()))
+        except ValueError:
+            outcomes[entry] = ("refused", None)
+    assert len(set(outcomes.values())) == 1, outcomes
+    assert outcomes["generation"][0] == ("ok" if name in GOOD else "refused")
+
+
+def test_read_label_file(tmp_path):
+    Image.fromarray(np.array([[0, 4]], np.uint8)).save(tmp_path / "a.png")
+    np.save(tmp_path / "b.npy", np.array([[1.0, 2.0]]))
+    (tmp_path / "c.png").write_bytes(b"nope")
+    assert read_label_file(tmp_path / "a.png").tolist() == [[0, 4]]
+    assert read_label_file(tmp_path / "b.npy").tolist() == [[1, 2]]
+    with pytest.raises(ValueError, match="c.png is not a readable image"):
+        read_label_file(tmp_path / "c.png")
+    with pytest.raises(FileNotFoundError, match="d.png"):
+        read_label_file(tmp_path / "d.png")
+
+
+@pytest.mark.parametrize("text, expected", [("64", 64), ("8x256", (8, 256)), ("8,256", (8, 256)), (32, 32),
+                                            ((4, 5), (4, 5))])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["0", "axb", "1x2x3", -1, True, 2.5])
+def test_parse_size_refuses(bad):
+    with pytest.raises(ValueError, match="`size`"):
+        parse_size(bad)
