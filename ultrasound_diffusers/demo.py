@@ -49,12 +49,12 @@ def make_demo_figure(label_maps, images, scheduler, num_classes: int, steps: Seq
     """Rows: examples. Columns: label map, generated image, the image attenuated by the cumulative B-maps at
     ``steps`` (deep tissue fades first, as sound does)."""
     from .data.labels import colorize_labels
-    from .visualization import _pyplot
+    from .visualization import new_figure
 
-    plt = _pyplot()
     n = len(images)
     cols = 2 + len(steps)
-    fig, axes = plt.subplots(n, cols, figsize=(2.1 * cols, 2.2 * n + 0.5), squeeze=False)
+    fig = new_figure(figsize=(2.1 * cols, 2.2 * n + 0.5))
+    axes = fig.subplots(n, cols, squeeze=False)
     for i, (labels, image) in enumerate(zip(label_maps, images)):
         axes[i, 0].imshow(colorize_labels(labels, num_classes))
         axes[i, 1].imshow(image, cmap="gray", vmin=0, vmax=1)

@@ -11,14 +11,12 @@ import torch
 from .utils.io import atomic_write
 
 
-def _pyplot():
-    import matplotlib
+def new_figure(**kwargs):
+    """A matplotlib ``Figure`` that belongs to no pyplot state and needs no GUI backend (kwargs: ``figsize``, ...).
+    Library code draws on these, so it never changes the user's matplotlib backend."""
+    from matplotlib.figure import Figure
 
-    if os.environ.get("MPLBACKEND") is None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def bmap_steps(num_train_timesteps: int, num: int = 6) -> list:
@@ -72,9 +70,9 @@ def plot_bmaps(
             maps = (a / (1 - a)) / (abar / (1 - abar))
             label = "SNR relative to DDPM"
     maps = maps.numpy()
-    plt = _pyplot()
     rows = 2 if profile else 1
-    fig, axes = plt.subplots(rows, len(steps), figsize=(2.2 * len(steps), 2.3 * rows + 0.4), squeeze=False)
+    fig = new_figure(figsize=(2.2 * len(steps), 2.3 * rows + 0.4))
+    axes = fig.subplots(rows, len(steps), squeeze=False)
     vmin = float(min(maps.min(), np.sqrt(scheduler.config.bmap_min) if what == "bmap" else maps.min()))
     for i, t in enumerate(steps):
         ax = axes[0, i]
@@ -109,9 +107,11 @@ def plot_bmaps(
 
 
 def save_figure(fig, path: Union[str, os.PathLike], dpi: int = 120) -> str:
-    """Save a matplotlib figure as PNG atomically and close it; returns the path."""
-    plt = _pyplot()
+    """Save a matplotlib figure as PNG atomically (closing it if pyplot manages it); returns the path."""
     with atomic_write(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:  # a figure made with pyplot by the caller: release it
+        sys.modules["matplotlib.pyplot"].close(fig)
     return str(path)

@@ -154,13 +154,14 @@ def make_reconstruction_figure(truth, measured, baseline, reconstruction, uncert
     """One row: ground truth, measurements (missing pixels hatched in blue), baseline, reconstruction,
     uncertainty (per-pixel std of the samples) and, if given, the data residual per step. Images in [0, 1]."""
     import numpy as np
+    from matplotlib import colormaps
 
-    from ..visualization import _pyplot
+    from ..visualization import new_figure
 
-    plt = _pyplot()
     cols = 5 + (residuals is not None)
-    fig, axes = plt.subplots(1, cols, figsize=(2.5 * cols, 2.9))
-    gray = plt.get_cmap("gray").with_extremes(bad="#1f3b73")
+    fig = new_figure(figsize=(2.5 * cols, 2.9))
+    axes = fig.subplots(1, cols)
+    gray = colormaps["gray"].with_extremes(bad="#1f3b73")
     panels = [("ground truth", truth), ("measurements", np.ma.masked_invalid(measured)), ("baseline", baseline),
               ("reconstruction", reconstruction)]
     metrics = metrics or {}

@@ -132,9 +132,10 @@ def train_segmentation_model(
         raise ValueError(f"`steps` and `batch_size` must be positive, got {steps}, {batch_size}")
     if int(labs.max()) >= num_classes or int(labs.min()) < 0:
         raise ValueError(f"labels must lie in [0, {num_classes - 1}], got [{int(labs.min())}, {int(labs.max())}]")
-    torch.manual_seed(int(seed))  # parameter initialisation
     generator = torch.Generator().manual_seed(int(seed))
-    model = TinyUNet(1, num_classes, base_channels=base_channels, depth=depth).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's global RNG state is left as it was
+        torch.manual_seed(int(seed))
+        model = TinyUNet(1, num_classes, base_channels=base_channels, depth=depth).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=learning_rate * 0.05)
     model.train()
