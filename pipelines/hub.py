@@ -232,7 +232,7 @@ def create_model_card(
     scheduler_config = dict(getattr(scheduler, "config", {}) or {})
     pipeline_class = type(pipeline).__name__
     num_classes = int(unet_config.get("num_classes", 0) or 0)
-    is_semantic = bool(getattr(pipeline, "_requires_segmap", False))
+    is_semantic = int(getattr(getattr(getattr(pipeline, "unet", None), "config", None), "num_classes", 0) or 0) > 0
     bmap = "bmap_schedule" in scheduler_config
     pipeline_tag = "image-to-image" if is_semantic else "unconditional-image-generation"
 

@@ -1045,7 +1045,7 @@ def generate_dataset(
         raise ValueError(f"`push_to_hub` must be a Hub dataset repository id 'org/name', got {push_to_hub!r}")
     unet = getattr(pipeline, "unet", None)
     num_classes = int(getattr(getattr(unet, "config", None), "num_classes", 0) or 0)
-    if unet is None or num_classes < 1 or not getattr(pipeline, "_requires_segmap", True):
+    if unet is None or num_classes < 1:
         raise ValueError(
             f"`pipeline` must be label-conditioned (a SemanticUltrasoundPipeline whose unet has num_classes > 0), "
             f"got {type(pipeline).__name__}"

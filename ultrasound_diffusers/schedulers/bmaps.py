@@ -76,7 +76,6 @@ def fan_polar_coordinates(
     height: int,
     width: int,
     apex: Sequence[float] = CAMUS_FAN_APEX,
-    half_angle_deg: float = CAMUS_FAN_HALF_ANGLE_DEG,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Distance (in pixels) and angle from the downward vertical of every pixel relative to the fan apex.
 
@@ -87,7 +86,6 @@ def fan_polar_coordinates(
         ``(r, theta)``: float64 tensors of shape [H, W]; ``theta`` in radians, 0 straight down,
         positive towards larger x.
     """
-    del half_angle_deg  # the angle does not change the polar coordinates; kept for a uniform signature
     ys = torch.arange(height, dtype=torch.float64).view(-1, 1)
     xs = torch.arange(width, dtype=torch.float64).view(1, -1)
     dx = xs - float(apex[0]) * width

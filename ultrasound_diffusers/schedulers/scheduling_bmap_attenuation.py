@@ -197,7 +197,6 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         self._abar = self.alphas_cumprod.to(torch.float64)
         self.bmap_b = bmap_time_schedule(bmap_schedule, num_train_timesteps, buffer=bool(bmap_buffer))
-        self.one = torch.tensor(1.0)
         self.init_noise_sigma = 1.0
 
         self.custom_timesteps = False
