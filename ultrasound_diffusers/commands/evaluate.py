@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-METRIC_HELP = "fid,kid,memorization,depth,speckle,classes,segmentation"
+METRIC_HELP = "fid,kid,memorization,depth,speckle,classes,segmentation,realism"
 
 
 def register(subparsers) -> None:
