@@ -182,6 +182,10 @@ def test_cli_comparison_and_single_set_and_errors(tmp_path, capsys):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["reference_set"] == "plain" and saved["set_names"] == ["bmap", "plain"]
     assert (out / "plots" / "label_grid.png").is_file()
+    # one named set: a comparison report without differences
+    assert main(base + ["--generated", f"only={a}", "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert one["set_names"] == ["only"] and all(r["differences"] == {} for r in one["comparison"]["rows"])
     # one unnamed set: today's single-set report
     single = tmp_path / "single"
     assert main(["evaluate", "--real", str(real), "--generated", str(a), "--metrics", "depth", "--no_progress",
