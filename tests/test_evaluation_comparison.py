@@ -143,7 +143,8 @@ def test_comparison_report_table_intervals_and_pictures(tmp_path):
     assert v["low"] < v["value"] < v["high"]
     assert saved["paired"]["dark"]["by_index"] is True
     md = (out / "report.md").read_text()
-    assert "| metric | depth band | real | ref | same | dark | same - ref | excludes 0 | dark - ref | excludes 0 |" in md
+    header = "| metric | depth band | real | ref | same | dark | same - ref | excludes 0 | dark - ref | excludes 0 |"
+    assert header in md
     assert "**yes**" in md and "plots/depth_profiles.png" in md and "plots/label_grid.png" in md
     assert LPIPS_NOTE in md
     assert "## Realism" in md and "| property | real-scan range | real | ref | same | dark |" in md

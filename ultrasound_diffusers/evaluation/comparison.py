@@ -583,7 +583,8 @@ def compare(
                 "num_resamples": int(num_bootstrap),
                 "num_resamples_fid_kid": int(num_feature_bootstrap),
                 "confidence": float(confidence),
-                "method": "percentile bootstrap over images, shifted by the resampling bias (median of replicates - estimate)",
+                "method": "percentile bootstrap over images, shifted by the resampling bias "
+                          "(median of replicates - estimate)",
             },
             "depth_bands": {b: [lo, hi] for b, lo, hi in DEPTH_BANDS},
         },
@@ -710,7 +711,8 @@ def compare(
             diff = point[n] - point[reference_set]
             lo, hi = bootstrap_interval([r[n] - r[reference_set] for r in rep], confidence, diff)
             scale = max(abs(point[n]), abs(point[reference_set])) if math.isfinite(diff) else 0.0
-            row["differences"][n] = {"value": diff, "low": lo, "high": hi, "excludes_zero": excludes_zero(lo, hi, scale)}
+            row["differences"][n] = {"value": diff, "low": lo, "high": hi,
+                                     "excludes_zero": excludes_zero(lo, hi, scale)}
         rows.append(row)
     report["comparison"] = {"reference_set": reference_set, "confidence": float(confidence), "rows": rows}
 
@@ -727,7 +729,8 @@ def compare(
     # ---- realism: the real set and every generated set in one table ----------------------------------------------
     if all("realism" in f for f in report["sets"].values()) and "realism_real" in cache:
         report["realism"] = realism_section(
-            {"real": cache["realism_real"], **{n: f["realism"]["sets"]["generated"] for n, f in report["sets"].items()}},
+            {"real": cache["realism_real"],
+             **{n: f["realism"]["sets"]["generated"] for n, f in report["sets"].items()}},
             real_set.size,
         )
 
