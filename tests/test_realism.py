@@ -207,3 +207,30 @@ def test_rib_shadow_darkens_a_wedge_without_touching_labels():
     assert imgs[1.0][deep].mean() < 0.97 * imgs[0.0][deep].mean()
     with pytest.raises(ValueError, match="rib_shadow_probability"):
         P.resolve_physics(rib_shadow_probability=1.5)
+
+
+def test_evaluate_realism_section_against_real_ranges(tmp_path):
+    """``evaluate --metrics realism``: each set's realism_report over the fan, checked against REAL_SCAN_RANGES."""
+    from ultrasound_diffusers.evaluation.physics import FanGeometry
+    from ultrasound_diffusers.evaluation.report import evaluate
+
+    imgs = np.concatenate([im for im, _, _ in P.iter_phantom_batches(4, "echo", 64, seed=3)]).astype(np.float32)
+    bright = np.clip(imgs * 4.0, 0.0, 1.0)  # a washed-out set: far too bright for a B-mode scan
+    report = evaluate(imgs, bright, tmp_path / "rep", metrics="realism", progress=False)
+    section = report["realism"]
+    assert section["reference_resolution"] == 64 and set(section["sets"]) == {"real", "generated"}
+    inside = FanGeometry().depth_and_mask(64, 64)[1]
+    direct = R.realism_report(imgs, inside)
+    for key in R.METRICS:
+        assert section["sets"]["real"][key] == pytest.approx(direct[key], rel=1e-5, nan_ok=True), key
+        assert section["inside_reference"]["real"][key]["low"] == R.REAL_SCAN_RANGES[64][key][0]
+    assert section["inside_reference"]["real"]["grey_mean"]["inside"]
+    assert section["inside_reference"]["real"]["far_field_falloff"]["inside"]
+    for key in ("grey_mean", "frac_above_0p8"):
+        assert not section["inside_reference"]["generated"][key]["inside"], key
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Realism" in md and "| grey_mean |" in md and "OUT" in md
+    assert "realism: properties inside real-scan range" in md
+    # no reference range at 32 px: values only, said so
+    small = evaluate(imgs[:, ::2, ::2], imgs[:, ::2, ::2], tmp_path / "rep32", metrics="realism", progress=False)
+    assert small["realism"]["reference_resolution"] is None and "no real-scan range" in small["realism"]["note"]

@@ -8,13 +8,24 @@ Example::
 ``--real``, ``--generated`` and ``--train`` each take an image folder (optionally with ``images/`` and
 ``labels/`` sub-folders), a dataset saved with ``save_to_disk`` or a Hub dataset name. The report folder gets
 ``metrics.json``, ``report.md``, ``sample_grid.png`` and ``plots/``; a summary table is printed.
+
+Comparing several generated sets (an ablation) in one report::
+
+    ultrasound-diffusers evaluate --real heldout/ --generated bmap=samples_bmap/ plain=samples_plain/ \
+        --train train/ --paired --out reports/ablation
+
+Each ``NAME=SOURCE`` set gets every metric above; the report adds each set's difference from the first set
+(or ``--reference_set NAME``) with a 95 % bootstrap interval over images (``--bootstrap`` resamples, seeded by
+``--seed``), depth-band splits of the depth-sensitive metrics, PSNR/SSIM against the real image of the same label
+map (``--paired``), the depth profiles of every set over the real one and a grid of the same label maps across
+sets (``report.md``, ``metrics.json``, ``plots/``).
 """
 
 from __future__ import annotations
 
 import argparse
 
-METRIC_HELP = "fid,kid,memorization,depth,speckle,classes,segmentation"
+METRIC_HELP = "fid,kid,memorization,depth,speckle,classes,segmentation,realism"
 
 
 def register(subparsers) -> None:
@@ -25,7 +36,20 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--real", required=True, help="real (held-out) images: folder, saved dataset or Hub dataset name")
-    p.add_argument("--generated", required=True, help="generated images: folder, saved dataset or Hub dataset name")
+    p.add_argument("--generated", required=True, nargs="+", metavar="[NAME=]SOURCE",
+                   help="generated images: folder, saved dataset or Hub dataset name; named sets (bmap=DIR "
+                   "plain=DIR) write a comparison report (a path whose first part looks like NAME=...: "
+                   "write ./NAME=...)")
+    p.add_argument("--reference_set", default=None,
+                   help="comparison: the set the others are compared with (default: the first --generated set)")
+    p.add_argument("--paired", action="store_true",
+                   help="comparison: PSNR and SSIM of each generated image against the real image with the same label "
+                   "map (paired by index, else by identical label map; an unmatched label map is an error)")
+    p.add_argument("--bootstrap", type=int, default=None,
+                   help="comparison: bootstrap resamples over images for the intervals (default 1000)")
+    p.add_argument("--bootstrap_fid", type=int, default=None,
+                   help="comparison: bootstrap resamples for FID and KID (default 200)")
+    p.add_argument("--confidence", type=float, default=0.95, help="comparison: interval coverage (default 0.95)")
     p.add_argument("--out", "--output_dir", dest="out", required=True,
                    help="report folder (written atomically; an earlier report of this command is replaced)")
     p.add_argument("--train", default=None, help="training images, for memorisation and the segmentation reference")
@@ -106,12 +130,20 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.num_threads)
     label_column = None if str(args.label_column).lower() == "none" else args.label_column
-    report = evaluate(
-        args.real,
-        args.generated,
-        args.out,
-        train=args.train,
-        metrics=args.metrics,
+    from ..evaluation.comparison import (
+        DEFAULT_BOOTSTRAP,
+        DEFAULT_FEATURE_BOOTSTRAP,
+        compare,
+        format_comparison_summary,
+        parse_generated,
+    )
+
+    named, generated = parse_generated(args.generated)
+    comparison_flags = [flag for flag, used in (
+        ("--reference_set", args.reference_set is not None), ("--paired", args.paired),
+        ("--bootstrap", args.bootstrap is not None), ("--bootstrap_fid", args.bootstrap_fid is not None),
+        ("--confidence", args.confidence != 0.95)) if used]
+    common = dict(
         label_column=label_column,
         image_column=args.image_column,
         split=args.split,
@@ -135,6 +167,18 @@ def run(args: argparse.Namespace) -> int:
         replace_report=not args.no_overwrite,
         progress=not args.no_progress,
     )
+    if named or comparison_flags:
+        report = compare(
+            args.real, generated, args.out, train=args.train, metrics=args.metrics,
+            reference_set=args.reference_set, paired=args.paired,
+            num_bootstrap=DEFAULT_BOOTSTRAP if args.bootstrap is None else args.bootstrap,
+            num_feature_bootstrap=DEFAULT_FEATURE_BOOTSTRAP if args.bootstrap_fid is None else args.bootstrap_fid,
+            confidence=args.confidence, **common,
+        )
+        print(format_comparison_summary(report))
+        print(f"\ncomparison report written to {args.out} (report.md, metrics.json, plots/)")
+        return 0
+    report = evaluate(args.real, generated["generated"], args.out, train=args.train, metrics=args.metrics, **common)
     print(format_summary(report))
     print(f"\nreport written to {args.out} (metrics.json, report.md, sample_grid.png, plots/)")
     return 0

@@ -17,6 +17,9 @@ and returns the metrics as a dict. Metrics:
 * ``classes``: per-class intensity statistics and contrasts (needs label maps).
 * ``segmentation``: a tiny UNet trained on generated pairs and tested on real pairs, and the real-trained
   reference (needs label maps on generated and real images).
+* ``realism``: :func:`~.realism.realism_report` of the real and generated sets over the fan (grey-level
+  distribution and skew, homogeneous-window std, speckle grain relative to depth, far-field fall-off), checked
+  against the real-scan ranges :data:`~.realism.REAL_SCAN_RANGES` when one exists for the image height.
 
 With ``metrics=None`` every metric whose inputs are present runs and the others are listed under ``skipped``;
 a metric named explicitly whose inputs are missing raises ``ValueError``.
@@ -53,7 +56,9 @@ from .physics import (
     speckle_statistics,
 )
 
-ALL_METRICS: Tuple[str, ...] = ("fid", "kid", "memorization", "depth", "speckle", "classes", "segmentation")
+ALL_METRICS: Tuple[str, ...] = (
+    "fid", "kid", "memorization", "depth", "speckle", "classes", "segmentation", "realism"
+)
 
 
 def parse_metrics(metrics: Optional[Union[str, Sequence[str]]]) -> Optional[List[str]]:
@@ -212,6 +217,53 @@ def evaluate(
             raise ValueError(f"metric {metric!r} cannot run: {reason}")
         report["skipped"][metric] = reason
 
+    _evaluate_metrics(
+        report, figures, real_set, gen_set, train_set, wanted, skip, names=names, geometry=geometry,
+        feature_extractor=feature_extractor, inception_weights=inception_weights, batch_size=batch_size,
+        device=device, contrast_pairs=contrast_pairs, num_depth_bins=num_depth_bins, speckle_window=speckle_window,
+        dynamic_range_db=dynamic_range_db, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
+        copy_fraction=copy_fraction, seg_steps=seg_steps, seg_batch_size=seg_batch_size,
+        seg_base_channels=seg_base_channels, seed=seed, progress=progress,
+    )
+
+    figures["sample_grid"] = plot_sample_grid(
+        {"real": real_set, "generated": gen_set}, num_samples_in_grid, num_classes=max(names) + 1 if names else 5
+    )
+    report = _jsonable(report)
+    markdown = render_markdown(report)
+
+    def build(tmp: Path) -> None:
+        (tmp / "plots").mkdir()
+        for key, fig in figures.items():
+            target = tmp / ("sample_grid.png" if key == "sample_grid" else f"plots/{key}.png")
+            fig.savefig(target)
+        (tmp / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(markdown, encoding="utf-8")
+
+    replace_directory(build, out_dir, kind="evaluate")
+    return report
+
+
+
+def _evaluate_metrics(
+    report: Dict[str, Any], figures: Dict[str, Any], real_set: ImageSet, gen_set: ImageSet,
+    train_set: Optional[ImageSet], wanted: Sequence[str], skip, *, names: Mapping[int, str], geometry: FanGeometry,
+    feature_extractor: Any, inception_weights: Any, batch_size: int, device: str,
+    contrast_pairs: Sequence[Tuple[str, str]], num_depth_bins: int, speckle_window: int,
+    dynamic_range_db: Optional[float], kid_subsets: int, kid_subset_size: Optional[int], copy_fraction: float,
+    seg_steps: int, seg_batch_size: int, seg_base_channels: int, seed: int, progress: bool,
+    cache: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """Every metric of ``wanted`` for one generated set against ``real_set``, written into ``report`` (and
+    ``figures``); ``skip(metric, reason)`` handles a metric whose inputs are missing.
+
+    ``cache`` (a dict, shared between calls for several generated sets against one real set) keeps what depends
+    on the real/train sets only (real features, real realism statistics, the real-trained segmentation
+    reference) so that it is computed once. Returns the per-image data the comparison report bootstraps:
+    ``real_features``/``generated_features`` ``[N, D]`` and ``memorization`` (the nearest-neighbour stats).
+    """
+    cache = {} if cache is None else cache
+    extras: Dict[str, Any] = {}
     # ---- FID / KID -------------------------------------------------------------------------------------------
     if "fid" in wanted or "kid" in wanted:
         extractor, reason = _make_extractor(feature_extractor, inception_weights, device)
@@ -220,15 +272,20 @@ def evaluate(
                 if m in wanted:
                     skip(m, reason)
         else:
-            _run_fid_kid(report, real_set, gen_set, extractor, wanted, batch_size, device, kid_subsets,
-                         kid_subset_size, seed, progress)
+            extras["real_features"], extras["generated_features"] = _run_fid_kid(
+                report, real_set, gen_set, extractor, wanted, batch_size, device, kid_subsets, kid_subset_size,
+                seed, progress, real_features=cache.get("real_features"),
+            )
+            cache["real_features"] = extras["real_features"]
 
     # ---- memorisation ----------------------------------------------------------------------------------------
     if "memorization" in wanted:
         if train_set is None:
             skip("memorization", "no training set given (`train` / --train)")
         else:
-            _run_memorization(report, figures, real_set, gen_set, train_set, copy_fraction, batch_size, device)
+            extras["memorization"] = _run_memorization(
+                report, figures, real_set, gen_set, train_set, copy_fraction, batch_size, device
+            )
 
     # ---- depth profile + outside fan -------------------------------------------------------------------------
     if "depth" in wanted:
@@ -293,25 +350,48 @@ def evaluate(
         else:
             report["segmentation"] = _run_segmentation(
                 real_set, gen_set, train_set, names, seg_steps, seg_batch_size, seg_base_channels, seed, device,
-                progress,
+                progress, reference=cache.get("segmentation_reference"),
             )
+            if "trained_on_real" in report["segmentation"]:
+                cache["segmentation_reference"] = report["segmentation"]["trained_on_real"]
 
-    figures["sample_grid"] = plot_sample_grid(
-        {"real": real_set, "generated": gen_set}, num_samples_in_grid, num_classes=max(names) + 1 if names else 5
-    )
-    report = _jsonable(report)
-    markdown = render_markdown(report)
+    # ---- realism (issue 19) ----------------------------------------------------------------------------------
+    if "realism" in wanted:
+        if "realism_real" not in cache:
+            cache["realism_real"] = _realism_of(real_set, geometry)
+        report["realism"] = realism_section(
+            {"real": cache["realism_real"], "generated": _realism_of(gen_set, geometry)}, real_set.size
+        )
 
-    def build(tmp: Path) -> None:
-        (tmp / "plots").mkdir()
-        for key, fig in figures.items():
-            target = tmp / ("sample_grid.png" if key == "sample_grid" else f"plots/{key}.png")
-            fig.savefig(target)
-        (tmp / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        (tmp / "report.md").write_text(markdown, encoding="utf-8")
+    return extras
 
-    replace_directory(build, out_dir, kind="evaluate")
-    return report
+
+def _realism_of(image_set: ImageSet, geometry: FanGeometry) -> Dict[str, Any]:
+    """:func:`~.realism.realism_report` of a set, over the fan of ``geometry``."""
+    from .realism import realism_report
+
+    inside = geometry.depth_and_mask(*image_set.size)[1]
+    return realism_report(image_set.images, inside)
+
+
+def realism_section(stats: Mapping[str, Mapping[str, Any]], size: Tuple[int, int]) -> Dict[str, Any]:
+    """The ``realism`` report entry: each set's :func:`~.realism.realism_report` and, when
+    :data:`~.realism.REAL_SCAN_RANGES` has a range for images of this height (the fan's depth extent, 64 or
+    128 px), :func:`~.realism.compare_to_reference` of each set against it."""
+    from .realism import METRICS, REAL_SCAN_RANGES, compare_to_reference
+
+    height = int(size[0])
+    section: Dict[str, Any] = {"metrics": list(METRICS), "sets": {k: dict(v) for k, v in stats.items()}}
+    if height in REAL_SCAN_RANGES:
+        ranges = REAL_SCAN_RANGES[height]
+        section["reference_resolution"] = height
+        section["reference_ranges"] = {k: list(v) for k, v in ranges.items()}
+        section["inside_reference"] = {k: compare_to_reference(v, ranges) for k, v in stats.items()}
+    else:
+        section["reference_resolution"] = None
+        section["note"] = (f"no real-scan range for {height} px images (ranges exist for "
+                           f"{sorted(k for k in REAL_SCAN_RANGES if k is not None)} px)")
+    return section
 
 
 def _make_extractor(feature_extractor: Any, inception_weights: Any, device: str) -> Tuple[Any, str]:
@@ -336,10 +416,12 @@ def _make_extractor(feature_extractor: Any, inception_weights: Any, device: str)
 
 
 def _run_fid_kid(report, real_set, gen_set, extractor, wanted, batch_size, device, kid_subsets, kid_subset_size,
-                 seed, progress) -> None:
+                 seed, progress, real_features=None) -> Tuple[np.ndarray, np.ndarray]:
     from .fid import extract_features, fid_kid_from_features
 
-    real_f = extract_features(real_set.images, extractor, batch_size, device, progress, desc="features (real)")
+    real_f = real_features
+    if real_f is None:
+        real_f = extract_features(real_set.images, extractor, batch_size, device, progress, desc="features (real)")
     gen_f = extract_features(gen_set.images, extractor, batch_size, device, progress, desc="features (generated)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # collected in result["warnings"] instead
@@ -355,9 +437,11 @@ def _run_fid_kid(report, real_set, gen_set, extractor, wanted, batch_size, devic
     if "kid_mean" in res:
         report["kid"] = {"mean": res["kid_mean"], "std": res["kid_std"], "subset_size": res["kid_subset_size"],
                          "num_subsets": res["kid_subsets"], "feature_extractor": name}
+    return real_f, gen_f
 
 
-def _run_memorization(report, figures, real_set, gen_set, train_set, copy_fraction, batch_size, device) -> None:
+def _run_memorization(report, figures, real_set, gen_set, train_set, copy_fraction, batch_size,
+                      device) -> Dict[str, Any]:
     from .memorization import memorization_statistics, plot_closest_pairs, plot_memorization_histogram
 
     size = gen_set.size
@@ -377,10 +461,12 @@ def _run_memorization(report, figures, real_set, gen_set, train_set, copy_fracti
     report["memorization"] = summary
     figures["memorization_histogram"] = plot_memorization_histogram(stats)
     figures["closest_pairs"] = plot_closest_pairs(gen_set.images, train_imgs, stats, heldout=held)
+    return stats
 
 
 def _run_segmentation(real_set, gen_set, train_set, names, steps, batch_size, base_channels, seed, device,
-                      progress) -> Dict[str, Any]:
+                      progress, reference: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Downstream Dice of a model trained on ``gen_set``; ``reference`` reuses an earlier real-trained result."""
     from .segmentation import downstream_segmentation
 
     size = real_set.size
@@ -405,7 +491,9 @@ def _run_segmentation(real_set, gen_set, train_set, names, steps, batch_size, ba
     result["trained_on_generated"] = downstream_segmentation(
         gen.images, gen.labels, test.images, test.labels, desc="segmentation (generated)", **kwargs
     )
-    if reference_train is not None:
+    if reference_train is not None and reference is not None:
+        result["trained_on_real"] = reference
+    elif reference_train is not None:
         result["trained_on_real"] = downstream_segmentation(
             reference_train.images, reference_train.labels, test.images, test.labels,
             desc="segmentation (real)", **kwargs
@@ -495,6 +583,14 @@ def summary_rows(report: Mapping[str, Any]) -> List[Tuple[str, str, str]]:
 
         for pair in pairs:
             rows.append((f"contrast {pair}", _fmt(difference("real", pair)), _fmt(difference("generated", pair))))
+    if "realism" in report and "inside_reference" in report["realism"]:
+        inside = report["realism"]["inside_reference"]
+
+        def count(name: str) -> str:
+            flags = [v["inside"] for v in inside.get(name, {}).values()]
+            return f"{sum(flags)} / {len(flags)}" if flags else "n/a"
+
+        rows.append(("realism: properties inside real-scan range", count("real"), count("generated")))
     if "segmentation" in report:
         s = report["segmentation"]
         ref = s.get("trained_on_real", {}).get("mean_dice")
@@ -514,6 +610,33 @@ def format_summary(report: Mapping[str, Any]) -> str:
     for message in report.get("warnings", []):
         lines.append(f"warning: {message}")
     return "\n".join(lines)
+
+
+def realism_markdown(section: Mapping[str, Any]) -> List[str]:
+    """``## Realism`` lines: one row per property with the real-scan range, each set's value and whether it
+    lies inside the range (``in`` / ``OUT``; ``n/a`` without a range for this image size)."""
+    sets = list(section["sets"])
+    inside = section.get("inside_reference", {})
+    ranges = section.get("reference_ranges", {})
+    res = section.get("reference_resolution")
+    out = ["## Realism", ""]
+    if res is not None:
+        out.append(f"Real-scan ranges: `REAL_SCAN_RANGES[{res}]` of `ultrasound_diffusers.evaluation.realism` "
+                   "(pydicom-data B-mode scans resampled to this depth, 10 % margin); measured over the fan.")
+    else:
+        out.append(section.get("note", "no real-scan range for this image size") + "; values only.")
+    out += ["", "| property | real-scan range | " + " | ".join(sets) + " | " +
+            " | ".join(f"{n} inside" for n in sets) + " |", "|---|---|" + "---|" * (2 * len(sets))]
+    for key in section["metrics"]:
+        rng = ranges.get(key)
+        rng_text = f"{_fmt(rng[0], 3)} to {_fmt(rng[1], 3)}" if rng else "n/a"
+        values = " | ".join(_fmt(section["sets"][n].get(key)) for n in sets)
+        flags = " | ".join(
+            ("in" if inside[n][key]["inside"] else "OUT") if n in inside and key in inside[n] else "n/a" for n in sets
+        )
+        out.append(f"| {key} | {rng_text} | {values} | {flags} |")
+    out.append("")
+    return out
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -602,6 +725,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             out.append(f"| {key.replace('trained_on_', '')} | " + " | ".join(_fmt(run["dice"][c]) for c in classes)
                        + f" | {_fmt(run['mean_dice'])} |")
         out.append("")
+    if "realism" in report:
+        out += realism_markdown(report["realism"])
     if report.get("skipped"):
         out += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in report["skipped"].items()] + [""]
     if report.get("warnings"):

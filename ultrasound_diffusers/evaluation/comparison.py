@@ -1,0 +1,952 @@
+"""Compare several generated image sets against one real set: ``evaluate --generated bmap=DIR plain=DIR``.
+
+:func:`compare` runs every metric of :func:`~.report.evaluate` on each named generated set (the same code:
+:func:`~.report._evaluate_metrics`), then measures the differences between sets with bootstrap confidence
+intervals over images, and writes one report folder::
+
+    out_dir/
+      report.md              the tables below and the pictures
+      metrics.json           every number (strict JSON): per-set reports, differences, intervals
+      plots/depth_profiles.png   the depth-intensity profile of every set overlaid on the real one
+      plots/label_grid.png       the same label maps across sets (label map, real, each set)
+      plots/<set>/*.png          each set's own evaluate plots (speckle, classes, memorisation)
+
+**Differences.** Every set is compared with a reference set (the first one, or ``reference_set``):
+``difference = value(set) - value(reference)``. Its interval is a percentile bootstrap over images
+(``confidence`` 95 % by default, ``num_bootstrap`` = :data:`DEFAULT_BOOTSTRAP` resamples, seeded): each
+resample draws the real images and each generated set's images with replacement and recomputes the set-level
+statistic (a mean, a median over speckle windows, a pooled class contrast, a distance between mean depth
+profiles, FID, KID). Generated sets of equal size are resampled with the same indices (a paired bootstrap: the
+usual ablation generates every set from the same label maps and seeds, image i of each set from the same map),
+sets of different sizes independently. ``excludes_zero`` says whether the interval excludes 0. FID and KID use
+``num_feature_bootstrap`` resamples (:data:`DEFAULT_FEATURE_BOOTSTRAP`), computed from Gram matrices of the
+features; the bootstrap KID is the unbiased MMD^2 of the whole resampled sets (pairs of copies of one image
+left out), so its point value can differ slightly from ``evaluate``'s subset-averaged KID. A bootstrap over
+images holds the generator fixed: it measures sampling noise at this number of images, not the spread
+between training runs.
+
+**Depth bands.** Depth-sensitive metrics are also reported in the shallow, middle and deep thirds of the fan
+(normalised depth from :class:`~.physics.FanGeometry`: [0, 1/3), [1/3, 2/3), [2/3, 1]): mean intensity,
+depth-profile distance to the real profile (bins whose centre lies in the band), speckle mean/std (windows
+entirely inside the band), class contrasts (pixels inside the band). The signal outside the fan is split by the
+rows of the fan's depth extent in thirds.
+
+**Paired** (``paired=True``): PSNR and SSIM (:mod:`.image_metrics`) of each generated image against the real
+image with the same label map. Images are paired by index when the label maps agree index by index, otherwise
+by identical label map (so several images per map, or another order, also pair); a generated image whose label
+map matches no real one is an error.
+
+LPIPS is not computed: it needs pretrained network weights that are not available offline.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..utils.io import check_output_dir, replace_directory
+from .io import ImageSet
+from .physics import (
+    ECHO_CLASS_NAMES,
+    ECHO_CONTRAST_PAIRS,
+    FanGeometry,
+    depth_intensity_profile,
+    plot_depth_profiles,
+    speckle_statistics,
+)
+
+#: bootstrap resamples for per-image metrics.
+DEFAULT_BOOTSTRAP = 1000
+#: bootstrap resamples for FID and KID (an SVD per resample).
+DEFAULT_FEATURE_BOOTSTRAP = 200
+#: (name, low, high) of the depth bands, in normalised depth.
+DEPTH_BANDS: Tuple[Tuple[str, float, float], ...] = (
+    ("shallow", 0.0, 1.0 / 3.0),
+    ("middle", 1.0 / 3.0, 2.0 / 3.0),
+    ("deep", 2.0 / 3.0, 1.0),
+)
+LPIPS_NOTE = "LPIPS is not computed: it needs pretrained network weights (AlexNet/VGG) that are not available offline."
+RESERVED_NAMES = ("real", "train")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parsing --generated
+# --------------------------------------------------------------------------------------------------------------
+
+
+def parse_generated(specs: Union[str, Path, Sequence[Any], Mapping[str, Any]]) -> Tuple[bool, Dict[str, Any]]:
+    """``--generated`` values -> ``(named, {name: source})``.
+
+    Each value is ``NAME=SOURCE`` or a bare ``SOURCE``. A prefix before the first ``=`` counts as a name only when
+    it is a plain name (letters, digits, ``_ . + -``; no ``/``), so paths such as ``runs/lr=1e-4`` stay paths.
+    One bare source gives ``(False, {"generated": source})`` (the single-set report); names must be unique, not
+    ``real``/``train``, and either every value is named or there is exactly one bare one.
+    """
+    if isinstance(specs, Mapping):
+        items = list(specs.items())
+        if not items:
+            raise ValueError("`generated` is empty: give at least one generated set")
+        out: Dict[str, Any] = {}
+        for name, source in items:
+            _check_name(str(name))
+            out[str(name)] = source
+        return True, out
+    if isinstance(specs, (str, Path)) or not isinstance(specs, Sequence):
+        specs = [specs]
+    if len(specs) == 0:
+        raise ValueError("`generated` is empty: give at least one generated set")
+    named: List[Tuple[str, Any]] = []
+    bare: List[Any] = []
+    for spec in specs:
+        if isinstance(spec, str) and "=" in spec:
+            name, _, source = spec.partition("=")
+            if _NAME.match(name) and "/" not in name:
+                if not source:
+                    raise ValueError(f"`--generated {spec}`: nothing after '='; use NAME=PATH")
+                named.append((name, source))
+                continue
+        bare.append(spec)
+    if named and bare:
+        raise ValueError(
+            f"`--generated`: name every set when comparing several (NAME=PATH), got unnamed {[str(b) for b in bare]}"
+        )
+    if len(bare) > 1:
+        raise ValueError(
+            f"`--generated` got {len(bare)} unnamed sets; name them to compare, e.g. --generated bmap=DIR plain=DIR"
+        )
+    if bare:
+        return False, {"generated": bare[0]}
+    out = {}
+    for name, source in named:
+        _check_name(name)
+        if name in out:
+            raise ValueError(f"`--generated`: the name {name!r} is used twice; set names must be unique")
+        out[name] = source
+    return True, out
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise ValueError(f"generated set name {name!r} must be letters, digits, '_', '.', '+' or '-'")
+    if name in RESERVED_NAMES:
+        raise ValueError(f"generated set name {name!r} is reserved; choose another (not {', '.join(RESERVED_NAMES)})")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small pure helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def bootstrap_interval(
+    replicates: Sequence[float], confidence: float = 0.95, estimate: Optional[float] = None
+) -> Tuple[Optional[float], Optional[float]]:
+    """Bootstrap interval from replicates (NaN replicates ignored; ``(None, None)`` if none is finite).
+
+    Without ``estimate``: the percentile interval. With the full-sample ``estimate``: the percentile interval
+    shifted by the resampling bias ``median(replicates) - estimate``, i.e. the percentile interval of the
+    bias-corrected replicates. For statistics that resampling leaves centred (means, medians, contrasts) this is
+    the percentile interval; FID and KID see the duplicated images of a resample as a narrower distribution
+    and rise, and the shift keeps their interval around their own value with the width the resampling measured.
+    """
+    r = np.asarray(replicates, np.float64)
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return None, None
+    alpha = (1.0 - float(confidence)) / 2.0
+    low, high = np.percentile(r, [100.0 * alpha, 100.0 * (1.0 - alpha)])
+    if estimate is not None and math.isfinite(float(estimate)):
+        shift = float(np.median(r)) - float(estimate)
+        low, high = low - shift, high - shift
+    return float(low), float(high)
+
+
+def excludes_zero(low: Optional[float], high: Optional[float], scale: float = 0.0) -> Optional[bool]:
+    """Whether ``[low, high]`` excludes 0 by more than float rounding (``1e-6 * scale``, scale >= 1e-6)."""
+    if low is None or high is None:
+        return None
+    tol = 1e-6 * max(abs(float(scale)), 1e-6)
+    return bool(low > tol or high < -tol)
+
+
+class _FeatureGrams:
+    """Gram matrices of two feature sets, so that FID and KID of any resample cost an index and an SVD."""
+
+    def __init__(self, real: np.ndarray, generated: np.ndarray) -> None:
+        x, y = np.asarray(real, np.float64), np.asarray(generated, np.float64)
+        self.gxx, self.gyy, self.gxy = x @ x.T, y @ y.T, x @ y.T
+        d = x.shape[1]
+        self.kxx, self.kyy, self.kxy = ((g / d + 1.0) ** 3 for g in (self.gxx, self.gyy, self.gxy))
+
+    def fid(self, r: np.ndarray, g: np.ndarray) -> float:
+        """FID of real rows ``r`` vs generated rows ``g`` (covariances with ddof=1, as :mod:`.fid`)."""
+        n1, n2 = len(r), len(g)
+        a, b, c = self.gxx[np.ix_(r, r)], self.gyy[np.ix_(g, g)], self.gxy[np.ix_(r, g)]
+        m11, m22, m12 = a.mean(), b.mean(), c.mean()
+        tr1 = (np.trace(a) - n1 * m11) / (n1 - 1)
+        tr2 = (np.trace(b) - n2 * m22) / (n2 - 1)
+        cc = c - c.mean(1, keepdims=True) - c.mean(0, keepdims=True) + m12
+        trace_sqrt = float(np.linalg.svd(cc, compute_uv=False).sum()) / math.sqrt((n1 - 1) * (n2 - 1))
+        return float(max(m11 + m22 - 2.0 * m12 + tr1 + tr2 - 2.0 * trace_sqrt, 0.0))
+
+    def kid(self, r: np.ndarray, g: np.ndarray) -> float:
+        """Unbiased MMD^2 (cubic polynomial kernel, gamma 1/D) of rows ``r`` vs ``g``; pairs of copies of one image
+        are left out of the within-set terms."""
+        kxx, kyy = self.kxx[np.ix_(r, r)], self.kyy[np.ix_(g, g)]
+        ox, oy = r[:, None] != r[None, :], g[:, None] != g[None, :]
+        if not ox.any() or not oy.any():
+            return float("nan")
+        return float(kxx[ox].mean() + kyy[oy].mean() - 2.0 * self.kxy[np.ix_(r, g)].mean())
+
+
+def pair_by_labels(real: ImageSet, generated: ImageSet, name: str = "generated") -> np.ndarray:
+    """Index of the real image with the same label map for every generated image: int64 ``[N_generated]``.
+
+    By index when every label map agrees index by index, else by identical label map content. Raises
+    ``ValueError`` naming the first generated image whose label map matches no real image.
+    """
+    if not real.has_labels or not generated.has_labels:
+        missing = "real" if not real.has_labels else name
+        raise ValueError(f"`--paired` needs label maps on the real set and every generated set; {missing} has none")
+    gen = generated.resized(real.size) if generated.size != real.size else generated
+    n = min(len(real), len(gen))
+    if len(gen) <= len(real) and all(np.array_equal(gen.labels[i], real.labels[i]) for i in range(n)):
+        return np.arange(len(gen), dtype=np.int64)
+    lookup: Dict[bytes, int] = {}
+    for i, lab in enumerate(real.labels):
+        lookup.setdefault(np.ascontiguousarray(lab).tobytes(), i)
+    index = np.empty(len(gen), dtype=np.int64)
+    for i, lab in enumerate(gen.labels):
+        j = lookup.get(np.ascontiguousarray(lab).tobytes())
+        if j is None:
+            raise ValueError(
+                f"`--paired`: the label map of {name} image {i} ({gen.names[i]!r}) equals no real label map (not at "
+                f"index {i}, nor anywhere else); pair sets generated from the real set's label maps, or drop --paired"
+            )
+        index[i] = j
+    return index
+
+
+def _try_pairing(real: ImageSet, gen: ImageSet) -> Optional[np.ndarray]:
+    try:
+        return pair_by_labels(real, gen)
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Per-image data of one set
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _SetData:
+    """What the bootstrap needs of one image set: per-image arrays, so a resample is an index."""
+
+    def __init__(self, s: ImageSet, geometry: FanGeometry, num_bins: int, speckle_window: int,
+                 dynamic_range_db: Optional[float], class_index: Mapping[str, int]) -> None:
+        self.n = len(s)
+        imgs = s.images.astype(np.float64)
+        depth, inside = geometry.depth_and_mask(*s.size)
+        bands = [inside & (depth >= lo) & ((depth < hi) if hi < 1.0 else (depth <= hi)) for _, lo, hi in DEPTH_BANDS]
+        self.inside_mean = imgs[:, inside].mean(1)
+        self.band_mean = np.stack([imgs[:, b].mean(1) if b.any() else np.full(self.n, np.nan) for b in bands], 1)
+        prof = depth_intensity_profile(s.images, depth=depth, inside=inside, num_bins=num_bins)
+        self.profiles = prof["per_image"]  # [N, B]
+        self.bin_centers = prof["bin_centers"]
+        # outside the fan, split by the rows of the fan's depth extent
+        rows = np.flatnonzero(inside.any(1))
+        self.total = imgs.reshape(self.n, -1).sum(1)
+        self.outside_count = int((~inside).sum())
+        self.outside_sum = imgs[:, ~inside].sum(1) if self.outside_count else np.zeros(self.n)
+        self.outside_band_sum, self.outside_band_count = [], []
+        if rows.size:
+            edges = np.linspace(rows[0], rows[-1] + 1, len(DEPTH_BANDS) + 1)
+            rr = np.arange(s.size[0])[:, None] * np.ones((1, s.size[1]))
+            for k in range(len(DEPTH_BANDS)):
+                m = (~inside) & (rr >= edges[k]) & (rr < edges[k + 1])
+                self.outside_band_count.append(int(m.sum()))
+                self.outside_band_sum.append(imgs[:, m].sum(1) if m.any() else np.zeros(self.n))
+        # speckle windows per image (and per band): value arrays with their image index
+        regions = s.labels if s.has_labels else np.broadcast_to(inside.astype(np.int64), s.images.shape)
+        self.speckle = [self._speckle(s.images, np.asarray(regions), None, speckle_window, dynamic_range_db)]
+        for b in bands:
+            self.speckle.append(self._speckle(s.images, np.asarray(regions), b, speckle_window, dynamic_range_db))
+        # pooled class sums per image (whole fan and per band)
+        self.has_labels = s.has_labels
+        self.class_index = dict(class_index)
+        if s.has_labels:
+            k = max(max(class_index.values(), default=0), int(s.labels.max())) + 1
+            self.class_stats = [self._class_sums(imgs, s.labels, np.ones(s.size, bool), k)]
+            self.class_stats += [self._class_sums(imgs, s.labels, b, k) for b in bands]
+        self.memorization: Optional[np.ndarray] = None
+        self.psnr: Optional[np.ndarray] = None
+        self.ssim: Optional[np.ndarray] = None
+
+    @staticmethod
+    def _speckle(images, regions, band, window, dynamic_range_db) -> Tuple[np.ndarray, np.ndarray]:
+        values, owner = [], []
+        for i in range(images.shape[0]):
+            reg = regions[i] if band is None else np.where(band, regions[i], 0)
+            v = np.asarray(speckle_statistics(images[i : i + 1], regions=reg, window=window,
+                                              dynamic_range_db=dynamic_range_db)["snr_values"], np.float64)
+            values.append(v)
+            owner.append(np.full(v.size, i, dtype=np.int64))
+        return np.concatenate(values), np.concatenate(owner)
+
+    @staticmethod
+    def _class_sums(imgs, labels, mask, k) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = imgs.shape[0]
+        lab = np.where(mask[None], labels, -1).reshape(n, -1)
+        x = imgs.reshape(n, -1)
+        sums, sq, cnt = np.zeros((n, k)), np.zeros((n, k)), np.zeros((n, k))
+        for c in range(k):
+            sel = lab == c
+            cnt[:, c] = sel.sum(1)
+            sums[:, c] = np.where(sel, x, 0.0).sum(1)
+            sq[:, c] = np.where(sel, x * x, 0.0).sum(1)
+        return sums, sq, cnt
+
+
+# statistic(d, idx, real, ridx) -> float ---------------------------------------------------------------------
+
+
+def _weights(idx: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(idx, minlength=n).astype(np.float64)
+
+
+def _profile_mean(d: _SetData, idx: np.ndarray) -> np.ndarray:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an empty bin stays NaN
+        return np.nanmean(d.profiles[idx], axis=0)
+
+
+def _profile_l1(band: Optional[int]) -> Callable:
+    def stat(d, idx, r, ridx):
+        a, b = _profile_mean(d, idx), _profile_mean(r, ridx)
+        sel = np.isfinite(a) & np.isfinite(b)
+        if band is not None:
+            _, lo, hi = DEPTH_BANDS[band]
+            sel &= (d.bin_centers >= lo) & (d.bin_centers < hi)
+        return float(np.abs(a[sel] - b[sel]).mean()) if sel.any() else float("nan")
+
+    return stat
+
+
+def _profile_slope(d, idx, r, ridx):
+    y = _profile_mean(d, idx)
+    ok = np.isfinite(y)
+    return float(np.polyfit(d.bin_centers[ok], y[ok], 1)[0]) if ok.sum() >= 2 else float("nan")
+
+
+def _inside_mean(band: Optional[int]) -> Callable:
+    def stat(d, idx, r, ridx):
+        v = d.inside_mean[idx] if band is None else d.band_mean[idx, band]
+        return float(np.mean(v))
+
+    return stat
+
+
+def _outside_mean(band: Optional[int]) -> Callable:
+    def stat(d, idx, r, ridx):
+        if band is None:
+            return float(d.outside_sum[idx].mean() / d.outside_count) if d.outside_count else float("nan")
+        if band >= len(d.outside_band_count) or d.outside_band_count[band] == 0:
+            return float("nan")
+        return float(d.outside_band_sum[band][idx].mean() / d.outside_band_count[band])
+
+    return stat
+
+
+def _outside_fraction(d, idx, r, ridx):
+    total = d.total[idx].sum()
+    return float(d.outside_sum[idx].sum() / total) if total > 0 and d.outside_count else float("nan")
+
+
+def _speckle_median(band: Optional[int]) -> Callable:
+    def stat(d, idx, r, ridx):
+        values, owner = d.speckle[0 if band is None else band + 1]
+        if values.size == 0:
+            return float("nan")
+        reps = _weights(idx, d.n)[owner].astype(np.int64)
+        v = np.repeat(values, reps)
+        return float(np.median(v)) if v.size else float("nan")
+
+    return stat
+
+
+def _contrast(pair: Tuple[str, str], band: Optional[int], kind: str = "difference") -> Callable:
+    def stat(d, idx, r, ridx):
+        if not d.has_labels or pair[0] not in d.class_index or pair[1] not in d.class_index:
+            return float("nan")
+        sums, sq, cnt = d.class_stats[0 if band is None else band + 1]
+        w = _weights(idx, d.n)
+        s, q, c = w @ sums, w @ sq, w @ cnt
+        a, b = d.class_index[pair[0]], d.class_index[pair[1]]
+        if a >= len(c) or b >= len(c) or c[a] == 0 or c[b] == 0:
+            return float("nan")
+        ma, mb = s[a] / c[a], s[b] / c[b]
+        if kind == "difference":
+            return float(ma - mb)
+        va, vb = max(q[a] / c[a] - ma * ma, 0.0), max(q[b] / c[b] - mb * mb, 0.0)
+        noise = math.sqrt(va + vb)
+        return float((ma - mb) / noise) if noise > 0 else float("nan")
+
+    return stat
+
+
+def _per_image_mean(attr: str, reducer=np.mean) -> Callable:
+    def stat(d, idx, r, ridx):
+        v = getattr(d, attr)
+        return float(reducer(v[idx])) if v is not None else float("nan")
+
+    return stat
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The comparison
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _metric_specs(wanted: Sequence[str], contrast_pairs, paired: bool, have_features: bool,
+                  have_memorization: bool, have_outside: bool) -> List[Dict[str, Any]]:
+    """The rows of the difference table: key, label, band, statistic, whether the real set has a value."""
+    specs: List[Dict[str, Any]] = []
+
+    def add(key, label, fn, band=None, real=True, kind="image"):
+        specs.append({"key": key, "label": label, "band": band, "fn": fn, "real": real, "kind": kind})
+
+    if have_features and "fid" in wanted:
+        add("fid", "FID", None, real=False, kind="feature")
+    if have_features and "kid" in wanted:
+        add("kid", "KID (unbiased MMD^2, whole sets)", None, real=False, kind="feature")
+    if "depth" in wanted:
+        add("mean_inside_fan", "mean intensity inside fan", _inside_mean(None))
+        for k, (band, _, _) in enumerate(DEPTH_BANDS):
+            add(f"mean_inside_fan[{band}]", "mean intensity inside fan", _inside_mean(k), band)
+        add("depth_profile_l1", "depth profile distance to real (L1)", _profile_l1(None), real=False)
+        for k, (band, _, _) in enumerate(DEPTH_BANDS):
+            add(f"depth_profile_l1[{band}]", "depth profile distance to real (L1)", _profile_l1(k), band, real=False)
+        add("depth_profile_slope", "depth profile slope", _profile_slope)
+        if have_outside:
+            add("mean_outside_fan", "mean intensity outside fan", _outside_mean(None))
+            for k, (band, _, _) in enumerate(DEPTH_BANDS):
+                add(f"mean_outside_fan[{band}]", "mean intensity outside fan", _outside_mean(k), band)
+            add("outside_fan_fraction", "share of intensity outside fan", _outside_fraction)
+    if "speckle" in wanted:
+        add("speckle_snr_median", "speckle mean/std, median", _speckle_median(None))
+        for k, (band, _, _) in enumerate(DEPTH_BANDS):
+            add(f"speckle_snr_median[{band}]", "speckle mean/std, median", _speckle_median(k), band)
+    if "classes" in wanted:
+        for pair in contrast_pairs:
+            name = f"{pair[0]}_vs_{pair[1]}"
+            add(f"contrast_{name}", f"contrast {name} (difference)", _contrast(pair, None))
+            add(f"cnr_{name}", f"CNR {name}", _contrast(pair, None, "cnr"))
+            for k, (band, _, _) in enumerate(DEPTH_BANDS):
+                add(f"contrast_{name}[{band}]", f"contrast {name} (difference)", _contrast(pair, k), band)
+    if have_memorization:
+        add("nearest_train_l2_median", "nearest-train L2, median", _per_image_mean("memorization", np.median),
+            real=False)
+    if paired:
+        add("psnr", "PSNR vs real of the same label map (dB)", _per_image_mean("psnr"), real=False)
+        add("ssim", "SSIM vs real of the same label map", _per_image_mean("ssim"), real=False)
+    return specs
+
+
+def compare(
+    real: Any,
+    generated: Mapping[str, Any],
+    out_dir: Union[str, Path],
+    train: Any = None,
+    metrics: Optional[Union[str, Sequence[str]]] = None,
+    *,
+    reference_set: Optional[str] = None,
+    paired: bool = False,
+    num_bootstrap: int = DEFAULT_BOOTSTRAP,
+    num_feature_bootstrap: int = DEFAULT_FEATURE_BOOTSTRAP,
+    confidence: float = 0.95,
+    num_grid_columns: int = 6,
+    label_column: Optional[str] = "auto",
+    image_column: Optional[str] = None,
+    split: Optional[str] = None,
+    max_images: Optional[int] = None,
+    feature_extractor: Any = None,
+    inception_weights: Optional[Union[str, Path]] = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+    geometry: Optional[FanGeometry] = None,
+    class_names: Optional[Mapping[int, str]] = None,
+    contrast_pairs: Sequence[Tuple[str, str]] = ECHO_CONTRAST_PAIRS,
+    num_depth_bins: int = 32,
+    speckle_window: int = 8,
+    dynamic_range_db: Optional[float] = None,
+    kid_subsets: int = 100,
+    kid_subset_size: Optional[int] = None,
+    copy_fraction: float = 0.5,
+    seg_steps: int = 300,
+    seg_batch_size: int = 8,
+    seg_base_channels: int = 16,
+    seed: int = 0,
+    overwrite: bool = False,
+    replace_report: bool = True,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """Evaluate several named generated sets against ``real`` and write one comparison report folder.
+
+    Args:
+        real: real (held-out) images, any source :func:`~.io.load_image_set` reads.
+        generated: ``{name: source}`` (ordered; the first set is the default reference), at least one set.
+        out_dir: report folder, written atomically (same rules as :func:`~.report.evaluate`).
+        train: optional training images (memorisation, segmentation reference).
+        metrics: subset of :data:`~.report.ALL_METRICS`; None: every metric whose inputs are present.
+        reference_set: the set every other set is compared with (default: the first).
+        paired: also PSNR and SSIM of each generated image against the real image with the same label map.
+        num_bootstrap: bootstrap resamples for per-image metrics (>= 10).
+        num_feature_bootstrap: bootstrap resamples for FID and KID (>= 10).
+        confidence: interval coverage in (0, 1), default 0.95.
+        num_grid_columns: label maps shown in ``plots/label_grid.png``.
+        seed: seeds the bootstrap, KID subsets and segmentation training.
+        Other arguments: as :func:`~.report.evaluate`.
+
+    Returns:
+        The metrics dict written to ``metrics.json`` (``mode: "comparison"``; ``sets``: each set's evaluate
+        report; ``comparison``: one row per metric and depth band with each set's value and interval and each
+        set's difference from the reference with its interval and ``excludes_zero``).
+    """
+    from .report import (
+        _describe,
+        _evaluate_metrics,
+        _jsonable,
+        _load,
+        parse_metrics,
+        realism_section,
+    )
+
+    if not isinstance(generated, Mapping) or not generated:
+        raise ValueError("`generated` must be a non-empty mapping {name: source}")
+    for name in generated:
+        _check_name(str(name))
+    set_names = [str(n) for n in generated]
+    if reference_set is None:
+        reference_set = set_names[0]
+    if reference_set not in set_names:
+        raise ValueError(f"`reference_set` {reference_set!r} is not one of the generated sets {set_names}")
+    if int(num_bootstrap) < 10 or int(num_feature_bootstrap) < 10:
+        raise ValueError(f"`num_bootstrap` and `num_feature_bootstrap` must be >= 10, got {num_bootstrap} and "
+                         f"{num_feature_bootstrap}")
+    if not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"`confidence` must lie in (0, 1), got {confidence}")
+    requested = parse_metrics(metrics)
+    explicit = requested is not None
+    from .report import ALL_METRICS
+
+    wanted = list(ALL_METRICS) if requested is None else requested
+    out_dir = check_output_dir(
+        out_dir, "evaluate", inputs=[real, train, *generated.values()], overwrite=overwrite,
+        replace_own=replace_report, argument="`out_dir`",
+    )
+    geometry = geometry or FanGeometry()
+    names = dict(ECHO_CLASS_NAMES if class_names is None else class_names)
+    class_index = {v: int(k) for k, v in names.items()}
+
+    real_set = _load(real, "real", label_column, image_column, split, max_images)
+    train_set = None if train is None else _load(train, "train", label_column, image_column, split, max_images)
+    gen_sets = {n: _load(src, f"generated {n}", label_column, image_column, split, max_images)
+                for n, src in zip(set_names, generated.values())}
+
+    pairing: Dict[str, Optional[np.ndarray]] = {}
+    for n, s in gen_sets.items():
+        pairing[n] = pair_by_labels(real_set, s, n) if paired else _try_pairing(real_set, s)
+
+    report: Dict[str, Any] = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "mode": "comparison",
+        "set_names": set_names,
+        "reference_set": reference_set,
+        "sources": {"real": _describe(real), **{n: _describe(src) for n, src in zip(set_names, generated.values())}},
+        "num_images": {"real": len(real_set), **{n: len(s) for n, s in gen_sets.items()}},
+        "image_size": {"real": list(real_set.size), **{n: list(s.size) for n, s in gen_sets.items()}},
+        "has_labels": {"real": real_set.has_labels, **{n: s.has_labels for n, s in gen_sets.items()}},
+        "config": {
+            "geometry": geometry.to_dict(),
+            "metrics_requested": wanted,
+            "seed": int(seed),
+            "paired": bool(paired),
+            "bootstrap": {
+                "num_resamples": int(num_bootstrap),
+                "num_resamples_fid_kid": int(num_feature_bootstrap),
+                "confidence": float(confidence),
+                "method": "percentile bootstrap over images, shifted by the resampling bias "
+                          "(median of replicates - estimate)",
+            },
+            "depth_bands": {b: [lo, hi] for b, lo, hi in DEPTH_BANDS},
+        },
+        "not_computed": {"lpips": LPIPS_NOTE},
+        "skipped": {},
+        "warnings": [],
+        "sets": {},
+    }
+    if train_set is not None:
+        report["sources"]["train"] = _describe(train)
+        report["num_images"]["train"] = len(train_set)
+        report["image_size"]["train"] = list(train_set.size)
+        report["has_labels"]["train"] = train_set.has_labels
+
+    def skip_for(set_name: str):
+        def skip(metric: str, reason: str) -> None:
+            if explicit:
+                raise ValueError(f"metric {metric!r} cannot run for set {set_name!r}: {reason}")
+            report["skipped"].setdefault(metric, reason)
+
+        return skip
+
+    # ---- each set: every evaluate metric (the same code as the single-set report) ------------------------------
+    figures: Dict[str, Any] = {}
+    extras: Dict[str, Dict[str, Any]] = {}
+    cache: Dict[str, Any] = {}
+    for n, s in gen_sets.items():
+        fragment: Dict[str, Any] = {"skipped": {}, "warnings": []}
+        set_figures: Dict[str, Any] = {}
+        extras[n] = _evaluate_metrics(
+            fragment, set_figures, real_set, s, train_set, wanted, skip_for(n), names=names, geometry=geometry,
+            feature_extractor=feature_extractor, inception_weights=inception_weights, batch_size=batch_size,
+            device=device, contrast_pairs=contrast_pairs, num_depth_bins=num_depth_bins,
+            speckle_window=speckle_window, dynamic_range_db=dynamic_range_db, kid_subsets=kid_subsets,
+            kid_subset_size=kid_subset_size, copy_fraction=copy_fraction, seg_steps=seg_steps,
+            seg_batch_size=seg_batch_size, seg_base_channels=seg_base_channels, seed=seed, progress=progress,
+            cache=cache,
+        )
+        report["warnings"].extend(f"{n}: {w}" for w in fragment.pop("warnings"))
+        for metric, reason in fragment.pop("skipped").items():
+            report["skipped"].setdefault(metric, reason)
+        report["sets"][n] = fragment
+        for key, fig in set_figures.items():
+            figures[f"{n}/{key}"] = fig
+
+    # ---- per-image data and the bootstrap -----------------------------------------------------------------------
+    def data_of(s: ImageSet) -> _SetData:
+        return _SetData(s, geometry, num_depth_bins, speckle_window, dynamic_range_db, class_index)
+
+    real_data = data_of(real_set)
+    data = {n: data_of(s) for n, s in gen_sets.items()}
+    for n, s in gen_sets.items():
+        mem = extras[n].get("memorization")
+        if mem is not None:
+            data[n].memorization = np.asarray(mem["train_distances"], np.float64)
+        if paired:
+            from .image_metrics import psnr, ssim
+
+            g = s.resized(real_set.size) if s.size != real_set.size else s
+            ref = real_set.images[pairing[n]]
+            data[n].psnr = np.array([psnr(a, b) for a, b in zip(ref, g.images)])
+            data[n].ssim = np.array([ssim(a, b) for a, b in zip(ref, g.images)])
+            if not np.isfinite(data[n].psnr).all():
+                report["warnings"].append(f"{n}: some generated images equal their real image exactly (PSNR inf)")
+                data[n].psnr = np.where(np.isfinite(data[n].psnr), data[n].psnr, np.nan)
+    grams = {}
+    for n in set_names:
+        rf, gf = extras[n].get("real_features"), extras[n].get("generated_features")
+        if rf is not None and gf is not None:
+            grams[n] = _FeatureGrams(rf, gf)
+    have_outside = real_data.outside_count > 0
+    specs = _metric_specs(wanted, contrast_pairs, paired, bool(grams) and len(grams) == len(set_names),
+                          all(d.memorization is not None for d in data.values()), have_outside)
+
+    sizes = {n: d.n for n, d in data.items()}
+    shared = len(set(sizes.values())) == 1
+    report["config"]["bootstrap"]["resampling"] = (
+        "generated sets resampled with the same indices (equal sizes: paired by index)" if shared
+        else "generated sets resampled independently (different sizes)"
+    )
+    rng = np.random.default_rng(seed)
+
+    def evaluate_spec(spec, idx_of, ridx) -> Dict[str, float]:
+        out = {}
+        for n in set_names:
+            if spec["kind"] == "feature":
+                g = grams[n]
+                out[n] = g.fid(ridx, idx_of[n]) if spec["key"] == "fid" else g.kid(ridx, idx_of[n])
+            else:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out[n] = spec["fn"](data[n], idx_of[n], real_data, ridx)
+        if spec["real"] and spec["kind"] != "feature":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out["real"] = spec["fn"](real_data, ridx, real_data, ridx)
+        return out
+
+    full_idx = {n: np.arange(d.n) for n, d in data.items()}
+    full_ridx = np.arange(real_data.n)
+    points = [evaluate_spec(spec, full_idx, full_ridx) for spec in specs]
+    reps: List[List[Dict[str, float]]] = [[] for _ in specs]
+    num_rounds = max(int(num_bootstrap), int(num_feature_bootstrap) if grams else 0)
+    for b in range(num_rounds):
+        ridx = rng.integers(0, real_data.n, real_data.n)
+        if shared:
+            common = rng.integers(0, next(iter(sizes.values())), next(iter(sizes.values())))
+            idx_of = {n: common for n in set_names}
+        else:
+            idx_of = {n: rng.integers(0, d.n, d.n) for n, d in data.items()}
+        for i, spec in enumerate(specs):
+            limit = num_feature_bootstrap if spec["kind"] == "feature" else num_bootstrap
+            if b < limit:
+                reps[i].append(evaluate_spec(spec, idx_of, ridx))
+
+    rows = []
+    for spec, point, rep in zip(specs, points, reps):
+        row: Dict[str, Any] = {"key": spec["key"], "label": spec["label"], "band": spec["band"] or "all",
+                               "num_resamples": len(rep), "values": {}, "differences": {}}
+        for n in (["real"] if "real" in point else []) + set_names:
+            lo, hi = bootstrap_interval([r[n] for r in rep], confidence, point[n])
+            row["values"][n] = {"value": point[n], "low": lo, "high": hi}
+        for n in set_names:
+            if n == reference_set:
+                continue
+            diff = point[n] - point[reference_set]
+            lo, hi = bootstrap_interval([r[n] - r[reference_set] for r in rep], confidence, diff)
+            scale = max(abs(point[n]), abs(point[reference_set])) if math.isfinite(diff) else 0.0
+            row["differences"][n] = {"value": diff, "low": lo, "high": hi,
+                                     "excludes_zero": excludes_zero(lo, hi, scale)}
+        rows.append(row)
+    report["comparison"] = {"reference_set": reference_set, "confidence": float(confidence), "rows": rows}
+
+    # ---- segmentation (one training run per set: no interval over images) ----------------------------------------
+    seg = {n: f["segmentation"] for n, f in report["sets"].items() if "segmentation" in f}
+    if seg:
+        report["comparison"]["segmentation"] = {
+            n: {"mean_dice": v["trained_on_generated"]["mean_dice"]} for n, v in seg.items()
+        }
+        ref = next(iter(seg.values())).get("trained_on_real")
+        if ref is not None:
+            report["comparison"]["segmentation"]["real"] = {"mean_dice": ref["mean_dice"]}
+
+    # ---- realism: the real set and every generated set in one table ----------------------------------------------
+    if all("realism" in f for f in report["sets"].values()) and "realism_real" in cache:
+        report["realism"] = realism_section(
+            {"real": cache["realism_real"],
+             **{n: f["realism"]["sets"]["generated"] for n, f in report["sets"].items()}},
+            real_set.size,
+        )
+
+    # ---- paired pairing summary -----------------------------------------------------------------------------------
+    if paired:
+        report["paired"] = {
+            n: {"by_index": bool(np.array_equal(p, np.arange(len(p)))), "num_pairs": int(len(p)),
+                "num_real_used": int(len(np.unique(p)))}
+            for n, p in pairing.items()
+        }
+
+    # ---- pictures --------------------------------------------------------------------------------------------------
+    if "depth" in wanted:
+        profiles = {"real": depth_intensity_profile(real_set.images, geometry, num_bins=num_depth_bins)}
+        for n, s in gen_sets.items():
+            profiles[n] = depth_intensity_profile(s.images, geometry, num_bins=num_depth_bins)
+        fig = plot_depth_profiles(profiles)
+        ax = fig.axes[0]
+        for _, lo, _ in DEPTH_BANDS[1:]:
+            ax.axvline(lo, color="0.6", linewidth=0.8, linestyle=":")
+        ax.lines[0].set_color("k")  # the real profile: black, drawn first
+        ax.lines[0].set_linewidth(2.0)
+        ax.collections[0].set_color("0.5")
+        ax.legend(fontsize=8)
+        ax.set_title("depth profiles over the real one (dotted: depth-band borders)", fontsize=9)
+        fig.tight_layout()
+        figures["depth_profiles"] = fig
+    grid, grid_note = plot_label_grid(real_set, gen_sets, pairing, num_grid_columns, max(names) + 1 if names else 5)
+    figures["label_grid"] = grid
+    report["label_grid"] = grid_note
+
+    report = _jsonable(report)
+    markdown = render_comparison_markdown(report)
+
+    def build(tmp: Path) -> None:
+        (tmp / "plots").mkdir()
+        for key, fig in figures.items():
+            target = tmp / "plots" / f"{key}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(target)
+        (tmp / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(markdown, encoding="utf-8")
+
+    replace_directory(build, out_dir, kind="evaluate")
+    report["figures"] = sorted(f"plots/{k}.png" for k in figures)
+    return report
+
+
+def plot_label_grid(real: ImageSet, generated: Mapping[str, ImageSet], pairing: Mapping[str, Optional[np.ndarray]],
+                    num: int = 6, num_classes: int = 5):
+    """Figure: columns are label maps, rows are the label map, the real image and each generated set's image
+    for that map. Returns ``(figure, note)``; the note says how images were matched (label map or index)."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    by_label = real.has_labels and all(p is not None for p in pairing.values())
+    if by_label:
+        firsts = {}
+        for n, p in pairing.items():
+            inverse: Dict[int, int] = {}
+            for g, r in enumerate(p):
+                inverse.setdefault(int(r), g)
+            firsts[n] = inverse
+        columns = [r for r in range(len(real)) if all(r in inv for inv in firsts.values())][:num]
+        note = "columns: real label maps; each set's image generated from the same label map"
+    else:
+        columns = list(range(min([len(real)] + [len(s) for s in generated.values()] + [num])))
+        firsts = {n: {r: r for r in columns} for n in generated}
+        note = "columns: image index (no label-map pairing available); images are not from the same label map"
+    rows: List[Tuple[str, List[np.ndarray], bool]] = []
+    if real.has_labels:
+        rows.append(("label map", [real.labels[r] for r in columns], True))
+    rows.append(("real", [real.images[r] for r in columns], False))
+    for n, s in generated.items():
+        rows.append((n, [s.images[firsts[n][r]] for r in columns], False))
+    cols = max(1, len(columns))
+    fig = Figure(figsize=(1.3 * cols + 0.8, 1.35 * len(rows)), dpi=100)
+    for i, (title, arrays, is_label) in enumerate(rows):
+        for j, arr in enumerate(arrays):
+            ax = fig.add_subplot(len(rows), cols, i * cols + j + 1)
+            if is_label:
+                ax.imshow(colormaps["tab10"](np.asarray(arr) % 10), interpolation="nearest")
+            else:
+                ax.imshow(arr, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(title, fontsize=7)
+    fig.tight_layout()
+    return fig, note
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Text output
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _interval(entry: Mapping[str, Any]) -> str:
+    from .report import _fmt
+
+    if entry.get("low") is None:
+        return _fmt(entry.get("value"))
+    return f"{_fmt(entry.get('value'))} [{_fmt(entry['low'], 3)}, {_fmt(entry['high'], 3)}]"
+
+
+def comparison_rows(report: Mapping[str, Any]) -> List[List[str]]:
+    """Rows ``[metric, band, real, set1, ..., diff set2, excludes 0, ...]`` of the difference table, with a header."""
+    names = report["set_names"]
+    ref = report["reference_set"]
+    others = [n for n in names if n != ref]
+    header = ["metric", "depth band", "real"] + names
+    for n in others:
+        header += [f"{n} - {ref}", "excludes 0"]
+    rows = [header]
+    for row in report["comparison"]["rows"]:
+        cells = [row["label"], row["band"], _interval(row["values"]["real"]) if "real" in row["values"] else ""]
+        cells += [_interval(row["values"][n]) for n in names]
+        for n in others:
+            d = row["differences"][n]
+            flag = d["excludes_zero"]
+            cells += [_interval(d), "n/a" if flag is None else ("**yes**" if flag else "no")]
+        rows.append(cells)
+    return rows
+
+
+def format_comparison_summary(report: Mapping[str, Any], bands: bool = False) -> str:
+    """Plain-text difference table (whole fan only unless ``bands``), skipped metrics and warnings."""
+    rows = comparison_rows(report)
+    rows = [rows[0]] + [r for r in rows[1:] if bands or r[1] == "all"]
+    rows = [[c.replace("**", "") for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    conf = report["comparison"]["confidence"]
+    lines.append(f"[low, high]: {100 * conf:.0f} % bootstrap interval over images")
+    for metric, reason in report.get("skipped", {}).items():
+        lines.append(f"skipped {metric}: {reason}")
+    for message in report.get("warnings", []):
+        lines.append(f"warning: {message}")
+    return "\n".join(lines)
+
+
+def render_comparison_markdown(report: Mapping[str, Any]) -> str:
+    """``report.md`` of a comparison: sets, summary per set, the difference table, pictures, realism."""
+    from .report import _fmt, realism_markdown, summary_rows
+
+    names = report["set_names"]
+    ref = report["reference_set"]
+    boot = report["config"]["bootstrap"]
+    out = ["# Comparison report", "", f"Created {report['created']}.", ""]
+    out += ["| set | source | images | size | labels |", "|---|---|---|---|---|"]
+    for n in ["real"] + names + (["train"] if "train" in report["sources"] else []):
+        size = "x".join(str(v) for v in report["image_size"][n])
+        out.append(f"| {n} | `{report['sources'][n]}` | {report['num_images'][n]} | {size} | "
+                   f"{report['has_labels'][n]} |")
+    # each set's evaluate summary side by side
+    per_set = {n: summary_rows(report["sets"][n]) for n in names}
+    labels = list(dict.fromkeys(r[0] for rows in per_set.values() for r in rows))
+    out += ["", "## Every metric per set", "", "| metric | real / reference | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names)]
+    for label in labels:
+        cells = {n: next((r for r in per_set[n] if r[0] == label), None) for n in names}
+        real_cell = next((c[1] for c in cells.values() if c is not None and c[1]), "")
+        out.append(f"| {label} | {real_cell} | " + " | ".join(c[2] if c else "n/a" for c in cells.values()) + " |")
+    out += ["", f"Per-set details (as the single-set `evaluate` report) are in `metrics.json` under `sets`; their "
+                f"plots under `plots/<set>/`.", ""]
+    # differences
+    conf = 100 * report["comparison"]["confidence"]
+    out += [f"## Differences from `{ref}` with {conf:.0f} % bootstrap intervals", "",
+            f"Values: point estimate on all images [{conf:.0f} % bootstrap interval over images: percentile interval "
+            "shifted by the resampling bias, which matters for FID and KID]. "
+            f"{boot['num_resamples']} resamples ({boot['num_resamples_fid_kid']} for FID and KID), seed "
+            f"{report['config']['seed']}; {boot['resampling']}. *excludes 0*: the interval of the difference does "
+            "not contain 0. Depth bands are thirds of the fan's normalised depth (outside-fan signal: thirds of "
+            "the fan's rows). The intervals hold the generators fixed (sampling noise at this number of images), "
+            "not the spread between training runs.", ""]
+    rows = comparison_rows(report)
+    out.append("| " + " | ".join(rows[0]) + " |")
+    out.append("|" + "---|" * len(rows[0]))
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    out.append("")
+    seg = report["comparison"].get("segmentation")
+    if seg:
+        out += ["Downstream mean Dice (one training run per set, no interval): "
+                + ", ".join(f"{n} {_fmt(v['mean_dice'])}" for n, v in seg.items()) + ".", ""]
+    if report.get("paired"):
+        out += ["PSNR / SSIM pairing: " + "; ".join(
+            f"{n}: {p['num_pairs']} pairs, " + ("by index" if p["by_index"] else f"by label map ({p['num_real_used']} "
+                                                   "real images used)")
+            for n, p in report["paired"].items()) + ".", ""]
+    out += [f"Not computed: {LPIPS_NOTE}", ""]
+    out += ["## Pictures", ""]
+    if (report["config"]["metrics_requested"] and "depth" in report["config"]["metrics_requested"]):
+        out += ["Depth-intensity profiles of every set over the real one (mean +- std across images):", "",
+                "![depth profiles](plots/depth_profiles.png)", ""]
+    out += [f"The same label maps across sets ({report['label_grid']}):", "", "![label grid](plots/label_grid.png)", ""]
+    if "realism" in report:
+        out += realism_markdown(report["realism"])
+    if report.get("skipped"):
+        out += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in report["skipped"].items()] + [""]
+    if report.get("warnings"):
+        out += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
+    return "\n".join(out)
+
+
+__all__ = [
+    "DEFAULT_BOOTSTRAP",
+    "DEFAULT_FEATURE_BOOTSTRAP",
+    "DEPTH_BANDS",
+    "LPIPS_NOTE",
+    "bootstrap_interval",
+    "compare",
+    "comparison_rows",
+    "format_comparison_summary",
+    "pair_by_labels",
+    "parse_generated",
+    "plot_label_grid",
+    "render_comparison_markdown",
+]
