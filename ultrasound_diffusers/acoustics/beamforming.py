@@ -268,16 +268,21 @@ class ChannelOperator:
         self._si = csr(rows, cols, vals.imag, size)
         self._srt = csr(cols, rows, vals.real, size[::-1])
         self._sit = csr(cols, rows, vals.imag, size[::-1])
-        # DAS gain at every point: diag(S^H S) with the pulse peak, the "number of channels that see p"
         # with the pulse g (peak g0, neighbours g1): (1-f)^2 g0 + 2 f (1-f) g1 + f^2 g0 per channel
         g0, g1 = 1.0, 1.0
         if self.pulse is not None:
             half = (self.pulse.numel() - 1) // 2
             g0 = float(self.pulse[half].real)
             g1 = float(self.pulse[half + 1].real) if self.pulse.numel() > 1 else 0.0
+        weight2 = np.abs(amplitude[valid]) ** 2
         gain = np.zeros(P)
-        np.add.at(gain, p_idx, np.abs(amplitude[valid]) ** 2 * (((1 - frac) ** 2 + frac**2) * g0 + 2 * frac * (1 - frac) * g1))
+        np.add.at(gain, p_idx, weight2 * (((1 - frac) ** 2 + frac**2) * g0 + 2 * frac * (1 - frac) * g1))
+        #: diag(S^H C S) [P]: DAS of the data of a unit reflector at p (with the pulse), float64
         self.point_gain = gain
+        count = np.zeros(P)
+        np.add.at(count, p_idx, weight2 * ((1 - frac) ** 2 + frac**2))
+        #: diag(S^H S) [P] (without the pulse): about the number of channels that see p
+        self.point_weight = count
 
     # ------------------------------------------------------------------ pieces
     @staticmethod
@@ -381,7 +386,7 @@ class ChannelDataOperator(ForwardOperator):
     4. applies the linear channel model ``A`` (:class:`ChannelOperator`, sparse transmits / aperture) and a gain
        ``gain_y`` that puts the data in the caller's units.
 
-    So ``A(x) = gain_y A(ref image_to_envelope(x) / g_full * u)``: differentiable (the gradient of the DPS misfit
+    So ``A(x) = gain_y A(ref image_to_envelope(x) / (g_full tgc) * u)``: differentiable (the gradient of the DPS misfit
     runs through the exponential of step 1), non-linear in ``x``, linear in the envelope.
     What the model leaves out, and why the fit cannot be exact: the true medium has many scatterers per pixel
     (their channel data are not the data of one reflector per pixel), the measured phase is the phase of a blurred
@@ -396,6 +401,8 @@ class ChannelDataOperator(ForwardOperator):
         reference (`float`): envelope ``ref`` displayed as white (in DAS units of the full acquisition).
         full_gain (array [P]): DAS gain of the full acquisition at the points (default: this operator's gain).
         data_gain (`float`, defaults to 1): ``gain_y``.
+        tgc (array [P], *optional*): time-gain compensation applied to the DAS envelope before log compression
+            (default 1); the operator divides it out in step 2.
         noise_std (`float`): channel noise standard deviation (per real and imaginary part, data units).
         phase (complex array [P], *optional*): the unit phase ``u``; default 1 until :meth:`set_phase_from`.
     """
@@ -414,6 +421,7 @@ class ChannelDataOperator(ForwardOperator):
         data_gain: float = 1.0,
         noise_std: float = 0.0,
         phase: Optional[np.ndarray] = None,
+        tgc: Optional[np.ndarray] = None,
     ):
         super().__init__(noise_std)
         if not isinstance(channel_operator, ChannelOperator):
@@ -436,7 +444,12 @@ class ChannelDataOperator(ForwardOperator):
         if gain.size != channel_operator.num_points:
             raise ValueError(f"`full_gain` must have {channel_operator.num_points} values, got {gain.size}")
         self.full_gain = torch.from_numpy(np.maximum(gain, 1e-12 * max(gain.max(), 1e-30)))
+        tgc = np.ones(channel_operator.num_points) if tgc is None else np.asarray(tgc, np.float64).reshape(-1)
+        if tgc.size != channel_operator.num_points or not np.all(tgc > 0):
+            raise ValueError(f"`tgc` must hold {channel_operator.num_points} positive gains, got {tgc.size} values")
+        self.tgc = torch.from_numpy(tgc)
         self.phase = None
+        self._linearisation = None
         self.set_phase(phase)
 
     # ------------------------------------------------------------------ phase
@@ -458,10 +471,40 @@ class ChannelDataOperator(ForwardOperator):
         if y.shape[0] != 1:
             raise ValueError(f"`set_phase_from` takes the measurements of one image, got a batch of {y.shape[0]}")
         self.set_phase(self.channel_operator.das(y / self.data_gain)[0].detach().numpy())
+        self._linearisation = self.baseline(y).detach().float()
 
     def prepare_measurements(self, y: torch.Tensor) -> None:
         """Hook used by the reconstruction command before sampling: sets the phase from the measurements."""
         self.set_phase_from(y)
+
+    def lipschitz(self, image_shape, iterations: int = 30, seed: int = 0, device=None, dtype=torch.float32) -> float:
+        """``||J||^2`` of the Jacobian at the DAS image of the measurements (set by :meth:`set_phase_from`).
+
+        The inverse log compression makes the Jacobian scale with the envelope (18 times larger at white than at
+        mid-grey for 50 dB), so it is linearised at a representative image, not at a grey one.
+        """
+        image_shape = tuple(int(s) for s in image_shape)
+        x0 = self._linearisation
+        if x0 is None:
+            x0 = torch.zeros((1,) + image_shape[1:], dtype=dtype)
+        x0 = x0.to(device=device, dtype=dtype)
+        generator = torch.Generator().manual_seed(seed)
+        v = torch.randn(x0.shape, generator=generator, dtype=dtype).to(x0.device)
+        v = v / v.norm()
+        value = 0.0
+        with torch.enable_grad():
+            x = x0.clone().requires_grad_(True)
+            out = self.forward(x)
+            w = torch.zeros_like(out, requires_grad=True)
+            (jtw,) = torch.autograd.grad(out, x, w, create_graph=True)
+            for _ in range(max(1, int(iterations))):
+                (jv,) = torch.autograd.grad(jtw, w, v, retain_graph=True)
+                (jtjv,) = torch.autograd.grad(out, x, jv, retain_graph=True)
+                value = float(jtjv.norm())
+                if value == 0.0:
+                    break
+                v = jtjv / value
+        return value
 
     # ------------------------------------------------------------------ ForwardOperator API
     def reflectivity(self, x: torch.Tensor) -> torch.Tensor:
@@ -471,9 +514,8 @@ class ChannelDataOperator(ForwardOperator):
             raise ValueError(f"images must be [B, 1, {self.image_size[0]}, {self.image_size[1]}], got {tuple(x.shape)}")
         real = self.channel_operator.dtype
         values = x.reshape(x.shape[0], -1).index_select(1, self.pixel_index.to(x.device)).to(real)
-        amplitude = image_to_envelope(values, self.dynamic_range_db) * (
-            self.reference / self.full_gain.to(device=x.device, dtype=real)
-        )
+        scale = self.reference / (self.full_gain * self.tgc)
+        amplitude = image_to_envelope(values, self.dynamic_range_db) * scale.to(device=x.device, dtype=real)
         u = self.phase.to(device=x.device, dtype=torch.complex128 if real == torch.float64 else torch.complex64)
         return amplitude.to(u.dtype) * u
 
@@ -486,11 +528,11 @@ class ChannelDataOperator(ForwardOperator):
 
     def das_image(self, y: torch.Tensor) -> torch.Tensor:
         """DAS envelope of measurements (real view [B, K, E, N, 2] or complex), normalised by this acquisition's
-        DAS gain so that it is in the units of the full acquisition: float [B, P]."""
+        DAS gain so that it is in the units of the full acquisition, times the TGC: float [B, P]."""
         y = real_to_complex(y)
         env = self.channel_operator.das(y / self.data_gain).abs()
         own = torch.from_numpy(np.maximum(self.channel_operator.point_gain, 1e-30)).to(env.dtype)
-        return env * (self.full_gain.to(env.dtype) / own)
+        return env * (self.full_gain / own * self.tgc).to(env.dtype)
 
     def baseline(self, y: torch.Tensor, size=None) -> torch.Tensor:
         """DAS of the (sparse) data, gain-normalised, log-compressed: [B, 1, H, W] in [-1, 1] (-1 outside the points)."""
