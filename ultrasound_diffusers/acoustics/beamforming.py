@@ -158,7 +158,8 @@ class ChannelOperator:
         pulse: ``"gaussian"`` (default; see :func:`gaussian_pulse`), ``None`` (no pulse: ``A = S``, so the adjoint is
             exactly DAS) or a complex / real 1-D array of base-band pulse samples at fs, centred.
         weights: ``None`` (w = 1) or ``"physical"``: receive element directivity ``sinc(w sin a / lambda) cos a``
-            times 2-D cylindrical spreading ``1 / sqrt(d_TX d_RX)`` (normalised to 1 at 1 cm).
+            times 2-D cylindrical spreading ``1 / sqrt(d_TX d_RX)`` (normalised to 1 at 1 cm; no transmit
+            spreading for plane waves).
         fnumber (`float`, defaults to 0): receive f-number of the DAS aperture (0 = every element sees every point).
         dtype: float32 (default) or float64 for the real parts of the sparse matrices.
 
@@ -245,7 +246,17 @@ class ChannelOperator:
         if self.weights == "physical":
             angle = np.arctan2(dx, dz) - the[:, None]
             d_tx = tau * probe.speed_of_sound - d_rx[None]
-            spreading = 1e-2 / np.sqrt(np.maximum(d_rx[None], 1e-4) * np.maximum(d_tx, 1e-4))
+            # 2-D cylindrical spreading on receive; on transmit too unless the wave is plane (delays affine in
+            # the element position: a plane wave does not spread)
+            xe_all = probe.element_positions()[0]
+            plane = np.zeros(len(self.delays), bool)
+            for k, row in enumerate(self.delays):
+                on = ~np.isnan(row)
+                if on.sum() > 2 and probe.is_linear:
+                    fit = np.polyval(np.polyfit(xe_all[on], row[on], 1), xe_all[on])
+                    plane[k] = np.abs(fit - row[on]).max() < 1e-3 / probe.center_frequency
+            d_tx_eff = np.where(plane[:, None, None], 1e-2, np.maximum(d_tx, 1e-4))
+            spreading = 1e-2 / np.sqrt(np.maximum(d_rx[None], 1e-4) * d_tx_eff)
             amplitude = probe.directivity(np.sin(angle))[None] * spreading
         k_idx, e_idx, p_idx = np.nonzero(valid)
         idx = index[valid]
