@@ -33,6 +33,10 @@ def parse_args(argv=None):
     p.add_argument("--guidance_step_size", type=float, default=1.0)
     p.add_argument("--snr_db", type=float, default=20.0, help="channel SNR: noise std vs the RMS of the sparse data")
     p.add_argument("--cases", default="quarter_elements,single_transmit")
+    p.add_argument("--depth_cm", type=float, default=3.0, help="depth of the fan (the 64 px grid then samples the I/Q image near its Nyquist rate)")
+    p.add_argument("--pipeline", default=None, help="prior pipeline folder (default: the bundled demo pipeline)")
+    p.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance; 0 = the unconditional prior (no label map)")
+    p.add_argument("--scatterers_per_mm2", type=float, default=8.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="channel_benchmark")
     p.add_argument("--figure", default=None, help="write the figure of the first image here (PNG)")
@@ -55,24 +59,28 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(1)
     from ultrasound_diffusers.acoustics import complex_to_real
-    from ultrasound_diffusers.acoustics.simulation import ChannelAcquisition, channel_data_operator, simulate_channel_phantom
+    from ultrasound_diffusers.acoustics.simulation import (
+        ChannelAcquisition,
+        channel_data_operator,
+        phantom_echogenicity,
+        simulate_channel_phantom,
+    )
     from ultrasound_diffusers.commands.reconstruct import HELD_OUT_SEED, load_pipeline
-    from ultrasound_diffusers.data.phantoms import make_phantom
     from ultrasound_diffusers.evaluation.ultrasound_metrics import cnr, gcnr, psnr, ssim
 
-    pipe = load_pipeline(None)
+    pipe = load_pipeline(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
     size = (64, 64)
-    acq = ChannelAcquisition()
+    acq = ChannelAcquisition(depth=args.depth_cm / 100.0, scatterers_per_mm2=args.scatterers_per_mm2)
     cases = [c for c in args.cases.split(",") if c]
     rows = {c: {k: [] for k in ("das_sparse", "dps")} for c in cases}
     full_rows = []
     figure_data = None
     start = time.perf_counter()
     for i in range(args.num_images):
-        _, labels, _ = make_phantom("echo", size=size, seed=HELD_OUT_SEED, index=i)
+        labels, echo_db = phantom_echogenicity("echo", size, seed=HELD_OUT_SEED, index=i)
         t0 = time.perf_counter()
-        sim = simulate_channel_phantom(labels, acq, seed=10_000 + i, simulator=args.simulator)
+        sim = simulate_channel_phantom(labels, acq, seed=10_000 + i, simulator=args.simulator, echogenicity_db=echo_db)
         sim_seconds = time.perf_counter() - t0
         truth = sim["image"].astype(np.float64)
         inside = labels > 0
@@ -100,7 +108,7 @@ def main(argv=None) -> dict:
             t1 = time.perf_counter()
             out = pipe(y, op, segmap=torch.from_numpy(labels.astype(np.int64))[None], method="dps",
                        num_inference_steps=args.num_inference_steps, guidance_step_size=args.guidance_step_size,
-                       num_samples=args.num_samples, generator=torch.Generator().manual_seed(args.seed + i),
+                       num_samples=args.num_samples, guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(args.seed + i),
                        output_type="np")
             rec = out.images[0, ..., 0].astype(np.float64)
             rows[case]["das_sparse"].append(metrics(das))

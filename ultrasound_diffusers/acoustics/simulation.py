@@ -37,10 +37,12 @@ __all__ = [
     "channel_data_operator",
     "draw_scatterers",
     "image_points",
+    "phantom_echogenicity",
     "require_pymust",
     "simulate_channel_phantom",
     "simulate_channels",
     "sparse_receive_elements",
+    "write_channel_phantoms",
 ]
 
 #: Echogenicity (dB) of the echo label classes: 1 LV cavity (blood), 2 soft tissue, 3 myocardium, 4 left atrium.
@@ -67,6 +69,9 @@ class ChannelAcquisition:
     Attributes:
         probe: preset name (``"P4-2v"`` phased array, ``"C5-2v"`` convex, ``"L11-5v"`` linear) .
         depth: depth of the deepest image point (m): the outer fan radius (sector) or the bottom row (linear).
+            The default 3 cm makes a 64 x 64 sector grid sample the P4-2v I/Q image near its Nyquist rate
+            (pixel 0.48 mm; axial c / (2 B) = 0.38 mm, lateral resolution 0.5-0.9 mm), so that one pixel is about
+            one resolution cell and the B-mode pixel is a fair stand-in for the reflectivity of its cell.
         angles_deg: steering angles of the diverging waves (phased / convex array) or plane waves (linear array).
         scatterers_per_mm2: scatterer density of the medium.
         dynamic_range_db, reference_db: log compression (white = RMS envelope of the brightest class + reference_db).
@@ -76,9 +81,9 @@ class ChannelAcquisition:
     """
 
     probe: str = "P4-2v"
-    depth: float = 0.08
+    depth: float = 0.03
     angles_deg: Tuple[float, ...] = (-15.0, 0.0, 15.0)
-    scatterers_per_mm2: float = 2.0
+    scatterers_per_mm2: float = 8.0
     dynamic_range_db: float = 50.0
     reference_db: float = 6.0
     geometry: str = "sector"
@@ -154,12 +159,38 @@ def num_fast_time_samples(acquisition: ChannelAcquisition, x: np.ndarray, z: np.
 
 
 # ------------------------------------------------------------------------------------------------ scatterers
+def phantom_echogenicity(anatomy: str = "echo", size=64, seed: int = 0, index: int = 0, probe=None):
+    """Label map and echogenicity map (dB) of example ``(seed, index)`` of the built-in phantoms.
+
+    The same scene as ``make_phantom(anatomy, size, seed, index)`` (same labels), but instead of its fast
+    PSF-convolution physics, the tissue echogenicity with its texture (``TISSUES`` of
+    :mod:`ultrasound_diffusers.data.phantoms`: pericardium, valves, striated myocardium, clutter in the cavities),
+    to be sampled by scatterers. Returns ``(labels uint8 [H, W], echogenicity_db float32 [H, W])``.
+    """
+    from ..data import phantoms as ph
+
+    h, w = ph.parse_size(size)
+    probe = ph.resolve_probe(anatomy, probe)
+    grid = ph._grid(h, w, probe, ph.PhysicsParameters().oversample)
+    shape_rng, speckle_rng = ph._example_rngs(seed, index)
+    scene = ph.sample_scene(anatomy, shape_rng)
+    labels, tissues = scene.evaluate(grid.pix_X, grid.pix_Y)
+    if anatomy != "thyroid" or grid.geometry == "convex":
+        labels = np.where(grid.inside, labels, 0)
+        tissues = np.where(grid.inside, tissues, 0)
+    texture = ph._texture_fields(grid, speckle_rng)
+    kind = ph._TEXTURE_KIND[tissues]
+    echo_db = ph._ECHO_DB[tissues] + ph._TEXTURE_DB[tissues] * np.where(kind == 1, texture[1], texture[0])
+    return labels.astype(np.uint8), echo_db.astype(np.float32)
+
+
 def draw_scatterers(labels: np.ndarray, acquisition: ChannelAcquisition, rng: np.random.Generator,
-                    class_db: Optional[Dict[int, float]] = None):
+                    class_db: Optional[Dict[int, float]] = None, echogenicity_db: Optional[np.ndarray] = None):
     """Scatterers of a label map: positions (m) and real amplitudes, float64 [S] each.
 
     Positions are uniform in the scan area (``scatterers_per_mm2``); each takes the class of its nearest pixel and
-    a Gaussian amplitude of variance ``10^(class_db / 10)`` (class 0 and unknown classes: no scatterer).
+    a Gaussian amplitude of variance ``10^(class_db / 10)`` (class 0 and unknown classes: no scatterer), or, with
+    an ``echogenicity_db`` map [H, W] (e.g. from :func:`phantom_echogenicity`), ``10^(map / 10)`` of its pixel.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
@@ -187,8 +218,14 @@ def draw_scatterers(labels: np.ndarray, acquisition: ChannelAcquisition, rng: np
         row = np.clip(np.floor(z / a.depth * h), 0, h - 1).astype(np.int64)
     classes = labels[row, col]
     power = np.zeros(n)
-    for cls, db in class_db.items():
-        power[classes == cls] = 10.0 ** (float(db) / 10.0)
+    if echogenicity_db is not None:
+        echo = np.asarray(echogenicity_db, np.float64)
+        if echo.shape != labels.shape:
+            raise ValueError(f"`echogenicity_db` must have the label map's shape {labels.shape}, got {echo.shape}")
+        power = np.where(classes > 0, 10.0 ** (echo[row, col] / 10.0), 0.0)
+    else:
+        for cls, db in class_db.items():
+            power[classes == cls] = 10.0 ** (float(db) / 10.0)
     keep = power > 0
     amp = rng.standard_normal(int(keep.sum())) * np.sqrt(power[keep])
     return x[keep], z[keep], amp
@@ -293,8 +330,9 @@ def channel_data_operator(size: Tuple[int, int], acquisition: ChannelAcquisition
 
 # ------------------------------------------------------------------------------------------------ one example
 def simulate_channel_phantom(labels: np.ndarray, acquisition: Optional[ChannelAcquisition] = None, seed: int = 0,
-                             simulator: str = "pymust", class_db=None) -> Dict[str, Any]:
-    """Label map [H, W] -> scatterers -> channel data -> DAS B-mode.
+                             simulator: str = "pymust", class_db=None, echogenicity_db=None) -> Dict[str, Any]:
+    """Label map [H, W] (optionally with an echogenicity map, see :func:`draw_scatterers`) -> scatterers ->
+    channel data -> DAS B-mode.
 
     Returns a dict: ``image`` float32 [H, W] in [0, 1] (full-data DAS B-mode), ``labels``, ``iq`` complex64
     [K, E, N], ``envelope`` float64 [H, W] (after TGC), ``reference``, ``delays`` [K, E], ``num_scatterers``,
@@ -303,7 +341,7 @@ def simulate_channel_phantom(labels: np.ndarray, acquisition: Optional[ChannelAc
     acquisition = acquisition or ChannelAcquisition()
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
-    sx, sz, amp = draw_scatterers(labels, acquisition, rng, class_db)
+    sx, sz, amp = draw_scatterers(labels, acquisition, rng, class_db, echogenicity_db)
     x, z, _, _ = image_points(labels.shape, acquisition)
     n = num_fast_time_samples(acquisition, x, z)
     iq = simulate_channels(sx, sz, amp, acquisition, n, simulator)
@@ -313,3 +351,84 @@ def simulate_channel_phantom(labels: np.ndarray, acquisition: Optional[ChannelAc
         "delays": acquisition.delays(), "num_scatterers": int(sx.size), "acquisition": acquisition.to_dict(),
         "simulator": simulator,
     }
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+def write_channel_phantoms(num_images: int, output_dir, anatomy: str = "echo", size=64, seed: int = 0, start: int = 0,
+                           simulator: str = "pymust", acquisition: Optional[ChannelAcquisition] = None,
+                           progress: bool = False) -> Dict[str, Any]:
+    """Simulate ``num_images`` phantoms physically and write them (atomically) to ``output_dir``:
+
+    * ``dataset/``: a ``datasets`` folder (``save_to_disk``) with ``image`` (full-data DAS B-mode) and ``label``
+      columns plus ``channels`` (the file of the example's I/Q data), loadable by the training script
+      (``--dataset_name OUTPUT_DIR/dataset``);
+    * ``channels/NNNNNN.npz``: ``iq`` complex64 [K, E, N] I/Q channel data of all transmits and elements,
+      ``delays`` [K, E] (s), ``reference`` (the envelope shown as white), ``labels``;
+    * ``images/`` and ``labels/``: the same as PNG files; ``acquisition.json``: probe, transmits, geometry,
+      simulator, timing.
+
+    Examples are those of the built-in phantoms (``anatomy``, ``seed``, index ``start + i``: the same label maps),
+    with their echogenicity maps sampled by scatterers (:func:`phantom_echogenicity`). Sector anatomies only
+    (echo); returns the summary written to ``acquisition.json``.
+    """
+    import io
+    import json
+    import time
+    from pathlib import Path
+
+    import datasets
+    from PIL import Image
+
+    from ..utils.io import replace_directory
+
+    if int(num_images) < 1:
+        raise ValueError(f"`num_images` must be at least 1, got {num_images!r}")
+    if anatomy != "echo":
+        raise ValueError(f"channel-data phantoms are simulated for the sector anatomy 'echo', got {anatomy!r}")
+    if simulator == "pymust":
+        require_pymust()
+    acquisition = acquisition or ChannelAcquisition()
+    summary: Dict[str, Any] = {}
+
+    def build(tmp: Path):
+        for sub in ("channels", "images", "labels"):
+            (tmp / sub).mkdir()
+        rows = {"image": [], "label": [], "channels": [], "index": [], "seed": [], "reference": []}
+        started = time.perf_counter()
+        for i in range(int(num_images)):
+            index = int(start) + i
+            labels, echo = phantom_echogenicity(anatomy, size, seed, index)
+            sim = simulate_channel_phantom(labels, acquisition, seed=int(np.random.SeedSequence([seed, index, 7]).generate_state(1)[0]),
+                                           simulator=simulator, echogenicity_db=echo)
+            name = f"{i:06d}"
+            np.savez_compressed(tmp / "channels" / f"{name}.npz", iq=sim["iq"], delays=sim["delays"],
+                                reference=np.float64(sim["reference"]), labels=labels)
+            image = np.clip(np.rint(sim["image"] * 255), 0, 255).astype(np.uint8)
+            Image.fromarray(image, mode="L").save(tmp / "images" / f"{name}.png")
+            Image.fromarray(labels, mode="L").save(tmp / "labels" / f"{name}.png")
+            for key, value in (("image", image), ("label", labels)):
+                buf = io.BytesIO()
+                Image.fromarray(value, mode="L").save(buf, format="PNG")
+                rows[key].append({"bytes": buf.getvalue(), "path": None})
+            rows["channels"].append(f"channels/{name}.npz")
+            rows["index"].append(index)
+            rows["seed"].append(int(seed))
+            rows["reference"].append(float(sim["reference"]))
+            if progress:
+                print(f"[{i + 1}/{num_images}] {sim['num_scatterers']} scatterers, {time.perf_counter() - started:.1f} s", flush=True)
+        features = datasets.Features({
+            "image": datasets.Image(), "label": datasets.Image(), "channels": datasets.Value("string"),
+            "index": datasets.Value("int64"), "seed": datasets.Value("int64"), "reference": datasets.Value("float64"),
+        })
+        datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp / "dataset"))
+        elapsed = time.perf_counter() - started
+        summary.update({
+            "num_images": int(num_images), "anatomy": anatomy, "size": list(np.broadcast_to(size, (2,)).tolist()),
+            "seed": int(seed), "start": int(start), "simulator": simulator, "acquisition": acquisition.to_dict(),
+            "probe": acquisition.array.to_dict(), "seconds": round(elapsed, 2),
+            "seconds_per_image": round(elapsed / int(num_images), 3),
+        })
+        (tmp / "acquisition.json").write_text(json.dumps(summary, indent=1))
+
+    replace_directory(build, output_dir)
+    return summary

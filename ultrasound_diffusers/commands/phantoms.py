@@ -58,6 +58,12 @@ def register(subparsers) -> None:
     p.add_argument("--push_to_hub", action="store_true")
     p.add_argument("--hub_dataset_id", default=None, help="Hub dataset repo id for --push_to_hub")
     p.add_argument("--private", action="store_true")
+    p.add_argument("--simulator", default=None, choices=["pymust", "born"],
+                   help="simulate channel data physically (echo only): 'pymust' (needs pip install pymust) or 'born' "
+                   "(our linear model); writes dataset/, channels/*.npz, images/, labels/ into --output_dir")
+    p.add_argument("--channel_depth_cm", type=float, default=3.0, help="with --simulator: depth of the fan")
+    p.add_argument("--scatterers_per_mm2", type=float, default=8.0, help="with --simulator: scatterer density")
+    p.add_argument("--transmit_angles", default="-15,0,15", help="with --simulator: diverging-wave angles (degrees)")
     p.set_defaults(func=run)
 
 
@@ -74,6 +80,8 @@ def run(args) -> int:
         raise ValueError("--num_validation_images must be non-negative")
     if args.output_dir is None and not args.push_to_hub and args.png_dir is None:
         raise ValueError("give --output_dir, --png_dir or --push_to_hub")
+    if args.simulator is not None:
+        return _run_channel_simulation(args)
     probe = None
     overrides = {k: getattr(args, k) for k in ("depth_cm", "center_frequency_mhz") if getattr(args, k) is not None}
     if args.probe is not None or overrides:
@@ -125,4 +133,22 @@ def run(args) -> int:
         Image.fromarray(grid).save(buf, format="PNG")
         atomic_write_bytes(args.preview, buf.getvalue())
         print(f"wrote preview {args.preview}")
+    return 0
+
+
+def _run_channel_simulation(args) -> int:
+    """``--simulator``: physical channel-data phantoms (see acoustics.simulation.write_channel_phantoms)."""
+    from ..acoustics.simulation import ChannelAcquisition, write_channel_phantoms
+
+    if args.output_dir is None:
+        raise ValueError("--simulator writes channel data: give --output_dir")
+    try:
+        angles = tuple(float(a) for a in args.transmit_angles.split(",") if a.strip())
+    except ValueError:
+        raise ValueError(f"--transmit_angles must be comma-separated degrees, got {args.transmit_angles!r}") from None
+    acquisition = ChannelAcquisition(depth=args.channel_depth_cm / 100.0, angles_deg=angles,
+                                     scatterers_per_mm2=args.scatterers_per_mm2)
+    summary = write_channel_phantoms(args.num_images, args.output_dir, anatomy=args.anatomy, size=args.size,
+                                     seed=args.seed, simulator=args.simulator, acquisition=acquisition, progress=True)
+    print(f"wrote {summary['num_images']} channel-data phantoms ({args.simulator}, {summary['seconds_per_image']} s each) to {args.output_dir}")
     return 0
