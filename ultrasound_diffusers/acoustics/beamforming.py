@@ -534,6 +534,38 @@ class ChannelDataOperator(ForwardOperator):
         y = self.channel_operator.forward(self.reflectivity(x)) * self.data_gain
         return complex_to_real(y).to(x.dtype)
 
+    def measure(self, x: torch.Tensor, generator: Optional[torch.Generator] = None, snr_db: Optional[float] = None) -> torch.Tensor:
+        """Simulated channel data of images ``x`` [1, 1, H, W] with the operator's own model (no gradient).
+
+        The medium is one reflector per pixel with the envelope of ``x`` and a *random* phase (speckle; the
+        measured phase is unknown to the model), then channel noise: ``snr_db`` (or the operator's ``snr_db``
+        attribute) sets ``noise_std`` relative to the RMS of the noise-free data, otherwise ``noise_std`` is used.
+        The phase of the operator is then set from the simulated data (:meth:`set_phase_from`), as for real data.
+        This is a model-consistent simulation (the same model generates and inverts); the physical path
+        (scatterers, pymust) is :mod:`ultrasound_diffusers.acoustics.simulation`.
+        """
+        _check_image(x)
+        if x.shape[0] != 1:
+            raise ValueError(f"`measure` simulates one acquisition, got a batch of {x.shape[0]} images")
+        snr_db = getattr(self, "snr_db", None) if snr_db is None else snr_db
+        with torch.no_grad():
+            saved = self.phase
+            u = torch.rand(self.channel_operator.num_points, generator=generator, dtype=torch.float64)
+            self.phase = torch.exp(2j * math.pi * u)
+            try:
+                y = self.channel_operator.forward(self.reflectivity(x)) * self.data_gain
+            finally:
+                self.phase = saved
+            if snr_db is not None:
+                self.noise_std = float(y.abs().pow(2).mean().sqrt() / math.sqrt(2.0) * 10.0 ** (-float(snr_db) / 20.0))
+            std = float(self.noise_std) if not torch.is_tensor(self.noise_std) else float(self.noise_std.max())
+            if std > 0:
+                noise = torch.randn(y.shape + (2,), generator=generator, dtype=torch.float64)
+                y = y + std * torch.view_as_complex(noise).to(y.dtype)
+            out = complex_to_real(y).to(x.dtype)
+        self.set_phase_from(out)
+        return out
+
     def measurement_shape(self, image_shape, device=None, dtype=torch.float32):
         return (int(image_shape[0]),) + self.channel_operator.shape + (2,)
 

@@ -41,6 +41,7 @@ __all__ = [
     "require_pymust",
     "simulate_channel_phantom",
     "simulate_channels",
+    "operator_from_spec",
     "sparse_receive_elements",
     "write_channel_phantoms",
 ]
@@ -432,3 +433,57 @@ def write_channel_phantoms(num_images: int, output_dir, anatomy: str = "echo", s
 
     replace_directory(build, output_dir)
     return summary
+
+
+# ------------------------------------------------------------------------------------------------ from text
+CHANNEL_SPEC_HELP = (
+    "channels[:elements=K][:transmits=I,J][:snr=DB][:depth=CM]: channel I/Q data (P4-2v phased array, 3 diverging "
+    "waves, on the scheduler's fan; L11-5v plane waves for a linear scheduler) of every K-th receive element and the "
+    "listed transmits (0, 1, 2 = -15, 0, +15 degrees; 'single' = 1), with channel noise at SNR DB (default 30)"
+)
+
+
+def operator_from_spec(arg: str, size, scheduler=None, noise_std: Optional[float] = None) -> ChannelDataOperator:
+    """Build a :class:`ChannelDataOperator` from the text after ``channels:`` (see :data:`CHANNEL_SPEC_HELP`).
+
+    Examples: ``""`` (full data), ``"elements=4"`` (a quarter of the elements), ``"single"`` (one transmit),
+    ``"elements=2:transmits=1:snr=20"``. The acquisition follows ``scheduler``'s probe geometry: its fan for a
+    convex (sector) scheduler, a linear array otherwise. ``noise_std`` (absolute, data units) overrides the SNR.
+    """
+    if size is None:
+        raise ValueError("a channels operator needs the image `size`")
+    h, w = (int(size), int(size)) if isinstance(size, int) else (int(size[-2]), int(size[-1]))
+    options = {"elements": 1, "transmits": None, "snr": 30.0, "depth": None}
+    for token in [t.strip() for t in str(arg or "").split(":") if t.strip()]:
+        if token in ("single", "full"):
+            options["transmits"] = [1] if token == "single" else None
+            continue
+        key, sep, value = token.partition("=")
+        if not sep or key not in options:
+            raise ValueError(f"unknown channels option {token!r}; expected elements=K, transmits=I,J, snr=DB, depth=CM, single or full")
+        if key == "transmits":
+            options[key] = [int(v) for v in value.split(",") if v.strip()]
+        elif key == "elements":
+            options[key] = int(value)
+        else:
+            options[key] = float(value)
+    cfg = getattr(scheduler, "config", None)
+    geometry = getattr(cfg, "probe_geometry", "convex") if cfg is not None and "probe_geometry" in cfg else "convex"
+    if geometry == "convex":
+        fan = {}
+        if cfg is not None and "fan_apex" in cfg:
+            fan = dict(fan_apex=tuple(cfg.fan_apex), fan_radii=tuple(cfg.fan_radii), fan_half_angle_deg=float(cfg.fan_half_angle_deg))
+        acquisition = ChannelAcquisition(depth=(options["depth"] or 3.0) / 100.0, **fan)
+    else:
+        acquisition = ChannelAcquisition(probe="L11-5v", depth=(options["depth"] or 2.0) / 100.0, geometry="linear",
+                                         angles_deg=(-10.0, 0.0, 10.0))
+    x, z, _, _ = image_points((h, w), acquisition)
+    elements = None
+    if options["elements"] != 1:
+        elements = sparse_receive_elements(acquisition.array.num_elements, options["elements"])
+    op = channel_data_operator((h, w), acquisition, num_fast_time_samples(acquisition, x, z), reference=1.0,
+                               transmits=options["transmits"], receive_elements=elements,
+                               noise_std=0.0 if noise_std is None else float(noise_std))
+    op.snr_db = None if noise_std is not None else options["snr"]
+    op.acquisition = acquisition
+    return op
