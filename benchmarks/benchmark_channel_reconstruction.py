@@ -27,6 +27,7 @@ import torch
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num_images", type=int, default=6)
+    p.add_argument("--start_index", type=int, default=0, help="first held-out example (tune on others than the reported ones)")
     p.add_argument("--simulator", default="pymust", choices=["pymust", "born"])
     p.add_argument("--num_inference_steps", type=int, default=50)
     p.add_argument("--num_samples", type=int, default=2)
@@ -78,7 +79,7 @@ def main(argv=None) -> dict:
     figure_data = None
     start = time.perf_counter()
     for i in range(args.num_images):
-        labels, echo_db = phantom_echogenicity("echo", size, seed=HELD_OUT_SEED, index=i)
+        labels, echo_db = phantom_echogenicity("echo", size, seed=HELD_OUT_SEED, index=args.start_index + i)
         t0 = time.perf_counter()
         sim = simulate_channel_phantom(labels, acq, seed=10_000 + i, simulator=args.simulator, echogenicity_db=echo_db)
         sim_seconds = time.perf_counter() - t0
