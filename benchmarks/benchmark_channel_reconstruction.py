@@ -41,6 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="channel_benchmark")
     p.add_argument("--figure", default=None, help="write the figure of the first image here (PNG)")
+    p.add_argument("--point_targets", action="store_true", help="only measure the axial / lateral FWHM of point targets (DAS, full vs sparse data)")
     return p.parse_args(argv)
 
 
@@ -56,9 +57,46 @@ def case_acquisition(name: str, num_elements: int):
     raise ValueError(f"unknown case {name!r}")
 
 
+def point_target_resolution_table(simulator: str = "pymust", depths_cm=(1.0, 2.0, 2.8)) -> str:
+    """Axial / lateral FWHM (mm) of point targets on the axis: DAS of full and sparse data on a 0.02 mm grid."""
+    from ultrasound_diffusers.acoustics import ChannelOperator
+    from ultrasound_diffusers.acoustics.simulation import ChannelAcquisition, simulate_channels, sparse_receive_elements
+    from ultrasound_diffusers.evaluation.ultrasound_metrics import point_target_resolution
+
+    acq = ChannelAcquisition()
+    probe = acq.array
+    z_t = np.asarray(depths_cm) / 100.0
+    x_t = np.zeros_like(z_t)
+    n = int(np.ceil(2.2 * acq.depth / probe.speed_of_sound * probe.sampling_frequency)) + 40
+    iq = torch.from_numpy(simulate_channels(x_t, z_t, np.ones_like(z_t), acq, n, simulator))
+    cases = {"full": (None, None), "quarter_elements": (None, sparse_receive_elements(probe.num_elements, 4)),
+             "single_transmit": ([1], None)}
+    lines = ["| data | " + " | ".join(f"{d:.1f} cm axial / lateral" for d in depths_cm) + " |",
+             "|---|" + "---|" * len(depths_cm)]
+    step = 2e-5
+    for name, (tx, rx) in cases.items():
+        cells = []
+        for x0, z0 in zip(x_t, z_t):
+            gx, gz = np.meshgrid(x0 + np.arange(-100, 101) * step, z0 + np.arange(-40, 41) * step)
+            op = ChannelOperator(probe, acq.delays(), gx.ravel(), gz.ravel(), n, transmits=tx, receive_elements=rx, pulse=None)
+            data = iq[op.transmits][:, op.receive_elements][None]
+            env = op.das(data)[0].abs().reshape(gx.shape).double().numpy()
+            res = point_target_resolution(env, spacing=(step * 1e3, step * 1e3), half_window=100)
+            cells.append(f"{res['axial_fwhm']:.2f} / {res['lateral_fwhm']:.2f}")
+        lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    if args.point_targets:
+        table = point_target_resolution_table(args.simulator)
+        print(table)
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "point_targets.md").write_text(table + "\n")
+        return {"point_targets": table}
     from ultrasound_diffusers.acoustics import complex_to_real
     from ultrasound_diffusers.acoustics.simulation import (
         ChannelAcquisition,
