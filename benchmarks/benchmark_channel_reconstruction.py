@@ -31,7 +31,8 @@ def parse_args(argv=None):
     p.add_argument("--simulator", default="pymust", choices=["pymust", "born"])
     p.add_argument("--num_inference_steps", type=int, default=50)
     p.add_argument("--num_samples", type=int, default=2)
-    p.add_argument("--guidance_step_size", type=float, default=1.0)
+    p.add_argument("--guidance_step_size", type=float, default=4.0)
+    p.add_argument("--method", default="dps", choices=["dps", "none"], help="'none': the prior alone (an ablation: what does the data add?)")
     p.add_argument("--snr_db", type=float, default=20.0, help="channel SNR: noise std vs the RMS of the sparse data")
     p.add_argument("--cases", default="quarter_elements,single_transmit")
     p.add_argument("--depth_cm", type=float, default=3.0, help="depth of the fan (the 64 px grid then samples the I/Q image near its Nyquist rate)")
@@ -145,7 +146,7 @@ def main(argv=None) -> dict:
             das = (op.baseline(y)[0, 0].double().numpy() + 1.0) / 2.0
             op.set_phase_from(y)
             t1 = time.perf_counter()
-            out = pipe(y, op, segmap=torch.from_numpy(labels.astype(np.int64))[None], method="dps",
+            out = pipe(y, op, segmap=torch.from_numpy(labels.astype(np.int64))[None], method=args.method,
                        num_inference_steps=args.num_inference_steps, guidance_step_size=args.guidance_step_size,
                        num_samples=args.num_samples, guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(args.seed + i),
                        output_type="np")
@@ -164,7 +165,8 @@ def main(argv=None) -> dict:
         keys = values[0].keys()
         return {k: (float(np.mean([v[k] for v in values])), float(np.std([v[k] for v in values]))) for k in keys}
 
-    result = {"num_images": args.num_images, "simulator": args.simulator, "snr_db": args.snr_db,
+    result = {"num_images": args.num_images, "simulator": args.simulator, "snr_db": args.snr_db, "method": args.method,
+              "pipeline": args.pipeline or "bundled bmap-echo-phantom-64", "guidance_scale": args.guidance_scale,
               "num_inference_steps": args.num_inference_steps, "num_samples": args.num_samples,
               "guidance_step_size": args.guidance_step_size, "acquisition": acq.to_dict(),
               "full_das": summary(full_rows),
@@ -178,7 +180,8 @@ def main(argv=None) -> dict:
     f = result["full_das"]
     lines.append(f"| full (64 elements, 3 transmits) | DAS (reference) | - | - | {fmt(f, 'gcnr', 3)} | {fmt(f, 'cnr', 2)} |")
     for c in cases:
-        for method, label in (("das_sparse", "DAS"), ("dps", f"DPS, mean of {args.num_samples}")):
+        name = "DPS" if args.method == "dps" else "prior only (no data)"
+        for method, label in (("das_sparse", "DAS"), ("dps", f"{name}, mean of {args.num_samples}")):
             s = result["cases"][c][method]
             lines.append(f"| {c.replace('_', ' ')} | {label} | {fmt(s, 'psnr', 2)} | {fmt(s, 'ssim', 3)} | "
                          f"{fmt(s, 'gcnr', 3)} | {fmt(s, 'cnr', 2)} |")
