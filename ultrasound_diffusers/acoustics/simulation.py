@@ -14,8 +14,10 @@
    compensation of the 2-D spreading (gain ``r / 1 cm``), log compression with ``dynamic_range_db`` and a reference
    ``reference_db`` above the RMS envelope of the brightest class (myocardium), as the built-in phantoms do.
 
-:func:`simulate_channel_phantom` does all of it for one example; :func:`channel_data_operator` builds the matching
-measurement operator (sparse transmits, sparse receive aperture, channel noise) for reconstruction.
+:func:`simulate_channel_phantom` does all of it for one example; :func:`write_channel_phantoms` writes a dataset of
+them (``phantoms --simulator pymust|born``); :func:`channel_data_operator` builds the matching measurement operator
+(sparse transmits, sparse receive aperture, channel noise) for reconstruction, and :func:`operator_from_spec` the
+one of ``make_operator("channels:...")``.
 """
 
 from __future__ import annotations
