@@ -903,6 +903,8 @@ OPERATOR_SPECS = {
     "attenuation[:ALPHA[:FREQ_MHZ[:DEPTH_CM]]]": "depth attenuation in dB/cm/MHz (defaults 0.5, 2.5 MHz, 15 cm)",
     "attenuation_tgc[:...]": "the same after time-gain compensation (noise grows with depth)",
     "mask:shadow or mask:FILE": "inpaint a rib shadow, or the region of a mask file (.npy / .png, nonzero = missing)",
+    "channels[:elements=K][:transmits=I,J|single][:snr=DB]": "channel I/Q data of a phased / linear array "
+    "(ultrasound_diffusers.acoustics): sparse receive aperture, fewer transmits, channel noise",
 }
 
 
@@ -939,6 +941,10 @@ def make_operator(
                 **dict(zip(keys, values)), noise_std=0.02 if noise_std is None else noise,
                 compensated=kind == "attenuation_tgc", **geometry,
             )
+        if kind == "channels":
+            from .acoustics.simulation import operator_from_spec
+
+            return operator_from_spec(arg, size, scheduler=scheduler, noise_std=noise_std)
         if kind == "mask":
             if size is None:
                 raise ValueError("a mask operator needs the image `size`")

@@ -45,6 +45,12 @@ def register(subparsers) -> None:
     p.add_argument("--png_dir", default=None, help="also write images/ and labels/ PNG files here")
     p.add_argument("--preview", default=None, help="write a PNG grid of the first images and coloured label maps")
     add_dataset_output_arguments(p)
+    p.add_argument("--simulator", default=None, choices=["pymust", "born"],
+                   help="simulate channel data physically (echo only): 'pymust' (needs pip install pymust) or 'born' "
+                   "(our linear model); writes dataset/, channels/*.npz, images/, labels/ into --output_dir")
+    p.add_argument("--channel_depth_cm", type=float, default=3.0, help="with --simulator: depth of the fan")
+    p.add_argument("--scatterers_per_mm2", type=float, default=8.0, help="with --simulator: scatterer density")
+    p.add_argument("--transmit_angles", default="-15,0,15", help="with --simulator: diverging-wave angles (degrees)")
     p.set_defaults(func=run)
 
 
@@ -64,7 +70,10 @@ def run(args) -> int:
     if args.output_dir is None and not args.push_to_hub and args.png_dir is None:
         raise ValueError("give --output_dir, --png_dir or --push_to_hub")
     if args.output_dir is not None:
-        check_output_dir(args.output_dir, "phantoms", overwrite=args.overwrite, argument="--output_dir")
+        kind = "phantoms" if args.simulator is None else "phantoms-channels"
+        check_output_dir(args.output_dir, kind, overwrite=args.overwrite, argument="--output_dir")
+    if args.simulator is not None:
+        return _run_channel_simulation(args)
     if args.png_dir is not None:
         check_output_dir(args.png_dir, "phantoms-png", overwrite=args.overwrite, argument="--png_dir")
         if args.output_dir is not None and Path(args.png_dir).resolve() == Path(args.output_dir).resolve():
@@ -120,4 +129,22 @@ def run(args) -> int:
         Image.fromarray(grid).save(buf, format="PNG")
         atomic_write_bytes(args.preview, buf.getvalue())
         print(f"wrote preview {args.preview}")
+    return 0
+
+
+def _run_channel_simulation(args) -> int:
+    """``--simulator``: physical channel-data phantoms (see acoustics.simulation.write_channel_phantoms)."""
+    from ..acoustics.simulation import ChannelAcquisition, write_channel_phantoms
+
+    if args.output_dir is None:
+        raise ValueError("--simulator writes channel data: give --output_dir")
+    try:
+        angles = tuple(float(a) for a in args.transmit_angles.split(",") if a.strip())
+    except ValueError:
+        raise ValueError(f"--transmit_angles must be comma-separated degrees, got {args.transmit_angles!r}") from None
+    acquisition = ChannelAcquisition(depth=args.channel_depth_cm / 100.0, angles_deg=angles,
+                                     scatterers_per_mm2=args.scatterers_per_mm2)
+    summary = write_channel_phantoms(args.num_images, args.output_dir, anatomy=args.anatomy, size=args.size,
+                                     seed=args.seed, simulator=args.simulator, acquisition=acquisition, progress=True)
+    print(f"wrote {summary['num_images']} channel-data phantoms ({args.simulator}, {summary['seconds_per_image']} s each) to {args.output_dir}")
     return 0

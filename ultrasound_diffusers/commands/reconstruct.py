@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--pipeline", default=None, help="pipeline folder or Hub repo id (default: the bundled demo pipeline)")
     p.add_argument("--image", default="phantom", help="'phantom' or 'phantom:INDEX' (held-out phantom), or an image file (PNG / .npy in [0, 1])")
     p.add_argument("--labels", default=None, help="label map file for a label-conditioned pipeline (phantoms bring their own)")
-    p.add_argument("--operator", default="missing_lines:4", help="missing_lines:K, downsample:F or FHxFW, attenuation[:ALPHA], attenuation_tgc[:ALPHA], mask:shadow or mask:FILE")
+    p.add_argument("--operator", default="missing_lines:4", help="missing_lines:K, downsample:F or FHxFW, attenuation[:ALPHA], attenuation_tgc[:ALPHA], mask:shadow or mask:FILE, channels[:elements=K][:single][:snr=DB] (channel data)")
     p.add_argument("--noise_std", type=float, default=None, help="measurement noise (model units, image range width 2); default 0 (0.02 for attenuation)")
     p.add_argument("--method", default="dps", choices=["dps", "projection", "none"])
     p.add_argument("--num_samples", type=int, default=4)
