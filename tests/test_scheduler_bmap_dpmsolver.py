@@ -236,3 +236,34 @@ def test_semantic_pipeline_runs_with_it():
         assert np.abs(sde - out.images).max() > 1e-3
     finally:
         pipe.scheduler = original
+
+
+def test_demo_command_takes_scheduler(tmp_path, capsys):
+    from ultrasound_diffusers.cli import main
+
+    args = ["demo", "--num_images", "1", "--num_inference_steps", "3", "--scheduler", "dpm++", "--output_dir", str(tmp_path)]
+    assert main(args) == 0
+    assert (tmp_path / "demo.png").is_file() and "demo picture written to" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["demo", "--scheduler", "euler", "--output_dir", str(tmp_path)])
+
+
+def test_generate_command_swaps_scheduler(monkeypatch, tmp_path):
+    import ultrasound_diffusers.generation as generation
+    from ultrasound_diffusers.cli import main
+    from ultrasound_diffusers.pipelines import DiffusionPipeline
+
+    pipe = tiny_semantic_pipeline()
+    seen = {}
+
+    def fake_generate_dataset(pipeline, *args, **kwargs):
+        seen["scheduler"] = pipeline.scheduler
+        return type("Rows", (), {"num_rows": 0})()
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", classmethod(lambda cls, *a, **k: pipe))
+    monkeypatch.setattr(generation, "generate_dataset", fake_generate_dataset)
+    common = ["generate", "--pipeline", "tiny", "--labels", "phantoms:echo:1", "--output_dir", str(tmp_path)]
+    assert main(common + ["--scheduler", "sde-dpm++"]) == 0
+    assert isinstance(seen["scheduler"], BMapDPMSolverMultistepScheduler)
+    assert seen["scheduler"].config.algorithm_type == "sde-dpmsolver++"
+    assert seen["scheduler"].config.bmap_min == pipe.scheduler.config.bmap_min
