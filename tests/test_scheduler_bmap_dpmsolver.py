@@ -218,6 +218,10 @@ def test_step_misuse_is_reported():
         s.step(x, s.timesteps[-1], x)
     with pytest.raises(ValueError, match="num_inference_steps"):
         s.set_timesteps(0)
+    s.set_timesteps(3)
+    x = s.step(x * 0, s.timesteps[0], x).prev_sample
+    with pytest.raises(ValueError, match="twice"):  # resampling at the same step cannot work for a multistep solver
+        s.step(x * 0, s.timesteps[0], x)
 
 
 def test_semantic_pipeline_runs_with_it():

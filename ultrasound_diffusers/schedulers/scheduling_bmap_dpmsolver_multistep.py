@@ -510,6 +510,12 @@ class BMapDPMSolverMultistepScheduler(SchedulerMixin, ConfigMixin):
                 f"`step` was called {self._step_index + 1} times for {self.num_inference_steps} timesteps; call "
                 "`set_timesteps` again to start a new sampling loop"
             )
+        if self._step_index > 0 and int(timestep) == int(self.timesteps[self._step_index - 1]):
+            raise ValueError(
+                f"`step` was called twice at timestep {int(timestep)}: {type(self).__name__} is a multistep solver "
+                "whose history moves forward only (RePaint-style resampling, e.g. the reconstruction pipeline's "
+                "num_resample > 0, needs a single-step scheduler such as BMapAttenuationScheduler)"
+            )
         n = len(self.timesteps)
         last = self._step_index == n - 1
         lower_order_final = last and (
