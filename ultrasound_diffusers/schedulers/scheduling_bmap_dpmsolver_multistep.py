@@ -91,6 +91,12 @@ class BMapDPMSolverMultistepScheduler(SchedulerMixin, ConfigMixin):
 
     Samples are tensors [B, C, H, W] (also [B, C, ..., H, W]) in [-1, 1]; the update runs in float64 (float32
     on MPS) and returns the sample's dtype.
+
+    Which variant: models whose prediction at high noise is poor (the bundled demo model predicts a grey x_0
+    outside the fan for t >= 500) end hazy on every deterministic path (DDIM, DPM-Solver++ ODE), because a
+    deterministic step keeps the predicted noise and so commits to that early estimate; ``"sde-dpmsolver++"``
+    replaces most of x_t with fresh per-pixel noise at high noise, as ancestral sampling does, and lets the later
+    predictions correct it (``benchmarks/benchmark_solvers.py``).
     """
 
     _compatibles = sorted(
