@@ -94,9 +94,9 @@ class BMapDPMSolverMultistepScheduler(SchedulerMixin, ConfigMixin):
 
     Which variant: models whose prediction at high noise is poor (the bundled demo model predicts a grey x_0
     outside the fan for t >= 500) end hazy on every deterministic path (DDIM, DPM-Solver++ ODE), because a
-    deterministic step keeps the predicted noise and so commits to that early estimate; ``"sde-dpmsolver++"``
-    replaces most of x_t with fresh per-pixel noise at high noise, as ancestral sampling does, and lets the later
-    predictions correct it (``benchmarks/benchmark_solvers.py``).
+    deterministic step carries the whole predicted noise forward and so keeps that early estimate in the
+    trajectory; ``"sde-dpmsolver++"`` renews part of the noise at every step (per pixel), as ancestral sampling
+    does, so early errors decay and the later predictions correct them (``benchmarks/benchmark_solvers.py``).
     """
 
     _compatibles = sorted(
