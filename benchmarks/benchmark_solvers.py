@@ -41,6 +41,7 @@ def sampler_table(with_250: bool) -> Dict[str, Tuple[str, int, dict]]:
     for n in (10, 25, 50):
         table[f"ddim-{n}"] = ("ddim", n, {})
     table["ancestral-50"] = ("ddpm", 50, {})
+    table["sde-dpm++2M-50"] = ("sde-dpm++", 50, {})
     if with_250:
         table["ancestral-250"] = ("ddpm", 250, {})
     return table
@@ -149,6 +150,10 @@ def plot(rows: List[dict], path: Path, reference: str) -> None:
         if key == "kid":
             ax.axhspan(ref["kid"] - ref["kid_std"], ref["kid"] + ref["kid_std"], color="grey", alpha=0.15)
         ax.set_xscale("log")
+        ticks = sorted({r["steps"] for r in rows})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("network calls (steps)")
         ax.set_title(label)
     axes[0].legend(fontsize=8)
