@@ -23,7 +23,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -83,46 +83,6 @@ def metrics(images, labels, real_images, real_feats, extractor) -> Dict[str, flo
     return {
         "kid": kid, "kid_std": kid_std, "outside_fan": float(np.mean(outside)),
         "hazy": int(sum(o > 0.1 for o in outside)), "depth_l1": l1,
-    }
-
-
-@torch.no_grad()
-def first_step_diagnostic(pipe, labels: np.ndarray, guidance: float, batch_size: int) -> Dict[str, float]:
-    """The model's noise prediction at the first step (t = T - 1) on the benchmark's starting noise.
-
-    There the signal level is tiny (sqrt(a) = 4.9e-5 for the cosine schedule), so the exact noise is the sample
-    itself; the mean of (eps_pred - x_T) over the pixels outside / inside the fan is the model's bias. An update that
-    keeps that eps (DDIM with the unclipped eps, or any unclipped ODE step) moves x by the bias, i.e. the image by
-    bias / sqrt(a_next) at the next step; solvers that recompute eps from the clipped x0 (DPM-Solver++ with
-    clip_sample) or draw fresh noise (ancestral, SDE) do not.
-    """
-    from ultrasound_diffusers.pipelines.pipeline_utils import classifier_free_guidance, prepare_segmap
-
-    sched = pipe.scheduler
-    T = sched.config.num_train_timesteps
-    errs, outside_all = [], []
-    for b, lo in enumerate(range(0, len(labels), batch_size)):
-        chunk = labels[lo : lo + batch_size]
-        x = torch.randn((len(chunk), 1, 64, 64), generator=torch.Generator().manual_seed(1000 + b))
-        one_hot, _ = prepare_segmap(torch.from_numpy(chunk), pipe.num_classes, (64, 64), device="cpu", dtype=torch.float32)
-        out = pipe.unet(torch.cat([x, x]), torch.full((2 * len(chunk),), T - 1),
-                        segmap=torch.cat([one_hot, torch.zeros_like(one_hot)])).sample
-        cond, uncond = out.chunk(2)
-        eps = classifier_free_guidance(cond, uncond, guidance, 1)[:, :1]
-        errs.append((eps - x)[:, 0])
-        outside_all.append(torch.from_numpy(chunk == 0))
-    err, outside = torch.cat(errs), torch.cat(outside_all)
-    a_first = float(sched.signal_level(T - 1, (1, 1, 64, 64)).max())
-    from ultrasound_diffusers.schedulers.scheduling_bmap_dpmsolver_multistep import scheduler_for_sampler
-
-    ddim = scheduler_for_sampler("ddim", sched.config)
-    ddim.set_timesteps(50)
-    a_next = float(ddim.signal_level(int(ddim.timesteps[1]), (1, 1, 64, 64)).max())
-    bias_out = float(err[outside].mean())
-    return {
-        "sqrt_a_first": a_first**0.5, "next_t": int(ddim.timesteps[1]), "sqrt_a_next": a_next**0.5,
-        "bias_outside": bias_out, "rms_outside": float(err[outside].pow(2).mean().sqrt()),
-        "bias_inside": float(err[~outside].mean()), "image_shift_outside": bias_out / a_next**0.5,
     }
 
 
@@ -229,13 +189,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['name'].rsplit('-', 1)[0]} | {r['steps']} | {1e3 * r['kid']:.1f} +- {1e3 * r['kid_std']:.1f} | "
               f"{r['outside_fan']:.3f} | {r['hazy']}/{r['n']} | {r['depth_l1']:.3f} | {r['seconds']:.2f} |")
-    pipe.scheduler = scheduler_for_sampler("ddpm", base_config)
-    diag = first_step_diagnostic(pipe, labels, args.guidance_scale, args.batch_size)
-    print(f"\nfirst step (t = {pipe.scheduler.config.num_train_timesteps - 1}, sqrt(a) = {diag['sqrt_a_first']:.1e}): "
-          f"eps_pred - x_T has mean {diag['bias_outside']:+.4f} (rms {diag['rms_outside']:.4f}) outside the fan and "
-          f"{diag['bias_inside']:+.4f} inside; kept by a DDIM step it shifts the image outside the fan by "
-          f"{diag['image_shift_outside']:+.2f} (sqrt(a) = {diag['sqrt_a_next']:.3f} at t = {diag['next_t']})")
-    (cache / "results.json").write_text(json.dumps({"rows": rows, "first_step": diag}, indent=2))
+    (cache / "results.json").write_text(json.dumps({"rows": rows}, indent=2))
     if any(r["name"] == "ancestral-50" for r in rows):
         plot(rows, Path(args.out), "ancestral-50")
         print(f"plot written to {args.out}")
