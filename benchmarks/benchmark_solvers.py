@@ -10,8 +10,8 @@ pipeline, the same starting noise and generator seeds for every sampler, and com
 * depth-profile L1 inside the fan (mean |difference| of the mean intensity per depth bin),
 * seconds per image (all network calls, guidance 1.5 = two passes per call, this machine's CPU threads).
 
-Samplers: DPM-Solver++ 2M (ODE) and SDE-DPM-Solver++ 2M (``BMapDPMSolverMultistepScheduler``) at 8-25 steps, the
-per-pixel DDIM (eta 0) at 10 / 25 / 50 steps and ancestral B-map DDPM at 50 (and 250) steps
+Samplers: DPM-Solver++ 2M (ODE, 8-25 steps) and SDE-DPM-Solver++ 2M (8-25 and 50 steps)
+(``BMapDPMSolverMultistepScheduler``), the per-pixel DDIM (eta 0) at 10 / 25 / 50 steps and ancestral B-map DDPM at 50 (and 250) steps
 (``BMapAttenuationScheduler``). Generated images are cached in ``--cache_dir``, so an interrupted run resumes and
 several processes can share the work (``--only NAME,NAME --no_report``).
 """
