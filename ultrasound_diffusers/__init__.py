@@ -3,6 +3,7 @@
 Components (imported eagerly, so that diffusers finds them when it loads a saved pipeline):
 
 * :class:`BMapAttenuationScheduler` - the per-pixel B-map (depth attenuation) noise schedule.
+* :class:`BMapDPMSolverMultistepScheduler` - DPM-Solver++ (ODE / SDE, orders 1-3) for that schedule.
 * :class:`SemanticUNet2DModel` - the Semantic Diffusion Model network (SPADE group norms on label maps).
 * :class:`SemanticUltrasoundPipeline`, :class:`UltrasoundPipeline`, :class:`UltrasoundReconstructionPipeline`
   and the auto-loading :class:`DiffusionPipeline`.
@@ -22,7 +23,7 @@ from .pipelines import (  # noqa: E402
     SemanticUltrasoundPipelineOutput,
     UltrasoundPipeline,
 )
-from .schedulers import BMapAttenuationScheduler, BMapSchedulerOutput  # noqa: E402
+from .schedulers import BMapAttenuationScheduler, BMapDPMSolverMultistepScheduler, BMapSchedulerOutput  # noqa: E402
 
 _LAZY = {
     # data
@@ -71,6 +72,7 @@ def __getattr__(name):
 __all__ = [
     "__version__",
     "BMapAttenuationScheduler",
+    "BMapDPMSolverMultistepScheduler",
     "BMapSchedulerOutput",
     "DiffusionPipeline",
     "SemanticUNet2DModel",

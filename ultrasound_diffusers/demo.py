@@ -82,8 +82,13 @@ def run_demo(
     seed: int = 0,
     output_dir: Union[str, os.PathLike] = "demo_output",
     device: str = "cpu",
+    scheduler: Optional[str] = None,
 ) -> Path:
-    """Generate images for label maps with a pipeline and write ``demo.png`` plus the images; returns the figure path."""
+    """Generate images for label maps with a pipeline and write ``demo.png`` plus the images; returns the figure path.
+
+    ``scheduler``: None keeps the pipeline's own; ``"ddpm"``, ``"ddim"``, ``"dpm++"`` or ``"sde-dpm++"`` builds that
+    sampler from the pipeline's scheduler config (see
+    :func:`~ultrasound_diffusers.schedulers.scheduling_bmap_dpmsolver_multistep.scheduler_for_sampler`)."""
     from .pipelines import DiffusionPipeline
     from .visualization import save_figure
 
@@ -94,6 +99,10 @@ def run_demo(
         raise FileNotFoundError(f"the bundled demo pipeline is missing from {DEMO_PIPELINE_PATH}")
     start = time.perf_counter()
     pipe = DiffusionPipeline.from_pretrained(source).to(device)
+    if scheduler is not None:
+        from .schedulers.scheduling_bmap_dpmsolver_multistep import scheduler_for_sampler
+
+        pipe.scheduler = scheduler_for_sampler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(desc="denoising")
     num_classes = int(pipe.unet.config.num_classes)
     sample_size = pipe.unet.config.sample_size
@@ -122,7 +131,8 @@ def run_demo(
         from .schedulers import BMapAttenuationScheduler
 
         scheduler = BMapAttenuationScheduler(num_train_timesteps=T)
-    title = f"{Path(source).name}: {num_inference_steps} steps, guidance {guidance_scale}, seed {seed}"
+    sampler = f", {scheduler}" if scheduler is not None else ""
+    title = f"{Path(source).name}: {num_inference_steps} steps{sampler}, guidance {guidance_scale}, seed {seed}"
     fig = make_demo_figure([m for m in maps], images, scheduler, num_classes, steps, title)
     path = Path(save_figure(fig, out / "demo.png"))
     print(f"generated {len(images)} images in {time.perf_counter() - start:.1f} s")

@@ -12,6 +12,11 @@ def register(subparsers) -> None:
     p.add_argument("--num_images", type=int, default=4, help="number of built-in example label maps")
     p.add_argument("--num_inference_steps", type=int, default=50)
     p.add_argument("--guidance_scale", type=float, default=1.5)
+    p.add_argument(
+        "--scheduler", default=None, choices=("ddpm", "ddim", "dpm++", "sde-dpm++"),
+        help="sampler built from the pipeline's scheduler config: ddpm (ancestral), ddim (eta 0), dpm++ "
+        "(DPM-Solver++ 2M) or sde-dpm++ (stochastic DPM-Solver++ 2M, 20 steps suffice); default: the pipeline's own",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_dir", default="demo_output")
     p.add_argument("--device", default="cpu")
@@ -26,7 +31,7 @@ def run(args) -> int:
     path = run_demo(
         pipeline=args.pipeline, labels=args.labels, num_images=args.num_images,
         num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, seed=args.seed,
-        output_dir=args.output_dir, device=args.device,
+        output_dir=args.output_dir, device=args.device, scheduler=args.scheduler,
     )
     print(f"demo picture written to {os.path.abspath(path)}")
     return 0

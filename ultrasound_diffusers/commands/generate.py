@@ -21,6 +21,8 @@ import shlex
 from typing import List
 
 _DTYPES = ("float32", "float16", "bfloat16")
+#: --scheduler choices (kept in sync with ultrasound_diffusers.schedulers.scheduling_bmap_dpmsolver_multistep)
+SAMPLER_CHOICES = ("ddpm", "ddim", "dpm++", "sde-dpm++")
 
 
 def _optional_float(text: str):
@@ -51,6 +53,11 @@ def register(subparsers) -> None:
     p.add_argument("--num_inference_steps", type=int, default=50)
     p.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off; SDM uses 1.5)")
     p.add_argument("--eta", type=_optional_float, default=None, help="DDIM eta (default: the scheduler's own sampler)")
+    p.add_argument(
+        "--scheduler", default=None, choices=SAMPLER_CHOICES,
+        help="sampler, built from the pipeline's scheduler config (same B-maps): ddpm (ancestral), ddim (eta 0), "
+        "dpm++ (DPM-Solver++ 2M, 15-25 steps) or sde-dpm++ (its stochastic variant); default: the pipeline's own",
+    )
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--chunk_size", type=int, default=64, help="images per chunk: the unit of resuming and of work sharing")
     p.add_argument("--seed", type=int, default=0, help="global seed; each image's seed derives from (seed, label, copy)")
@@ -92,6 +99,10 @@ def run(args) -> int:
 
     state = process_state(None)
     pipeline = DiffusionPipeline.from_pretrained(args.pipeline, torch_dtype=getattr(torch, args.dtype))
+    if args.scheduler is not None:
+        from ..schedulers.scheduling_bmap_dpmsolver_multistep import scheduler_for_sampler
+
+        pipeline.scheduler = scheduler_for_sampler(args.scheduler, pipeline.scheduler.config)
     dataset = generate_dataset(
         pipeline,
         args.labels,

@@ -1,5 +1,6 @@
 """Noise schedulers (one file per scheduler) and the pure B-map math they use."""
 
 from .scheduling_bmap_attenuation import BMapAttenuationScheduler, BMapSchedulerOutput
+from .scheduling_bmap_dpmsolver_multistep import BMapDPMSolverMultistepScheduler
 
-__all__ = ["BMapAttenuationScheduler", "BMapSchedulerOutput"]
+__all__ = ["BMapAttenuationScheduler", "BMapDPMSolverMultistepScheduler", "BMapSchedulerOutput"]

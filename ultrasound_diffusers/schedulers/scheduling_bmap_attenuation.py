@@ -122,7 +122,7 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
     Samples are tensors [B, C, H, W] (any H, W; also [B, C, ..., H, W]) in [-1, 1].
     """
 
-    _compatibles = ["DDPMScheduler", "DDIMScheduler"]
+    _compatibles = ["DDPMScheduler", "DDIMScheduler", "BMapDPMSolverMultistepScheduler"]
     order = 1
 
     @register_to_config
