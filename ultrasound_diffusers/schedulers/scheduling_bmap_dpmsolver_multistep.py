@@ -182,6 +182,11 @@ class BMapDPMSolverMultistepScheduler(SchedulerMixin, ConfigMixin):
             fan_half_angle_deg=fan_half_angle_deg,
         )
         inner = self.bmap_scheduler.config
+        # JSON types in the config, as BMapAttenuationScheduler stores them (a save / load round trip is exact)
+        self.register_to_config(
+            fan_apex=list(inner.fan_apex), fan_radii=list(inner.fan_radii),
+            **({"trained_betas": list(inner.trained_betas)} if inner.trained_betas is not None else {}),
+        )
         if beta_schedule == "linear_small" and trained_betas is None:
             # stored as the equivalent linear schedule, as BMapAttenuationScheduler does
             self.register_to_config(beta_start=inner.beta_start, beta_end=inner.beta_end, beta_schedule=inner.beta_schedule)
