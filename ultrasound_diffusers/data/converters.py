@@ -133,6 +133,24 @@ def convex_hull_mask(mask: np.ndarray) -> np.ndarray:
     return out.astype(bool)
 
 
+def local_std(image: np.ndarray, size: int = 7) -> np.ndarray:
+    """Standard deviation of ``image`` [H, W] in a ``size`` x ``size`` window around every pixel (speckle texture)."""
+    from scipy import ndimage as ndi
+
+    mean = ndi.uniform_filter(image, size)
+    sq = ndi.uniform_filter(image * image, size)
+    return np.sqrt(np.maximum(sq - mean * mean, 0.0))
+
+
+def box_mask(shape: Tuple[int, int], box: Tuple[int, int, int, int]) -> np.ndarray:
+    """Boolean [H, W] mask of the pixel box ``(x0, y0, x1, y1)`` (inclusive, clipped to the image)."""
+    H, W = shape
+    x0, y0, x1, y1 = box
+    mask = np.zeros((H, W), dtype=bool)
+    mask[max(y0, 0) : min(y1, H - 1) + 1, max(x0, 0) : min(x1, W - 1) + 1] = True
+    return mask
+
+
 def detect_scan_area(
     frames: np.ndarray,
     threshold: float = 6.0,
@@ -169,14 +187,9 @@ def detect_scan_area(
         moving = arr.std(0) > 1.0
         mask &= ndi.binary_dilation(moving, _disk(2))
     if texture_threshold is not None:
-        mean = ndi.uniform_filter(ref, 7)
-        sq = ndi.uniform_filter(ref * ref, 7)
-        mask &= np.sqrt(np.maximum(sq - mean * mean, 0.0)) > texture_threshold
+        mask &= local_std(ref) > texture_threshold
     if region_box is not None:
-        x0, y0, x1, y1 = region_box
-        box = np.zeros_like(mask)
-        box[max(y0, 0) : min(y1, H - 1) + 1, max(x0, 0) : min(x1, W - 1) + 1] = True
-        mask &= box
+        mask &= box_mask(mask.shape, region_box)
     radius = max(1, int(round(opening_fraction * min(H, W)))) if opening_fraction > 0 else 0
     if radius > 0:
         mask = ndi.binary_opening(mask, _disk(radius))

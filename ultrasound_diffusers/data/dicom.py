@@ -54,7 +54,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import scipy.ndimage as ndi
 
-from .converters import ConversionWarning, assign_splits, encode_png, find_files, make_dataset_dict, parse_size, resize
+from .converters import (
+    ConversionWarning,
+    assign_splits,
+    box_mask,
+    encode_png,
+    find_files,
+    local_std,
+    make_dataset_dict,
+    parse_size,
+    resize,
+)
 from .failures import FailureLog
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -234,14 +244,9 @@ def tissue_candidates(
         # picture is a poorer guide here: the far field of a fan is often dark and smooth.
         mask &= ndi.uniform_filter(arr.std(0), 9) > motion_threshold
     else:
-        mean = ndi.uniform_filter(ref, 7)
-        sq = ndi.uniform_filter(ref * ref, 7)
-        mask &= np.sqrt(np.maximum(sq - mean * mean, 0.0)) > texture_threshold
+        mask &= local_std(ref) > texture_threshold
     if region_box is not None:
-        x0, y0, x1, y1 = region_box
-        box = np.zeros_like(mask)
-        box[max(y0, 0) : min(y1, H - 1) + 1, max(x0, 0) : min(x1, W - 1) + 1] = True
-        mask &= box
+        mask &= box_mask(mask.shape, region_box)
     radius = max(1, int(round(opening_fraction * min(H, W)))) if opening_fraction > 0 else 0
     return _opening(mask, radius)
 
