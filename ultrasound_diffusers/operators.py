@@ -157,6 +157,26 @@ def harmonic_inpainting(values: torch.Tensor, known: torch.Tensor) -> torch.Tens
 
 
 # ------------------------------------------------------------------------------------------------ base classes
+def jtj_power_iteration(forward, x0: torch.Tensor, v: torch.Tensor, iterations: int) -> float:
+    """Largest eigenvalue of ``J^T J`` (J the Jacobian of ``forward`` at ``x0``) by power iteration from the unit
+    vector ``v``, with autograd only: ``J^T w`` is linear in ``w``, so differentiating ``<J^T w, v>`` with respect
+    to ``w`` gives ``J v``."""
+    value = 0.0
+    with torch.enable_grad():
+        x = x0.detach().clone().requires_grad_(True)
+        out = forward(x)
+        w = torch.zeros_like(out, requires_grad=True)
+        (jtw,) = torch.autograd.grad(out, x, w, create_graph=True)
+        for _ in range(max(1, int(iterations))):
+            (jv,) = torch.autograd.grad(jtw, w, v, retain_graph=True)
+            (jtjv,) = torch.autograd.grad(out, x, jv, retain_graph=True)
+            value = float(jtjv.norm())
+            if value == 0.0:
+                break
+            v = jtjv / value
+    return value
+
+
 class ForwardOperator:
     r"""Base class: a measurement ``y = A(x) + n`` of images ``x`` [B, C, H, W] in [-1, 1].
 
@@ -289,21 +309,7 @@ class ForwardOperator:
         generator = torch.Generator().manual_seed(seed)
         v = torch.randn((1,) + image_shape[1:], generator=generator, dtype=dtype).to(device)
         v = v / v.norm()
-        value = 0.0
-        with torch.enable_grad():
-            x = torch.zeros_like(v, requires_grad=True)
-            out = self.forward(x)
-            # J^T w as a (linear) function of w; differentiating <J^T w, v> with respect to w gives J v
-            w = torch.zeros_like(out, requires_grad=True)
-            (jtw,) = torch.autograd.grad(out, x, w, create_graph=True)
-            for _ in range(max(1, int(iterations))):
-                (jv,) = torch.autograd.grad(jtw, w, v, retain_graph=True)
-                (jtjv,) = torch.autograd.grad(out, x, jv, retain_graph=True)
-                value = float(jtjv.norm())
-                if value == 0.0:
-                    break
-                v = jtjv / value
-        return value
+        return jtj_power_iteration(self.forward, torch.zeros_like(v), v, iterations)
 
     def baseline(self, y: torch.Tensor, size: SizeLike) -> torch.Tensor:
         """A reconstruction without any prior, [B, C, H, W] in [-1, 1]."""

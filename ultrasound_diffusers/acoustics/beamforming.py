@@ -502,20 +502,9 @@ class ChannelDataOperator(ForwardOperator):
         generator = torch.Generator().manual_seed(seed)
         v = torch.randn(x0.shape, generator=generator, dtype=dtype).to(x0.device)
         v = v / v.norm()
-        value = 0.0
-        with torch.enable_grad():
-            x = x0.clone().requires_grad_(True)
-            out = self.forward(x)
-            w = torch.zeros_like(out, requires_grad=True)
-            (jtw,) = torch.autograd.grad(out, x, w, create_graph=True)
-            for _ in range(max(1, int(iterations))):
-                (jv,) = torch.autograd.grad(jtw, w, v, retain_graph=True)
-                (jtjv,) = torch.autograd.grad(out, x, jv, retain_graph=True)
-                value = float(jtjv.norm())
-                if value == 0.0:
-                    break
-                v = jtjv / value
-        return value
+        from ..operators import jtj_power_iteration
+
+        return jtj_power_iteration(self.forward, x0, v, iterations)
 
     # ------------------------------------------------------------------ ForwardOperator API
     def reflectivity(self, x: torch.Tensor) -> torch.Tensor:
