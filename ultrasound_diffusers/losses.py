@@ -21,8 +21,15 @@ Models" (2021), used by the Semantic Diffusion Model and by the B-map ultrasound
 Everything per pixel works unchanged for the B-map forward process, whose signal level ``a_t(p)``
 varies over the image: the scheduler supplies the per-pixel posterior and the learned-range variance.
 
+The scheduler is the one source of the settings: its ``prediction_type`` says what the network predicts and its
+``variance_type`` whether the output carries variance channels (``"learned"`` / ``"learned_range"``: [B, 2C, H, W];
+any fixed type: [B, C, H, W]). A 2C output with a fixed-variance scheduler is refused: its VB term would enter the
+loss yet send no gradient to the variance channels. The x_0 / eps / v conversions are those of
+:mod:`ultrasound_diffusers.schedulers.diffusion_math`.
+
 Scheduler contract (``BMapAttenuationScheduler``; diffusers' DDPM math is the special case ``bmap_min = 1``):
-``config.num_train_timesteps``, ``config.prediction_type``, ``q_posterior_mean_variance(x_start, x_t, t)``
+``config.num_train_timesteps``, ``config.prediction_type``, ``config.variance_type``,
+``q_posterior_mean_variance(x_start, x_t, t)``
 -> (mean, variance, log_variance_clipped), ``predict_start_from_noise(x_t, t, noise)``,
 ``model_log_variance(var_values, t, shape)``, ``signal_level(t, shape, device=, dtype=)``,
 ``get_velocity(sample, noise, t)``.
@@ -36,6 +43,8 @@ from typing import Optional
 
 import torch
 
+from .schedulers.diffusion_math import PREDICTION_TYPES, original_from_model_output
+
 __all__ = [
     "HybridLossOutput",
     "normal_kl",
@@ -47,7 +56,8 @@ __all__ = [
     "hybrid_loss",
 ]
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+#: Variance types whose network output carries variance channels ([B, 2C, H, W]).
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 _LOG2 = math.log(2.0)
 
 
@@ -135,12 +145,11 @@ def predict_start_from_model_output(
     ``v_prediction``: ``sqrt(a_t) x_t - sqrt(1 - a_t) v``, with the per-pixel signal level ``a_t``.
     """
     _check_prediction_type(prediction_type)
-    if prediction_type == "epsilon":
-        return scheduler.predict_start_from_noise(x_t, timesteps, prediction)
     if prediction_type == "sample":
         return prediction
-    a_t = scheduler.signal_level(timesteps, tuple(x_t.shape), device=x_t.device, dtype=x_t.dtype)
-    return a_t.sqrt() * x_t - (1.0 - a_t).sqrt() * prediction
+    a_t = scheduler.signal_level(timesteps, tuple(x_t.shape), device=x_t.device, dtype=torch.float64)
+    x0 = original_from_model_output(prediction.double(), x_t.double(), a_t, prediction_type)
+    return x0.to(x_t.dtype)
 
 
 def variational_bound_terms(
@@ -188,6 +197,24 @@ def variational_bound_terms(
     return torch.where(timesteps.to(kl.device) == 0, decoder_nll, kl)
 
 
+def scheduler_learns_variance(scheduler) -> bool:
+    """True when the scheduler's ``variance_type`` reads variance channels from the network output."""
+    return getattr(scheduler.config, "variance_type", "fixed_small") in LEARNED_VARIANCE_TYPES
+
+
+def _scheduler_prediction_type(scheduler, prediction_type: Optional[str]) -> str:
+    configured = getattr(scheduler.config, "prediction_type", None)
+    if prediction_type is None:
+        prediction_type = configured
+    _check_prediction_type(prediction_type)
+    if configured is not None and prediction_type != configured:
+        raise ValueError(
+            f"`prediction_type={prediction_type!r}` contradicts the scheduler's prediction_type={configured!r}; "
+            "the scheduler decides what the network predicts"
+        )
+    return prediction_type
+
+
 def hybrid_loss(
     scheduler,
     model_output: torch.Tensor,
@@ -208,24 +235,37 @@ def hybrid_loss(
         x_start: [B, C, H, W] clean images in [-1, 1]; ``noise``: the [B, C, H, W] standard normal noise;
         x_t: the noisy samples; timesteps: [B] integer timesteps.
         vb_weight: lambda of the hybrid objective (0.001 in the papers); ignored without a learned variance.
-        prediction_type: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``; defaults to the scheduler's.
-        learn_sigma: whether ``model_output`` carries variance channels; inferred from its channel count
-            if None.
+        prediction_type: kept for earlier callers; must equal the scheduler's ``prediction_type`` if given.
+        learn_sigma: kept for earlier callers; must agree with the scheduler's ``variance_type`` if given.
+
+    Raises:
+        ValueError: a 2C output with a fixed-variance scheduler (or a C output with a learned one), a
+            ``prediction_type`` / ``learn_sigma`` that contradicts the scheduler, or mismatched shapes.
 
     Returns:
         :class:`HybridLossOutput` (losses computed in float32 even under autocast).
     """
-    if prediction_type is None:
-        prediction_type = scheduler.config.prediction_type
-    _check_prediction_type(prediction_type)
+    prediction_type = _scheduler_prediction_type(scheduler, prediction_type)
     if x_start.ndim != 4 or noise.shape != x_start.shape or x_t.shape != x_start.shape:
         raise ValueError(
             "`x_start`, `noise` and `x_t` must share one shape [B, C, H, W], got "
             f"{tuple(x_start.shape)}, {tuple(noise.shape)}, {tuple(x_t.shape)}"
         )
     channels = x_start.shape[1]
-    if learn_sigma is None:
-        learn_sigma = model_output.shape[1] == 2 * channels
+    learned = scheduler_learns_variance(scheduler)
+    if learn_sigma is not None and bool(learn_sigma) != learned:
+        raise ValueError(
+            f"`learn_sigma={learn_sigma}` contradicts the scheduler's variance_type="
+            f"{scheduler.config.variance_type!r}; the scheduler decides (use 'learned_range' to learn the variance)"
+        )
+    if not learned and model_output.shape[1] == 2 * channels and model_output.shape[0] == x_start.shape[0]:
+        raise ValueError(
+            f"`model_output` has {model_output.shape[1]} channels (prediction and variance) but the scheduler's "
+            f"variance_type={scheduler.config.variance_type!r} is fixed: the VB term would send no gradient to the "
+            "variance channels. Use a scheduler with variance_type='learned_range', or a model without learned "
+            "sigma (learn_sigma=False)"
+        )
+    learn_sigma = learned
     expected = 2 * channels if learn_sigma else channels
     if model_output.shape[0] != x_start.shape[0] or model_output.shape[1] != expected or model_output.shape[2:] != x_start.shape[2:]:
         raise ValueError(

@@ -35,15 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .schedulers.bmaps import (
-    CAMUS_FAN_APEX,
-    CAMUS_FAN_HALF_ANGLE_DEG,
-    CAMUS_FAN_RADII,
-    PROBE_GEOMETRIES,
-    _check_fan,
-    depth_map,
-    fan_polar_coordinates,
-)
+from .geometry import CAMUS_FAN_APEX, CAMUS_FAN_HALF_ANGLE_DEG, CAMUS_FAN_RADII, FanGeometry
 
 __all__ = [
     "AreaDownsample",
@@ -84,23 +76,40 @@ def _check_image(x: torch.Tensor, name: str = "x") -> None:
         raise ValueError(f"`{name}` must be a float tensor [B, C, H, W], got {shape}")
 
 
-def _check_geometry(probe_geometry: str, fan_apex, fan_radii, fan_half_angle_deg) -> None:
-    if probe_geometry not in PROBE_GEOMETRIES:
-        raise ValueError(f"`probe_geometry` must be one of {PROBE_GEOMETRIES}, got {probe_geometry!r}")
-    _check_fan(fan_apex, fan_radii, fan_half_angle_deg)
+def _probe(geometry: Optional[FanGeometry], probe_geometry: str, fan_apex, fan_radii, fan_half_angle_deg) -> FanGeometry:
+    """The operator's probe: ``geometry`` when given, else the loose keywords (one validation: FanGeometry)."""
+    if geometry is not None:
+        if not isinstance(geometry, FanGeometry):
+            raise ValueError(f"`geometry` must be a FanGeometry (ultrasound_diffusers.geometry), got {type(geometry).__name__}")
+        return geometry
+    return FanGeometry(probe_geometry, tuple(fan_apex), tuple(fan_radii), fan_half_angle_deg)
 
 
 def _geometry_from_scheduler(scheduler) -> dict:
-    """Probe geometry keywords taken from a BMapAttenuationScheduler's config (linear probe for any other)."""
-    cfg = getattr(scheduler, "config", None)
-    if cfg is None or "probe_geometry" not in cfg:
-        return {"probe_geometry": "linear"}
-    return {
-        "probe_geometry": cfg.probe_geometry,
-        "fan_apex": tuple(cfg.fan_apex),
-        "fan_radii": tuple(cfg.fan_radii),
-        "fan_half_angle_deg": float(cfg.fan_half_angle_deg),
-    }
+    """``{"geometry": FanGeometry}`` of a B-map scheduler's config (a linear probe for any other scheduler)."""
+    return {"geometry": FanGeometry.from_config(scheduler)}
+
+
+class _ProbeAttributes:
+    """``probe_geometry``, ``fan_apex``, ``fan_radii`` and ``fan_half_angle_deg`` read from ``self.geometry``."""
+
+    geometry: FanGeometry
+
+    @property
+    def probe_geometry(self) -> str:
+        return self.geometry.probe_geometry
+
+    @property
+    def fan_apex(self) -> Tuple[float, float]:
+        return self.geometry.apex
+
+    @property
+    def fan_radii(self) -> Tuple[float, float]:
+        return self.geometry.radii
+
+    @property
+    def fan_half_angle_deg(self) -> float:
+        return self.geometry.half_angle_deg
 
 
 def harmonic_inpainting(values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -428,7 +437,7 @@ class Mask(PixelSubsampling):
         return f"Mask(shape={tuple(self._mask.shape)}, measured={int(self._mask.sum())}, noise_std={self.noise_std})"
 
 
-class MissingScanLines(PixelSubsampling):
+class MissingScanLines(_ProbeAttributes, PixelSubsampling):
     """Sparse acquisition: only every ``keep_every``-th scan line is recorded.
 
     * ``probe_geometry="linear"``: scan lines are image columns; columns ``offset, offset + k, ...`` are kept and
@@ -442,7 +451,9 @@ class MissingScanLines(PixelSubsampling):
     Args:
         keep_every (`int`): k >= 1.
         offset (`int`): index of the first kept line, in [0, k).
-        probe_geometry, fan_apex, fan_radii, fan_half_angle_deg: the probe (as in BMapAttenuationScheduler).
+        geometry (`FanGeometry`, *optional*): the probe (:mod:`ultrasound_diffusers.geometry`); overrides the
+            loose keywords ``probe_geometry``, ``fan_apex``, ``fan_radii``, ``fan_half_angle_deg`` (kept for earlier
+            code; default: a linear probe, as every operator built directly).
         num_beams (`int`, *optional*): beams of the full sector acquisition (convex only).
         measure_outside_fan (`bool`): count pixels outside the fan as measured (convex only).
         noise_std: measurement noise.
@@ -463,19 +474,17 @@ class MissingScanLines(PixelSubsampling):
         num_beams: Optional[int] = None,
         measure_outside_fan: bool = True,
         noise_std: Union[float, torch.Tensor] = 0.0,
+        geometry: Optional[FanGeometry] = None,
     ):
         super().__init__(noise_std)
         if not (isinstance(keep_every, (int, np.integer)) and keep_every >= 1):
             raise ValueError(f"`keep_every` must be an integer >= 1, got {keep_every!r}")
         if not (isinstance(offset, (int, np.integer)) and 0 <= offset < keep_every):
             raise ValueError(f"`offset` must be an integer in [0, keep_every={keep_every}), got {offset!r}")
-        _check_geometry(probe_geometry, fan_apex, fan_radii, fan_half_angle_deg)
+        self.geometry = _probe(geometry, probe_geometry, fan_apex, fan_radii, fan_half_angle_deg)
         if num_beams is not None and not (isinstance(num_beams, (int, np.integer)) and num_beams >= 2):
             raise ValueError(f"`num_beams` must be an integer >= 2, got {num_beams!r}")
         self.keep_every, self.offset = int(keep_every), int(offset)
-        self.probe_geometry = probe_geometry
-        self.fan_apex, self.fan_radii = tuple(float(v) for v in fan_apex), tuple(float(v) for v in fan_radii)
-        self.fan_half_angle_deg = float(fan_half_angle_deg)
         self.num_beams = None if num_beams is None else int(num_beams)
         self.measure_outside_fan = bool(measure_outside_fan)
         self._cache = {}
@@ -503,8 +512,8 @@ class MissingScanLines(PixelSubsampling):
                 beam = torch.arange(w).view(1, -1).expand(h, w).clone()
                 inside = torch.ones(h, w, dtype=torch.bool)
             else:
-                _, inside = depth_map(h, w, "convex", self.fan_apex, self.fan_radii, self.fan_half_angle_deg)
-                _, theta = fan_polar_coordinates(h, w, self.fan_apex)
+                _, inside = self.geometry.depth_map(h, w)
+                _, theta = self.geometry.polar_coordinates(h, w)
                 n = self.num_beams or w
                 half = math.radians(self.fan_half_angle_deg)
                 beam = torch.round((theta + half) / (2 * half) * (n - 1)).long().clamp(0, n - 1)
@@ -574,7 +583,7 @@ class MissingScanLines(PixelSubsampling):
         beams = sorted(int(b) for b in np.unique(beam.numpy().reshape(-1)[on_kept]))
         if not beams or len(target_idx) == 0:
             return full
-        r, theta = fan_polar_coordinates(h, w, self.fan_apex)
+        r, theta = self.geometry.polar_coordinates(h, w)
         r_np, theta_np, beam_np = r.numpy().reshape(-1), theta.numpy().reshape(-1), beam.numpy().reshape(-1)
         values = full.detach().to(torch.float64).cpu().reshape(-1, h * w).numpy()  # [B*C, H*W]
 
@@ -620,25 +629,24 @@ def shadow_mask(
     center: float = 0.15,
     width: float = 0.2,
     start_depth: float = 0.35,
-    probe_geometry: str = "convex",
+    probe_geometry: str = "linear",
     fan_apex: Tuple[float, float] = CAMUS_FAN_APEX,
     fan_radii: Tuple[float, float] = CAMUS_FAN_RADII,
     fan_half_angle_deg: float = CAMUS_FAN_HALF_ANGLE_DEG,
+    geometry: Optional[FanGeometry] = None,
 ) -> torch.Tensor:
     """An acoustic shadow (behind a rib or a calcification): bool [H, W], True inside the shadow.
 
     The shadow covers the scan lines within ``width / 2`` of ``center`` (both in units of the lateral extent:
     -0.5..0.5 across the fan's opening angle for a convex probe, across the columns for a linear one) from the
-    normalised depth ``start_depth`` down to the bottom.
+    normalised depth ``start_depth`` down to the bottom. The probe is ``geometry`` (or the loose keywords; a linear
+    probe by default, as every operator built directly; ``make_operator("mask:shadow", scheduler=...)`` takes the
+    scheduler's probe).
     """
     h, w = _size(size)
-    _check_geometry(probe_geometry, fan_apex, fan_radii, fan_half_angle_deg)
-    depth, inside = depth_map(h, w, probe_geometry, fan_apex, fan_radii, fan_half_angle_deg)
-    if probe_geometry == "linear":
-        lateral = (torch.arange(w, dtype=torch.float64) / max(w - 1, 1) - 0.5).view(1, -1).expand(h, w)
-    else:
-        _, theta = fan_polar_coordinates(h, w, fan_apex)
-        lateral = theta / (2 * math.radians(fan_half_angle_deg))
+    probe = _probe(geometry, probe_geometry, fan_apex, fan_radii, fan_half_angle_deg)
+    depth, inside = probe.depth_map(h, w)
+    lateral = probe.lateral_position(h, w)
     return inside & ((lateral - center).abs() <= width / 2) & (depth >= start_depth)
 
 
@@ -706,7 +714,7 @@ class AreaDownsample(LinearOperator):
 
 
 # ------------------------------------------------------------------------------------------------ attenuation
-class DepthAttenuation(LinearOperator):
+class DepthAttenuation(_ProbeAttributes, LinearOperator):
     r"""Depth-dependent attenuation with electronic noise.
 
     The echo of depth z has lost ``2 alpha f z`` dB on its way down and back (``alpha`` in dB/cm/MHz, ``f`` in
@@ -723,8 +731,9 @@ class DepthAttenuation(LinearOperator):
         depth_cm (`float`, defaults to 15.0): depth of the deepest image point (normalised depth 1).
         noise_std (`float`, defaults to 0.01): receiver noise (model units).
         compensated (`bool`, defaults to False): see above.
-        probe_geometry, fan_apex, fan_radii, fan_half_angle_deg: define the depth of each pixel (rows for a
-            linear probe, distance from the apex for a convex one; outside the fan the depth is 0).
+        geometry (`FanGeometry`, *optional*): the probe that defines the depth of each pixel (rows for a linear
+            probe, distance from the apex for a convex one; outside the fan the depth is 0); overrides the loose
+            keywords ``probe_geometry``, ``fan_apex``, ``fan_radii``, ``fan_half_angle_deg`` (default: linear).
     """
 
     name = "attenuation"
@@ -740,18 +749,16 @@ class DepthAttenuation(LinearOperator):
         fan_apex: Tuple[float, float] = CAMUS_FAN_APEX,
         fan_radii: Tuple[float, float] = CAMUS_FAN_RADII,
         fan_half_angle_deg: float = CAMUS_FAN_HALF_ANGLE_DEG,
+        geometry: Optional[FanGeometry] = None,
     ):
         super().__init__(noise_std)
         for name, value in (("attenuation_db_cm_mhz", attenuation_db_cm_mhz), ("frequency_mhz", frequency_mhz), ("depth_cm", depth_cm)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
-        _check_geometry(probe_geometry, fan_apex, fan_radii, fan_half_angle_deg)
+        self.geometry = _probe(geometry, probe_geometry, fan_apex, fan_radii, fan_half_angle_deg)
         self.attenuation_db_cm_mhz, self.frequency_mhz = float(attenuation_db_cm_mhz), float(frequency_mhz)
         self.depth_cm = float(depth_cm)
         self.compensated = bool(compensated)
-        self.probe_geometry = probe_geometry
-        self.fan_apex, self.fan_radii = tuple(fan_apex), tuple(fan_radii)
-        self.fan_half_angle_deg = float(fan_half_angle_deg)
         self._cache = {}
 
     @classmethod
@@ -762,7 +769,7 @@ class DepthAttenuation(LinearOperator):
     def loss_db(self, size: SizeLike) -> torch.Tensor:
         """Round-trip loss ``2 alpha f z`` in dB, float64 [H, W]."""
         h, w = _size(size)
-        depth, _ = depth_map(h, w, self.probe_geometry, self.fan_apex, self.fan_radii, self.fan_half_angle_deg)
+        depth, _ = self.geometry.depth_map(h, w)
         return 2.0 * self.attenuation_db_cm_mhz * self.frequency_mhz * self.depth_cm * depth
 
     def gain(self, size: SizeLike, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -29,6 +29,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..geometry import CAMUS_FAN_APEX, CAMUS_FAN_HALF_ANGLE_DEG, CAMUS_FAN_RADII, FanGeometry, check_fan
 from .beamforming import ChannelDataOperator, ChannelOperator, envelope_to_image
 from .probes import ArrayProbe, diverging_wave_delays, get_probe, plane_wave_delays, to_pymust_param
 
@@ -90,14 +91,15 @@ class ChannelAcquisition:
     dynamic_range_db: float = 50.0
     reference_db: float = 6.0
     geometry: str = "sector"
-    fan_apex: Tuple[float, float] = (0.5, 0.0)
-    fan_radii: Tuple[float, float] = (0.0, 250.0 / 256.0)
-    fan_half_angle_deg: float = 32.1003690834937
+    fan_apex: Tuple[float, float] = CAMUS_FAN_APEX
+    fan_radii: Tuple[float, float] = CAMUS_FAN_RADII
+    fan_half_angle_deg: float = CAMUS_FAN_HALF_ANGLE_DEG
 
     def __post_init__(self):
         get_probe(self.probe)
         if self.geometry not in ("sector", "linear"):
             raise ValueError(f"`geometry` must be 'sector' or 'linear', got {self.geometry!r}")
+        check_fan(self.fan_apex, self.fan_radii, self.fan_half_angle_deg)
         for name in ("depth", "scatterers_per_mm2", "dynamic_range_db"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"`{name}` must be positive, got {getattr(self, name)!r}")
@@ -108,6 +110,13 @@ class ChannelAcquisition:
     @property
     def array(self) -> ArrayProbe:
         return get_probe(self.probe)
+
+    @property
+    def fan(self) -> FanGeometry:
+        """The image region as a :class:`~ultrasound_diffusers.geometry.FanGeometry` (a linear probe for ``"linear"``)."""
+        if self.geometry == "linear":
+            return FanGeometry.linear()
+        return FanGeometry("convex", self.fan_apex, self.fan_radii, self.fan_half_angle_deg)
 
     def delays(self) -> np.ndarray:
         """Transmit delays [K, E] (s): plane waves for a linear array in a rectangle, diverging waves otherwise."""
@@ -132,9 +141,7 @@ def image_points(size: Tuple[int, int], acquisition: ChannelAcquisition):
     h, w = int(size[0]), int(size[1])
     rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
     if acquisition.geometry == "sector":
-        from ..schedulers.bmaps import fan_mask
-
-        inside = fan_mask(h, w, acquisition.fan_apex, acquisition.fan_radii, acquisition.fan_half_angle_deg).numpy()
+        inside = acquisition.fan.fan_mask(h, w).numpy()
         scale = acquisition.depth / (acquisition.fan_radii[1] * w)
         x = (cols - acquisition.fan_apex[0] * w) * scale
         z = (rows - acquisition.fan_apex[1] * w) * scale
@@ -469,13 +476,11 @@ def operator_from_spec(arg: str, size, scheduler=None, noise_std: Optional[float
             options[key] = int(value)
         else:
             options[key] = float(value)
-    cfg = getattr(scheduler, "config", None)
-    geometry = getattr(cfg, "probe_geometry", "convex") if cfg is not None and "probe_geometry" in cfg else "convex"
-    if geometry == "convex":
-        fan = {}
-        if cfg is not None and "fan_apex" in cfg:
-            fan = dict(fan_apex=tuple(cfg.fan_apex), fan_radii=tuple(cfg.fan_radii), fan_half_angle_deg=float(cfg.fan_half_angle_deg))
-        acquisition = ChannelAcquisition(depth=(options["depth"] or 3.0) / 100.0, **fan)
+    # channel data need a transducer: without a B-map scheduler the phased array on the CAMUS fan
+    fan = FanGeometry.from_config(scheduler, default=FanGeometry.camus())
+    if fan.is_convex:
+        acquisition = ChannelAcquisition(depth=(options["depth"] or 3.0) / 100.0, fan_apex=fan.apex, fan_radii=fan.radii,
+                                         fan_half_angle_deg=fan.half_angle_deg)
     else:
         acquisition = ChannelAcquisition(probe="L11-5v", depth=(options["depth"] or 2.0) / 100.0, geometry="linear",
                                          angles_deg=(-10.0, 0.0, 10.0))

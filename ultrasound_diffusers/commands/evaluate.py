@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..geometry import add_geometry_arguments, geometry_from_args
+
 METRIC_HELP = "fid,kid,memorization,depth,speckle,classes,segmentation,realism"
 
 
@@ -79,12 +81,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--probe_geometry", choices=("convex", "linear"), default="convex")
-    p.add_argument("--fan_apex", type=float, nargs=2, default=None, metavar=("X", "Y"),
-                   help="fan apex in units of the image width (default: CAMUS 0.5 0)")
-    p.add_argument("--fan_radii", type=float, nargs=2, default=None, metavar=("INNER", "OUTER"),
-                   help="fan radii in units of the image width (default: CAMUS 0 0.977)")
-    p.add_argument("--fan_half_angle_deg", type=float, default=None, help="fan half-opening angle (default: CAMUS)")
+    add_geometry_arguments(p, default_probe="convex")
     p.add_argument("--depth_bins", type=int, default=32, help="depth bins of the depth-intensity profile")
     p.add_argument("--speckle_window", type=int, default=8, help="window side (px) for speckle statistics")
     p.add_argument("--dynamic_range_db", type=float, default=None,
@@ -113,16 +110,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.physics import FanGeometry
     from ..evaluation.report import evaluate, format_summary
 
-    geometry_kwargs = {"probe_geometry": args.probe_geometry}
-    if args.fan_apex is not None:
-        geometry_kwargs["apex"] = tuple(args.fan_apex)
-    if args.fan_radii is not None:
-        geometry_kwargs["radii"] = tuple(args.fan_radii)
-    if args.fan_half_angle_deg is not None:
-        geometry_kwargs["half_angle_deg"] = args.fan_half_angle_deg
+    geometry = geometry_from_args(args)
     if args.num_threads is not None:
         if args.num_threads < 1:
             raise ValueError(f"--num_threads must be positive, got {args.num_threads}")
@@ -152,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         inception_weights=args.inception_weights,
         batch_size=args.batch_size,
         device=args.device,
-        geometry=FanGeometry(**geometry_kwargs),
+        geometry=geometry,
         num_depth_bins=args.depth_bins,
         speckle_window=args.speckle_window,
         dynamic_range_db=args.dynamic_range_db,

@@ -59,10 +59,11 @@ import numpy as np
 import scipy.fft
 import scipy.sparse
 
-from ..schedulers.bmaps import (
+from ..geometry import (
     CAMUS_FAN_APEX,
     CAMUS_FAN_HALF_ANGLE_DEG,
     CAMUS_FAN_RADII,
+    FanGeometry,
     fan_mask,
     fan_polar_coordinates,
 )
@@ -153,19 +154,21 @@ class ProbeGeometry:
     focus_cm: float = 8.0
 
     def __post_init__(self):
-        if self.geometry not in ("convex", "linear"):
-            raise ValueError(f"`probe.geometry` must be 'convex' or 'linear', got {self.geometry!r}")
-        object.__setattr__(self, "apex", tuple(float(v) for v in self.apex))
-        object.__setattr__(self, "radii", tuple(float(v) for v in self.radii))
-        if len(self.apex) != 2:
-            raise ValueError(f"`probe.apex` must be (x, y), got {self.apex!r}")
-        if len(self.radii) != 2 or not 0.0 <= self.radii[0] < self.radii[1]:
-            raise ValueError(f"`probe.radii` must be (inner, outer) with 0 <= inner < outer, got {self.radii!r}")
-        if not 0.0 < float(self.half_angle_deg) < 90.0:
-            raise ValueError(f"`probe.half_angle_deg` must lie in (0, 90), got {self.half_angle_deg!r}")
+        try:  # the fan follows the one rule of ultrasound_diffusers.geometry
+            fan = FanGeometry(self.geometry, self.apex, self.radii, self.half_angle_deg)
+        except ValueError as error:
+            raise ValueError(f"`probe`: {error}") from error
+        object.__setattr__(self, "apex", fan.apex)
+        object.__setattr__(self, "radii", fan.radii)
+        object.__setattr__(self, "half_angle_deg", fan.half_angle_deg)
         for name in ("depth_cm", "center_frequency_mhz", "fractional_bandwidth", "aperture_cm", "focus_cm"):
             if not float(getattr(self, name)) > 0.0:
                 raise ValueError(f"`probe.{name}` must be positive, got {getattr(self, name)!r}")
+
+    @property
+    def fan(self) -> FanGeometry:
+        """The scan geometry alone (:class:`ultrasound_diffusers.geometry.FanGeometry`), as the schedulers see it."""
+        return FanGeometry(self.geometry, self.apex, self.radii, self.half_angle_deg)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

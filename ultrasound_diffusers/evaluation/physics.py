@@ -19,13 +19,11 @@ Images are float arrays ``[N, H, W]`` in [0, 1] throughout.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..schedulers.bmaps import CAMUS_FAN_APEX, CAMUS_FAN_HALF_ANGLE_DEG, CAMUS_FAN_RADII, PROBE_GEOMETRIES
-from ..schedulers.bmaps import depth_map as _depth_map
+from ..geometry import FanGeometry  # the probe's home (also re-exported from here for earlier imports)
 
 #: mean/std of a Rayleigh envelope (fully developed speckle).
 RAYLEIGH_SNR = math.sqrt(math.pi / (4.0 - math.pi))
@@ -45,39 +43,6 @@ ECHO_CONTRAST_PAIRS: Tuple[Tuple[str, str], ...] = (
     ("myocardium", "left_atrium"),
     ("tissue", "lv_cavity"),
 )
-
-
-@dataclass(frozen=True)
-class FanGeometry:
-    """Probe geometry used to find the fan and the normalised depth of each pixel.
-
-    ``probe_geometry="convex"`` (sector fan; apex and radii in units of the image width, angle from the downward
-    vertical; defaults: the published CAMUS fan) or ``"linear"`` (depth = row / (H - 1), whole image inside).
-    """
-
-    probe_geometry: str = "convex"
-    apex: Tuple[float, float] = CAMUS_FAN_APEX
-    radii: Tuple[float, float] = CAMUS_FAN_RADII
-    half_angle_deg: float = CAMUS_FAN_HALF_ANGLE_DEG
-
-    def __post_init__(self) -> None:
-        if self.probe_geometry not in PROBE_GEOMETRIES:
-            raise ValueError(f"`probe_geometry` must be one of {PROBE_GEOMETRIES}, got {self.probe_geometry!r}")
-
-    def depth_and_mask(self, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
-        """(depth float64 [H, W] in [0, 1], inside bool [H, W]) for an image of this size."""
-        depth, inside = _depth_map(
-            height, width, self.probe_geometry, tuple(self.apex), tuple(self.radii), float(self.half_angle_deg)
-        )
-        return depth.numpy(), inside.numpy()
-
-    def to_dict(self) -> Dict[str, object]:
-        return {
-            "probe_geometry": self.probe_geometry,
-            "apex": list(self.apex),
-            "radii": list(self.radii),
-            "half_angle_deg": float(self.half_angle_deg),
-        }
 
 
 def _check_images(images: np.ndarray, name: str = "images") -> np.ndarray:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,16 +29,22 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .bmaps import (
-    BMAP_SCHEDULES,
+from ..geometry import (
     CAMUS_FAN_APEX,
     CAMUS_FAN_HALF_ANGLE_DEG,
     CAMUS_FAN_RADII,
     PROBE_GEOMETRIES,
-    _check_fan,
-    bmap_time_schedule,
-    bmap_values,
-    depth_map,
+    FanGeometry,
+    check_fan,
+)
+from .bmaps import BMAP_SCHEDULES, bmap_time_schedule, bmap_values
+from .diffusion_math import (
+    ddim_variance,
+    learned_range_log_variance,
+    noise_from_model_output,
+    original_from_model_output,
+    posterior_terms,
+    velocity,
 )
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "linear_small", "sigmoid")
@@ -48,6 +54,35 @@ TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 SAMPLERS = ("ddpm", "ddim")
 
 TimestepLike = Union[int, float, torch.Tensor, np.integer, Sequence[int]]
+
+#: Published scheduler settings by name (``BMapAttenuationScheduler.from_preset``). ``"camus-sdm"``: the ultrasound
+#: SDM of Domínguez et al. 2024 (T = 1000, cosine noise schedule, learned-range variance, epsilon prediction,
+#: x_0 clipped, linspace respacing, cosine B-map schedule with eps = 0.97 on the CAMUS convex fan).
+SCHEDULER_PRESETS: Dict[str, Dict[str, Any]] = {
+    "camus-sdm": dict(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        variance_type="learned_range",
+        prediction_type="epsilon",
+        clip_sample=True,
+        timestep_spacing="linspace",
+        bmap_schedule="cosine",
+        bmap_min=0.97,
+        probe_geometry="convex",
+        fan_apex=list(CAMUS_FAN_APEX),
+        fan_radii=list(CAMUS_FAN_RADII),
+        fan_half_angle_deg=CAMUS_FAN_HALF_ANGLE_DEG,
+    ),
+}
+
+
+def preset_config(name: str = "camus-sdm", **overrides: Any) -> Dict[str, Any]:
+    """The config dict of a published preset (:data:`SCHEDULER_PRESETS`) with ``overrides`` applied (a copy)."""
+    if name not in SCHEDULER_PRESETS:
+        raise ValueError(f"unknown scheduler preset {name!r}; expected one of {sorted(SCHEDULER_PRESETS)}")
+    config = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in SCHEDULER_PRESETS[name].items()}
+    config.update(overrides)
+    return config
 
 # Steps whose cumulative log B-map is kept per sample shape (each entry costs O(H*W)).
 _ANCHOR_CACHE_SIZE = 8
@@ -169,7 +204,7 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
             rescale_betas_zero_snr=rescale_betas_zero_snr, bmap_min=bmap_min, bmap_buffer=bmap_buffer,
             preserve_length=preserve_length, ddim_eta=ddim_eta,
         )
-        _check_fan(fan_apex, fan_radii, fan_half_angle_deg)
+        check_fan(fan_apex, fan_radii, fan_half_angle_deg)
         # The config holds JSON types (lists, not tuples or arrays), so that a saved and reloaded scheduler has
         # exactly the same config: from_pretrained(save_pretrained(s)).config == s.config.
         json_values = {"fan_apex": [float(v) for v in fan_apex], "fan_radii": [float(v) for v in fan_radii]}
@@ -218,7 +253,18 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
                 raise
             raise ValueError(f"{where}: {error}") from error
 
+    @classmethod
+    def from_preset(cls, name: str = "camus-sdm", **overrides: Any) -> "BMapAttenuationScheduler":
+        """A scheduler with published settings (:data:`SCHEDULER_PRESETS`), e.g. ``from_preset("camus-sdm")``, the
+        ultrasound SDM of Domínguez et al. 2024; keyword arguments override single keys."""
+        return cls(**preset_config(name, **overrides))
+
     # ------------------------------------------------------------------------------------------------ geometry
+    @property
+    def geometry(self) -> FanGeometry:
+        """The probe of this scheduler's config (:class:`ultrasound_diffusers.geometry.FanGeometry`)."""
+        return FanGeometry.from_config(self.config)
+
     def depth_map(self, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Normalised depth (float64 [H, W] in [0, 1]) and mask of attenuated pixels (bool [H, W])."""
         grid = self._grid(height, width)
@@ -229,9 +275,7 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         grid = self._grids.get(key)
         if grid is None:
             cfg = self.config
-            depth, inside = depth_map(
-                key[0], key[1], cfg.probe_geometry, tuple(cfg.fan_apex), tuple(cfg.fan_radii), cfg.fan_half_angle_deg
-            )
+            depth, inside = self.geometry.depth_map(key[0], key[1])
             linear_rows = key[0] if (cfg.probe_geometry == "linear" and cfg.preserve_length) else None
             grid = _DepthGrid(key[0], key[1], depth, inside, linear_rows)
             self._grids[key] = grid
@@ -369,28 +413,30 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         """v = sqrt(a_t) noise - sqrt(1 - a_t) x_0 (the v-prediction target), pixelwise."""
         a = self.signal_level(timesteps, sample.shape)
         x0, eps = _work(sample), _work(noise)
-        a = a.to(x0.device, x0.dtype)
-        return (a.sqrt() * eps - (1.0 - a).sqrt() * x0).to(sample.dtype)
+        return velocity(x0, eps, a.to(x0.device, x0.dtype)).to(sample.dtype)
 
     def predict_start_from_noise(self, x_t: torch.Tensor, timesteps: TimestepLike, noise: torch.Tensor) -> torch.Tensor:
         """x_0 = x_t / sqrt(a_t) - sqrt(1 / a_t - 1) eps, pixelwise."""
         a = self.signal_level(timesteps, x_t.shape).to(x_t.device, _work_dtype(x_t))
-        return (_work(x_t) / a.sqrt() - (1.0 / a - 1.0).sqrt() * _work(noise)).to(x_t.dtype)
+        return original_from_model_output(_work(noise), _work(x_t), a, "epsilon").to(x_t.dtype)
 
     def predict_noise_from_start(self, x_t: torch.Tensor, timesteps: TimestepLike, x_start: torch.Tensor) -> torch.Tensor:
         """eps = (x_t - sqrt(a_t) x_0) / sqrt(1 - a_t), pixelwise."""
         a = self.signal_level(timesteps, x_t.shape).to(x_t.device, _work_dtype(x_t))
-        return ((_work(x_t) - a.sqrt() * _work(x_start)) / (1.0 - a).sqrt()).to(x_t.dtype)
+        return noise_from_model_output(_work(x_start), _work(x_t), a, "sample").to(x_t.dtype)
+
+    def predict_original_sample(self, model_output: torch.Tensor, sample: torch.Tensor, timesteps: TimestepLike) -> torch.Tensor:
+        """x_0 implied by a network prediction of this scheduler's ``prediction_type`` at x_t = ``sample``
+        (per pixel; shapes [B, C, H, W]; variance channels, if any, must be split off first)."""
+        a = self.signal_level(timesteps, sample.shape).to(sample.device, _work_dtype(sample))
+        kind = self.config.prediction_type
+        return original_from_model_output(_work(model_output), _work(sample), a, kind).to(sample.dtype)
 
     # ------------------------------------------------------------------------------------------------ posterior
-    def _posterior_terms(self, a_t: torch.Tensor, a_prev: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Coefficients of q(x_prev | x_t, x_0) from the two signal levels (any broadcastable shapes)."""
-        step_alpha = a_t / a_prev  # alpha_t * M_t, or the respaced per-step factor
-        step_beta = 1.0 - step_alpha
-        coef_x0 = step_beta * a_prev.sqrt() / (1.0 - a_t)
-        coef_xt = (1.0 - a_prev) * step_alpha.sqrt() / (1.0 - a_t)
-        variance = step_beta * (1.0 - a_prev) / (1.0 - a_t)
-        return {"coef_x0": coef_x0, "coef_xt": coef_xt, "variance": variance, "step_beta": step_beta}
+    @staticmethod
+    def _posterior_terms(a_t: torch.Tensor, a_prev: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Coefficients of q(x_prev | x_t, x_0) from the two signal levels (see diffusion_math.posterior_terms)."""
+        return posterior_terms(a_t, a_prev)
 
     def q_posterior_mean_variance(
         self, x_start: torch.Tensor, x_t: torch.Tensor, timesteps: TimestepLike
@@ -439,8 +485,7 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         max_log = torch.log(terms["step_beta"])
         variance_type = self.config.variance_type
         if variance_type == "learned_range":
-            frac = (_work(model_var_values) + 1.0) / 2.0
-            return frac * max_log + (1.0 - frac) * min_log
+            return learned_range_log_variance(_work(model_var_values), min_log, max_log)
         if variance_type == "learned":  # the network predicts the variance itself
             return torch.log(_check_learned_variance(_work(model_var_values)))
         if variance_type in ("fixed_large", "fixed_large_log"):
@@ -526,16 +571,8 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
 
     def _predict_x0_eps(self, model_output, sample, a_t):
         kind = self.config.prediction_type
-        if kind == "epsilon":
-            x0 = (sample - (1.0 - a_t).sqrt() * model_output) / a_t.sqrt()
-            eps = model_output
-        elif kind == "sample":
-            x0 = model_output
-            eps = (sample - a_t.sqrt() * x0) / (1.0 - a_t).sqrt()
-        else:  # v_prediction
-            x0 = a_t.sqrt() * sample - (1.0 - a_t).sqrt() * model_output
-            eps = a_t.sqrt() * model_output + (1.0 - a_t).sqrt() * sample
-        return x0, eps
+        return (original_from_model_output(model_output, sample, a_t, kind),
+                noise_from_model_output(model_output, sample, a_t, kind))
 
     def step(
         self,
@@ -619,14 +656,15 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
                 elif vt == "learned":  # the network predicts the variance itself, as in DDPMScheduler
                     std = _check_learned_variance(_work(predicted_variance)) ** 0.5
                 else:
-                    frac = (_work(predicted_variance) + 1.0) / 2.0
-                    log_var = frac * torch.log(terms["step_beta"]) + (1.0 - frac) * torch.log(variance)
+                    log_var = learned_range_log_variance(
+                        _work(predicted_variance), torch.log(variance), torch.log(terms["step_beta"])
+                    )
                     std = torch.exp(0.5 * log_var)
                 prev = prev + std * draw_noise()
         else:  # DDIM generalised to per-pixel signal levels
             if use_clipped_model_output:
-                eps = (x_t - a_t.sqrt() * x0) / (1.0 - a_t).sqrt()
-            variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
+                eps = noise_from_model_output(x0, x_t, a_t, "sample")
+            variance = ddim_variance(a_t, a_prev)
             std = float(eta) * variance.clamp(min=0).sqrt()
             direction = (1.0 - a_prev - std**2).clamp(min=0).sqrt() * eps
             prev = a_prev.sqrt() * x0 + direction

@@ -30,7 +30,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from .bmaps import CAMUS_FAN_APEX, CAMUS_FAN_HALF_ANGLE_DEG, CAMUS_FAN_RADII
+from ..geometry import CAMUS_FAN_APEX, CAMUS_FAN_HALF_ANGLE_DEG, CAMUS_FAN_RADII, FanGeometry
 from .scheduling_bmap_attenuation import (
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
@@ -231,6 +231,11 @@ class BMapDPMSolverMultistepScheduler(SchedulerMixin, ConfigMixin):
     def bmap(self, timesteps, shape: Sequence[int], device=None, dtype=None) -> torch.Tensor:
         """Per-step B-map M_t(p), [B, 1, H, W] (see :meth:`BMapAttenuationScheduler.bmap`)."""
         return self.bmap_scheduler.bmap(timesteps, shape, device=device, dtype=dtype)
+
+    @property
+    def geometry(self) -> FanGeometry:
+        """The probe of this scheduler's config (:class:`ultrasound_diffusers.geometry.FanGeometry`)."""
+        return FanGeometry.from_config(self.config)
 
     def depth_map(self, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Normalised depth (float64 [H, W]) and mask of attenuated pixels (bool [H, W])."""
