@@ -48,6 +48,12 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ultrasound_diffusers.operators import ForwardOperator, FunctionOperator
+from ultrasound_diffusers.schedulers.diffusion_math import (
+    forward_transition,
+    model_output_from_original,
+    original_from_model_output,
+    signal_levels,
+)
 
 from .pipeline_utils import (
     DiffusionPipeline,
@@ -83,45 +89,21 @@ MIN_PRIOR_VAR = 1e-6
 
 # ------------------------------------------------------------------------------------------------ pure functions
 def signal_level(scheduler, timestep, shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
-    """Per-pixel signal level a_t of ``q(x_t | x_0) = N(sqrt(a_t) x_0, (1 - a_t) I)``.
-
-    ``scheduler.signal_level(t, shape)`` for B-map schedulers ([B, 1, H, W]); ``alphas_cumprod[t]`` (a scalar,
-    shaped [1, 1, 1, 1]) for diffusers' DDPM / DDIM-type schedulers.
-    """
-    t = int(timestep)
-    if hasattr(scheduler, "signal_level"):
-        return scheduler.signal_level(t, tuple(shape)).to(device=device, dtype=dtype)
-    alphas = getattr(scheduler, "alphas_cumprod", None)
-    if alphas is None:
-        raise ValueError(
-            f"{type(scheduler).__name__} has neither `signal_level` nor `alphas_cumprod`; use a DDPM/DDIM-type "
-            "scheduler or BMapAttenuationScheduler"
-        )
-    value = alphas[t] if t >= 0 else torch.tensor(1.0)
-    return torch.as_tensor(value).to(device=device, dtype=dtype).reshape(1, 1, 1, 1)
+    """Per-pixel signal level a_t of ``q(x_t | x_0) = N(sqrt(a_t) x_0, (1 - a_t) I)`` of any DDPM-type scheduler
+    (see :class:`ultrasound_diffusers.schedulers.diffusion_math.SignalLevels`)."""
+    return signal_levels(scheduler).signal_level(timestep, shape, device=device, dtype=dtype)
 
 
 def original_from_prediction(prediction: torch.Tensor, sample: torch.Tensor, a_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """x0 estimate from the network's prediction ([B, C, H, W]) of ``prediction_type``, with signal level a_t."""
-    if prediction_type == "epsilon":
-        return (sample - (1.0 - a_t).sqrt() * prediction) / a_t.sqrt()
-    if prediction_type == "sample":
-        return prediction
-    if prediction_type == "v_prediction":
-        return a_t.sqrt() * sample - (1.0 - a_t).sqrt() * prediction
-    raise ValueError(f"`prediction_type` must be 'epsilon', 'sample' or 'v_prediction', got {prediction_type!r}")
+    """x0 estimate from the network's prediction ([B, C, H, W]) of ``prediction_type``, with signal level a_t
+    (:func:`ultrasound_diffusers.schedulers.diffusion_math.original_from_model_output`)."""
+    return original_from_model_output(prediction, sample, a_t, prediction_type)
 
 
 def prediction_from_original(x0: torch.Tensor, sample: torch.Tensor, a_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """The network prediction of ``prediction_type`` that a given x0 implies at x_t = ``sample``."""
-    if prediction_type == "sample":
-        return x0
-    eps = (sample - a_t.sqrt() * x0) / (1.0 - a_t).clamp(min=1e-12).sqrt()
-    if prediction_type == "epsilon":
-        return eps
-    if prediction_type == "v_prediction":
-        return a_t.sqrt() * eps - (1.0 - a_t).sqrt() * x0
-    raise ValueError(f"`prediction_type` must be 'epsilon', 'sample' or 'v_prediction', got {prediction_type!r}")
+    """The network prediction of ``prediction_type`` that a given x0 implies at x_t = ``sample``
+    (:func:`ultrasound_diffusers.schedulers.diffusion_math.model_output_from_original`)."""
+    return model_output_from_original(x0, sample, a_t, prediction_type)
 
 
 def guidance_step_sizes(
@@ -221,8 +203,7 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
                 f"{type(self.scheduler).__name__} works in sigma (variance-exploding) units (init_noise_sigma={sigma}); "
                 "use BMapAttenuationScheduler, DDPMScheduler or DDIMScheduler"
             )
-        if not hasattr(self.scheduler, "signal_level") and getattr(self.scheduler, "alphas_cumprod", None) is None:
-            raise ValueError(f"{type(self.scheduler).__name__} has no `alphas_cumprod`; use a DDPM/DDIM-type scheduler")
+        signal_levels(self.scheduler)  # raises for a scheduler without alphas_cumprod or signal_level
 
     @staticmethod
     def _prepare_operator(operator) -> ForwardOperator:
@@ -397,17 +378,16 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
             raise ValueError(f"`latents` must have shape {image_shape}, got {tuple(latents.shape)}")
         latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
         extra_step_kwargs = prepare_extra_step_kwargs(self.scheduler, generator, eta)
-        prediction_type = getattr(self.scheduler.config, "prediction_type", "epsilon")
-        clip = bool(getattr(self.scheduler.config, "clip_sample", False))
-        clip_range = float(getattr(self.scheduler.config, "clip_sample_range", 1.0))
+        levels = signal_levels(self.scheduler)
+        clip, clip_range = levels.clip_sample, levels.clip_sample_range
 
         level_shape = (1, channels, height, width)
         residuals = []
         checked = False
         for i, t in enumerate(self.progress_bar(schedule)):
-            a_t = signal_level(self.scheduler, t, level_shape, device=device, dtype=dtype)
+            a_t = levels.signal_level(t, level_shape, device=device, dtype=dtype)
             t_prev = int(schedule[i + 1]) if i + 1 < len(schedule) else -1
-            a_prev = signal_level(self.scheduler, t_prev, level_shape, device=device, dtype=dtype)
+            a_prev = levels.signal_level(t_prev, level_shape, device=device, dtype=dtype)
             guided = method == "dps" and step_sizes[i] > 0
             prior_var = (1.0 - a_t).clamp(min=MIN_PRIOR_VAR).expand(image_shape)
             if guided:
@@ -425,13 +405,12 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
                 if repeat > 0:
                     # RePaint-style resampling: back from t_prev to t with the forward transition of the
                     # scheduler (per-pixel factor a_t / a_prev for the B-map process), then step again
-                    ratio = (a_t / a_prev).clamp(max=1.0)
                     noise = randn_tensor(image_shape, generator=generator, device=device, dtype=dtype)
-                    x_t = ratio.sqrt() * latents + (1.0 - ratio).sqrt() * noise
+                    x_t = forward_transition(latents, a_prev, a_t, noise)
                 x_in = x_t.detach().requires_grad_(guided)
                 with torch.set_grad_enabled(guided):
                     output = self._model(x_in, t, model_segmap, float(guidance_scale), channels)
-                    x0 = original_from_prediction(output[:, :channels], x_in, a_t, prediction_type)
+                    x0 = levels.original_from_model_output(output[:, :channels], x_in, a_t)
                     if clip:
                         # the value the scheduler will use, with the gradient passed straight through
                         x0 = x0 + (x0.detach().clamp(-clip_range, clip_range) - x0.detach())
@@ -451,7 +430,7 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
 
                 if method == "projection":
                     x0 = operator.project(x0, y_rep, prior_var=prior_var)
-                    new_prediction = prediction_from_original(x0, x_t.detach(), a_t, prediction_type)
+                    new_prediction = levels.model_output_from_original(x0, x_t.detach(), a_t)
                     output = torch.cat([new_prediction, output[:, channels:]], dim=1)
 
                 latents = self.scheduler.step(output, t, x_t.detach(), **extra_step_kwargs).prev_sample

@@ -25,19 +25,11 @@ import os
 import sys
 from typing import Any, Dict, Optional
 
-#: Scheduler settings of the published ultrasound SDM (Domínguez et al. 2024): T = 1000, cosine noise
-#: schedule, learned-range variance, cosine B-map schedule with eps = 0.97 on the CAMUS fan.
-DEFAULT_SCHEDULER_CONFIG: Dict[str, Any] = dict(
-    num_train_timesteps=1000,
-    beta_schedule="squaredcos_cap_v2",
-    variance_type="learned_range",
-    prediction_type="epsilon",
-    clip_sample=True,
-    timestep_spacing="linspace",
-    bmap_schedule="cosine",
-    bmap_min=0.97,
-    probe_geometry="convex",
-)
+from ._common import size_type
+
+#: Scheduler settings of the published ultrasound SDM (Domínguez et al. 2024), from their one home:
+#: ``BMapAttenuationScheduler.from_preset("camus-sdm")`` (see ``schedulers.scheduling_bmap_attenuation.SCHEDULER_PRESETS``).
+DEFAULT_SCHEDULER_PRESET = "camus-sdm"
 
 
 def _json_arg(text: Optional[str], name: str) -> Dict[str, Any]:
@@ -54,23 +46,6 @@ def _json_arg(text: Optional[str], name: str) -> Dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"`{name}` must be a JSON object, got {type(value).__name__}")
     return value
-
-
-def _sample_size(text: Optional[str]):
-    if text is None:
-        return None
-    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
-    try:
-        sizes = [int(p) for p in parts]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--sample_size must be N or H,W, got {text!r}") from err
-    if any(size < 1 for size in sizes):
-        raise argparse.ArgumentTypeError(f"--sample_size must be positive (N or H,W pixels), got {text!r}")
-    if len(sizes) == 1:
-        return sizes[0]
-    if len(sizes) == 2:
-        return tuple(sizes)
-    raise argparse.ArgumentTypeError(f"--sample_size must be N or H,W, got {text!r}")
 
 
 def _bool(text: str) -> bool:
@@ -96,7 +71,7 @@ def register(subparsers) -> None:
         choices=["ultrasound-sdm", "sdm", "guided-diffusion", "improved-diffusion"],
         help="code base that wrote the checkpoint (sets the attention-head defaults; default: ultrasound-sdm)",
     )
-    p.add_argument("--sample_size", type=_sample_size, default=None, help="default image size N or H,W (default 128)")
+    p.add_argument("--sample_size", type=size_type("--sample_size"), default=None, help="default image size N or H,W (default 128)")
     p.add_argument(
         "--num_head_channels", type=int, default=None,
         help="channels per attention head, as the checkpoint was trained (-1: use --num_heads); not in the weights",
@@ -164,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
 
     scheduler = None
     if not args.model_only and not args.no_scheduler:
-        scheduler_config = dict(DEFAULT_SCHEDULER_CONFIG)
+        from ..schedulers.scheduling_bmap_attenuation import preset_config
+
+        scheduler_config = preset_config(DEFAULT_SCHEDULER_PRESET)
         scheduler_config["variance_type"] = "learned_range" if model.config.learn_sigma else "fixed_small"
         scheduler_config.update(_json_arg(args.scheduler_args, "--scheduler_args"))
         try:

@@ -34,6 +34,7 @@ from .phantoms import (
     generate_phantoms,
     iter_phantom_batches,
     make_phantom,
+    phantom_envelope,
     phantom_label_maps,
 )
 
@@ -58,6 +59,6 @@ __all__ = [
     "NUM_ECHO_CLASSES", "NUM_THYROID_CLASSES", "PhysicsParameters", "ProbeGeometry", "THYROID_LABELS",
     "apply_fan", "augment_label_map", "augment_label_maps", "colorize_labels", "convert_camus", "convert_dicom",
     "convert_lung", "convert_thyroid", "detect_scan_area", "echo_to_camus", "generate_phantoms", "get_converter",
-    "iter_phantom_batches", "label_grid", "label_palette", "make_phantom", "overlay_labels", "phantom_label_maps",
+    "iter_phantom_batches", "label_grid", "label_palette", "make_phantom", "overlay_labels", "phantom_envelope", "phantom_label_maps",
     "recode_camus_with_fan", "save_dataset",
 ]

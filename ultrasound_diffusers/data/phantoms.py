@@ -1038,6 +1038,19 @@ def _metadata(scene: Scene, probe: ProbeGeometry, phys: PhysicsParameters, seed:
     }
 
 
+def _make_one(anatomy, size, seed, index, probe, physics, envelope: bool):
+    _check_anatomy(anatomy)
+    H, W = parse_size(size)
+    probe = resolve_probe(anatomy, probe)
+    phys = resolve_tgc(resolve_physics(**physics), anatomy)
+    grid = _grid(H, W, probe, float(phys.oversample))
+    shape_rng, speckle_rng = _example_rngs(seed, index)
+    scene = sample_scene(anatomy, shape_rng)
+    out = _render([scene], [speckle_rng], grid, probe, phys, return_envelope=envelope)
+    meta = _metadata(scene, probe, phys, seed, index, H, W)
+    return out[0][0], out[1][0], meta, (out[2][0] if envelope else None)
+
+
 def make_phantom(anatomy: str = "echo", size: SizeLike = 64, seed: int = 0, index: int = 0, probe=None, return_envelope: bool = False, **physics):
     """One phantom example.
 
@@ -1047,26 +1060,26 @@ def make_phantom(anatomy: str = "echo", size: SizeLike = 64, seed: int = 0, inde
         seed, index: the example is fully determined by ``(seed, index)`` (and the parameters); it equals
             example ``index`` of ``generate_phantoms(..., seed=seed)``.
         probe: see :func:`resolve_probe`.
-        return_envelope: also return the detected envelope (after TGC, before log compression) on the
-            beam/depth simulation grid, float32 [n_depth, n_beams] (rows: depth, columns: beams).
+        return_envelope: deprecated (it changed the number of return values); use :func:`phantom_envelope`.
         **physics: fields of :class:`PhysicsParameters`.
 
     Returns:
-        ``(image, label, metadata)``: float32 [H, W] in [0, 1], uint8 [H, W], dict; with
-        ``return_envelope`` a fourth element, the envelope.
+        ``(image, label, metadata)``: float32 [H, W] in [0, 1], uint8 [H, W], dict.
     """
-    _check_anatomy(anatomy)
-    H, W = parse_size(size)
-    probe = resolve_probe(anatomy, probe)
-    phys = resolve_tgc(resolve_physics(**physics), anatomy)
-    grid = _grid(H, W, probe, float(phys.oversample))
-    shape_rng, speckle_rng = _example_rngs(seed, index)
-    scene = sample_scene(anatomy, shape_rng)
-    out = _render([scene], [speckle_rng], grid, probe, phys, return_envelope=return_envelope)
-    meta = _metadata(scene, probe, phys, seed, index, H, W)
     if return_envelope:
-        return out[0][0], out[1][0], meta, out[2][0]
-    return out[0][0], out[1][0], meta
+        import warnings
+
+        warnings.warn("make_phantom(return_envelope=True) is deprecated; use phantom_envelope(...) for the envelope",
+                      FutureWarning, stacklevel=2)
+        return _make_one(anatomy, size, seed, index, probe, physics, envelope=True)
+    return _make_one(anatomy, size, seed, index, probe, physics, envelope=False)[:3]
+
+
+def phantom_envelope(anatomy: str = "echo", size: SizeLike = 64, seed: int = 0, index: int = 0, probe=None, **physics) -> np.ndarray:
+    """The detected envelope of the phantom example that :func:`make_phantom` renders with the same arguments
+    (after time-gain compensation, before log compression), on the beam/depth simulation grid: float32
+    [n_depth, n_beams] (rows: depth, columns: beams)."""
+    return _make_one(anatomy, size, seed, index, probe, physics, envelope=True)[3]
 
 
 def phantom_label_maps(num: int, anatomy: str = "echo", size: SizeLike = 64, seed: int = 0, probe=None, start: int = 0) -> np.ndarray:
