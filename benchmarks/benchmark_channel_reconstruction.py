@@ -107,7 +107,7 @@ def main(argv=None) -> dict:
         phantom_echogenicity,
         simulate_channel_phantom,
     )
-    from ultrasound_diffusers.commands.reconstruct import HELD_OUT_SEED, load_pipeline
+    from ultrasound_diffusers.reconstruction import HELD_OUT_SEED, load_pipeline
     from ultrasound_diffusers.evaluation.ultrasound_metrics import cnr, gcnr, psnr, ssim
 
     pipe = load_pipeline(args.pipeline)

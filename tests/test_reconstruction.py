@@ -434,7 +434,7 @@ def test_cli_writes_figure_arrays_and_metrics(tiny_label_unet, tmp_path):
 
 
 def test_cli_benchmark(tiny_unet, tmp_path):
-    from ultrasound_diffusers.commands.reconstruct import run_benchmark
+    from ultrasound_diffusers.reconstruction import run_benchmark
 
     pipe = tiny_pipeline(tiny_unet)
     rows = run_benchmark(pipe, keep_every=(2, 4), num_images=1, method="dps", num_inference_steps=2, out=tmp_path)
@@ -445,7 +445,7 @@ def test_cli_benchmark(tiny_unet, tmp_path):
 
 
 def test_metrics():
-    from ultrasound_diffusers.commands.reconstruct import psnr as psnr01, ssim
+    from ultrasound_diffusers.evaluation.image_metrics import psnr as psnr01, ssim
 
     a = np.random.default_rng(0).random((32, 32))
     assert ssim(a, a) == pytest.approx(1.0)
@@ -462,7 +462,8 @@ def test_bundled_phantom_prior_beats_interpolation_and_fits_to_the_noise():
     """The prior trained on phantoms (the bundled demo pipeline) on a held-out phantom, every 4th beam kept,
     noisy measurements: the mean of 4 DPS samples beats interpolation across beams, and the data residual
     comes down to the measurement noise without fitting the noise."""
-    from ultrasound_diffusers.commands.reconstruct import _operator, load_image, load_pipeline, psnr, reconstruct_image
+    from ultrasound_diffusers.reconstruction import load_image, load_pipeline, psnr, reconstruct_image
+    from ultrasound_diffusers.reconstruction import make_operator_for as _operator
 
     pipe = load_pipeline(None)
     pipe.set_progress_bar_config(disable=True)

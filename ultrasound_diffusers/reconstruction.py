@@ -1,0 +1,299 @@
+"""Measurement-guided reconstruction runs: the held-out inputs, one reconstruction with its figure, and the
+scan-line benchmark (PSNR / SSIM against the fraction of lines kept). ``ultrasound-diffusers reconstruct`` only
+parses its flags and calls :func:`run_reconstruction` or :func:`run_benchmark`.
+
+The pipeline itself is :class:`~ultrasound_diffusers.pipelines.pipeline_ultrasound_reconstruction.UltrasoundReconstructionPipeline`;
+the measurement operators are in :mod:`ultrasound_diffusers.operators`; PSNR / SSIM in
+:mod:`ultrasound_diffusers.evaluation.image_metrics`.
+"""
+
+from __future__ import annotations
+
+#: Seed of the held-out phantoms (training sets use small seeds such as 0).
+HELD_OUT_SEED = 4242
+
+# ------------------------------------------------------------------------------------------------ metrics
+from .evaluation.image_metrics import psnr, ssim
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def load_pipeline(source=None, device: str = "cpu"):
+    """An UltrasoundReconstructionPipeline from a folder / repo id, or from the bundled demo pipeline."""
+    from .pipelines.pipeline_ultrasound_reconstruction import UltrasoundReconstructionPipeline
+
+    if source is None:
+        from .demo import DEMO_PIPELINE_PATH
+
+        if not (DEMO_PIPELINE_PATH / "model_index.json").is_file():
+            raise FileNotFoundError(f"no --pipeline given and the bundled demo pipeline is missing from {DEMO_PIPELINE_PATH}")
+        source = DEMO_PIPELINE_PATH
+    if isinstance(source, UltrasoundReconstructionPipeline):
+        return source
+    if hasattr(source, "unet") and hasattr(source, "scheduler"):
+        return UltrasoundReconstructionPipeline(unet=source.unet, scheduler=source.scheduler)
+    return UltrasoundReconstructionPipeline.from_pretrained(str(source)).to(device)
+
+
+def phantom_anatomy(pipe) -> str:
+    """The phantom anatomy matching a pipeline: echo for a convex probe or a 5-class model, else thyroid."""
+    num_classes = int(getattr(pipe.unet.config, "num_classes", 0) or 0)
+    geometry = getattr(pipe.scheduler.config, "probe_geometry", None)
+    if num_classes == 4 or (geometry == "linear" and num_classes != 5):
+        return "thyroid"
+    return "echo"
+
+
+def load_image(spec: str, size, pipe=None, index_offset: int = 0):
+    """``(image float64 [H, W] in [0, 1], labels int64 [H, W] or None, description)``.
+
+    ``spec``: ``"phantom"`` / ``"phantom:INDEX"`` (held-out phantom of the pipeline's anatomy, seed
+    :data:`HELD_OUT_SEED`) or a PNG / TIFF / .npy file (resized to ``size`` if needed).
+    """
+    from pathlib import Path
+
+    import numpy as np
+
+    height, width = size
+    if spec.startswith("phantom"):
+        from .data.phantoms import make_phantom
+
+        _, _, index = spec.partition(":")
+        try:
+            index = int(index or 0) + index_offset
+        except ValueError:
+            raise ValueError(f"`--image` must be 'phantom' or 'phantom:INDEX', got {spec!r}") from None
+        anatomy = phantom_anatomy(pipe) if pipe is not None else "echo"
+        image, labels, _ = make_phantom(anatomy, size=(height, width), seed=HELD_OUT_SEED, index=index)
+        return np.asarray(image, np.float64), np.asarray(labels, np.int64), f"{anatomy} phantom {index} (seed {HELD_OUT_SEED})"
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    if path.suffix.lower() == ".npy":
+        array = np.squeeze(np.load(path, allow_pickle=False))
+        if array.ndim != 2:
+            raise ValueError(f"image {path} must be a 2-D array, got shape {array.shape}")
+        if np.issubdtype(array.dtype, np.integer):
+            array = array / 255.0
+        array = array.astype(np.float64)
+        if array.min() < 0 or array.max() > 1:
+            raise ValueError(f"image {path} must hold values in [0, 1] (or uint8), got [{array.min()}, {array.max()}]")
+        if array.shape != (height, width):
+            from PIL import Image
+
+            array = np.asarray(Image.fromarray(array.astype(np.float32)).resize((width, height), Image.BILINEAR), np.float64)
+        return np.clip(array, 0, 1), None, path.name
+    from PIL import Image
+
+    with Image.open(path) as im:
+        gray = im.convert("L")
+        if gray.size != (width, height):
+            gray = gray.resize((width, height), Image.BILINEAR)
+        return np.asarray(gray, np.float64) / 255.0, None, path.name
+
+
+# ------------------------------------------------------------------------------------------------ figure
+def make_reconstruction_figure(truth, measured, baseline, reconstruction, uncertainty, residuals=None,
+                               noise_std: float = 0.0, title: str = "", metrics=None):
+    """One row: ground truth, measurements (missing pixels hatched in blue), baseline, reconstruction,
+    uncertainty (per-pixel std of the samples) and, if given, the data residual per step. Images in [0, 1]."""
+    import numpy as np
+    from matplotlib import colormaps
+
+    from .visualization import new_figure
+
+    cols = 5 + (residuals is not None)
+    fig = new_figure(figsize=(2.5 * cols, 2.9))
+    axes = fig.subplots(1, cols)
+    gray = colormaps["gray"].with_extremes(bad="#1f3b73")
+    panels = [("ground truth", truth), ("measurements", np.ma.masked_invalid(measured)), ("baseline", baseline),
+              ("reconstruction", reconstruction)]
+    metrics = metrics or {}
+    for ax, (name, image) in zip(axes, panels):
+        ax.imshow(image, cmap=gray, vmin=0, vmax=1, interpolation="nearest")
+        label = name
+        if name in metrics:
+            label += f"\n{metrics[name]['psnr']:.1f} dB, SSIM {metrics[name]['ssim']:.2f}"
+        ax.set_title(label, fontsize=9)
+    im = axes[4].imshow(uncertainty, cmap="magma", vmin=0, interpolation="nearest")
+    axes[4].set_title("uncertainty (std)", fontsize=9)
+    fig.colorbar(im, ax=axes[4], fraction=0.046, pad=0.04)
+    for ax in axes[:5]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if residuals is not None:
+        ax = axes[5]
+        res = np.asarray(residuals, np.float64)
+        ax.semilogy(np.arange(1, res.shape[-1] + 1), res.reshape(-1, res.shape[-1]).mean(0), color="C0")
+        if noise_std > 0:
+            ax.axhline(noise_std, color="C3", ls="--", lw=1, label="noise std")
+            ax.legend(fontsize=7)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_title("data residual (RMS)", fontsize=9)
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ runs
+def make_operator_for(spec: str, pipe, size, noise_std):
+    """``make_operator(spec)`` with the probe of the pipeline's scheduler (a linear probe for diffusers' own)."""
+    from .operators import make_operator
+
+    return make_operator(spec, size=size, scheduler=pipe.scheduler, noise_std=noise_std)
+
+
+def reconstruct_image(pipe, image, labels, operator, method="dps", num_samples=4, num_inference_steps=50,
+                      guidance_step_size=1.0, guidance_scale=1.0, seed=0, num_resample=0):
+    """Simulate measurements of ``image`` ([H, W] in [0, 1]) and reconstruct them.
+
+    Returns a dict of float64 arrays in [0, 1]: ``truth``, ``measured`` (NaN where not measured), ``baseline``,
+    ``reconstruction``, ``uncertainty``, ``samples`` [S, H, W], plus ``residuals`` [S, N], ``final_residual``
+    [S] and ``measurements`` (model units, as the operator returns them).
+    """
+    import numpy as np
+    import torch
+
+    height, width = image.shape
+    x = torch.from_numpy(2.0 * np.asarray(image, np.float32) - 1.0)[None, None]
+    noise_generator = torch.Generator().manual_seed(seed + 1)
+    y = operator.measure(x, generator=noise_generator)
+    segmap = None
+    if int(getattr(pipe.unet.config, "num_classes", 0) or 0) > 0:
+        if labels is None:
+            raise ValueError("the pipeline is label-conditioned: give --labels (or use --image phantom)")
+        segmap = torch.from_numpy(np.asarray(labels, np.int64))[None]
+    generator = torch.Generator().manual_seed(seed)
+    out = pipe(
+        y, operator, segmap=segmap, method=method, num_inference_steps=num_inference_steps,
+        guidance_step_size=guidance_step_size, guidance_scale=guidance_scale, num_samples=num_samples,
+        num_resample=num_resample, generator=generator, height=height, width=width, output_type="np",
+    )
+    measured = operator.to_image(y, (height, width))[0, 0].double().numpy()
+    baseline = operator.baseline(y, (1, 1, height, width))[0, 0].double().numpy()
+    return {
+        "truth": np.asarray(image, np.float64),
+        "measured": (measured + 1.0) / 2.0,
+        "baseline": (baseline + 1.0) / 2.0,
+        "reconstruction": out.images[0, ..., 0].astype(np.float64),
+        "uncertainty": out.uncertainty[0, ..., 0].astype(np.float64),
+        "samples": out.samples[0, ..., 0].astype(np.float64),
+        "residuals": out.residuals[0],
+        "final_residual": out.final_residual[0],
+        "measurements": y[0].numpy(),
+    }
+
+
+def _metrics(result) -> dict:
+    return {
+        name: {"psnr": psnr(result["truth"], result[name]), "ssim": ssim(result["truth"], result[name])}
+        for name in ("baseline", "reconstruction")
+    }
+
+
+def run_reconstruction(pipeline=None, image="phantom", labels=None, operator="missing_lines:4", noise_std=None,
+                       method="dps", num_samples=4, num_inference_steps=50, guidance_step_size=1.0,
+                       guidance_scale=1.0, seed=0, out="reconstruction_output", device="cpu", num_resample=0) -> dict:
+    """Everything ``ultrasound-diffusers reconstruct`` does; returns the metrics dict (also in metrics.json)."""
+    import io
+    import json
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from .pipelines.pipeline_utils import resolve_sample_size
+    from .utils.io import atomic_write_bytes, atomic_write_text
+    from .visualization import save_figure
+
+    start = time.perf_counter()
+    pipe = load_pipeline(pipeline, device)
+    size = resolve_sample_size(pipe.unet.config.sample_size)
+    truth, phantom_labels, description = load_image(image, size, pipe)
+    if labels is not None:
+        from .demo import load_label_maps
+
+        phantom_labels = load_label_maps([labels])[0]
+    op = make_operator_for(operator, pipe, size, noise_std) if isinstance(operator, str) else operator
+    result = reconstruct_image(pipe, truth, phantom_labels, op, method, num_samples, num_inference_steps,
+                               guidance_step_size, guidance_scale, seed, num_resample)
+    metrics = _metrics(result)
+    std = float(op.noise_std_map((1, 1) + tuple(size)).max())
+    summary = {
+        "image": description, "operator": repr(op), "method": method, "num_samples": num_samples,
+        "num_inference_steps": num_inference_steps, "guidance_step_size": guidance_step_size,
+        "num_resample": num_resample, "seed": seed,
+        "noise_std_max": std, "final_residual_rms": float(np.mean(result["final_residual"])),
+        "mean_uncertainty": float(result["uncertainty"].mean()), "seconds": round(time.perf_counter() - start, 2),
+        **{f"{k}_{m}": v[m] for k, v in metrics.items() for m in ("psnr", "ssim")},
+    }
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    label = operator if isinstance(operator, str) else op.name
+    if hasattr(op, "fraction_measured"):
+        label += f" ({100 * op.fraction_measured(size):.0f} % of the {'beams' if op.probe_geometry == 'convex' else 'lines'})"
+    if std > 0:
+        label += f", noise std up to {std:.3g}"
+    title = f"{description}: {label}, {method}, {num_samples} samples, {num_inference_steps} steps"
+    fig = make_reconstruction_figure(result["truth"], result["measured"], result["baseline"], result["reconstruction"],
+                                     result["uncertainty"], result["residuals"], std, title, metrics)
+    save_figure(fig, folder / "reconstruction.png")
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in result.items()})
+    atomic_write_bytes(folder / "reconstruction.npz", buffer.getvalue())
+    atomic_write_text(folder / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def run_benchmark(pipeline=None, keep_every=(2, 4, 8), num_images=4, method="dps", num_samples=1,
+                  num_inference_steps=50, guidance_step_size=1.0, guidance_scale=1.0, noise_std=None, seed=0,
+                  out="reconstruction_output", device="cpu", num_resample=0) -> list:
+    """PSNR / SSIM (mean over ``num_images`` held-out phantoms) of interpolation and reconstruction for each
+    fraction 1/K of scan lines kept; writes ``benchmark.md`` and ``benchmark.json`` into ``out``."""
+    import json
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from .operators import MissingScanLines
+    from .pipelines.pipeline_utils import resolve_sample_size
+    from .utils.io import atomic_write_text
+
+    pipe = load_pipeline(pipeline, device)
+    size = resolve_sample_size(pipe.unet.config.sample_size)
+    rows = []
+    for k in keep_every:
+        op = MissingScanLines.from_scheduler(pipe.scheduler, int(k), noise_std=float(noise_std or 0.0))
+        scores = {"baseline": [], "reconstruction": []}
+        start = time.perf_counter()
+        for i in range(num_images):
+            truth, labels, _ = load_image(f"phantom:{i}", size, pipe)
+            result = reconstruct_image(pipe, truth, labels, op, method, num_samples, num_inference_steps,
+                                       guidance_step_size, guidance_scale, seed + i, num_resample)
+            for name, value in _metrics(result).items():
+                scores[name].append(value)
+        row = {"keep_every": int(k), "fraction_kept": op.fraction_measured(size),
+               "num_images": num_images, "seconds": round(time.perf_counter() - start, 1)}
+        for name, values in scores.items():
+            row[f"{name}_psnr"] = float(np.mean([v["psnr"] for v in values]))
+            row[f"{name}_ssim"] = float(np.mean([v["ssim"] for v in values]))
+        rows.append(row)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = method if num_samples == 1 else f"{method} (mean of {num_samples})"
+    lines = [
+        f"| lines kept | interpolation PSNR (dB) | {name} PSNR (dB) | interpolation SSIM | {name} SSIM |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| 1/{r['keep_every']} ({100 * r['fraction_kept']:.0f} %) | {r['baseline_psnr']:.2f} | "
+            f"{r['reconstruction_psnr']:.2f} | {r['baseline_ssim']:.3f} | {r['reconstruction_ssim']:.3f} |"
+        )
+    atomic_write_text(folder / "benchmark.md", "\n".join(lines) + "\n")
+    atomic_write_text(folder / "benchmark.json", json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
