@@ -9,22 +9,23 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_utils import (
     DiffusionPipeline,
     SegmapInput,
     as_count,
     check_callback_inputs,
-    classifier_free_guidance,
-    expand_timestep,
-    fit_model_output,
+    check_generation_size,
+    check_guidance_scale,
+    check_output_type,
+    denoise_step_output,
+    guided_segmap,
     labels_to_output,
     postprocess_images,
     prepare_extra_step_kwargs,
+    prepare_latents,
     prepare_segmap,
-    check_generation_size,
-    check_guidance_scale,
+    prepare_timesteps,
     resolve_sample_size,
 )
 
@@ -165,8 +166,7 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
             num_inference_steps = as_count("num_inference_steps", num_inference_steps)
         num_images_per_prompt = as_count("num_images_per_prompt", num_images_per_prompt)
         guidance_scale = check_guidance_scale(guidance_scale)
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
+        check_output_type(output_type)
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
 
@@ -181,28 +181,15 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
         labels = labels.repeat_interleave(num_images_per_prompt, dim=0) if labels is not None else None
         batch = one_hot.shape[0]
         check_generation_size(self.unet, size, batch * (2 if self.do_classifier_free_guidance else 1))
-        if self.do_classifier_free_guidance:
-            model_segmap = torch.cat([one_hot, torch.zeros_like(one_hot)])
-        else:
-            model_segmap = one_hot
+        model_segmap = guided_segmap(one_hot, self._guidance_scale)
 
         # 2. timesteps
-        if timesteps is not None:
-            self.scheduler.set_timesteps(timesteps=timesteps, device=device)
-        else:
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-        schedule = self.scheduler.timesteps
+        schedule = prepare_timesteps(self.scheduler, num_inference_steps, timesteps, device)
         self._num_timesteps = len(schedule)
 
         # 3. initial noise
         shape = (batch, channels, size[0], size[1])
-        if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(f"`generator` is a list of {len(generator)} generators; expected {batch} (one per image)")
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        latents = prepare_latents(shape, generator, latents, device, dtype, self.scheduler.init_noise_sigma)
         extra_step_kwargs = prepare_extra_step_kwargs(self.scheduler, generator, eta)
 
         # 4. denoising loop
@@ -210,15 +197,9 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
         for i, t in enumerate(self.progress_bar(schedule)):
             if self.interrupt:
                 continue
-            model_input = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            output = self.unet(
-                model_input, expand_timestep(t, model_input.shape[0], device), segmap=model_segmap
-            ).sample
-            if self.do_classifier_free_guidance:
-                conditional, unconditional = output.chunk(2)
-                output = classifier_free_guidance(conditional, unconditional, self._guidance_scale, channels)
-            output = fit_model_output(output, self.scheduler, channels)
+            output = denoise_step_output(
+                self.unet, self.scheduler, latents, t, channels, segmap=model_segmap, guidance_scale=self._guidance_scale
+            )
             latents = self.scheduler.step(output, t, latents, **extra_step_kwargs).prev_sample
 
             if callback_on_step_end is not None:

@@ -6,17 +6,18 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_utils import (
     DiffusionPipeline,
     as_count,
     check_callback_inputs,
-    expand_timestep,
-    fit_model_output,
+    check_generation_size,
+    check_output_type,
+    denoise_step_output,
     postprocess_images,
     prepare_extra_step_kwargs,
-    check_generation_size,
+    prepare_latents,
+    prepare_timesteps,
     resolve_sample_size,
 )
 
@@ -94,8 +95,7 @@ class UltrasoundPipeline(DiffusionPipeline):
         batch_size = as_count("batch_size", batch_size)
         if timesteps is None:
             num_inference_steps = as_count("num_inference_steps", num_inference_steps)
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
+        check_output_type(output_type)
 
         device = self._execution_device
         dtype = self.unet.dtype
@@ -103,26 +103,13 @@ class UltrasoundPipeline(DiffusionPipeline):
         check_generation_size(self.unet, (height, width), batch_size)
         channels = int(self.unet.config.in_channels)
         shape = (batch_size, channels, height, width)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"`generator` is a list of {len(generator)} generators; expected {batch_size}")
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
-
-        if timesteps is not None:
-            self.scheduler.set_timesteps(timesteps=timesteps, device=device)
-        else:
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-        schedule = self.scheduler.timesteps
+        latents = prepare_latents(shape, generator, latents, device, dtype, self.scheduler.init_noise_sigma)
+        schedule = prepare_timesteps(self.scheduler, num_inference_steps, timesteps, device)
         self._num_timesteps = len(schedule)
         extra_step_kwargs = prepare_extra_step_kwargs(self.scheduler, generator, eta)
 
         for i, t in enumerate(self.progress_bar(schedule)):
-            model_input = self.scheduler.scale_model_input(latents, t)
-            output = self.unet(model_input, expand_timestep(t, batch_size, device)).sample
-            output = fit_model_output(output, self.scheduler, channels)
+            output = denoise_step_output(self.unet, self.scheduler, latents, t, channels)
             latents = self.scheduler.step(output, t, latents, **extra_step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 local = {"latents": latents}

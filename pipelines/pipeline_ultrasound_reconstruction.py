@@ -59,14 +59,16 @@ from .pipeline_utils import (
     DiffusionPipeline,
     as_count,
     check_callback_inputs,
-    classifier_free_guidance,
-    expand_timestep,
-    fit_model_output,
-    postprocess_images,
-    prepare_extra_step_kwargs,
-    prepare_segmap,
     check_generation_size,
     check_guidance_scale,
+    check_output_type,
+    denoise_step_output,
+    guided_segmap,
+    postprocess_images,
+    prepare_extra_step_kwargs,
+    prepare_latents,
+    prepare_segmap,
+    prepare_timesteps,
     resolve_sample_size,
 )
 
@@ -236,18 +238,8 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
         return y
 
     def _model(self, sample: torch.Tensor, t, model_segmap: Optional[torch.Tensor], guidance_scale: float, channels: int):
-        cfg = model_segmap is not None and guidance_scale != 1.0
-        model_input = torch.cat([sample, sample]) if cfg else sample
-        model_input = self.scheduler.scale_model_input(model_input, t)
-        timestep = expand_timestep(t, model_input.shape[0], sample.device)
-        if model_segmap is not None:
-            output = self.unet(model_input, timestep, segmap=model_segmap).sample
-        else:
-            output = self.unet(model_input, timestep).sample
-        if cfg:
-            conditional, unconditional = output.chunk(2)
-            output = classifier_free_guidance(conditional, unconditional, guidance_scale, channels)
-        return fit_model_output(output, self.scheduler, channels)
+        return denoise_step_output(self.unet, self.scheduler, sample, t, channels, segmap=model_segmap,
+                                   guidance_scale=guidance_scale)
 
     # -------------------------------------------------------------------- call
     def __call__(
@@ -323,8 +315,7 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
         if not isinstance(num_resample, int) or num_resample < 0:
             raise ValueError(f"`num_resample` must be a non-negative integer, got {num_resample!r}")
         guidance_scale = check_guidance_scale(guidance_scale)
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
+        check_output_type(output_type)
         self._check_scheduler()
         operator = self._prepare_operator(operator)
         if method == "projection" and not operator.has_projection:
@@ -358,25 +349,16 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
             if one_hot.shape[0] != batch:
                 raise ValueError(f"`segmap` has {one_hot.shape[0]} label maps for {batch} measurements; pass 1 or {batch}")
             one_hot = one_hot.repeat_interleave(samples, dim=0)
-            model_segmap = torch.cat([one_hot, torch.zeros_like(one_hot)]) if float(guidance_scale) != 1.0 else one_hot
+            model_segmap = guided_segmap(one_hot, guidance_scale)
         elif segmap is not None:
             raise ValueError("`segmap` was given but the network is unconditional (num_classes=0)")
 
         # timesteps, noise
-        if timesteps is not None:
-            self.scheduler.set_timesteps(timesteps=timesteps, device=device)
-        else:
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-        schedule = self.scheduler.timesteps
+        schedule = prepare_timesteps(self.scheduler, num_inference_steps, timesteps, device)
         self._num_timesteps = len(schedule)
         step_sizes = guidance_step_sizes(guidance_step_size, guidance_schedule, [int(t) for t in schedule])
-        if isinstance(generator, list) and len(generator) != total:
-            raise ValueError(f"`generator` is a list of {len(generator)} generators; expected {total} (B * num_samples)")
-        if latents is None:
-            latents = randn_tensor(image_shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != image_shape:
-            raise ValueError(f"`latents` must have shape {image_shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        latents = prepare_latents(image_shape, generator, latents, device, dtype, self.scheduler.init_noise_sigma,
+                                  what="B * num_samples")
         extra_step_kwargs = prepare_extra_step_kwargs(self.scheduler, generator, eta)
         levels = signal_levels(self.scheduler)
         clip, clip_range = levels.clip_sample, levels.clip_sample_range

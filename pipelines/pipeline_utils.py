@@ -42,6 +42,7 @@ from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
+from diffusers.utils.torch_utils import randn_tensor
 
 from ultrasound_diffusers.image_processor import resize_label_map, to_label_array
 
@@ -342,6 +343,71 @@ def expand_timestep(t: torch.Tensor, batch: int, device) -> torch.Tensor:
     """A scheduler timestep (0-d tensor or number) as a 1-d tensor [batch] on ``device``."""
     t = torch.as_tensor(t, device=device)
     return t.reshape(-1)[:1].expand(batch) if t.ndim <= 1 else t
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The prologue and the network call shared by the pipelines
+# ----------------------------------------------------------------------------------------------------------------
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+def check_output_type(output_type: Any) -> str:
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
+    return output_type
+
+
+def prepare_timesteps(scheduler, num_inference_steps: Optional[int], timesteps: Optional[List[int]], device) -> torch.Tensor:
+    """Set the scheduler's inference steps (custom ``timesteps`` win over ``num_inference_steps``) and return them."""
+    if timesteps is not None:
+        scheduler.set_timesteps(timesteps=timesteps, device=device)
+    else:
+        scheduler.set_timesteps(num_inference_steps, device=device)
+    return scheduler.timesteps
+
+
+def prepare_latents(
+    shape: Tuple[int, ...], generator, latents: Optional[torch.Tensor], device, dtype, init_noise_sigma: float = 1.0,
+    what: str = "one per image",
+) -> torch.Tensor:
+    """The initial noise [B, C, H, W]: drawn from ``generator`` (one, or a list of B) or the given ``latents``
+    (checked against ``shape``), times the scheduler's ``init_noise_sigma``."""
+    batch = shape[0]
+    if isinstance(generator, list) and len(generator) != batch:
+        raise ValueError(f"`generator` is a list of {len(generator)} generators; expected {batch} ({what})")
+    if latents is None:
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    elif tuple(latents.shape) != tuple(shape):
+        raise ValueError(f"`latents` must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+    return latents.to(device=device, dtype=dtype) * init_noise_sigma
+
+
+def guided_segmap(one_hot: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """The label input of the network: ``one_hot`` [B, K, H, W], followed by B all-zero (null) maps when
+    classifier-free guidance is on (``guidance_scale != 1``), so that both branches run in one batched pass."""
+    return torch.cat([one_hot, torch.zeros_like(one_hot)]) if float(guidance_scale) != 1.0 else one_hot
+
+
+def denoise_step_output(
+    unet, scheduler, sample: torch.Tensor, t, channels: int, segmap: Optional[torch.Tensor] = None,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
+    """The network's output for the scheduler at step ``t``: one pass (labelled and null maps batched when
+    guidance is on, see :func:`guided_segmap`), SDM's classifier-free guidance on the prediction channels, and
+    the channels the scheduler understands (:func:`fit_model_output`). ``sample`` [B, C, H, W]."""
+    cfg = segmap is not None and float(guidance_scale) != 1.0
+    model_input = torch.cat([sample, sample]) if cfg else sample
+    model_input = scheduler.scale_model_input(model_input, t)
+    timestep = expand_timestep(t, model_input.shape[0], sample.device)
+    if segmap is not None:
+        output = unet(model_input, timestep, segmap=segmap).sample
+    else:
+        output = unet(model_input, timestep).sample
+    if cfg:
+        conditional, unconditional = output.chunk(2)
+        output = classifier_free_guidance(conditional, unconditional, float(guidance_scale), channels)
+    return fit_model_output(output, scheduler, channels)
 
 
 def check_callback_inputs(pipeline, callback_on_step_end, tensor_inputs: Optional[List[str]]) -> List[str]:
