@@ -42,78 +42,34 @@ __all__ = [
 
 #: Named configurations for :meth:`SemanticUNet2DModel.from_preset`. ``attention_resolutions`` are
 #: downsampling factors (4 = attention on feature maps 4x smaller than the input).
+def _sdm_preset(drop: Sequence[str] = (), **changes: Any) -> Dict[str, Any]:
+    """The published ultrasound SDM at 128 px (Domínguez et al. 2024, config.py of their fork): attention at 32, 16
+    and 8 px, 64 channels per head, residual up/down-sampling, scale-shift norm, learned sigma, 5 classes; with
+    ``changes`` applied and the keys in ``drop`` removed."""
+    base = dict(
+        sample_size=128, in_channels=1, out_channels=1, learn_sigma=True, model_channels=128,
+        channel_mult=(1, 1, 2, 3, 4), num_res_blocks=2, attention_resolutions=(4, 8, 16), num_heads=1,
+        num_head_channels=64, dropout=0.0, resblock_updown=True, use_scale_shift_norm=True, num_classes=5,
+        spade_hidden_channels=128,
+    )
+    base.update(changes)
+    return {k: v for k, v in base.items() if k not in drop}
+
+
 SEMANTIC_UNET_PRESETS: Dict[str, Dict[str, Any]] = {
-    # The published ultrasound SDM at 128 px (Domínguez et al. 2024, config.py of their fork): attention at
-    # 32, 16 and 8 px, 64 channels per head, residual up/down-sampling, scale-shift norm, learned sigma.
-    "sdm-128": dict(
-        sample_size=128,
-        in_channels=1,
-        out_channels=1,
-        learn_sigma=True,
-        model_channels=128,
-        channel_mult=(1, 1, 2, 3, 4),
-        num_res_blocks=2,
-        attention_resolutions=(4, 8, 16),
-        num_heads=1,
-        num_head_channels=64,
-        dropout=0.0,
-        resblock_updown=True,
-        use_scale_shift_norm=True,
-        num_classes=5,
-        spade_hidden_channels=128,
-    ),
+    "sdm-128": _sdm_preset(),
     # The same network at 256 px (guided-diffusion's channel_mult for 256 px).
-    "sdm-256": dict(
-        sample_size=256,
-        in_channels=1,
-        out_channels=1,
-        learn_sigma=True,
-        model_channels=128,
-        channel_mult=(1, 1, 2, 2, 4, 4),
-        num_res_blocks=2,
-        attention_resolutions=(8, 16, 32),
-        num_heads=1,
-        num_head_channels=64,
-        dropout=0.0,
-        resblock_updown=True,
-        use_scale_shift_norm=True,
-        num_classes=5,
-        spade_hidden_channels=128,
-    ),
+    "sdm-256": _sdm_preset(sample_size=256, channel_mult=(1, 1, 2, 2, 4, 4), attention_resolutions=(8, 16, 32)),
     # A small SDM that trains on a CPU (64 px; 2.25M parameters with 5 classes and learned sigma, 1.37M unconditional).
-    "tiny-64": dict(
-        sample_size=64,
-        in_channels=1,
-        out_channels=1,
-        learn_sigma=True,
-        model_channels=32,
-        channel_mult=(1, 2, 2),
-        num_res_blocks=1,
-        attention_resolutions=(4,),
-        num_heads=1,
-        num_head_channels=32,
-        dropout=0.0,
-        resblock_updown=True,
-        use_scale_shift_norm=True,
-        num_classes=5,
-        spade_hidden_channels=32,
+    "tiny-64": _sdm_preset(
+        sample_size=64, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(4,),
+        num_head_channels=32, spade_hidden_channels=32,
     ),
     # An unconditional improved-diffusion style UNet for 8 x 256 maps (the lung seed).
-    "lung-8x256": dict(
-        sample_size=(8, 256),
-        in_channels=1,
-        out_channels=1,
-        learn_sigma=True,
-        model_channels=64,
-        channel_mult=(1, 2, 2, 2),
-        num_res_blocks=2,
-        attention_resolutions=(4, 8),
-        num_heads=4,
-        num_head_channels=-1,
-        dropout=0.0,
-        resblock_updown=False,
-        use_scale_shift_norm=True,
-        num_classes=0,
+    "lung-8x256": _sdm_preset(
+        sample_size=(8, 256), model_channels=64, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+        attention_resolutions=(4, 8), num_heads=4, num_head_channels=-1, resblock_updown=False, num_classes=0,
+        drop=("spade_hidden_channels",),
     ),
 }
 
