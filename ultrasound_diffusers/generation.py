@@ -252,24 +252,12 @@ class FolderLabelSource(LabelSource):
 
 
 def parse_phantom_spec(spec: str) -> Dict[str, Any]:
-    """Parse ``phantoms:ANATOMY:N[:SEED]`` into ``{"anatomy", "num", "seed"}`` (ValueError if malformed)."""
-    from .data.phantoms import ANATOMIES
+    """Parse ``phantoms:ANATOMY:N[:SEED]`` into ``{"anatomy", "num", "seed"}`` (ValueError if malformed); the
+    spelling is :func:`ultrasound_diffusers.data.sources.parse_phantoms_spec`'s, with N required here."""
+    from .data.sources import parse_phantoms_spec
 
-    parts = spec.split(":")
-    usage = "'phantoms:ANATOMY:N' or 'phantoms:ANATOMY:N:SEED' (e.g. phantoms:echo:100)"
-    if parts[0] != "phantoms" or len(parts) not in (3, 4):
-        raise ValueError(f"`labels` {spec!r} is not a phantom source; expected {usage}")
-    anatomy = parts[1]
-    if anatomy not in ANATOMIES:
-        raise ValueError(f"`labels` {spec!r}: anatomy must be one of {ANATOMIES}, got {anatomy!r}")
-    try:
-        num = int(parts[2])
-        seed = int(parts[3]) if len(parts) == 4 else 0
-    except ValueError as err:
-        raise ValueError(f"`labels` {spec!r}: N and SEED must be integers; expected {usage}") from err
-    if num < 1 or seed < 0:
-        raise ValueError(f"`labels` {spec!r}: N must be positive and SEED non-negative")
-    return {"anatomy": anatomy, "num": num, "seed": seed}
+    parsed = parse_phantoms_spec(spec, argument="labels", require_num=True)
+    return {"anatomy": parsed.anatomy, "num": parsed.num, "seed": parsed.seed}
 
 
 def _select_split(dataset, split: Optional[str], name: str):

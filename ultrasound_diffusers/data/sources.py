@@ -5,12 +5,17 @@ reconstruction) uses to open a dataset, so that they recognise the same sources 
 * :func:`looks_like_hub_id`: ``name`` or ``org/name`` that is not a local path.
 * :func:`load_hub_dataset`: ``datasets.load_dataset`` for a Hub id, with a one-line error when the dataset is
   not in the local cache offline (``HF_HUB_OFFLINE=1``) or the Hub cannot be reached.
+* :func:`parse_phantoms_spec`: the one spelling of the built-in phantoms, ``phantoms:ANATOMY[:N[:SEED]]``
+  (``phantoms:echo``, ``phantoms:echo:200``, ``phantoms:echo:200:4242``), read by training (``--dataset_name``),
+  generation (``--labels``), evaluation (``--real`` / ``--generated`` / ``--train``) and reconstruction
+  (``--image``).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 PathLike = Union[str, os.PathLike]
@@ -64,3 +69,60 @@ def load_hub_dataset(
         ) from err
     except datasets.exceptions.DatasetNotFoundError as err:
         raise ValueError(f"{argument} {name!r} is neither a local path nor a dataset on the Hub: {err}") from err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The built-in phantoms
+# ----------------------------------------------------------------------------------------------------------------
+
+PHANTOMS_PREFIX = "phantoms"
+PHANTOMS_USAGE = "phantoms:ANATOMY[:N[:SEED]] (e.g. phantoms:echo, phantoms:echo:200, phantoms:echo:200:4242)"
+
+
+@dataclass(frozen=True)
+class PhantomsSpec:
+    """A parsed ``phantoms:ANATOMY[:N[:SEED]]``: ``num`` is None when the text leaves it to the caller."""
+
+    anatomy: str
+    num: Optional[int] = None
+    seed: int = 0
+
+    def __str__(self) -> str:
+        return ":".join([PHANTOMS_PREFIX, self.anatomy] + ([] if self.num is None else [str(self.num), str(self.seed)]))
+
+
+def is_phantoms_spec(spec: Any) -> bool:
+    """Whether ``spec`` is a text naming the built-in phantoms (``phantoms:...``)."""
+    return isinstance(spec, str) and spec.split(":", 1)[0] == PHANTOMS_PREFIX and ":" in spec
+
+
+def parse_phantoms_spec(spec: str, argument: str = "source", require_num: bool = False) -> PhantomsSpec:
+    """Parse ``phantoms:ANATOMY[:N[:SEED]]``.
+
+    Args:
+        spec: the text.
+        argument: the argument name for error messages (e.g. ``"--labels"``).
+        require_num: refuse a text without N (where the caller has no default count).
+
+    Raises:
+        ValueError: naming ``argument`` and the expected spelling, for an unknown anatomy, a non-integer or
+            non-positive N, or a negative SEED.
+    """
+    from .phantoms import ANATOMIES
+
+    parts = str(spec).split(":")
+    if parts[0] != PHANTOMS_PREFIX or not 2 <= len(parts) <= 4:
+        raise ValueError(f"`{argument}` {spec!r} is not a phantom source; expected {PHANTOMS_USAGE}")
+    anatomy = parts[1]
+    if anatomy not in ANATOMIES:
+        raise ValueError(f"`{argument}` {spec!r}: anatomy must be one of {ANATOMIES}, got {anatomy!r}")
+    try:
+        num = int(parts[2]) if len(parts) >= 3 else None
+        seed = int(parts[3]) if len(parts) == 4 else 0
+    except ValueError:
+        raise ValueError(f"`{argument}` {spec!r}: N and SEED must be integers; expected {PHANTOMS_USAGE}") from None
+    if num is None and require_num:
+        raise ValueError(f"`{argument}` {spec!r} needs the number of phantoms N; expected {PHANTOMS_USAGE}")
+    if (num is not None and num < 1) or seed < 0:
+        raise ValueError(f"`{argument}` {spec!r}: N must be positive and SEED non-negative")
+    return PhantomsSpec(anatomy=anatomy, num=num, seed=seed)

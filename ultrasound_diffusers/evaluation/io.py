@@ -266,6 +266,10 @@ def _load_dataset_rows(
     return images, labels, [f"{i:05d}" for i in range(n)]
 
 
+#: Size of the phantoms of a ``phantoms:ANATOMY:N[:SEED]`` image-set source when no ``size`` is given.
+DEFAULT_PHANTOM_SIZE = 64
+
+
 def load_image_set(
     source: Any,
     label_column: Optional[str] = None,
@@ -279,7 +283,8 @@ def load_image_set(
 
     Args:
         source: an :class:`ImageSet`, a path (image folder, ``save_to_disk`` folder), a Hub dataset name, a
-            ``datasets.Dataset``/``DatasetDict``, or an array ``[N, H, W]`` (uint8 or float in [0, 1]).
+            ``datasets.Dataset``/``DatasetDict``, an array ``[N, H, W]`` (uint8 or float in [0, 1]), or the
+            built-in phantoms ``phantoms:ANATOMY:N[:SEED]`` (images and label maps, ``size`` or 64 px).
         label_column: column with the label maps in a dataset (``None``: no labels; ``"auto"``: the first of
             "label", "labels", "segmap", "mask", "segmentation" that holds images or arrays). Folders find their
             labels in ``label_dir`` automatically.
@@ -299,7 +304,22 @@ def load_image_set(
         result = source if max_images is None else source.subset(slice(0, int(max_images)))
         return result if size is None else result.resized(size)
 
-    if isinstance(source, (str, os.PathLike)):
+    from ..data.sources import is_phantoms_spec
+
+    if is_phantoms_spec(source) and not Path(source).exists():
+        from ..data.phantoms import iter_phantom_batches
+        from ..data.sources import parse_phantoms_spec
+
+        spec = parse_phantoms_spec(source, argument="image set source", require_num=True)
+        ph_size = DEFAULT_PHANTOM_SIZE if size is None else size
+        count = spec.num if max_images is None else min(spec.num, int(max_images))
+        images, labels = [], []
+        for batch_images, batch_labels, _ in iter_phantom_batches(count, spec.anatomy, ph_size, spec.seed):
+            images.extend(np.asarray(batch_images, dtype=np.float32))
+            labels.extend(np.asarray(batch_labels, dtype=np.int64))
+        names = [f"phantom-{spec.anatomy}-{spec.seed}-{i}" for i in range(count)]
+        description = f"{source} (built-in {spec.anatomy} phantoms)"
+    elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         description = str(source)
         if path.is_dir():
