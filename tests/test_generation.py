@@ -218,7 +218,9 @@ def test_resize_and_augment(pipe, tmp_path):
     ds = _run(pipe, tmp_path / "run", labels=big, resize_labels=True, augment=True, images_per_label=2)
     labels = _arrays(ds, "label")
     assert labels.shape == (4, SIZE, SIZE) and ds["augmented"] == [True] * 4
-    resized = generation._resize_nearest(big[0].astype(np.int64), (SIZE, SIZE))
+    from ultrasound_diffusers.image_processor import resize_label_map
+
+    resized = resize_label_map(big[0].astype(np.int64), (SIZE, SIZE))
     expected = augment_label_map(resized.astype(np.uint8), seed=ds["augmentation_seed"][1])
     np.testing.assert_array_equal(labels[1], expected)
     assert not np.array_equal(labels[0], labels[1])  # each copy has its own augmentation

@@ -122,7 +122,8 @@ def parse_phantoms_spec(spec: str, argument: str = "source", require_num: bool =
     except ValueError:
         raise ValueError(f"`{argument}` {spec!r}: N and SEED must be integers; expected {PHANTOMS_USAGE}") from None
     if num is None and require_num:
-        raise ValueError(f"`{argument}` {spec!r} needs the number of phantoms N; expected {PHANTOMS_USAGE}")
+        raise ValueError(f"`{argument}` {spec!r} needs the number of phantoms N; expected phantoms:ANATOMY:N[:SEED] "
+                         "(e.g. phantoms:echo:100)")
     if (num is not None and num < 1) or seed < 0:
         raise ValueError(f"`{argument}` {spec!r}: N must be positive and SEED non-negative")
     return PhantomsSpec(anatomy=anatomy, num=num, seed=seed)
