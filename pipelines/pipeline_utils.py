@@ -22,6 +22,7 @@ pipeline of this package derives from and that is exported as ``ultrasound_diffu
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -764,6 +765,22 @@ class DiffusionPipeline(_DiffusersPipeline):
     """
 
     _callback_tensor_inputs = ["latents"]
+
+    # ------------------------------------------------------------------ progress
+    @contextlib.contextmanager
+    def progress_bar_disabled(self):
+        """Within the block the pipeline shows no progress bar (a caller with a bar of its own, such as
+        ``generate_dataset``); the earlier progress-bar configuration is restored afterwards."""
+        had_config = hasattr(self, "_progress_bar_config")
+        previous = dict(getattr(self, "_progress_bar_config", {}))
+        self.set_progress_bar_config(**{**previous, "disable": True})
+        try:
+            yield self
+        finally:
+            if had_config:
+                self.set_progress_bar_config(**previous)
+            else:
+                del self._progress_bar_config
 
     # ------------------------------------------------------------------ download
     @classmethod

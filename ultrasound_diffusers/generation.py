@@ -520,6 +520,15 @@ def _augmentation_params(augment) -> Optional[Any]:
     raise ValueError(f"`augment` must be a bool, a dict or a LabelAugmentation, got {type(augment).__name__}")
 
 
+def _quiet_pipeline(pipeline):
+    """The pipeline's own progress bar off for the run: ``progress_bar_disabled()`` of the package's pipelines
+    (which restores the earlier configuration); other diffusers pipelines are just told ``disable=True``."""
+    if hasattr(pipeline, "progress_bar_disabled"):
+        return pipeline.progress_bar_disabled()
+    pipeline.set_progress_bar_config(disable=True)
+    return contextlib.nullcontext(pipeline)
+
+
 def _generate_chunk(pipeline, source: LabelSource, settings: GenerationSettings, start: int, stop: int,
                     batch_size: int, aug_params, bar=None):
     """Generate items ``[start, stop)`` and return them as a ``datasets.Dataset``."""
@@ -824,23 +833,17 @@ def generate_dataset(
             device = getattr(state, "device", None)
             if device is not None and getattr(pipeline, "device", None) != device:
                 pipeline.to(device)
-            had_config = hasattr(pipeline, "_progress_bar_config")
-            previous = dict(getattr(pipeline, "_progress_bar_config", {}))
-            pipeline.set_progress_bar_config(**{**previous, "disable": True})
             total = sum(stop - start for start, stop in mine)
             desc = "generating" if world == 1 else f"generating (process {rank + 1}/{world})"
             bar = tqdm(total=total, desc=desc, unit="img", disable=not show, dynamic_ncols=True)
             try:
-                for start, stop in mine:
-                    t0 = time.perf_counter()
-                    chunk = _generate_chunk(pipeline, source, settings, start, stop, int(batch_size), aug_params, bar)
-                    _write_chunk(chunk, chunks_dir, fingerprint, start, stop, rank, time.perf_counter() - t0)
+                with _quiet_pipeline(pipeline):  # one bar: ours, over images
+                    for start, stop in mine:
+                        t0 = time.perf_counter()
+                        chunk = _generate_chunk(pipeline, source, settings, start, stop, int(batch_size), aug_params, bar)
+                        _write_chunk(chunk, chunks_dir, fingerprint, start, stop, rank, time.perf_counter() - t0)
             finally:
                 bar.close()
-                if had_config:
-                    pipeline._progress_bar_config = previous
-                else:
-                    del pipeline._progress_bar_config
         state.wait_for_everyone()
 
     # ---------------------------------------------------------------- merge, card, PNGs, Hub (main process)
