@@ -6,10 +6,13 @@
 #
 # Usage: bash training/ablation.sh WORK_DIR [STEP ...]
 #   steps: train-bmap train-plain heldout generate evaluate   (default: all, in that order)
+#   (generate = generate-bmap then generate-plain; the two can also run at the same time, one thread each)
 # Each arm trains in WORK_DIR/<arm>/ with `--output_dir pipeline`, so the two training_args.json files differ in
 # `bmap_min` only. The two train steps can run at the same time (one CPU thread each):
 #   bash training/ablation.sh W train-bmap & bash training/ablation.sh W train-plain; wait
-#   bash training/ablation.sh W heldout generate evaluate
+#   bash training/ablation.sh W heldout
+#   bash training/ablation.sh W generate-bmap & bash training/ablation.sh W generate-plain; wait
+#   bash training/ablation.sh W evaluate
 # Wall time on 2 CPU cores: about 55 min per arm (both arms in parallel: about 60 min), then ~15 min.
 #
 # Shorter runs (the same for both arms): STAGE1_STEPS=1200 FINETUNE=0 bash training/ablation.sh W ...
@@ -48,6 +51,11 @@ train_arm() {  # $1 = arm name, $2 = bmap_min
   cd "$REPO"
 }
 
+generate_arm() {  # $1 = arm name: the same 200 held-out label maps, sampler, steps, guidance and seeds for both arms
+  "$PY" -m ultrasound_diffusers generate --pipeline "$WORK/$1/pipeline" --labels phantoms:echo:200:4242 \
+    --num_inference_steps 50 --guidance_scale 1.5 --batch_size 25 --seed 0 --output_dir "$WORK/generated-$1"
+}
+
 for step in "${STEPS[@]}"; do
   case "$step" in
     train-bmap) train_arm bmap 0.97 ;;
@@ -56,15 +64,13 @@ for step in "${STEPS[@]}"; do
       # The held-out phantoms of training/demo_model.sh (seed 4242) and a reference slice of the training set.
       "$PY" -m ultrasound_diffusers phantoms --num_images 200 --anatomy echo --size 64 --seed 4242 --output_dir "$WORK/heldout"
       "$PY" -m ultrasound_diffusers phantoms --num_images 500 --anatomy echo --size 64 --seed 0 --output_dir "$WORK/train_ref" ;;
-    generate)
-      for arm in bmap plain; do
-        "$PY" -m ultrasound_diffusers generate --pipeline "$WORK/$arm/pipeline" --labels phantoms:echo:200:4242 \
-          --num_inference_steps 50 --guidance_scale 1.5 --batch_size 25 --seed 0 --output_dir "$WORK/generated-$arm"
-      done ;;
+    generate) generate_arm bmap; generate_arm plain ;;
+    generate-bmap) generate_arm bmap ;;
+    generate-plain) generate_arm plain ;;
     evaluate)
       "$PY" -m ultrasound_diffusers evaluate --real "$WORK/heldout" \
         --generated "bmap=$WORK/generated-bmap/dataset" "plain=$WORK/generated-plain/dataset" \
         --train "$WORK/train_ref" --paired --out "$WORK/report" ;;
-    *) echo "ablation.sh: unknown step '$step' (expected train-bmap, train-plain, heldout, generate, evaluate)" >&2; exit 2 ;;
+    *) echo "ablation.sh: unknown step '$step' (expected train-bmap, train-plain, heldout, generate, generate-bmap, generate-plain, evaluate)" >&2; exit 2 ;;
   esac
 done
