@@ -385,7 +385,7 @@ def build_demo(pipeline: PipelineLike = None, device: str = "cpu", num_examples:
                 example = gr.Dropdown(names, value=names[0], label="built-in label map (echo phantom)")
                 upload_box = gr.File(
                     label="or upload a label map (.png / .tif / .bmp with class values, or .npy)",
-                    file_types=[".png", ".tif", ".tiff", ".bmp", ".npy"], elem_id="label-upload",
+                    file_types=[".png", ".tif", ".tiff", ".bmp", ".npy"], height=110, elem_id="label-upload",
                 )
                 editor = gr.ImageEditor(
                     value=state.editor_value(first), label="label map (paint with the class colours)",
@@ -406,7 +406,9 @@ def build_demo(pipeline: PipelineLike = None, device: str = "cpu", num_examples:
                 image = gr.Image(label="generated image", format="png", elem_id="generated", interactive=False)
                 info = gr.Markdown(elem_id="info")
                 colour = gr.Image(label="label map", format="png", interactive=False, elem_id="labels-colour")
-        attenuation = gr.Plot(label="B-map attenuation of the generated image", format="png", elem_id="attenuation")
+        attenuation = gr.Plot(
+            label="B-map attenuation of the generated image", show_label=False, format="png", elem_id="attenuation"
+        )
 
         example.change(pick_example, example, [labels_state, editor, upload_box])
         upload_box.upload(upload, upload_box, [labels_state, editor])
