@@ -10,4 +10,4 @@ from ultrasound_diffusers.app import build_demo
 demo = build_demo()
 
 if __name__ == "__main__":
-    demo.launch()
+    demo.launch(max_file_size="20mb")

@@ -109,6 +109,8 @@ def test_label_maps_with_unknown_classes_are_refused():
         demo_app.check_label_map(np.full((8, 8), 5), 5)
     with pytest.raises(ValueError, match="2-D"):
         demo_app.check_label_map(np.zeros((2, 8, 8), int), 5)
+    with pytest.raises(ValueError, match="up to 2048 pixels"):
+        demo_app.check_label_map(np.zeros((8, 4096), int), 5)
 
 
 # ------------------------------------------------------------------------------------------ generation
@@ -261,15 +263,15 @@ def test_page_generates_an_image_in_a_real_browser(pipe):
             browser = playwright.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1100})
-                page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
-                page.wait_for_selector("#generate", timeout=60_000)
+                page.goto(f"http://127.0.0.1:{port}/", timeout=120_000)
+                page.wait_for_selector("#generate", timeout=120_000)
                 assert page.locator("#generated img").count() == 0
                 steps = page.locator("#steps input[type=number]")
                 steps.fill("2")
                 steps.press("Enter")
                 page.click("#generate")
                 loaded = "sel => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0; }"
-                page.wait_for_function(loaded, arg="#generated img", timeout=180_000)
+                page.wait_for_function(loaded, arg="#generated img", timeout=300_000)
                 page.wait_for_function(loaded, arg="#labels-colour img", timeout=30_000)
                 page.wait_for_function(loaded, arg="#attenuation img", timeout=30_000)
                 page.wait_for_function("() => document.querySelector('#info').innerText.includes('steps')", timeout=30_000)

@@ -39,6 +39,8 @@ NUM_EXAMPLES = 4
 EXAMPLE_SEED = 2024
 #: Largest steps count the page accepts (a CPU Space should stay responsive).
 MAX_STEPS = 1000
+#: Largest label-map side the page accepts (uploads are resized to the model size anyway).
+MAX_LABEL_SIDE = 2048
 #: Side of the drawing canvas the label map is enlarged to (nearest) for the brush.
 EDITOR_SIDE = 256
 
@@ -94,6 +96,8 @@ def check_label_map(labels: np.ndarray, num_classes: int, where: str = "label ma
     labels = np.asarray(labels)
     if labels.ndim != 2 or 0 in labels.shape:
         raise ValueError(f"{where} must be a non-empty 2-D label map [H, W], got shape {labels.shape}")
+    if max(labels.shape) > MAX_LABEL_SIDE:
+        raise ValueError(f"{where} is {labels.shape[0]} x {labels.shape[1]}; the demo takes maps up to {MAX_LABEL_SIDE} pixels a side")
     top = int(labels.max())
     if top >= num_classes:
         raise ValueError(
@@ -428,4 +432,5 @@ def launch(
     """Build the demo and serve it (blocks). ``host`` / ``port`` None leave gradio's defaults (and the
     ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` variables a Space sets)."""
     demo = build_demo(pipeline, device=device)
+    launch_kwargs.setdefault("max_file_size", "20mb")  # label maps are small; refuse large uploads early
     return demo.launch(server_name=host, server_port=port, share=share, **launch_kwargs)
