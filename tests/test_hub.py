@@ -3,6 +3,7 @@ loading errors, model cards and push_to_hub (mocked, no network)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,10 +24,13 @@ from _pipeline_fixtures import (
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 import ultrasound_diffusers.pipelines.hub as hub
+import ultrasound_diffusers.pipelines.loading as loading
 from ultrasound_diffusers.pipelines import DiffusionPipeline, SemanticUltrasoundPipeline
 
 STEPS = 3
 REPO_ID = "us-org/tiny-echo"
+# An install command that fetches the package by name from the package index, where it is not published.
+INDEX_INSTALL = re.compile(r"pip install\s+(?:-U\s+|--upgrade\s+)?[\"']?ultrasound[-_]diffusers(?:\[[^\]]*\])?[\"']?(?![\w./-]|\s*@)")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -98,16 +102,20 @@ def test_saved_folder_has_remote_code_files_and_points_to_them(saved):
     ]:
         text = shim.read_text()
         assert f"from {module} import {cls}" in text
-        assert "pip install ultrasound-diffusers" in text
+        assert hub.INSTALL_COMMAND in text and hub.wheel_install_command() in text
+        assert not INDEX_INSTALL.search(text)
         compile(text, str(shim), "exec")
 
 
 def test_remote_code_file_explains_how_to_install_when_the_package_is_missing(saved, monkeypatch):
     code = (saved / "unet" / "unet_semantic_2d.py").read_text()
+    wheel = hub.wheel_filename()  # (read while the package is importable)
     for name in ("ultrasound_diffusers", "ultrasound_diffusers.models", "ultrasound_diffusers.models.unet_semantic_2d"):
         monkeypatch.setitem(sys.modules, name, None)  # makes the import fail as if the package were missing
-    with pytest.raises(ImportError, match="pip install ultrasound-diffusers"):
+    with pytest.raises(ImportError, match="not on PyPI") as info:
         exec(compile(code, "unet_semantic_2d.py", "exec"), {"__name__": "shim_test"})
+    message = str(info.value)
+    assert hub.INSTALL_COMMAND in message and wheel in message and not INDEX_INSTALL.search(message)
 
 
 def test_write_remote_code_files_is_idempotent(saved, tmp_path):
@@ -141,7 +149,7 @@ def test_failed_save_leaves_the_target_untouched(pipe, tmp_path, monkeypatch):
     def boom(folder):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(hub, "write_remote_code_files", boom)
+    monkeypatch.setattr(loading, "write_remote_code_files", boom)
     with pytest.raises(RuntimeError, match="interrupted"):
         pipe.save_pretrained(target)
     assert (target / "model_index.json").read_text() == "{}"
