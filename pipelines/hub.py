@@ -402,7 +402,7 @@ PHANTOM_MODEL_LICENSE = "apache-2.0"
 def _license_words(meta: Mapping[str, Any]) -> str:
     lic = meta.get("license")
     if not lic:
-        return "not stated on its card"
+        return "not found (its card is not on this machine, or states none)"
     if lic == "other":
         return f"`other` ({meta.get('license_name') or 'unnamed'}, {meta.get('license_link') or 'no link'})"
     return f"`{lic}`"
@@ -477,8 +477,7 @@ def training_card_fields(
         notes.insert(0, "The license of the model's sources (below).")
     else:
         chosen = {"license": "other", "license_name": license_name or UNKNOWN_LICENSE_NAME, "license_link": license_link or link}
-        notes.insert(0, "The license could not be determined from the model's sources (below): ask the trainer "
-                        "before reuse, and follow the terms of the sources.")
+        notes.insert(0, "The license could not be determined from the model's sources:")
     return {
         **{k: v for k, v in chosen.items() if v is not None},
         "license_notes": "\n".join(f"- {n}" for n in notes),

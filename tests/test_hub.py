@@ -499,7 +499,7 @@ def test_push_to_hub_uploads_the_extra_files_the_card_links_to(pipe, tmp_path):
     hub.push_to_hub(pipe, "me/with-grid", api=api, extra_files={"validation_grid.png": picture},
                     sample_image="validation_grid.png", sample_caption="The grid")
     assert api.uploaded["validation_grid.png"] == b"png bytes"
-    assert "![The grid](validation_grid.png)" in api.uploaded["README.md"].decode()
+    assert "![Samples](validation_grid.png)" in api.uploaded["README.md"].decode() and "*The grid*" in api.uploaded["README.md"].decode()
     for bad in ({"../x.png": picture}, {"README.md": picture}, {"y.png": tmp_path / "missing.png"}):
         with pytest.raises(ValueError, match="extra_files"):
             hub.push_to_hub(pipe, "me/with-grid", api=_FakeApi(), extra_files=bad)
@@ -527,7 +527,7 @@ def test_model_card_metadata_licenses_base_model_and_samples(pipe, tmp_path):
         base_model="org/base", sample_image="grid.png", sample_caption="Validation samples")))
     assert (meta["license"], meta["license_name"], meta["license_link"]) == ("other", "my-terms-1.0", "https://example.org/terms")
     assert meta["base_model"] == "org/base" and "https://huggingface.co/org/base" in body
-    assert "![Validation samples](grid.png)" in body
+    assert "![Samples](grid.png)" in body and "*Validation samples*" in body
     meta, _ = _split_card(str(hub.create_model_card(pipe, "me/x", license="apache-2.0")))
     assert meta["license"] == "apache-2.0" and "license_name" not in meta
     with pytest.raises(ValueError, match="base_model"):
