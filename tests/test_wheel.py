@@ -59,6 +59,17 @@ CHECKS = textwrap.dedent(
 )
 
 
+def _wheel_builder(env):
+    """An interpreter whose setuptools builds wheels without downloading anything (setuptools >= 70.1 has
+    bdist_wheel, older ones need the ``wheel`` package): this one, else the one this virtual environment was made
+    from (a venv made by ``python -m venv`` carries its own, older setuptools)."""
+    probe = "import importlib.util as u, sys; sys.exit(not (u.find_spec('setuptools.command.bdist_wheel') or u.find_spec('wheel')))"
+    for python in dict.fromkeys([sys.executable, getattr(sys, "_base_executable", sys.executable)]):
+        if subprocess.run([python, "-c", probe], env=env).returncode == 0:
+            return python
+    pytest.skip("no interpreter here can build a wheel offline: install `wheel` or setuptools >= 70.1")
+
+
 def _run(cmd, cwd, env, timeout=900):
     result = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{cmd}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -74,8 +85,8 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_there(tmp_path):
     source = tmp_path / "source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
         ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "demo_output", "outputs"))
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist",
-          source], cwd=tmp_path, env=env)
+    _run([_wheel_builder(env), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+          tmp_path / "dist", source], cwd=tmp_path, env=env)
     wheels = list((tmp_path / "dist").glob("*.whl"))
     assert len(wheels) == 1
     wheel = wheels[0]
@@ -92,11 +103,12 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_there(tmp_path):
     assert not any(n.startswith(("tests/", "training/", "docs/", "pipelines/")) for n in names)
 
     # a fresh environment that sees the installed dependencies, with the wheel installed (not editable)
+    # (without a pip of its own: this interpreter's pip installs into it with --python, which saves ensurepip)
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", venv], cwd=tmp_path, env=env)
+    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], cwd=tmp_path, env=env)
     python = venv / "bin" / "python"
-    _run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q", wheel],
-         cwd=tmp_path, env=env)
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-build-isolation",
+          "--no-index", "-q", wheel], cwd=tmp_path, env=env)
 
     work = tmp_path / "cwd"
     work.mkdir()
