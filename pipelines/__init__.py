@@ -5,11 +5,13 @@
 * :class:`UltrasoundReconstructionPipeline`: measurement-guided reconstruction (DPS, data-consistency projection).
 * :class:`DiffusionPipeline`: their base class, and an auto class whose ``from_pretrained`` returns the
   pipeline that a folder's or repository's model_index.json names (ours or diffusers').
-* :mod:`.hub`: remote-code files for ``trust_remote_code=True`` users of plain diffusers, model cards,
-  ``push_to_hub``.
+* :mod:`.loading`: the loader behind ``from_pretrained`` (model_index.json, class resolution, strict component
+  loading) and the remote-code files written for ``trust_remote_code=True`` users of plain diffusers.
+* :mod:`.hub`: model cards, dataset cards, ``push_to_hub``.
 """
 
-from .hub import create_model_card, push_to_hub, save_model_card, write_remote_code_files
+from .hub import create_model_card, push_to_hub, save_model_card
+from .loading import write_remote_code_files
 from .pipeline_semantic_ultrasound import SemanticUltrasoundPipeline, SemanticUltrasoundPipelineOutput
 from .pipeline_ultrasound import UltrasoundPipeline
 from .pipeline_ultrasound_reconstruction import UltrasoundReconstructionPipeline, UltrasoundReconstructionPipelineOutput

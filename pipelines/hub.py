@@ -1,130 +1,157 @@
-"""Sharing pipelines: remote-code files for plain diffusers, model cards, and ``push_to_hub``.
+"""Sharing on the Hub: model cards, dataset cards and uploads.
 
-diffusers 0.42 loads a component whose class is outside diffusers / transformers only from a ``.py`` file
-that ships with the folder or repository, and only with ``trust_remote_code=True``; its ``download`` also
-refuses such components of a repository unless the file is there. :func:`write_remote_code_files` therefore
-writes, beside model_index.json and inside each component folder, a file of a few lines that imports the class
-from the installed ``ultrasound_diffusers`` package (and explains how to install it when it is missing), and
-points model_index.json at those files. ``ultrasound_diffusers.DiffusionPipeline.from_pretrained`` only reads
-these files to learn which class they name; it never runs them.
+* :func:`create_model_card` renders the one model card template, ``templates/model_card_template.md`` (package
+  data of ``ultrasound_diffusers.pipelines``; ``model_cards/`` of the repository refers to it), and
+  :func:`save_model_card` writes it. :func:`push_to_hub` uploads a freshly saved pipeline folder with that card
+  (and any extra files, such as the training script's validation grid).
+* :func:`create_dataset_card` writes the card of a dataset made by ``ultrasound-diffusers generate`` (which
+  model made it, with which settings, under which license), :func:`push_dataset_to_hub` uploads such a dataset.
+* :func:`read_card_metadata` and :func:`model_card_metadata` read the YAML metadata of a card back (the license
+  of a source model or dataset), from a folder or from the Hub cache, never from the network.
 
-:func:`create_model_card` renders the model card template (``templates/model_card_template.md``, the same
-file as ``model_cards/model_card_template.md`` of the repository) and :func:`push_to_hub` uploads a freshly
-saved folder together with that card.
+The remote-code files that ``save_pretrained`` writes for ``trust_remote_code=True`` users of plain diffusers
+are made (and read) by :mod:`.loading`; :func:`write_remote_code_files` and its helpers are re-exported here
+for code written against 0.1.0.
+
+ultrasound-diffusers is not on PyPI. The cards say how it is installed (its source folder, or the wheel built
+there: :data:`~.loading.INSTALL_COMMAND`, :func:`~.loading.wheel_install_command`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import string
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ultrasound_diffusers.utils.io import atomic_write_text
 
-from .pipeline_utils import MODEL_INDEX_NAME, PACKAGE_NAME, read_model_index, resolve_class
+# Remote-code files and install instructions live in the loader; re-exported for 0.1.0 code (`hub.<name>`).
+from .loading import (  # noqa: F401
+    DISTRIBUTION_NAME,
+    INSTALL_COMMAND,
+    MODEL_INDEX_NAME,
+    PACKAGE_NAME,
+    REMOTE_CODE_TEMPLATE,
+    TEMPLATES_DIR,
+    install_hint,
+    package_version,
+    remote_code_module_name,
+    render_remote_code,
+    wheel_filename,
+    wheel_install_command,
+    write_remote_code_files,
+)
 
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+#: The one model card template (``model_cards/README.md`` of the repository points here).
 MODEL_CARD_TEMPLATE = TEMPLATES_DIR / "model_card_template.md"
-REMOTE_CODE_TEMPLATE = TEMPLATES_DIR / "remote_code_shim.py.tmpl"
-INSTALL_COMMAND = "pip install ultrasound-diffusers"
 BASE_TAGS = ("ultrasound", "medical-imaging", "diffusers", "diffusion", "ultrasound-diffusers")
+#: Tag of models trained with a diffusers-style training script (the Hub groups them by it).
+TRAINING_TAG = "diffusers-training"
 # The research-use disclaimer every card carries (the template words it; tests look for this phrase).
 NOT_FOR_DIAGNOSIS = "Not for diagnosis"
+#: ``license_name`` of cards whose license nobody stated (``license: other``).
+UNKNOWN_LICENSE_NAME = "unknown"
+CARD_NAME = "README.md"
 
 __all__ = [
+    "NOT_FOR_DIAGNOSIS",
+    "TRAINING_TAG",
+    "create_dataset_card",
     "create_model_card",
+    "license_metadata",
+    "model_card_metadata",
+    "push_dataset_to_hub",
     "push_to_hub",
+    "read_card_metadata",
     "remote_code_module_name",
     "save_model_card",
+    "training_card_fields",
     "write_remote_code_files",
 ]
 
-
-def _package_version() -> str:
-    try:
-        from ultrasound_diffusers import __version__
-
-        return __version__
-    except ImportError:  # pragma: no cover
-        return "unknown"
+_package_version = package_version  # 0.1.0 name
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Remote-code files
+# Card metadata: licenses, reading cards back
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def remote_code_module_name(module: str) -> str:
-    """File name (without ``.py``) of the remote-code file for a class defined in ``module``: its last part,
-    e.g. ``ultrasound_diffusers.models.unet_semantic_2d`` -> ``unet_semantic_2d``."""
-    name = module.rsplit(".", 1)[-1]
-    if not name.isidentifier():
-        raise ValueError(f"`module` must be a dotted Python module path, got {module!r}")
-    return name
+def license_metadata(
+    license: Optional[str], license_name: Optional[str] = None, license_link: Optional[str] = None,
+    default_link: str = f"{CARD_NAME}#license",
+) -> Dict[str, str]:
+    """The license fields of a card's YAML metadata.
 
-
-def render_remote_code(module: str, class_name: str) -> str:
-    """Text of the remote-code file that imports ``class_name`` from ``module`` of ultrasound_diffusers."""
-    if not (module == PACKAGE_NAME or module.startswith(PACKAGE_NAME + ".")) or not class_name.isidentifier():
-        raise ValueError(f"remote-code files only import {PACKAGE_NAME} classes, got {module}.{class_name}")
-    template = string.Template(REMOTE_CODE_TEMPLATE.read_text(encoding="utf-8"))
-    return template.substitute(module=module, class_name=class_name, version=_package_version())
-
-
-def _is_ours(library: Any) -> bool:
-    return isinstance(library, str) and (library == PACKAGE_NAME or library.startswith(PACKAGE_NAME + "."))
-
-
-def write_remote_code_files(folder: Union[str, os.PathLike]) -> List[Path]:
-    """Make a saved pipeline folder loadable by ``diffusers.DiffusionPipeline.from_pretrained(folder,
-    trust_remote_code=True)``.
-
-    For the pipeline class and every component whose class lives in ultrasound_diffusers, writes
-    ``<module>.py`` (beside model_index.json, or inside the component's folder) that imports the class from the
-    installed package, and rewrites the model_index.json entry from ``[full.module.path, Class]`` to
-    ``[<module>, Class]`` (the pipeline's ``_class_name`` becomes such a pair). Components from diffusers are
-    left alone. Idempotent. Returns the files written.
+    ``license`` is a Hub license id (``"apache-2.0"``, ``"cc-by-nc-sa-4.0"``, ...) or ``"other"``; None means
+    nobody stated one and gives ``other``. With ``other`` the Hub wants ``license_name`` (a lowercase id, here
+    ``"unknown"`` when not given) and ``license_link`` (a URL or a file of the repository; default: the card's
+    License section). Returns ``{"license": ...}`` plus, for ``other``, ``license_name`` and ``license_link``.
     """
-    folder = Path(folder)
-    index = read_model_index(folder)
-    written: List[Path] = []
+    if license is not None and (not isinstance(license, str) or not license.strip()):
+        raise ValueError(f"`license` must be a Hub license id such as 'apache-2.0' (or None), got {license!r}")
+    if license and license != "other":
+        return {"license": license}
+    name = license_name or UNKNOWN_LICENSE_NAME
+    if not isinstance(name, str) or name != name.lower() or " " in name:
+        raise ValueError(f"`license_name` must be a lowercase id such as 'my-license-1.0', got {license_name!r}")
+    return {"license": "other", "license_name": name, "license_link": license_link or default_link}
 
-    def write(path: Path, module: str, class_name: str) -> None:
-        atomic_write_text(path, render_remote_code(module, class_name))
-        written.append(path)
 
-    class_entry = index["_class_name"]
-    class_name = class_entry if isinstance(class_entry, str) else class_entry[1]
-    pipeline_cls = resolve_class(class_entry, folder)
-    if _is_ours(pipeline_cls.__module__):
-        shim = remote_code_module_name(pipeline_cls.__module__)
-        write(folder / f"{shim}.py", pipeline_cls.__module__, class_name)
-        index["_class_name"] = [shim, class_name]
+def read_card_metadata(card: Union[str, os.PathLike, None]) -> Dict[str, Any]:
+    """The YAML metadata (front matter between ``---`` lines) of a card, given as its text or as the path of the
+    file; ``{}`` when there is no card, no front matter or it is not valid YAML."""
+    import yaml
 
-    for name, entry in list(index.items()):
-        if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str):
-            continue
-        library, component_class = entry
-        if _is_ours(library):
-            module = library
-        elif (folder / name / f"{library}.py").is_file():
-            module = resolve_class(entry, folder, component=name).__module__
-            if not _is_ours(module):
-                continue
-        else:
-            continue
-        if not (folder / name).is_dir():
-            raise ValueError(f"{folder / MODEL_INDEX_NAME} lists component {name!r} but {folder / name} does not exist")
-        shim = remote_code_module_name(module)
-        write(folder / name / f"{shim}.py", module, component_class)
-        index[name] = [shim, component_class]
+    if card is None:
+        return {}
+    if isinstance(card, os.PathLike) or (isinstance(card, str) and "\n" not in card and not card.startswith("---")):
+        path = Path(card)
+        try:
+            text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        except (OSError, UnicodeDecodeError):
+            text = ""
+    else:
+        text = str(card)
+    if not text.startswith("---"):
+        return {}
+    parts = text.split("\n---", 1)
+    if len(parts) != 2:
+        return {}
+    try:
+        meta = yaml.safe_load(parts[0][3:])
+    except yaml.YAMLError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
-    index["_ultrasound_diffusers_version"] = _package_version()
-    atomic_write_text(folder / MODEL_INDEX_NAME, json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return written
+
+def _looks_like_hub_id(value: str) -> bool:
+    from ultrasound_diffusers.data.sources import looks_like_hub_id
+
+    return looks_like_hub_id(value) and not os.path.exists(value)
+
+
+def model_card_metadata(source: Optional[str], repo_type: str = "model") -> Dict[str, Any]:
+    """The card metadata of a model (or, with ``repo_type="dataset"``, a dataset) named by a local folder or a
+    Hub repo id: the folder's ``README.md``, or the ``README.md`` of the repository in the Hub cache. Never
+    downloads: ``{}`` when the card is not on this machine."""
+    if not source:
+        return {}
+    source = str(source)
+    if os.path.isdir(source):
+        return read_card_metadata(Path(source) / CARD_NAME)
+    if not _looks_like_hub_id(source):
+        return {}
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, CARD_NAME, repo_type=repo_type)
+    except Exception:  # noqa: BLE001 - a malformed id or cache: no metadata
+        return {}
+    return read_card_metadata(Path(cached)) if isinstance(cached, str) else {}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -185,6 +212,17 @@ def _evaluation_rows(results: Union[Mapping[str, Any], Iterable[Tuple[str, Any]]
     return [(str(k), _fmt(v)) for k, v in items]
 
 
+def _license_text(meta: Mapping[str, str], notes: Optional[str]) -> str:
+    if meta["license"] != "other":
+        text = f"`{meta['license']}`."
+    elif meta["license_name"] == UNKNOWN_LICENSE_NAME:
+        text = "Not specified by the uploader (`other`); ask the authors before reuse."
+    else:
+        text = f"`{meta['license_name']}` (`other`): see {meta['license_link']}."
+    text += " The terms of the training data also apply to the model and to images generated with it."
+    return text + (f"\n\n{notes}" if notes else "")
+
+
 def create_model_card(
     pipeline,
     repo_id: str,
@@ -192,6 +230,9 @@ def create_model_card(
     model_name: Optional[str] = None,
     description: Optional[str] = None,
     license: Optional[str] = None,
+    license_name: Optional[str] = None,
+    license_link: Optional[str] = None,
+    license_notes: Optional[str] = None,
     datasets: Optional[Sequence[str]] = None,
     training_data: Optional[str] = None,
     training_details: Optional[str] = None,
@@ -202,6 +243,8 @@ def create_model_card(
     limitations: Optional[Sequence[str]] = None,
     tags: Optional[Sequence[str]] = None,
     base_model: Optional[str] = None,
+    sample_image: Optional[str] = None,
+    sample_caption: Optional[str] = None,
     num_inference_steps: int = 50,
     guidance_scale: float = 1.5,
     template_path: Union[str, os.PathLike, None] = None,
@@ -209,16 +252,24 @@ def create_model_card(
     """Render the model card of ``pipeline`` for the Hub repository ``repo_id``.
 
     The YAML metadata holds ``library_name: diffusers``, the tags (ultrasound, medical-imaging, diffusers, ...,
-    plus ``tags``), the license (``"other"`` when not given), ``datasets``, the pipeline tag and, when
-    ``evaluation_dataset`` is given, the numeric ``evaluation_results`` as model-index entries. The text covers
-    how to load the pipeline, the network, the noise schedule and B-map settings (read from the scheduler's
-    config), the training data, evaluation results, intended use and limitations (research only, not for
-    diagnosis) and citations.
+    plus ``tags``), the license (:func:`license_metadata`: ``other`` with ``license_name`` / ``license_link`` when
+    not given), ``datasets``, ``base_model``, the pipeline tag and, when ``evaluation_dataset`` is given, the
+    numeric ``evaluation_results`` as model-index entries. The text covers how to install the package and load
+    the pipeline, the network, the noise schedule and B-map settings (read from the scheduler's config), the
+    training data, sample images, evaluation results, intended use and limitations (research only, not for
+    diagnosis), the license and citations.
 
     Args:
+        license, license_name, license_link: see :func:`license_metadata`; ``license_notes`` adds a paragraph to
+            the License section (for example the terms of the base model and of the data).
+        datasets: Hub dataset ids the model was trained on (local or generated data belong in ``training_data``).
+        base_model: the Hub repo id the model was fine-tuned from (a local starting point cannot be named in the
+            metadata: describe it in ``training_details``).
         label_names: meaning of each label (list, or {label: name}); defaults to the pipeline's
             ``label_names`` config when it has one.
         evaluation_results: ``{"FID": 41.2, "SSIM": 0.61}`` (any metric names and values).
+        sample_image: path, relative to the card, of a picture of samples (shown in a Samples section);
+            ``sample_caption`` says what it shows.
         template_path: another Jinja template (default: ``templates/model_card_template.md``).
 
     Returns:
@@ -226,13 +277,20 @@ def create_model_card(
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    if base_model is not None and (not isinstance(base_model, str) or not _looks_like_hub_id(base_model)):
+        raise ValueError(
+            f"`base_model` must be the Hub repo id the model was fine-tuned from ('org/name'), got {base_model!r}; "
+            "describe a local starting point in `training_details` instead"
+        )
+    if sample_image is not None and (os.path.isabs(sample_image) or ".." in Path(sample_image).parts):
+        raise ValueError(f"`sample_image` must be a path relative to the card (e.g. 'samples.png'), got {sample_image!r}")
     unet = getattr(pipeline, "unet", None)
     scheduler = getattr(pipeline, "scheduler", None)
     unet_config = dict(getattr(unet, "config", {}) or {})
     scheduler_config = dict(getattr(scheduler, "config", {}) or {})
     pipeline_class = type(pipeline).__name__
     num_classes = int(unet_config.get("num_classes", 0) or 0)
-    is_semantic = int(getattr(getattr(getattr(pipeline, "unet", None), "config", None), "num_classes", 0) or 0) > 0
+    is_semantic = num_classes > 0
     bmap = "bmap_schedule" in scheduler_config
     pipeline_tag = "image-to-image" if is_semantic else "unconditional-image-generation"
 
@@ -262,15 +320,16 @@ def create_model_card(
             if isinstance(value, (int, float))
         ] or None
     model_name = model_name or repo_id.split("/")[-1]
+    licence = license_metadata(license, license_name, license_link)
     card_data = ModelCardData(
         library_name="diffusers",
-        license=license or "other",
         tags=all_tags,
         datasets=list(datasets) if datasets else None,
         pipeline_tag=pipeline_tag,
         base_model=base_model,
         model_name=model_name if eval_results else None,
         eval_results=eval_results,
+        **licence,
     )
 
     model_rows: List[Tuple[str, str]] = []
@@ -286,6 +345,8 @@ def create_model_card(
         for key in ("learn_sigma", "model_channels", "channel_mult", "num_res_blocks", "attention_resolutions"):
             if key in unet_config:
                 model_rows.append((key, _fmt(unet_config[key])))
+    if base_model:
+        model_rows.append(("Fine-tuned from", f"[`{base_model}`](https://huggingface.co/{base_model})"))
 
     geometry = scheduler_config.get("probe_geometry")
     if geometry == "linear":
@@ -298,9 +359,7 @@ def create_model_card(
             "not attenuated"
         )
 
-    license_text = (
-        f"`{license}`." if license else "Not specified by the uploader (`other`); ask the authors before reuse."
-    ) + " The terms of the training data also apply to the model and to images generated with it."
+    version = package_version()
     template = Path(template_path) if template_path is not None else MODEL_CARD_TEMPLATE
     return ModelCard.from_template(
         card_data,
@@ -313,6 +372,7 @@ def create_model_card(
         is_semantic=is_semantic,
         sample_size_text=_size_text(unet_config.get("sample_size")),
         install_command=INSTALL_COMMAND,
+        wheel_install_command=wheel_install_command(version),
         num_inference_steps=int(num_inference_steps),
         guidance_scale=_fmt(float(guidance_scale)),
         scheduler_class=type(scheduler).__name__ if scheduler is not None else "none",
@@ -325,23 +385,131 @@ def create_model_card(
         training_data=training_data or "Not documented by the uploader.",
         training_details=training_details,
         datasets=list(datasets or []),
+        sample_image=sample_image,
+        sample_caption=sample_caption or "Samples of the model.",
         evaluation_rows=_evaluation_rows(evaluation_results),
         evaluation_notes=evaluation_notes,
         limitations=list(limitations or []),
-        license_text=license_text,
-        package_version=_package_version(),
+        license_text=_license_text(licence, license_notes),
+        package_version=version,
     )
+
+
+#: License of models trained only on the package's own phantoms (which carry no other terms): the package's.
+PHANTOM_MODEL_LICENSE = "apache-2.0"
+
+
+def _license_words(meta: Mapping[str, Any]) -> str:
+    lic = meta.get("license")
+    if not lic:
+        return "not found (its card is not on this machine, or states none)"
+    if lic == "other":
+        return f"`other` ({meta.get('license_name') or 'unnamed'}, {meta.get('license_link') or 'no link'})"
+    return f"`{lic}`"
+
+
+def training_card_fields(
+    *,
+    dataset_name: Optional[str] = None,
+    train_data_dir: Optional[str] = None,
+    pretrained_model: Optional[str] = None,
+    license: Optional[str] = None,
+    license_name: Optional[str] = None,
+    license_link: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Card fields of a model trained by ``training/train_semantic.py``, from where its data and starting weights
+    came from: keyword arguments for :func:`create_model_card`.
+
+    * ``datasets``: ``[dataset_name]`` when it is a Hub dataset id; none for phantoms (``phantoms:<anatomy>``, the
+      default), an imagefolder (``train_data_dir``) or a local dataset folder.
+    * ``base_model``: ``pretrained_model`` when it is a Hub repo id (a local folder is named in
+      ``license_notes`` only: the metadata takes Hub ids).
+    * ``license``: the one given; else the license that the training data's and the base model's cards state (read
+      from the dataset / model folder or the Hub cache, never downloaded) when they agree; ``apache-2.0``
+      (:data:`PHANTOM_MODEL_LICENSE`) for a model trained from scratch on phantoms; otherwise ``other`` with
+      ``license_name: unknown`` and a ``license_link`` to the Hub dataset page (or the card's License section).
+      ``license_notes`` says where each term came from.
+    * ``tags``: ``diffusers-training``.
+    """
+    notes: List[str] = []
+    datasets: Optional[List[str]] = None
+    found: List[Optional[str]] = []  # the licenses the sources state (None: a source that states none)
+    link = None
+    if train_data_dir is not None:
+        notes.append(f"Training data: the image folder `{train_data_dir}`; its license is not recorded.")
+        found.append(None)
+    elif dataset_name is None or str(dataset_name).startswith("phantoms"):
+        notes.append(
+            f"Training data: phantoms generated by ultrasound-diffusers (`{dataset_name or 'phantoms:echo'}`), "
+            "no patient data and no terms beyond the package's Apache-2.0 license."
+        )
+    elif _looks_like_hub_id(str(dataset_name)):
+        datasets = [str(dataset_name)]
+        meta = model_card_metadata(str(dataset_name), repo_type="dataset")
+        link = f"https://huggingface.co/datasets/{dataset_name}"
+        notes.append(f"Training data: the Hub dataset [`{dataset_name}`]({link}), license {_license_words(meta)}.")
+        found.append(meta.get("license") if meta.get("license") != "other" else None)
+    else:
+        notes.append(f"Training data: the local dataset `{dataset_name}`; its license is not recorded.")
+        found.append(None)
+
+    base_model = None
+    if pretrained_model:
+        meta = model_card_metadata(str(pretrained_model))
+        if _looks_like_hub_id(str(pretrained_model)):
+            base_model = str(pretrained_model)
+            notes.append(f"Fine-tuned from the Hub model [`{base_model}`](https://huggingface.co/{base_model}), "
+                         f"license {_license_words(meta)}.")
+        else:
+            notes.append(f"Fine-tuned from the local pipeline `{pretrained_model}` (not on the Hub), license "
+                         f"{_license_words(meta)}.")
+        found.append(meta.get("license") if meta.get("license") != "other" else None)
+
+    if license:
+        chosen = {"license": license, "license_name": license_name, "license_link": license_link}
+        notes.insert(0, "License chosen by the trainer.")
+    elif not found:
+        chosen = {"license": PHANTOM_MODEL_LICENSE}
+        notes.insert(0, f"`{PHANTOM_MODEL_LICENSE}`: the default for a model trained from scratch on the package's "
+                        "phantoms.")
+    elif None not in found and len(set(found)) == 1:
+        chosen = {"license": found[0]}
+        notes.insert(0, "The license of the model's sources (below).")
+    else:
+        chosen = {"license": "other", "license_name": license_name or UNKNOWN_LICENSE_NAME, "license_link": license_link or link}
+        notes.insert(0, "The license could not be determined from the model's sources:")
+    return {
+        **{k: v for k, v in chosen.items() if v is not None},
+        "license_notes": "\n".join(f"- {n}" for n in notes),
+        "datasets": datasets,
+        "base_model": base_model,
+        "tags": [TRAINING_TAG],
+    }
 
 
 def save_model_card(pipeline, folder: Union[str, os.PathLike], repo_id: str, **card_kwargs) -> Path:
     """Render :func:`create_model_card` and write it atomically to ``folder/README.md``."""
     card = create_model_card(pipeline, repo_id, **card_kwargs)
-    return atomic_write_text(Path(folder) / "README.md", str(card))
+    return atomic_write_text(Path(folder) / CARD_NAME, str(card))
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Upload
+# Upload of a pipeline
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_extra_files(extra_files: Optional[Mapping[str, Union[str, os.PathLike]]]) -> Dict[str, Path]:
+    checked: Dict[str, Path] = {}
+    for name, path in dict(extra_files or {}).items():
+        parts = Path(str(name)).parts
+        if not parts or os.path.isabs(str(name)) or ".." in parts:
+            raise ValueError(f"`extra_files` keys must be paths inside the repository, got {name!r}")
+        if parts[0] == MODEL_INDEX_NAME or parts[0] == CARD_NAME:
+            raise ValueError(f"`extra_files` must not replace {parts[0]} (pass `model_card=` for the card)")
+        if not Path(path).is_file():
+            raise ValueError(f"`extra_files[{name!r}]`: {path} is not a file")
+        checked[str(name)] = Path(path)
+    return checked
 
 
 def push_to_hub(
@@ -356,6 +524,7 @@ def push_to_hub(
     safe_serialization: bool = True,
     variant: Optional[str] = None,
     model_card=None,
+    extra_files: Optional[Mapping[str, Union[str, os.PathLike]]] = None,
     api=None,
     **card_kwargs,
 ):
@@ -364,6 +533,8 @@ def push_to_hub(
 
     Args:
         model_card: a :class:`huggingface_hub.ModelCard` or markdown text to upload instead of rendering one.
+        extra_files: ``{path in the repository: local file}`` uploaded with the pipeline (the pictures and files
+            the card links to, e.g. ``{"validation_grid.png": ..., "training_args.json": ...}``).
         api: a :class:`huggingface_hub.HfApi` to use (default: ``HfApi(token=token)``).
         card_kwargs: passed to :func:`create_model_card` (license, datasets, training_data,
             evaluation_results, label_names, ...).
@@ -375,13 +546,17 @@ def push_to_hub(
 
     if not isinstance(repo_id, str) or not repo_id or repo_id.count("/") > 1:
         raise ValueError(f"`repo_id` must be 'name' or 'org/name', got {repo_id!r}")
+    extras = _check_extra_files(extra_files)
     api = api if api is not None else HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id
     with tempfile.TemporaryDirectory(prefix="ultrasound-diffusers-push-") as tmp:
         folder = Path(tmp) / "pipeline"
         pipeline.save_pretrained(folder, safe_serialization=safe_serialization, variant=variant)
         card = model_card if model_card is not None else create_model_card(pipeline, repo_id, **card_kwargs)
-        atomic_write_text(folder / "README.md", str(card))
+        atomic_write_text(folder / CARD_NAME, str(card))
+        for name, path in extras.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, folder / name)
         return api.upload_folder(
             repo_id=repo_id,
             folder_path=str(folder),
@@ -390,3 +565,175 @@ def push_to_hub(
             create_pr=create_pr,
             revision=revision,
         )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dataset card (ultrasound-diffusers generate) and its upload
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "n>1M"
+
+
+def _settings_dict(settings: Any) -> Dict[str, Any]:
+    """The settings of a generation run as a dict (a ``GenerationSettings`` or a dict of its fields)."""
+    if isinstance(settings, Mapping):
+        return dict(settings)
+    to_dict = getattr(settings, "to_dict", None)
+    if callable(to_dict):
+        return dict(to_dict())
+    raise TypeError(f"`settings` must be GenerationSettings or a dict of its fields, got {type(settings).__name__}")
+
+
+def _yaml_lines(meta: Mapping[str, Any]) -> List[str]:
+    """YAML of ``meta`` (keys in the given order; every string quoted, so ids and paths stay strings)."""
+    lines = []
+    for key, value in meta.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            lines.append(f"{key}:")
+            lines += [f"- {json.dumps(str(v))}" for v in value]
+        else:
+            lines.append(f"{key}: {json.dumps(value)}")
+    return lines
+
+
+def create_dataset_card(
+    settings: Any,
+    num_rows: int,
+    label_names: Optional[Mapping[str, str]] = None,
+    repo_id: Optional[str] = None,
+    command: Optional[str] = None,
+    model_license: Optional[Mapping[str, Any]] = None,
+) -> str:
+    """Markdown dataset card (with YAML metadata) saying which model, settings, labels and license made the dataset.
+
+    Args:
+        settings: the run's ``GenerationSettings`` (or the dict of its fields): model, scheduler, steps, seeds, ...
+        num_rows: number of images in the dataset.
+        label_names: ``{label: meaning}``.
+        repo_id: the dataset's Hub id (its name is the card's title).
+        command: the command line that made the dataset.
+        model_license: the source model's license fields (``{"license": ..., "license_name": ...,
+            "license_link": ...}``); default: read from the model's card (:func:`model_card_metadata`, the
+            model's folder or the Hub cache), ``other`` / ``unknown`` when it states none.
+
+    The YAML holds the tags, the task and size categories, ``license`` (the source model's: the images are its
+    outputs; ``other`` with ``license_name`` / ``license_link`` when unknown), ``source_model`` (the model's Hub
+    id or path) and ``source_model_license``.
+    """
+    s = _settings_dict(settings)
+    title = repo_id.split("/")[-1] if repo_id else "Synthetic ultrasound images"
+    model = str(s["model"])
+    source = dict(model_license) if model_license is not None else model_card_metadata(model)
+    model_licence = license_metadata(
+        source.get("license"), source.get("license_name"), source.get("license_link"),
+        default_link=f"https://huggingface.co/{model}" if _looks_like_hub_id(model) else f"{CARD_NAME}#license-and-provenance",
+    )
+    if model_licence["license"] != "other":
+        licence_words = f"`{model_licence['license']}`"
+    elif model_licence["license_name"] == UNKNOWN_LICENSE_NAME:
+        licence_words = "not stated on the model's card (`other`); ask the model's authors before reuse"
+    else:
+        licence_words = f"`{model_licence['license_name']}` (`other`, see {model_licence['license_link']})"
+    meta: Dict[str, Any] = {
+        "tags": ["ultrasound", "synthetic", "medical-imaging", "diffusers", "ultrasound-diffusers"],
+        "task_categories": ["image-segmentation"],
+        "size_categories": [_size_category(num_rows)],
+        "pretty_name": title,
+        **model_licence,
+        "source_model": model,
+        "source_model_license": model_licence["license"] if model_licence["license"] != "other" else model_licence["license_name"],
+    }
+    model_ref = f"[`{model}`](https://huggingface.co/{model})" if _looks_like_hub_id(model) else f"`{model}`"
+    lines = ["---", *_yaml_lines(meta), "---", ""]
+    lines += [
+        f"# {title}",
+        "",
+        f"{num_rows} synthetic ultrasound images, each paired with the label map it was generated from, made with "
+        "`ultrasound-diffusers generate` (label-conditioned diffusion with the physics-inspired "
+        "B-map forward process). Intended for research, e.g. training segmentation networks on synthetic data; "
+        "not for clinical use.",
+        "",
+        "## How it was made",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| model | {model_ref} |",
+        f"| model license | {licence_words} |",
+        f"| pipeline | `{s['pipeline_class']}` |",
+        f"| scheduler | `{s['scheduler_class']}` |",
+        f"| inference steps | {s['num_inference_steps']} |",
+        f"| guidance scale | {s['guidance_scale']} |",
+        f"| eta | {'scheduler default' if s['eta'] is None else s['eta']} |",
+        f"| seed | {s['seed']} |",
+        f"| label maps | {s['labels']} |",
+        f"| number of label maps | {s['num_labels']} |",
+        f"| images per label map | {s['images_per_label']} |",
+        f"| image size | {s['height']} x {s['width']} |",
+        f"| label augmentation | {'none' if not s['augment'] else 'affine + elastic (echo-from-noise), ' + json.dumps(s['augment'])} |",
+        f"| labels resized | {'yes (nearest)' if s['resize_labels'] else 'no'} |",
+        f"| model (configs + weights) SHA-256 | `{s['model_digest'][:16]}...` |",
+        f"| label maps SHA-256 | `{s['labels_digest'][:16]}...` |",
+        "",
+        "Scheduler configuration:",
+        "",
+        "```json",
+        json.dumps(s["scheduler_config"], indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+    ]
+    if label_names:
+        lines += ["## Labels", "", "| label | meaning |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(label_names.items(), key=lambda kv: int(kv[0]))]
+        lines.append("")
+    lines += [
+        "## Columns",
+        "",
+        "- `image`: the generated image (PNG); `label`: the label map it was generated from (PNG, pixel value = class).",
+        "- `source_id`, `label_index`: the label map in the source; `copy_index`: which of its images this is.",
+        "- `seed`: the torch seed of the image's noise, derived from (global seed, label index, copy index); "
+        "`augmentation_seed`: the seed of the label augmentation (or null), `augmented`.",
+        "- `model`, `pipeline_class`, `scheduler_class`, `scheduler_config` (JSON), `num_inference_steps`, "
+        "`guidance_scale`, `eta`, `global_seed`, `height`, `width`.",
+        "",
+        "Rows are sorted by (`label_index`, `copy_index`); the same arguments give the same dataset on any number "
+        "of processes.",
+        "",
+    ]
+    if command:
+        lines += ["## Command", "", "```bash", command, "```", ""]
+    lines += [
+        "## License and provenance",
+        "",
+        f"Source model: {model_ref}, license {licence_words}. The images are outputs of that model, conditioned on "
+        "the label maps above: the terms of the model and of the label source (for example CAMUS: CC BY-NC-SA 4.0, "
+        "non-commercial) apply. The `license` of this card is the model's; add the label source's terms if they "
+        "are stricter.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def push_dataset_to_hub(dataset, repo_id: str, card: str, private: Optional[bool] = None,
+                        token: Optional[str] = None, api=None) -> str:
+    """Upload the dataset card, then the dataset (``Dataset.push_to_hub`` keeps the card's text and adds its
+    own metadata) to the Hub dataset repository ``repo_id`` (created if needed). ``api``: a
+    :class:`huggingface_hub.HfApi` (default: ``HfApi(token=token)``). Returns the repository id."""
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    repo_id = getattr(url, "repo_id", None) or repo_id
+    api.upload_file(
+        path_or_fileobj=card.encode("utf-8"), path_in_repo=CARD_NAME, repo_id=repo_id, repo_type="dataset",
+        commit_message="Dataset card (ultrasound-diffusers generate)",
+    )
+    dataset.push_to_hub(repo_id, private=private, token=token, commit_message="Synthetic ultrasound dataset")
+    return repo_id

@@ -1,34 +1,28 @@
-"""Shared pieces of the ultrasound pipelines: label-map preprocessing, output postprocessing, and loading.
+"""Shared pieces of the ultrasound pipelines: the base class, label-map preprocessing, the denoising-loop helpers
+and output postprocessing.
 
-The loading half is :class:`DiffusionPipeline`, a subclass of diffusers' ``DiffusionPipeline`` that every
-pipeline of this package derives from and that is exported as ``ultrasound_diffusers.DiffusionPipeline``:
+:class:`DiffusionPipeline` is a subclass of diffusers' ``DiffusionPipeline`` that every pipeline of this package
+derives from and that is exported as ``ultrasound_diffusers.DiffusionPipeline``:
 
 * ``ultrasound_diffusers.DiffusionPipeline.from_pretrained(path_or_repo_id)`` reads ``model_index.json``
   and returns the pipeline class it names: one of ours, or any plain diffusers pipeline (for which it hands
   over to diffusers' own loader).
-* Classes are resolved only from the top-level diffusers / transformers packages and from the modules of this
-  package that define components (``pipeline_*``, ``unet_*``, ``scheduling_*``): a ``model_index.json`` that
-  names an entry point (``ultrasound_diffusers.__main__``, ``.cli``, ``.commands.*``) is refused, not imported.
-* Weights are loaded strictly (missing, unexpected or wrongly shaped tensors are refused, naming the keys);
-  ``torch_dtype`` may be a per-component dict (``{"unet": torch.bfloat16, "default": torch.float16}``).
-* Our pipelines are loaded without running any file of the folder or repository: the small "remote code"
-  files that :meth:`DiffusionPipeline.save_pretrained` writes for ``trust_remote_code=True`` users of plain
-  diffusers (see :mod:`ultrasound_diffusers.pipelines.hub`) are only *read*, to learn which class of the
-  installed ``ultrasound_diffusers`` package they stand for.
-* Repository ids are downloaded with :func:`huggingface_hub.snapshot_download` (so ``HF_HUB_OFFLINE=1``
-  loads from the Hub cache), instead of diffusers' ``download`` that refuses components whose classes are
-  not in diffusers.
+* :meth:`DiffusionPipeline.save_pretrained` writes the folder atomically, with the remote-code files that
+  ``trust_remote_code=True`` users of plain diffusers need; :meth:`DiffusionPipeline.push_to_hub` uploads it
+  with a model card (:mod:`.hub`).
+
+The loader itself (model_index.json, class resolution, strict component loading, both halves of the
+remote-code files, Hub snapshots) lives in :mod:`.loading`; its names are re-exported here (``resolve_class``,
+``is_component_module``, ``load_component``, ``read_model_index``, ...) so that code written against 0.1.0 keeps
+working.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
-import json
 import math
 import os
-import re
 import shutil
 import uuid
 from pathlib import Path
@@ -39,19 +33,39 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline as _DiffusersPipeline
-from diffusers.configuration_utils import ConfigMixin
-from diffusers.models.modeling_utils import ModelMixin
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from ultrasound_diffusers.image_processor import resize_label_map, to_label_array
 
-logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
+from . import loading
 
-#: Name of the package whose classes the loader may import (and the only one).
-PACKAGE_NAME = "ultrasound_diffusers"
-MODEL_INDEX_NAME = "model_index.json"
+# The loader's names, re-exported for code written against 0.1.0 (they lived here).
+from .loading import (  # noqa: F401
+    _COMPONENT_MODULE,
+    _HUB_KWARGS,
+    _MODEL_LOAD_KWARGS,
+    _SHIM_IMPORT,
+    _TRUSTED_LIBRARIES,
+    MODEL_INDEX_NAME,
+    PACKAGE_NAME,
+    _as_dtype,
+    _check_is_class,
+    _component_dtypes,
+    _component_variants,
+    _import_attr,
+    _known_scheduler_keys,
+    _move_into,
+    _refuse_module,
+    _shim_target,
+    check_scheduler_config,
+    is_component_module,
+    load_component,
+    read_model_index,
+    resolve_class,
+)
+
+logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
 SegmapInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, Sequence[Union[PIL.Image.Image, np.ndarray, torch.Tensor]]]
 
@@ -431,325 +445,8 @@ def check_callback_inputs(pipeline, callback_on_step_end, tensor_inputs: Optiona
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loading
+# The base class (the loader itself is pipelines/loading.py)
 # ----------------------------------------------------------------------------------------------------------------
-
-# Libraries whose classes may be named in model_index.json and are imported by name (never a module that the
-# folder itself provides). Their classes are taken from the top-level package only (diffusers and transformers
-# export every component class there), so that no submodule (a CLI, an entry point) is ever imported by name.
-_TRUSTED_LIBRARIES = ("diffusers", "transformers")
-# The modules of this package that define components, the only ones of it the loader imports: the package and
-# its component sub-packages, and the one-file-per-component modules in them. Never an entry point
-# (``__main__``, ``cli``, ``commands.*``) or any other module, so that a doctored model_index.json cannot run
-# anything by naming it.
-_COMPONENT_MODULE = re.compile(
-    r"^" + PACKAGE_NAME + r"(?:\.(?:pipelines|models|schedulers))?$"
-    r"|^" + PACKAGE_NAME + r"\.pipelines\.pipeline_[a-z0-9_]+$"
-    r"|^" + PACKAGE_NAME + r"\.models\.unet_[a-z0-9_]+$"
-    r"|^" + PACKAGE_NAME + r"\.schedulers\.scheduling_[a-z0-9_]+$"
-)
-
-
-def is_component_module(module_name: Any) -> bool:
-    """True for the modules of ultrasound_diffusers that define pipeline components (and may be imported by the
-    loader): ``ultrasound_diffusers``, ``.pipelines``, ``.models``, ``.schedulers`` and their
-    ``pipeline_*``, ``unet_*`` and ``scheduling_*`` modules."""
-    return isinstance(module_name, str) and bool(_COMPONENT_MODULE.match(module_name)) and "__" not in module_name
-
-
-def _refuse_module(module_name: str, where: str) -> ValueError:
-    return ValueError(
-        f"{where}: `{module_name}` is not a module that defines pipeline components; the loader imports classes "
-        f"only from diffusers, transformers and the component modules of {PACKAGE_NAME} "
-        f"({PACKAGE_NAME}.pipelines.pipeline_*, .models.unet_*, .schedulers.scheduling_*), never an entry point"
-    )
-_SHIM_IMPORT = re.compile(r"^\s*from\s+(" + PACKAGE_NAME + r"(?:\.\w+)*)\s+import\s+(\w+)\s*$", re.MULTILINE)
-
-
-def read_model_index(folder: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """The parsed ``model_index.json`` of a pipeline folder; ValueError naming the file when absent or invalid."""
-    path = Path(folder) / MODEL_INDEX_NAME
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist: {folder} is not a saved pipeline folder (no {MODEL_INDEX_NAME})")
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(index, dict) or "_class_name" not in index:
-        raise ValueError(f"{path} has no `_class_name` entry naming the pipeline class")
-    return index
-
-
-def _shim_target(shim_file: Path, class_name: str) -> Optional[str]:
-    """Module of the ultrasound_diffusers class a remote-code shim stands for (read, never executed)."""
-    if not shim_file.is_file():
-        return None
-    try:
-        text = shim_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    for module, name in _SHIM_IMPORT.findall(text):
-        if name == class_name:
-            return module
-    return None
-
-
-def _import_attr(module_name: str, class_name: str, where: str):
-    if module_name not in _TRUSTED_LIBRARIES and not is_component_module(module_name):
-        raise _refuse_module(module_name, where)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"{where}: cannot import module `{module_name}` for class `{class_name}`: {error}") from error
-    obj = getattr(module, class_name, None)
-    if obj is None:
-        raise ValueError(f"{where}: module `{module_name}` has no class `{class_name}`")
-    return obj
-
-
-def resolve_class(entry: Any, folder: Union[str, os.PathLike], component: Optional[str] = None) -> type:
-    """The class a ``model_index.json`` entry names, importing only diffusers, transformers or this package.
-
-    ``entry`` is ``[library_or_module, ClassName]`` (a component, or a list ``_class_name``) or a plain class
-    name (``_class_name``). ``library_or_module`` may be ``"diffusers"``, a module of this package
-    (``"ultrasound_diffusers.models.unet_semantic_2d"``) or the name of a remote-code shim file
-    (``<component>/<name>.py``, or ``<name>.py`` beside model_index.json for the pipeline), which is read to
-    find the class it imports. Raises ValueError naming model_index.json when the class cannot be found.
-    """
-    folder = Path(folder)
-    where = f"{folder / MODEL_INDEX_NAME} ({'component ' + repr(component) if component else '_class_name'})"
-    if isinstance(entry, str):
-        library, class_name = None, entry
-    elif isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[1], str):
-        library, class_name = entry
-    else:
-        raise ValueError(f"{where}: expected [library, ClassName] or a class name, got {entry!r}")
-
-    if not isinstance(class_name, str) or not class_name.isidentifier():
-        raise ValueError(f"{where}: `{class_name}` is not a class name")
-    if library is not None and not isinstance(library, str):
-        raise ValueError(f"{where}: expected [library, ClassName] or a class name, got {entry!r}")
-    if library is not None and library.split(".")[0] in _TRUSTED_LIBRARIES:
-        # diffusers / transformers: the top-level package only (it exports every component class)
-        obj = _import_attr(library.split(".")[0], class_name, where)
-        return _check_is_class(obj, class_name, where)
-    if library is not None and (library == PACKAGE_NAME or library.startswith(PACKAGE_NAME + ".")):
-        if not is_component_module(library):
-            raise _refuse_module(library, where)
-        return _check_is_class(_import_attr(library, class_name, where), class_name, where)
-    if library is not None:
-        if not library.isidentifier():
-            raise ValueError(f"{where}: `{library}` is neither a library nor a remote-code file name")
-        shim = (folder / component / f"{library}.py") if component else (folder / f"{library}.py")
-        module = _shim_target(shim, class_name)
-        if module is not None:
-            if not is_component_module(module):
-                raise _refuse_module(module, f"{where}, remote-code file {shim}")
-            return _check_is_class(_import_attr(module, class_name, where), class_name, where)
-
-    # A bare class name (or an unreadable shim): this package's exports, then diffusers'.
-    for module_name in (f"{PACKAGE_NAME}.pipelines", PACKAGE_NAME, "diffusers"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:  # pragma: no cover - the package itself is importable here
-            continue
-        obj = getattr(module, class_name, None)
-        if isinstance(obj, type):
-            return obj
-    hint = f" (declared as coming from `{library}`)" if library else ""
-    raise ValueError(
-        f"{where}: class `{class_name}`{hint} does not exist in ultrasound_diffusers or diffusers. "
-        "Check the class name, or update ultrasound-diffusers (`pip install -U ultrasound-diffusers`)."
-    )
-
-
-def _check_is_class(obj: Any, class_name: str, where: str) -> type:
-    if not isinstance(obj, type):
-        raise ValueError(f"{where}: `{class_name}` is not a class")
-    return obj
-
-
-def _known_scheduler_keys(scheduler_cls: type) -> set:
-    """Config keys that scheduler_cls or a scheduler it is compatible with (or one of ours) understands."""
-    classes = {scheduler_cls}
-    if getattr(scheduler_cls, "has_compatibles", False):
-        classes.update(scheduler_cls._get_compatibles())
-    try:
-        from ultrasound_diffusers.schedulers import scheduling_bmap_attenuation
-
-        ours = [scheduling_bmap_attenuation.BMapAttenuationScheduler]
-    except ImportError:  # pragma: no cover
-        ours = []
-    for cls in ours:
-        classes.add(cls)
-        classes.update(cls._get_compatibles())
-    keys = set()
-    for cls in classes:
-        if isinstance(cls, type):
-            keys.update(inspect.signature(cls.__init__).parameters)
-    keys.discard("self")
-    keys.discard("kwargs")
-    return keys
-
-
-def check_scheduler_config(scheduler_cls: type, config_path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """Read a scheduler config and refuse keys no compatible scheduler knows (typos such as ``bmap_mn``).
-
-    Keys starting with ``_`` (metadata) and keys of compatible schedulers (kept by diffusers when a scheduler
-    is swapped with ``from_config``) are allowed. Raises ValueError naming the file.
-    """
-    path = Path(config_path)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not a readable JSON scheduler config: {error}") from error
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in _known_scheduler_keys(scheduler_cls))
-    if unknown:
-        raise ValueError(f"{path}: unknown {scheduler_cls.__name__} config keys {unknown}")
-    return config
-
-
-_MODEL_LOAD_KWARGS = (
-    "torch_dtype",
-    "variant",
-    "use_safetensors",
-    "low_cpu_mem_usage",
-    "device_map",
-    "max_memory",
-    "offload_folder",
-    "offload_state_dict",
-    "disable_mmap",
-)
-_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
-
-
-def load_component(component_cls: type, folder: Union[str, os.PathLike], name: str, **model_kwargs) -> Any:
-    """Load component ``name`` (a sub-folder of ``folder``) with its class's loading method.
-
-    Schedulers are built from their config after :func:`check_scheduler_config`; models are loaded with
-    ``from_pretrained`` and ``model_kwargs`` (``torch_dtype``, ``variant``, ...), strictly: weights with
-    missing or unexpected keys raise ValueError naming them. Missing folders and configs raise ValueError naming
-    the expected file.
-    """
-    folder = Path(folder)
-    subfolder = folder / name
-    if not subfolder.is_dir():
-        raise ValueError(
-            f"{folder / MODEL_INDEX_NAME} lists component {name!r} ({component_cls.__name__}) but the folder "
-            f"{subfolder} does not exist"
-        )
-    config_name = getattr(component_cls, "config_name", None)
-    if config_name and not (subfolder / config_name).is_file():
-        raise ValueError(f"component {name!r}: {subfolder / config_name} does not exist")
-    if issubclass(component_cls, SchedulerMixin):
-        config = check_scheduler_config(component_cls, subfolder / config_name)
-        try:
-            return component_cls.from_config(config)
-        except (ValueError, TypeError) as error:  # a refused value: name the file it came from
-            raise ValueError(f"{subfolder / config_name}: {error}") from error
-    if issubclass(component_cls, ModelMixin):
-        from ultrasound_diffusers.models.loading import check_loading_info
-
-        # strict: a checkpoint with missing, unexpected or wrongly shaped tensors is refused, naming the keys
-        try:
-            model, info = component_cls.from_pretrained(
-                str(subfolder), output_loading_info=True, **{k: v for k, v in model_kwargs.items() if v is not None}
-            )
-        except ValueError:
-            raise
-        except OSError as error:  # diffusers' wording for damaged / truncated / non-JSON files
-            raise ValueError(
-                f"component {name!r} ({component_cls.__name__}) in {subfolder} cannot be loaded: "
-                f"{' '.join(str(error).split())} The file is damaged, truncated or not written by save_pretrained; "
-                "re-download or re-save the pipeline."
-            ) from error
-        check_loading_info(info, component_cls.__name__, subfolder)
-        return model
-    if hasattr(component_cls, "from_pretrained"):
-        return component_cls.from_pretrained(str(subfolder))
-    if issubclass(component_cls, ConfigMixin):  # pragma: no cover - rare
-        return component_cls.from_config(component_cls.load_config(str(subfolder)))
-    raise ValueError(f"component {name!r}: {component_cls.__name__} has no loading method")
-
-
-def _as_dtype(value: Any, where: str) -> torch.dtype:
-    """A torch.dtype from a dtype or its name (``"float16"``, ``"torch.bfloat16"``); TypeError otherwise."""
-    if isinstance(value, torch.dtype):
-        return value
-    if isinstance(value, str):
-        candidate = getattr(torch, value[len("torch."):] if value.startswith("torch.") else value, None)
-        if isinstance(candidate, torch.dtype):
-            return candidate
-    raise TypeError(f"{where} must be a torch.dtype (e.g. torch.float16) or its name, got {value!r}")
-
-
-def _component_dtypes(torch_dtype: Any, names: Sequence[str], folder: Union[str, os.PathLike]) -> Dict[str, Optional[torch.dtype]]:
-    """The dtype each component is loaded in, from ``torch_dtype``.
-
-    ``torch_dtype`` is None (every model keeps its saved dtype), one dtype for every model, or a dict, as in
-    diffusers: ``{"unet": torch.bfloat16, "default": torch.float16}`` gives each named component its dtype and
-    every other model the ``"default"`` one (float32 when there is no ``"default"``). Keys that name no
-    component of the pipeline are reported with a warning.
-    """
-    if torch_dtype is None:
-        return {}
-    if not isinstance(torch_dtype, dict):
-        dtype = _as_dtype(torch_dtype, "`torch_dtype`")
-        return {name: dtype for name in names}
-    parsed = {str(k): _as_dtype(v, f"`torch_dtype[{k!r}]`") for k, v in torch_dtype.items()}
-    unknown = sorted(k for k in parsed if k != "default" and k not in names)
-    if unknown:
-        logger.warning(
-            f"`torch_dtype` names {unknown}, which are not components of the pipeline in {folder} "
-            f"(components: {list(names)}); they are ignored"
-        )
-    default = parsed.get("default", torch.float32)
-    return {name: parsed.get(name, default) for name in names}
-
-
-def _component_variants(
-    variant: Optional[str], index: Dict[str, Any], names: Sequence[str], passed: Dict[str, Any], folder
-) -> Dict[str, str]:
-    """The components that load weight ``variant``, as diffusers decides it.
-
-    Components whose folder has files of the variant load them; the others load their plain weights (with a
-    warning). If no component folder has the variant, a ValueError (with diffusers' message) is raised.
-    """
-    if variant is None:
-        return {}
-    from ultrasound_diffusers.models.loading import MissingVariantError, has_weight_variant, variant_message
-
-    if not isinstance(variant, str) or not variant:
-        raise ValueError(f"`variant` must be a non-empty string such as 'fp16', got {variant!r}")
-    candidates = [n for n in names if n not in passed and isinstance(index.get(n), (list, tuple))]
-    with_variant = [n for n in candidates if has_weight_variant(Path(folder) / n, variant)]
-    if not with_variant:
-        raise MissingVariantError(variant_message(variant, folder))
-    weights = [
-        n for n in candidates
-        if n not in with_variant and any(p.name.endswith((".safetensors", ".bin")) for p in (Path(folder) / n).glob("*"))
-    ]
-    if weights:
-        logger.warning(f"{folder}: components {weights} have no `variant={variant}` files; their plain weights are loaded")
-    return {n: variant for n in with_variant}
-
-
-def _move_into(source: Path, target: Path) -> None:
-    """Move every entry of ``source`` into ``target`` one at a time with :func:`os.replace` (model_index.json
-    last), replacing entries of the same name and leaving other files of ``target`` alone."""
-    target.mkdir(parents=True, exist_ok=True)
-    entries = sorted(source.iterdir(), key=lambda p: (p.name == MODEL_INDEX_NAME, p.name))
-    for entry in entries:
-        dest = target / entry.name
-        if dest.is_dir() and not dest.is_symlink():
-            aside = target / f".{entry.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(dest, aside)
-            os.replace(entry, dest)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(entry, dest)
 
 
 class DiffusionPipeline(_DiffusersPipeline):
@@ -787,16 +484,12 @@ class DiffusionPipeline(_DiffusersPipeline):
     def download(cls, pretrained_model_name: str, **kwargs) -> str:
         """Download (or find in the Hub cache) every file of a Hub repository; returns the local folder.
 
-        Uses :func:`huggingface_hub.snapshot_download`, so ``HF_HUB_OFFLINE=1`` / ``local_files_only=True``
-        load from the cache. Accepts ``cache_dir``, ``force_download``, ``proxies``, ``local_files_only``,
-        ``token``, ``revision``, ``allow_patterns`` and ``ignore_patterns``; other keyword arguments are
-        ignored.
+        Uses :func:`huggingface_hub.snapshot_download` (:func:`.loading.snapshot_folder`), so
+        ``HF_HUB_OFFLINE=1`` / ``local_files_only=True`` load from the cache. Accepts ``cache_dir``,
+        ``force_download``, ``proxies``, ``local_files_only``, ``token``, ``revision``, ``allow_patterns`` and
+        ``ignore_patterns``; other keyword arguments are ignored.
         """
-        from huggingface_hub import snapshot_download
-
-        hub = {k: kwargs[k] for k in _HUB_KWARGS + ("allow_patterns", "ignore_patterns") if kwargs.get(k) is not None}
-        hub.pop("proxies", None)  # not an argument of huggingface_hub >= 1.0
-        return snapshot_download(str(pretrained_model_name), **hub)
+        return loading.snapshot_folder(pretrained_model_name, **kwargs)
 
     # ------------------------------------------------------------------ from_pretrained
     @classmethod
@@ -819,28 +512,20 @@ class DiffusionPipeline(_DiffusersPipeline):
 
         No file of the folder is executed for our pipelines: classes are imported from the top-level diffusers and
         transformers packages or from the component modules of the installed ultrasound_diffusers
-        (:func:`is_component_module`), never from an entry point such as ``ultrasound_diffusers.__main__``. Weights
-        are loaded strictly (missing or unexpected keys are an error). Errors (missing model_index.json, a class
-        that does not exist or comes from another module, a missing component folder or variant, incomplete
+        (:func:`.loading.is_component_module`), never from an entry point such as ``ultrasound_diffusers.__main__``.
+        Weights are loaded strictly (missing or unexpected keys are an error). Errors (missing model_index.json, a
+        class that does not exist or comes from another module, a missing component folder or variant, incomplete
         weights, unknown or refused scheduler config values) are ValueErrors naming the file.
         """
         source = os.fspath(pretrained_model_name_or_path)
-        if os.path.isdir(source):
-            folder = source
-        else:
-            if source.count("/") > 1 or not source:
-                raise ValueError(
-                    f"`pretrained_model_name_or_path` {source!r} is neither an existing folder nor a Hub repo id 'org/name'"
-                )
-            folder = cls.download(source, **kwargs)
+        folder = source if os.path.isdir(source) else cls.download(loading.check_repo_id(source), **kwargs)
         trust_remote_code = bool(kwargs.pop("trust_remote_code", False))
-        for key in _HUB_KWARGS + ("allow_patterns", "ignore_patterns"):
-            kwargs.pop(key, None)
+        loading.pop_download_kwargs(kwargs)
 
-        index = read_model_index(folder)
+        index = loading.read_model_index(folder)
         if cls is DiffusionPipeline or not issubclass(cls, DiffusionPipeline):
             try:
-                pipeline_class = resolve_class(index["_class_name"], folder)
+                pipeline_class = loading.resolve_class(index["_class_name"], folder)
             except ValueError:
                 if not trust_remote_code:
                     raise
@@ -854,57 +539,17 @@ class DiffusionPipeline(_DiffusersPipeline):
             raise ValueError(f"{Path(folder) / MODEL_INDEX_NAME}: `{pipeline_class.__name__}` is not a pipeline class")
 
         if not issubclass(pipeline_class, DiffusionPipeline):
-            # A plain diffusers pipeline: diffusers' loader, once the modules of our components it names are
-            # imported (diffusers resolves them from sys.modules).
-            # diffusers imports every library a component names, so check them first: diffusers, transformers or a
-            # component module of ours (anything else only with trust_remote_code=True).
-            for key, value in index.items():
-                if key.startswith("_") or not (isinstance(value, (list, tuple)) and value and isinstance(value[0], str)):
-                    continue
-                library = value[0]
-                where = f"{Path(folder) / MODEL_INDEX_NAME} (component {key!r})"
-                if library == PACKAGE_NAME or library.startswith(PACKAGE_NAME + "."):
-                    if not is_component_module(library):
-                        raise _refuse_module(library, where)
-                    importlib.import_module(library)
-                elif library.split(".")[0] not in _TRUSTED_LIBRARIES and not trust_remote_code:
-                    raise ValueError(
-                        f"{where}: library `{library}` is not diffusers, transformers or {PACKAGE_NAME}; loading it "
-                        "would import (run) it. Pass trust_remote_code=True if you trust this folder."
-                    )
+            # A plain diffusers pipeline: diffusers' loader, once the modules of ours that its components name are
+            # imported (diffusers resolves them from sys.modules) and any other library is refused.
+            loading.import_component_libraries(index, folder, trust_remote_code)
             pipe = pipeline_class.from_pretrained(folder, **kwargs)
             pipe.register_to_config(_name_or_path=source)
             return pipe
 
-        if "dtype" in kwargs:
-            kwargs.setdefault("torch_dtype", kwargs.pop("dtype"))
-        model_kwargs = {k: kwargs.pop(k) for k in _MODEL_LOAD_KWARGS if k in kwargs}
-        expected, optional = pipeline_class._get_signature_keys(pipeline_class)
-        dtypes = _component_dtypes(model_kwargs.pop("torch_dtype", None), sorted(expected), folder)
-        variants = _component_variants(model_kwargs.pop("variant", None), index, sorted(expected), kwargs, folder)
-        components: Dict[str, Any] = {}
-        for name in sorted(expected):
-            if name in kwargs:
-                components[name] = kwargs.pop(name)
-                continue
-            entry = index.get(name)
-            if entry is None or (isinstance(entry, (list, tuple)) and entry and entry[0] is None):
-                if name in pipeline_class._optional_components:
-                    components[name] = None
-                    continue
-                raise ValueError(
-                    f"{Path(folder) / MODEL_INDEX_NAME} has no component {name!r}, which "
-                    f"{pipeline_class.__name__} needs (pass it as `{name}=...` or re-save the pipeline)"
-                )
-            component_cls = resolve_class(entry, folder, component=name)
-            components[name] = load_component(
-                component_cls, folder, name, torch_dtype=dtypes.get(name), variant=variants.get(name), **model_kwargs
-            )
-        # optional (non-component) settings: passed ones win over the ones saved in model_index.json
-        init_kwargs = {k: kwargs.pop(k) if k in kwargs else index[k] for k in optional if k in kwargs or k in index}
+        components, settings = loading.load_components(pipeline_class, folder, index, kwargs)
         if kwargs:
             logger.warning(f"Keyword arguments {sorted(kwargs)} are not expected by {pipeline_class.__name__} and are ignored.")
-        pipe = pipeline_class(**components, **init_kwargs)
+        pipe = pipeline_class(**components, **settings)
         pipe.register_to_config(_name_or_path=source)
         return pipe
 
@@ -943,10 +588,8 @@ class DiffusionPipeline(_DiffusersPipeline):
                 str(staging), safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size
             )
             if write_remote_code:
-                from .hub import write_remote_code_files
-
-                write_remote_code_files(staging)
-            _move_into(staging, target)
+                loading.write_remote_code_files(staging)
+            loading.move_into(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if push_to_hub:

@@ -3,6 +3,7 @@ loading errors, model cards and push_to_hub (mocked, no network)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,10 +24,13 @@ from _pipeline_fixtures import (
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 import ultrasound_diffusers.pipelines.hub as hub
+import ultrasound_diffusers.pipelines.loading as loading
 from ultrasound_diffusers.pipelines import DiffusionPipeline, SemanticUltrasoundPipeline
 
 STEPS = 3
 REPO_ID = "us-org/tiny-echo"
+# An install command that fetches the package by name from the package index, where it is not published.
+INDEX_INSTALL = re.compile(r"pip install\s+(?:-U\s+|--upgrade\s+)?[\"']?ultrasound[-_]diffusers(?:\[[^\]]*\])?[\"']?(?![\w./-]|\s*@)")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -98,16 +102,20 @@ def test_saved_folder_has_remote_code_files_and_points_to_them(saved):
     ]:
         text = shim.read_text()
         assert f"from {module} import {cls}" in text
-        assert "pip install ultrasound-diffusers" in text
+        assert hub.INSTALL_COMMAND in text and hub.wheel_install_command() in text
+        assert not INDEX_INSTALL.search(text)
         compile(text, str(shim), "exec")
 
 
 def test_remote_code_file_explains_how_to_install_when_the_package_is_missing(saved, monkeypatch):
     code = (saved / "unet" / "unet_semantic_2d.py").read_text()
+    wheel = hub.wheel_filename()  # (read while the package is importable)
     for name in ("ultrasound_diffusers", "ultrasound_diffusers.models", "ultrasound_diffusers.models.unet_semantic_2d"):
         monkeypatch.setitem(sys.modules, name, None)  # makes the import fail as if the package were missing
-    with pytest.raises(ImportError, match="pip install ultrasound-diffusers"):
+    with pytest.raises(ImportError, match="not on PyPI") as info:
         exec(compile(code, "unet_semantic_2d.py", "exec"), {"__name__": "shim_test"})
+    message = str(info.value)
+    assert hub.INSTALL_COMMAND in message and wheel in message and not INDEX_INSTALL.search(message)
 
 
 def test_write_remote_code_files_is_idempotent(saved, tmp_path):
@@ -141,7 +149,7 @@ def test_failed_save_leaves_the_target_untouched(pipe, tmp_path, monkeypatch):
     def boom(folder):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(hub, "write_remote_code_files", boom)
+    monkeypatch.setattr(loading, "write_remote_code_files", boom)
     with pytest.raises(RuntimeError, match="interrupted"):
         pipe.save_pretrained(target)
     assert (target / "model_index.json").read_text() == "{}"
@@ -363,9 +371,27 @@ def _split_card(text):
     return yaml.safe_load(header), body
 
 
-def test_model_card_template_copies_are_identical():
-    root = Path(__file__).resolve().parents[1]
-    assert (root / "model_cards" / "model_card_template.md").read_text() == hub.MODEL_CARD_TEMPLATE.read_text()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_one_model_card_template_and_model_cards_points_to_it():
+    assert hub.MODEL_CARD_TEMPLATE.is_file()
+    assert hub.MODEL_CARD_TEMPLATE.parent == Path(hub.__file__).resolve().parent / "templates"  # package data
+    templates = [p for p in ROOT.rglob("*card_template*") if ".git" not in p.parts and "build" not in p.parts]
+    assert [p.resolve() for p in templates if "egg-info" not in str(p)] == [hub.MODEL_CARD_TEMPLATE.resolve()]
+    assert "pipelines/templates/model_card_template.md" in (ROOT / "model_cards" / "README.md").read_text()
+
+
+def test_bundled_demo_card_is_the_model_cards_copy_with_truthful_metadata():
+    from ultrasound_diffusers.demo import DEMO_PIPELINE_PATH
+
+    bundled = (DEMO_PIPELINE_PATH / "README.md").read_bytes()
+    assert bundled == (ROOT / "model_cards" / "bmap-echo-phantom-64.md").read_bytes()
+    meta, body = _split_card(bundled.decode())
+    assert meta["library_name"] == "diffusers" and meta["license"] == "apache-2.0"
+    assert "diffusers-training" in meta["tags"] and "ultrasound" in meta["tags"]
+    assert "datasets" not in meta and "base_model" not in meta  # phantoms and a local stage 1: nothing on the Hub
+    assert "phantoms" in body and hub.INSTALL_COMMAND in body and hub.wheel_filename() in body
 
 
 def test_model_card_content(pipe):
@@ -464,3 +490,191 @@ def test_save_pretrained_with_push_to_hub(pipe, tmp_path):
     assert (tmp_path / "local" / "model_index.json").is_file()
     assert api.calls[0][1] == "me/pushed"
     assert api.uploaded["README.md"] == b"# custom card\n"
+
+
+def test_push_to_hub_uploads_the_extra_files_the_card_links_to(pipe, tmp_path):
+    picture = tmp_path / "grid.png"
+    picture.write_bytes(b"png bytes")
+    api = _FakeApi()
+    hub.push_to_hub(pipe, "me/with-grid", api=api, extra_files={"validation_grid.png": picture},
+                    sample_image="validation_grid.png", sample_caption="The grid")
+    assert api.uploaded["validation_grid.png"] == b"png bytes"
+    assert "![Samples](validation_grid.png)" in api.uploaded["README.md"].decode() and "*The grid*" in api.uploaded["README.md"].decode()
+    for bad in ({"../x.png": picture}, {"README.md": picture}, {"y.png": tmp_path / "missing.png"}):
+        with pytest.raises(ValueError, match="extra_files"):
+            hub.push_to_hub(pipe, "me/with-grid", api=_FakeApi(), extra_files=bad)
+
+
+# ------------------------------------------------------------------ the metadata of every kind of card
+
+
+def _hub_card(cache, repo_id, text, repo_type="model"):
+    """Put a README.md with ``text`` for ``repo_id`` into the Hub cache ``cache``."""
+    folder = cache.parent / f"card-{repo_id.replace('/', '-')}"
+    folder.mkdir()
+    (folder / "README.md").write_text(text)
+    make_hub_cache(folder, cache, repo_id)
+    if repo_type == "dataset":
+        (cache / ("models--" + repo_id.replace("/", "--"))).rename(cache / ("datasets--" + repo_id.replace("/", "--")))
+
+
+def test_model_card_metadata_licenses_base_model_and_samples(pipe, tmp_path):
+    meta, body = _split_card(str(hub.create_model_card(pipe, "me/x")))
+    assert meta["license"] == "other" and meta["license_name"] == "unknown" and meta["license_link"] == "README.md#license"
+    assert "## License" in body and "Not specified by the uploader" in body
+    meta, body = _split_card(str(hub.create_model_card(
+        pipe, "me/x", license="other", license_name="my-terms-1.0", license_link="https://example.org/terms",
+        base_model="org/base", sample_image="grid.png", sample_caption="Validation samples")))
+    assert (meta["license"], meta["license_name"], meta["license_link"]) == ("other", "my-terms-1.0", "https://example.org/terms")
+    assert meta["base_model"] == "org/base" and "https://huggingface.co/org/base" in body
+    assert "![Samples](grid.png)" in body and "*Validation samples*" in body
+    meta, _ = _split_card(str(hub.create_model_card(pipe, "me/x", license="apache-2.0")))
+    assert meta["license"] == "apache-2.0" and "license_name" not in meta
+    with pytest.raises(ValueError, match="base_model"):
+        hub.create_model_card(pipe, "me/x", base_model=str(tmp_path))  # a local folder is no Hub id
+    with pytest.raises(ValueError, match="sample_image"):
+        hub.create_model_card(pipe, "me/x", sample_image="/abs/grid.png")
+    with pytest.raises(ValueError, match="license_name"):
+        hub.create_model_card(pipe, "me/x", license="other", license_name="My Terms")
+
+
+def _train_args(ts, tmp_path, *extra):
+    return ts.parse_args(["--output_dir", str(tmp_path / "run"), "--validation_inference_steps", "7", *extra])
+
+
+def _grids(out, steps):
+    (out / "samples").mkdir(parents=True)
+    for step in steps:
+        (out / "samples" / f"step-{step:07d}.png").write_bytes(f"grid {step}".encode())
+
+
+def test_training_card_on_phantoms_has_license_tag_and_the_last_grid(pipe, tmp_path):
+    from test_training import ts
+
+    args = _train_args(ts, tmp_path, "--dataset_name", "phantoms:echo", "--use_ema")
+    out = Path(args.output_dir)
+    _grids(out, [2, 4, 6])
+    upload = ts.save_final_pipeline(pipe, args, num_examples=10, global_step=4, num_processes=1)
+    text = (out / "README.md").read_text()
+    meta, body = _split_card(text)
+    assert meta["license"] == "apache-2.0" and "license_name" not in meta
+    assert "datasets" not in meta and "base_model" not in meta
+    assert hub.TRAINING_TAG in meta["tags"] and meta["library_name"] == "diffusers"
+    assert (out / "validation_grid.png").read_bytes() == b"grid 4"  # the last grid of this run (step 6 is stale)
+    assert "](validation_grid.png)" in body and "step 4 of 4" in body and "EMA weights" in body
+    assert "phantoms:echo" in body and "no patient data" in body
+    assert upload["model_card"] == text
+    assert set(upload["extra_files"]) == {"validation_grid.png", "training_args.json"}
+    assert not INDEX_INSTALL.search(text) and hub.INSTALL_COMMAND in text
+    ts.check_output_dir(str(out))  # the copy of the grid is part of a run: the folder can be resumed into
+
+    # without any grid the card has no Samples section and no stale copy is left
+    for grid in (out / "samples").iterdir():
+        grid.unlink()
+    upload = ts.save_final_pipeline(pipe, args, num_examples=10, global_step=4, num_processes=1)
+    assert not (out / "validation_grid.png").exists() and "validation_grid.png" not in upload["model_card"]
+    assert set(upload["extra_files"]) == {"training_args.json"}
+
+
+def test_training_card_names_the_hub_dataset_and_base_model(pipe, tmp_path, offline_hub_cache):
+    from test_training import ts
+
+    _hub_card(offline_hub_cache, "org/echo-data", "---\nlicense: cc-by-nc-sa-4.0\n---\n# data\n", "dataset")
+    _hub_card(offline_hub_cache, "org/echo-base", "---\nlicense: cc-by-nc-sa-4.0\n---\n# base\n")
+    args = _train_args(ts, tmp_path, "--dataset_name", "org/echo-data", "--pretrained_model_name_or_path", "org/echo-base")
+    ts.save_final_pipeline(pipe, args, num_examples=10, global_step=4, num_processes=1)
+    meta, body = _split_card((Path(args.output_dir) / "README.md").read_text())
+    assert meta["datasets"] == ["org/echo-data"] and meta["base_model"] == "org/echo-base"
+    assert meta["license"] == "cc-by-nc-sa-4.0"  # what both sources state
+    assert hub.TRAINING_TAG in meta["tags"] and "fine-tuned from `org/echo-base`" in body
+
+    # a dataset whose card is not on this machine: the license cannot be told, the link goes to the dataset
+    args = _train_args(ts, tmp_path / "b", "--dataset_name", "org/uncached-data")
+    ts.save_final_pipeline(pipe, args, num_examples=10, global_step=4, num_processes=1)
+    meta, body = _split_card((Path(args.output_dir) / "README.md").read_text())
+    assert meta["datasets"] == ["org/uncached-data"] and "base_model" not in meta
+    assert (meta["license"], meta["license_name"]) == ("other", "unknown")
+    assert meta["license_link"] == "https://huggingface.co/datasets/org/uncached-data"
+
+
+def test_training_card_from_a_local_pipeline_names_it_in_the_text_only(pipe, saved, tmp_path):
+    from test_training import ts
+
+    folder = tmp_path / "base"
+    import shutil
+
+    shutil.copytree(saved, folder)
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n")
+    args = _train_args(ts, tmp_path, "--pretrained_model_name_or_path", str(folder))
+    ts.save_final_pipeline(pipe, args, num_examples=10, global_step=4, num_processes=1)
+    meta, body = _split_card((Path(args.output_dir) / "README.md").read_text())
+    assert "base_model" not in meta and str(folder) in body
+    assert meta["license"] == "mit"  # the base model's terms; phantoms add none
+
+
+def _generation_settings(model):
+    return {
+        "model": model, "pipeline_class": "SemanticUltrasoundPipeline", "scheduler_class": "BMapAttenuationScheduler",
+        "scheduler_config": {"num_train_timesteps": 100}, "model_digest": "0" * 64, "labels": "phantoms:echo:2",
+        "labels_digest": "1" * 64, "num_labels": 2, "height": 16, "width": 16, "images_per_label": 1,
+        "num_inference_steps": 2, "guidance_scale": 1.5, "eta": None, "seed": 0, "augment": None,
+        "augment_tissue_label": None, "resize_labels": False, "chunk_size": 8,
+    }
+
+
+def test_dataset_card_names_the_source_model_and_its_license(saved, tmp_path, offline_hub_cache):
+    from ultrasound_diffusers import generation
+    from ultrasound_diffusers.demo import DEMO_PIPELINE_PATH
+
+    assert generation.create_dataset_card is hub.create_dataset_card  # still importable from generation
+    meta, body = _split_card(hub.create_dataset_card(_generation_settings(str(DEMO_PIPELINE_PATH)), 2))
+    assert meta["source_model"] == str(DEMO_PIPELINE_PATH)
+    assert meta["license"] == "apache-2.0" == meta["source_model_license"]  # read from the bundled card
+    assert "synthetic" in meta["tags"] and meta["task_categories"] == ["image-segmentation"]
+
+    _hub_card(offline_hub_cache, "org/echo-model", "---\nlicense: cc-by-nc-sa-4.0\n---\n# model\n")
+    meta, body = _split_card(hub.create_dataset_card(_generation_settings("org/echo-model"), 2, repo_id="me/synth"))
+    assert (meta["source_model"], meta["license"], meta["pretty_name"]) == ("org/echo-model", "cc-by-nc-sa-4.0", "synth")
+    assert "https://huggingface.co/org/echo-model" in body
+
+    # a folder without a card, and a Hub model whose card is not on this machine
+    meta, body = _split_card(hub.create_dataset_card(_generation_settings(str(saved)), 2))
+    assert (meta["license"], meta["license_name"], meta["source_model_license"]) == ("other", "unknown", "unknown")
+    assert meta["license_link"] == "README.md#license-and-provenance" and "## License and provenance" in body
+    meta, _ = _split_card(hub.create_dataset_card(_generation_settings("org/not-cached"), 2))
+    assert meta["license_link"] == "https://huggingface.co/org/not-cached"
+    meta, _ = _split_card(hub.create_dataset_card(_generation_settings("org/not-cached"), 2, model_license={"license": "mit"}))
+    assert meta["license"] == "mit"
+
+
+# ------------------------------------------------------------------ no card or remote-code file names a failing install
+
+
+def test_no_card_or_remote_code_file_names_an_install_that_would_fail(pipe, saved, tmp_path):
+    """The package is not on PyPI: nothing may tell users to install it by name from the index."""
+    texts = {
+        "model card template": hub.MODEL_CARD_TEMPLATE.read_text(),
+        "remote-code template": loading.REMOTE_CODE_TEMPLATE.read_text(),
+        "rendered model card": str(hub.create_model_card(pipe, REPO_ID)),
+        "dataset card": hub.create_dataset_card(_generation_settings("org/x"), 2),
+        "install hint": loading.install_hint(),
+    }
+    shims = [p for p in ROOT.rglob("*.py") if ".git" not in p.parts and p.read_text(errors="ignore").startswith("# Remote-code file written")]
+    assert len(shims) >= 3  # the bundled demo pipeline's at least
+    shims += list(saved.rglob("*.py"))
+    texts.update({str(p): p.read_text() for p in shims})
+    texts.update({str(p): p.read_text() for p in (ROOT / "model_cards").glob("*.md")})
+    folder = _copy(saved, tmp_path)
+    _edit_index(folder, _class_name="NoSuchUltrasoundPipeline")
+    with pytest.raises(ValueError) as info:
+        DiffusionPipeline.from_pretrained(folder)
+    texts["unknown-class error"] = str(info.value)
+    bad = {name: INDEX_INSTALL.search(text).group(0) for name, text in texts.items() if INDEX_INSTALL.search(text)}
+    assert not bad
+    for name in ("rendered model card", "install hint", str(saved / "unet" / "unet_semantic_2d.py")):
+        assert hub.INSTALL_COMMAND in texts[name] and hub.wheel_filename() in texts[name], name
+    # the regular expression itself catches what it must
+    for wrong in ("pip install ultrasound-diffusers", "pip install -U ultrasound-diffusers`", "pip install 'ultrasound-diffusers[metrics]'"):
+        assert INDEX_INSTALL.search(wrong), wrong
+    for right in ("pip install ./ultrasound-diffusers", "pip install dist/ultrasound_diffusers-0.1.0-py3-none-any.whl"):
+        assert not INDEX_INSTALL.search(right), right

@@ -223,7 +223,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 #: What a training run writes into --output_dir (anything else there is the user's).
 RUN_ENTRIES = {"model_index.json", "unet", "unet_ema", "scheduler", "README.md", "training_args.json", "samples",
-               "logs", "pipeline_semantic_ultrasound.py", "pipeline_ultrasound.py", ".ultrasound-diffusers.json"}
+               "logs", "pipeline_semantic_ultrasound.py", "pipeline_ultrasound.py", ".ultrasound-diffusers.json",
+               "validation_grid.png"}
 
 
 def check_output_dir(output_dir: str, overwrite: bool = False) -> None:
@@ -725,8 +726,14 @@ def training_summary(args: argparse.Namespace, num_examples: int, global_step: i
     """(training data, training details) paragraphs for the model card."""
     dataset = args.train_data_dir or args.dataset_name or "phantoms:echo"
     data = f"`{dataset}`: {num_examples} images at {args.resolution[0]}x{args.resolution[1]} px"
+    if args.train_data_dir is None and (args.dataset_name is None or args.dataset_name.startswith("phantoms")):
+        data += (" (physics phantoms generated in memory by ultrasound-diffusers, `generate_phantoms(seed="
+                 f"{args.seed})`; no patient data)")
+    data += "."
+    start = (f"fine-tuned from `{args.pretrained_model_name_or_path}`" if args.pretrained_model_name_or_path
+             else "trained from a random initialisation")
     details = (
-        f"Trained with `training/train_semantic.py` of ultrasound-diffusers for {global_step} steps "
+        f"Trained with `training/train_semantic.py` of ultrasound-diffusers ({start}) for {global_step} steps "
         f"(batch {args.train_batch_size} per process x {num_processes} processes x {args.gradient_accumulation_steps} "
         f"accumulation), AdamW lr {args.learning_rate} ({args.lr_scheduler} schedule, {args.lr_warmup_steps} warm-up "
         f"steps), weight decay {args.adam_weight_decay}, "
@@ -740,19 +747,56 @@ def training_summary(args: argparse.Namespace, num_examples: int, global_step: i
 
 
 def save_final_pipeline(pipeline, args: argparse.Namespace, num_examples: int, global_step: int,
-                        num_processes: int) -> None:
+                        num_processes: int) -> Dict[str, Any]:
     """Save the pipeline into ``--output_dir`` (unet/, scheduler/, model_index.json; written atomically by the
-    pipeline, checkpoints and logs kept) with its model card and ``training_args.json``."""
-    from ultrasound_diffusers.pipelines import save_model_card
-    from ultrasound_diffusers.utils.io import atomic_write_text
+    pipeline, checkpoints and logs kept) with its model card, ``training_args.json`` and a copy of the last
+    validation grid (``samples/step-N.png``) as ``validation_grid.png``, which the card shows.
 
+    The card's metadata carries the license (``other`` with ``license_name`` / ``license_link`` when it cannot be
+    told; ``--license`` if the parser has one), the Hub dataset id of ``--dataset_name`` (none for phantoms and
+    local data), ``base_model`` when ``--pretrained_model_name_or_path`` is a Hub id, and the
+    ``diffusers-training`` tag (:func:`ultrasound_diffusers.pipelines.hub.training_card_fields`).
+
+    Returns:
+        the keyword arguments that upload this card and the files it links to with ``pipeline.push_to_hub``:
+        ``{"model_card": text, "extra_files": {name: path}}``.
+    """
+    from ultrasound_diffusers.pipelines.hub import save_model_card, training_card_fields
+    from ultrasound_diffusers.utils.io import atomic_write_bytes, atomic_write_text
+
+    out = Path(args.output_dir)
+    grid_name = "validation_grid.png"  # the copy of the last validation grid that the card shows, beside it
     pipeline.save_pretrained(args.output_dir)
     data, details = training_summary(args, num_examples, global_step, num_processes)
-    repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
-    save_model_card(pipeline, args.output_dir, repo_id, training_data=data, training_details=details,
-                    num_inference_steps=args.validation_inference_steps, guidance_scale=args.guidance_scale)
+    repo_id = args.hub_model_id or out.resolve().name
+    fields = training_card_fields(
+        dataset_name=args.dataset_name, train_data_dir=args.train_data_dir,
+        pretrained_model=args.pretrained_model_name_or_path, license=getattr(args, "license", None),
+        license_name=getattr(args, "license_name", None), license_link=getattr(args, "license_link", None),
+    )
+    grids = sorted((int(p.stem.split("-")[1]), p) for p in (out / "samples").glob("step-*.png")
+                   if p.stem.split("-")[1].isdigit() and int(p.stem.split("-")[1]) <= global_step)
+    extra_files = {}
+    if grids:
+        step, grid = grids[-1]
+        atomic_write_bytes(out / grid_name, grid.read_bytes())
+        extra_files[grid_name] = out / grid_name
+        rows = ("one row per validation label map: the map (coloured) and the image generated from it"
+                if not args.unconditional else "unconditional samples")
+        fields["sample_image"] = grid_name
+        fields["sample_caption"] = (
+            f"Validation samples at step {step} of {global_step} ({rows}; {args.validation_inference_steps} steps, "
+            f"guidance {args.guidance_scale}, seed {args.seed}{', EMA weights' if args.use_ema else ''})"
+        )
+    else:
+        (out / grid_name).unlink(missing_ok=True)  # a grid of an earlier run would not be this model's
+    card = save_model_card(pipeline, args.output_dir, repo_id, training_data=data, training_details=details,
+                           num_inference_steps=args.validation_inference_steps, guidance_scale=args.guidance_scale,
+                           **fields)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k != "hub_token"}
-    atomic_write_text(Path(args.output_dir) / "training_args.json", json.dumps(config, indent=2, default=str) + "\n")
+    atomic_write_text(out / "training_args.json", json.dumps(config, indent=2, default=str) + "\n")
+    extra_files["training_args.json"] = out / "training_args.json"
+    return {"model_card": card.read_text(encoding="utf-8"), "extra_files": extra_files}
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -1065,14 +1109,12 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
             ema_model.copy_to(model.parameters())
         model.eval()
         pipeline = _pipeline_class(conditional)(unet=model, scheduler=noise_scheduler)
-        save_final_pipeline(pipeline, args, len(dataset), global_step, accelerator.num_processes)
+        upload = save_final_pipeline(pipeline, args, len(dataset), global_step, accelerator.num_processes)
         logger.info("saved the pipeline to %s", args.output_dir)
         if args.push_to_hub:
-            data, details = training_summary(args, len(dataset), global_step, accelerator.num_processes)
             repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
             url = pipeline.push_to_hub(repo_id, private=args.hub_private_repo or None, token=args.hub_token,
-                                       commit_message=f"train_semantic.py: step {global_step}",
-                                       training_data=data, training_details=details)
+                                       commit_message=f"train_semantic.py: step {global_step}", **upload)
             logger.info("pushed to the Hub: %s", url)
     accelerator.end_training()
     return 0

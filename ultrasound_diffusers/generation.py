@@ -58,6 +58,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .image_processor import to_label_array
+from .pipelines.hub import create_dataset_card  # the dataset card lives with the other cards; importable from here
 from .utils.io import remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
@@ -343,98 +344,6 @@ def _write_manifest(output_dir: Path, settings: GenerationSettings, status: str,
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if n < limit:
-            return name
-    return "n>1M"
-
-
-def create_dataset_card(settings: Union[GenerationSettings, Dict[str, Any]], num_rows: int,
-                        label_names: Optional[Dict[str, str]] = None, repo_id: Optional[str] = None,
-                        command: Optional[str] = None) -> str:
-    """Markdown dataset card (with YAML metadata) saying which model, settings and labels made the dataset."""
-    s = settings.to_dict() if isinstance(settings, GenerationSettings) else dict(settings)
-    title = repo_id.split("/")[-1] if repo_id else "Synthetic ultrasound images"
-    lines = [
-        "---",
-        "tags:",
-        "- ultrasound",
-        "- synthetic",
-        "- medical-imaging",
-        "- diffusers",
-        "- ultrasound-diffusers",
-        "task_categories:",
-        "- image-segmentation",
-        "size_categories:",
-        f"- {_size_category(num_rows)}",
-        f"pretty_name: {json.dumps(title)}",
-        "---",
-        "",
-        f"# {title}",
-        "",
-        f"{num_rows} synthetic ultrasound images, each paired with the label map it was generated from, made with "
-        "`ultrasound-diffusers generate` (label-conditioned diffusion with the physics-inspired "
-        "B-map forward process). Intended for research, e.g. training segmentation networks on synthetic data; "
-        "not for clinical use.",
-        "",
-        "## How it was made",
-        "",
-        "| setting | value |",
-        "|---|---|",
-        f"| model | `{s['model']}` |",
-        f"| pipeline | `{s['pipeline_class']}` |",
-        f"| scheduler | `{s['scheduler_class']}` |",
-        f"| inference steps | {s['num_inference_steps']} |",
-        f"| guidance scale | {s['guidance_scale']} |",
-        f"| eta | {'scheduler default' if s['eta'] is None else s['eta']} |",
-        f"| seed | {s['seed']} |",
-        f"| label maps | {s['labels']} |",
-        f"| number of label maps | {s['num_labels']} |",
-        f"| images per label map | {s['images_per_label']} |",
-        f"| image size | {s['height']} x {s['width']} |",
-        f"| label augmentation | {'none' if not s['augment'] else 'affine + elastic (echo-from-noise), ' + json.dumps(s['augment'])} |",
-        f"| labels resized | {'yes (nearest)' if s['resize_labels'] else 'no'} |",
-        f"| model (configs + weights) SHA-256 | `{s['model_digest'][:16]}...` |",
-        f"| label maps SHA-256 | `{s['labels_digest'][:16]}...` |",
-        "",
-        "Scheduler configuration:",
-        "",
-        "```json",
-        json.dumps(s["scheduler_config"], indent=2, sort_keys=True, default=_json_default),
-        "```",
-        "",
-    ]
-    if label_names:
-        lines += ["## Labels", "", "| label | meaning |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in sorted(label_names.items(), key=lambda kv: int(kv[0]))]
-        lines.append("")
-    lines += [
-        "## Columns",
-        "",
-        "- `image`: the generated image (PNG); `label`: the label map it was generated from (PNG, pixel value = class).",
-        "- `source_id`, `label_index`: the label map in the source; `copy_index`: which of its images this is.",
-        "- `seed`: the torch seed of the image's noise, derived from (global seed, label index, copy index); "
-        "`augmentation_seed`: the seed of the label augmentation (or null), `augmented`.",
-        "- `model`, `pipeline_class`, `scheduler_class`, `scheduler_config` (JSON), `num_inference_steps`, "
-        "`guidance_scale`, `eta`, `global_seed`, `height`, `width`.",
-        "",
-        "Rows are sorted by (`label_index`, `copy_index`); the same arguments give the same dataset on any number "
-        "of processes.",
-        "",
-    ]
-    if command:
-        lines += ["## Command", "", "```bash", command, "```", ""]
-    lines += [
-        "## License and provenance",
-        "",
-        "The images are outputs of the model above, conditioned on the label maps above: the terms of the model "
-        "and of the label source (for example CAMUS: CC BY-NC-SA 4.0, non-commercial) apply.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def _hub_api(token: Optional[str] = None):
     from huggingface_hub import HfApi
 
@@ -443,17 +352,11 @@ def _hub_api(token: Optional[str] = None):
 
 def push_dataset_to_hub(dataset, repo_id: str, card: str, private: Optional[bool] = None,
                         token: Optional[str] = None) -> str:
-    """Upload the dataset card, then the dataset (``Dataset.push_to_hub`` keeps the card's text and adds its
-    own metadata). Returns the repository id."""
-    api = _hub_api(token)
-    url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    repo_id = getattr(url, "repo_id", None) or repo_id
-    api.upload_file(
-        path_or_fileobj=card.encode("utf-8"), path_in_repo=CARD_NAME, repo_id=repo_id, repo_type="dataset",
-        commit_message="Dataset card (ultrasound-diffusers generate)",
-    )
-    dataset.push_to_hub(repo_id, private=private, token=token, commit_message="Synthetic ultrasound dataset")
-    return repo_id
+    """Upload the dataset card, then the dataset: :func:`ultrasound_diffusers.pipelines.hub.push_dataset_to_hub`.
+    Returns the repository id."""
+    from .pipelines import hub
+
+    return hub.push_dataset_to_hub(dataset, repo_id, card, private=private, token=token, api=_hub_api(token))
 
 
 def export_png_folders(dataset, folder: PathLike) -> Path:

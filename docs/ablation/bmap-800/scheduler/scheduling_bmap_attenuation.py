@@ -7,16 +7,17 @@
 #     pipe = diffusers.DiffusionPipeline.from_pretrained("<this folder or repo id>", trust_remote_code=True)
 #
 # The package's own loader never runs this file: `ultrasound_diffusers.DiffusionPipeline.from_pretrained(...)`
-# needs no trust_remote_code. Install the package with:
+# needs no trust_remote_code. ultrasound-diffusers is not on PyPI: install it from its source folder (a clone
+# or an unpacked source archive), or from the wheel built there with `python -m build --wheel`:
 #
-#     pip install ultrasound-diffusers
+#     pip install ./ultrasound-diffusers
+#     pip install dist/ultrasound_diffusers-0.1.0-py3-none-any.whl
 try:
     from ultrasound_diffusers.schedulers.scheduling_bmap_attenuation import BMapAttenuationScheduler
 except ImportError as error:  # the package is missing (or too old to have this class)
     raise ImportError(
         "This pipeline needs the `ultrasound-diffusers` package, which defines `BMapAttenuationScheduler` "
-        "(module `ultrasound_diffusers.schedulers.scheduling_bmap_attenuation`): install it with `pip install ultrasound-diffusers` "
-        "(or `pip install -e <path to a checkout of ultrasound-diffusers>`), then load again. "
+        "(module `ultrasound_diffusers.schedulers.scheduling_bmap_attenuation`). ultrasound-diffusers is not on PyPI: install it from its source folder (`pip install ./ultrasound-diffusers`, or `pip install -e .` inside it) or from a wheel built there (`python -m build --wheel`, then `pip install dist/ultrasound_diffusers-0.1.0-py3-none-any.whl`); then load again. "
         f"Import error: {error}"
     ) from error
 

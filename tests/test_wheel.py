@@ -1,0 +1,133 @@
+"""The package as users get it: a wheel built from the source, installed (not editable) into a fresh virtual
+environment, runs the demo and imports every area from that environment, not from the source tree.
+
+The fresh environment reuses the installed dependencies (``--system-site-packages``; nothing is downloaded) and
+the wheel goes in with ``--no-deps --no-build-isolation``. Everything runs from a temporary working directory.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+# One import-level check per area of the package, run inside the fresh environment. Prints a JSON report.
+CHECKS = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    import numpy as np
+    import ultrasound_diffusers as ud
+    from ultrasound_diffusers import DiffusionPipeline, SemanticUNet2DModel, BMapAttenuationScheduler
+    from ultrasound_diffusers.pipelines import hub, loading, pipeline_utils, SemanticUltrasoundPipeline
+    from ultrasound_diffusers.demo import DEMO_PIPELINE_PATH
+    from ultrasound_diffusers.data.phantoms import generate_phantoms
+    from ultrasound_diffusers.evaluation import physics
+    from ultrasound_diffusers import acoustics, commands, generation, operators, losses, image_processor, utils
+    from ultrasound_diffusers.models import unet_semantic_2d
+    from ultrasound_diffusers.schedulers import scheduling_bmap_attenuation
+
+    modules = [ud, hub, loading, pipeline_utils, physics, acoustics, commands, generation, operators, losses,
+               image_processor, utils, unet_semantic_2d, scheduling_bmap_attenuation, sys.modules[generate_phantoms.__module__]]
+    pipe = DiffusionPipeline.from_pretrained(DEMO_PIPELINE_PATH)
+    scheduler = BMapAttenuationScheduler(num_train_timesteps=10)
+    phantoms = generate_phantoms(1, anatomy="echo", size=32, seed=0)
+    report = {
+        "prefix": sys.prefix,
+        "files": {m.__name__: m.__file__ for m in modules},
+        "data_files": [str(p) for p in (hub.MODEL_CARD_TEMPLATE, loading.REMOTE_CODE_TEMPLATE,
+                                        DEMO_PIPELINE_PATH / "unet" / "diffusion_pytorch_model.safetensors",
+                                        DEMO_PIPELINE_PATH / "README.md")],
+        "data_exist": all(p.is_file() for p in (hub.MODEL_CARD_TEMPLATE, loading.REMOTE_CODE_TEMPLATE,
+                                                DEMO_PIPELINE_PATH / "unet" / "diffusion_pytorch_model.safetensors")),
+        "pipeline": type(pipe).__name__,
+        "card_renders": hub.NOT_FOR_DIAGNOSIS in str(hub.create_model_card(pipe, "me/demo")),
+        "phantoms": len(phantoms),
+        "wheel_name": loading.wheel_filename(),
+    }
+    print("REPORT " + json.dumps(report))
+    """
+)
+
+
+def _wheel_builder(env):
+    """An interpreter whose setuptools builds wheels without downloading anything (setuptools >= 70.1 has
+    bdist_wheel, older ones need the ``wheel`` package): this one, else the one this virtual environment was made
+    from (a venv made by ``python -m venv`` carries its own, older setuptools)."""
+    probe = "import importlib.util as u, sys; sys.exit(not (u.find_spec('setuptools.command.bdist_wheel') or u.find_spec('wheel')))"
+    for python in dict.fromkeys([sys.executable, getattr(sys, "_base_executable", sys.executable)]):
+        if subprocess.run([python, "-c", probe], env=env).returncode == 0:
+            return python
+    pytest.skip("no interpreter here can build a wheel offline: install `wheel` or setuptools >= 70.1")
+
+
+def _run(cmd, cwd, env, timeout=900):
+    result = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{cmd}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def test_wheel_installs_into_a_fresh_venv_and_runs_from_there(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1",
+               MPLBACKEND="Agg", HF_HUB_OFFLINE="1", PYTHONNOUSERSITE="1")
+    env.pop("PYTHONPATH", None)
+
+    # build from a copy of the source, so that the checkout gets no build/ or egg-info folders
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "demo_output", "outputs"))
+    _run([_wheel_builder(env), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+          tmp_path / "dist", source], cwd=tmp_path, env=env)
+    wheels = list((tmp_path / "dist").glob("*.whl"))
+    assert len(wheels) == 1
+    wheel = wheels[0]
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ("ultrasound_diffusers/assets/bmap-echo-phantom-64/unet/diffusion_pytorch_model.safetensors",
+                   "ultrasound_diffusers/assets/bmap-echo-phantom-64/unet/config.json",
+                   "ultrasound_diffusers/assets/bmap-echo-phantom-64/scheduler/scheduler_config.json",
+                   "ultrasound_diffusers/assets/bmap-echo-phantom-64/model_index.json",
+                   "ultrasound_diffusers/assets/bmap-echo-phantom-64/README.md",
+                   "ultrasound_diffusers/pipelines/templates/model_card_template.md",
+                   "ultrasound_diffusers/pipelines/templates/remote_code_shim.py.tmpl",
+                   "ultrasound_diffusers/pipelines/loading.py"):
+        assert needed in names, needed
+    assert not any(n.startswith(("tests/", "training/", "docs/", "pipelines/")) for n in names)
+
+    # a fresh environment that sees the installed dependencies, with the wheel installed (not editable)
+    # (without a pip of its own: this interpreter's pip installs into it with --python, which saves ensurepip)
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], cwd=tmp_path, env=env)
+    python = venv / "bin" / "python"
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-build-isolation",
+          "--no-index", "-q", wheel], cwd=tmp_path, env=env)
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    result = _run([python, "-c", CHECKS], cwd=work, env=env)
+    report = json.loads(next(l for l in result.stdout.splitlines() if l.startswith("REPORT "))[len("REPORT "):])
+    prefix = Path(report["prefix"]).resolve()
+    assert prefix == venv.resolve()
+    for name, file in {**report["files"], **{p: p for p in report["data_files"]}}.items():
+        path = Path(file).resolve()
+        assert prefix in path.parents, f"{name} comes from {path}, not from the fresh environment"
+        assert ROOT not in path.parents, f"{name} comes from the source tree"
+    assert report["data_exist"] and report["pipeline"] == "SemanticUltrasoundPipeline" and report["card_renders"]
+    assert report["phantoms"] == 1
+    assert report["wheel_name"] == wheel.name  # what the cards and remote-code files tell users to install
+
+    # the demo through the module and the console script, both from the fresh environment
+    out = work / "demo-out"
+    _run([python, "-m", "ultrasound_diffusers", "demo", "--num_images", "1", "--num_inference_steps", "2",
+          "--output_dir", out], cwd=work, env=env)
+    assert (out / "demo.png").is_file()
+    result = _run([venv / "bin" / "ultrasound-diffusers", "--help"], cwd=work, env=env)
+    assert "demo" in result.stdout
