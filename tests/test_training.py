@@ -149,12 +149,12 @@ def test_preprocessing_resizes_scales_and_converts(tmp_path):
     from ultrasound_diffusers.data.paired import preprocess_image, preprocess_labels
 
     rgb = Image.fromarray(np.full((20, 24, 3), [255, 0, 0], np.uint8))
-    x = preprocess_image(rgb, (10, 12), in_channels=1)
+    x = preprocess_image(rgb, (10, 12), channels=1)
     assert x.shape == (1, 10, 12)
     assert torch.allclose(x, torch.full_like(x, 0.299 * 2 - 1), atol=2e-3)  # luminance of pure red
-    x3 = preprocess_image(Image.fromarray(np.zeros((8, 8), np.uint8)), (8, 8), in_channels=3)
+    x3 = preprocess_image(Image.fromarray(np.zeros((8, 8), np.uint8)), (8, 8), channels=3)
     assert x3.shape == (3, 8, 8) and float(x3.max()) == -1.0
-    x16 = preprocess_image(np.full((4, 4), 65535, np.uint16), (4, 4), in_channels=1)
+    x16 = preprocess_image(np.full((4, 4), 65535, np.uint16), (4, 4), channels=1)
     assert float(x16.min()) == 1.0
     lab = np.zeros((20, 24), np.uint8)
     lab[:, 12:] = 3
@@ -224,8 +224,9 @@ def script_command(launcher="python", processes=1):
     return cmd, env
 
 
-def run_script(args, launcher="python", processes=1, expect_ok=True, timeout=300):
-    cmd, env = script_command(launcher, processes)
+def run_script(args, launcher="python", processes=1, expect_ok=True, timeout=300, env=None):
+    cmd, base_env = script_command(launcher, processes)
+    env = {**base_env, **(env or {})}
     result = subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=timeout)
     if expect_ok and result.returncode != 0:
@@ -386,6 +387,67 @@ def test_unconditional_rectangular_run(tmp_path):
     assert isinstance(pipe, UltrasoundPipeline)
     images = pipe(batch_size=1, num_inference_steps=2, output_type="np").images
     assert np.asarray(images).shape[:3] == (1, 8, 32)
+
+
+@pytest.mark.slow
+def test_wandb_logs_the_validation_grid_as_an_image(saved_dataset, tmp_path):
+    """--logger wandb (offline): the sample grid is logged as a wandb.Image, the same picture as samples/."""
+    pytest.importorskip("wandb", reason="wandb is not installed (pip install wandb) so --logger wandb is not tested")
+    from PIL import Image
+
+    wandb_dir = tmp_path / "wandb"
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "WANDB_CONFIG_DIR": str(wandb_dir / "config"),
+           "WANDB_CACHE_DIR": str(wandb_dir / "cache"), "WANDB_DATA_DIR": str(wandb_dir / "data"),
+           "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}
+    out = tmp_path / "out"
+    run_script(tiny_args(saved_dataset, out, "--logger", "wandb", "--max_train_steps", "2", "--validation_steps", "2",
+                         "--validation_inference_steps", "2", "--num_validation_images", "2",
+                         "--checkpointing_steps", "0"), env=env)
+    runs = sorted(wandb_dir.rglob("offline-run-*"))
+    assert len(runs) == 1, runs
+    media = sorted(runs[0].rglob("media/images/validation_*.png"))
+    assert len(media) == 1, sorted(p.relative_to(runs[0]) for p in runs[0].rglob("*") if p.is_file())
+    logged = np.asarray(Image.open(media[0]).convert("RGB"))
+    saved = np.asarray(Image.open(out / "samples" / "step-0000002.png").convert("RGB"))
+    assert logged.shape == (2 * 16 + 2, 2 * 16 + 2, 3) and np.array_equal(logged, saved)
+    assert not list((out / "logs").rglob("events.out.tfevents*"))  # no tensorboard files with --logger wandb
+
+
+@pytest.mark.slow
+def test_mask_ablated_training_accepts_label_maps_with_missing_classes(saved_dataset, tmp_path):
+    """--class_drop_rate: the flag reaches the training inputs, and the pipeline of a few steps generates from
+    label maps that lack classes."""
+    common = ["--max_train_steps", "3", "--checkpointing_steps", "0", "--validation_steps", "0", "--logger", "none"]
+    out, plain = tmp_path / "ablated", tmp_path / "plain"
+    run_script(tiny_args(saved_dataset, out, "--class_drop_rate", "0.5", *common))
+    run_script(tiny_args(saved_dataset, plain, *common))
+    assert json.loads((out / "training_args.json").read_text())["class_drop_rate"] == 0.5
+    ablated_weights, plain_weights = _weights(out / "unet"), _weights(plain / "unet")
+    assert any(not torch.equal(ablated_weights[k], plain_weights[k]) for k in plain_weights)  # other label maps
+
+    from ultrasound_diffusers.pipelines import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(out))
+    assert pipe.unet.config.num_classes == 3  # no extra class: dropped classes became class 0
+    full = torch.zeros(1, 16, 16, dtype=torch.long)
+    full[:, 2:7, 3:8], full[:, 11:] = 1, 2
+    maps = {"full": full, "without class 1": torch.where(full == 1, 0, full),
+            "background only": torch.zeros_like(full)}
+    images = {}
+    for name, segmap in maps.items():
+        result = pipe(segmap=segmap, num_inference_steps=2, guidance_scale=1.5, output_type="np",
+                      generator=torch.Generator().manual_seed(0)).images
+        images[name] = np.asarray(result)
+        assert images[name].shape[:3] == (1, 16, 16) and np.isfinite(images[name]).all(), name
+    assert not np.array_equal(images["full"], images["without class 1"])  # same noise, other conditioning
+
+
+def test_class_drop_rate_flag_is_checked():
+    assert ts.parse_args(["--class_drop_rate", "0.3"]).class_drop_rate == 0.3
+    assert ts.parse_args([]).class_drop_rate == 0.0
+    for bad in ("-0.1", "1.5", "nan"):
+        with pytest.raises(ValueError, match=r"--class_drop_rate must be a probability in \[0, 1\]"):
+            ts.parse_args(["--class_drop_rate", bad])
 
 
 def test_validation_split_and_phantoms(tmp_path):
