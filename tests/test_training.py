@@ -224,7 +224,12 @@ def script_command(launcher="python", processes=1):
     return cmd, env
 
 
-def run_script(args, launcher="python", processes=1, expect_ok=True, timeout=300, env=None):
+#: Seconds a tiny run may take; raise it on a machine whose cores are busy (TRAINING_TEST_TIMEOUT=1200).
+RUN_TIMEOUT = int(os.environ.get("TRAINING_TEST_TIMEOUT", "300"))
+
+
+def run_script(args, launcher="python", processes=1, expect_ok=True, timeout=None, env=None):
+    timeout = RUN_TIMEOUT if timeout is None else timeout
     cmd, base_env = script_command(launcher, processes)
     env = {**base_env, **(env or {})}
     result = subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -11,6 +11,11 @@ variance). Runs with ``accelerate launch training/train_semantic.py ...`` (one o
 
 Without any data flag the script trains on echocardiography phantoms generated in memory
 (``--dataset_name phantoms:echo``), so it runs offline.
+
+The script keeps the shape of the diffusers training examples (``parse_args``, ``main`` with an Accelerate loop);
+the data come from :mod:`ultrasound_diffusers.data.paired` (sources, checks, preprocessing) and the reusable
+training helpers (reproducible batch inputs, mask ablation, checkpoints, sample grids) from
+:mod:`ultrasound_diffusers.training_utils`.
 """
 
 from __future__ import annotations
