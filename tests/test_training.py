@@ -1,4 +1,9 @@
-"""Tests of training/train_semantic.py: data checks and helpers in-process, tiny end-to-end runs as subprocesses."""
+"""Tests of training/train_semantic.py: data checks and flags in-process, tiny end-to-end runs as subprocesses.
+
+The script's data helpers live in :mod:`ultrasound_diffusers.data.paired` and its training helpers in
+:mod:`ultrasound_diffusers.training_utils` (tested in tests/test_data_paired.py and tests/test_training_utils.py);
+the tests here check them as the script uses them (errors naming its flags).
+"""
 
 import importlib.util
 import json
@@ -35,6 +40,13 @@ def load_script():
 
 
 ts = load_script()
+
+
+def check_dataset(ds, image_column, label_column, num_classes, **kwargs):
+    """The script's data check: the package's check with errors naming the script's flags."""
+    from ultrasound_diffusers.data.paired import check_paired_dataset
+
+    return check_paired_dataset(ds, image_column, label_column, num_classes, arguments=ts.DATA_FLAGS, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -99,9 +111,9 @@ def saved_dataset(tmp_path_factory):
 def test_check_dataset_infers_classes_and_accepts_good_data(tmp_path):
     ds = load_imagefolder(make_imagefolder(tmp_path / "ok"))
     assert set(ds.column_names) >= {"image", "label"}
-    assert ts.check_dataset(ds, "image", "label", None, show_progress=False) == 4
-    assert ts.check_dataset(ds, "image", "label", 6, show_progress=False) == 6
-    assert ts.check_dataset(ds, "image", None, None, show_progress=False) == 0
+    assert check_dataset(ds, "image", "label", None, show_progress=False) == 4
+    assert check_dataset(ds, "image", "label", 6, show_progress=False) == 6
+    assert check_dataset(ds, "image", None, None, show_progress=False) == 0
 
 
 @pytest.mark.parametrize(
@@ -115,77 +127,40 @@ def test_check_dataset_infers_classes_and_accepts_good_data(tmp_path):
 def test_check_dataset_names_the_bad_file(tmp_path, kind, message):
     ds = load_imagefolder(make_imagefolder(tmp_path / kind, bad=(3, kind)))
     with pytest.raises(ValueError, match=message):
-        ts.check_dataset(ds, "image", "label", 4, show_progress=False)
+        check_dataset(ds, "image", "label", 4, show_progress=False)
 
 
 def test_check_dataset_accepts_a_grey_label_map_saved_as_rgb(tmp_path):
     ds = load_imagefolder(make_imagefolder(tmp_path / "grey", bad=(3, "grey-rgb")))
-    assert ts.check_dataset(ds, "image", "label", 4, show_progress=False) == 4
+    assert check_dataset(ds, "image", "label", 4, show_progress=False) == 4
 
 
 def test_check_dataset_wrong_columns(tmp_path):
     ds = load_imagefolder(make_imagefolder(tmp_path / "cols", n=2))
     with pytest.raises(ValueError, match=r"--label_column 'mask' is not a column.*'image'.*'label'"):
-        ts.check_dataset(ds, "image", "mask", None, show_progress=False)
+        check_dataset(ds, "image", "mask", None, show_progress=False)
     with pytest.raises(ValueError, match="--image_column 'img'"):
-        ts.check_dataset(ds, "img", "label", None, show_progress=False)
+        check_dataset(ds, "img", "label", None, show_progress=False)
 
 
 def test_preprocessing_resizes_scales_and_converts(tmp_path):
     from PIL import Image
 
+    from ultrasound_diffusers.data.paired import preprocess_image, preprocess_labels
+
     rgb = Image.fromarray(np.full((20, 24, 3), [255, 0, 0], np.uint8))
-    x = ts.preprocess_image(rgb, (10, 12), in_channels=1)
+    x = preprocess_image(rgb, (10, 12), channels=1)
     assert x.shape == (1, 10, 12)
     assert torch.allclose(x, torch.full_like(x, 0.299 * 2 - 1), atol=2e-3)  # luminance of pure red
-    x3 = ts.preprocess_image(Image.fromarray(np.zeros((8, 8), np.uint8)), (8, 8), in_channels=3)
+    x3 = preprocess_image(Image.fromarray(np.zeros((8, 8), np.uint8)), (8, 8), channels=3)
     assert x3.shape == (3, 8, 8) and float(x3.max()) == -1.0
-    x16 = ts.preprocess_image(np.full((4, 4), 65535, np.uint16), (4, 4), in_channels=1)
+    x16 = preprocess_image(np.full((4, 4), 65535, np.uint16), (4, 4), channels=1)
     assert float(x16.min()) == 1.0
     lab = np.zeros((20, 24), np.uint8)
     lab[:, 12:] = 3
-    y = ts.preprocess_labels(Image.fromarray(lab), (10, 12))
+    y = preprocess_labels(Image.fromarray(lab), (10, 12))
     assert y.dtype == torch.int64 and y.shape == (10, 12)
     assert set(y.unique().tolist()) == {0, 3} and bool((y[:, 6:] == 3).all()) and bool((y[:, :6] == 0).all())
-
-
-def test_training_inputs_drop_and_flip():
-    clean = torch.arange(2 * 1 * 4 * 6, dtype=torch.float32).view(2, 1, 4, 6)
-    labels = torch.zeros(2, 4, 6, dtype=torch.long)
-    labels[:, :, :3] = 2
-    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
-    c, seg, t, noise = ts.draw_training_inputs(clean, labels, 3, 100, 0.0, False, gen())
-    assert torch.equal(c, clean) and seg.shape == (2, 3, 4, 6)
-    assert torch.equal(seg.sum(1), torch.ones(2, 4, 6)) and bool((seg[:, 2, :, :3] == 1).all())
-    assert t.dtype == torch.int64 and bool(((t >= 0) & (t < 100)).all()) and noise.shape == clean.shape
-    _, seg_dropped, t2, noise2 = ts.draw_training_inputs(clean, labels, 3, 100, 1.0, False, gen())
-    assert torch.count_nonzero(seg_dropped) == 0
-    assert torch.equal(t, t2) and torch.equal(noise, noise2)  # same generator, same draws
-    flipped = [ts.draw_training_inputs(clean, labels, 3, 100, 0.0, True, torch.Generator().manual_seed(s)) for s in range(8)]
-    kinds = set()
-    for c, seg, _, _ in flipped:
-        for i in range(2):
-            is_flipped = torch.equal(c[i], clean[i].flip(-1))
-            assert is_flipped or torch.equal(c[i], clean[i])
-            assert bool((seg[i, 2, :, 3:] == 1).all()) == is_flipped  # the label map follows its image
-            kinds.add(is_flipped)
-    assert kinds == {True, False}
-    # offset noise: a per-image, per-channel constant on top of the same draws
-    c0, seg0, t0, n0 = ts.draw_training_inputs(clean, labels, 3, 100, 0.5, True, gen())
-    c1, seg1, t1, n1 = ts.draw_training_inputs(clean, labels, 3, 100, 0.5, True, gen(), noise_offset=0.1)
-    assert torch.equal(c0, c1) and torch.equal(seg0, seg1) and torch.equal(t0, t1)
-    shift = n1 - n0
-    assert torch.allclose(shift, shift[..., :1, :1].expand_as(shift), atol=1e-6)
-    assert bool((shift[:, :, 0, 0].abs() > 0).all()) and float(shift.abs().max()) < 1.0
-
-
-def test_sampler_order_depends_only_on_seed_and_epoch():
-    a, b = ts.EpochShuffleSampler(20, seed=3), ts.EpochShuffleSampler(20, seed=3)
-    a.use_epoch(2)
-    b.use_epoch(2)
-    assert list(a) == list(b) and sorted(a) == list(range(20))
-    b.use_epoch(3)
-    assert list(a) != list(b)
 
 
 def test_arguments_and_model_config(tmp_path, capsys):
@@ -249,8 +224,14 @@ def script_command(launcher="python", processes=1):
     return cmd, env
 
 
-def run_script(args, launcher="python", processes=1, expect_ok=True, timeout=300):
-    cmd, env = script_command(launcher, processes)
+#: Seconds a tiny run may take; raise it on a machine whose cores are busy (TRAINING_TEST_TIMEOUT=1200).
+RUN_TIMEOUT = int(os.environ.get("TRAINING_TEST_TIMEOUT", "300"))
+
+
+def run_script(args, launcher="python", processes=1, expect_ok=True, timeout=None, env=None):
+    timeout = RUN_TIMEOUT if timeout is None else timeout
+    cmd, base_env = script_command(launcher, processes)
+    env = {**base_env, **(env or {})}
     result = subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=timeout)
     if expect_ok and result.returncode != 0:
@@ -411,6 +392,67 @@ def test_unconditional_rectangular_run(tmp_path):
     assert isinstance(pipe, UltrasoundPipeline)
     images = pipe(batch_size=1, num_inference_steps=2, output_type="np").images
     assert np.asarray(images).shape[:3] == (1, 8, 32)
+
+
+@pytest.mark.slow
+def test_wandb_logs_the_validation_grid_as_an_image(saved_dataset, tmp_path):
+    """--logger wandb (offline): the sample grid is logged as a wandb.Image, the same picture as samples/."""
+    pytest.importorskip("wandb", reason="wandb is not installed (pip install wandb) so --logger wandb is not tested")
+    from PIL import Image
+
+    wandb_dir = tmp_path / "wandb"
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "WANDB_CONFIG_DIR": str(wandb_dir / "config"),
+           "WANDB_CACHE_DIR": str(wandb_dir / "cache"), "WANDB_DATA_DIR": str(wandb_dir / "data"),
+           "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}
+    out = tmp_path / "out"
+    run_script(tiny_args(saved_dataset, out, "--logger", "wandb", "--max_train_steps", "2", "--validation_steps", "2",
+                         "--validation_inference_steps", "2", "--num_validation_images", "2",
+                         "--checkpointing_steps", "0"), env=env)
+    runs = sorted(wandb_dir.rglob("offline-run-*"))
+    assert len(runs) == 1, runs
+    media = sorted(runs[0].rglob("media/images/validation_*.png"))
+    assert len(media) == 1, sorted(p.relative_to(runs[0]) for p in runs[0].rglob("*") if p.is_file())
+    logged = np.asarray(Image.open(media[0]).convert("RGB"))
+    saved = np.asarray(Image.open(out / "samples" / "step-0000002.png").convert("RGB"))
+    assert logged.shape == (2 * 16 + 2, 2 * 16 + 2, 3) and np.array_equal(logged, saved)
+    assert not list((out / "logs").rglob("events.out.tfevents*"))  # no tensorboard files with --logger wandb
+
+
+@pytest.mark.slow
+def test_mask_ablated_training_accepts_label_maps_with_missing_classes(saved_dataset, tmp_path):
+    """--class_drop_rate: the flag reaches the training inputs, and the pipeline of a few steps generates from
+    label maps that lack classes."""
+    common = ["--max_train_steps", "3", "--checkpointing_steps", "0", "--validation_steps", "0", "--logger", "none"]
+    out, plain = tmp_path / "ablated", tmp_path / "plain"
+    run_script(tiny_args(saved_dataset, out, "--class_drop_rate", "0.5", *common))
+    run_script(tiny_args(saved_dataset, plain, *common))
+    assert json.loads((out / "training_args.json").read_text())["class_drop_rate"] == 0.5
+    ablated_weights, plain_weights = _weights(out / "unet"), _weights(plain / "unet")
+    assert any(not torch.equal(ablated_weights[k], plain_weights[k]) for k in plain_weights)  # other label maps
+
+    from ultrasound_diffusers.pipelines import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(out))
+    assert pipe.unet.config.num_classes == 3  # no extra class: dropped classes became class 0
+    full = torch.zeros(1, 16, 16, dtype=torch.long)
+    full[:, 2:7, 3:8], full[:, 11:] = 1, 2
+    maps = {"full": full, "without class 1": torch.where(full == 1, 0, full),
+            "background only": torch.zeros_like(full)}
+    images = {}
+    for name, segmap in maps.items():
+        result = pipe(segmap=segmap, num_inference_steps=2, guidance_scale=1.5, output_type="np",
+                      generator=torch.Generator().manual_seed(0)).images
+        images[name] = np.asarray(result)
+        assert images[name].shape[:3] == (1, 16, 16) and np.isfinite(images[name]).all(), name
+    assert not np.array_equal(images["full"], images["without class 1"])  # same noise, other conditioning
+
+
+def test_class_drop_rate_flag_is_checked():
+    assert ts.parse_args(["--class_drop_rate", "0.3"]).class_drop_rate == 0.3
+    assert ts.parse_args([]).class_drop_rate == 0.0
+    for bad in ("-0.1", "1.5", "nan"):
+        with pytest.raises(ValueError, match=r"--class_drop_rate must be a probability in \[0, 1\]"):
+            ts.parse_args(["--class_drop_rate", bad])
 
 
 def test_validation_split_and_phantoms(tmp_path):

@@ -11,6 +11,11 @@ variance). Runs with ``accelerate launch training/train_semantic.py ...`` (one o
 
 Without any data flag the script trains on echocardiography phantoms generated in memory
 (``--dataset_name phantoms:echo``), so it runs offline.
+
+The script keeps the shape of the diffusers training examples (``parse_args``, ``main`` with an Accelerate loop);
+the data come from :mod:`ultrasound_diffusers.data.paired` (sources, checks, preprocessing) and the reusable
+training helpers (reproducible batch inputs, mask ablation, checkpoints, sample grids) from
+:mod:`ultrasound_diffusers.training_utils`.
 """
 
 from __future__ import annotations
@@ -20,22 +25,33 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from ultrasound_diffusers.data.paired import PairedTransform, check_paired_dataset, collate_pairs, load_paired_splits
+# the training entry point's label reader (tests/test_image_processor.py checks that all entry points agree)
+from ultrasound_diffusers.data.paired import read_label_cell as label_array  # noqa: F401
+from ultrasound_diffusers.image_processor import parse_size
+from ultrasound_diffusers.training_utils import (
+    CHECKPOINT_PATTERN,
+    EpochShuffleSampler,
+    checkpoint_is_complete,
+    derive_seed,
+    draw_training_inputs,
+    list_checkpoints,
+    make_grid,
+)
 
 logger = logging.getLogger("train_semantic")
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 LR_SCHEDULERS = (
     "linear",
     "cosine",
@@ -50,16 +66,12 @@ LR_SCHEDULERS = (
 # ---------------------------------------------------------------------------------------------------- arguments
 def parse_resolution(value: str) -> Tuple[int, int]:
     """``"64"`` -> (64, 64); ``"8,256"`` or ``"8x256"`` -> (8, 256) as (height, width)."""
-    parts = [p for p in re.split(r"[,x]", str(value).strip().lower()) if p]
     try:
-        sizes = [int(p) for p in parts]
+        size = parse_size(value, "--resolution")
     except ValueError:
-        sizes = []
-    if len(sizes) == 1:
-        sizes = sizes * 2
-    if len(sizes) != 2 or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"--resolution must be an int or H,W (e.g. 64 or 8,256), got {value!r}")
-    return sizes[0], sizes[1]
+        message = f"--resolution must be an int or H,W (e.g. 64 or 8,256), got {value!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    return (size, size) if isinstance(size, int) else size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lambda of L_simple + lambda L_vlb (the VB term is T * L_t; 0.001 = improved-diffusion).")
     g.add_argument("--drop_rate", type=float, default=0.2,
                    help="Probability of replacing a sample's label map by zeros (classifier-free guidance).")
+    g.add_argument("--class_drop_rate", type=float, default=0.0,
+                   help="Mask-ablated training: each class other than 0 present in a training label map is dropped "
+                        "independently with this probability, its pixels relabelled as class 0 (as in "
+                        "segmentation-guided diffusion), so the model learns maps with structures left out and "
+                        "accepts them at sampling with no special value or extra class. 0 = off.")
     g.add_argument("--noise_offset", type=float, default=0.0,
                    help="Std of a per-image constant added to the training noise (offset noise; 0 = off, "
                         "0.05-0.1 typical). Helps the model change an image's mean brightness.")
@@ -184,6 +201,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         ("--gradient_accumulation_steps", args.gradient_accumulation_steps >= 1, "a positive integer"),
         ("--phantoms", args.phantoms >= 1, "a positive integer"),
         ("--drop_rate", 0.0 <= args.drop_rate <= 1.0, "a probability in [0, 1]"),
+        ("--class_drop_rate", 0.0 <= args.class_drop_rate <= 1.0, "a probability in [0, 1]"),
         ("--noise_offset", args.noise_offset >= 0.0, "a non-negative number"),
         ("--vb_weight", args.vb_weight >= 0.0, "a non-negative number"),
         ("--bmap_min", 0.0 < args.bmap_min <= 1.0, "a number in (0, 1]"),
@@ -247,317 +265,9 @@ def check_output_dir(output_dir: str, overwrite: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def load_datasets(args: argparse.Namespace, show_progress: bool = False):
-    """The raw training split and, when the source has one, a validation split (``datasets.Dataset`` or None).
-
-    Sources: ``--train_data_dir`` (imagefolder), ``--dataset_name phantoms:<anatomy>`` (generated in memory; the
-    validation phantoms are disjoint from the training ones), a ``save_to_disk`` folder (a Dataset, or a
-    DatasetDict with a ``train`` and optionally a ``validation`` split) or a Hub / local dataset script.
-    """
-    import datasets
-
-    from ultrasound_diffusers.data.sources import is_saved_dataset, load_hub_dataset
-
-    name = args.dataset_name
-    want_validation = bool(args.validation_steps) and not args.unconditional
-    validation = None
-    if args.train_data_dir is not None:
-        if not Path(args.train_data_dir).is_dir():
-            raise ValueError(f"--train_data_dir {args.train_data_dir!r} is not a directory")
-        ds = datasets.load_dataset("imagefolder", data_dir=args.train_data_dir, cache_dir=args.cache_dir)
-    elif name is None or name.startswith("phantoms"):
-        anatomy = name.split(":", 1)[1] if name and ":" in name else "echo"
-        from ultrasound_diffusers.data.phantoms import generate_phantoms
-
-        size = tuple(args.resolution)
-        ds = generate_phantoms(args.phantoms, anatomy=anatomy, size=size, seed=args.seed, progress=show_progress)
-        if want_validation:
-            validation = generate_phantoms(args.num_validation_images, anatomy=anatomy, size=size, seed=args.seed,
-                                           start=args.phantoms)
-    elif is_saved_dataset(name):
-        ds = datasets.load_from_disk(name)
-    else:
-        ds = load_hub_dataset(name, args.dataset_config_name, cache_dir=args.cache_dir, argument="--dataset_name")
-    if isinstance(ds, datasets.DatasetDict):
-        if "train" not in ds:
-            raise ValueError(f"the dataset {name or args.train_data_dir!r} has no 'train' split (splits: {sorted(ds)})")
-        validation = ds["validation"] if want_validation and "validation" in ds else None
-        ds = ds["train"]
-    if args.max_train_samples is not None:
-        ds = ds.select(range(min(len(ds), args.max_train_samples)))
-    if len(ds) == 0:
-        raise ValueError("the training dataset is empty")
-    if validation is not None and len(validation) == 0:
-        validation = None
-    return ds, validation
-
-
-def _source_name(value: Any, index: int) -> str:
-    """'row i' plus the file name when the (undecoded) value carries one."""
-    path = None
-    if isinstance(value, dict):
-        path = value.get("path")
-    elif isinstance(value, str):
-        path = value
-    elif hasattr(value, "filename") and getattr(value, "filename", None):
-        path = value.filename
-    return f"row {index} ({path})" if path else f"row {index}"
-
-
-def _open_any(value: Any, base_dir: Optional[str] = None):
-    """A PIL image or a numpy array from an Image feature value, an array, bytes or a path."""
-    import io
-
-    from PIL import Image
-
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, dict) and ("bytes" in value or "path" in value):
-        if value.get("bytes") is not None:
-            return Image.open(io.BytesIO(value["bytes"]))
-        return _open_any(value.get("path"), base_dir)
-    if isinstance(value, (str, os.PathLike)):
-        path = Path(value)
-        if not path.is_absolute() and base_dir is not None and (Path(base_dir) / path).exists():
-            path = Path(base_dir) / path
-        if path.suffix.lower() == ".npy":
-            return np.load(path, allow_pickle=False)
-        return Image.open(path)
-    if isinstance(value, (bytes, bytearray)):
-        return Image.open(io.BytesIO(value))
-    if value is None:
-        raise ValueError("missing value")
-    return np.asarray(value)
-
-
-def _spatial_size(obj) -> Tuple[int, int]:
-    """(H, W) of a PIL image or an array [H, W] / [H, W, C]."""
-    if hasattr(obj, "size") and not isinstance(obj, np.ndarray):
-        w, h = obj.size
-        return h, w
-    arr = np.asarray(obj)
-    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3):
-        return arr.shape[1], arr.shape[2]
-    return arr.shape[0], arr.shape[1]
-
-
-def label_array(obj) -> np.ndarray:
-    """Integer label map [H, W] from a PIL image / array (the package's one acceptance rule,
-    :func:`ultrasound_diffusers.image_processor.to_label_array`)."""
-    from ultrasound_diffusers.image_processor import to_label_array
-
-    return to_label_array(obj, "a label map")
-
-
-def check_dataset(
-    ds,
-    image_column: str,
-    label_column: Optional[str],
-    num_classes: Optional[int],
-    base_dir: Optional[str] = None,
-    show_progress: bool = True,
-) -> int:
-    """Check every example before training: the columns exist, images decode, label maps are single-channel
-    integer maps of the image's size with ids in [0, num_classes). Errors name the row and file.
-
-    Args:
-        ds: the training ``datasets.Dataset``.
-        image_column: image column; label_column: label column or None (unconditional training).
-        num_classes: expected number of classes, or None to infer it as ``max label + 1``.
-        base_dir: folder that relative file names in the columns refer to.
-
-    Returns:
-        The number of classes (``num_classes`` or the inferred value; 0 without a label column).
-
-    Raises:
-        ValueError: naming the column / row / file at fault.
-    """
-    import datasets
-    from tqdm.auto import tqdm
-
-    columns = list(ds.column_names)
-    wanted = [("--image_column", image_column)] + ([("--label_column", label_column)] if label_column else [])
-    for flag, col in wanted:
-        if col not in columns:
-            raise ValueError(f"{flag} {col!r} is not a column of the dataset; its columns are {columns}")
-    if label_column is not None and label_column == image_column:
-        raise ValueError("--image_column and --label_column must differ")
-    view = ds.select_columns([c for _, c in wanted])
-    for col in view.column_names:
-        if isinstance(view.features[col], datasets.Image):
-            view = view.cast_column(col, datasets.Image(decode=False))
-    max_label = -1
-    for index, row in enumerate(tqdm(view, desc="checking data", disable=not show_progress, leave=False)):
-        raw_image = row[image_column]
-        where = _source_name(raw_image, index)
-        try:
-            image = _open_any(raw_image, base_dir)
-            image_size = _spatial_size(image)
-        except Exception as err:  # noqa: BLE001 - report any decoding failure with its row
-            raise ValueError(f"--image_column {image_column!r}: cannot read the image of {where}: {err}") from err
-        if label_column is None:
-            continue
-        raw_label = row[label_column]
-        where = _source_name(raw_label, index)
-        try:
-            labels = label_array(_open_any(raw_label, base_dir))
-        except Exception as err:  # noqa: BLE001
-            raise ValueError(f"--label_column {label_column!r}: cannot read the label map of {where}: {err}") from err
-        if tuple(labels.shape) != tuple(image_size):
-            raise ValueError(
-                f"the label map of {where} has size {tuple(labels.shape)} (H, W) but its image has size "
-                f"{tuple(image_size)}; image and label map must have the same size"
-            )
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or (num_classes is not None and hi >= num_classes):
-            raise ValueError(
-                f"the label map of {where} holds class ids in [{lo}, {hi}], outside [0, {num_classes}) "
-                f"(--num_classes {num_classes})"
-            )
-        max_label = max(max_label, hi)
-    if label_column is None:
-        return 0
-    return int(num_classes) if num_classes is not None else max_label + 1
-
-
-def _image_to_array(obj, in_channels: int) -> np.ndarray:
-    """Float32 [C, H, W] in [0, 1] from a PIL image or an array (uint8 / uint16 scaled, floats taken as [0, 1])."""
-    from PIL import Image
-
-    if isinstance(obj, Image.Image):
-        if obj.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-            arr = np.asarray(obj).astype(np.float32) / 65535.0
-        elif obj.mode == "I":
-            arr = np.asarray(obj).astype(np.float32)
-            arr = arr / (255.0 if arr.max() <= 255 else 65535.0)
-        elif obj.mode == "F":
-            arr = np.asarray(obj).astype(np.float32)
-        else:
-            arr = np.asarray(obj.convert("RGB" if in_channels == 3 else "L")).astype(np.float32) / 255.0
-    else:
-        arr = np.asarray(obj)
-        if arr.dtype == np.uint8:
-            arr = arr.astype(np.float32) / 255.0
-        elif arr.dtype == np.uint16:
-            arr = arr.astype(np.float32) / 65535.0
-        else:
-            arr = arr.astype(np.float32)
-    if arr.ndim == 2:
-        arr = arr[None]
-    elif arr.ndim == 3 and arr.shape[-1] in (1, 3, 4) and arr.shape[0] not in (1, 3):
-        arr = arr[..., :3].transpose(2, 0, 1) if arr.shape[-1] == 4 else arr.transpose(2, 0, 1)
-    if arr.ndim != 3 or arr.shape[0] not in (1, 3):
-        raise ValueError(f"an image must be [H, W], [H, W, C] or [C, H, W] with 1 or 3 channels, got {arr.shape}")
-    if arr.shape[0] == 3 and in_channels == 1:
-        arr = (0.299 * arr[0] + 0.587 * arr[1] + 0.114 * arr[2])[None]
-    elif arr.shape[0] == 1 and in_channels == 3:
-        arr = np.repeat(arr, 3, axis=0)
-    return np.clip(arr, 0.0, 1.0)
-
-
-def preprocess_image(obj, size: Tuple[int, int], in_channels: int) -> torch.Tensor:
-    """Image -> float32 [C, H, W] in [-1, 1] at ``size`` (bicubic, antialiased when shrinking)."""
-    x = torch.from_numpy(np.ascontiguousarray(_image_to_array(obj, in_channels)))
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x[None], size=tuple(size), mode="bicubic", align_corners=False, antialias=True)[0]
-    return x.clamp(0.0, 1.0) * 2.0 - 1.0
-
-
-def preprocess_labels(obj, size: Tuple[int, int]) -> torch.Tensor:
-    """Label map -> int64 [H, W] at ``size`` (nearest)."""
-    y = torch.from_numpy(label_array(obj))
-    if tuple(y.shape) != tuple(size):
-        y = F.interpolate(y[None, None].float(), size=tuple(size), mode="nearest-exact")[0, 0].round().long()
-    return y
-
-
-def make_transform(image_column: str, label_column: Optional[str], size, in_channels: int, base_dir=None):
-    """``datasets`` transform producing ``pixel_values`` [C, H, W] in [-1, 1] and ``labels`` [H, W] int64."""
-
-    def transform(batch: Dict[str, List[Any]]) -> Dict[str, List[torch.Tensor]]:
-        out = {"pixel_values": [preprocess_image(_open_any(v, base_dir), size, in_channels) for v in batch[image_column]]}
-        if label_column is not None:
-            out["labels"] = [preprocess_labels(_open_any(v, base_dir), size) for v in batch[label_column]]
-        return out
-
-    return transform
-
-
-def collate_fn(examples: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
-    batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples]).contiguous().float()}
-    if "labels" in examples[0]:
-        batch["labels"] = torch.stack([e["labels"] for e in examples]).long()
-    return batch
-
-
-class EpochShuffleSampler(torch.utils.data.Sampler):
-    """Random order that depends only on (seed, epoch): every process draws the same permutation, and a resumed
-    run sees exactly the batches an uninterrupted one would. The epoch is set with :meth:`use_epoch` (not
-    ``set_epoch``, so that accelerate's own epoch counter, which restarts at 0 after a resume, leaves it alone)."""
-
-    def __init__(self, num_samples: int, seed: int):
-        self.num_samples = int(num_samples)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def use_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(_derive_seed(self.seed, "shuffle", self.epoch))
-        yield from torch.randperm(self.num_samples, generator=g).tolist()
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-def _derive_seed(*keys: Any) -> int:
-    """A 63-bit seed from a tuple of ints / strings (an independent stream per key tuple)."""
-    ints = [abs(k) if isinstance(k, int) else int.from_bytes(str(k).encode()[:8], "little") for k in keys]
-    return int(np.random.SeedSequence(ints).generate_state(1, dtype=np.uint64)[0]) >> 1
-
-
-def draw_training_inputs(
-    clean: torch.Tensor,
-    labels: Optional[torch.Tensor],
-    num_classes: int,
-    num_train_timesteps: int,
-    drop_rate: float,
-    random_flip: bool,
-    generator: torch.Generator,
-    noise_offset: float = 0.0,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """The random inputs of one training batch, all drawn from ``generator`` (CPU) in a fixed order.
-
-    Args:
-        clean: [B, C, H, W] images in [-1, 1]; labels: int64 [B, H, W] or None (unconditional).
-        num_classes: K (ignored without labels); drop_rate: probability of an all-zero ("no label") map.
-        random_flip: flip image and label map together left-right with probability 1/2.
-        noise_offset: std of a per-sample, per-channel constant added to the noise ("offset noise", diffusers'
-            ``--noise_offset``), drawn last so that 0 leaves every other draw unchanged.
-
-    Returns:
-        ``(clean, segmap, timesteps, noise)``: the (flipped) images, the float one-hot map [B, K, H, W] with
-        dropped samples zeroed (None without labels), int64 timesteps [B] uniform in [0, T), noise [B, C, H, W].
-    """
-    bsz = clean.shape[0]
-    device = clean.device
-    flip = torch.rand(bsz, generator=generator) < 0.5
-    timesteps = torch.randint(0, num_train_timesteps, (bsz,), generator=generator).to(device)
-    noise = torch.randn(clean.shape, generator=generator).to(device=device, dtype=clean.dtype)
-    keep = (torch.rand(bsz, generator=generator) >= drop_rate).to(device)
-    if random_flip:
-        clean = torch.where(flip.view(-1, 1, 1, 1).to(device), clean.flip(-1), clean)
-        if labels is not None:
-            labels = torch.where(flip.view(-1, 1, 1).to(labels.device), labels.flip(-1), labels)
-    segmap = None
-    if labels is not None:
-        segmap = F.one_hot(labels, num_classes).permute(0, 3, 1, 2).to(clean.dtype)
-        segmap = segmap * keep.view(-1, 1, 1, 1).to(clean.dtype)
-    if noise_offset:
-        offset = torch.randn(bsz, clean.shape[1], 1, 1, generator=generator).to(device=device, dtype=clean.dtype)
-        noise = noise + noise_offset * offset
-    return clean, segmap, timesteps, noise
+#: How the package's data helpers name their arguments in errors: as this script's flags.
+DATA_FLAGS = {"dataset_name": "--dataset_name", "data_dir": "--train_data_dir", "image_column": "--image_column",
+              "label_column": "--label_column", "num_classes": "--num_classes"}
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -678,50 +388,7 @@ def sample_images(
     return images if images.ndim == 4 else images[..., None]
 
 
-def make_grid(images: np.ndarray, labels: Optional[np.ndarray], num_classes: int = 0) -> np.ndarray:
-    """uint8 RGB grid [rows, cols, 3]: one row per sample, ``coloured label map | generated image`` (only the
-    image when unconditional). ``images``: float [N, H, W, C] in [0, 1]; ``labels``: int [N, H, W] or None."""
-    from ultrasound_diffusers.data.labels import colorize_labels
-
-    imgs = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
-    if imgs.shape[-1] == 1:
-        imgs = np.repeat(imgs, 3, axis=-1)
-    colours = None if labels is None else colorize_labels(np.asarray(labels), num_classes or None)
-    pad = 2
-    rows = []
-    for i in range(len(imgs)):
-        parts = [imgs[i]] if colours is None else [colours[i], imgs[i]]
-        sep = np.full((imgs.shape[1], pad, 3), 255, dtype=np.uint8)
-        rows.append(np.concatenate([p for part in parts for p in (part, sep)][:-1], axis=1))
-    hsep = np.full((pad, rows[0].shape[1], 3), 255, dtype=np.uint8)
-    return np.concatenate([r for row in rows for r in (row, hsep)][:-1], axis=0)
-
-
 # ---------------------------------------------------------------------------------------------------- saving
-def checkpoint_is_complete(path: Path) -> bool:
-    """Whether a ``checkpoint-N`` folder holds what :meth:`Accelerator.save_state` writes here: the optimizer
-    state and the weights (``unet/`` from the save hook, or accelerate's own model file)."""
-    path = Path(path)
-    if not (path / "optimizer.bin").is_file() and not (path / "optimizer.safetensors").is_file():
-        return False
-    unet = path / "unet"
-    if (unet / "config.json").is_file() and any(unet.glob("*.safetensors")):
-        return True
-    return any(path.glob("model*.safetensors")) or any(path.glob("pytorch_model*.bin"))
-
-
-def list_checkpoints(output_dir: str) -> List[Tuple[int, Path]]:
-    """(step, path) of every complete ``checkpoint-N`` folder, oldest first (empty or partial ones are skipped)."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    found = [
-        (int(m.group(1)), p) for p in root.iterdir()
-        if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name)) and checkpoint_is_complete(p)
-    ]
-    return sorted(found)
-
-
 def training_summary(args: argparse.Namespace, num_examples: int, global_step: int, num_processes: int) -> Tuple[str, str]:
     """(training data, training details) paragraphs for the model card."""
     dataset = args.train_data_dir or args.dataset_name or "phantoms:echo"
@@ -801,8 +468,9 @@ def save_final_pipeline(pipeline, args: argparse.Namespace, num_examples: int, g
 
 # ---------------------------------------------------------------------------------------------------- main
 def prepare_training_data(args: argparse.Namespace, show_progress: bool = True):
-    """Load the data and check every training example (and the validation label maps used for the sample grids,
-    see :func:`check_dataset`) before anything trains.
+    """Load the data (:func:`~ultrasound_diffusers.data.paired.load_paired_splits`) and check every training
+    example and the validation label maps used for the sample grids
+    (:func:`~ultrasound_diffusers.data.paired.check_paired_dataset`) before anything trains.
 
     Returns:
         ``(dataset, validation, num_classes, base_dir)``: the training split, the first
@@ -810,16 +478,21 @@ def prepare_training_data(args: argparse.Namespace, show_progress: bool = True):
         (0 with ``--unconditional``) and the folder relative file names refer to.
     """
     label_column = None if args.unconditional else args.label_column
-    base_dir = args.train_data_dir or (args.dataset_name if args.dataset_name and Path(args.dataset_name).is_dir() else None)
-    dataset, validation = load_datasets(args, show_progress)
-    num_classes = check_dataset(dataset, args.image_column, label_column, args.num_classes, base_dir,
-                                show_progress=show_progress)
+    want_validation = bool(args.validation_steps) and not args.unconditional
+    dataset, validation, base_dir = load_paired_splits(
+        args.dataset_name, args.train_data_dir, config_name=args.dataset_config_name, cache_dir=args.cache_dir,
+        size=tuple(args.resolution), num_phantoms=args.phantoms, seed=args.seed,
+        num_validation=args.num_validation_images if want_validation else 0,
+        max_train_samples=args.max_train_samples, progress=show_progress, arguments=DATA_FLAGS,
+    )
+    num_classes = check_paired_dataset(dataset, args.image_column, label_column, args.num_classes, base_dir,
+                                       show_progress=show_progress, arguments=DATA_FLAGS)
     if label_column is not None and num_classes < 1:
         raise ValueError("the label maps hold no class; pass --num_classes or --unconditional")
     if validation is not None:
-        validation = validation.select(range(min(len(validation), args.num_validation_images)))
         try:
-            check_dataset(validation, args.image_column, label_column, num_classes, base_dir, show_progress=False)
+            check_paired_dataset(validation, args.image_column, label_column, num_classes, base_dir,
+                                 arguments=DATA_FLAGS)
         except ValueError as err:
             raise ValueError(f"validation split: {err}") from err
     return dataset, validation, num_classes, base_dir
@@ -876,18 +549,18 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
     set_seed(args.seed)  # the same initial weights in every process
 
     size = tuple(args.resolution)
-    train_dataset = dataset.with_transform(make_transform(args.image_column, label_column, size, args.in_channels, base_dir))
+    transform = PairedTransform(args.image_column, label_column, size, args.in_channels, base_dir)
+    train_dataset = dataset.with_transform(transform)
     sampler = EpochShuffleSampler(len(train_dataset), args.seed)
     train_dataloader = torch.utils.data.DataLoader(
-        train_dataset, batch_size=args.train_batch_size, sampler=sampler, collate_fn=collate_fn,
+        train_dataset, batch_size=args.train_batch_size, sampler=sampler, collate_fn=collate_pairs,
         num_workers=args.dataloader_num_workers, drop_last=False,
     )
     validation_labels = None
     if conditional and args.validation_steps:
         source = train_dataset
         if validation is not None:
-            source = validation.with_transform(
-                make_transform(args.image_column, label_column, size, args.in_channels, base_dir))
+            source = validation.with_transform(transform)
         n_val = min(args.num_validation_images, len(source))
         validation_labels = torch.stack([source[i]["labels"] for i in range(n_val)])
 
@@ -1036,6 +709,11 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
         for tracker in accelerator.trackers:
             if tracker.name == "tensorboard":
                 tracker.writer.add_image("validation", grid, step, dataformats="HWC")
+            elif tracker.name == "wandb":
+                import wandb
+
+                caption = "label map | sample" if validation_labels is not None else "samples"
+                tracker.log({"validation": wandb.Image(grid, caption=f"step {step}: {caption}")}, step=step)
 
     # ---------------------------------------------------------------- training loop
     progress_bar = tqdm(range(max_train_steps), initial=global_step, desc="steps",
@@ -1051,12 +729,12 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
         loader = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
         for batch_index, batch in enumerate(loader, start=skip):
             # All randomness of this batch comes from (seed, epoch, batch, process): exact resumes.
-            seed = _derive_seed(args.seed, epoch, batch_index, accelerator.process_index)
+            seed = derive_seed(args.seed, epoch, batch_index, accelerator.process_index)
             torch.manual_seed(seed)  # dropout, if any
             gen = torch.Generator().manual_seed(seed)
             clean, segmap, timesteps, noise = draw_training_inputs(
                 batch["pixel_values"], batch.get("labels"), num_classes if conditional else 0, T, args.drop_rate,
-                args.random_flip, gen, noise_offset=args.noise_offset,
+                args.random_flip, gen, noise_offset=args.noise_offset, class_drop_rate=args.class_drop_rate,
             )
             noisy = noise_scheduler.add_noise(clean, noise, timesteps)
 
