@@ -164,3 +164,55 @@ def test_echo_structure_dice():
     assert out["lv_epicardium"]["dice"] == pytest.approx(1.0)
     assert out["left_atrium"]["num_images"] == 1 and out["left_atrium"]["dice"] == pytest.approx(1.0)
     assert seg_module.echo_structure_dice(pred, target, {0: "bg", 1: "disk"}) is None
+
+
+def _echo_phantoms(n, seed):
+    from ultrasound_diffusers.data.phantoms import iter_phantom_batches
+
+    images, labels, _ = next(iter_phantom_batches(n, "echo", size=32, seed=seed, batch_size=n))
+    return images, labels.astype(np.int64)
+
+
+@needs_monai
+def test_evaluate_report_with_monai_unet(tmp_path):
+    import json
+
+    from ultrasound_diffusers.evaluation.io import ImageSet
+    from ultrasound_diffusers.evaluation.report import evaluate, format_summary
+
+    real = ImageSet(*_echo_phantoms(6, seed=1), source="real")
+    train = ImageSet(*_echo_phantoms(6, seed=2), source="train")
+    gen = ImageSet(*_echo_phantoms(6, seed=3), source="generated")
+    report = evaluate(real, gen, tmp_path / "rep", train=train, metrics="segmentation", seg_steps=3,
+                      seg_batch_size=2, segmenter="monai-unet", progress=False)
+    seg = json.loads((tmp_path / "rep" / "metrics.json").read_text())["segmentation"]
+    assert seg == report["segmentation"]
+    assert seg["segmenter"] == "monai-unet" and seg["steps"] == 3 and seg["batch_size"] == 2
+    classes = {"outside_fan", "lv_cavity", "tissue", "myocardium", "left_atrium"}
+    for run in ("trained_on_real", "trained_on_generated"):
+        assert seg[run]["segmenter"] == "monai-unet"
+        assert set(seg[run]["dice"]) == classes
+        assert set(seg[run]["structures"]) == {"lv_endocardium", "lv_epicardium", "left_atrium"}
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "Network: `monai-unet`" in md
+    assert "| trained on | outside_fan | lv_cavity | tissue | myocardium | left_atrium |" in md
+    assert "| real | lv_epicardium |" in md and "| generated | left_atrium |" in md and "| 85.2 |" in md
+    assert "monai-unet" in format_summary(report)
+    with pytest.raises(ValueError, match="`segmenter` must be one of"):
+        evaluate(real, gen, tmp_path / "rep2", metrics="segmentation", segmenter="nnunet", progress=False)
+    assert not (tmp_path / "rep2").exists()
+
+
+def test_cli_segmenter_flag_without_monai(tmp_path, monkeypatch, capsys):
+    """``--segmenter monai-unet`` without MONAI: one line naming the extra, exit code 2, nothing written."""
+    from ultrasound_diffusers.cli import main
+
+    def missing():
+        raise ImportError('needs MONAI; install the `monai` extra: pip install "ultrasound-diffusers[monai]"')
+
+    monkeypatch.setattr(seg_module, "_import_monai_unet", missing)
+    code = main(["evaluate", "--real", str(tmp_path / "real"), "--generated", str(tmp_path / "gen"),
+                 "--out", str(tmp_path / "rep"), "--segmenter", "monai-unet", "--no_progress"])
+    assert code == 2
+    assert "ultrasound-diffusers[monai]" in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists()
