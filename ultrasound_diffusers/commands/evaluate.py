@@ -9,6 +9,12 @@ Example::
 ``labels/`` sub-folders), a dataset saved with ``save_to_disk`` or a Hub dataset name. The report folder gets
 ``metrics.json``, ``report.md``, ``sample_grid.png`` and ``plots/``; a summary table is printed.
 
+The downstream segmentation Dice (trained on generated pairs, tested on real ones, against the same network
+trained on real pairs) uses the package's small UNet by default; ``--segmenter monai-unet`` trains MONAI's UNet
+the way echo-from-noise does (scaled to a CPU; ``pip install "ultrasound-diffusers[monai]"``) and reports the LV
+endocardium / epicardium / left atrium Dice next to theirs; ``--seg_steps`` and ``--seg_batch_size`` set its
+training length.
+
 Comparing several generated sets (an ablation) in one report::
 
     ultrasound-diffusers evaluate --real heldout/ --generated bmap=samples_bmap/ plain=samples_plain/ \
@@ -28,6 +34,8 @@ import argparse
 from ..geometry import add_geometry_arguments, geometry_from_args
 
 METRIC_HELP = "fid,kid,memorization,depth,speckle,classes,segmentation,realism"
+#: --segmenter choices (kept in sync with ultrasound_diffusers.evaluation.segmentation.SEGMENTERS)
+SEGMENTER_CHOICES = ("tinyunet", "monai-unet")
 
 
 def register(subparsers) -> None:
@@ -93,7 +101,15 @@ def register(subparsers) -> None:
                    help="flag generated images closer to a train image than this x the real-to-train median distance")
     p.add_argument("--seg_steps", type=int, default=300, help="training steps of the downstream segmentation UNet")
     p.add_argument("--seg_batch_size", type=int, default=8)
-    p.add_argument("--seg_base_channels", type=int, default=16)
+    p.add_argument("--seg_base_channels", type=int, default=16, help="base channels of the tinyunet segmenter")
+    p.add_argument(
+        "--segmenter",
+        choices=SEGMENTER_CHOICES,
+        default="tinyunet",
+        help="downstream segmentation network: tinyunet (the package's small UNet, fast) or monai-unet (MONAI's UNet "
+        "as echo-from-noise trains it, scaled to a CPU; needs the monai extra: pip install "
+        "\"ultrasound-diffusers[monai]\")",
+    )
     p.add_argument(
         "--num_threads",
         type=int,
@@ -120,6 +136,13 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.num_threads)
     label_column = None if str(args.label_column).lower() == "none" else args.label_column
+    if args.segmenter == "monai-unet":  # fail before any work, with the extra to install
+        from ..evaluation.segmentation import _import_monai_unet
+
+        try:
+            _import_monai_unet()
+        except ImportError as err:
+            raise ValueError(f"--segmenter monai-unet: {err}") from err
     from ..evaluation.comparison import (
         DEFAULT_BOOTSTRAP,
         DEFAULT_FEATURE_BOOTSTRAP,
@@ -152,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         seg_steps=args.seg_steps,
         seg_batch_size=args.seg_batch_size,
         seg_base_channels=args.seg_base_channels,
+        segmenter=args.segmenter,
         seed=args.seed,
         overwrite=args.overwrite,
         replace_report=not args.no_overwrite,

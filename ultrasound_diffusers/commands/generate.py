@@ -11,7 +11,13 @@ Examples::
         --pipeline org/camus-sdm-bmap --labels ./camus --split train --label_column label \\
         --id_column patient,view,phase --images_per_label 5 --augment --output_dir synthetic-camus
 
-The result is ``OUTPUT_DIR/dataset`` (``datasets.load_from_disk``) plus a dataset card ``OUTPUT_DIR/README.md``.
+    # ... and an nnU-Net v2 raw dataset OUTPUT_DIR/nnunet_raw/Dataset501_EchoSynthetic (imagesTr, labelsTr, dataset.json)
+    ultrasound-diffusers generate --pipeline ./camus-sdm-bmap --labels phantoms:echo:100 --output_dir synthetic-echo \\
+        --export nnunet --nnunet_name EchoSynthetic --nnunet_labels echo
+
+The result is ``OUTPUT_DIR/dataset`` (``datasets.load_from_disk``) plus a dataset card ``OUTPUT_DIR/README.md``;
+``--export png`` (or ``--save_png``) adds PNG folders, ``--export nnunet`` an nnU-Net v2 raw dataset
+(:func:`ultrasound_diffusers.data.nnunet.export_nnunet`).
 Interrupted runs continue where they stopped when started again with the same arguments.
 """
 
@@ -66,6 +72,18 @@ def register(subparsers) -> None:
                    help="with --augment: the labels have no fan (background 0 everywhere), e.g. the thyroid coding")
     p.add_argument("--resize_labels", action="store_true", help="resize label maps to the model's size (nearest)")
     p.add_argument("--save_png", action="store_true", help="also write OUTPUT_DIR/png/images and png/labels")
+    p.add_argument("--export", nargs="+", choices=("png", "nnunet"), default=None,
+                   help="also write: png (= --save_png), nnunet (an nnU-Net v2 raw dataset, see --nnunet_dir)")
+    p.add_argument("--nnunet_dir", default=None,
+                   help="--export nnunet: the nnUNet_raw folder the DatasetXXX_NAME folder goes into "
+                   "(default: OUTPUT_DIR/nnunet_raw)")
+    p.add_argument("--nnunet_id", type=int, default=None, help="--export nnunet: dataset id, 1-999 (default 501)")
+    p.add_argument("--nnunet_name", default=None, help="--export nnunet: dataset name (default UltrasoundSynthetic)")
+    p.add_argument("--nnunet_labels", default=None,
+                   help="--export nnunet: class names, a coding (echo, camus, thyroid) or comma-separated names "
+                   "(default: the pipeline's label_names, else class_<k>); label 0 is written as background")
+    p.add_argument("--nnunet_overwrite", action="store_true",
+                   help="--export nnunet: replace a non-empty dataset folder this command did not write")
     p.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="upload the dataset and its card to this Hub dataset repo")
     p.add_argument("--hub_private", action="store_true", help="create the Hub repository as private")
     p.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in user)")
@@ -86,6 +104,8 @@ def _command_line(args) -> str:
             continue
         if value is True:
             parts.append(f"--{key}")
+        elif isinstance(value, list):
+            parts += [f"--{key}", *map(str, value)]
         else:
             parts += [f"--{key}", str(value)]
     return shlex.join(parts)
@@ -98,6 +118,17 @@ def run(args) -> int:
     from ..pipelines import DiffusionPipeline
 
     state = process_state(None)
+    args.export = args.export or []
+    if "nnunet" in args.export:  # refuse a bad id, name or folder before generating anything
+        import os
+
+        from ..data.nnunet import DEFAULT_DATASET_ID, DEFAULT_DATASET_NAME, check_nnunet_target
+
+        nnunet_dir = args.nnunet_dir or os.path.join(args.output_dir, "nnunet_raw")
+        nnunet_id = DEFAULT_DATASET_ID if args.nnunet_id is None else args.nnunet_id
+        nnunet_name = args.nnunet_name or DEFAULT_DATASET_NAME
+        check_nnunet_target(nnunet_dir, nnunet_id, nnunet_name, overwrite=args.nnunet_overwrite,
+                            argument="--nnunet_dir")
     pipeline = DiffusionPipeline.from_pretrained(args.pipeline, torch_dtype=getattr(torch, args.dtype))
     if args.scheduler is not None:
         from ..schedulers.scheduling_bmap_dpmsolver_multistep import scheduler_for_sampler
@@ -114,7 +145,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         augment=args.augment,
-        save_png=args.save_png,
+        save_png=args.save_png or "png" in args.export,
         push_to_hub=args.push_to_hub,
         accelerator=state,
         label_column=args.label_column,
@@ -137,4 +168,11 @@ def run(args) -> int:
         print(f"{dataset.num_rows} images written to {os.path.abspath(os.path.join(args.output_dir, 'dataset'))}")
         if args.push_to_hub:
             print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+        if "nnunet" in args.export:
+            from ..data.nnunet import export_nnunet
+
+            names = args.nnunet_labels or getattr(pipeline.config, "label_names", None) or None
+            folder = export_nnunet(dataset, nnunet_dir, nnunet_id, nnunet_name, label_names=names,
+                                   overwrite=args.nnunet_overwrite)
+            print(f"nnU-Net raw dataset written to {os.path.abspath(folder)}")
     return 0

@@ -3,7 +3,8 @@
 * :mod:`.fid`: FID and KID on InceptionV3 pool features (TorchScript weights; no torchvision).
 * :mod:`.memorization`: nearest-neighbour distances to the training set and a held-out set.
 * :mod:`.physics`: depth-intensity profile, speckle statistics, per-class contrast, signal outside the fan.
-* :mod:`.segmentation`: downstream segmentation (a tiny UNet trained on generated pairs, tested on real ones).
+* :mod:`.segmentation`: downstream segmentation (a tiny UNet, or MONAI's UNet as echo-from-noise trains it, trained on
+  generated pairs and tested on real ones).
 * :mod:`.io`: loading image sets from folders, ``datasets`` datasets and arrays.
 * :mod:`.report`: :func:`evaluate`, which runs everything and writes a report folder.
 
@@ -40,7 +41,16 @@ from .physics import (
     speckle_statistics,
 )
 from .report import ALL_METRICS, evaluate, format_summary, summary_rows
-from .segmentation import TinyUNet, dice_per_class, downstream_segmentation, train_segmentation_model
+from .segmentation import (
+    SEGMENTERS,
+    MonaiUNetSegmenter,
+    TinyUNet,
+    build_segmenter,
+    dice_per_class,
+    downstream_segmentation,
+    echo_structure_dice,
+    train_segmentation_model,
+)
 
 __all__ = [
     "ALL_METRICS",
@@ -48,16 +58,20 @@ __all__ = [
     "ECHO_CONTRAST_PAIRS",
     "LOG_RAYLEIGH_STD_DB",
     "RAYLEIGH_SNR",
+    "SEGMENTERS",
     "FanGeometry",
     "ImageSet",
     "InceptionFeatureExtractor",
+    "MonaiUNetSegmenter",
     "RandomFeatureExtractor",
     "TinyUNet",
+    "build_segmenter",
     "class_contrasts",
     "class_intensity_statistics",
     "depth_intensity_profile",
     "dice_per_class",
     "downstream_segmentation",
+    "echo_structure_dice",
     "evaluate",
     "extract_features",
     "feature_statistics",

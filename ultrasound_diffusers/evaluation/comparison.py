@@ -493,6 +493,7 @@ def compare(
     seg_steps: int = 300,
     seg_batch_size: int = 8,
     seg_base_channels: int = 16,
+    segmenter: str = "tinyunet",
     seed: int = 0,
     overwrite: bool = False,
     replace_report: bool = True,
@@ -621,6 +622,7 @@ def compare(
             speckle_window=speckle_window, dynamic_range_db=dynamic_range_db, kid_subsets=kid_subsets,
             kid_subset_size=kid_subset_size, copy_fraction=copy_fraction, seg_steps=seg_steps,
             seg_batch_size=seg_batch_size, seg_base_channels=seg_base_channels, seed=seed, progress=progress,
+            segmenter=segmenter,
             cache=cache,
         )
         report["warnings"].extend(f"{n}: {w}" for w in fragment.pop("warnings"))

@@ -15,8 +15,11 @@ and returns the metrics as a dict. Metrics:
 * ``depth``: depth-intensity profiles inside the fan, their distance, and the signal outside the fan.
 * ``speckle``: speckle statistics in homogeneous windows.
 * ``classes``: per-class intensity statistics and contrasts (needs label maps).
-* ``segmentation``: a tiny UNet trained on generated pairs and tested on real pairs, and the real-trained
-  reference (needs label maps on generated and real images).
+* ``segmentation``: a segmentation network trained on generated pairs and tested on real pairs, and the
+  real-trained reference (needs label maps on generated and real images): Dice per class and, for echo label
+  maps, the LV endocardium / epicardium / left atrium Dice echo-from-noise reports. ``segmenter`` picks the
+  network (:data:`~.segmentation.SEGMENTERS`): ``"tinyunet"`` (default, fast) or ``"monai-unet"`` (MONAI's UNet
+  as echo-from-noise trains it; the ``monai`` extra).
 * ``realism``: :func:`~.realism.realism_report` of the real and generated sets over the fan (grey-level
   distribution and skew, homogeneous-window std, speckle grain relative to depth, far-field fall-off), checked
   against the real-scan ranges :data:`~.realism.REAL_SCAN_RANGES` when one exists for the image height.
@@ -140,6 +143,7 @@ def evaluate(
     seg_steps: int = 300,
     seg_batch_size: int = 8,
     seg_base_channels: int = 16,
+    segmenter: str = "tinyunet",
     num_samples_in_grid: int = 8,
     seed: int = 0,
     overwrite: bool = False,
@@ -169,7 +173,10 @@ def evaluate(
         num_depth_bins, speckle_window, dynamic_range_db: see :mod:`.physics`.
         kid_subsets, kid_subset_size: KID subsets (subset size default: 1000, capped at half the smaller set).
         copy_fraction: memorisation copy threshold as a fraction of the real-to-train median distance.
-        seg_steps, seg_batch_size, seg_base_channels: downstream segmentation training.
+        seg_steps, seg_batch_size, seg_base_channels: downstream segmentation training (Adam steps, images per
+            step; base channels of ``tinyunet`` only).
+        segmenter: downstream segmentation network, a key of :data:`~.segmentation.SEGMENTERS` (``"tinyunet"``
+            or ``"monai-unet"``).
         num_samples_in_grid: images per row in ``sample_grid.png``.
         seed: seed for KID subsets and segmentation training.
         progress: show progress bars.
@@ -180,6 +187,7 @@ def evaluate(
     requested = parse_metrics(metrics)
     explicit = requested is not None
     wanted = list(ALL_METRICS) if requested is None else requested
+    segmenter = _check_segmenter(segmenter, wanted)
     out_dir = check_output_dir(
         out_dir, "evaluate", inputs=[real, generated, train], overwrite=overwrite, replace_own=replace_report,
         argument="`out_dir`",
@@ -223,7 +231,7 @@ def evaluate(
         device=device, contrast_pairs=contrast_pairs, num_depth_bins=num_depth_bins, speckle_window=speckle_window,
         dynamic_range_db=dynamic_range_db, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
         copy_fraction=copy_fraction, seg_steps=seg_steps, seg_batch_size=seg_batch_size,
-        seg_base_channels=seg_base_channels, seed=seed, progress=progress,
+        seg_base_channels=seg_base_channels, segmenter=segmenter, seed=seed, progress=progress,
     )
 
     figures["sample_grid"] = plot_sample_grid(
@@ -252,7 +260,7 @@ def _evaluate_metrics(
     contrast_pairs: Sequence[Tuple[str, str]], num_depth_bins: int, speckle_window: int,
     dynamic_range_db: Optional[float], kid_subsets: int, kid_subset_size: Optional[int], copy_fraction: float,
     seg_steps: int, seg_batch_size: int, seg_base_channels: int, seed: int, progress: bool,
-    cache: Optional[Dict[str, Any]] = None,
+    cache: Optional[Dict[str, Any]] = None, segmenter: str = "tinyunet",
 ) -> Dict[str, Any]:
     """Every metric of ``wanted`` for one generated set against ``real_set``, written into ``report`` (and
     ``figures``); ``skip(metric, reason)`` handles a metric whose inputs are missing.
@@ -350,7 +358,7 @@ def _evaluate_metrics(
         else:
             report["segmentation"] = _run_segmentation(
                 real_set, gen_set, train_set, names, seg_steps, seg_batch_size, seg_base_channels, seed, device,
-                progress, reference=cache.get("segmentation_reference"),
+                progress, reference=cache.get("segmentation_reference"), segmenter=segmenter,
             )
             if "trained_on_real" in report["segmentation"]:
                 cache["segmentation_reference"] = report["segmentation"]["trained_on_real"]
@@ -464,10 +472,21 @@ def _run_memorization(report, figures, real_set, gen_set, train_set, copy_fracti
     return stats
 
 
+def _check_segmenter(segmenter: str, wanted: Sequence[str]) -> str:
+    """The canonical segmenter name; with ``monai-unet`` and segmentation wanted, fail early if MONAI is missing."""
+    from .segmentation import _import_monai_unet, get_segmenter
+
+    name = get_segmenter(segmenter).name
+    if name == "monai-unet" and "segmentation" in wanted:
+        _import_monai_unet()
+    return name
+
+
 def _run_segmentation(real_set, gen_set, train_set, names, steps, batch_size, base_channels, seed, device,
-                      progress, reference: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                      progress, reference: Optional[Dict[str, Any]] = None,
+                      segmenter: str = "tinyunet") -> Dict[str, Any]:
     """Downstream Dice of a model trained on ``gen_set``; ``reference`` reuses an earlier real-trained result."""
-    from .segmentation import downstream_segmentation
+    from .segmentation import downstream_segmentation, get_segmenter
 
     size = real_set.size
     gen = gen_set.resized(size)
@@ -485,9 +504,12 @@ def _run_segmentation(real_set, gen_set, train_set, names, steps, batch_size, ba
         protocol = "too few real images for a reference; generated-trained model tested on all real images"
     num_classes = int(max(gen.labels.max(), real_set.labels.max(),
                           reference_train.labels.max() if reference_train is not None else 0)) + 1
+    spec = get_segmenter(segmenter)
     kwargs = dict(num_classes=num_classes, class_names=names, steps=steps, batch_size=batch_size,
-                  base_channels=base_channels, seed=seed, device=device, progress=progress)
-    result: Dict[str, Any] = {"protocol": protocol, "steps": int(steps)}
+                  base_channels=base_channels, seed=seed, device=device, progress=progress, segmenter=spec.name)
+    result: Dict[str, Any] = {"protocol": protocol, "steps": int(steps), "batch_size": int(batch_size),
+                              "segmenter": spec.name, "segmenter_description": spec.description,
+                              "image_size": list(size)}
     result["trained_on_generated"] = downstream_segmentation(
         gen.images, gen.labels, test.images, test.labels, desc="segmentation (generated)", **kwargs
     )
@@ -594,7 +616,8 @@ def summary_rows(report: Mapping[str, Any]) -> List[Tuple[str, str, str]]:
     if "segmentation" in report:
         s = report["segmentation"]
         ref = s.get("trained_on_real", {}).get("mean_dice")
-        rows.append(("downstream mean Dice (trained on real / generated)", _fmt(ref),
+        which = "" if s.get("segmenter", "tinyunet") == "tinyunet" else f", {s['segmenter']}"
+        rows.append((f"downstream mean Dice{which} (trained on real / generated)", _fmt(ref),
                      _fmt(s["trained_on_generated"]["mean_dice"])))
     return rows
 
@@ -635,6 +658,32 @@ def realism_markdown(section: Mapping[str, Any]) -> List[str]:
             ("in" if inside[n][key]["inside"] else "OUT") if n in inside and key in inside[n] else "n/a" for n in sets
         )
         out.append(f"| {key} | {rng_text} | {values} | {flags} |")
+    out.append("")
+    return out
+
+
+def structure_markdown(section: Mapping[str, Any]) -> List[str]:
+    """Lines of the echo-from-noise structure table of a ``segmentation`` report entry (empty without
+    ``structures``): Dice in % over the test set, and the per-image mean +- std echo-from-noise reports."""
+    from .segmentation import ECHO_FROM_NOISE_DICE
+
+    runs = [(k.replace("trained_on_", ""), section[k]) for k in ("trained_on_real", "trained_on_generated")
+            if k in section and "structures" in section[k]]
+    if not runs:
+        return []
+
+    def pct(value: Any) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}"
+
+    out = ["Dice (%) of the structures echo-from-noise reports (LV endocardium = LV cavity, LV epicardium = LV "
+           "cavity + myocardium), over all test pixels and as mean +- std over test images:", "",
+           "| trained on | structure | Dice | per image mean +- std | echo-from-noise (synthetic-trained, real CAMUS) |",
+           "|---|---|---|---|---|"]
+    for name, run in runs:
+        for structure, st in run["structures"].items():
+            published = ECHO_FROM_NOISE_DICE.get(structure, "n/a") if name == "generated" else ""
+            out.append(f"| {name} | {structure} | {pct(st['dice'])} | {pct(st['mean_per_image'])} +- "
+                       f"{pct(st['std_per_image'])} | {published} |")
     out.append("")
     return out
 
@@ -718,13 +767,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         s = report["segmentation"]
         runs = [(k, s[k]) for k in ("trained_on_generated", "trained_on_real") if k in s]
         classes = list(runs[0][1]["dice"])
-        out += ["## Downstream segmentation", "", f"{s['protocol']}; {s['steps']} training steps.", "",
+        network = f" Network: `{s['segmenter']}`, {s['segmenter_description']}." if "segmenter" in s else ""
+        out += ["## Downstream segmentation", "", f"{s['protocol']}; {s['steps']} training steps.{network}", "",
                 "| trained on | " + " | ".join(classes) + " | mean (foreground) |",
                 "|---|" + "---|" * (len(classes) + 1)]
         for key, run in runs:
             out.append(f"| {key.replace('trained_on_', '')} | " + " | ".join(_fmt(run["dice"][c]) for c in classes)
                        + f" | {_fmt(run['mean_dice'])} |")
         out.append("")
+        out += structure_markdown(s)
     if "realism" in report:
         out += realism_markdown(report["realism"])
     if report.get("skipped"):
