@@ -33,8 +33,9 @@ def test_resize_rule_matches_nearest_exact_for_numpy_and_torch(size):
 def every_entry_point_resize(labels: np.ndarray, size):
     """The same 96 -> 40 map through every place that resizes label maps."""
     from ultrasound_diffusers.data.converters import resize
+    from ultrasound_diffusers.data.paired import preprocess_labels
     from ultrasound_diffusers.evaluation.io import resize_label
-    from ultrasound_diffusers.generation import _resize_nearest
+    from ultrasound_diffusers.data.label_sources import _resize_nearest
     from ultrasound_diffusers.models.unet_semantic_2d import prepare_segmap as model_prepare
     from ultrasound_diffusers.pipelines.pipeline_utils import prepare_segmap as pipeline_prepare
 
@@ -47,6 +48,7 @@ def every_entry_point_resize(labels: np.ndarray, size):
         "generation": _resize_nearest(labels, size),
         "pipeline": pipe_labels[0].numpy(),
         "model": model_one_hot.argmax(1)[0].numpy(),
+        "training": preprocess_labels(labels, size).numpy(),
     }
 
 

@@ -38,7 +38,10 @@ import torch
 from ultrasound_diffusers.data.paired import PairedTransform, check_paired_dataset, collate_pairs, load_paired_splits
 # the training entry point's label reader (tests/test_image_processor.py checks that all entry points agree)
 from ultrasound_diffusers.data.paired import read_label_cell as label_array  # noqa: F401
+from ultrasound_diffusers.geometry import CAMUS_FAN_APEX, CAMUS_FAN_HALF_ANGLE_DEG, CAMUS_FAN_RADII, PROBE_GEOMETRIES, FanGeometry
 from ultrasound_diffusers.image_processor import parse_size
+from ultrasound_diffusers.schedulers.bmaps import BMAP_SCHEDULES
+from ultrasound_diffusers.schedulers.scheduling_bmap_attenuation import SCHEDULER_PRESETS
 from ultrasound_diffusers.training_utils import (
     CHECKPOINT_PATTERN,
     EpochShuffleSampler,
@@ -48,6 +51,9 @@ from ultrasound_diffusers.training_utils import (
     list_checkpoints,
     make_grid,
 )
+
+#: The published scheduler settings the flags default to (one source: the scheduler presets).
+PUBLISHED = SCHEDULER_PRESETS["camus-sdm"]
 
 logger = logging.getLogger("train_semantic")
 
@@ -129,23 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Std of a per-image constant added to the training noise (offset noise; 0 = off, "
                         "0.05-0.1 typical). Helps the model change an image's mean brightness.")
 
-    g = p.add_argument_group("scheduler")
-    g.add_argument("--num_train_timesteps", type=int, default=1000)
-    g.add_argument("--beta_schedule", type=str, default="squaredcos_cap_v2",
+    g = p.add_argument_group("scheduler (defaults: the published settings, BMapAttenuationScheduler.from_preset('camus-sdm'))")
+    g.add_argument("--num_train_timesteps", type=int, default=PUBLISHED["num_train_timesteps"])
+    g.add_argument("--beta_schedule", type=str, default=PUBLISHED["beta_schedule"],
                    choices=("linear", "scaled_linear", "squaredcos_cap_v2", "linear_small", "sigmoid"),
                    help="Noise schedule (squaredcos_cap_v2 = the published cosine schedule).")
     g.add_argument("--beta_start", type=float, default=0.0001)
     g.add_argument("--beta_end", type=float, default=0.02)
-    g.add_argument("--bmap_schedule", type=str, default="cosine", choices=("linear", "cosine", "normal_cosine", "sqrt"))
-    g.add_argument("--bmap_min", type=float, default=0.97, help="B-map floor eps in (0, 1]; 1.0 = plain DDPM.")
+    g.add_argument("--bmap_schedule", type=str, default=PUBLISHED["bmap_schedule"], choices=BMAP_SCHEDULES)
+    g.add_argument("--bmap_min", type=float, default=PUBLISHED["bmap_min"], help="B-map floor eps in (0, 1]; 1.0 = plain DDPM.")
     g.add_argument("--bmap_buffer", action="store_true", help="No attenuation in the first 5%% of the steps.")
     g.add_argument("--preserve_length", action="store_true", help="The published 'preserve length' B-maps.")
-    g.add_argument("--probe_geometry", type=str, default="convex", choices=("convex", "linear"))
-    g.add_argument("--fan_apex", type=float, nargs=2, default=(0.5, 0.0), metavar=("X", "Y"),
-                   help="Fan apex in units of the image width.")
-    g.add_argument("--fan_radii", type=float, nargs=2, default=(0.0, 250.0 / 256.0), metavar=("INNER", "OUTER"),
-                   help="Fan radii in units of the image width.")
-    g.add_argument("--fan_half_angle_deg", type=float, default=32.1003690834937)
+    g.add_argument("--probe_geometry", type=str, default=PUBLISHED["probe_geometry"], choices=PROBE_GEOMETRIES)
+    g.add_argument("--fan_apex", type=float, nargs=2, default=CAMUS_FAN_APEX, metavar=("X", "Y"),
+                   help="Fan apex in units of the image width (default: the CAMUS fan).")
+    g.add_argument("--fan_radii", type=float, nargs=2, default=CAMUS_FAN_RADII, metavar=("INNER", "OUTER"),
+                   help="Fan radii in units of the image width (default: the CAMUS fan).")
+    g.add_argument("--fan_half_angle_deg", type=float, default=CAMUS_FAN_HALF_ANGLE_DEG)
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--output_dir", type=str, default="semantic-ultrasound-model")
@@ -333,23 +339,20 @@ def build_model(args: argparse.Namespace, num_classes: int):
 def build_scheduler(args: argparse.Namespace, learn_sigma: bool):
     from ultrasound_diffusers.schedulers.scheduling_bmap_attenuation import BMapAttenuationScheduler
 
-    return BMapAttenuationScheduler(
+    geometry = FanGeometry(args.probe_geometry, tuple(args.fan_apex), tuple(args.fan_radii), args.fan_half_angle_deg)
+    return BMapAttenuationScheduler.from_preset(
+        "camus-sdm",
         num_train_timesteps=args.num_train_timesteps,
         beta_schedule=args.beta_schedule,
         beta_start=args.beta_start,
         beta_end=args.beta_end,
         variance_type="learned_range" if learn_sigma else "fixed_small",
         prediction_type=args.prediction_type,
-        clip_sample=True,
-        timestep_spacing="linspace",
         bmap_schedule=args.bmap_schedule,
         bmap_min=args.bmap_min,
         bmap_buffer=args.bmap_buffer,
         preserve_length=args.preserve_length,
-        probe_geometry=args.probe_geometry,
-        fan_apex=tuple(args.fan_apex),
-        fan_radii=tuple(args.fan_radii),
-        fan_half_angle_deg=args.fan_half_angle_deg,
+        **geometry.to_config(),
     )
 
 
