@@ -12,13 +12,9 @@
 #
 #     pip install ./ultrasound-diffusers
 #     pip install dist/ultrasound_diffusers-0.1.0-py3-none-any.whl
+#
+# If the import below fails: ultrasound-diffusers is not on PyPI: install it from its source folder (`pip install ./ultrasound-diffusers`, or `pip install -e .` inside it) or from a wheel built there (`python -m build --wheel`, then `pip install dist/ultrasound_diffusers-0.1.0-py3-none-any.whl`).
 try:
     from ultrasound_diffusers.schedulers.scheduling_bmap_attenuation import BMapAttenuationScheduler
 except ImportError as error:  # the package is missing (or too old to have this class)
-    raise ImportError(
-        "This pipeline needs the `ultrasound-diffusers` package, which defines `BMapAttenuationScheduler` "
-        "(module `ultrasound_diffusers.schedulers.scheduling_bmap_attenuation`). ultrasound-diffusers is not on PyPI: install it from its source folder (`pip install ./ultrasound-diffusers`, or `pip install -e .` inside it) or from a wheel built there (`python -m build --wheel`, then `pip install dist/ultrasound_diffusers-0.1.0-py3-none-any.whl`); then load again. "
-        f"Import error: {error}"
-    ) from error
-
-__all__ = ["BMapAttenuationScheduler"]
+    raise ImportError(f"This pipeline needs the `ultrasound-diffusers` package, which defines `BMapAttenuationScheduler` (module `ultrasound_diffusers.schedulers.scheduling_bmap_attenuation`). ultrasound-diffusers is not on PyPI: install it from its source folder (`pip install ./ultrasound-diffusers`, or `pip install -e .` inside it) or from a wheel built there (`python -m build --wheel`, then `pip install dist/ultrasound_diffusers-0.1.0-py3-none-any.whl`); then load again. Import error: {error}") from error
