@@ -2,7 +2,7 @@
 
 Runs with ``python app.py`` (what a gradio Space does) or ``gradio app.py`` (reload mode, which looks for
 ``demo``). Everything lives in :mod:`ultrasound_diffusers.app`; ``ultrasound-diffusers app`` serves the same page.
-Needs the ``app`` extra: ``pip install 'ultrasound-diffusers[app]'``.
+Needs the ``app`` extra: ``pip install './ultrasound-diffusers[app]'``.
 """
 
 from ultrasound_diffusers.app import build_demo

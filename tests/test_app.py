@@ -29,7 +29,7 @@ except ImportError:
     HAVE_GRADIO = False
 
 needs_gradio = pytest.mark.skipif(
-    not HAVE_GRADIO, reason="gradio is not installed (optional app extra: pip install 'ultrasound-diffusers[app]')"
+    not HAVE_GRADIO, reason="gradio is not installed (optional app extra: pip install './ultrasound-diffusers[app]')"
 )
 
 
@@ -184,7 +184,7 @@ def test_app_command_names_the_extra_when_gradio_is_missing(monkeypatch, capsys)
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
     assert main(["app", "--port", "7999"]) == 2
     err = capsys.readouterr().err
-    assert "ultrasound-diffusers app: error" in err and "pip install 'ultrasound-diffusers[app]'" in err
+    assert "ultrasound-diffusers app: error" in err and "pip install './ultrasound-diffusers[app]'" in err
 
 
 def test_app_command_options():

@@ -71,7 +71,7 @@ try:
 except ImportError:
     HAVE_MONAI = False
 
-needs_monai = pytest.mark.skipif(not HAVE_MONAI, reason='MONAI is not installed (pip install "ultrasound-diffusers[monai]")')
+needs_monai = pytest.mark.skipif(not HAVE_MONAI, reason='MONAI is not installed (pip install "./ultrasound-diffusers[monai]")')
 
 
 def test_segmenter_registry_and_default():
@@ -208,7 +208,7 @@ def test_cli_segmenter_flag_without_monai(tmp_path, monkeypatch, capsys):
     from ultrasound_diffusers.cli import main
 
     def missing():
-        raise ImportError('needs MONAI; install the `monai` extra: pip install "ultrasound-diffusers[monai]"')
+        raise ImportError('needs MONAI; install the `monai` extra: pip install "./ultrasound-diffusers[monai]"')
 
     monkeypatch.setattr(seg_module, "_import_monai_unet", missing)
     code = main(["evaluate", "--real", str(tmp_path / "real"), "--generated", str(tmp_path / "gen"),

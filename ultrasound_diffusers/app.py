@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 #: Install hint when gradio is missing.
-GRADIO_HINT = "the web demo needs gradio: pip install 'ultrasound-diffusers[app]'"
+GRADIO_HINT = "the web demo needs gradio: pip install './ultrasound-diffusers[app]'"
 #: Samplers offered on the page: ``"ddpm"`` (ancestral, the default) and the other ``generate --scheduler`` choices.
 SAMPLERS = ("ddpm", "ddim", "dpm++", "sde-dpm++")
 SAMPLER_LABELS = {

@@ -1,7 +1,7 @@
 # Copyright 2026 The ultrasound-diffusers authors. Apache-2.0.
 """Acoustics: array probes, a channel-data (I/Q) measurement operator with delay-and-sum as its adjoint, and a
 physical simulation path (label map -> scatterers -> channel data -> DAS -> B-mode) with the optional simulator
-pymust (``pip install 'ultrasound-diffusers[simulation]'``).
+pymust (``pip install './ultrasound-diffusers[simulation]'``).
 
 Importing this package never needs pymust; only :func:`~ultrasound_diffusers.acoustics.simulation.simulate_rf`
 with ``simulator="pymust"`` (and the ``phantoms --simulator pymust`` command) does.

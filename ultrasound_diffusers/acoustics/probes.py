@@ -184,7 +184,7 @@ def to_pymust_param(probe: ArrayProbe, attenuation: float = 0.0):
         import pymust
     except ImportError as error:  # pragma: no cover - exercised without pymust
         raise ImportError(
-            "this needs the optional simulator pymust: pip install 'ultrasound-diffusers[simulation]' (or pip install pymust)"
+            "this needs the optional simulator pymust: pip install './ultrasound-diffusers[simulation]' (or pip install pymust)"
         ) from error
     param = pymust.utils.Param()
     param.fc = float(probe.center_frequency)

@@ -60,7 +60,7 @@ def require_pymust():
         import pymust
     except ImportError as error:
         raise ImportError(
-            "the pymust simulator is an optional extra: pip install 'ultrasound-diffusers[simulation]' "
+            "the pymust simulator is an optional extra: pip install './ultrasound-diffusers[simulation]' "
             "(or pip install pymust); simulator='born' needs nothing extra"
         ) from error
     return pymust

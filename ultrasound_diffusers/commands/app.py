@@ -9,7 +9,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "app", help="serve the web demo: pick or upload a label map, generate, see the B-map attenuation (needs the app extra)",
         description="Serve a gradio page that generates images from label maps with a label-conditioned pipeline "
-        "(default: the bundled demo pipeline). Needs gradio: pip install 'ultrasound-diffusers[app]'.",
+        "(default: the bundled demo pipeline). Needs gradio: pip install './ultrasound-diffusers[app]'.",
     )
     p.add_argument("--pipeline", default=None, help="pipeline folder or Hub repo id (default: the bundled demo pipeline)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")

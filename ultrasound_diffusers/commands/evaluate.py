@@ -11,7 +11,7 @@ Example::
 
 The downstream segmentation Dice (trained on generated pairs, tested on real ones, against the same network
 trained on real pairs) uses the package's small UNet by default; ``--segmenter monai-unet`` trains MONAI's UNet
-the way echo-from-noise does (scaled to a CPU; ``pip install "ultrasound-diffusers[monai]"``) and reports the LV
+the way echo-from-noise does (scaled to a CPU; ``pip install "./ultrasound-diffusers[monai]"``) and reports the LV
 endocardium / epicardium / left atrium Dice next to theirs; ``--seg_steps`` and ``--seg_batch_size`` set its
 training length.
 
@@ -108,7 +108,7 @@ def register(subparsers) -> None:
         default="tinyunet",
         help="downstream segmentation network: tinyunet (the package's small UNet, fast) or monai-unet (MONAI's UNet "
         "as echo-from-noise trains it, scaled to a CPU; needs the monai extra: pip install "
-        "\"ultrasound-diffusers[monai]\")",
+        "\"./ultrasound-diffusers[monai]\")",
     )
     p.add_argument(
         "--num_threads",

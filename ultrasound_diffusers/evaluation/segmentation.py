@@ -11,7 +11,7 @@ Two networks, chosen by name (:data:`SEGMENTERS`, :func:`build_segmenter`; ``seg
 * ``"tinyunet"`` (default): the package's own small UNet (:class:`TinyUNet`), cross-entropy + soft Dice, Adam
   3e-3 with a cosine decay. Fast; no extra dependency.
 * ``"monai-unet"``: MONAI's ``monai.networks.nets.UNet`` as echo-from-noise trains it (:class:`MonaiUNetSegmenter`;
-  needs the ``monai`` extra, ``pip install "ultrasound-diffusers[monai]"``).
+  needs the ``monai`` extra, ``pip install "./ultrasound-diffusers[monai]"``).
 
 :func:`echo_structure_dice` adds the three structures echo-from-noise reports (LV endocardium, LV epicardium,
 left atrium) when the class names identify them.
@@ -96,7 +96,7 @@ ECHO_FROM_NOISE_DICE: Dict[str, float] = {"lv_endocardium": 88.6, "lv_epicardium
 MONAI_UNET_CHANNELS: Tuple[int, ...] = (16, 32, 64, 128, 256)
 MONAI_UNET_STRIDES: Tuple[int, ...] = (2, 2, 2, 2)
 
-MONAI_EXTRA_HINT = 'pip install "ultrasound-diffusers[monai]"'
+MONAI_EXTRA_HINT = 'pip install "./ultrasound-diffusers[monai]"'
 
 
 def _import_monai_unet():
