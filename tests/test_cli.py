@@ -1,6 +1,8 @@
 """The console script: sub-command discovery, the B-map plot command, clear errors."""
 
 import subprocess
+
+import pytest
 import sys
 
 from PIL import Image
@@ -33,8 +35,10 @@ def test_bmaps_command_reads_scheduler_folder(tmp_path):
 
 
 def test_bad_size_is_a_clear_error(tmp_path, capsys):
-    assert main(["bmaps", "--size", "0,x", "--out", str(tmp_path / "b.png")]) == 2
-    assert "--size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # argparse refuses it with the one size rule
+        main(["bmaps", "--size", "0,x", "--out", str(tmp_path / "b.png")])
+    assert info.value.code == 2 and "--size" in capsys.readouterr().err
+    assert not (tmp_path / "b.png").exists()
 
 
 def test_module_entry_point_runs():

@@ -13,12 +13,15 @@
 #   bash training/ablation.sh W heldout
 #   bash training/ablation.sh W generate-bmap & bash training/ablation.sh W generate-plain; wait
 #   bash training/ablation.sh W evaluate
-# Wall time on 2 CPU cores: about 55 min per arm (both arms in parallel: about 60 min), then ~15 min.
+# Wall time measured on 2 CPU cores (docs/ablation.md): training both arms side by side 70-85 min, held-out
+# phantoms 30 s, sampling both arms side by side 27 min, evaluate 2 min.
 #
 # Shorter runs (the same for both arms): STAGE1_STEPS=1200 FINETUNE=0 bash training/ablation.sh W ...
+# SEED=1 bash training/ablation.sh W2 ... trains both arms with another training seed (the run-to-run spread).
 # trains stage 1 for 1200 steps (the linear decay then reaches 0 at step 1200) and skips the offset-noise stage.
 set -euo pipefail
 STAGE1_STEPS="${STAGE1_STEPS:-2400}"
+SEED="${SEED:-0}"  # training seed of both arms (SEED=1 for a second training run)
 FINETUNE="${FINETUNE:-1}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="$(mkdir -p "${1:?usage: bash training/ablation.sh WORK_DIR [STEP ...]}" && cd "$1" && pwd)"
@@ -37,7 +40,7 @@ train_arm() {  # $1 = arm name, $2 = bmap_min
     --drop_rate 0.2 --beta_schedule squaredcos_cap_v2 --bmap_schedule cosine --bmap_min "$2" --probe_geometry convex \
     --train_batch_size 8 --max_train_steps "$STAGE1_STEPS" --learning_rate 2e-4 --lr_scheduler linear --lr_warmup_steps 100 \
     --adam_weight_decay 1e-3 --use_ema --ema_decay 0.999 --checkpointing_steps 400 --checkpoints_total_limit 2 \
-    --logger tensorboard --seed 0 --output_dir pipeline
+    --logger tensorboard --seed "$SEED" --output_dir pipeline
   # Stage 2: identical to training/demo_model.sh step 1b (offset-noise fine-tune) but for --bmap_min.
   [ "$FINETUNE" = 1 ] || { cd "$REPO"; return 0; }
   ACCELERATE_USE_CPU=true "$PY" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
@@ -46,7 +49,7 @@ train_arm() {  # $1 = arm name, $2 = bmap_min
     --drop_rate 0.2 --beta_schedule squaredcos_cap_v2 --bmap_schedule cosine --bmap_min "$2" --probe_geometry convex \
     --train_batch_size 8 --max_train_steps 3200 --learning_rate 5e-5 --lr_scheduler constant --lr_warmup_steps 0 \
     --adam_weight_decay 1e-3 --use_ema --ema_decay 0.995 --checkpointing_steps 400 --checkpoints_total_limit 2 \
-    --validation_steps 0 --logger tensorboard --seed 0 --output_dir pipeline \
+    --validation_steps 0 --logger tensorboard --seed "$SEED" --output_dir pipeline \
     --resume_from_checkpoint latest --noise_offset 0.1
   cd "$REPO"
 }
