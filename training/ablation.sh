@@ -41,7 +41,8 @@ train_arm() {  # $1 = arm name, $2 = bmap_min
     --train_batch_size 8 --max_train_steps "$STAGE1_STEPS" --learning_rate 2e-4 --lr_scheduler linear --lr_warmup_steps 100 \
     --adam_weight_decay 1e-3 --use_ema --ema_decay 0.999 --checkpointing_steps 400 --checkpoints_total_limit 2 \
     --logger tensorboard --seed "$SEED" --output_dir pipeline
-  # Stage 2: identical to training/demo_model.sh step 1b (offset-noise fine-tune) but for --bmap_min.
+  # Stage 2: identical to training/demo_model.sh step 1b (offset-noise fine-tune) but for --bmap_min. As there, the
+  # resumed optimizer and schedule keep the restored lr 2e-4 (constant) and EMA decay 0.999 whatever the flags say.
   [ "$FINETUNE" = 1 ] || { cd "$REPO"; return 0; }
   ACCELERATE_USE_CPU=true "$PY" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
     --mixed_precision no --dynamo_backend no "$REPO/training/train_semantic.py" \
