@@ -674,7 +674,7 @@ def test_no_card_or_remote_code_file_names_an_install_that_would_fail(pipe, save
     for name in ("rendered model card", "install hint", str(saved / "unet" / "unet_semantic_2d.py")):
         assert hub.INSTALL_COMMAND in texts[name] and hub.wheel_filename() in texts[name], name
     # the regular expression itself catches what it must
-    for wrong in ("pip install ultrasound-diffusers", "pip install -U ultrasound-diffusers`", "pip install './ultrasound-diffusers[metrics]'"):
+    for wrong in ("pip install ultrasound-diffusers", "pip install -U ultrasound-diffusers`", "pip install 'ultrasound-diffusers[metrics]'"):
         assert INDEX_INSTALL.search(wrong), wrong
     for right in ("pip install ./ultrasound-diffusers", "pip install dist/ultrasound_diffusers-0.1.0-py3-none-any.whl"):
         assert not INDEX_INSTALL.search(right), right
