@@ -18,7 +18,6 @@ from _pipeline_fixtures import (
     echo_label_map,
     isolate_remote_code_cache,
     make_hub_cache,
-    single_torch_thread,
     tiny_semantic_pipeline,
 )
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
@@ -31,11 +30,6 @@ STEPS = 3
 REPO_ID = "us-org/tiny-echo"
 # An install command that fetches the package by name from the package index, where it is not published.
 INDEX_INSTALL = re.compile(r"pip install\s+(?:-U\s+|--upgrade\s+)?[\"']?ultrasound[-_]diffusers(?:\[[^\]]*\])?[\"']?(?![\w./-]|\s*@)")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    yield from single_torch_thread()
 
 
 def assert_same(actual, expected):

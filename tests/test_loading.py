@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _pipeline_fixtures import echo_label_map, isolate_remote_code_cache, single_torch_thread, tiny_semantic_pipeline
+from _pipeline_fixtures import echo_label_map, isolate_remote_code_cache, tiny_semantic_pipeline
 
 import ultrasound_diffusers.pipelines.hub as hub
 import ultrasound_diffusers.pipelines.loading as loading
@@ -32,11 +32,6 @@ except ImportError as error:  # the package is missing (or too old to have this 
 
 __all__ = ["{cls}"]
 '''
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    yield from single_torch_thread()
 
 
 @pytest.fixture(scope="module")

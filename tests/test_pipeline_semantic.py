@@ -7,7 +7,6 @@ import torch
 from _pipeline_fixtures import (
     NUM_CLASSES,
     echo_label_map,
-    single_torch_thread,
     tiny_semantic_pipeline,
     tiny_semantic_unet,
 )
@@ -22,11 +21,6 @@ from ultrasound_diffusers.pipelines.pipeline_utils import (
 )
 
 STEPS = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    yield from single_torch_thread()
 
 
 @pytest.fixture(scope="module")

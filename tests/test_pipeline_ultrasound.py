@@ -3,17 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from _pipeline_fixtures import single_torch_thread, tiny_semantic_unet, tiny_unconditional_pipeline
+from _pipeline_fixtures import tiny_semantic_unet, tiny_unconditional_pipeline
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from ultrasound_diffusers.pipelines import DiffusionPipeline, UltrasoundPipeline
 
 STEPS = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    yield from single_torch_thread()
 
 
 @pytest.fixture(scope="module")

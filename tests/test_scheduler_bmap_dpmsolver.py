@@ -7,16 +7,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from _pipeline_fixtures import echo_label_map, single_torch_thread, tiny_semantic_pipeline
+from _pipeline_fixtures import echo_label_map, tiny_semantic_pipeline
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from ultrasound_diffusers import BMapAttenuationScheduler, BMapDPMSolverMultistepScheduler
 from ultrasound_diffusers.schedulers.scheduling_bmap_dpmsolver_multistep import scheduler_for_sampler
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    yield from single_torch_thread()
 
 
 _ABAR = DPMSolverMultistepScheduler().alphas_cumprod.double()  # a fixed table: the dummy model's own schedule
