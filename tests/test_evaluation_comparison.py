@@ -201,3 +201,19 @@ def test_cli_comparison_and_single_set_and_errors(tmp_path, capsys):
     other = write_folder(tmp_path / "other", gx, synthetic_echo(6, size=16, seed=5)[1][::-1] * 0 + 2)
     assert main(base + ["--generated", f"x={other}", "--paired", "--out", str(tmp_path / "e3")]) == 2
     assert "equals no real label map" in capsys.readouterr().err
+
+
+def test_compare_shares_evaluate_options():
+    """compare() takes evaluate()'s keyword options by name, with evaluate()'s defaults, and refuses others."""
+    import inspect
+
+    from ultrasound_diffusers.evaluation import comparison, report
+
+    assert comparison._UNPACKED_OPTIONS == report.SHARED_OPTIONS
+    params = inspect.signature(report.evaluate).parameters
+    assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY for name in report.SHARED_OPTIONS)
+    options = report.evaluation_options({"seg_steps": 7})
+    assert options["seg_steps"] == 7 and options["label_column"] == params["label_column"].default
+    assert list(options) == list(report.SHARED_OPTIONS)
+    with pytest.raises(TypeError, match="num_samples_in_grid"):
+        comparison.compare("a", {"x": "b"}, "c", num_samples_in_grid=3)

@@ -54,7 +54,6 @@ from ..utils.io import check_output_dir, replace_directory
 from .io import ImageSet
 from .physics import (
     ECHO_CLASS_NAMES,
-    ECHO_CONTRAST_PAIRS,
     FanGeometry,
     depth_intensity_profile,
     plot_depth_profiles,
@@ -460,6 +459,15 @@ def _metric_specs(wanted: Sequence[str], contrast_pairs, paired: bool, have_feat
     return specs
 
 
+#: The names compare() unpacks from evaluation_options(), in order (a test keeps it equal to report.SHARED_OPTIONS).
+_UNPACKED_OPTIONS = (
+    "label_column", "image_column", "split", "max_images", "feature_extractor", "inception_weights", "batch_size",
+    "device", "geometry", "class_names", "contrast_pairs", "num_depth_bins", "speckle_window", "dynamic_range_db",
+    "kid_subsets", "kid_subset_size", "copy_fraction", "seg_steps", "seg_batch_size", "seg_base_channels",
+    "segmenter", "seed", "overwrite", "replace_report", "progress",
+)
+
+
 def compare(
     real: Any,
     generated: Mapping[str, Any],
@@ -473,31 +481,7 @@ def compare(
     num_feature_bootstrap: int = DEFAULT_FEATURE_BOOTSTRAP,
     confidence: float = 0.95,
     num_grid_columns: int = 6,
-    label_column: Optional[str] = "auto",
-    image_column: Optional[str] = None,
-    split: Optional[str] = None,
-    max_images: Optional[int] = None,
-    feature_extractor: Any = None,
-    inception_weights: Optional[Union[str, Path]] = None,
-    batch_size: int = 32,
-    device: str = "cpu",
-    geometry: Optional[FanGeometry] = None,
-    class_names: Optional[Mapping[int, str]] = None,
-    contrast_pairs: Sequence[Tuple[str, str]] = ECHO_CONTRAST_PAIRS,
-    num_depth_bins: int = 32,
-    speckle_window: int = 8,
-    dynamic_range_db: Optional[float] = None,
-    kid_subsets: int = 100,
-    kid_subset_size: Optional[int] = None,
-    copy_fraction: float = 0.5,
-    seg_steps: int = 300,
-    seg_batch_size: int = 8,
-    seg_base_channels: int = 16,
-    segmenter: str = "tinyunet",
-    seed: int = 0,
-    overwrite: bool = False,
-    replace_report: bool = True,
-    progress: bool = True,
+    **options: Any,
 ) -> Dict[str, Any]:
     """Evaluate several named generated sets against ``real`` and write one comparison report folder.
 
@@ -513,8 +497,8 @@ def compare(
         num_feature_bootstrap: bootstrap resamples for FID and KID (>= 10).
         confidence: interval coverage in (0, 1), default 0.95.
         num_grid_columns: label maps shown in ``plots/label_grid.png``.
-        seed: seeds the bootstrap, KID subsets and segmentation training.
-        Other arguments: as :func:`~.report.evaluate`.
+        options: the keyword options of :func:`~.report.evaluate` (``label_column``, ``geometry``, ``seg_steps``,
+            ``segmenter``, ``seed``, ``overwrite``, ...), with its defaults; ``seed`` also seeds the bootstrap.
 
     Returns:
         The metrics dict written to ``metrics.json`` (``mode: "comparison"``; ``sets``: each set's evaluate
@@ -530,6 +514,12 @@ def compare(
         realism_section,
     )
 
+    from .report import evaluation_options
+
+    (label_column, image_column, split, max_images, feature_extractor, inception_weights, batch_size, device,
+     geometry, class_names, contrast_pairs, num_depth_bins, speckle_window, dynamic_range_db, kid_subsets,
+     kid_subset_size, copy_fraction, seg_steps, seg_batch_size, seg_base_channels, segmenter, seed, overwrite,
+     replace_report, progress) = evaluation_options(options, "compare").values()
     if not isinstance(generated, Mapping) or not generated:
         raise ValueError("`generated` must be a non-empty mapping {name: source}")
     for name in generated:

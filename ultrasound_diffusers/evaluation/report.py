@@ -783,3 +783,28 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if report.get("warnings"):
         out += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     return "\n".join(out)
+
+
+#: The keyword options of :func:`evaluate` that :func:`~.comparison.compare` shares (in signature order).
+SHARED_OPTIONS = (
+    "label_column", "image_column", "split", "max_images", "feature_extractor", "inception_weights", "batch_size",
+    "device", "geometry", "class_names", "contrast_pairs", "num_depth_bins", "speckle_window", "dynamic_range_db",
+    "kid_subsets", "kid_subset_size", "copy_fraction", "seg_steps", "seg_batch_size", "seg_base_channels",
+    "segmenter", "seed", "overwrite", "replace_report", "progress",
+)
+
+
+def evaluation_options(options: Mapping[str, Any], caller: str = "compare") -> Dict[str, Any]:
+    """``options`` completed with :func:`evaluate`'s defaults, as an ordered dict of :data:`SHARED_OPTIONS`.
+
+    Raises:
+        TypeError: for a name that is not one of :func:`evaluate`'s shared keyword options (as Python does for
+            an unexpected keyword argument).
+    """
+    import inspect
+
+    unknown = sorted(set(options) - set(SHARED_OPTIONS))
+    if unknown:
+        raise TypeError(f"{caller}() got unexpected keyword arguments {unknown}; its options are {list(SHARED_OPTIONS)}")
+    defaults = {name: p.default for name, p in inspect.signature(evaluate).parameters.items() if name in SHARED_OPTIONS}
+    return {name: options.get(name, defaults[name]) for name in SHARED_OPTIONS}
