@@ -867,7 +867,7 @@ def format_comparison_summary(report: Mapping[str, Any], bands: bool = False) ->
 
 def render_comparison_markdown(report: Mapping[str, Any]) -> str:
     """``report.md`` of a comparison: sets, summary per set, the difference table, pictures, realism."""
-    from .report import _fmt, realism_markdown, summary_rows
+    from .report import _fmt, closing_sections_markdown, summary_rows
 
     names = report["set_names"]
     ref = report["reference_set"]
@@ -919,12 +919,7 @@ def render_comparison_markdown(report: Mapping[str, Any]) -> str:
         out += ["Depth-intensity profiles of every set over the real one (mean +- std across images):", "",
                 "![depth profiles](plots/depth_profiles.png)", ""]
     out += [f"The same label maps across sets ({report['label_grid']}):", "", "![label grid](plots/label_grid.png)", ""]
-    if "realism" in report:
-        out += realism_markdown(report["realism"])
-    if report.get("skipped"):
-        out += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in report["skipped"].items()] + [""]
-    if report.get("warnings"):
-        out += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
+    out += closing_sections_markdown(report)
     return "\n".join(out)
 
 

@@ -776,13 +776,21 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                        + f" | {_fmt(run['mean_dice'])} |")
         out.append("")
         out += structure_markdown(s)
+    out += closing_sections_markdown(report)
+    return "\n".join(out)
+
+
+def closing_sections_markdown(report: Mapping[str, Any]) -> List[str]:
+    """The report's last sections, shared by the single-set and comparison reports: realism, what was skipped, and
+    the warnings (markdown lines)."""
+    out: List[str] = []
     if "realism" in report:
         out += realism_markdown(report["realism"])
     if report.get("skipped"):
         out += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in report["skipped"].items()] + [""]
     if report.get("warnings"):
         out += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
-    return "\n".join(out)
+    return out
 
 
 #: The keyword options of :func:`evaluate` that :func:`~.comparison.compare` shares (in signature order).
