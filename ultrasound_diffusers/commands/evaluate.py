@@ -33,6 +33,9 @@ import argparse
 
 from ..geometry import add_geometry_arguments, geometry_from_args
 
+#: evaluate() options whose flag has another name.
+OPTION_FLAGS = {"num_depth_bins": "depth_bins"}
+
 METRIC_HELP = "fid,kid,memorization,depth,speckle,classes,segmentation,realism"
 #: --segmenter choices (kept in sync with ultrasound_diffusers.evaluation.segmentation.SEGMENTERS)
 SEGMENTER_CHOICES = ("tinyunet", "monai-unet")
@@ -126,7 +129,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.report import evaluate, format_summary
+    from ..evaluation.report import SHARED_OPTIONS, evaluate, format_summary
 
     geometry = geometry_from_args(args)
     if args.num_threads is not None:
@@ -156,31 +159,11 @@ def run(args: argparse.Namespace) -> int:
         ("--reference_set", args.reference_set is not None), ("--paired", args.paired),
         ("--bootstrap", args.bootstrap is not None), ("--bootstrap_fid", args.bootstrap_fid is not None),
         ("--confidence", args.confidence != 0.95)) if used]
-    common = dict(
-        label_column=label_column,
-        image_column=args.image_column,
-        split=args.split,
-        max_images=args.max_images,
-        feature_extractor=args.feature_extractor,
-        inception_weights=args.inception_weights,
-        batch_size=args.batch_size,
-        device=args.device,
-        geometry=geometry,
-        num_depth_bins=args.depth_bins,
-        speckle_window=args.speckle_window,
-        dynamic_range_db=args.dynamic_range_db,
-        kid_subsets=args.kid_subsets,
-        kid_subset_size=args.kid_subset_size,
-        copy_fraction=args.copy_fraction,
-        seg_steps=args.seg_steps,
-        seg_batch_size=args.seg_batch_size,
-        seg_base_channels=args.seg_base_channels,
-        segmenter=args.segmenter,
-        seed=args.seed,
-        overwrite=args.overwrite,
-        replace_report=not args.no_overwrite,
-        progress=not args.no_progress,
-    )
+    # evaluate()'s keyword options from the flags of the same name (--depth_bins sets num_depth_bins)
+    common = {name: getattr(args, OPTION_FLAGS.get(name, name)) for name in SHARED_OPTIONS
+              if hasattr(args, OPTION_FLAGS.get(name, name))}
+    common.update(label_column=label_column, geometry=geometry, replace_report=not args.no_overwrite,
+                  progress=not args.no_progress)
     if named or comparison_flags:
         report = compare(
             args.real, generated, args.out, train=args.train, metrics=args.metrics,
