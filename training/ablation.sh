@@ -33,11 +33,13 @@ PY="${PYTHON:-python}"
 train_arm() {  # $1 = arm name, $2 = bmap_min
   mkdir -p "$WORK/$1"
   cd "$WORK/$1"
+  # training/demo_model.sh's data, network and B-map flags, with this arm's --bmap_min
+  local data_and_model=(--dataset_name phantoms:echo --phantoms 2000 --resolution 64 --model_config tiny-64 --learn_sigma
+    --drop_rate 0.2 --beta_schedule squaredcos_cap_v2 --bmap_schedule cosine --bmap_min "$2" --probe_geometry convex)
   # Stage 1: identical to training/demo_model.sh step 1a but for --bmap_min.
   ACCELERATE_USE_CPU=true "$PY" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
     --mixed_precision no --dynamo_backend no "$REPO/training/train_semantic.py" \
-    --dataset_name phantoms:echo --phantoms 2000 --resolution 64 --model_config tiny-64 --learn_sigma \
-    --drop_rate 0.2 --beta_schedule squaredcos_cap_v2 --bmap_schedule cosine --bmap_min "$2" --probe_geometry convex \
+    "${data_and_model[@]}" \
     --train_batch_size 8 --max_train_steps "$STAGE1_STEPS" --learning_rate 2e-4 --lr_scheduler linear --lr_warmup_steps 100 \
     --adam_weight_decay 1e-3 --use_ema --ema_decay 0.999 --checkpointing_steps 400 --checkpoints_total_limit 2 \
     --logger tensorboard --seed "$SEED" --output_dir pipeline
@@ -46,8 +48,7 @@ train_arm() {  # $1 = arm name, $2 = bmap_min
   [ "$FINETUNE" = 1 ] || { cd "$REPO"; return 0; }
   ACCELERATE_USE_CPU=true "$PY" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
     --mixed_precision no --dynamo_backend no "$REPO/training/train_semantic.py" \
-    --dataset_name phantoms:echo --phantoms 2000 --resolution 64 --model_config tiny-64 --learn_sigma \
-    --drop_rate 0.2 --beta_schedule squaredcos_cap_v2 --bmap_schedule cosine --bmap_min "$2" --probe_geometry convex \
+    "${data_and_model[@]}" \
     --train_batch_size 8 --max_train_steps 3200 --learning_rate 5e-5 --lr_scheduler constant --lr_warmup_steps 0 \
     --adam_weight_decay 1e-3 --use_ema --ema_decay 0.995 --checkpointing_steps 400 --checkpoints_total_limit 2 \
     --validation_steps 0 --logger tensorboard --seed "$SEED" --output_dir pipeline \

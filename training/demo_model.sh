@@ -11,11 +11,15 @@ cd "$(dirname "$0")/.."
 WORK="${1:-demo_model_work}"
 mkdir -p "$WORK"
 
+# The data, network and B-map flags every training stage shares (2,000 echo phantoms, the tiny-64 SDM with learned
+# sigma and CFG dropout, the published B-map settings).
+DATA_AND_MODEL=(--dataset_name phantoms:echo --phantoms 2000 --resolution 64 --model_config tiny-64 --learn_sigma
+  --drop_rate 0.2 --beta_schedule squaredcos_cap_v2 --bmap_schedule cosine --bmap_min 0.97 --probe_geometry convex)
+
 # 1a. Train on 2,000 built-in echo phantoms (seed 0), 64 x 64, published B-map settings, learned sigma, CFG dropout.
 ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
   training/train_semantic.py \
-  --dataset_name phantoms:echo --phantoms 2000 --resolution 64 --model_config tiny-64 --learn_sigma \
-  --drop_rate 0.2 --beta_schedule squaredcos_cap_v2 --bmap_schedule cosine --bmap_min 0.97 --probe_geometry convex \
+  "${DATA_AND_MODEL[@]}" \
   --train_batch_size 8 --max_train_steps 2400 --learning_rate 2e-4 --lr_scheduler linear --lr_warmup_steps 100 \
   --adam_weight_decay 1e-3 --use_ema --ema_decay 0.999 --checkpointing_steps 400 --checkpoints_total_limit 2 \
   --logger tensorboard --seed 0 --output_dir "$WORK/pipeline"
@@ -26,8 +30,7 @@ ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --num_machines 1 --m
 #     whatever --learning_rate / --ema_decay say; the flags below are the ones that made the bundled model.
 ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --num_cpu_threads_per_process 2 --num_machines 1 \
   --mixed_precision no --dynamo_backend no training/train_semantic.py \
-  --dataset_name phantoms:echo --phantoms 2000 --resolution 64 --model_config tiny-64 --learn_sigma \
-  --drop_rate 0.2 --beta_schedule squaredcos_cap_v2 --bmap_schedule cosine --bmap_min 0.97 --probe_geometry convex \
+  "${DATA_AND_MODEL[@]}" \
   --train_batch_size 8 --max_train_steps 3200 --learning_rate 5e-5 --lr_scheduler constant --lr_warmup_steps 0 \
   --adam_weight_decay 1e-3 --use_ema --ema_decay 0.995 --checkpointing_steps 400 --checkpoints_total_limit 2 \
   --validation_steps 0 --logger tensorboard --seed 0 --output_dir "$WORK/pipeline" \
@@ -38,8 +41,7 @@ ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --num_cpu_threads_pe
 mkdir -p "$WORK/calibrated"
 ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
   training/train_semantic.py \
-  --dataset_name phantoms:echo --phantoms 2000 --resolution 64 --model_config tiny-64 --learn_sigma \
-  --drop_rate 0.2 --beta_schedule squaredcos_cap_v2 --bmap_schedule cosine --bmap_min 0.97 --probe_geometry convex \
+  "${DATA_AND_MODEL[@]}" \
   --train_batch_size 8 --max_train_steps 800 --learning_rate 1e-4 --lr_scheduler constant --lr_warmup_steps 0 \
   --adam_weight_decay 1e-3 --use_ema --ema_decay 0.995 --checkpointing_steps 400 --checkpoints_total_limit 2 \
   --validation_steps 0 --logger tensorboard --seed 0 --noise_offset 0.1 \
