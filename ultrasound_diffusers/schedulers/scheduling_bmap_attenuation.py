@@ -433,11 +433,6 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         return original_from_model_output(_work(model_output), _work(sample), a, kind).to(sample.dtype)
 
     # ------------------------------------------------------------------------------------------------ posterior
-    @staticmethod
-    def _posterior_terms(a_t: torch.Tensor, a_prev: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Coefficients of q(x_prev | x_t, x_0) from the two signal levels (see diffusion_math.posterior_terms)."""
-        return posterior_terms(a_t, a_prev)
-
     def q_posterior_mean_variance(
         self, x_start: torch.Tensor, x_t: torch.Tensor, timesteps: TimestepLike
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -456,12 +451,12 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         steps = self._steps_for_batch(timesteps, batch)
         a_t = self.signal_level(steps, shape)
         a_prev = self.signal_level([t - 1 for t in steps], shape)
-        terms = self._posterior_terms(a_t, a_prev)
+        terms = posterior_terms(a_t, a_prev)
         # improved-diffusion: log variance at t = 0 taken from t = 1.
         if any(t == 0 for t in steps):
             a_1 = self.signal_level([max(t, 1) for t in steps], shape)
             a_0 = self.signal_level([max(t, 1) - 1 for t in steps], shape)
-            var_1 = self._posterior_terms(a_1, a_0)["variance"]
+            var_1 = posterior_terms(a_1, a_0)["variance"]
             zero = torch.tensor([t == 0 for t in steps]).view(-1, *([1] * (a_t.dim() - 1)))
             clipped = torch.where(zero, var_1, terms["variance"])
         else:
@@ -640,7 +635,7 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
             return _work(noise)
 
         if eta is None:  # ancestral DDPM with the B-map posterior
-            terms = self._posterior_terms(a_t, a_prev)
+            terms = posterior_terms(a_t, a_prev)
             prev = terms["coef_x0"] * x0 + terms["coef_xt"] * x_t
             if prev_t >= 0:
                 variance = terms["variance"].clamp(min=1e-20)
