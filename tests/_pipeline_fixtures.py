@@ -18,6 +18,18 @@ NUM_CLASSES = 5
 LABEL_NAMES = ["outside the fan", "LV cavity", "tissue in the fan", "myocardium", "left atrium"]
 
 
+def tiny_unet_config(**overrides):
+    """The config of the tiny test SemanticUNet2DModel (16 px, 8 base channels, one attention level); keyword
+    arguments override single keys."""
+    config = dict(
+        sample_size=16, in_channels=1, out_channels=1, learn_sigma=True, model_channels=8, channel_mult=(1, 2),
+        num_res_blocks=1, attention_resolutions=(2,), num_heads=1, num_head_channels=8, num_classes=NUM_CLASSES,
+        spade_hidden_channels=8, norm_num_groups=4,
+    )
+    config.update(overrides)
+    return config
+
+
 def tiny_semantic_unet(
     num_classes: int = NUM_CLASSES,
     sample_size: Union[int, Tuple[int, int]] = 16,
@@ -29,21 +41,10 @@ def tiny_semantic_unet(
     from ultrasound_diffusers.models.unet_semantic_2d import SemanticUNet2DModel
 
     torch.manual_seed(seed)
-    unet = SemanticUNet2DModel(
-        sample_size=sample_size,
-        in_channels=channels,
-        out_channels=channels,
-        learn_sigma=learn_sigma,
-        model_channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(2,),
-        num_heads=1,
-        num_head_channels=8,
+    unet = SemanticUNet2DModel(**tiny_unet_config(
+        sample_size=sample_size, in_channels=channels, out_channels=channels, learn_sigma=learn_sigma,
         num_classes=num_classes,
-        spade_hidden_channels=8,
-        norm_num_groups=4,
-    )
+    ))
     # The network zero-initialises its output and SPADE layers (the label map then has no effect yet);
     # random values everywhere make the tests see the conditioning.
     generator = torch.Generator().manual_seed(seed)
@@ -112,17 +113,6 @@ def make_hub_cache(folder: Union[str, os.PathLike], cache_dir: Union[str, os.Pat
     return snapshot
 
 
-def single_torch_thread():
-    """Generator for a module-scoped fixture: run torch on one thread (tiny models are several times faster
-    that way on a shared 2-core machine), then restore the previous setting."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def isolate_remote_code_cache(monkeypatch, tmp_path) -> Path:
     """Point diffusers' cache of remote-code modules (normally ~/.cache/huggingface/modules) to ``tmp_path``."""
     import sys
@@ -135,21 +125,3 @@ def isolate_remote_code_cache(monkeypatch, tmp_path) -> Path:
     for name in [m for m in sys.modules if m == "diffusers_modules" or m.startswith("diffusers_modules.")]:
         monkeypatch.delitem(sys.modules, name)
     return modules
-
-
-def semantic_pipeline_fixtures():
-    """Module-scoped pytest fixtures ``(pipe, pipeline_dir)``: a tiny semantic pipeline and a saved copy of it.
-    Use as ``pipe, pipeline_dir = semantic_pipeline_fixtures()`` at a test module's top level."""
-    import pytest
-
-    @pytest.fixture(scope="module")
-    def pipe():
-        return tiny_semantic_pipeline()
-
-    @pytest.fixture(scope="module")
-    def pipeline_dir(tmp_path_factory, pipe):
-        folder = tmp_path_factory.mktemp("pipe") / "tiny-semantic"
-        pipe.save_pretrained(folder)
-        return folder
-
-    return pipe, pipeline_dir

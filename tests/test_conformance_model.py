@@ -11,11 +11,10 @@ import json
 
 import pytest
 import torch
-from _pipeline_fixtures import NUM_CLASSES, echo_label_map, single_torch_thread, tiny_semantic_unet
+from _pipeline_fixtures import NUM_CLASSES, echo_label_map, tiny_semantic_unet
 
 from ultrasound_diffusers.models.unet_semantic_2d import SemanticUNet2DModel
 
-one_thread = pytest.fixture(scope="module", autouse=True)(single_torch_thread)
 
 
 def _inputs(batch: int = 2, conditional: bool = True, seed: int = 0):

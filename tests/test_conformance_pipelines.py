@@ -17,7 +17,6 @@ import pytest
 import torch
 from _pipeline_fixtures import (
     echo_label_map,
-    single_torch_thread,
     tiny_semantic_pipeline,
     tiny_unconditional_pipeline,
 )
@@ -25,32 +24,11 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from ultrasound_diffusers import DiffusionPipeline, SemanticUltrasoundPipeline, UltrasoundPipeline
 
-one_thread = pytest.fixture(scope="module", autouse=True)(single_torch_thread)
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_semantic_pipeline()
 
 
-@pytest.fixture(scope="module")
-def unconditional():
-    return tiny_unconditional_pipeline()
-
-
-@pytest.fixture(scope="module")
-def saved(pipe, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("saved") / "pipe"
-    pipe.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def saved_unconditional(unconditional, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("saved_unconditional") / "pipe"
-    unconditional.save_pretrained(folder)
-    return folder
 
 
 def _maps(n=2):

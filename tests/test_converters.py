@@ -3,6 +3,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _dicom_fixtures import write_ultrasound_dicom
 
 from ultrasound_diffusers.data.converters import ConversionWarning, assign_splits, detect_scan_area
 
@@ -321,27 +322,8 @@ def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
 
 
 def _write_monochrome_us(path, pixels, photometric, bits_stored=8):
-    """A minimal ultrasound DICOM file (Ultrasound [Multi-frame] Image Storage) written with pydicom."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    frames = pixels.shape[0] if pixels.ndim == 3 else 1
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1" if frames > 1 else "1.2.840.10008.5.1.4.1.1.6.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientName, ds.PatientID = "US", "Doe^Jane", "PID-123456"
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    ds.BitsAllocated = 8 if bits_stored <= 8 else 16
-    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.PixelData = pixels.astype(np.uint8 if bits_stored <= 8 else np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    """A minimal ultrasound DICOM file with a patient name and id in it."""
+    write_ultrasound_dicom(path, pixels, photometric, bits_stored, PatientName="Doe^Jane", PatientID="PID-123456")
 
 
 def test_dicom_monochrome1_and_monochrome2(tmp_path):

@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _dicom_fixtures import write_ultrasound_dicom
 
 from ultrasound_diffusers.data.converters import ConversionWarning
 
@@ -63,36 +64,22 @@ def echo_frame(rng, banner=True):
 
 
 def write_us(path, frames, burned_in=None, manufacturer="GE Healthcare - Dr Quillon", patient=(NAME, PID)):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    """A cine or single-frame echo file carrying every kind of identifying attribute the de-identifier must drop."""
+    from pydicom.uid import generate_uid
 
     frames = np.asarray(frames, np.uint8)
-    n = frames.shape[0] if frames.ndim == 3 else 1
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1" if n > 1 else "1.2.840.10008.5.1.4.1.1.6.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality = "US"
-    ds.PatientName, ds.PatientID = patient
-    ds.PatientBirthDate, ds.InstitutionName, ds.InstitutionAddress = BIRTH, INSTITUTION, "1 Quillon Road"
-    ds.ReferringPhysicianName, ds.OperatorsName = "Dr Quillon", "Quillon^Tech"
-    ds.AccessionNumber, ds.StationName, ds.DeviceSerialNumber = "ACC-5550123", "Station-QZ", "SN-0042-QZ"
-    ds.StudyDescription, ds.StudyDate = "Echo for Zyxwvut Quillon", "20240105"
-    ds.Manufacturer, ds.ManufacturerModelName = manufacturer, "QuillonScope 9"
+    attributes = dict(
+        StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), PatientName=patient[0], PatientID=patient[1],
+        PatientBirthDate=BIRTH, InstitutionName=INSTITUTION, InstitutionAddress="1 Quillon Road",
+        ReferringPhysicianName="Dr Quillon", OperatorsName="Quillon^Tech", AccessionNumber="ACC-5550123",
+        StationName="Station-QZ", DeviceSerialNumber="SN-0042-QZ", StudyDescription="Echo for Zyxwvut Quillon",
+        StudyDate="20240105", Manufacturer=manufacturer, ManufacturerModelName="QuillonScope 9",
+    )
     if burned_in is not None:
-        ds.BurnedInAnnotation = burned_in
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = frames.shape[-2:]
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    if n > 1:
-        ds.NumberOfFrames, ds.FrameTime = n, "33.3"
-    ds.PixelData = frames.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return ds
+        attributes["BurnedInAnnotation"] = burned_in
+    if frames.ndim == 3 and frames.shape[0] > 1:
+        attributes["FrameTime"] = "33.3"
+    return write_ultrasound_dicom(path, frames, **attributes)
 
 
 @pytest.fixture(scope="module")

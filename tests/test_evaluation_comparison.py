@@ -209,7 +209,6 @@ def test_compare_shares_evaluate_options():
 
     from ultrasound_diffusers.evaluation import comparison, report
 
-    assert comparison._UNPACKED_OPTIONS == report.SHARED_OPTIONS
     params = inspect.signature(report.evaluate).parameters
     assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY for name in report.SHARED_OPTIONS)
     options = report.evaluation_options({"seg_steps": 7})

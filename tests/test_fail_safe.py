@@ -19,11 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from _pipeline_fixtures import echo_label_map, semantic_pipeline_fixtures, single_torch_thread, tiny_semantic_pipeline
+from _pipeline_fixtures import echo_label_map, tiny_semantic_pipeline
 from ultrasound_diffusers.cli import main as cli
 from ultrasound_diffusers.utils import io as uio
 
-_single_thread = pytest.fixture(scope="module", autouse=True)(single_torch_thread)
 
 
 def snapshot(folder: Path) -> dict:
@@ -43,7 +42,6 @@ def user_folder(path: Path) -> Path:
     return path
 
 
-pipe, pipeline_dir = semantic_pipeline_fixtures()
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +209,8 @@ def test_generate_refuses_nan_guidance_and_never_writes_nan_images(pipe, tmp_pat
     assert not (tmp_path / "b" / "dataset").exists()
 
 
-def test_cli_generate_with_nan_guidance_exits_2(pipeline_dir, tmp_path, capsys):
-    code = cli(["generate", "--pipeline", str(pipeline_dir), "--labels", "phantoms:echo:2", "--output_dir",
+def test_cli_generate_with_nan_guidance_exits_2(saved, tmp_path, capsys):
+    code = cli(["generate", "--pipeline", str(saved), "--labels", "phantoms:echo:2", "--output_dir",
                 str(tmp_path / "out"), "--guidance_scale", "nan", "--num_inference_steps", "2", "--no_progress"])
     assert code == 2 and "guidance_scale" in capsys.readouterr().err
     assert not (tmp_path / "out" / "dataset").exists()
@@ -240,22 +238,22 @@ def test_demo_refuses_a_colour_coded_label_map(tmp_path, capsys):
     assert not (tmp_path / "demo").exists()
 
 
-def test_generate_names_a_label_file_that_is_not_an_image(pipeline_dir, tmp_path, capsys):
+def test_generate_names_a_label_file_that_is_not_an_image(saved, tmp_path, capsys):
     labels = tmp_path / "labels"
     labels.mkdir()
     (labels / "a.png").write_bytes(b"this is not a png")
-    code = cli(["generate", "--pipeline", str(pipeline_dir), "--labels", str(labels), "--output_dir",
+    code = cli(["generate", "--pipeline", str(saved), "--labels", str(labels), "--output_dir",
                 str(tmp_path / "out"), "--num_inference_steps", "2", "--no_progress"])
     assert code == 2
     err = capsys.readouterr().err
     assert "a.png" in err and "not a readable image" in err and "Traceback" not in err
 
 
-def test_offline_hub_dataset_gives_one_line(pipeline_dir, tmp_path, monkeypatch, capsys):
+def test_offline_hub_dataset_gives_one_line(saved, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    code = cli(["generate", "--pipeline", str(pipeline_dir), "--labels", "org/not-cached", "--output_dir",
+    code = cli(["generate", "--pipeline", str(saved), "--labels", "org/not-cached", "--output_dir",
                 str(tmp_path / "out"), "--num_inference_steps", "2", "--no_progress"])
     assert code == 2
     assert "not in the local cache" in capsys.readouterr().err

@@ -11,17 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _pipeline_fixtures import LABEL_NAMES, semantic_pipeline_fixtures, single_torch_thread, tiny_semantic_pipeline
+from _pipeline_fixtures import LABEL_NAMES, tiny_semantic_pipeline
 from ultrasound_diffusers import generation
 from ultrasound_diffusers.generation import derive_seeds, generate_dataset, load_label_source
 
 STEPS = 2
 SIZE = 16
 
-_single_thread = pytest.fixture(scope="module", autouse=True)(single_torch_thread)
 
 
-pipe, pipeline_dir = semantic_pipeline_fixtures()
 
 
 def _run(pipe, out, labels="phantoms:echo:5", **kwargs):
@@ -194,7 +192,7 @@ def test_bad_label_sources_stop_before_generating(pipe, tmp_path, monkeypatch):
     assert not any((tmp_path / name / "chunks").exists() for name in "abcde")
 
 
-def test_cli_reports_bad_label_folder(pipeline_dir, tmp_path, capsys):
+def test_cli_reports_bad_label_folder(saved, tmp_path, capsys):
     from PIL import Image
 
     from ultrasound_diffusers.cli import main
@@ -202,7 +200,7 @@ def test_cli_reports_bad_label_folder(pipeline_dir, tmp_path, capsys):
     folder = tmp_path / "labels"
     folder.mkdir()
     Image.fromarray(np.full((SIZE, SIZE), 9, np.uint8)).save(folder / "a.png")
-    code = main(["generate", "--pipeline", str(pipeline_dir), "--labels", str(folder), "--output_dir",
+    code = main(["generate", "--pipeline", str(saved), "--labels", str(folder), "--output_dir",
                  str(tmp_path / "out"), "--num_inference_steps", "2", "--no_progress"])
     assert code == 2
     err = capsys.readouterr().err
@@ -311,8 +309,8 @@ def test_push_to_hub_uploads_card_then_dataset(pipe, tmp_path, monkeypatch):
     assert calls[2][1:] == ("me/synthetic-echo", 4, True)
 
 
-def _cli_args(pipeline_dir, out, *extra):
-    return ["generate", "--pipeline", str(pipeline_dir), "--labels", "phantoms:echo:4", "--output_dir", str(out),
+def _cli_args(saved, out, *extra):
+    return ["generate", "--pipeline", str(saved), "--labels", "phantoms:echo:4", "--output_dir", str(out),
             "--images_per_label", "2", "--num_inference_steps", str(STEPS), "--batch_size", "2", "--chunk_size", "2",
             "--seed", "5", "--no_progress", *extra]
 
@@ -324,15 +322,15 @@ def _env():
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process(pipeline_dir, tmp_path):
+def test_two_processes_equal_one_process(saved, tmp_path):
     import datasets
 
     from ultrasound_diffusers.cli import main
 
-    assert main(_cli_args(pipeline_dir, tmp_path / "one")) == 0
+    assert main(_cli_args(saved, tmp_path / "one")) == 0
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ultrasound_diffusers",
-               *_cli_args(pipeline_dir, tmp_path / "two", "--keep_chunks")]
+               *_cli_args(saved, tmp_path / "two", "--keep_chunks")]
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     markers = [json.loads(p.read_text()) for p in (tmp_path / "two" / "chunks").glob("chunk-*/chunk.json")]
@@ -343,14 +341,14 @@ def test_two_processes_equal_one_process(pipeline_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_dataset(pipeline_dir, tmp_path):
+def test_killed_run_resumes_to_the_same_dataset(saved, tmp_path):
     import datasets
 
     from ultrasound_diffusers.cli import main
 
     args = ["--num_inference_steps", "8", "--chunk_size", "1", "--batch_size", "1"]
     out = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "ultrasound_diffusers", *_cli_args(pipeline_dir, out), *args],
+    process = subprocess.Popen([sys.executable, "-m", "ultrasound_diffusers", *_cli_args(saved, out), *args],
                                env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and not list((out / "chunks").glob("chunk-*/chunk.json")):
@@ -364,8 +362,8 @@ def test_killed_run_resumes_to_the_same_dataset(pipeline_dir, tmp_path):
     finished = list((out / "chunks").glob("chunk-*/chunk.json"))
     assert manifest["status"] == "running" and 1 <= len(finished) < 8  # killed in the middle
 
-    assert main(_cli_args(pipeline_dir, out) + args) == 0
-    assert main(_cli_args(pipeline_dir, tmp_path / "whole") + args) == 0
+    assert main(_cli_args(saved, out) + args) == 0
+    assert main(_cli_args(saved, tmp_path / "whole") + args) == 0
     resumed = datasets.load_from_disk(str(out / "dataset"))
     whole = datasets.load_from_disk(str(tmp_path / "whole" / "dataset"))
     assert_same_dataset(whole, resumed)

@@ -48,21 +48,11 @@ def generate(pipe, seed=0, guidance_scale=1.5):
     ).images
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_semantic_pipeline()
-
 
 @pytest.fixture(scope="module")
 def reference(pipe):
     return {"guided": generate(pipe, guidance_scale=1.5), "unguided": generate(pipe, guidance_scale=1.0)}
 
-
-@pytest.fixture(scope="module")
-def saved(pipe, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("saved") / "tiny-echo"
-    pipe.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture()

@@ -34,16 +34,6 @@ __all__ = ["{cls}"]
 '''
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_semantic_pipeline()
-
-
-@pytest.fixture(scope="module")
-def saved(pipe, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("saved") / "tiny-echo"
-    pipe.save_pretrained(folder)
-    return folder
 
 
 def generate(pipe):

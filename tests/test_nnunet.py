@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _pipeline_fixtures import LABEL_NAMES, semantic_pipeline_fixtures, single_torch_thread
+from _pipeline_fixtures import LABEL_NAMES
 from ultrasound_diffusers.data.nnunet import (
     EXPORT_KIND,
     check_nnunet_target,
@@ -17,8 +17,6 @@ from ultrasound_diffusers.data.nnunet import (
 )
 from ultrasound_diffusers.utils.io import read_marker
 
-_single_thread = pytest.fixture(scope="module", autouse=True)(single_torch_thread)
-pipe, pipeline_dir = semantic_pipeline_fixtures()
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +105,13 @@ def test_resolve_label_names():
         resolve_label_names({0: "bg", 2: "a"})
 
 
-def test_cli_generate_export_nnunet(pipeline_dir, tmp_path, capsys):
+def test_cli_generate_export_nnunet(saved, tmp_path, capsys):
     import datasets
 
     from ultrasound_diffusers.cli import main
 
     out = tmp_path / "run"
-    args = ["generate", "--pipeline", str(pipeline_dir), "--labels", "phantoms:echo:2", "--output_dir", str(out),
+    args = ["generate", "--pipeline", str(saved), "--labels", "phantoms:echo:2", "--output_dir", str(out),
             "--images_per_label", "2", "--num_inference_steps", "2", "--batch_size", "2", "--seed", "5",
             "--no_progress", "--export", "nnunet", "png", "--nnunet_id", "7", "--nnunet_name", "Tiny"]
     assert main(args) == 0

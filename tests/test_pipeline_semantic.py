@@ -23,10 +23,6 @@ from ultrasound_diffusers.pipelines.pipeline_utils import (
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_semantic_pipeline()
-
 
 @pytest.fixture(scope="module")
 def pipe_fixed():

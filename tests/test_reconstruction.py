@@ -21,7 +21,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
-from _pipeline_fixtures import echo_label_map, single_torch_thread, tiny_semantic_unet
+from _pipeline_fixtures import echo_label_map, tiny_semantic_unet
 from ultrasound_diffusers.operators import AreaDownsample, DepthAttenuation, FunctionOperator, Mask, MissingScanLines
 from ultrasound_diffusers.pipelines.pipeline_ultrasound_reconstruction import (
     UltrasoundReconstructionPipeline,
@@ -34,10 +34,6 @@ from ultrasound_diffusers.schedulers.scheduling_bmap_attenuation import BMapAtte
 
 SIZE = 16
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    yield from single_torch_thread()
 
 
 # ------------------------------------------------------------------------------------------------ Gaussian prior
@@ -211,6 +207,12 @@ def tiny_label_unet():
     return tiny_semantic_unet(num_classes=5, sample_size=SIZE, learn_sigma=True)
 
 
+@pytest.fixture(scope="module")
+def pipe(tiny_unet):
+    """The reconstruction pipeline on the unconditional tiny network (linear-probe B-map scheduler)."""
+    return tiny_pipeline(tiny_unet)
+
+
 def tiny_pipeline(unet, scheduler=None):
     if scheduler is None:
         scheduler = BMapAttenuationScheduler(num_train_timesteps=100, variance_type="learned_range", probe_geometry="linear")
@@ -223,8 +225,7 @@ def _image(seed=0):
     return torch.rand(1, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def test_dps_reduces_the_residual_of_unguided_sampling(tiny_unet):
-    pipe = tiny_pipeline(tiny_unet)
+def test_dps_reduces_the_residual_of_unguided_sampling(pipe):
     op = MissingScanLines(2)
     y = op(_image())
     kwargs = dict(num_inference_steps=8, num_samples=2)
@@ -238,8 +239,7 @@ def test_dps_reduces_the_residual_of_unguided_sampling(tiny_unet):
     np.testing.assert_allclose(zero.samples, free.samples, atol=1e-6)
 
 
-def test_projection_is_exact_on_measured_pixels_and_certain_there(tiny_unet):
-    pipe = tiny_pipeline(tiny_unet)
+def test_projection_is_exact_on_measured_pixels_and_certain_there(pipe):
     op = MissingScanLines(3, offset=1)
     x = _image(1).clamp(-0.9, 0.9)
     y = op(x)
@@ -293,8 +293,7 @@ def test_label_conditioned_prior_with_classifier_free_guidance(tiny_label_unet):
         pipe(y, op, method="dps", num_inference_steps=2)
 
 
-def test_function_operator_and_callables(tiny_unet):
-    pipe = tiny_pipeline(tiny_unet)
+def test_function_operator_and_callables(pipe):
     x = _image(5)
 
     def row_means(images):
@@ -309,8 +308,7 @@ def test_function_operator_and_callables(tiny_unet):
         pipe(y, row_means, method="projection", num_inference_steps=2)
 
 
-def test_output_formats_and_tuple(tiny_unet):
-    pipe = tiny_pipeline(tiny_unet)
+def test_output_formats_and_tuple(pipe):
     op = MissingScanLines(2)
     y = op(torch.cat([_image(6), _image(7)]))
     out = pipe(y, op, method="projection", num_inference_steps=3, num_samples=2, output_type="np",
@@ -330,8 +328,7 @@ def test_output_formats_and_tuple(tiny_unet):
     assert single.images.shape == (1, SIZE, SIZE, 1)
 
 
-def test_clear_errors(tiny_unet):
-    pipe = tiny_pipeline(tiny_unet)
+def test_clear_errors(pipe):
     op = MissingScanLines(2)
     y = op(_image())
     with pytest.raises(ValueError, match=r"`measurements` must have shape \[B, 1, 16, 8\]"):

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _pipeline_fixtures import tiny_unet_config
 
 from ultrasound_diffusers.models.unet_semantic_2d import (
     SEMANTIC_UNET_PRESETS,
@@ -19,25 +20,11 @@ K = 4
 
 
 def tiny_config(**overrides):
-    config = dict(
-        sample_size=16,
-        in_channels=1,
-        out_channels=1,
-        learn_sigma=True,
-        model_channels=16,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(2,),
-        num_heads=1,
-        num_head_channels=8,
-        resblock_updown=True,
-        use_scale_shift_norm=True,
-        num_classes=K,
-        spade_hidden_channels=8,
-        norm_num_groups=8,
-    )
-    config.update(overrides)
-    return config
+    """The tests' tiny network with 16 base channels, resampling resblocks and scale-shift norms, K classes."""
+    return tiny_unet_config(**{
+        "model_channels": 16, "resblock_updown": True, "use_scale_shift_norm": True, "num_classes": K,
+        "norm_num_groups": 8, **overrides,
+    })
 
 
 def randomize(model, seed=0, scale=0.2):

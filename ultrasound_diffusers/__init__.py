@@ -14,8 +14,6 @@ Data, evaluation and generation helpers are imported on first use (``ultrasound_
 
 __version__ = "0.1.0"
 
-import importlib as _importlib
-
 from .models import SemanticUNet2DModel, SemanticUNet2DOutput, convert_original_checkpoint  # noqa: E402
 from .pipelines import (  # noqa: E402
     DiffusionPipeline,
@@ -24,49 +22,27 @@ from .pipelines import (  # noqa: E402
     UltrasoundPipeline,
 )
 from .schedulers import BMapAttenuationScheduler, BMapDPMSolverMultistepScheduler, BMapSchedulerOutput  # noqa: E402
+from .utils.lazy import lazy_module_getattr  # noqa: E402
 
+#: module (relative to this package) -> the names it provides, imported on first use
 _LAZY = {
-    # data
-    "generate_phantoms": ".data",
-    "phantom_label_maps": ".data",
-    "make_phantom": ".data",
-    "colorize_labels": ".data",
-    "augment_label_map": ".data",
-    "NUM_ECHO_CLASSES": ".data",
-    "convert_camus": ".data",
-    "convert_thyroid": ".data",
-    "convert_lung": ".data",
-    "convert_dicom": ".data",
-    # evaluation
-    "evaluate": ".evaluation",
-    "load_image_set": ".evaluation",
-    "ImageSet": ".evaluation",
-    "load_inception": ".evaluation",
-    "frechet_distance": ".evaluation",
-    "kernel_inception_distance": ".evaluation",
-    # generation at scale
-    "generate_dataset": ".generation",
-    "load_label_source": ".generation",
-    # reconstruction
-    "UltrasoundReconstructionPipeline": ".pipelines",
-    "make_operator": ".operators",
-    "MissingScanLines": ".operators",
-    "AreaDownsample": ".operators",
-    "DepthAttenuation": ".operators",
-    "Mask": ".operators",
-    "FunctionOperator": ".operators",
-    # training losses
-    "hybrid_loss": ".losses",
-    "variational_bound_terms": ".losses",
-    # plots
-    "plot_bmaps": ".visualization",
+    ".data": (
+        "generate_phantoms", "phantom_label_maps", "make_phantom", "colorize_labels", "augment_label_map",
+        "NUM_ECHO_CLASSES", "convert_camus", "convert_thyroid", "convert_lung", "convert_dicom",
+    ),
+    ".evaluation": (
+        "evaluate", "load_image_set", "ImageSet", "load_inception", "frechet_distance", "kernel_inception_distance",
+    ),
+    ".generation": ("generate_dataset", "load_label_source"),  # generation at scale
+    ".pipelines": ("UltrasoundReconstructionPipeline",),
+    ".operators": (  # forward models of the reconstruction
+        "make_operator", "MissingScanLines", "AreaDownsample", "DepthAttenuation", "Mask", "FunctionOperator",
+    ),
+    ".losses": ("hybrid_loss", "variational_bound_terms"),  # training losses
+    ".visualization": ("plot_bmaps",),
 }
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(_importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_module_getattr(__name__, _LAZY)
 
 
 __all__ = [
@@ -81,5 +57,5 @@ __all__ = [
     "SemanticUltrasoundPipelineOutput",
     "UltrasoundPipeline",
     "convert_original_checkpoint",
-    *_LAZY,
+    *(name for names in _LAZY.values() for name in names),
 ]

@@ -259,19 +259,13 @@ class FanGeometry:
 
     def to_config(self) -> Dict[str, Any]:
         """The scheduler-config keys (JSON types): ``probe_geometry``, ``fan_apex``, ``fan_radii``, ``fan_half_angle_deg``."""
-        return {
-            "probe_geometry": self.probe_geometry,
-            "fan_apex": list(self.apex),
-            "fan_radii": list(self.radii),
-            "fan_half_angle_deg": float(self.half_angle_deg),
-        }
+        return {("probe_geometry" if key == "probe_geometry" else f"fan_{key}"): value for key, value in self.to_dict().items()}
 
     def to_dict(self) -> Dict[str, Any]:
-        """The dataclass fields as JSON types (as written in evaluation reports)."""
+        """The dataclass fields as JSON types (as written in evaluation reports): ``probe_geometry``, ``apex``,
+        ``radii`` (lists) and ``half_angle_deg``."""
         return {
-            "probe_geometry": self.probe_geometry,
-            "apex": list(self.apex),
-            "radii": list(self.radii),
+            "probe_geometry": self.probe_geometry, "apex": list(self.apex), "radii": list(self.radii),
             "half_angle_deg": float(self.half_angle_deg),
         }
 

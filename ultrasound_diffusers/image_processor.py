@@ -157,9 +157,12 @@ def resize_label_map(labels, size: Tuple[int, int]):
     return np.asarray(labels)[..., rows[:, None], cols[None, :]]
 
 
-def parse_size(value: Any, argument: str = "size") -> Optional[Union[int, Tuple[int, int]]]:
+def parse_size(
+    value: Any, argument: str = "size", *, as_pair: bool = False, minimum: int = 1
+) -> Optional[Union[int, Tuple[int, int]]]:
     """A size as ``N`` (square) or ``(H, W)`` from an int, a pair, or text ``"N"``, ``"HxW"`` or ``"H,W"``;
-    None stays None. Raises ValueError naming ``argument`` for anything else or non-positive values."""
+    None stays None. With ``as_pair`` a square size is returned as ``(N, N)``. Raises ValueError naming
+    ``argument`` for anything else, or for a side below ``minimum`` pixels (1 unless a caller needs more)."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -178,4 +181,8 @@ def parse_size(value: Any, argument: str = "size") -> Optional[Union[int, Tuple[
         raise ValueError(f"`{argument}` must be N or (height, width), got {value!r}")
     if len(values) not in (1, 2) or any(v < 1 for v in values):
         raise ValueError(f"`{argument}` must be one or two positive integers, got {value!r}")
-    return values[0] if len(values) == 1 else (values[0], values[1])
+    if any(v < minimum for v in values):
+        raise ValueError(f"`{argument}` must be at least {minimum} x {minimum} pixels, got {value!r}")
+    if len(values) == 1:
+        return (values[0], values[0]) if as_pair else values[0]
+    return values[0], values[1]

@@ -19,6 +19,39 @@ def new_figure(**kwargs):
     return Figure(**kwargs)
 
 
+def density_histograms(
+    series: Sequence[Tuple[str, np.ndarray]],
+    bins: np.ndarray,
+    xlabel: str,
+    marker: Optional[float] = None,
+    marker_label: Optional[str] = None,
+):
+    """One panel of overlaid, semi-transparent density histograms, e.g. distances or speckle SNR of several sets.
+
+    Args:
+        series: ``[(legend label, values 1-D)]``, drawn in order; empty value arrays are skipped.
+        bins: the shared bin edges.
+        xlabel: the x-axis label (the y axis is "density").
+        marker: an optional reference value drawn as a dashed vertical line, with ``marker_label`` in the legend.
+
+    Returns:
+        a 6 x 3.6 inch matplotlib ``Figure``.
+    """
+    fig = new_figure(figsize=(6.0, 3.6), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    for label, values in series:
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if values.size:
+            ax.hist(values, bins=bins, alpha=0.5, density=True, label=label)
+    if marker is not None:
+        ax.axvline(marker, color="k", linestyle="--", linewidth=1, label=marker_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def bmap_steps(num_train_timesteps: int, num: int = 6) -> list:
     """``num`` evenly spread train steps from 0 to T-1 (inclusive)."""
     if num < 1:

@@ -7,6 +7,12 @@ import argparse
 from ..image_processor import parse_size
 
 
+def add_command(subparsers, name: str, help: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of sub-command ``name`` whose ``--help`` shows ``doc`` (the command module's docstring, with its
+    line breaks and lists kept as written)."""
+    return subparsers.add_parser(name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def size_type(flag: str = "--size"):
     """An argparse ``type`` for ``N`` or ``HxW`` / ``H,W`` (see :func:`~ultrasound_diffusers.image_processor.parse_size`)."""
 

@@ -25,7 +25,7 @@ import os
 import sys
 from typing import Any, Dict, Optional
 
-from ._common import size_type
+from ._common import add_command, size_type
 
 #: Scheduler settings of the published ultrasound SDM (Domínguez et al. 2024), from their one home:
 #: ``BMapAttenuationScheduler.from_preset("camus-sdm")`` (see ``schedulers.scheduling_bmap_attenuation.SCHEDULER_PRESETS``).
@@ -57,12 +57,7 @@ def _bool(text: str) -> bool:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "convert",
-        help="convert a guided-diffusion / improved-diffusion / SDM checkpoint (.pt) into a diffusers folder",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "convert", "convert a guided-diffusion / improved-diffusion / SDM checkpoint (.pt) into a diffusers folder", __doc__)
     p.add_argument("--checkpoint", required=True, help="original .pt state dict (read with weights_only=True)")
     p.add_argument("--output_dir", required=True, help="folder to write (replaced atomically)")
     p.add_argument(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 
 from ..geometry import add_geometry_arguments, geometry_from_args
+from ._common import add_command
 
 #: evaluate() options whose flag has another name.
 OPTION_FLAGS = {"num_depth_bins": "depth_bins"}
@@ -42,12 +43,7 @@ SEGMENTER_CHOICES = ("tinyunet", "monai-unet")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "evaluate",
-        help="FID/KID, memorisation, ultrasound physics and downstream segmentation of generated images",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "evaluate", "FID/KID, memorisation, ultrasound physics and downstream segmentation of generated images", __doc__)
     p.add_argument("--real", required=True, help="real (held-out) images: folder, saved dataset or Hub dataset name")
     p.add_argument("--generated", required=True, nargs="+", metavar="[NAME=]SOURCE",
                    help="generated images: folder, saved dataset or Hub dataset name; named sets (bmap=DIR "
@@ -63,7 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--bootstrap_fid", type=int, default=None,
                    help="comparison: bootstrap resamples for FID and KID (default 200)")
     p.add_argument("--confidence", type=float, default=0.95, help="comparison: interval coverage (default 0.95)")
-    p.add_argument("--out", "--output_dir", dest="out", required=True,
+    p.add_argument("--output_dir", "--out", dest="out", metavar="OUTPUT_DIR", required=True,
                    help="report folder (written atomically; an earlier report of this command is replaced)")
     p.add_argument("--train", default=None, help="training images, for memorisation and the segmentation reference")
     p.add_argument(

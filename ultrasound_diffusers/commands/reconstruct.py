@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--benchmark", default=None, help="comma-separated keep_every values K (fraction 1/K of the scan lines): write a PSNR / SSIM table instead")
     p.add_argument("--num_images", type=int, default=4, help="held-out phantoms in --benchmark")
-    p.add_argument("--out", "--output_dir", dest="out", default="reconstruction_output", help="output folder")
+    p.add_argument("--output_dir", "--out", dest="out", metavar="OUTPUT_DIR", default="reconstruction_output", help="output folder")
     p.set_defaults(func=run)
 
 

@@ -10,6 +10,7 @@
 The converters (and their heavy readers) are imported on first use.
 """
 
+from ..utils.lazy import lazy_module_getattr
 from .augment import LabelAugmentation, augment_label_map, augment_label_maps
 from .converters import ConversionWarning, detect_scan_area, get_converter, save_dataset
 from .labels import (
@@ -38,20 +39,13 @@ from .phantoms import (
     phantom_label_maps,
 )
 
+#: module -> the converters it provides, imported on first use (with their heavy readers)
 _LAZY = {
-    "convert_camus": ".camus",
-    "convert_thyroid": ".thyroid",
-    "convert_lung": ".lung",
-    "convert_dicom": ".dicom",
+    ".camus": ("convert_camus",), ".thyroid": ("convert_thyroid",), ".lung": ("convert_lung",),
+    ".dicom": ("convert_dicom",),
 }
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_module_getattr(__name__, _LAZY)
 
 
 __all__ = [

@@ -22,6 +22,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import scipy.ndimage as ndi
 
+from ..image_processor import parse_size as _parse_size
+from ..image_processor import resize_label_map
+
 SPLITS = ("train", "validation", "test")
 
 #: source name -> "module:function" (imported lazily)
@@ -88,18 +91,9 @@ def to_uint8(array: np.ndarray, value_range: Optional[Tuple[float, float]] = Non
 
 
 def parse_size(size) -> Optional[Tuple[int, int]]:
-    """None, int or (height, width) -> None or (height, width)."""
-    if size is None:
-        return None
-    if isinstance(size, (int, np.integer)):
-        size = (int(size), int(size))
-    try:
-        h, w = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"`size` must be None, an int or (height, width), got {size!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"`size` must be positive, got {size!r}")
-    return h, w
+    """None, int or (height, width) -> None or (height, width): the package's size rule
+    (:func:`ultrasound_diffusers.image_processor.parse_size`) with square sizes as pairs."""
+    return _parse_size(size, as_pair=True)
 
 
 def resize(array: np.ndarray, size: Optional[Tuple[int, int]], label: bool = False) -> np.ndarray:
@@ -108,8 +102,6 @@ def resize(array: np.ndarray, size: Optional[Tuple[int, int]], label: bool = Fal
     if size is None or tuple(array.shape[:2]) == tuple(size):
         return array
     if label:
-        from ..image_processor import resize_label_map
-
         return np.ascontiguousarray(resize_label_map(array, size))
     from PIL import Image
 
@@ -151,6 +143,26 @@ def box_mask(shape: Tuple[int, int], box: Tuple[int, int, int, int]) -> np.ndarr
     return mask
 
 
+def frame_stack(frames) -> np.ndarray:
+    """A grayscale frame [H, W] or cine [T, H, W] as float32 [T, H, W]; any other shape raises a ValueError."""
+    arr = np.asarray(frames, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"`frames` must have shape [H, W] or [T, H, W], got {np.shape(frames)}")
+    return arr
+
+
+def largest_component(mask: np.ndarray) -> Optional[np.ndarray]:
+    """The largest connected component (4-connectivity) of a bool mask [H, W] with its holes filled; None when
+    the mask is empty."""
+    labels, n = ndi.label(mask)
+    if n == 0:
+        return None
+    sizes = ndi.sum(mask, labels, index=np.arange(1, n + 1))
+    return ndi.binary_fill_holes(labels == (int(np.argmax(sizes)) + 1))
+
+
 def detect_scan_area(
     frames: np.ndarray,
     threshold: float = 6.0,
@@ -175,11 +187,7 @@ def detect_scan_area(
     Returns:
         bool [H, W]; all True if nothing was found.
     """
-    arr = np.asarray(frames, dtype=np.float32)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3:
-        raise ValueError(f"`frames` must have shape [H, W] or [T, H, W], got {np.shape(frames)}")
+    arr = frame_stack(frames)
     _, H, W = arr.shape
     ref = arr.max(0)
     mask = ref > threshold
@@ -193,12 +201,8 @@ def detect_scan_area(
     radius = max(1, int(round(opening_fraction * min(H, W)))) if opening_fraction > 0 else 0
     if radius > 0:
         mask = ndi.binary_opening(mask, _disk(radius))
-    labels, n = ndi.label(mask)
-    if n == 0:
-        return np.ones((H, W), dtype=bool)
-    sizes = ndi.sum(mask, labels, index=np.arange(1, n + 1))
-    mask = ndi.binary_fill_holes(labels == (int(np.argmax(sizes)) + 1))
-    return convex_hull_mask(mask)
+    component = largest_component(mask)
+    return np.ones((H, W), dtype=bool) if component is None else convex_hull_mask(component)
 
 
 def assign_splits(keys: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> Dict[str, str]:

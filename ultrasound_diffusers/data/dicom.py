@@ -60,6 +60,8 @@ from .converters import (
     box_mask,
     encode_png,
     find_files,
+    frame_stack,
+    largest_component,
     local_std,
     make_dataset_dict,
     parse_size,
@@ -231,11 +233,7 @@ def tissue_candidates(
     deviation above ``texture_threshold``); inside ``region_box`` (x0, y0, x1, y1 inclusive) if given, then opened with a disk of radius
     ``opening_fraction * min(H, W)`` (at least 1 px), which removes text strokes, ticks and calipers.
     """
-    arr = np.asarray(frames, dtype=np.float32)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3:
-        raise ValueError(f"`frames` must have shape [H, W] or [T, H, W], got {np.shape(frames)}")
+    arr = frame_stack(frames)
     _, H, W = arr.shape
     ref = arr.max(0)
     mask = ref > threshold
@@ -249,14 +247,6 @@ def tissue_candidates(
         mask &= box_mask(mask.shape, region_box)
     radius = max(1, int(round(opening_fraction * min(H, W)))) if opening_fraction > 0 else 0
     return _opening(mask, radius)
-
-
-def _largest_component(mask: np.ndarray) -> Optional[np.ndarray]:
-    labels, n = ndi.label(mask)
-    if n == 0:
-        return None
-    sizes = ndi.sum(mask, labels, index=np.arange(1, n + 1))
-    return ndi.binary_fill_holes(labels == (int(np.argmax(sizes)) + 1))
 
 
 def _fit_edge(ys: np.ndarray, xs: np.ndarray, tol: float, trials: int = 256) -> Tuple[float, float, float]:
@@ -380,7 +370,7 @@ def find_scan_area(
     a caller that must not leak burned-in text then drops the frames instead of keeping them whole.
     """
     candidates = tissue_candidates(frames, region_box=region_box)
-    component = _largest_component(candidates)
+    component = largest_component(candidates)
     if component is None:
         return None, {"reason": "no tissue-like pixels"}
     shape, info = fit_scan_shape(component, min_area_fraction=min_area_fraction, min_fill=min_fill)

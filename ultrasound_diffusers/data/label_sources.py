@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..image_processor import read_label_file, resize_label_map, to_label_array
+from .converters import find_files
 from .sources import is_saved_dataset, load_hub_dataset, looks_like_hub_id
 
 PathLike = Union[str, os.PathLike]
@@ -163,12 +164,7 @@ class FolderLabelSource(LabelSource):
         root = Path(folder)
         if not root.is_dir():
             raise FileNotFoundError(f"label folder {root} does not exist")
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if not name.startswith(".") and name.lower().endswith(tuple(suffixes)):
-                    files.append(Path(dirpath) / name)
+        files = find_files(root, suffixes)
         if not files:
             raise ValueError(f"label folder {root} holds no label map files ({', '.join(suffixes)})")
         self.root = root

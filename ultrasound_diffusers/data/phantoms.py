@@ -67,6 +67,7 @@ from ..geometry import (
     fan_mask,
     fan_polar_coordinates,
 )
+from ..image_processor import parse_size as _parse_size
 from .labels import NUM_ECHO_CLASSES, NUM_THYROID_CLASSES
 
 ANATOMIES = ("echo", "thyroid", "homogeneous")
@@ -355,17 +356,11 @@ def _check_anatomy(anatomy: str) -> None:
 
 
 def parse_size(size: SizeLike) -> Tuple[int, int]:
-    """``64`` -> (64, 64); ``(48, 64)`` -> (48, 64) as (height, width); sizes must be >= 8."""
-    if isinstance(size, (int, np.integer)):
-        h = w = int(size)
-    else:
-        try:
-            h, w = (int(v) for v in size)
-        except (TypeError, ValueError):
-            raise ValueError(f"`size` must be an int or (height, width), got {size!r}") from None
-    if h < 8 or w < 8:
-        raise ValueError(f"`size` must be at least 8 x 8 pixels, got {(h, w)}")
-    return h, w
+    """``64`` -> (64, 64); ``(48, 64)`` -> (48, 64) as (height, width); sizes must be >= 8
+    (:func:`ultrasound_diffusers.image_processor.parse_size`, the package's one size rule)."""
+    if size is None:
+        raise ValueError("`size` must be an int or (height, width), got None")
+    return _parse_size(size, as_pair=True, minimum=8)
 
 
 # --------------------------------------------------------------------------------------------------

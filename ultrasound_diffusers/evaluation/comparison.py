@@ -46,6 +46,7 @@ import json
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -459,15 +460,6 @@ def _metric_specs(wanted: Sequence[str], contrast_pairs, paired: bool, have_feat
     return specs
 
 
-#: The names compare() unpacks from evaluation_options(), in order (a test keeps it equal to report.SHARED_OPTIONS).
-_UNPACKED_OPTIONS = (
-    "label_column", "image_column", "split", "max_images", "feature_extractor", "inception_weights", "batch_size",
-    "device", "geometry", "class_names", "contrast_pairs", "num_depth_bins", "speckle_window", "dynamic_range_db",
-    "kid_subsets", "kid_subset_size", "copy_fraction", "seg_steps", "seg_batch_size", "seg_base_channels",
-    "segmenter", "seed", "overwrite", "replace_report", "progress",
-)
-
-
 def compare(
     real: Any,
     generated: Mapping[str, Any],
@@ -516,10 +508,7 @@ def compare(
 
     from .report import evaluation_options
 
-    (label_column, image_column, split, max_images, feature_extractor, inception_weights, batch_size, device,
-     geometry, class_names, contrast_pairs, num_depth_bins, speckle_window, dynamic_range_db, kid_subsets,
-     kid_subset_size, copy_fraction, seg_steps, seg_batch_size, seg_base_channels, segmenter, seed, overwrite,
-     replace_report, progress) = evaluation_options(options, "compare").values()
+    opts = SimpleNamespace(**evaluation_options(options, "compare"))
     if not isinstance(generated, Mapping) or not generated:
         raise ValueError("`generated` must be a non-empty mapping {name: source}")
     for name in generated:
@@ -540,16 +529,18 @@ def compare(
 
     wanted = list(ALL_METRICS) if requested is None else requested
     out_dir = check_output_dir(
-        out_dir, "evaluate", inputs=[real, train, *generated.values()], overwrite=overwrite,
-        replace_own=replace_report, argument="`out_dir`",
+        out_dir, "evaluate", inputs=[real, train, *generated.values()], overwrite=opts.overwrite,
+        replace_own=opts.replace_report, argument="`out_dir`",
     )
-    geometry = geometry or FanGeometry()
-    names = dict(ECHO_CLASS_NAMES if class_names is None else class_names)
+    geometry = opts.geometry or FanGeometry()
+    names = dict(ECHO_CLASS_NAMES if opts.class_names is None else opts.class_names)
     class_index = {v: int(k) for k, v in names.items()}
 
-    real_set = _load(real, "real", label_column, image_column, split, max_images)
-    train_set = None if train is None else _load(train, "train", label_column, image_column, split, max_images)
-    gen_sets = {n: _load(src, f"generated {n}", label_column, image_column, split, max_images)
+    real_set = _load(real, "real", opts.label_column, opts.image_column, opts.split, opts.max_images)
+    train_set = None if train is None else _load(
+        train, "train", opts.label_column, opts.image_column, opts.split, opts.max_images
+    )
+    gen_sets = {n: _load(src, f"generated {n}", opts.label_column, opts.image_column, opts.split, opts.max_images)
                 for n, src in zip(set_names, generated.values())}
 
     pairing: Dict[str, Optional[np.ndarray]] = {}
@@ -568,7 +559,7 @@ def compare(
         "config": {
             "geometry": geometry.to_dict(),
             "metrics_requested": wanted,
-            "seed": int(seed),
+            "seed": int(opts.seed),
             "paired": bool(paired),
             "bootstrap": {
                 "num_resamples": int(num_bootstrap),
@@ -607,12 +598,12 @@ def compare(
         set_figures: Dict[str, Any] = {}
         extras[n] = _evaluate_metrics(
             fragment, set_figures, real_set, s, train_set, wanted, skip_for(n), names=names, geometry=geometry,
-            feature_extractor=feature_extractor, inception_weights=inception_weights, batch_size=batch_size,
-            device=device, contrast_pairs=contrast_pairs, num_depth_bins=num_depth_bins,
-            speckle_window=speckle_window, dynamic_range_db=dynamic_range_db, kid_subsets=kid_subsets,
-            kid_subset_size=kid_subset_size, copy_fraction=copy_fraction, seg_steps=seg_steps,
-            seg_batch_size=seg_batch_size, seg_base_channels=seg_base_channels, seed=seed, progress=progress,
-            segmenter=segmenter,
+            feature_extractor=opts.feature_extractor, inception_weights=opts.inception_weights,
+            batch_size=opts.batch_size, device=opts.device, contrast_pairs=opts.contrast_pairs,
+            num_depth_bins=opts.num_depth_bins, speckle_window=opts.speckle_window,
+            dynamic_range_db=opts.dynamic_range_db, kid_subsets=opts.kid_subsets, kid_subset_size=opts.kid_subset_size,
+            copy_fraction=opts.copy_fraction, seg_steps=opts.seg_steps, seg_batch_size=opts.seg_batch_size,
+            seg_base_channels=opts.seg_base_channels, seed=opts.seed, progress=opts.progress, segmenter=opts.segmenter,
             cache=cache,
         )
         report["warnings"].extend(f"{n}: {w}" for w in fragment.pop("warnings"))
@@ -624,7 +615,7 @@ def compare(
 
     # ---- per-image data and the bootstrap -----------------------------------------------------------------------
     def data_of(s: ImageSet) -> _SetData:
-        return _SetData(s, geometry, num_depth_bins, speckle_window, dynamic_range_db, class_index)
+        return _SetData(s, geometry, opts.num_depth_bins, opts.speckle_window, opts.dynamic_range_db, class_index)
 
     real_data = data_of(real_set)
     data = {n: data_of(s) for n, s in gen_sets.items()}
@@ -648,7 +639,7 @@ def compare(
         if rf is not None and gf is not None:
             grams[n] = _FeatureGrams(rf, gf)
     have_outside = real_data.outside_count > 0
-    specs = _metric_specs(wanted, contrast_pairs, paired, bool(grams) and len(grams) == len(set_names),
+    specs = _metric_specs(wanted, opts.contrast_pairs, paired, bool(grams) and len(grams) == len(set_names),
                           all(d.memorization is not None for d in data.values()), have_outside)
 
     sizes = {n: d.n for n, d in data.items()}
@@ -657,7 +648,7 @@ def compare(
         "generated sets resampled with the same indices (equal sizes: paired by index)" if shared
         else "generated sets resampled independently (different sizes)"
     )
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(opts.seed)
 
     def evaluate_spec(spec, idx_of, ridx) -> Dict[str, float]:
         out = {}
@@ -736,9 +727,9 @@ def compare(
 
     # ---- pictures --------------------------------------------------------------------------------------------------
     if "depth" in wanted:
-        profiles = {"real": depth_intensity_profile(real_set.images, geometry, num_bins=num_depth_bins)}
+        profiles = {"real": depth_intensity_profile(real_set.images, geometry, num_bins=opts.num_depth_bins)}
         for n, s in gen_sets.items():
-            profiles[n] = depth_intensity_profile(s.images, geometry, num_bins=num_depth_bins)
+            profiles[n] = depth_intensity_profile(s.images, geometry, num_bins=opts.num_depth_bins)
         fig = plot_depth_profiles(profiles)
         ax = fig.axes[0]
         for _, lo, _ in DEPTH_BANDS[1:]:

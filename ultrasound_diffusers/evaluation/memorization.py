@@ -170,10 +170,8 @@ def memorization_statistics(
 
 def plot_memorization_histogram(stats: Dict[str, object], num_bins: int = 30):
     """Histogram figure of nearest-neighbour distances (generated->train, generated->held-out, baseline)."""
-    from matplotlib.figure import Figure
+    from ..visualization import density_histograms
 
-    fig = Figure(figsize=(6.0, 3.6), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
     series = [("generated -> train", stats["train_distances"])]
     if "heldout_distances" in stats:
         series.append(("generated -> held-out", stats["heldout_distances"]))
@@ -182,16 +180,9 @@ def plot_memorization_histogram(stats: Dict[str, object], num_bins: int = 30):
         series.append(("real baseline", baseline))
     values = np.concatenate([np.asarray(v, np.float64) for _, v in series])
     bins = np.linspace(0.0, float(values.max()) * 1.05 + 1e-9, num_bins + 1)
-    for label, dist in series:
-        ax.hist(np.asarray(dist), bins=bins, alpha=0.5, label=label, density=True)
     threshold = stats["summary"].get("copy_threshold")  # type: ignore[union-attr]
-    if threshold is not None:
-        ax.axvline(threshold, color="k", linestyle="--", linewidth=1, label="copy threshold")
-    ax.set_xlabel("nearest-neighbour L2 distance (pixels in [0, 1])")
-    ax.set_ylabel("density")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return density_histograms(series, bins, "nearest-neighbour L2 distance (pixels in [0, 1])", marker=threshold,
+                              marker_label="copy threshold")
 
 
 def plot_closest_pairs(

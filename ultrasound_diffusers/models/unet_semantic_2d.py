@@ -451,14 +451,21 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(x)))
 
 
-class DownLevel(nn.Module):
-    """One encoder level: ``num_res_blocks`` x (resnet [+ attention]), then an optional downsampler."""
+class UNetLevel(nn.Module):
+    """One level of the UNet: resnets [+ attentions], then an optional resampler.
 
-    def __init__(self, resnets, attentions, downsampler):
+    An encoder level holds ``num_res_blocks`` x (resnet [+ attention]) and a ``downsampler``; a decoder level
+    ``num_res_blocks + 1`` x (resnet on [h, skip] [+ attention]) and an ``upsampler`` (the attribute names are the
+    weights' key names)."""
+
+    def __init__(self, resnets, attentions, downsampler=None, upsampler=None):
         super().__init__()
+        if downsampler is not None and upsampler is not None:
+            raise ValueError("a UNet level resamples one way: give `downsampler` or `upsampler`, not both")
         self.resnets = nn.ModuleList(resnets)
         self.attentions = nn.ModuleList(attentions) if attentions else None
         self.downsampler = downsampler
+        self.upsampler = upsampler
 
 
 class MidBlock(nn.Module):
@@ -468,16 +475,6 @@ class MidBlock(nn.Module):
         super().__init__()
         self.resnets = nn.ModuleList(resnets)
         self.attention = attention
-
-
-class UpLevel(nn.Module):
-    """One decoder level: ``num_res_blocks + 1`` x (resnet on [h, skip] [+ attention]), then an optional upsampler."""
-
-    def __init__(self, resnets, attentions, upsampler):
-        super().__init__()
-        self.resnets = nn.ModuleList(resnets)
-        self.attentions = nn.ModuleList(attentions) if attentions else None
-        self.upsampler = upsampler
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -626,7 +623,7 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
                     downsampler = Downsample2D(ch, conv_resample)
                 skip_channels.append(ch)
                 ds *= 2
-            down_blocks.append(DownLevel(resnets, attentions, downsampler))
+            down_blocks.append(UNetLevel(resnets, attentions, downsampler=downsampler))
         self.down_blocks = nn.ModuleList(down_blocks)
 
         def cond_resnet(cin: int, cout: int, **kw: Any) -> ResnetBlock2D:
@@ -650,7 +647,7 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
             if level:
                 upsampler = cond_resnet(ch, ch, up=True) if resblock_updown else Upsample2D(ch, conv_resample)
                 ds //= 2
-            up_blocks.append(UpLevel(resnets, attentions, upsampler))
+            up_blocks.append(UNetLevel(resnets, attentions, upsampler=upsampler))
         self.up_blocks = nn.ModuleList(up_blocks)
 
         self.conv_norm_out = GroupNorm32(groups, ch, eps=eps)
