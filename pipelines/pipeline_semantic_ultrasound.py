@@ -65,7 +65,6 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["latents", "segmap"]
-    _requires_segmap = True
 
     def __init__(self, unet, scheduler, label_names: Optional[Union[Mapping[Any, str], Sequence[str]]] = None):
         super().__init__()

@@ -37,7 +37,6 @@ class UltrasoundPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["latents"]
-    _requires_segmap = False
 
     def __init__(self, unet, scheduler):
         super().__init__()

@@ -282,7 +282,7 @@ def test_reconstruct_cli_with_channels(tmp_path):
     import subprocess
 
     out = tmp_path / "rec"
-    cmd = [sys.executable, "-m", "ultrasound_diffusers", "reconstruct", "--image", "phantom:0", "--operator",
+    cmd = [sys.executable, "-m", "ultrasound_diffusers", "reconstruct", "--image", "phantoms:echo:1:4242", "--operator",
            "channels:elements=4", "--num_samples", "2", "--num_inference_steps", "4", "--out", str(out)]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)

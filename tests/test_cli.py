@@ -44,3 +44,16 @@ def test_bad_size_is_a_clear_error(tmp_path, capsys):
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "ultrasound_diffusers", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "bmaps" in result.stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["convert", "--checkpoint", "c.pt"], ["demo"], ["generate", "--pipeline", "p", "--labels", "phantoms:echo:2"],
+    ["phantoms", "--num_images", "2"], ["evaluate", "--real", "r", "--generated", "g"], ["reconstruct"],
+])
+def test_every_folder_writing_command_takes_output_dir(argv):
+    """One output-folder flag name across commands; evaluate and reconstruct keep --out as an alias."""
+    parser = build_parser()
+    args = parser.parse_args(argv + ["--output_dir", "somewhere"])
+    assert getattr(args, "output_dir", getattr(args, "out", None)) == "somewhere"
+    if argv[0] in ("evaluate", "reconstruct"):
+        assert parser.parse_args(argv + ["--out", "elsewhere"]).out == "elsewhere"

@@ -46,3 +46,14 @@ def test_generation_and_evaluation_read_the_same_phantoms():
     assert np.abs(image_set.images - want_images).max() <= 1.0 / 255 + 1e-6
     with pytest.raises(ValueError, match="needs the number"):
         load_image_set("phantoms:echo")
+    # reconstruct --image takes the same spelling: phantom --image_index of that set
+    from ultrasound_diffusers.reconstruction import load_image
+
+    for index in range(3):
+        image, label_map, description = load_image("phantoms:echo:3:7", (32, 32), None, index)
+        assert np.array_equal(label_map, want_labels[index]) and description == f"echo phantom {index} (seed 7)"
+        assert np.abs(image - want_images[index]).max() <= 1.0 / 255 + 1e-6
+    with pytest.raises(ValueError, match="holds 3 phantoms"):
+        load_image("phantoms:echo:3:7", (32, 32), None, 3)
+    with pytest.raises(ValueError, match="anatomy must be one of"):
+        load_image("phantoms:heart:3", (32, 32), None)

@@ -156,3 +156,22 @@ def test_parse_size(text, expected):
 def test_parse_size_refuses(bad):
     with pytest.raises(ValueError, match="`size`"):
         parse_size(bad)
+
+
+def test_parse_size_pairs_and_minimum_are_the_rule_of_every_size_argument():
+    """The converters' and the phantoms' size arguments are this parser with ``as_pair`` (and a minimum)."""
+    from ultrasound_diffusers.data import converters, phantoms
+
+    assert parse_size(64, as_pair=True) == (64, 64) and parse_size("8x256", as_pair=True) == (8, 256)
+    assert parse_size(None, as_pair=True) is None
+    with pytest.raises(ValueError, match="`size` must be at least 8 x 8 pixels"):
+        parse_size((7, 64), minimum=8)
+    for text in ["48x64", (48, 64), [48, 64]]:
+        assert converters.parse_size(text) == phantoms.parse_size(text) == (48, 64)
+    assert converters.parse_size(4) == (4, 4)
+    with pytest.raises(ValueError, match="at least 8 x 8"):
+        phantoms.parse_size(4)
+    for bad in [True, 2.5, "0"]:  # refused alike
+        for parser in (converters.parse_size, phantoms.parse_size):
+            with pytest.raises(ValueError, match="`size`"):
+                parser(bad)

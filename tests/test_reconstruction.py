@@ -407,7 +407,8 @@ def test_cli_writes_figure_arrays_and_metrics(tiny_label_unet, tmp_path):
     SemanticUltrasoundPipeline(unet=tiny_label_unet, scheduler=scheduler).save_pretrained(tmp_path / "pipe")
     out = tmp_path / "out"
     code = main([
-        "reconstruct", "--pipeline", str(tmp_path / "pipe"), "--image", "phantom:1", "--operator", "missing_lines:4",
+        "reconstruct", "--pipeline", str(tmp_path / "pipe"), "--image", "phantoms:echo:2:4242", "--image_index", "1",
+        "--operator", "missing_lines:4",
         "--method", "projection", "--num_samples", "2", "--num_inference_steps", "3", "--out", str(out),
     ])
     assert code == 0
@@ -416,6 +417,7 @@ def test_cli_writes_figure_arrays_and_metrics(tiny_label_unet, tmp_path):
     with Image.open(out / "reconstruction.png") as im:
         assert im.size[0] > 4 * im.size[1] > 0  # one row of panels
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["image"] == "echo phantom 1 (seed 4242)"
     for key in ("baseline_psnr", "reconstruction_psnr", "baseline_ssim", "reconstruction_ssim", "final_residual_rms"):
         assert math.isfinite(metrics[key])
     assert metrics["final_residual_rms"] < 1e-5  # noise-free projection
@@ -430,6 +432,26 @@ def test_cli_writes_figure_arrays_and_metrics(tiny_label_unet, tmp_path):
                  "--out", str(out)]) == 2
 
 
+def test_default_image_and_the_spelling_of_earlier_releases(tiny_label_unet):
+    """No --image: held-out phantom --image_index of the pipeline's anatomy; `phantom:INDEX` (0.1.0) reads the same
+    phantom with a FutureWarning that gives the new spelling."""
+    from ultrasound_diffusers.reconstruction import HELD_OUT_SEED, load_image
+
+    pipe = tiny_pipeline(tiny_label_unet)  # 5 classes: echo
+    default = load_image(None, (SIZE, SIZE), pipe, 2)
+    new = load_image(f"phantoms:echo:3:{HELD_OUT_SEED}", (SIZE, SIZE), pipe, 2)
+    with pytest.warns(FutureWarning, match=f"phantoms:echo:3:{HELD_OUT_SEED} --image_index 2"):
+        old = load_image("phantom:2", (SIZE, SIZE), pipe)
+    for other in (new, old):
+        np.testing.assert_array_equal(other[0], default[0])
+        np.testing.assert_array_equal(other[1], default[1])
+        assert other[2] == default[2] == f"echo phantom 2 (seed {HELD_OUT_SEED})"
+    with pytest.raises(ValueError, match="image_index"):
+        load_image(None, (SIZE, SIZE), pipe, -1)
+    with pytest.raises(ValueError, match="phantoms:ANATOMY"):
+        load_image("phantom:x", (SIZE, SIZE), pipe)
+
+
 def test_cli_benchmark(tiny_unet, tmp_path):
     from ultrasound_diffusers.reconstruction import run_benchmark
 
@@ -439,6 +461,10 @@ def test_cli_benchmark(tiny_unet, tmp_path):
     assert rows[0]["fraction_kept"] == pytest.approx(0.5) and rows[1]["fraction_kept"] == pytest.approx(0.25)
     table = (tmp_path / "benchmark.md").read_text()
     assert "1/2 (50 %)" in table and "1/4 (25 %)" in table
+    with pytest.raises(ValueError, match="the benchmark runs on phantoms"):
+        run_benchmark(pipe, keep_every=(2,), num_images=1, out=tmp_path, image=str(tmp_path / "benchmark.md"))
+    with pytest.raises(ValueError, match="holds 1 phantoms"):
+        run_benchmark(pipe, keep_every=(2,), num_images=2, out=tmp_path, image="phantoms:thyroid:1:3")
 
 
 def test_metrics():
@@ -465,7 +491,7 @@ def test_bundled_phantom_prior_beats_interpolation_and_fits_to_the_noise():
     pipe = load_pipeline(None)
     pipe.set_progress_bar_config(disable=True)
     noise = 0.05
-    image, labels, _ = load_image("phantom:0", (64, 64), pipe)
+    image, labels, _ = load_image(None, (64, 64), pipe)
     operator = _operator("missing_lines:4", pipe, (64, 64), noise)
     result = reconstruct_image(pipe, image, labels, operator, method="dps", num_samples=4, num_inference_steps=30,
                                seed=0)

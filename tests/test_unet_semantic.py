@@ -108,6 +108,10 @@ def test_integer_and_onehot_segmaps_agree():
     c = model(x, 4, onehot(lab)).sample
     d = model(x, 4, lab.to(torch.uint8)).sample
     assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(a, d)
+    # float label maps with whole values ([B, H, W] or [B, 1, H, W]) are labels, as at every entry point
+    e = model(x, 4, lab.float()).sample
+    f = model(x, 4, lab[:, None].double()).sample
+    assert torch.equal(a, e) and torch.equal(a, f)
 
 
 @torch.no_grad()
@@ -151,7 +155,8 @@ def test_prepare_segmap():
         (torch.full((2, 16, 16), K), "labels must lie in"),
         (torch.full((2, 16, 16), -1), "labels must lie in"),
         (torch.zeros(2, K + 1, 16, 16), "one-hot"),
-        (torch.zeros(2, 16, 16), "one-hot"),  # float labels are ambiguous
+        (torch.full((2, 16, 16), 0.5), "non-integer"),  # float label maps: whole values only
+        (torch.full((2, 1, 16, 16), float("nan")), "NaN"),
         (torch.zeros(2, 2, 16, 16, dtype=torch.long), r"\[B, H, W\]"),
         (torch.zeros(2, 16, 32, dtype=torch.long), "aspect"),
         (torch.zeros(3, 16, 16, dtype=torch.long), "batch size"),
@@ -337,3 +342,15 @@ def test_scaled_dot_product_attention_matches_explicit_softmax():
     w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8), dim=-1)
     ref = x + block.to_out((w @ v).transpose(1, 2).reshape(2, 15, 16)).transpose(1, 2).reshape(2, 16, 3, 5)
     assert torch.allclose(block(x), ref, atol=1e-5)
+
+
+def test_levels_keep_the_weight_key_names_of_saved_models():
+    """Encoder levels hold a ``downsampler``, decoder levels an ``upsampler`` (the key names of every saved model)."""
+    from ultrasound_diffusers.models.unet_semantic_2d import UNetLevel
+
+    keys = make().state_dict().keys()
+    assert any(k.startswith("down_blocks.0.downsampler.") for k in keys)
+    assert any(k.startswith("up_blocks.0.upsampler.") for k in keys)
+    assert not any(".upsampler." in k for k in keys if k.startswith("down_blocks."))
+    with pytest.raises(ValueError, match="one way"):
+        UNetLevel([], None, downsampler=torch.nn.Identity(), upsampler=torch.nn.Identity())

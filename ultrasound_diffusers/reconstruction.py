@@ -9,6 +9,8 @@ the measurement operators are in :mod:`ultrasound_diffusers.operators`; PSNR / S
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 #: Seed of the held-out phantoms (training sets use small seeds such as 0).
 HELD_OUT_SEED = 4242
 
@@ -43,28 +45,66 @@ def phantom_anatomy(pipe) -> str:
     return "echo"
 
 
-def load_image(spec: str, size, pipe=None, index_offset: int = 0):
+def resolve_phantom_image(spec: Optional[str], pipe=None, index: int = 0) -> Optional[Tuple[str, int, int]]:
+    """``(anatomy, seed, index)`` of the phantom that ``spec`` names, or None when ``spec`` is a file.
+
+    ``spec``: None (phantom ``index`` of the held-out set, seed :data:`HELD_OUT_SEED`, in the pipeline's anatomy),
+    or the package's one phantoms spelling ``phantoms:ANATOMY[:N[:SEED]]``
+    (:func:`~ultrasound_diffusers.data.sources.parse_phantoms_spec`; phantom ``index`` of that set, which must be
+    below N when N is given). The spelling of earlier releases, ``phantom`` / ``phantom:INDEX`` (held-out set,
+    the pipeline's anatomy), still works with a FutureWarning.
+    """
+    import warnings
+
+    from .data.sources import PHANTOMS_PREFIX, parse_phantoms_spec
+
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ValueError(f"`image_index` must be a non-negative integer, got {index!r}")
+    anatomy = phantom_anatomy(pipe) if pipe is not None else "echo"
+    if spec is None:
+        return anatomy, HELD_OUT_SEED, index
+    if spec == "phantom" or spec.startswith("phantom:"):
+        _, _, text = spec.partition(":")
+        try:
+            old_index = int(text or 0)
+        except ValueError:
+            raise ValueError(
+                f"`--image` must be {PHANTOMS_PREFIX}:ANATOMY[:N[:SEED]] or an image file, got {spec!r}"
+            ) from None
+        warnings.warn(
+            f"`--image {spec}` is the spelling of earlier releases; write `--image "
+            f"{PHANTOMS_PREFIX}:{anatomy}:{old_index + index + 1}:{HELD_OUT_SEED} --image_index {old_index + index}` "
+            "(or leave --image out for held-out phantom --image_index)",
+            FutureWarning, stacklevel=2,
+        )
+        return anatomy, HELD_OUT_SEED, old_index + index
+    if spec.startswith(PHANTOMS_PREFIX + ":"):
+        parsed = parse_phantoms_spec(spec, argument="--image")
+        if parsed.num is not None and index >= parsed.num:
+            raise ValueError(f"`--image` {spec!r} holds {parsed.num} phantoms; phantom {index} is not one of them")
+        return parsed.anatomy, parsed.seed, index
+    return None
+
+
+def load_image(spec: Optional[str], size, pipe=None, index: int = 0):
     """``(image float64 [H, W] in [0, 1], labels int64 [H, W] or None, description)``.
 
-    ``spec``: ``"phantom"`` / ``"phantom:INDEX"`` (held-out phantom of the pipeline's anatomy, seed
-    :data:`HELD_OUT_SEED`) or a PNG / TIFF / .npy file (resized to ``size`` if needed).
+    ``spec``: a phantom (see :func:`resolve_phantom_image`: None for held-out phantom ``index``,
+    ``phantoms:ANATOMY[:N[:SEED]]`` for phantom ``index`` of that set) or a PNG / TIFF / .npy file (resized to
+    ``size`` if needed).
     """
     from pathlib import Path
 
     import numpy as np
 
     height, width = size
-    if spec.startswith("phantom"):
+    phantom = resolve_phantom_image(spec, pipe, index)
+    if phantom is not None:
         from .data.phantoms import make_phantom
 
-        _, _, index = spec.partition(":")
-        try:
-            index = int(index or 0) + index_offset
-        except ValueError:
-            raise ValueError(f"`--image` must be 'phantom' or 'phantom:INDEX', got {spec!r}") from None
-        anatomy = phantom_anatomy(pipe) if pipe is not None else "echo"
-        image, labels, _ = make_phantom(anatomy, size=(height, width), seed=HELD_OUT_SEED, index=index)
-        return np.asarray(image, np.float64), np.asarray(labels, np.int64), f"{anatomy} phantom {index} (seed {HELD_OUT_SEED})"
+        anatomy, seed, index = phantom
+        image, labels, _ = make_phantom(anatomy, size=(height, width), seed=seed, index=index)
+        return np.asarray(image, np.float64), np.asarray(labels, np.int64), f"{anatomy} phantom {index} (seed {seed})"
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
@@ -162,7 +202,7 @@ def reconstruct_image(pipe, image, labels, operator, method="dps", num_samples=4
     segmap = None
     if int(getattr(pipe.unet.config, "num_classes", 0) or 0) > 0:
         if labels is None:
-            raise ValueError("the pipeline is label-conditioned: give --labels (or use --image phantom)")
+            raise ValueError("the pipeline is label-conditioned: give --labels (or use a phantom --image, which brings its label map)")
         segmap = torch.from_numpy(np.asarray(labels, np.int64))[None]
     generator = torch.Generator().manual_seed(seed)
     out = pipe(
@@ -192,10 +232,13 @@ def _metrics(result) -> dict:
     }
 
 
-def run_reconstruction(pipeline=None, image="phantom", labels=None, operator="missing_lines:4", noise_std=None,
+def run_reconstruction(pipeline=None, image=None, labels=None, operator="missing_lines:4", noise_std=None,
                        method="dps", num_samples=4, num_inference_steps=50, guidance_step_size=1.0,
-                       guidance_scale=1.0, seed=0, out="reconstruction_output", device="cpu", num_resample=0) -> dict:
-    """Everything ``ultrasound-diffusers reconstruct`` does; returns the metrics dict (also in metrics.json)."""
+                       guidance_scale=1.0, seed=0, out="reconstruction_output", device="cpu", num_resample=0,
+                       image_index=0) -> dict:
+    """Everything ``ultrasound-diffusers reconstruct`` does; returns the metrics dict (also in metrics.json).
+
+    ``image``: see :func:`load_image` (default: held-out phantom ``image_index``)."""
     import io
     import json
     import time
@@ -210,7 +253,7 @@ def run_reconstruction(pipeline=None, image="phantom", labels=None, operator="mi
     start = time.perf_counter()
     pipe = load_pipeline(pipeline, device)
     size = resolve_sample_size(pipe.unet.config.sample_size)
-    truth, phantom_labels, description = load_image(image, size, pipe)
+    truth, phantom_labels, description = load_image(image, size, pipe, image_index)
     if labels is not None:
         from .demo import load_label_maps
 
@@ -248,9 +291,10 @@ def run_reconstruction(pipeline=None, image="phantom", labels=None, operator="mi
 
 def run_benchmark(pipeline=None, keep_every=(2, 4, 8), num_images=4, method="dps", num_samples=1,
                   num_inference_steps=50, guidance_step_size=1.0, guidance_scale=1.0, noise_std=None, seed=0,
-                  out="reconstruction_output", device="cpu", num_resample=0) -> list:
-    """PSNR / SSIM (mean over ``num_images`` held-out phantoms) of interpolation and reconstruction for each
-    fraction 1/K of scan lines kept; writes ``benchmark.md`` and ``benchmark.json`` into ``out``."""
+                  out="reconstruction_output", device="cpu", num_resample=0, image=None) -> list:
+    """PSNR / SSIM (mean over phantoms 0 .. ``num_images`` - 1 of ``image``, default the held-out set) of
+    interpolation and reconstruction for each fraction 1/K of scan lines kept; writes ``benchmark.md`` and
+    ``benchmark.json`` into ``out``. ``image`` must name phantoms (see :func:`resolve_phantom_image`)."""
     import json
     import time
     from pathlib import Path
@@ -263,13 +307,18 @@ def run_benchmark(pipeline=None, keep_every=(2, 4, 8), num_images=4, method="dps
 
     pipe = load_pipeline(pipeline, device)
     size = resolve_sample_size(pipe.unet.config.sample_size)
+    for i in (0, num_images - 1):  # every image of the benchmark is a phantom of the set (checked before any work)
+        if resolve_phantom_image(image, pipe, max(i, 0)) is None:
+            raise ValueError(
+                f"the benchmark runs on phantoms: `--image` must be phantoms:ANATOMY[:N[:SEED]] or left out, got {image!r}"
+            )
     rows = []
     for k in keep_every:
         op = MissingScanLines.from_scheduler(pipe.scheduler, int(k), noise_std=float(noise_std or 0.0))
         scores = {"baseline": [], "reconstruction": []}
         start = time.perf_counter()
         for i in range(num_images):
-            truth, labels, _ = load_image(f"phantom:{i}", size, pipe)
+            truth, labels, _ = load_image(image, size, pipe, i)
             result = reconstruct_image(pipe, truth, labels, op, method, num_samples, num_inference_steps,
                                        guidance_step_size, guidance_scale, seed + i, num_resample)
             for name, value in _metrics(result).items():

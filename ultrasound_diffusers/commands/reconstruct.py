@@ -2,15 +2,16 @@
 
 Example::
 
-    ultrasound-diffusers reconstruct --pipeline PIPELINE_DIR --image phantom --operator missing_lines:4 \\
-        --method dps --num_samples 4 --out reconstruction_output
+    ultrasound-diffusers reconstruct --pipeline PIPELINE_DIR --image phantoms:echo:1:4242 --operator missing_lines:4 \\
+        --method dps --num_samples 4 --output_dir reconstruction_output
 
-simulates the measurements of the image (``phantom``: a held-out echo / thyroid phantom that matches the
-pipeline; or a PNG / .npy file) with the operator, reconstructs it with
-:class:`UltrasoundReconstructionPipeline` and writes ``reconstruction.png`` (ground truth, measurements, baseline
-interpolation, reconstruction, uncertainty, data residual per step), ``reconstruction.npz`` and ``metrics.json``
-(PSNR / SSIM of baseline and reconstruction). ``--benchmark 2,4,8`` instead tabulates PSNR / SSIM against the
-fraction of scan lines kept on ``--num_images`` held-out phantoms (``benchmark.md``, ``benchmark.json``).
+simulates the measurements of the image (``phantoms:ANATOMY[:N[:SEED]]``: phantom ``--image_index`` of that set;
+by default a held-out echo / thyroid phantom that matches the pipeline; or a PNG / .npy file) with the operator,
+reconstructs it with :class:`UltrasoundReconstructionPipeline` and writes ``reconstruction.png`` (ground truth,
+measurements, baseline interpolation, reconstruction, uncertainty, data residual per step), ``reconstruction.npz``
+and ``metrics.json`` (PSNR / SSIM of baseline and reconstruction). ``--benchmark 2,4,8`` instead tabulates PSNR /
+SSIM against the fraction of scan lines kept on the first ``--num_images`` phantoms of ``--image`` (default: the
+held-out ones) and writes ``benchmark.md`` and ``benchmark.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 from ..reconstruction import (  # noqa: F401
     HELD_OUT_SEED,
     load_image,
+    resolve_phantom_image,
     load_pipeline,
     make_reconstruction_figure,
     phantom_anatomy,
@@ -39,7 +41,10 @@ def register(subparsers) -> None:
         "shadows) with a diffusion prior and write a figure",
     )
     p.add_argument("--pipeline", default=None, help="pipeline folder or Hub repo id (default: the bundled demo pipeline)")
-    p.add_argument("--image", default="phantom", help="'phantom' or 'phantom:INDEX' (held-out phantom), or an image file (PNG / .npy in [0, 1])")
+    p.add_argument("--image", default=None,
+                   help="phantoms:ANATOMY[:N[:SEED]] (a phantom set; phantom --image_index of it) or an image file "
+                   "(PNG / .npy in [0, 1]); default: the held-out phantoms of the pipeline's anatomy (seed 4242)")
+    p.add_argument("--image_index", type=int, default=0, help="which phantom of --image (default 0)")
     p.add_argument("--labels", default=None, help="label map file for a label-conditioned pipeline (phantoms bring their own)")
     p.add_argument("--operator", default="missing_lines:4", help="missing_lines:K, downsample:F or FHxFW, attenuation[:ALPHA], attenuation_tgc[:ALPHA], mask:shadow or mask:FILE, channels[:elements=K][:single][:snr=DB] (channel data)")
     p.add_argument("--noise_std", type=float, default=None, help="measurement noise (model units, image range width 2); default 0 (0.02 for attenuation)")
@@ -73,13 +78,14 @@ def run(args) -> int:
             raise ValueError(f"--benchmark must be comma-separated integers, got {args.benchmark!r}") from None
         rows = run_benchmark(args.pipeline, ks, args.num_images, args.method, args.num_samples,
                              args.num_inference_steps, args.guidance_step_size, args.guidance_scale, args.noise_std,
-                             args.seed, args.out, args.device, args.num_resample)
+                             args.seed, args.out, args.device, args.num_resample, image=args.image)
         with open(os.path.join(args.out, "benchmark.md"), encoding="utf-8") as handle:
             print(handle.read().rstrip())
         return 0 if rows else 1
     summary = run_reconstruction(args.pipeline, args.image, args.labels, args.operator, args.noise_std, args.method,
                                  args.num_samples, args.num_inference_steps, args.guidance_step_size,
-                                 args.guidance_scale, args.seed, args.out, args.device, args.num_resample)
+                                 args.guidance_scale, args.seed, args.out, args.device, args.num_resample,
+                                 image_index=args.image_index)
     print(
         f"baseline {summary['baseline_psnr']:.2f} dB / SSIM {summary['baseline_ssim']:.3f}, reconstruction "
         f"{summary['reconstruction_psnr']:.2f} dB / SSIM {summary['reconstruction_ssim']:.3f}, residual "

@@ -132,8 +132,9 @@ def prepare_segmap(
 
     Args:
         segmap: integer labels [B, H, W] or [B, 1, H, W] with values in [0, num_classes) (one-hot encoded
-            here), or a floating one-hot / soft map [B, num_classes, H, W] (used as given; an all-zero map is
-            the "no label" input of classifier-free guidance).
+            here; float maps of that layout with whole values count as labels, as everywhere in the package), or
+            a floating one-hot / soft map [B, num_classes, H, W] (used as given; an all-zero map is the "no
+            label" input of classifier-free guidance).
         num_classes: number of label channels (> 0).
         batch_size: expected batch size; a segmap with batch 1 is repeated to it.
         size: expected (H, W); a map of another size with the same aspect ratio is resized with the package's
@@ -150,6 +151,14 @@ def prepare_segmap(
         raise ValueError(f"`segmap` must be a torch.Tensor, got {type(segmap).__name__}")
     if num_classes <= 0:
         raise ValueError(f"`num_classes` must be positive to build a segmap, got {num_classes}")
+    if segmap.is_floating_point() and (segmap.ndim == 3 or (segmap.ndim == 4 and segmap.shape[1] == 1 != num_classes)):
+        # a float map of labels ([B, H, W] or [B, 1, H, W], never a one-hot layout): the package's one acceptance
+        # rule, whole values only (as every other entry point reads such maps)
+        if not bool(torch.isfinite(segmap).all()):
+            raise ValueError("`segmap` label map holds NaN or infinite values")
+        if not bool((segmap == segmap.round()).all()):
+            raise ValueError("`segmap` label map holds non-integer values; expected integer class indices")
+        segmap = segmap.long()
     if segmap.dtype == torch.bool or not (segmap.is_floating_point() or segmap.dtype.is_complex):
         # integer labels
         if segmap.ndim == 4 and segmap.shape[1] == 1:
