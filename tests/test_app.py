@@ -7,7 +7,6 @@ executable (``/usr/bin/chromium``, or ``ULTRASOUND_DIFFUSERS_CHROMIUM``).
 
 import os
 import shutil
-import socket
 import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -15,6 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from _net import free_tcp_port  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ultrasound_diffusers import app as demo_app  # noqa: E402
@@ -240,12 +240,6 @@ def _chromium() -> str:
     return ""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 @needs_gradio
 def test_page_generates_an_image_in_a_real_browser(pipe):
@@ -256,7 +250,7 @@ def test_page_generates_an_image_in_a_real_browser(pipe):
     if not executable:
         pytest.skip("no Chromium executable (apt-get install chromium, or set ULTRASOUND_DIFFUSERS_CHROMIUM)")
     demo = demo_app.build_demo(pipe, num_examples=2)
-    port = _free_port()
+    port = free_tcp_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         with sync_api.sync_playwright() as playwright:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _net import free_tcp_port
 from _pipeline_fixtures import LABEL_NAMES, tiny_semantic_pipeline
 from ultrasound_diffusers import generation
 from ultrasound_diffusers.generation import derive_seeds, generate_dataset, load_label_source
@@ -328,7 +329,8 @@ def test_two_processes_equal_one_process(saved, tmp_path):
     from ultrasound_diffusers.cli import main
 
     assert main(_cli_args(saved, tmp_path / "one")) == 0
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--main_process_port",
+               str(free_tcp_port()), "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ultrasound_diffusers",
                *_cli_args(saved, tmp_path / "two", "--keep_chunks")]
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=240)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _net import free_tcp_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "training" / "train_semantic.py"
@@ -218,7 +219,7 @@ def script_command(launcher="python", processes=1):
                "--dynamo_backend", "no", "--num_processes", str(processes)]
         env = _env()
         if processes > 1:
-            cmd += ["--multi_gpu"]
+            cmd += ["--multi_gpu", "--main_process_port", str(free_tcp_port())]
             env["ACCELERATE_USE_CPU"] = "true"
         cmd += [str(SCRIPT)]
     return cmd, env
