@@ -138,6 +138,31 @@ def guidance_step_sizes(
     return sizes
 
 
+def _gain_terms(operator, method: str, image_shape, device, dtype):
+    """``(operator, S, W, ||A||^2)`` for :func:`_dps_terms`: the measurement noise variance ``S`` of images of
+    ``image_shape``, the relative noise weights ``W`` (1 for the least noisy measurement) and, for DPS with an
+    operator that has no cheap gram matrix, the squared operator norm (else 1)."""
+    noise_var = operator.noise_std_map(image_shape, device=device, dtype=dtype) ** 2
+    weights = noise_var.clamp(min=MIN_NOISE_STD**2).min() / noise_var.clamp(min=MIN_NOISE_STD**2)
+    lipschitz = 1.0
+    if method == "dps" and not operator.has_projection:
+        lipschitz = max(operator.lipschitz(image_shape, device=device, dtype=dtype), 1e-12)
+    return operator, noise_var, weights, lipschitz
+
+
+def _dps_terms(operator, noise_var, weights, lipschitz, prior_var, a_t, a_prev, step_size):
+    """``(K_t, step scale)`` of one DPS step: the measurement-space gain ``K_t`` and the per-pixel factor
+    ``zeta_t * sqrt(a_t a_{t-1}) * R_t`` of the update (module docstring). With a cheap gram matrix ``A R A^T``,
+    ``K_t = (A R_t A^T + S)^-1`` and ``R_t`` is the prior variance; otherwise ``K = W^2 / ||A||^2`` and ``R = 1``."""
+    if operator.has_projection:
+        precondition = 1.0 / (operator.gram(prior_var) + noise_var).clamp(min=1e-20)
+        pixel_scale = prior_var
+    else:
+        precondition = weights**2 / lipschitz
+        pixel_scale = torch.ones_like(a_t)
+    return precondition, step_size * (a_t * a_prev).sqrt() * pixel_scale
+
+
 def _rms(residual: torch.Tensor) -> torch.Tensor:
     return residual.detach().flatten(1).double().pow(2).mean(1).sqrt()
 
@@ -242,6 +267,90 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
                                    guidance_scale=guidance_scale)
 
     # -------------------------------------------------------------------- call
+    @staticmethod
+    def check_inputs(method: str, num_samples: int, num_resample: int) -> None:
+        """Raise a ValueError naming the argument for an unknown ``method`` or a bad sample / resample count."""
+        if method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}")
+        if not isinstance(num_resample, int) or num_resample < 0:
+            raise ValueError(f"`num_resample` must be a non-negative integer, got {num_resample!r}")
+
+    def _prepare_segmap(self, segmap, batch: int, samples: int, size, guidance_scale: float, device, dtype):
+        """The network's label input for ``batch * samples`` images (None for an unconditional network): the
+        label maps one-hot at ``size``, one per measurement (or one for all), each repeated ``samples`` times, with
+        the unlabelled half of classifier-free guidance when ``guidance_scale`` is not 1."""
+        if self.num_classes == 0:
+            if segmap is not None:
+                raise ValueError("`segmap` was given but the network is unconditional (num_classes=0)")
+            return None
+        if segmap is None:
+            raise ValueError(f"`segmap` is required: the network is label-conditioned ({self.num_classes} classes)")
+        one_hot, _ = prepare_segmap(segmap, self.num_classes, size, device=device, dtype=dtype)
+        if one_hot.shape[0] == 1:
+            one_hot = one_hot.expand(batch, *one_hot.shape[1:])
+        if one_hot.shape[0] != batch:
+            raise ValueError(f"`segmap` has {one_hot.shape[0]} label maps for {batch} measurements; pass 1 or {batch}")
+        return guided_segmap(one_hot.repeat_interleave(samples, dim=0), guidance_scale)
+
+    def _predict(self, x_t, t, a_t, levels, model_segmap, guidance_scale: float, operator, y, precondition=None):
+        """One network evaluation at ``x_t`` [N, C, H, W]: ``(model output, x0_hat, residual y - A(x0_hat), grad)``,
+        all detached; ``grad`` is the gradient of the preconditioned misfit ``1/2 r^T K r`` with respect to
+        ``x_t`` through the network when ``precondition`` K is given (DPS), else None. ``x0_hat`` is clipped as
+        the scheduler clips it, with the gradient passed straight through."""
+        channels = x_t.shape[1]
+        guided = precondition is not None
+        x_in = x_t.detach().requires_grad_(guided)
+        with torch.set_grad_enabled(guided):
+            output = self._model(x_in, t, model_segmap, guidance_scale, channels)
+            x0 = levels.original_from_model_output(output[:, :channels], x_in, a_t)
+            if levels.clip_sample:
+                r = levels.clip_sample_range
+                x0 = x0 + (x0.detach().clamp(-r, r) - x0.detach())
+            predicted = operator(x0)
+            if tuple(predicted.shape) != tuple(y.shape):
+                raise ValueError(
+                    f"{operator!r} returned measurements of shape {tuple(predicted.shape)} for a batch of "
+                    f"{x_t.shape[0]} images, but the measurements repeat to {tuple(y.shape)}"
+                )
+            residual = y - predicted
+            grad = None
+            if guided:
+                (grad,) = torch.autograd.grad(0.5 * (residual.pow(2) * precondition).sum(), x_in)
+        return output.detach(), x0.detach(), residual.detach(), None if grad is None else grad.detach()
+
+    def _outputs(self, latents, y_rep, operator, batch: int, residuals, output_type: str, return_dict: bool):
+        """Mean, samples, spread and residuals of the final ``latents`` [batch * samples, C, H, W] in the requested
+        ``output_type``, as the output dataclass or the tuple."""
+        samples = latents.shape[0] // batch
+        channels, height, width = latents.shape[1:]
+        with torch.no_grad():
+            final = latents.clamp(-1, 1)
+            final_residual = _rms(y_rep - operator(final)).cpu().numpy().reshape(batch, samples)
+        grouped = final.reshape(batch, samples, channels, height, width)
+        mean = grouped.mean(dim=1)
+        std = grouped.std(dim=1, unbiased=True) if samples > 1 else torch.zeros_like(mean)
+        residual_array = torch.stack(residuals, dim=-1).numpy().reshape(batch, samples, -1)
+
+        images = postprocess_images(mean, output_type)
+        all_samples = postprocess_images(final, output_type)
+        if output_type == "np":
+            all_samples = all_samples.reshape(batch, samples, height, width, channels)
+            uncertainty = (std / 2).float().cpu().permute(0, 2, 3, 1).numpy()
+        elif output_type == "pt":
+            all_samples = all_samples.reshape(batch, samples, channels, height, width)
+            uncertainty = std / 2
+        else:
+            all_samples = [all_samples[b * samples : (b + 1) * samples] for b in range(batch)]
+            uncertainty = (std / 2).float().cpu().permute(0, 2, 3, 1).numpy()
+        if not return_dict:
+            return (images, all_samples, uncertainty, residual_array, final_residual)
+        return UltrasoundReconstructionPipelineOutput(
+            images=images, samples=all_samples, uncertainty=uncertainty, residuals=residual_array,
+            final_residual=final_residual,
+        )
+
     def __call__(
         self,
         measurements: Union[torch.Tensor, np.ndarray],
@@ -306,14 +415,9 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
             :class:`UltrasoundReconstructionPipelineOutput`.
         """
         tensor_inputs = check_callback_inputs(self, callback_on_step_end, callback_on_step_end_tensor_inputs or ["latents"])
-        if method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+        self.check_inputs(method, num_samples, num_resample)
         if timesteps is None:
             num_inference_steps = as_count("num_inference_steps", num_inference_steps)
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}")
-        if not isinstance(num_resample, int) or num_resample < 0:
-            raise ValueError(f"`num_resample` must be a non-negative integer, got {num_resample!r}")
         guidance_scale = check_guidance_scale(guidance_scale)
         check_output_type(output_type)
         self._check_scheduler()
@@ -331,27 +435,9 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
         check_generation_size(self.unet, (height, width), 2 * total)  # guidance keeps a graph: count twice
         y_rep = y.repeat_interleave(samples, dim=0)
         image_shape = (total, channels, height, width)
-        noise_var = operator.noise_std_map(image_shape, device=device, dtype=dtype) ** 2
-        # operators without a cheap gram matrix: relative noise weights (1 for the least noisy measurement)
-        weights = noise_var.clamp(min=MIN_NOISE_STD**2).min() / noise_var.clamp(min=MIN_NOISE_STD**2)
-        lipschitz = 1.0
-        if method == "dps" and not operator.has_projection:
-            lipschitz = max(operator.lipschitz(image_shape, device=device, dtype=dtype), 1e-12)
+        gain_terms = _gain_terms(operator, method, image_shape, device, dtype)
 
-        # label maps
-        model_segmap = None
-        if self.num_classes > 0:
-            if segmap is None:
-                raise ValueError(f"`segmap` is required: the network is label-conditioned ({self.num_classes} classes)")
-            one_hot, _ = prepare_segmap(segmap, self.num_classes, (height, width), device=device, dtype=dtype)
-            if one_hot.shape[0] == 1:
-                one_hot = one_hot.expand(batch, *one_hot.shape[1:])
-            if one_hot.shape[0] != batch:
-                raise ValueError(f"`segmap` has {one_hot.shape[0]} label maps for {batch} measurements; pass 1 or {batch}")
-            one_hot = one_hot.repeat_interleave(samples, dim=0)
-            model_segmap = guided_segmap(one_hot, guidance_scale)
-        elif segmap is not None:
-            raise ValueError("`segmap` was given but the network is unconditional (num_classes=0)")
+        model_segmap = self._prepare_segmap(segmap, batch, samples, (height, width), guidance_scale, device, dtype)
 
         # timesteps, noise
         schedule = prepare_timesteps(self.scheduler, num_inference_steps, timesteps, device)
@@ -361,26 +447,18 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
                                   what="B * num_samples")
         extra_step_kwargs = prepare_extra_step_kwargs(self.scheduler, generator, eta)
         levels = signal_levels(self.scheduler)
-        clip, clip_range = levels.clip_sample, levels.clip_sample_range
 
         level_shape = (1, channels, height, width)
         residuals = []
-        checked = False
         for i, t in enumerate(self.progress_bar(schedule)):
             a_t = levels.signal_level(t, level_shape, device=device, dtype=dtype)
             t_prev = int(schedule[i + 1]) if i + 1 < len(schedule) else -1
             a_prev = levels.signal_level(t_prev, level_shape, device=device, dtype=dtype)
             guided = method == "dps" and step_sizes[i] > 0
             prior_var = (1.0 - a_t).clamp(min=MIN_PRIOR_VAR).expand(image_shape)
-            if guided:
-                if operator.has_projection:
-                    # Gaussian-conditional gain (A R A^T + S)^-1 in measurement space, R in image space
-                    precondition = 1.0 / (operator.gram(prior_var) + noise_var).clamp(min=1e-20)
-                    pixel_scale = prior_var
-                else:
-                    precondition = weights**2 / lipschitz
-                    pixel_scale = torch.ones_like(a_t)
-                step_scale = step_sizes[i] * (a_t * a_prev).sqrt() * pixel_scale
+            precondition, step_scale = (
+                _dps_terms(*gain_terms, prior_var, a_t, a_prev, step_sizes[i]) if guided else (None, None)
+            )
 
             x_t = latents.detach()
             for repeat in range(num_resample + 1 if i + 1 < len(schedule) else 1):
@@ -389,26 +467,9 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
                     # scheduler (per-pixel factor a_t / a_prev for the B-map process), then step again
                     noise = randn_tensor(image_shape, generator=generator, device=device, dtype=dtype)
                     x_t = forward_transition(latents, a_prev, a_t, noise)
-                x_in = x_t.detach().requires_grad_(guided)
-                with torch.set_grad_enabled(guided):
-                    output = self._model(x_in, t, model_segmap, float(guidance_scale), channels)
-                    x0 = levels.original_from_model_output(output[:, :channels], x_in, a_t)
-                    if clip:
-                        # the value the scheduler will use, with the gradient passed straight through
-                        x0 = x0 + (x0.detach().clamp(-clip_range, clip_range) - x0.detach())
-                    predicted = operator(x0)
-                    if not checked:
-                        if tuple(predicted.shape) != tuple(y_rep.shape):
-                            raise ValueError(
-                                f"{operator!r} returned measurements of shape {tuple(predicted.shape)} for a batch "
-                                f"of {total} images, but the measurements repeat to {tuple(y_rep.shape)}"
-                            )
-                        checked = True
-                    residual = y_rep - predicted
-                    if guided:
-                        misfit = 0.5 * (residual.pow(2) * precondition).sum()
-                        (grad,) = torch.autograd.grad(misfit, x_in)
-                output, x0 = output.detach(), x0.detach()
+                output, x0, residual, grad = self._predict(
+                    x_t, t, a_t, levels, model_segmap, float(guidance_scale), operator, y_rep, precondition
+                )
 
                 if method == "projection":
                     x0 = operator.project(x0, y_rep, prior_var=prior_var)
@@ -417,7 +478,7 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
 
                 latents = self.scheduler.step(output, t, x_t.detach(), **extra_step_kwargs).prev_sample
                 if guided:
-                    latents = latents - step_scale * grad.detach()
+                    latents = latents - step_scale * grad
             residuals.append(_rms(residual).cpu())
 
             if callback_on_step_end is not None:
@@ -431,28 +492,4 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
             latents = operator.project(latents, y_rep)
         self.maybe_free_model_hooks()
 
-        with torch.no_grad():
-            final = latents.clamp(-1, 1)
-            final_residual = _rms(y_rep - operator(final)).cpu().numpy().reshape(batch, samples)
-        grouped = final.reshape(batch, samples, channels, height, width)
-        mean = grouped.mean(dim=1)
-        std = grouped.std(dim=1, unbiased=True) if samples > 1 else torch.zeros_like(mean)
-        residual_array = torch.stack(residuals, dim=-1).numpy().reshape(batch, samples, -1)
-
-        images = postprocess_images(mean, output_type)
-        all_samples = postprocess_images(final, output_type)
-        if output_type == "np":
-            all_samples = all_samples.reshape(batch, samples, height, width, channels)
-            uncertainty = (std / 2).float().cpu().permute(0, 2, 3, 1).numpy()
-        elif output_type == "pt":
-            all_samples = all_samples.reshape(batch, samples, channels, height, width)
-            uncertainty = std / 2
-        else:
-            all_samples = [all_samples[b * samples : (b + 1) * samples] for b in range(batch)]
-            uncertainty = (std / 2).float().cpu().permute(0, 2, 3, 1).numpy()
-        if not return_dict:
-            return (images, all_samples, uncertainty, residual_array, final_residual)
-        return UltrasoundReconstructionPipelineOutput(
-            images=images, samples=all_samples, uncertainty=uncertainty, residuals=residual_array,
-            final_residual=final_residual,
-        )
+        return self._outputs(latents, y_rep, operator, batch, residuals, output_type, return_dict)
