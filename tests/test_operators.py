@@ -279,3 +279,28 @@ def test_make_operator(tmp_path):
     assert int((~op.mask((16, 16))).sum()) == 16
     with pytest.raises(ValueError, match="is \\(16, 16\\)"):
         make_operator(f"mask:{tmp_path / 'region.npy'}", size=(8, 8))
+
+
+def test_operators_take_the_probe_as_one_fan_geometry():
+    """geometry=FanGeometry(...) (or the probe_geometry shorthand) is the spelling; the loose fan keywords of
+    earlier releases still build the same probe, with a FutureWarning; a misspelt keyword is a TypeError."""
+    from ultrasound_diffusers.geometry import FanGeometry
+    from ultrasound_diffusers.operators import shadow_mask
+
+    fan = FanGeometry("convex", half_angle_deg=30.0, radii=(0.1, 0.9))
+    new = [MissingScanLines(4, geometry=fan), DepthAttenuation(geometry=fan, compensated=True)]
+    with pytest.warns(FutureWarning, match="geometry=FanGeometry"):
+        old = [MissingScanLines(4, probe_geometry="convex", fan_half_angle_deg=30.0, fan_radii=(0.1, 0.9)),
+               DepthAttenuation(compensated=True, probe_geometry="convex", fan_half_angle_deg=30.0,
+                                fan_radii=(0.1, 0.9))]
+    for a, b in zip(new, old):
+        assert a.geometry == b.geometry == fan
+    assert torch.equal(new[0].mask((32, 32)), old[0].mask((32, 32)))
+    with pytest.warns(FutureWarning):
+        assert torch.equal(shadow_mask(32, geometry=fan),
+                           shadow_mask(32, probe_geometry="convex", fan_half_angle_deg=30.0, fan_radii=(0.1, 0.9)))
+    assert MissingScanLines(4, probe_geometry="convex").geometry == FanGeometry("convex")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'fan_apx'"):
+        MissingScanLines(4, fan_apx=(0.5, 0.0))
+    with pytest.raises(ValueError, match="not both"):
+        DepthAttenuation(geometry=fan, fan_radii=(0.0, 1.0))

@@ -28,8 +28,9 @@ Operators:
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -76,13 +77,37 @@ def _check_image(x: torch.Tensor, name: str = "x") -> None:
         raise ValueError(f"`{name}` must be a float tensor [B, C, H, W], got {shape}")
 
 
-def _probe(geometry: Optional[FanGeometry], probe_geometry: str, fan_apex, fan_radii, fan_half_angle_deg) -> FanGeometry:
-    """The operator's probe: ``geometry`` when given, else the loose keywords (one validation: FanGeometry)."""
+#: The loose fan keywords of earlier releases (now ``geometry=FanGeometry(...)``).
+_FAN_KEYWORDS = ("fan_apex", "fan_radii", "fan_half_angle_deg")
+
+
+def _probe(owner: str, geometry: Optional[FanGeometry], probe_geometry: str, fan_keywords: Dict[str, Any]) -> FanGeometry:
+    """The operator's probe: ``geometry`` when given, else ``FanGeometry(probe_geometry)`` (CAMUS fan).
+
+    ``fan_keywords`` are the loose ``fan_apex`` / ``fan_radii`` / ``fan_half_angle_deg`` of earlier releases: still
+    read (with a FutureWarning that gives the ``geometry=`` spelling); any other keyword is a TypeError, as for
+    an ordinary signature."""
+    unknown = sorted(set(fan_keywords) - set(_FAN_KEYWORDS))
+    if unknown:
+        raise TypeError(f"{owner}() got an unexpected keyword argument {unknown[0]!r}")
     if geometry is not None:
         if not isinstance(geometry, FanGeometry):
             raise ValueError(f"`geometry` must be a FanGeometry (ultrasound_diffusers.geometry), got {type(geometry).__name__}")
+        if fan_keywords:
+            raise ValueError(f"{owner}(): give the probe as `geometry` or as {sorted(fan_keywords)}, not both")
         return geometry
-    return FanGeometry(probe_geometry, tuple(fan_apex), tuple(fan_radii), fan_half_angle_deg)
+    if fan_keywords:
+        warnings.warn(
+            f"{owner}(): the keywords {sorted(fan_keywords)} are the spelling of earlier releases; pass "
+            "geometry=FanGeometry(probe_geometry, apex, radii, half_angle_deg) (ultrasound_diffusers.geometry)",
+            FutureWarning, stacklevel=3,
+        )
+    return FanGeometry(
+        probe_geometry,
+        tuple(fan_keywords.get("fan_apex", CAMUS_FAN_APEX)),
+        tuple(fan_keywords.get("fan_radii", CAMUS_FAN_RADII)),
+        fan_keywords.get("fan_half_angle_deg", CAMUS_FAN_HALF_ANGLE_DEG),
+    )
 
 
 def _geometry_from_scheduler(scheduler) -> dict:
@@ -451,9 +476,11 @@ class MissingScanLines(_ProbeAttributes, PixelSubsampling):
     Args:
         keep_every (`int`): k >= 1.
         offset (`int`): index of the first kept line, in [0, k).
-        geometry (`FanGeometry`, *optional*): the probe (:mod:`ultrasound_diffusers.geometry`); overrides the
-            loose keywords ``probe_geometry``, ``fan_apex``, ``fan_radii``, ``fan_half_angle_deg`` (kept for earlier
-            code; default: a linear probe, as every operator built directly).
+        probe_geometry (`str`): ``"linear"`` (default, as every operator built directly) or ``"convex"`` with the
+            CAMUS fan; ``geometry`` overrides it.
+        geometry (`FanGeometry`, *optional*): the probe (:mod:`ultrasound_diffusers.geometry`), e.g. another fan.
+            The loose ``fan_apex`` / ``fan_radii`` / ``fan_half_angle_deg`` keywords of earlier releases still
+            work, with a FutureWarning.
         num_beams (`int`, *optional*): beams of the full sector acquisition (convex only).
         measure_outside_fan (`bool`): count pixels outside the fan as measured (convex only).
         noise_std: measurement noise.
@@ -468,20 +495,18 @@ class MissingScanLines(_ProbeAttributes, PixelSubsampling):
         keep_every: int,
         offset: int = 0,
         probe_geometry: str = "linear",
-        fan_apex: Tuple[float, float] = CAMUS_FAN_APEX,
-        fan_radii: Tuple[float, float] = CAMUS_FAN_RADII,
-        fan_half_angle_deg: float = CAMUS_FAN_HALF_ANGLE_DEG,
         num_beams: Optional[int] = None,
         measure_outside_fan: bool = True,
         noise_std: Union[float, torch.Tensor] = 0.0,
         geometry: Optional[FanGeometry] = None,
+        **fan_keywords: Any,
     ):
         super().__init__(noise_std)
         if not (isinstance(keep_every, (int, np.integer)) and keep_every >= 1):
             raise ValueError(f"`keep_every` must be an integer >= 1, got {keep_every!r}")
         if not (isinstance(offset, (int, np.integer)) and 0 <= offset < keep_every):
             raise ValueError(f"`offset` must be an integer in [0, keep_every={keep_every}), got {offset!r}")
-        self.geometry = _probe(geometry, probe_geometry, fan_apex, fan_radii, fan_half_angle_deg)
+        self.geometry = _probe("MissingScanLines", geometry, probe_geometry, fan_keywords)
         if num_beams is not None and not (isinstance(num_beams, (int, np.integer)) and num_beams >= 2):
             raise ValueError(f"`num_beams` must be an integer >= 2, got {num_beams!r}")
         self.keep_every, self.offset = int(keep_every), int(offset)
@@ -630,21 +655,19 @@ def shadow_mask(
     width: float = 0.2,
     start_depth: float = 0.35,
     probe_geometry: str = "linear",
-    fan_apex: Tuple[float, float] = CAMUS_FAN_APEX,
-    fan_radii: Tuple[float, float] = CAMUS_FAN_RADII,
-    fan_half_angle_deg: float = CAMUS_FAN_HALF_ANGLE_DEG,
     geometry: Optional[FanGeometry] = None,
+    **fan_keywords: Any,
 ) -> torch.Tensor:
     """An acoustic shadow (behind a rib or a calcification): bool [H, W], True inside the shadow.
 
     The shadow covers the scan lines within ``width / 2`` of ``center`` (both in units of the lateral extent:
     -0.5..0.5 across the fan's opening angle for a convex probe, across the columns for a linear one) from the
-    normalised depth ``start_depth`` down to the bottom. The probe is ``geometry`` (or the loose keywords; a linear
-    probe by default, as every operator built directly; ``make_operator("mask:shadow", scheduler=...)`` takes the
+    normalised depth ``start_depth`` down to the bottom. The probe is ``geometry`` (or ``probe_geometry`` with the
+    CAMUS fan; a linear probe by default, as every operator built directly; ``make_operator("mask:shadow", scheduler=...)`` takes the
     scheduler's probe).
     """
     h, w = _size(size)
-    probe = _probe(geometry, probe_geometry, fan_apex, fan_radii, fan_half_angle_deg)
+    probe = _probe("shadow_mask", geometry, probe_geometry, fan_keywords)
     depth, inside = probe.depth_map(h, w)
     lateral = probe.lateral_position(h, w)
     return inside & ((lateral - center).abs() <= width / 2) & (depth >= start_depth)
@@ -731,9 +754,10 @@ class DepthAttenuation(_ProbeAttributes, LinearOperator):
         depth_cm (`float`, defaults to 15.0): depth of the deepest image point (normalised depth 1).
         noise_std (`float`, defaults to 0.01): receiver noise (model units).
         compensated (`bool`, defaults to False): see above.
+        probe_geometry (`str`): ``"linear"`` (default) or ``"convex"`` with the CAMUS fan; ``geometry`` overrides it.
         geometry (`FanGeometry`, *optional*): the probe that defines the depth of each pixel (rows for a linear
-            probe, distance from the apex for a convex one; outside the fan the depth is 0); overrides the loose
-            keywords ``probe_geometry``, ``fan_apex``, ``fan_radii``, ``fan_half_angle_deg`` (default: linear).
+            probe, distance from the apex for a convex one; outside the fan the depth is 0). The loose
+            ``fan_*`` keywords of earlier releases still work, with a FutureWarning.
     """
 
     name = "attenuation"
@@ -746,16 +770,14 @@ class DepthAttenuation(_ProbeAttributes, LinearOperator):
         noise_std: float = 0.01,
         compensated: bool = False,
         probe_geometry: str = "linear",
-        fan_apex: Tuple[float, float] = CAMUS_FAN_APEX,
-        fan_radii: Tuple[float, float] = CAMUS_FAN_RADII,
-        fan_half_angle_deg: float = CAMUS_FAN_HALF_ANGLE_DEG,
         geometry: Optional[FanGeometry] = None,
+        **fan_keywords: Any,
     ):
         super().__init__(noise_std)
         for name, value in (("attenuation_db_cm_mhz", attenuation_db_cm_mhz), ("frequency_mhz", frequency_mhz), ("depth_cm", depth_cm)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
-        self.geometry = _probe(geometry, probe_geometry, fan_apex, fan_radii, fan_half_angle_deg)
+        self.geometry = _probe("DepthAttenuation", geometry, probe_geometry, fan_keywords)
         self.attenuation_db_cm_mhz, self.frequency_mhz = float(attenuation_db_cm_mhz), float(frequency_mhz)
         self.depth_cm = float(depth_cm)
         self.compensated = bool(compensated)
