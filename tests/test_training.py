@@ -260,7 +260,7 @@ def test_accelerate_run_checkpoints_resumes_exactly_and_loads(saved_dataset, tmp
               "--ema_decay", "0.9", "--learn_sigma", "--random_flip", "--drop_rate", "0.3",
               "--validation_steps", "5", "--validation_inference_steps", "2", "--num_validation_images", "2"]
     full = tmp_path / "full"
-    run_script(tiny_args(saved_dataset, full, *common), launcher="accelerate")
+    run_script(tiny_args(saved_dataset, full, *common, "--license", "cc-by-nc-sa-4.0"), launcher="accelerate")
 
     # the pipeline folder, model card, samples, logs and the one kept checkpoint
     for name in ("model_index.json", "unet", "scheduler", "README.md", "training_args.json",
@@ -274,6 +274,9 @@ def test_accelerate_run_checkpoints_resumes_exactly_and_loads(saved_dataset, tmp
     assert not np.array_equal(grid[:16, :16, 0], grid[:16, :16, 1])  # the label map is in colour
     assert list((full / "logs").rglob("events.out.tfevents*"))
     assert "train_semantic.py" in (full / "README.md").read_text()
+    from ultrasound_diffusers.pipelines.hub import read_card_metadata
+
+    assert read_card_metadata(full / "README.md")["license"] == "cc-by-nc-sa-4.0"  # --license reaches the card
 
     # kill after step 4: a new run holding only checkpoint-4 resumes and ends exactly where the full run ended
     resumed = tmp_path / "resumed"
@@ -446,6 +449,17 @@ def test_mask_ablated_training_accepts_label_maps_with_missing_classes(saved_dat
         images[name] = np.asarray(result)
         assert images[name].shape[:3] == (1, 16, 16) and np.isfinite(images[name]).all(), name
     assert not np.array_equal(images["full"], images["without class 1"])  # same noise, other conditioning
+
+
+def test_license_flags_follow_the_card_rule():
+    assert ts.parse_args(["--license", "apache-2.0"]).license == "apache-2.0"
+    args = ts.parse_args(["--license", "other", "--license_name", "my-terms-1.0", "--license_link", "LICENSE.md"])
+    assert (args.license_name, args.license_link) == ("my-terms-1.0", "LICENSE.md")
+    assert ts.parse_args([]).license is None  # the card then says other / unknown
+    with pytest.raises(ValueError, match="--license: `license_name` must be a lowercase id"):
+        ts.parse_args(["--license", "other", "--license_name", "My Terms"])
+    with pytest.raises(ValueError, match="go with --license other"):
+        ts.parse_args(["--license", "mit", "--license_name", "x"])
 
 
 def test_class_drop_rate_flag_is_checked():

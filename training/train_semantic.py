@@ -40,6 +40,7 @@ from ultrasound_diffusers.data.paired import PairedTransform, check_paired_datas
 from ultrasound_diffusers.data.paired import read_label_cell as label_array  # noqa: F401
 from ultrasound_diffusers.geometry import CAMUS_FAN_APEX, CAMUS_FAN_HALF_ANGLE_DEG, CAMUS_FAN_RADII, PROBE_GEOMETRIES, FanGeometry
 from ultrasound_diffusers.image_processor import parse_size
+from ultrasound_diffusers.pipelines.hub import license_metadata
 from ultrasound_diffusers.schedulers.bmaps import BMAP_SCHEDULES
 from ultrasound_diffusers.schedulers.scheduling_bmap_attenuation import SCHEDULER_PRESETS
 from ultrasound_diffusers.training_utils import (
@@ -192,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hub_model_id", type=str, default=None)
     g.add_argument("--hub_token", type=str, default=None)
     g.add_argument("--hub_private_repo", action="store_true")
+    g.add_argument("--license", type=str, default=None,
+                   help="Hub license id of the trained model for its card (e.g. apache-2.0, cc-by-nc-sa-4.0, other); "
+                   "default: other / unknown, since the terms of the training data decide it")
+    g.add_argument("--license_name", type=str, default=None, help="with --license other: a lowercase license id")
+    g.add_argument("--license_link", type=str, default=None, help="with --license other: a URL or repository file")
     return p
 
 
@@ -234,6 +240,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             raise ValueError(f"{flag} must be {expected}, got {getattr(args, flag[2:])!r}")
     if args.dataset_name is not None and args.train_data_dir is not None:
         raise ValueError("pass only one of --dataset_name and --train_data_dir")
+    if (args.license_name or args.license_link) and args.license not in (None, "other"):
+        raise ValueError(f"--license_name and --license_link go with --license other, not --license {args.license}")
+    try:  # the card's rule (a Hub id, or other with a lowercase name), checked before any training
+        license_metadata(args.license, args.license_name, args.license_link)
+    except ValueError as error:
+        raise ValueError(f"--license: {error}") from None
     check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir)
     if args.resume_from_checkpoint not in (None, "latest"):
         path = Path(args.resume_from_checkpoint)
@@ -422,8 +434,8 @@ def save_final_pipeline(pipeline, args: argparse.Namespace, num_examples: int, g
     pipeline, checkpoints and logs kept) with its model card, ``training_args.json`` and a copy of the last
     validation grid (``samples/step-N.png``) as ``validation_grid.png``, which the card shows.
 
-    The card's metadata carries the license (``other`` with ``license_name`` / ``license_link`` when it cannot be
-    told; ``--license`` if the parser has one), the Hub dataset id of ``--dataset_name`` (none for phantoms and
+    The card's metadata carries the license (``--license``, ``--license_name``, ``--license_link``; ``other`` /
+    ``unknown`` when not given), the Hub dataset id of ``--dataset_name`` (none for phantoms and
     local data), ``base_model`` when ``--pretrained_model_name_or_path`` is a Hub id, and the
     ``diffusers-training`` tag (:func:`ultrasound_diffusers.pipelines.hub.training_card_fields`).
 
@@ -441,8 +453,8 @@ def save_final_pipeline(pipeline, args: argparse.Namespace, num_examples: int, g
     repo_id = args.hub_model_id or out.resolve().name
     fields = training_card_fields(
         dataset_name=args.dataset_name, train_data_dir=args.train_data_dir,
-        pretrained_model=args.pretrained_model_name_or_path, license=getattr(args, "license", None),
-        license_name=getattr(args, "license_name", None), license_link=getattr(args, "license_link", None),
+        pretrained_model=args.pretrained_model_name_or_path, license=args.license,
+        license_name=args.license_name, license_link=args.license_link,
     )
     grids = sorted((int(p.stem.split("-")[1]), p) for p in (out / "samples").glob("step-*.png")
                    if p.stem.split("-")[1].isdigit() and int(p.stem.split("-")[1]) <= global_step)
