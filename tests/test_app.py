@@ -277,3 +277,46 @@ def test_page_generates_an_image_in_a_real_browser(pipe):
                 browser.close()
     finally:
         demo.close()
+
+
+@pytest.mark.slow
+def test_export_space_writes_a_folder_a_gradio_space_runs(tmp_path, capsys):
+    """`app --export_space`: Space metadata, requirements with the wheel built into the folder, an app.py that
+    serves ./pipeline, the pipeline itself (same weights), under the output-folder rule; no gradio needed."""
+    import zipfile
+
+    from safetensors.torch import load_file
+
+    from ultrasound_diffusers.cli import main
+    from ultrasound_diffusers.demo import DEMO_PIPELINE_PATH
+    from ultrasound_diffusers.pipelines.hub import read_card_metadata
+
+    out = tmp_path / "space"
+    assert main(["app", "--export_space", str(out), "--title", "Echo phantoms"]) == 0
+    assert "upload_folder" in capsys.readouterr().out
+    meta = read_card_metadata(out / "README.md")
+    assert (meta["sdk"], meta["app_file"], meta["title"]) == ("gradio", "app.py", "Echo phantoms")
+    assert meta["sdk_version"].count(".") == 2 and "ultrasound" in meta["tags"]
+    assert meta["license"] == read_card_metadata(DEMO_PIPELINE_PATH / "README.md")["license"]  # the model's
+    requirements = (out / "requirements.txt").read_text().splitlines()
+    assert requirements[0] == f"--extra-index-url {demo_app.SPACE_TORCH_INDEX}"
+    wheel = out / requirements[1].removeprefix("./")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert {"ultrasound_diffusers/app.py", "ultrasound_diffusers/pipelines/pipeline_utils.py"} <= names
+    assert not any("__pycache__" in n for n in names)
+    app_text = (out / "app.py").read_text()
+    compile(app_text, "app.py", "exec")
+    assert 'build_demo(str(Path(__file__).resolve().parent / "pipeline"))' in app_text
+    exported = demo_app.load_pipeline(out / "pipeline")
+    assert exported.num_classes == 5 and (out / "pipeline" / "README.md").is_file()
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    a, b = load_file(str(out / "pipeline" / weights)), load_file(str(DEMO_PIPELINE_PATH / weights))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a folder of the user's is never replaced without --overwrite (checked before any work)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match="--export_space"):
+        demo_app.export_space(mine)
+    assert (mine / "notes.txt").read_text() == "keep"

@@ -434,3 +434,145 @@ def launch(
     demo = build_demo(pipeline, device=device)
     launch_kwargs.setdefault("max_file_size", "20mb")  # label maps are small; refuse large uploads early
     return demo.launch(server_name=host, server_port=port, share=share, **launch_kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ Space export
+#: The gradio release a Space folder asks for when gradio is not installed here (the app extra's lower bound).
+SPACE_GRADIO_VERSION = "6.31.0"
+#: torch for a CPU Space: the CPU wheels (the default index would pull a CUDA build of several GB).
+SPACE_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+
+SPACE_APP = '''"""Hugging Face Space: the ultrasound-diffusers web demo with the pipeline in ./pipeline (written by
+`ultrasound-diffusers app --export_space`)."""
+
+from pathlib import Path
+
+from ultrasound_diffusers.app import build_demo
+
+demo = build_demo(str(Path(__file__).resolve().parent / "pipeline"))
+
+if __name__ == "__main__":
+    demo.launch(max_file_size="20mb")
+'''
+
+
+def source_root() -> Optional[Path]:
+    """The package's source folder (with ``setup.cfg``) when it is installed from one (editable), else None."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "setup.cfg").is_file() and (root / "ultrasound_diffusers").is_dir() else None
+
+
+def _space_card(title: str, license_fields: Dict[str, str], gradio_version: str, wheel: str, source: str) -> str:
+    import yaml
+
+    from .pipelines.hub import NOT_FOR_DIAGNOSIS
+
+    meta = {
+        "title": title, "colorFrom": "gray", "colorTo": "blue", "sdk": "gradio", "sdk_version": gradio_version,
+        "app_file": "app.py", "pinned": False, **license_fields,
+        "short_description": "Label-conditioned ultrasound images from a B-map diffusion model",
+        "tags": ["ultrasound", "diffusers", "medical-imaging", "synthetic-data"],
+    }
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip()
+    return f"""---
+{front}
+---
+
+# {title}
+
+Pick or upload a label map, generate an ultrasound image from it with a Semantic Diffusion Model and B-map
+(depth attenuation) noise schedule, and see the image fade with depth under the cumulative attenuation.
+
+- Pipeline: `pipeline/` ({source}); its own model card is `pipeline/README.md` when the source had one.
+- Package: `{wheel}`, built from the ultrasound-diffusers source and installed by `requirements.txt`.
+
+**{NOT_FOR_DIAGNOSIS}.** Images generated here are synthetic; they are for research and teaching, never for a
+clinical decision.
+
+Written by `ultrasound-diffusers app --export_space`. Upload with
+`huggingface_hub.HfApi().upload_folder(repo_id="ORG/NAME", repo_type="space", folder_path=".")`.
+"""
+
+
+def export_space(
+    output_dir: Union[str, os.PathLike],
+    pipeline: PipelineLike = None,
+    title: str = "ultrasound-diffusers demo",
+    overwrite: bool = False,
+) -> Path:
+    """Write a folder that runs as a Hugging Face gradio Space: ``app.py``, ``README.md`` (the Space's YAML front
+    matter: sdk gradio, the gradio version, the pipeline card's license), ``requirements.txt`` (CPU torch and the
+    package wheel in the folder), the wheel (built from the source folder with ``pip wheel --no-deps``) and
+    ``pipeline/`` (``save_pretrained`` of ``pipeline``: a folder, a Hub id or a loaded pipeline; default the
+    bundled demo pipeline, with its card).
+
+    The folder is written atomically under the output-folder rule of every command
+    (:func:`~ultrasound_diffusers.utils.io.check_output_dir`: a non-empty folder another command wrote needs
+    ``overwrite``). Needs the package's source folder for the wheel; gradio itself is not needed here.
+
+    Returns:
+        the folder.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    from .pipelines.hub import CARD_NAME, license_metadata, read_card_metadata
+    from .pipelines.loading import wheel_filename
+    from .utils.io import atomic_write_text, check_output_dir, replace_directory
+
+    if not isinstance(title, str) or not title.strip():
+        raise ValueError(f"`title` must be a non-empty string, got {title!r}")
+    root = source_root()
+    if root is None:
+        raise ValueError("export_space builds the package wheel and needs the source folder: install the package "
+                         "from its source (`pip install -e ./ultrasound-diffusers`) and run it there")
+    target = check_output_dir(output_dir, "space", inputs=[pipeline if isinstance(pipeline, (str, os.PathLike)) else None],
+                              overwrite=overwrite, argument="--export_space")
+    pipe = load_pipeline(pipeline)
+    source_card = None
+    if pipeline is None:
+        from .demo import DEMO_PIPELINE_PATH
+
+        source_card, source = DEMO_PIPELINE_PATH / CARD_NAME, "the bundled demonstration pipeline"
+    elif isinstance(pipeline, (str, os.PathLike)) and Path(pipeline).is_dir():
+        source_card, source = Path(pipeline) / CARD_NAME, f"from `{Path(pipeline).name}`"
+    else:
+        source = f"from `{pipeline}`" if isinstance(pipeline, str) else "a pipeline object"
+    card_meta = read_card_metadata(source_card) if source_card is not None and source_card.is_file() else {}
+    license_fields = license_metadata(card_meta.get("license"), card_meta.get("license_name"),
+                                      card_meta.get("license_link"), default_link="pipeline/README.md")
+    try:
+        import gradio
+
+        gradio_version = gradio.__version__
+    except ImportError:
+        gradio_version = SPACE_GRADIO_VERSION
+    wheel = wheel_filename()
+
+    def build(folder: Path) -> None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="space-wheel-") as tmp:
+            # a clean copy of what the wheel is built from: an in-tree build would reuse a stale build/ folder
+            src = Path(tmp) / "src"
+            skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
+            for name in ("ultrasound_diffusers", "pipelines"):
+                shutil.copytree(root / name, src / name, ignore=skip)
+            for name in ("setup.cfg", "pyproject.toml", "README.md"):
+                if (root / name).is_file():
+                    shutil.copyfile(root / name, src / name)
+            result = subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
+                 str(folder), str(src)], capture_output=True, text=True,
+            )
+        if result.returncode != 0 or not (folder / wheel).is_file():
+            raise RuntimeError(f"building {wheel} failed:\n{result.stderr[-2000:]}")
+        pipe.save_pretrained(folder / "pipeline")
+        if source_card is not None and source_card.is_file():
+            shutil.copyfile(source_card, folder / "pipeline" / CARD_NAME)
+        atomic_write_text(folder / "app.py", SPACE_APP)
+        atomic_write_text(folder / "requirements.txt", f"--extra-index-url {SPACE_TORCH_INDEX}\n./{wheel}\n")
+        atomic_write_text(folder / CARD_NAME, _space_card(title, license_fields, gradio_version, wheel, source))
+
+    return replace_directory(build, target, overwrite=True, kind="space")

@@ -16,10 +16,22 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link (off by default)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--export_space", default=None, metavar="DIR",
+                   help="instead of serving, write a folder that runs as a Hugging Face gradio Space (app.py, README.md "
+                   "with the Space metadata, requirements.txt, the package wheel, the pipeline); needs no gradio")
+    p.add_argument("--title", default="ultrasound-diffusers demo", help="the Space's title (with --export_space)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --export_space folder another command wrote")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.export_space is not None:
+        from ..app import export_space
+
+        folder = export_space(args.export_space, args.pipeline, title=args.title, overwrite=args.overwrite)
+        print(f"Space folder written to {folder.resolve()}; upload it with "
+              f"huggingface_hub.HfApi().upload_folder(repo_id='ORG/NAME', repo_type='space', folder_path='{folder}')")
+        return 0
     if not 0 < args.port < 65536:
         raise ValueError(f"`--port` must be from 1 to 65535, got {args.port}")
     from ..app import require_gradio
