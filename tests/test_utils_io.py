@@ -43,3 +43,11 @@ def test_replace_directory_keeps_old_on_failure(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with atomic_write(tmp_path / "z", "a"):
             pass
+
+
+def test_build_wheel_refuses_a_folder_without_the_source(tmp_path):
+    from ultrasound_diffusers.utils.packaging import build_wheel, source_root
+
+    assert source_root() is not None and (source_root() / "setup.cfg").is_file()  # the tests run from the source
+    with pytest.raises(ValueError, match="source folder"):
+        build_wheel(tmp_path / "dist", root=tmp_path)

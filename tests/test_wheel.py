@@ -7,7 +7,6 @@ the wheel goes in with ``--no-deps --no-build-isolation``. Everything runs from 
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -59,17 +58,6 @@ CHECKS = textwrap.dedent(
 )
 
 
-def _wheel_builder(env):
-    """An interpreter whose setuptools builds wheels without downloading anything (setuptools >= 70.1 has
-    bdist_wheel, older ones need the ``wheel`` package): this one, else the one this virtual environment was made
-    from (a venv made by ``python -m venv`` carries its own, older setuptools)."""
-    probe = "import importlib.util as u, sys; sys.exit(not (u.find_spec('setuptools.command.bdist_wheel') or u.find_spec('wheel')))"
-    for python in dict.fromkeys([sys.executable, getattr(sys, "_base_executable", sys.executable)]):
-        if subprocess.run([python, "-c", probe], env=env).returncode == 0:
-            return python
-    pytest.skip("no interpreter here can build a wheel offline: install `wheel` or setuptools >= 70.1")
-
-
 def _run(cmd, cwd, env, timeout=900):
     result = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{cmd}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -81,15 +69,13 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_there(tmp_path):
                MPLBACKEND="Agg", HF_HUB_OFFLINE="1", PYTHONNOUSERSITE="1")
     env.pop("PYTHONPATH", None)
 
-    # build from a copy of the source, so that the checkout gets no build/ or egg-info folders
-    source = tmp_path / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "demo_output", "outputs"))
-    _run([_wheel_builder(env), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-          tmp_path / "dist", source], cwd=tmp_path, env=env)
-    wheels = list((tmp_path / "dist").glob("*.whl"))
-    assert len(wheels) == 1
-    wheel = wheels[0]
+    # built from a clean copy of the source (the package's own builder: the checkout gets no build/ folders)
+    from ultrasound_diffusers.utils.packaging import build_wheel, wheel_builder
+
+    if wheel_builder(env) is None:
+        pytest.skip("no interpreter here can build a wheel offline: install `wheel` or setuptools >= 70.1")
+    wheel = build_wheel(tmp_path / "dist", ROOT, env)
+    assert [p.name for p in (tmp_path / "dist").iterdir()] == [wheel.name]
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("ultrasound_diffusers/assets/bmap-echo-phantom-64/unet/diffusion_pytorch_model.safetensors",
                    "ultrasound_diffusers/assets/bmap-echo-phantom-64/unet/config.json",

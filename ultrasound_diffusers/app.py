@@ -456,12 +456,6 @@ if __name__ == "__main__":
 '''
 
 
-def source_root() -> Optional[Path]:
-    """The package's source folder (with ``setup.cfg``) when it is installed from one (editable), else None."""
-    root = Path(__file__).resolve().parents[1]
-    return root if (root / "setup.cfg").is_file() and (root / "ultrasound_diffusers").is_dir() else None
-
-
 def _space_card(title: str, license_fields: Dict[str, str], gradio_version: str, wheel: str, source: str) -> str:
     import yaml
 
@@ -502,7 +496,7 @@ def export_space(
 ) -> Path:
     """Write a folder that runs as a Hugging Face gradio Space: ``app.py``, ``README.md`` (the Space's YAML front
     matter: sdk gradio, the gradio version, the pipeline card's license), ``requirements.txt`` (CPU torch and the
-    package wheel in the folder), the wheel (built from the source folder with ``pip wheel --no-deps``) and
+    package wheel in the folder), the wheel (:func:`~ultrasound_diffusers.utils.packaging.build_wheel`) and
     ``pipeline/`` (``save_pretrained`` of ``pipeline``: a folder, a Hub id or a loaded pipeline; default the
     bundled demo pipeline, with its card).
 
@@ -514,12 +508,11 @@ def export_space(
         the folder.
     """
     import shutil
-    import subprocess
-    import sys
 
     from .pipelines.hub import CARD_NAME, license_metadata, read_card_metadata
     from .pipelines.loading import wheel_filename
     from .utils.io import atomic_write_text, check_output_dir, replace_directory
+    from .utils.packaging import build_wheel, source_root
 
     if not isinstance(title, str) or not title.strip():
         raise ValueError(f"`title` must be a non-empty string, got {title!r}")
@@ -551,23 +544,9 @@ def export_space(
     wheel = wheel_filename()
 
     def build(folder: Path) -> None:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="space-wheel-") as tmp:
-            # a clean copy of what the wheel is built from: an in-tree build would reuse a stale build/ folder
-            src = Path(tmp) / "src"
-            skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
-            for name in ("ultrasound_diffusers", "pipelines"):
-                shutil.copytree(root / name, src / name, ignore=skip)
-            for name in ("setup.cfg", "pyproject.toml", "README.md"):
-                if (root / name).is_file():
-                    shutil.copyfile(root / name, src / name)
-            result = subprocess.run(
-                [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
-                 str(folder), str(src)], capture_output=True, text=True,
-            )
-        if result.returncode != 0 or not (folder / wheel).is_file():
-            raise RuntimeError(f"building {wheel} failed:\n{result.stderr[-2000:]}")
+        built = build_wheel(folder, root)
+        if built.name != wheel:
+            raise RuntimeError(f"the wheel built is {built.name}, expected {wheel}")
         pipe.save_pretrained(folder / "pipeline")
         if source_card is not None and source_card.is_file():
             shutil.copyfile(source_card, folder / "pipeline" / CARD_NAME)
