@@ -113,12 +113,14 @@ def test_cli_generate_export_nnunet(saved, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["generate", "--pipeline", str(saved), "--labels", "phantoms:echo:2", "--output_dir", str(out),
             "--images_per_label", "2", "--num_inference_steps", "2", "--batch_size", "2", "--seed", "5",
-            "--no_progress", "--export", "nnunet", "png", "--nnunet_id", "7", "--nnunet_name", "Tiny"]
+            "--no_progress", "--export", "nnunet", "png", "--nnunet_id", "7", "--nnunet_name", "Tiny",
+            "--nnunet_test", "phantoms:echo:2:4242"]
     assert main(args) == 0
     assert "nnU-Net raw dataset written to" in capsys.readouterr().out
     folder = out / "nnunet_raw" / "Dataset007_Tiny"
     meta = json.loads((folder / "dataset.json").read_text())
-    assert meta["numTraining"] == 4 and meta["file_ending"] == ".png"
+    assert meta["numTraining"] == 4 and meta["numTest"] == 2 and meta["file_ending"] == ".png"
+    assert len(list((folder / "imagesTs").iterdir())) == len(list((folder / "labelsTs").iterdir())) == 2
     # the pipeline's label_names name the classes (label 0 becomes background)
     assert list(meta["labels"]) == ["background", *LABEL_NAMES[1:]]
     ds = datasets.load_from_disk(str(out / "dataset"))
@@ -129,8 +131,44 @@ def test_cli_generate_export_nnunet(saved, tmp_path, capsys):
     assert len(list((out / "png" / "images").glob("*.png"))) == 4  # --export png = --save_png
     assert "--export nnunet png" in (out / "README.md").read_text()
     # a bad dataset id fails before anything is generated
-    bad = [str(tmp_path / "bad") if a == str(out) else a for a in args[:-4]] + ["--nnunet_id", "0"]
+    bad = [str(tmp_path / "bad") if a == str(out) else a for a in args[:-6]] + ["--nnunet_id", "0"]
     code = main(bad)
     assert code == 2
     assert "dataset_id" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+    # so does a held-out set that cannot be read, or one without --export nnunet
+    unreadable = [str(tmp_path / "bad2") if a == str(out) else a for a in args[:-2]]
+    assert main(unreadable + ["--nnunet_test", str(tmp_path / "none")]) == 2
+    assert not (tmp_path / "bad2").exists()
+    assert main([a for a in args[:-9]] + ["--nnunet_test", "phantoms:echo:2"]) == 2
+    assert "goes with --export nnunet" in capsys.readouterr().err
+
+
+def test_held_out_cases_go_to_images_ts_and_labels_ts(phantoms, tmp_path):
+    """Train on one set, test on another (e.g. real scans): imagesTs / labelsTs in the same coding, marked in
+    cases.csv; the class count covers both sets."""
+    from ultrasound_diffusers.data.nnunet import test_cases_dataset
+
+    held_out = test_cases_dataset("phantoms:echo:3:4242", max_images=3)
+    assert held_out.column_names == ["image", "label"] and len(held_out) == 3
+    out = export_nnunet(phantoms, tmp_path / "raw", 43, "EchoSynthToReal", label_names="echo", test_dataset=held_out)
+    assert sorted(p.name for p in (out / "imagesTs").iterdir()) == [f"case_test_{i:04d}_0000.png" for i in range(3)]
+    assert sorted(p.name for p in (out / "labelsTs").iterdir()) == [f"case_test_{i:04d}.png" for i in range(3)]
+    meta = json.loads((out / "dataset.json").read_text())
+    assert (meta["numTraining"], meta["numTest"]) == (5, 3)
+    reference = test_cases_dataset("phantoms:echo:3:4242")
+    for i in range(3):
+        np.testing.assert_array_equal(_read(out / "imagesTs" / f"case_test_{i:04d}_0000.png")[1],
+                                      np.asarray(reference[i]["image"]))
+        np.testing.assert_array_equal(_read(out / "labelsTs" / f"case_test_{i:04d}.png")[1],
+                                      np.asarray(reference[i]["label"]))
+    with open(out / "cases.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["split"] for r in rows] == ["train"] * 5 + ["test"] * 3
+    # images without label maps: imagesTs only
+    images_only = held_out.remove_columns("label")
+    out = export_nnunet(phantoms, tmp_path / "raw2", test_dataset=images_only)
+    assert len(list((out / "imagesTs").iterdir())) == 3 and not (out / "labelsTs").exists()
+    with pytest.raises(ValueError, match="no image column"):
+        export_nnunet(phantoms, tmp_path / "raw3", test_dataset=held_out.rename_column("image", "picture"))
+    assert not (tmp_path / "raw3" / "Dataset501_UltrasoundSynthetic").exists()

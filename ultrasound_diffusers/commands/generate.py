@@ -17,7 +17,8 @@ Examples::
 
 The result is ``OUTPUT_DIR/dataset`` (``datasets.load_from_disk``) plus a dataset card ``OUTPUT_DIR/README.md``;
 ``--export png`` (or ``--save_png``) adds PNG folders, ``--export nnunet`` an nnU-Net v2 raw dataset
-(:func:`ultrasound_diffusers.data.nnunet.export_nnunet`).
+(:func:`ultrasound_diffusers.data.nnunet.export_nnunet`; ``--nnunet_test REAL`` adds held-out cases as imagesTs /
+labelsTs, to train on generated images and test on real ones).
 Interrupted runs continue where they stopped when started again with the same arguments.
 """
 
@@ -82,6 +83,10 @@ def register(subparsers) -> None:
     p.add_argument("--nnunet_labels", default=None,
                    help="--export nnunet: class names, a coding (echo, camus, thyroid) or comma-separated names "
                    "(default: the pipeline's label_names, else class_<k>); label 0 is written as background")
+    p.add_argument("--nnunet_test", default=None, metavar="SOURCE",
+                   help="--export nnunet: held-out images (with label maps) for imagesTs / labelsTs, e.g. real scans: a "
+                   "saved dataset, a Hub dataset, an images/ + labels/ folder or phantoms:ANATOMY:N[:SEED]")
+    p.add_argument("--nnunet_test_split", default=None, help="--nnunet_test: split of a DatasetDict or Hub dataset")
     p.add_argument("--nnunet_overwrite", action="store_true",
                    help="--export nnunet: replace a non-empty dataset folder this command did not write")
     p.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="upload the dataset and its card to this Hub dataset repo")
@@ -129,6 +134,13 @@ def run(args) -> int:
         nnunet_name = args.nnunet_name or DEFAULT_DATASET_NAME
         check_nnunet_target(nnunet_dir, nnunet_id, nnunet_name, overwrite=args.nnunet_overwrite,
                             argument="--nnunet_dir")
+        nnunet_test = None
+        if args.nnunet_test is not None:  # read (and check) the held-out set before generating anything
+            from ..data.nnunet import test_cases_dataset
+
+            nnunet_test = test_cases_dataset(args.nnunet_test, split=args.nnunet_test_split)
+    elif args.nnunet_test is not None:
+        raise ValueError("--nnunet_test goes with --export nnunet")
     pipeline = DiffusionPipeline.from_pretrained(args.pipeline, torch_dtype=getattr(torch, args.dtype))
     if args.scheduler is not None:
         from ..schedulers.scheduling_bmap_dpmsolver_multistep import scheduler_for_sampler
@@ -173,6 +185,6 @@ def run(args) -> int:
 
             names = args.nnunet_labels or getattr(pipeline.config, "label_names", None) or None
             folder = export_nnunet(dataset, nnunet_dir, nnunet_id, nnunet_name, label_names=names,
-                                   overwrite=args.nnunet_overwrite)
+                                   overwrite=args.nnunet_overwrite, test_dataset=nnunet_test)
             print(f"nnU-Net raw dataset written to {os.path.abspath(folder)}")
     return 0

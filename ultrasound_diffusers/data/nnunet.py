@@ -7,7 +7,8 @@
       dataset.json       channel_names, labels (background: 0, ...), numTraining, file_ending ".png", ...
       imagesTr/case_0000_0000.png ...   one 8-bit grayscale PNG per case, channel suffix _0000
       labelsTr/case_0000.png ...        8-bit PNG label maps, pixel value = class (0 .. K-1)
-      cases.csv          case identifier -> the dataset's row and metadata (source id, seed, ...)
+      imagesTs/, labelsTs/              with ``test_dataset``: held-out (e.g. real) cases to predict and score
+      cases.csv          case identifier -> split, the dataset's row and metadata (source id, seed, ...)
 
 The folder is written atomically (it appears complete or not at all). nnU-Net reads ``.png`` files with its
 ``NaturalImage2DIO`` reader (a 2D grayscale PNG is one channel), which ``dataset.json`` names explicitly. Label 0
@@ -19,6 +20,8 @@ Train on it with nnU-Net (not a dependency of this package)::
     export nnUNet_raw=OUT/nnunet_raw nnUNet_preprocessed=... nnUNet_results=...
     nnUNetv2_plan_and_preprocess -d 501 --verify_dataset_integrity
     nnUNetv2_train 501 2d 0
+    nnUNetv2_predict -i OUT/nnunet_raw/Dataset501_.../imagesTs -o pred -d 501 -c 2d -f 0   # with a test set
+    nnUNetv2_evaluate_simple OUT/nnunet_raw/Dataset501_.../labelsTs pred -l 1 2 3 4
 """
 
 from __future__ import annotations
@@ -203,6 +206,27 @@ def _label_png(value: Any, what: str, num_classes: int):
     return buffer.getvalue(), array
 
 
+def test_cases_dataset(source: Any, split: Optional[str] = None, max_images: Optional[int] = None):
+    """Held-out cases for :func:`export_nnunet` (``test_dataset``) from any image-set source of ``evaluate``: a
+    saved dataset, a Hub dataset, an ``images/`` + ``labels/`` folder, an array or ``phantoms:ANATOMY:N[:SEED]``
+    (:func:`ultrasound_diffusers.evaluation.io.load_image_set`, label maps found automatically). Returns a
+    ``datasets.Dataset`` with ``image`` (8-bit grayscale) and, when the source has label maps, ``label``."""
+    import datasets as hf_datasets
+
+    from ..evaluation.io import load_image_set
+
+    image_set = load_image_set(source, label_column="auto", split=split, max_images=max_images)
+    images = [np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8) for image in image_set.images]
+    columns = {"image": images}
+    features = {"image": hf_datasets.Image()}
+    if image_set.labels is not None:
+        if int(image_set.labels.min()) < 0 or int(image_set.labels.max()) > 255:
+            raise ValueError(f"the label maps of {source!r} must hold classes 0 .. 255 for nnU-Net's 8-bit PNGs")
+        columns["label"] = [labels.astype(np.uint8) for labels in image_set.labels]
+        features["label"] = hf_datasets.Image()
+    return hf_datasets.Dataset.from_dict(columns, features=hf_datasets.Features(features))
+
+
 def _dataset_dirs(dataset) -> List[Path]:
     return [Path(f["filename"]).parent for f in getattr(dataset, "cache_files", None) or [] if "filename" in f]
 
@@ -220,6 +244,8 @@ def export_nnunet(
     case_prefix: str = "case",
     description: Optional[str] = None,
     overwrite: bool = False,
+    test_dataset=None,
+    test_label_column: Optional[str] = None,
 ) -> Path:
     """Write ``dataset`` as the nnU-Net v2 raw dataset ``folder/DatasetXXX_Name`` (atomically).
 
@@ -239,6 +265,10 @@ def export_nnunet(
         case_prefix: case identifiers are ``{case_prefix}_{row:04d}`` (more digits for 10,000 rows or more).
         description: free text for ``dataset.json`` (default: rows, image size and the label coding).
         overwrite: replace a non-empty folder this exporter did not write (an earlier export is replaced anyway).
+        test_dataset: optional held-out cases (e.g. real scans, to train on synthetic images and test on real
+            ones) as a ``datasets.Dataset`` with ``image_column``: written to ``imagesTs/`` (cases
+            ``{case_prefix}_test_{row}``) and, when it has label maps, ``labelsTs/`` in the same coding.
+        test_label_column: the test set's label-map column (default ``label_column``; None when it has none).
 
     Returns:
         The dataset folder ``folder/DatasetXXX_Name``.
@@ -251,7 +281,8 @@ def export_nnunet(
 
     from .. import __version__
 
-    target = check_nnunet_target(folder, dataset_id, dataset_name, overwrite=overwrite, inputs=_dataset_dirs(dataset))
+    inputs = _dataset_dirs(dataset) + (_dataset_dirs(test_dataset) if test_dataset is not None else [])
+    target = check_nnunet_target(folder, dataset_id, dataset_name, overwrite=overwrite, inputs=inputs)
     if not isinstance(case_prefix, str) or not _NAME_RE.match(case_prefix):
         raise ValueError(f"`case_prefix` must be letters, digits, '_' or '-', got {case_prefix!r}")
     if not isinstance(channel_name, str) or not channel_name.strip():
@@ -263,16 +294,32 @@ def export_nnunet(
     num_rows = len(dataset)
     if num_rows == 0:
         raise ValueError("`dataset` is empty: nnU-Net needs at least one training case")
-    raw = dataset
-    for column in (image_column, label_column):
-        if isinstance(raw.features[column], hf_datasets.Image):
-            raw = raw.cast_column(column, hf_datasets.Image(decode=False))
+    def undecoded(data, cols):
+        for column in cols:
+            if isinstance(data.features[column], hf_datasets.Image):
+                data = data.cast_column(column, hf_datasets.Image(decode=False))
+        return data
+
+    raw = undecoded(dataset, (image_column, label_column))
+    test_raw, test_labels = None, None
+    if test_dataset is not None:
+        test_columns = list(getattr(test_dataset, "column_names", []) or [])
+        if image_column not in test_columns:
+            raise ValueError(f"`test_dataset` has no image column {image_column!r} (columns: {test_columns})")
+        test_labels = test_label_column or (label_column if label_column in test_columns else None)
+        if test_labels is not None and test_labels not in test_columns:
+            raise ValueError(f"`test_label_column` {test_labels!r} is not a column of `test_dataset` ({test_columns})")
+        if len(test_dataset) == 0:
+            raise ValueError("`test_dataset` is empty")
+        test_raw = undecoded(test_dataset, [image_column] + ([test_labels] if test_labels else []))
 
     if label_names is None:  # one pass over the label maps to count the classes
         high = 0
-        for row in raw.select_columns([label_column]):
-            image, _ = _open(row[label_column], "label map")
-            high = max(high, int(np.asarray(image).max()))
+        sources = [(raw, label_column)] + ([(test_raw, test_labels)] if test_labels else [])
+        for data, column in sources:
+            for row in data.select_columns([column]):
+                image, _ = _open(row[column], "label map")
+                high = max(high, int(np.asarray(image).max()))
         names = resolve_label_names(None, max(high + 1, 2))
     else:
         names = resolve_label_names(label_names)
@@ -287,7 +334,7 @@ def export_nnunet(
         sizes = set()
         with open(tmp / "cases.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["case", "row", *meta_columns])
+            writer.writerow(["case", "split", "row", *meta_columns])
             for i, row in enumerate(raw):
                 case = f"{case_prefix}_{i:0{width}d}"
                 image_png, size = _image_png(row[image_column], f"image of row {i}")
@@ -297,7 +344,22 @@ def export_nnunet(
                 sizes.add(tuple(size))
                 (tmp / "imagesTr" / f"{case}_0000.png").write_bytes(image_png)
                 (tmp / "labelsTr" / f"{case}.png").write_bytes(label_png)
-                writer.writerow([case, i, *(row[c] for c in meta_columns)])
+                writer.writerow([case, "train", i, *(row[c] for c in meta_columns)])
+            if test_raw is not None:
+                (tmp / "imagesTs").mkdir()
+                if test_labels:
+                    (tmp / "labelsTs").mkdir()
+                test_width = max(4, len(str(len(test_raw) - 1)))
+                for i, row in enumerate(test_raw):
+                    case = f"{case_prefix}_test_{i:0{test_width}d}"
+                    image_png, size = _image_png(row[image_column], f"image of test row {i}")
+                    (tmp / "imagesTs" / f"{case}_0000.png").write_bytes(image_png)
+                    if test_labels:
+                        label_png, label = _label_png(row[test_labels], f"label map of test row {i}", num_classes)
+                        if tuple(label.shape) != tuple(size):
+                            raise ValueError(f"test row {i}: image {size} and label map {label.shape} differ in size")
+                        (tmp / "labelsTs" / f"{case}.png").write_bytes(label_png)
+                    writer.writerow([case, "test", i, *(row.get(c, "") for c in meta_columns)])
         size_text = ", ".join("x".join(str(v) for v in s) for s in sorted(sizes))
         text = description or (
             f"{num_rows} labelled ultrasound images ({size_text} px) exported by ultrasound-diffusers {__version__}"
@@ -307,6 +369,7 @@ def export_nnunet(
             "channel_names": {"0": channel_name},
             "labels": labels,
             "numTraining": num_rows,
+            **({"numTest": len(test_raw)} if test_raw is not None else {}),
             "file_ending": ".png",
             "overwrite_image_reader_writer": "NaturalImage2DIO",
             "name": dataset_name,
