@@ -147,16 +147,16 @@ def test_cli_generate_export_nnunet(saved, tmp_path, capsys):
 def test_held_out_cases_go_to_images_ts_and_labels_ts(phantoms, tmp_path):
     """Train on one set, test on another (e.g. real scans): imagesTs / labelsTs in the same coding, marked in
     cases.csv; the class count covers both sets."""
-    from ultrasound_diffusers.data.nnunet import test_cases_dataset
+    from ultrasound_diffusers.data.nnunet import held_out_cases_dataset
 
-    held_out = test_cases_dataset("phantoms:echo:3:4242", max_images=3)
+    held_out = held_out_cases_dataset("phantoms:echo:3:4242", max_images=3)
     assert held_out.column_names == ["image", "label"] and len(held_out) == 3
     out = export_nnunet(phantoms, tmp_path / "raw", 43, "EchoSynthToReal", label_names="echo", test_dataset=held_out)
     assert sorted(p.name for p in (out / "imagesTs").iterdir()) == [f"case_test_{i:04d}_0000.png" for i in range(3)]
     assert sorted(p.name for p in (out / "labelsTs").iterdir()) == [f"case_test_{i:04d}.png" for i in range(3)]
     meta = json.loads((out / "dataset.json").read_text())
     assert (meta["numTraining"], meta["numTest"]) == (5, 3)
-    reference = test_cases_dataset("phantoms:echo:3:4242")
+    reference = held_out_cases_dataset("phantoms:echo:3:4242")
     for i in range(3):
         np.testing.assert_array_equal(_read(out / "imagesTs" / f"case_test_{i:04d}_0000.png")[1],
                                       np.asarray(reference[i]["image"]))

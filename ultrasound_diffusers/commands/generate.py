@@ -136,9 +136,9 @@ def run(args) -> int:
                             argument="--nnunet_dir")
         nnunet_test = None
         if args.nnunet_test is not None:  # read (and check) the held-out set before generating anything
-            from ..data.nnunet import test_cases_dataset
+            from ..data.nnunet import held_out_cases_dataset
 
-            nnunet_test = test_cases_dataset(args.nnunet_test, split=args.nnunet_test_split)
+            nnunet_test = held_out_cases_dataset(args.nnunet_test, split=args.nnunet_test_split)
     elif args.nnunet_test is not None:
         raise ValueError("--nnunet_test goes with --export nnunet")
     pipeline = DiffusionPipeline.from_pretrained(args.pipeline, torch_dtype=getattr(torch, args.dtype))

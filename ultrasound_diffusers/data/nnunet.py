@@ -206,7 +206,7 @@ def _label_png(value: Any, what: str, num_classes: int):
     return buffer.getvalue(), array
 
 
-def test_cases_dataset(source: Any, split: Optional[str] = None, max_images: Optional[int] = None):
+def held_out_cases_dataset(source: Any, split: Optional[str] = None, max_images: Optional[int] = None):
     """Held-out cases for :func:`export_nnunet` (``test_dataset``) from any image-set source of ``evaluate``: a
     saved dataset, a Hub dataset, an ``images/`` + ``labels/`` folder, an array or ``phantoms:ANATOMY:N[:SEED]``
     (:func:`ultrasound_diffusers.evaluation.io.load_image_set`, label maps found automatically). Returns a
