@@ -139,7 +139,7 @@ def guidance_step_sizes(
 
 
 def _gain_terms(operator, method: str, image_shape, device, dtype):
-    """``(operator, S, W, ||A||^2)`` for :func:`_dps_terms`: the measurement noise variance ``S`` of images of
+    """``(S, W, ||A||^2)`` for :func:`_dps_terms`: the measurement noise variance ``S`` of images of
     ``image_shape``, the relative noise weights ``W`` (1 for the least noisy measurement) and, for DPS with an
     operator that has no cheap gram matrix, the squared operator norm (else 1)."""
     noise_var = operator.noise_std_map(image_shape, device=device, dtype=dtype) ** 2
@@ -147,7 +147,7 @@ def _gain_terms(operator, method: str, image_shape, device, dtype):
     lipschitz = 1.0
     if method == "dps" and not operator.has_projection:
         lipschitz = max(operator.lipschitz(image_shape, device=device, dtype=dtype), 1e-12)
-    return operator, noise_var, weights, lipschitz
+    return noise_var, weights, lipschitz
 
 
 def _dps_terms(operator, noise_var, weights, lipschitz, prior_var, a_t, a_prev, step_size):
@@ -457,7 +457,7 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
             guided = method == "dps" and step_sizes[i] > 0
             prior_var = (1.0 - a_t).clamp(min=MIN_PRIOR_VAR).expand(image_shape)
             precondition, step_scale = (
-                _dps_terms(*gain_terms, prior_var, a_t, a_prev, step_sizes[i]) if guided else (None, None)
+                _dps_terms(operator, *gain_terms, prior_var, a_t, a_prev, step_sizes[i]) if guided else (None, None)
             )
 
             x_t = latents.detach()

@@ -512,14 +512,11 @@ def export_space(
     from .pipelines.hub import CARD_NAME, license_metadata, read_card_metadata
     from .pipelines.loading import wheel_filename
     from .utils.io import atomic_write_text, check_output_dir, replace_directory
-    from .utils.packaging import build_wheel, source_root
+    from .utils.packaging import build_wheel, require_source_root
 
     if not isinstance(title, str) or not title.strip():
         raise ValueError(f"`title` must be a non-empty string, got {title!r}")
-    root = source_root()
-    if root is None:
-        raise ValueError("export_space builds the package wheel and needs the source folder: install the package "
-                         "from its source (`pip install -e ./ultrasound-diffusers`) and run it there")
+    root = require_source_root()  # before any work: the wheel is built from it
     target = check_output_dir(output_dir, "space", inputs=[pipeline if isinstance(pipeline, (str, os.PathLike)) else None],
                               overwrite=overwrite, argument="--export_space")
     pipe = load_pipeline(pipeline)
@@ -532,7 +529,9 @@ def export_space(
         source_card, source = Path(pipeline) / CARD_NAME, f"from `{Path(pipeline).name}`"
     else:
         source = f"from `{pipeline}`" if isinstance(pipeline, str) else "a pipeline object"
-    card_meta = read_card_metadata(source_card) if source_card is not None and source_card.is_file() else {}
+    if source_card is not None and not source_card.is_file():
+        source_card = None
+    card_meta = read_card_metadata(source_card) if source_card is not None else {}
     license_fields = license_metadata(card_meta.get("license"), card_meta.get("license_name"),
                                       card_meta.get("license_link"), default_link="pipeline/README.md")
     try:
@@ -548,7 +547,7 @@ def export_space(
         if built.name != wheel:
             raise RuntimeError(f"the wheel built is {built.name}, expected {wheel}")
         pipe.save_pretrained(folder / "pipeline")
-        if source_card is not None and source_card.is_file():
+        if source_card is not None:
             shutil.copyfile(source_card, folder / "pipeline" / CARD_NAME)
         atomic_write_text(folder / "app.py", SPACE_APP)
         atomic_write_text(folder / "requirements.txt", f"--extra-index-url {SPACE_TORCH_INDEX}\n./{wheel}\n")

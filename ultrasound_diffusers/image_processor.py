@@ -57,6 +57,20 @@ def _pil_to_array(image, where: str) -> np.ndarray:
     return np.asarray(image)
 
 
+def check_whole_values(values: Any, where: str = "label map") -> None:
+    """The acceptance rule for float label maps: finite whole numbers only. ``values`` is a numpy array or a torch
+    tensor (checked where it lives, on any device). Raises ValueError naming ``where``."""
+    if hasattr(values, "isfinite"):  # a torch tensor
+        finite, whole = bool(values.isfinite().all()), bool((values == values.round()).all())
+    else:
+        finite = bool(np.all(np.isfinite(values)))
+        whole = finite and bool(np.array_equal(values, np.round(values)))
+    if not finite:
+        raise ValueError(f"{where} holds NaN or infinite values; label maps hold integer class indices")
+    if not whole:
+        raise ValueError(f"{where} holds non-integer values; label maps hold integer class indices")
+
+
 def to_label_array(value: Any, where: str = "label map") -> np.ndarray:
     """One label map as an int64 array ``[H, W]`` of class indices >= 0 (see the module's acceptance rule).
 
@@ -85,10 +99,7 @@ def to_label_array(value: Any, where: str = "label map") -> np.ndarray:
     if array.dtype == np.bool_:
         return array.astype(np.int64)
     if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"{where} holds NaN or infinite values; label maps hold integer class indices")
-        if not np.array_equal(array, np.round(array)):
-            raise ValueError(f"{where} holds non-integer values; label maps hold integer class indices")
+        check_whole_values(array, where)
     elif not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{where} must hold integer class indices, got dtype {array.dtype}")
     if array.size and array.min() < 0:

@@ -60,7 +60,8 @@ def resolve_phantom_image(spec: Optional[str], pipe=None, index: int = 0) -> Opt
 
     if not isinstance(index, int) or isinstance(index, bool) or index < 0:
         raise ValueError(f"`image_index` must be a non-negative integer, got {index!r}")
-    anatomy = phantom_anatomy(pipe) if pipe is not None else "echo"
+    if spec is None or spec == "phantom" or spec.startswith("phantom:"):
+        anatomy = phantom_anatomy(pipe) if pipe is not None else "echo"
     if spec is None:
         return anatomy, HELD_OUT_SEED, index
     if spec == "phantom" or spec.startswith("phantom:"):

@@ -206,6 +206,20 @@ def _label_png(value: Any, what: str, num_classes: int):
     return buffer.getvalue(), array
 
 
+def _write_case(images_dir: Path, labels_dir: Path, case: str, image: Any, label: Any, what: str,
+                num_classes: int):
+    """Write one case: ``images_dir/{case}_0000.png`` and, unless ``label`` is None, ``labels_dir/{case}.png``
+    (same size as the image). Returns the image size (H, W)."""
+    image_png, size = _image_png(image, f"image of {what}")
+    if label is not None:
+        label_png, label_map = _label_png(label, f"label map of {what}", num_classes)
+        if tuple(label_map.shape) != tuple(size):
+            raise ValueError(f"{what}: image {size} and label map {label_map.shape} differ in size")
+        (labels_dir / f"{case}.png").write_bytes(label_png)
+    (images_dir / f"{case}_0000.png").write_bytes(image_png)
+    return tuple(size)
+
+
 def held_out_cases_dataset(source: Any, split: Optional[str] = None, max_images: Optional[int] = None):
     """Held-out cases for :func:`export_nnunet` (``test_dataset``) from any image-set source of ``evaluate``: a
     saved dataset, a Hub dataset, an ``images/`` + ``labels/`` folder, an array or ``phantoms:ANATOMY:N[:SEED]``
@@ -337,13 +351,8 @@ def export_nnunet(
             writer.writerow(["case", "split", "row", *meta_columns])
             for i, row in enumerate(raw):
                 case = f"{case_prefix}_{i:0{width}d}"
-                image_png, size = _image_png(row[image_column], f"image of row {i}")
-                label_png, label = _label_png(row[label_column], f"label map of row {i}", num_classes)
-                if tuple(label.shape) != tuple(size):
-                    raise ValueError(f"row {i}: image {size} and label map {label.shape} differ in size")
-                sizes.add(tuple(size))
-                (tmp / "imagesTr" / f"{case}_0000.png").write_bytes(image_png)
-                (tmp / "labelsTr" / f"{case}.png").write_bytes(label_png)
+                sizes.add(_write_case(tmp / "imagesTr", tmp / "labelsTr", case, row[image_column], row[label_column],
+                                      f"row {i}", num_classes))
                 writer.writerow([case, "train", i, *(row[c] for c in meta_columns)])
             if test_raw is not None:
                 (tmp / "imagesTs").mkdir()
@@ -352,13 +361,8 @@ def export_nnunet(
                 test_width = max(4, len(str(len(test_raw) - 1)))
                 for i, row in enumerate(test_raw):
                     case = f"{case_prefix}_test_{i:0{test_width}d}"
-                    image_png, size = _image_png(row[image_column], f"image of test row {i}")
-                    (tmp / "imagesTs" / f"{case}_0000.png").write_bytes(image_png)
-                    if test_labels:
-                        label_png, label = _label_png(row[test_labels], f"label map of test row {i}", num_classes)
-                        if tuple(label.shape) != tuple(size):
-                            raise ValueError(f"test row {i}: image {size} and label map {label.shape} differ in size")
-                        (tmp / "labelsTs" / f"{case}.png").write_bytes(label_png)
+                    _write_case(tmp / "imagesTs", tmp / "labelsTs", case, row[image_column],
+                                row[test_labels] if test_labels else None, f"test row {i}", num_classes)
                     writer.writerow([case, "test", i, *(row.get(c, "") for c in meta_columns)])
         size_text = ", ".join("x".join(str(v) for v in s) for s in sorted(sizes))
         text = description or (

@@ -154,10 +154,9 @@ def prepare_segmap(
     if segmap.is_floating_point() and (segmap.ndim == 3 or (segmap.ndim == 4 and segmap.shape[1] == 1 != num_classes)):
         # a float map of labels ([B, H, W] or [B, 1, H, W], never a one-hot layout): the package's one acceptance
         # rule, whole values only (as every other entry point reads such maps)
-        if not bool(torch.isfinite(segmap).all()):
-            raise ValueError("`segmap` label map holds NaN or infinite values")
-        if not bool((segmap == segmap.round()).all()):
-            raise ValueError("`segmap` label map holds non-integer values; expected integer class indices")
+        from ..image_processor import check_whole_values
+
+        check_whole_values(segmap, "`segmap` label map")
         segmap = segmap.long()
     if segmap.dtype == torch.bool or not (segmap.is_floating_point() or segmap.dtype.is_complex):
         # integer labels

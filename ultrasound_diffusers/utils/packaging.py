@@ -30,6 +30,15 @@ def source_root() -> Optional[Path]:
     return root if (root / "setup.cfg").is_file() and all((root / d).is_dir() for d in SOURCE_DIRS) else None
 
 
+def require_source_root() -> Path:
+    """:func:`source_root`, or a ValueError that says how to get one (the package was installed from a wheel)."""
+    root = source_root()
+    if root is None:
+        raise ValueError("building the wheel needs the package's source folder: install the package from its "
+                         "source (`pip install -e ./ultrasound-diffusers`) and run it there")
+    return root
+
+
 def wheel_builder(env: Optional[Mapping[str, str]] = None) -> Optional[str]:
     """An interpreter whose setuptools builds wheels offline (setuptools >= 70.1 has ``bdist_wheel``, older ones
     need the ``wheel`` package): this one, else the one this virtual environment was made from (a venv made with
@@ -51,10 +60,9 @@ def build_wheel(output_dir: Union[str, os.PathLike], root: Optional[Union[str, o
         ValueError: no source folder (the package was installed from a wheel).
         RuntimeError: no interpreter here can build a wheel offline, or the build failed (with pip's message).
     """
-    root = Path(root) if root is not None else source_root()
-    if root is None or not (root / "setup.cfg").is_file():
-        raise ValueError("building the wheel needs the package's source folder: install the package from its "
-                         "source (`pip install -e ./ultrasound-diffusers`) and run it there")
+    root = Path(root) if root is not None else require_source_root()
+    if not (root / "setup.cfg").is_file():
+        raise ValueError(f"building the wheel needs the package's source folder; {root} has no setup.cfg")
     python = wheel_builder(env)
     if python is None:
         raise RuntimeError("no interpreter here can build a wheel offline: install `wheel` or setuptools >= 70.1")
