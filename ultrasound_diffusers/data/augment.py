@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 import numpy as np
 import scipy.ndimage
 
+from ..utils.lazy import import_optional
 from .labels import apply_fan
 
 
@@ -60,8 +61,8 @@ class LabelAugmentation:
 
 
 def _affine_transform(params: LabelAugmentation, seed: int):
-    import albumentations as A
-    import cv2
+    A = import_optional("albumentations", "label-map augmentation")
+    cv2 = import_optional("cv2", "label-map augmentation", extra="augment")
 
     tx, ty = params.translate
     return A.Compose(

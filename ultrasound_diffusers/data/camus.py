@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..utils.lazy import import_optional
 from .augment import LabelAugmentation, augment_label_map
 from .converters import detect_scan_area, encode_png, make_dataset_dict, parse_size, report_bad_file, resize
 from .failures import FailureLog
@@ -82,7 +83,7 @@ def _find_existing(base: Path, stem: str, suffixes: Sequence[str]) -> Optional[P
 
 def _read_nifti(path: Path) -> Tuple[np.ndarray, Tuple[float, float]]:
     """[H, W] or [H, W, T] array in picture orientation, and the (x, y) spacing in mm."""
-    import nibabel as nib
+    nib = import_optional("nibabel", "reading CAMUS NIfTI files")
 
     img = nib.load(str(path))
     arr = np.asarray(img.dataobj)
@@ -99,7 +100,7 @@ def _read_nifti(path: Path) -> Tuple[np.ndarray, Tuple[float, float]]:
 
 
 def _read_mhd(path: Path) -> Tuple[np.ndarray, Tuple[float, float]]:
-    import SimpleITK as sitk
+    sitk = import_optional("SimpleITK", "reading CAMUS .mhd files")
 
     img = sitk.ReadImage(str(path))
     arr = sitk.GetArrayFromImage(img)  # [T, H, W] or [H, W]

@@ -24,6 +24,7 @@ import scipy.ndimage as ndi
 
 from ..image_processor import parse_size as _parse_size
 from ..image_processor import resize_label_map
+from ..utils.lazy import import_optional
 
 SPLITS = ("train", "validation", "test")
 
@@ -115,7 +116,7 @@ def _disk(radius: int) -> np.ndarray:
 
 def convex_hull_mask(mask: np.ndarray) -> np.ndarray:
     """Filled convex hull of the True pixels of a bool [H, W] mask."""
-    import cv2
+    cv2 = import_optional("cv2", "convex_hull_mask (scan-area detection of the converters)")
 
     pts = np.argwhere(mask)[:, ::-1].astype(np.int32)
     out = np.zeros(mask.shape, dtype=np.uint8)

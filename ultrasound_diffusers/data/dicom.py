@@ -54,6 +54,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import scipy.ndimage as ndi
 
+from ..utils.lazy import import_optional
 from .converters import (
     ConversionWarning,
     assign_splits,
@@ -145,7 +146,7 @@ def dicom_features():
 
 def dicom_frames_to_gray(ds) -> np.ndarray:
     """Decoded frames of a pydicom dataset as float32 grayscale [T, H, W] in 0-255."""
-    from pydicom.pixels import apply_color_lut
+    apply_color_lut = import_optional("pydicom.pixels", "reading DICOM files").apply_color_lut
 
     arr = ds.pixel_array
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -210,7 +211,7 @@ def ultrasound_region(ds, height: int, width: int) -> Tuple[Optional[Tuple[int, 
 def _opening(mask: np.ndarray, radius: int) -> np.ndarray:
     if radius <= 0:
         return mask
-    import cv2
+    cv2 = import_optional("cv2", "the DICOM scan-area detection", extra="dicom")
 
     se = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, se, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
@@ -517,8 +518,8 @@ def convert_dicom(
         ``datasets.DatasetDict`` with ``image`` (grayscale, zero outside the scan area), ``scan_area``
         (uint8 mask: 1 inside) and technical metadata; with ``return_report`` a tuple (DatasetDict, report).
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    pydicom = import_optional("pydicom", "convert_dicom")
+    InvalidDicomError = import_optional("pydicom.errors", "convert_dicom").InvalidDicomError
     from tqdm.auto import tqdm
 
     if int(frame_step) < 1:

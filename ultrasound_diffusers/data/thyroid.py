@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..utils.lazy import import_optional
 from .converters import assign_splits, encode_png, find_files, make_dataset_dict, parse_size, report_bad_file, resize, to_uint8
 from .failures import FailureLog
 from .labels import NUM_THYROID_CLASSES, SEGTHY_TO_THYROID, remap_labels
@@ -125,7 +126,7 @@ def convert_thyroid(
     Returns:
         ``datasets.DatasetDict`` with ``image``, ``label``, ``volume``, ``slice_index``, ``axis``.
     """
-    import nibabel as nib
+    nib = import_optional("nibabel", "convert_thyroid (NIfTI volumes)")
     from tqdm.auto import tqdm
 
     if input_dir is None and image_dir is None:

@@ -19,3 +19,40 @@ def lazy_module_getattr(package: str, modules: Mapping[str, Iterable[str]]) -> C
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+#: The optional dependencies of the package by import name: (the pip distribution, the extra that installs it).
+OPTIONAL_IMPORTS = {
+    "pydicom": ("pydicom", "dicom"),
+    "nibabel": ("nibabel", "nifti"),
+    "SimpleITK": ("SimpleITK", "nifti"),
+    "cv2": ("opencv-python-headless", "converters"),
+    "albumentations": ("albumentations", "augment"),
+}
+
+
+def import_optional(module: str, purpose: str, extra: str | None = None) -> Any:
+    """``importlib.import_module(module)``, or an ImportError that names the extra installing it.
+
+    Args:
+        module: a module of an optional dependency (``"pydicom"``, ``"pydicom.pixels"``, ``"cv2"``, ...); its
+            top-level name must be a key of :data:`OPTIONAL_IMPORTS` unless ``extra`` is given.
+        purpose: what needs it, for the message (``"reading DICOM files"``).
+        extra: the extra to name (default: the one :data:`OPTIONAL_IMPORTS` lists for the top-level name).
+
+    Raises:
+        ImportError: e.g. ``reading DICOM files needs `pydicom`, which is not installed: pip install
+            "ultrasound-diffusers[dicom]"``.
+    """
+    top = module.split(".")[0]
+    distribution, default_extra = OPTIONAL_IMPORTS.get(top, (top, None))
+    extra = extra or default_extra
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        if extra is None:
+            raise
+        raise ImportError(
+            f"{purpose} needs `{distribution}` (import {top}), which is not installed: "
+            f'pip install "ultrasound-diffusers[{extra}]" (or pip install {distribution}). ({error})'
+        ) from error
