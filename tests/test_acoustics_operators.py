@@ -249,7 +249,7 @@ def test_gcnr_cnr_fwhm():
 
 # ------------------------------------------------------------------------------------------------ make_operator / CLI
 def test_make_operator_channels_and_measure():
-    from ultrasound_diffusers.operators import make_operator
+    from ultrasound_diffusers.operator_registry import make_operator
     from ultrasound_diffusers.schedulers import BMapAttenuationScheduler
 
     scheduler = BMapAttenuationScheduler(probe_geometry="convex")

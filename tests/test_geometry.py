@@ -100,7 +100,8 @@ def test_one_validation_rule_everywhere(kwargs, match):
 
 def test_phantoms_scheduler_and_operators_share_the_fan():
     from ultrasound_diffusers.data.phantoms import ProbeGeometry, make_phantom
-    from ultrasound_diffusers.operators import MissingScanLines, make_operator
+    from ultrasound_diffusers.operator_registry import make_operator
+    from ultrasound_diffusers.operators import MissingScanLines
     from ultrasound_diffusers.schedulers import BMapAttenuationScheduler
 
     sched = BMapAttenuationScheduler.from_preset("camus-sdm")

@@ -12,10 +12,10 @@ from ultrasound_diffusers.operators import (
     FunctionOperator,
     Mask,
     MissingScanLines,
-    make_operator,
     harmonic_inpainting,
     shadow_mask,
 )
+from ultrasound_diffusers.operator_registry import OPERATOR_BUILDERS, OPERATOR_SPECS, make_operator, operator_kinds
 from ultrasound_diffusers.schedulers.bmaps import fan_mask
 from ultrasound_diffusers.schedulers.scheduling_bmap_attenuation import BMapAttenuationScheduler
 
@@ -304,3 +304,15 @@ def test_operators_take_the_probe_as_one_fan_geometry():
         MissingScanLines(4, fan_apx=(0.5, 0.0))
     with pytest.raises(ValueError, match="not both"):
         DepthAttenuation(geometry=fan, fan_radii=(0.0, 1.0))
+
+
+def test_operator_registry_rows_and_aliases():
+    """Every row of the text table builds its operator, its aliases name the same kind, unknown kinds list the table."""
+    kinds = operator_kinds()
+    assert kinds["lines"] == kinds["sparse"] == "missing_lines" and kinds["area"] == "downsample"
+    assert set(OPERATOR_SPECS) == {row.usage for row in OPERATOR_BUILDERS.values()}
+    assert isinstance(make_operator("sparse:3"), MissingScanLines) and make_operator("area:2x1").factor == (2, 1)
+    with pytest.raises(ValueError, match="missing_lines:K"):
+        make_operator("nope")
+    with pytest.raises(ValueError, match="bad operator spec"):
+        make_operator("downsample:2x2x2")

@@ -35,8 +35,9 @@ _LAZY = {
     ),
     ".generation": ("generate_dataset", "load_label_source"),  # generation at scale
     ".pipelines": ("UltrasoundReconstructionPipeline",),
+    ".operator_registry": ("make_operator",),  # forward models from their CLI text
     ".operators": (  # forward models of the reconstruction
-        "make_operator", "MissingScanLines", "AreaDownsample", "DepthAttenuation", "Mask", "FunctionOperator",
+        "MissingScanLines", "AreaDownsample", "DepthAttenuation", "Mask", "FunctionOperator",
     ),
     ".losses": ("hybrid_loss", "variational_bound_terms"),  # training losses
     ".visualization": ("plot_bmaps",),

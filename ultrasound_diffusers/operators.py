@@ -22,14 +22,15 @@ Operators:
 * :class:`Mask`: a region without signal (acoustic shadows) to inpaint.
 * :class:`FunctionOperator`: any differentiable user function.
 
-:func:`make_operator` builds one from a short text such as ``"missing_lines:4"`` (used by the CLI).
+:func:`ultrasound_diffusers.operator_registry.make_operator` builds one from a short text such as
+``"missing_lines:4"`` (used by the CLI); the table of those texts lives there, above this module and
+:mod:`ultrasound_diffusers.acoustics`, so that neither imports the other back.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -48,7 +49,9 @@ __all__ = [
     "MissingScanLines",
     "PixelSubsampling",
     "harmonic_inpainting",
-    "make_operator",
+    "check_image",
+    "image_size",
+    "jtj_power_iteration",
     "shadow_mask",
 ]
 
@@ -58,8 +61,8 @@ _TINY = 1e-20
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _size(size: SizeLike) -> Tuple[int, int]:
-    """(H, W) from an int, (H, W) or a full shape [..., H, W]."""
+def image_size(size: SizeLike) -> Tuple[int, int]:
+    """(H, W) from an int, (H, W) or a full shape [..., H, W] (positive ints; ValueError naming `size` otherwise)."""
     if isinstance(size, int):
         return int(size), int(size)
     size = tuple(int(s) for s in size)
@@ -71,7 +74,8 @@ def _size(size: SizeLike) -> Tuple[int, int]:
     return h, w
 
 
-def _check_image(x: torch.Tensor, name: str = "x") -> None:
+def check_image(x: torch.Tensor, name: str = "x") -> None:
+    """Refuse anything but a 4-D tensor [B, C, H, W] (ValueError naming `name`)."""
     if not torch.is_tensor(x) or x.dim() != 4:
         shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
         raise ValueError(f"`{name}` must be a float tensor [B, C, H, W], got {shape}")
@@ -243,7 +247,7 @@ class ForwardOperator:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Noise-free measurements ``A(x)`` (differentiable) of images ``x`` [B, C, H, W]."""
-        _check_image(x)
+        check_image(x)
         return self.forward(x)
 
     def measurement_shape(self, image_shape: Sequence[int], device=None, dtype=torch.float32) -> Tuple[int, ...]:
@@ -315,7 +319,7 @@ class ForwardOperator:
         Returns:
             float tensor [B, C, H, W].
         """
-        _check_image(x)
+        check_image(x)
         if not self.has_projection:
             raise NotImplementedError(f"{type(self).__name__} has no cheap data-consistency projection")
         residual = y - self(x)
@@ -392,12 +396,12 @@ class PixelSubsampling(LinearOperator):
         n = int(self.mask(size).sum())
         if y.dim() != 3 or y.shape[-1] != n:
             raise ValueError(
-                f"measurements of {type(self).__name__} for {_size(size)} images must have shape [B, C, {n}], "
+                f"measurements of {type(self).__name__} for {image_size(size)} images must have shape [B, C, {n}], "
                 f"got {tuple(y.shape)}"
             )
 
     def transpose(self, y: torch.Tensor, size: SizeLike) -> torch.Tensor:
-        h, w = _size(size)
+        h, w = image_size(size)
         self._check_measurements(y, (h, w))
         idx = self._index((h, w), y.device)
         out = y.new_zeros(y.shape[:-1] + (h * w,))
@@ -417,7 +421,7 @@ class PixelSubsampling(LinearOperator):
 
     def baseline(self, y: torch.Tensor, size: SizeLike) -> torch.Tensor:
         """Membrane (harmonic) interpolation of the measured pixels, see :func:`harmonic_inpainting`."""
-        h, w = _size(size)
+        h, w = image_size(size)
         return harmonic_inpainting(self.transpose(y, (h, w)), self.mask((h, w))).clamp(-1, 1)
 
 
@@ -453,7 +457,7 @@ class Mask(PixelSubsampling):
         return cls(~r, noise_std=noise_std)
 
     def mask(self, size: SizeLike) -> torch.Tensor:
-        h, w = _size(size)
+        h, w = image_size(size)
         if (h, w) != tuple(self._mask.shape):
             raise ValueError(f"this Mask is {tuple(self._mask.shape)} but the images are {(h, w)}")
         return self._mask
@@ -526,7 +530,7 @@ class MissingScanLines(_ProbeAttributes, PixelSubsampling):
 
     def fraction_measured(self, size: SizeLike) -> float:
         """Fraction of the imaged pixels (inside the fan for a convex probe) that are measured."""
-        inside, _, kept = self._beams(*_size(size))
+        inside, _, kept = self._beams(*image_size(size))
         return float(kept[inside].float().mean())
 
     def _beams(self, h: int, w: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -554,7 +558,7 @@ class MissingScanLines(_ProbeAttributes, PixelSubsampling):
         return self._cache[key]
 
     def mask(self, size: SizeLike) -> torch.Tensor:
-        h, w = _size(size)
+        h, w = image_size(size)
         return self._beams(h, w)[2]
 
     def _columns(self, w: int, device=None) -> torch.Tensor:
@@ -568,7 +572,7 @@ class MissingScanLines(_ProbeAttributes, PixelSubsampling):
         return super().forward(x)
 
     def transpose(self, y: torch.Tensor, size: SizeLike) -> torch.Tensor:
-        h, w = _size(size)
+        h, w = image_size(size)
         if self.probe_geometry != "linear":
             return super().transpose(y, (h, w))
         cols = self._columns(w, y.device)
@@ -583,7 +587,7 @@ class MissingScanLines(_ProbeAttributes, PixelSubsampling):
     def baseline(self, y: torch.Tensor, size: SizeLike) -> torch.Tensor:
         """Linear interpolation across scan lines: along each row between kept columns (linear probe), or
         across beams in the fan's polar coordinates (convex probe)."""
-        h, w = _size(size)
+        h, w = image_size(size)
         if self.probe_geometry == "linear":
             full = self.transpose(y, (h, w))
             cols = self._columns(w)
@@ -666,7 +670,7 @@ def shadow_mask(
     CAMUS fan; a linear probe by default, as every operator built directly; ``make_operator("mask:shadow", scheduler=...)`` takes the
     scheduler's probe).
     """
-    h, w = _size(size)
+    h, w = image_size(size)
     probe = _probe("shadow_mask", geometry, probe_geometry, fan_keywords)
     depth, inside = probe.depth_map(h, w)
     lateral = probe.lateral_position(h, w)
@@ -714,7 +718,7 @@ class AreaDownsample(LinearOperator):
         return y.repeat_interleave(self.factor[0], dim=-2).repeat_interleave(self.factor[1], dim=-1)
 
     def transpose(self, y: torch.Tensor, size: SizeLike) -> torch.Tensor:
-        h, w = _size(size)
+        h, w = image_size(size)
         self._check_measurements(y, h, w)
         return self._upsample(y) / self.block
 
@@ -723,12 +727,12 @@ class AreaDownsample(LinearOperator):
 
     def baseline(self, y: torch.Tensor, size: SizeLike) -> torch.Tensor:
         """Bilinear interpolation of the block means to the full size."""
-        h, w = _size(size)
+        h, w = image_size(size)
         self._check_measurements(y, h, w)
         return F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False).clamp(-1, 1)
 
     def to_image(self, y: torch.Tensor, size: SizeLike) -> torch.Tensor:
-        h, w = _size(size)
+        h, w = image_size(size)
         self._check_measurements(y, h, w)
         return self._upsample(y)
 
@@ -790,13 +794,13 @@ class DepthAttenuation(_ProbeAttributes, LinearOperator):
 
     def loss_db(self, size: SizeLike) -> torch.Tensor:
         """Round-trip loss ``2 alpha f z`` in dB, float64 [H, W]."""
-        h, w = _size(size)
+        h, w = image_size(size)
         depth, _ = self.geometry.depth_map(h, w)
         return 2.0 * self.attenuation_db_cm_mhz * self.frequency_mhz * self.depth_cm * depth
 
     def gain(self, size: SizeLike, device=None, dtype=torch.float32) -> torch.Tensor:
         """Amplitude gain ``g(z)`` in (0, 1], [H, W]."""
-        h, w = _size(size)
+        h, w = image_size(size)
         if (h, w) not in self._cache:
             self._cache[(h, w)] = 10.0 ** (-self.loss_db((h, w)) / 20.0)
         return self._cache[(h, w)].to(device=device, dtype=dtype)
@@ -810,11 +814,11 @@ class DepthAttenuation(_ProbeAttributes, LinearOperator):
     def noise_std_map(self, image_shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
         std = torch.as_tensor(self.noise_std, dtype=dtype, device=device)
         if self.compensated:
-            return (std / self.gain(image_shape, device, dtype)).expand(1, 1, *_size(image_shape))
+            return (std / self.gain(image_shape, device, dtype)).expand(1, 1, *image_size(image_shape))
         return std
 
     def _check_measurements(self, y: torch.Tensor, size) -> None:
-        h, w = _size(size)
+        h, w = image_size(size)
         if y.dim() != 4 or tuple(y.shape[-2:]) != (h, w):
             raise ValueError(f"measurements of {self!r} for {(h, w)} images must be [B, C, {h}, {w}], got {tuple(y.shape)}")
 
@@ -897,7 +901,7 @@ class FunctionOperator(ForwardOperator):
         return self.transpose_fn is not None or self.is_linear
 
     def transpose(self, y: torch.Tensor, size: SizeLike) -> torch.Tensor:
-        h, w = _size(size)
+        h, w = image_size(size)
         if self.transpose_fn is not None:
             return self.transpose_fn(y, (h, w))
         if not self.is_linear:
@@ -913,7 +917,7 @@ class FunctionOperator(ForwardOperator):
 
     def baseline(self, y: torch.Tensor, size: SizeLike) -> torch.Tensor:
         """``baseline_fn`` if given, else a least-squares fit of ``fn(x) = y`` started from a grey image."""
-        h, w = _size(size)
+        h, w = image_size(size)
         if self.baseline_fn is not None:
             return self.baseline_fn(y, (h, w))
         channels = size[-3] if not isinstance(size, int) and len(size) >= 3 else 1
@@ -929,76 +933,3 @@ class FunctionOperator(ForwardOperator):
 
     def __repr__(self) -> str:
         return f"FunctionOperator({self.name!r}, linear={self.is_linear}, noise_std={self.noise_std})"
-
-
-# ------------------------------------------------------------------------------------------------ from text
-OPERATOR_SPECS = {
-    "missing_lines:K": "keep every K-th scan line (columns for a linear probe, beams of the fan for a convex one)",
-    "downsample:F or downsample:FHxFW": "area averaging over F x F (or FH x FW) blocks",
-    "attenuation[:ALPHA[:FREQ_MHZ[:DEPTH_CM]]]": "depth attenuation in dB/cm/MHz (defaults 0.5, 2.5 MHz, 15 cm)",
-    "attenuation_tgc[:...]": "the same after time-gain compensation (noise grows with depth)",
-    "mask:shadow or mask:FILE": "inpaint a rib shadow, or the region of a mask file (.npy / .png, nonzero = missing)",
-    "channels[:elements=K][:transmits=I,J|single][:snr=DB]": "channel I/Q data of a phased / linear array "
-    "(ultrasound_diffusers.acoustics): sparse receive aperture, fewer transmits, channel noise",
-}
-
-
-def make_operator(
-    spec: str, size: SizeLike = None, scheduler=None, noise_std: Optional[float] = None
-) -> ForwardOperator:
-    """Build an operator from a short text (see ``OPERATOR_SPECS``), with the probe geometry of ``scheduler``.
-
-    Args:
-        spec: e.g. ``"missing_lines:4"``, ``"downsample:4x1"``, ``"attenuation:0.5"``, ``"mask:shadow"``.
-        size: (H, W) of the images (needed for masks).
-        scheduler: a ``BMapAttenuationScheduler`` whose probe geometry the operator uses (linear otherwise).
-        noise_std: measurement noise (default 0; 0.02 for attenuation).
-    """
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"`spec` must be a text such as 'missing_lines:4', got {spec!r}")
-    kind, _, arg = spec.partition(":")
-    kind = kind.strip().lower()
-    geometry = _geometry_from_scheduler(scheduler)
-    noise = 0.0 if noise_std is None else float(noise_std)
-    try:
-        if kind in ("missing_lines", "lines", "sparse"):
-            return MissingScanLines(int(arg or 2), noise_std=noise, **geometry)
-        if kind in ("downsample", "area"):
-            parts = (arg or "4").lower().split("x")
-            factor = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
-            return AreaDownsample(factor, noise_std=noise)
-        if kind in ("attenuation", "attenuation_tgc"):
-            values = [float(v) for v in arg.split(":") if v] if arg else []
-            if len(values) > 3:
-                raise ValueError("at most ALPHA:FREQ_MHZ:DEPTH_CM")
-            keys = ("attenuation_db_cm_mhz", "frequency_mhz", "depth_cm")
-            return DepthAttenuation(
-                **dict(zip(keys, values)), noise_std=0.02 if noise_std is None else noise,
-                compensated=kind == "attenuation_tgc", **geometry,
-            )
-        if kind == "channels":
-            from .acoustics.simulation import operator_from_spec
-
-            return operator_from_spec(arg, size, scheduler=scheduler, noise_std=noise_std)
-        if kind == "mask":
-            if size is None:
-                raise ValueError("a mask operator needs the image `size`")
-            if arg in ("", "shadow"):
-                return Mask.from_region(shadow_mask(size, **geometry), noise_std=noise)
-            path = Path(arg)
-            if not path.is_file():
-                raise ValueError(f"mask file {path} does not exist")
-            if path.suffix.lower() == ".npy":
-                region = np.load(path, allow_pickle=False)
-            else:
-                from PIL import Image
-
-                with Image.open(path) as im:
-                    region = np.asarray(im.convert("L"))
-            region = np.squeeze(region) != 0
-            if region.shape != _size(size):
-                raise ValueError(f"mask file {path} is {region.shape}, the images are {_size(size)}")
-            return Mask.from_region(region, noise_std=noise)
-    except ValueError as error:
-        raise ValueError(f"bad operator spec {spec!r}: {error}") from error
-    raise ValueError(f"unknown operator {kind!r} in {spec!r}; expected one of {list(OPERATOR_SPECS)}")

@@ -180,7 +180,7 @@ def make_reconstruction_figure(truth, measured, baseline, reconstruction, uncert
 # ------------------------------------------------------------------------------------------------ runs
 def make_operator_for(spec: str, pipe, size, noise_std):
     """``make_operator(spec)`` with the probe of the pipeline's scheduler (a linear probe for diffusers' own)."""
-    from .operators import make_operator
+    from .operator_registry import make_operator
 
     return make_operator(spec, size=size, scheduler=pipe.scheduler, noise_std=noise_std)
 
@@ -226,6 +226,20 @@ def reconstruct_image(pipe, image, labels, operator, method="dps", num_samples=4
     }
 
 
+#: ``kind`` of the output-folder marker of ``ultrasound-diffusers reconstruct``.
+KIND = "reconstruct"
+
+
+def _check_noise_std(noise_std) -> None:
+    import math
+
+    if noise_std is None:
+        return
+    if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or not math.isfinite(noise_std) \
+            or noise_std < 0:
+        raise ValueError(f"`noise_std` (--noise_std) must be a finite number >= 0, got {noise_std!r}")
+
+
 def _metrics(result) -> dict:
     return {
         name: {"psnr": psnr(result["truth"], result[name]), "ssim": ssim(result["truth"], result[name])}
@@ -236,10 +250,12 @@ def _metrics(result) -> dict:
 def run_reconstruction(pipeline=None, image=None, labels=None, operator="missing_lines:4", noise_std=None,
                        method="dps", num_samples=4, num_inference_steps=50, guidance_step_size=1.0,
                        guidance_scale=1.0, seed=0, out="reconstruction_output", device="cpu", num_resample=0,
-                       image_index=0) -> dict:
+                       image_index=0, overwrite=False) -> dict:
     """Everything ``ultrasound-diffusers reconstruct`` does; returns the metrics dict (also in metrics.json).
 
-    ``image``: see :func:`load_image` (default: held-out phantom ``image_index``)."""
+    ``image``: see :func:`load_image` (default: held-out phantom ``image_index``). ``out`` follows the package's
+    output rule (:func:`~ultrasound_diffusers.utils.io.check_output_dir`, checked before any work): a folder
+    another command or the user wrote is replaced only with ``overwrite``, and the folder is written whole."""
     import io
     import json
     import time
@@ -248,9 +264,12 @@ def run_reconstruction(pipeline=None, image=None, labels=None, operator="missing
     import numpy as np
 
     from .pipelines.pipeline_utils import resolve_sample_size
-    from .utils.io import atomic_write_bytes, atomic_write_text
+    from .utils.io import check_output_dir, write_output_folder
     from .visualization import save_figure
 
+    inputs = [pipeline, image, labels]
+    check_output_dir(out, KIND, inputs=inputs, overwrite=overwrite)
+    _check_noise_std(noise_std)
     start = time.perf_counter()
     pipe = load_pipeline(pipeline, device)
     size = resolve_sample_size(pipe.unet.config.sample_size)
@@ -272,8 +291,6 @@ def run_reconstruction(pipeline=None, image=None, labels=None, operator="missing
         "mean_uncertainty": float(result["uncertainty"].mean()), "seconds": round(time.perf_counter() - start, 2),
         **{f"{k}_{m}": v[m] for k, v in metrics.items() for m in ("psnr", "ssim")},
     }
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     label = operator if isinstance(operator, str) else op.name
     if hasattr(op, "fraction_measured"):
         label += f" ({100 * op.fraction_measured(size):.0f} % of the {'beams' if op.probe_geometry == 'convex' else 'lines'})"
@@ -282,17 +299,21 @@ def run_reconstruction(pipeline=None, image=None, labels=None, operator="missing
     title = f"{description}: {label}, {method}, {num_samples} samples, {num_inference_steps} steps"
     fig = make_reconstruction_figure(result["truth"], result["measured"], result["baseline"], result["reconstruction"],
                                      result["uncertainty"], result["residuals"], std, title, metrics)
-    save_figure(fig, folder / "reconstruction.png")
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in result.items()})
-    atomic_write_bytes(folder / "reconstruction.npz", buffer.getvalue())
-    atomic_write_text(folder / "metrics.json", json.dumps(summary, indent=2) + "\n")
+
+    def build(folder: Path) -> None:
+        save_figure(fig, folder / "reconstruction.png")
+        (folder / "reconstruction.npz").write_bytes(buffer.getvalue())
+        (folder / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+    write_output_folder(build, out, KIND, inputs=inputs, overwrite=overwrite)
     return summary
 
 
 def run_benchmark(pipeline=None, keep_every=(2, 4, 8), num_images=4, method="dps", num_samples=1,
                   num_inference_steps=50, guidance_step_size=1.0, guidance_scale=1.0, noise_std=None, seed=0,
-                  out="reconstruction_output", device="cpu", num_resample=0, image=None) -> list:
+                  out="reconstruction_output", device="cpu", num_resample=0, image=None, overwrite=False) -> list:
     """PSNR / SSIM (mean over phantoms 0 .. ``num_images`` - 1 of ``image``, default the held-out set) of
     interpolation and reconstruction for each fraction 1/K of scan lines kept; writes ``benchmark.md`` and
     ``benchmark.json`` into ``out``. ``image`` must name phantoms (see :func:`resolve_phantom_image`)."""
@@ -304,8 +325,19 @@ def run_benchmark(pipeline=None, keep_every=(2, 4, 8), num_images=4, method="dps
 
     from .operators import MissingScanLines
     from .pipelines.pipeline_utils import resolve_sample_size
-    from .utils.io import atomic_write_text
+    from .utils.io import check_output_dir, write_output_folder
 
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        raise ValueError(f"`num_images` (--num_images) must be an integer >= 1, got {num_images!r}")
+    keep_every = list(keep_every)
+    if not keep_every:
+        raise ValueError("`keep_every` (--benchmark) must name at least one K")
+    for k in keep_every:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"`keep_every` (--benchmark) values must be integers >= 1, got {k!r}")
+    _check_noise_std(noise_std)
+    inputs = [pipeline, image]
+    check_output_dir(out, KIND, inputs=inputs, overwrite=overwrite)
     pipe = load_pipeline(pipeline, device)
     size = resolve_sample_size(pipe.unet.config.sample_size)
     for i in (0, num_images - 1):  # every image of the benchmark is a phantom of the set (checked before any work)
@@ -330,8 +362,6 @@ def run_benchmark(pipeline=None, keep_every=(2, 4, 8), num_images=4, method="dps
             row[f"{name}_psnr"] = float(np.mean([v["psnr"] for v in values]))
             row[f"{name}_ssim"] = float(np.mean([v["ssim"] for v in values]))
         rows.append(row)
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     name = method if num_samples == 1 else f"{method} (mean of {num_samples})"
     lines = [
         f"| lines kept | interpolation PSNR (dB) | {name} PSNR (dB) | interpolation SSIM | {name} SSIM |",
@@ -342,8 +372,11 @@ def run_benchmark(pipeline=None, keep_every=(2, 4, 8), num_images=4, method="dps
             f"| 1/{r['keep_every']} ({100 * r['fraction_kept']:.0f} %) | {r['baseline_psnr']:.2f} | "
             f"{r['reconstruction_psnr']:.2f} | {r['baseline_ssim']:.3f} | {r['reconstruction_ssim']:.3f} |"
         )
-    atomic_write_text(folder / "benchmark.md", "\n".join(lines) + "\n")
-    atomic_write_text(folder / "benchmark.json", json.dumps(rows, indent=2) + "\n")
+    def build(folder: Path) -> None:
+        (folder / "benchmark.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (folder / "benchmark.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+    write_output_folder(build, out, KIND, inputs=inputs, overwrite=overwrite)
     return rows
 
 

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..operators import ForwardOperator, _check_image, _size
+from ..operators import ForwardOperator, check_image, jtj_power_iteration
+from ..operators import image_size as _image_hw
 from .probes import ArrayProbe, get_probe
 
 __all__ = [
@@ -438,7 +439,7 @@ class ChannelDataOperator(ForwardOperator):
         if not isinstance(channel_operator, ChannelOperator):
             raise TypeError(f"`channel_operator` must be a ChannelOperator, got {type(channel_operator).__name__}")
         self.channel_operator = channel_operator
-        self.image_size = _size(image_size)
+        self.image_size = _image_hw(image_size)
         index = np.asarray(pixel_index, np.int64).reshape(-1)
         h, w = self.image_size
         if index.size != channel_operator.num_points or index.min() < 0 or index.max() >= h * w:
@@ -502,14 +503,13 @@ class ChannelDataOperator(ForwardOperator):
         generator = torch.Generator().manual_seed(seed)
         v = torch.randn(x0.shape, generator=generator, dtype=dtype).to(x0.device)
         v = v / v.norm()
-        from ..operators import jtj_power_iteration
 
         return jtj_power_iteration(self.forward, x0, v, iterations)
 
     # ------------------------------------------------------------------ ForwardOperator API
     def reflectivity(self, x: torch.Tensor) -> torch.Tensor:
         """Complex reflectivity [B, P] at the operator's points of images ``x`` [B, 1, H, W] in [-1, 1]."""
-        _check_image(x)
+        check_image(x)
         if tuple(x.shape[-2:]) != self.image_size or x.shape[1] != 1:
             raise ValueError(f"images must be [B, 1, {self.image_size[0]}, {self.image_size[1]}], got {tuple(x.shape)}")
         real = self.channel_operator.dtype
@@ -533,7 +533,7 @@ class ChannelDataOperator(ForwardOperator):
         This is a model-consistent simulation (the same model generates and inverts); the physical path
         (scatterers, pymust) is :mod:`ultrasound_diffusers.acoustics.simulation`.
         """
-        _check_image(x)
+        check_image(x)
         if x.shape[0] != 1:
             raise ValueError(f"`measure` simulates one acquisition, got a batch of {x.shape[0]} images")
         snr_db = getattr(self, "snr_db", None) if snr_db is None else snr_db
