@@ -134,6 +134,21 @@ def operator_kinds() -> Dict[str, str]:
     return kinds
 
 
+def _check_finite_numbers(spec: str, arg: str, noise_std: Optional[float]) -> None:
+    """Refuse ``nan`` / ``inf`` (or a number that overflows to it, ``1e400``) in an operator text, and a noise level
+    that is not a finite number >= 0, before anything is built."""
+    import math
+    import re
+
+    words = re.findall(r"[A-Za-z_]+|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", arg or "")
+    if any(w.lower() in ("nan", "inf", "infinity") for w in words) or any(
+        w[-1:].isdigit() and not math.isfinite(float(w)) for w in words
+    ):
+        raise ValueError(f"bad operator spec {spec!r}: its numbers must be finite (no nan / inf)")
+    if noise_std is not None and (isinstance(noise_std, bool) or not (math.isfinite(float(noise_std)) and float(noise_std) >= 0)):
+        raise ValueError(f"`noise_std` must be a finite number >= 0, got {noise_std!r}")
+
+
 def make_operator(
     spec: str, size: SizeLike = None, scheduler=None, noise_std: Optional[float] = None
 ) -> ForwardOperator:
@@ -158,6 +173,7 @@ def make_operator(
             f"unknown operator {spec.partition(':')[0].strip().lower()!r} in {spec!r}; "
             f"expected one of {list(OPERATOR_SPECS)}"
         )
+    _check_finite_numbers(spec, arg, noise_std)
     try:
         return OPERATOR_BUILDERS[kind].build(arg, size, scheduler, noise_std)
     except ValueError as error:
