@@ -12,7 +12,7 @@ Data, evaluation and generation helpers are imported on first use (``ultrasound_
 ``ultrasound_diffusers.evaluate``, ``ultrasound_diffusers.generate_dataset``, ...).
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402  (one home, readable from every floor)
 
 from .models import SemanticUNet2DModel, SemanticUNet2DOutput, convert_original_checkpoint  # noqa: E402
 from .pipelines import (  # noqa: E402

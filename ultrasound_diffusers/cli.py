@@ -16,7 +16,7 @@ from . import commands as _commands_pkg
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     parser = argparse.ArgumentParser(
         prog="ultrasound-diffusers",

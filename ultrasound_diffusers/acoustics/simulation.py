@@ -177,21 +177,9 @@ def phantom_echogenicity(anatomy: str = "echo", size=64, seed: int = 0, index: i
     :mod:`ultrasound_diffusers.data.phantoms`: pericardium, valves, striated myocardium, clutter in the cavities),
     to be sampled by scatterers. Returns ``(labels uint8 [H, W], echogenicity_db float32 [H, W])``.
     """
-    from ..data import phantoms as ph
+    from ..data.phantoms import phantom_tissue_maps
 
-    h, w = ph.parse_size(size)
-    probe = ph.resolve_probe(anatomy, probe)
-    grid = ph._grid(h, w, probe, ph.PhysicsParameters().oversample)
-    shape_rng, speckle_rng = ph._example_rngs(seed, index)
-    scene = ph.sample_scene(anatomy, shape_rng)
-    labels, tissues = scene.evaluate(grid.pix_X, grid.pix_Y)
-    if anatomy != "thyroid" or grid.geometry == "convex":
-        labels = np.where(grid.inside, labels, 0)
-        tissues = np.where(grid.inside, tissues, 0)
-    texture = ph._texture_fields(grid, speckle_rng)
-    kind = ph._TEXTURE_KIND[tissues]
-    echo_db = ph._ECHO_DB[tissues] + ph._TEXTURE_DB[tissues] * np.where(kind == 1, texture[1], texture[0])
-    return labels.astype(np.uint8), echo_db.astype(np.float32)
+    return phantom_tissue_maps(anatomy, size, seed, index, probe)
 
 
 def draw_scatterers(labels: np.ndarray, acquisition: ChannelAcquisition, rng: np.random.Generator,

@@ -293,7 +293,7 @@ def export_nnunet(
     """
     import datasets as hf_datasets
 
-    from .. import __version__
+    from ..version import __version__
 
     inputs = _dataset_dirs(dataset) + (_dataset_dirs(test_dataset) if test_dataset is not None else [])
     target = check_nnunet_target(folder, dataset_id, dataset_name, overwrite=overwrite, inputs=inputs)

@@ -879,6 +879,40 @@ def _texture_fields(grid: _Grid, rng: np.random.Generator) -> np.ndarray:
     return fields
 
 
+def tissue_echogenicity_db(tissues: np.ndarray, texture: np.ndarray, texture_scale: float = 1.0) -> np.ndarray:
+    """Echogenicity (dB) of a tissue map: each tissue's ``echogenicity_db`` (:data:`TISSUES`) plus its texture
+    (``texture_db`` times the isotropic or striated field of ``texture``, by the tissue's ``texture_kind``).
+
+    Args:
+        tissues: int [H, W] indices into :data:`TISSUES` (as ``Scene.evaluate`` returns them).
+        texture: float [2, H, W] unit-variance fields (isotropic, striated).
+        texture_scale: multiplies the texture (``PhysicsParameters.texture``; 0 = flat tissues).
+
+    Returns:
+        float32 [H, W] in dB (0 dB = the reference tissue).
+    """
+    kind = _TEXTURE_KIND[tissues]
+    return _ECHO_DB[tissues] + texture_scale * _TEXTURE_DB[tissues] * np.where(kind == 1, texture[1], texture[0])
+
+
+def phantom_tissue_maps(anatomy: str = "echo", size: SizeLike = 64, seed: int = 0, index: int = 0, probe=None):
+    """The scene of example ``(seed, index)`` of ``make_phantom(anatomy, size, seed, index)`` as maps, without
+    its image physics: ``(labels uint8 [H, W], echogenicity_db float32 [H, W])`` on the output grid (outside the
+    scan area both 0 where ``make_phantom`` blanks it), for simulators that draw their own scatterers
+    (:func:`ultrasound_diffusers.acoustics.simulation.phantom_echogenicity`)."""
+    h, w = parse_size(size)
+    probe = resolve_probe(anatomy, probe)
+    grid = _grid(h, w, probe, PhysicsParameters().oversample)
+    shape_rng, speckle_rng = _example_rngs(seed, index)
+    scene = sample_scene(anatomy, shape_rng)
+    labels, tissues = scene.evaluate(grid.pix_X, grid.pix_Y)
+    if anatomy != "thyroid" or grid.geometry == "convex":
+        labels = np.where(grid.inside, labels, 0)
+        tissues = np.where(grid.inside, tissues, 0)
+    echo_db = tissue_echogenicity_db(tissues, _texture_fields(grid, speckle_rng))
+    return labels.astype(np.uint8), echo_db.astype(np.float32)
+
+
 def _render(scenes: Sequence[Scene], rngs: Sequence[np.random.Generator], grid: _Grid, probe: ProbeGeometry, phys: PhysicsParameters, return_envelope: bool = False):
     """Images float32 [B, H, W] in [0, 1] and labels uint8 [B, H, W] for a batch of scenes
     (and, with ``return_envelope``, the envelope float32 [B, n_depth, n_beams] after TGC, on the
@@ -905,8 +939,7 @@ def _render(scenes: Sequence[Scene], rngs: Sequence[np.random.Generator], grid: 
         if keep_inside[b]:
             lab = np.where(grid.inside, lab, 0).astype(np.uint8)
         labels[b] = lab
-        tex = _texture_fields(sim, rng)
-        echo_db = _ECHO_DB[tis] + phys.texture * _TEXTURE_DB[tis] * np.where(_TEXTURE_KIND[tis] == 1, tex[1], tex[0])
+        echo_db = tissue_echogenicity_db(tis, _texture_fields(sim, rng), phys.texture)
         if phys.boundary_blur_px > 0:
             echo_db = _smooth2d(echo_db, phys.boundary_blur_px * s)
         if sim.sim_to_pixel is not None:

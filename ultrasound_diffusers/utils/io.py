@@ -142,7 +142,7 @@ def read_marker(folder: PathLike) -> Optional[dict]:
 
 def write_marker(folder: PathLike, kind: str) -> None:
     """Record in ``folder`` that the command ``kind`` wrote it."""
-    from .. import __version__
+    from ..version import __version__
 
     (Path(folder) / MARKER_NAME).write_text(
         json.dumps({"written_by": "ultrasound-diffusers", "kind": kind, "version": __version__}) + "\n", encoding="utf-8"
