@@ -4,6 +4,7 @@ Components (imported eagerly, so that diffusers finds them when it loads a saved
 
 * :class:`BMapAttenuationScheduler` - the per-pixel B-map (depth attenuation) noise schedule.
 * :class:`BMapDPMSolverMultistepScheduler` - DPM-Solver++ (ODE / SDE, orders 1-3) for that schedule.
+* :class:`BMapConsistencyScheduler` - few-step (consistency) sampling of models distilled for that schedule.
 * :class:`SemanticUNet2DModel` - the Semantic Diffusion Model network (SPADE group norms on label maps).
 * :class:`SemanticUltrasoundPipeline`, :class:`UltrasoundPipeline`, :class:`UltrasoundReconstructionPipeline`
   and the auto-loading :class:`DiffusionPipeline`.
@@ -21,7 +22,12 @@ from .pipelines import (  # noqa: E402
     SemanticUltrasoundPipelineOutput,
     UltrasoundPipeline,
 )
-from .schedulers import BMapAttenuationScheduler, BMapDPMSolverMultistepScheduler, BMapSchedulerOutput  # noqa: E402
+from .schedulers import (  # noqa: E402
+    BMapAttenuationScheduler,
+    BMapConsistencyScheduler,
+    BMapDPMSolverMultistepScheduler,
+    BMapSchedulerOutput,
+)
 from .utils.lazy import lazy_module_getattr  # noqa: E402
 
 #: module (relative to this package) -> the names it provides, imported on first use
@@ -49,6 +55,7 @@ __getattr__ = lazy_module_getattr(__name__, _LAZY)
 __all__ = [
     "__version__",
     "BMapAttenuationScheduler",
+    "BMapConsistencyScheduler",
     "BMapDPMSolverMultistepScheduler",
     "BMapSchedulerOutput",
     "DiffusionPipeline",
