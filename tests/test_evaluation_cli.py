@@ -15,7 +15,13 @@ from PIL import Image
 from ultrasound_diffusers.cli import main
 from ultrasound_diffusers.evaluation import fid as fid_module
 from ultrasound_diffusers.evaluation.io import ImageSet, load_image_set
-from ultrasound_diffusers.evaluation.report import evaluate, format_summary, parse_metrics
+from ultrasound_diffusers.evaluation.report import (
+    DEFAULT_METRICS,
+    evaluate,
+    format_summary,
+    parse_metrics,
+    select_metrics,
+)
 from ultrasound_diffusers.schedulers.bmaps import depth_map
 
 
@@ -127,6 +133,16 @@ def test_parse_metrics():
         parse_metrics("fid,lpips")
 
 
+def test_select_metrics_leaves_the_expensive_ones_opt_in():
+    # default: every cheap metric, not explicit (missing inputs skip), segmentation left out until asked for
+    wanted, explicit, opted_out = select_metrics(None)
+    assert "segmentation" not in wanted and not explicit and opted_out == ["segmentation"]
+    assert wanted == list(DEFAULT_METRICS) and {"fid", "kid", "memorization", "depth", "realism"} <= set(wanted)
+    wanted, explicit, opted_out = select_metrics("all")
+    assert "segmentation" in wanted and not explicit and opted_out == []
+    assert select_metrics("depth,segmentation") == (["depth", "segmentation"], True, [])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # report and CLI
 # ---------------------------------------------------------------------------------------------------------------
@@ -173,7 +189,8 @@ def test_cli_end_to_end(echo_folders, capsys):
     code = main(
         [
             "evaluate", "--real", str(f["real"]), "--generated", str(f["generated"]), "--train", str(f["train"]),
-            "--out", str(f["out"]), "--feature_extractor", "random", "--kid_subsets", "5", "--seg_steps", "15",
+            "--out", str(f["out"]), "--metrics", "all", "--feature_extractor", "random", "--kid_subsets", "5",
+            "--seg_steps", "15",
             "--seg_base_channels", "8", "--speckle_window", "4", "--no_progress",
         ]
     )
@@ -203,6 +220,28 @@ def test_cli_end_to_end(echo_folders, capsys):
     assert seg["trained_on_real"]["num_test"] == 12
     md = (f["out"] / "report.md").read_text()
     assert "## Memorisation" in md and "plots/depth_profile.png" in md and "| FID |" in md
+
+
+def test_cli_default_is_quick_and_names_the_opt_in(echo_folders, capsys, monkeypatch):
+    """The default run trains no segmentation network (it would take minutes): segmentation is skipped with the
+    flag that asks for it, and every cheap metric runs."""
+    from ultrasound_diffusers.evaluation import segmentation
+
+    def trained(*args, **kwargs):
+        raise AssertionError("the default evaluate run trained a segmentation network")
+
+    monkeypatch.setattr(segmentation, "downstream_segmentation", trained)
+    f = echo_folders
+    code = main(["evaluate", "--real", str(f["real"]), "--generated", str(f["generated"]), "--train", str(f["train"]),
+                 "--out", str(f["out"]), "--feature_extractor", "random", "--kid_subsets", "5",
+                 "--speckle_window", "4", "--no_progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    report = _strict_json(f["out"] / "metrics.json")
+    assert set(report["skipped"]) == {"segmentation"} and "--metrics all" in report["skipped"]["segmentation"]
+    assert "segmentation" not in report and "skipped segmentation" in out and "--metrics all" in out
+    for key in ("fid", "kid", "memorization", "depth_profile", "speckle", "classes", "realism"):
+        assert key in report, key
 
 
 def test_cli_explicit_metric_without_inputs_fails(echo_folders, capsys):

@@ -1,12 +1,18 @@
 """The package as users get it: a wheel built from the source, installed (not editable) into a fresh virtual
 environment, runs the demo and imports every area from that environment, not from the source tree.
 
-The fresh environment reuses the installed dependencies (``--system-site-packages``; nothing is downloaded) and
-the wheel goes in with ``--no-deps --no-build-isolation``. Everything runs from a temporary working directory.
+The fresh environment reuses the dependencies installed in the environment that runs the tests (nothing is
+downloaded): a ``.pth`` file in its site-packages lists the running interpreter's site-packages folders, so a
+suite run inside a virtual environment hands that environment's packages on (``--system-site-packages`` would
+reach the base interpreter instead, which need not have torch). Only plain folder lines go in that file, so the
+running environment's own ``.pth`` files, among them the editable install of this source tree, are not run there:
+the package can only come from the wheel. The wheel goes in with ``--no-deps --no-build-isolation``. Everything
+runs from a temporary working directory.
 """
 
 import json
 import os
+import site
 import subprocess
 import sys
 import textwrap
@@ -52,6 +58,7 @@ CHECKS = textwrap.dedent(
         "card_renders": hub.NOT_FOR_DIAGNOSIS in str(hub.create_model_card(pipe, "me/demo")),
         "phantoms": len(phantoms),
         "wheel_name": loading.wheel_filename(),
+        "torch_from": str(Path(__import__("torch").__file__).resolve().parents[1]),
     }
     print("REPORT " + json.dumps(report))
     """
@@ -62,6 +69,26 @@ def _run(cmd, cwd, env, timeout=900):
     result = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{cmd}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
+
+
+def running_site_packages():
+    """The site-packages folders of the interpreter running the tests, in its order (a virtual environment's own
+    first, then the base ones where it was made with ``--system-site-packages``); never the source tree."""
+    folders = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+        folders.append(site.getusersitepackages())
+    return [f for f in dict.fromkeys(folders) if os.path.isdir(f) and Path(f).resolve() != ROOT]
+
+
+def _fresh_venv_with_running_site_packages(venv, cwd, env):
+    """A new virtual environment (no pip, no system site-packages) whose ``sys.path`` continues with
+    :func:`running_site_packages`, listed as plain folders in a ``.pth`` file; returns its interpreter."""
+    _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=cwd, env=env)
+    python = venv / "bin" / "python"
+    purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], cwd=cwd, env=env)
+    (Path(purelib.stdout.strip()) / "_running_env_site_packages.pth").write_text(
+        "".join(f + "\n" for f in running_site_packages()))
+    return python
 
 
 def test_wheel_installs_into_a_fresh_venv_and_runs_from_there(tmp_path):
@@ -88,11 +115,10 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_there(tmp_path):
         assert needed in names, needed
     assert not any(n.startswith(("tests/", "training/", "docs/", "pipelines/")) for n in names)
 
-    # a fresh environment that sees the installed dependencies, with the wheel installed (not editable)
+    # a fresh environment that sees this environment's dependencies, with the wheel installed (not editable)
     # (without a pip of its own: this interpreter's pip installs into it with --python, which saves ensurepip)
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], cwd=tmp_path, env=env)
-    python = venv / "bin" / "python"
+    python = _fresh_venv_with_running_site_packages(venv, tmp_path, env)
     _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-build-isolation",
           "--no-index", "-q", wheel], cwd=tmp_path, env=env)
 
@@ -102,6 +128,8 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_there(tmp_path):
     report = json.loads(next(l for l in result.stdout.splitlines() if l.startswith("REPORT "))[len("REPORT "):])
     prefix = Path(report["prefix"]).resolve()
     assert prefix == venv.resolve()
+    # the dependencies come from the running environment (a venv's own site-packages when the suite runs in one)
+    assert report["torch_from"] in [str(Path(f).resolve()) for f in running_site_packages()]
     for name, file in {**report["files"], **{p: p for p in report["data_files"]}}.items():
         path = Path(file).resolve()
         assert prefix in path.parents, f"{name} comes from {path}, not from the fresh environment"

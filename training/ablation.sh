@@ -75,7 +75,7 @@ for step in "${STEPS[@]}"; do
     evaluate)
       "$PY" -m ultrasound_diffusers evaluate --real "$WORK/heldout" \
         --generated "bmap=$WORK/generated-bmap/dataset" "plain=$WORK/generated-plain/dataset" \
-        --train "$WORK/train_ref" --paired --output_dir "$WORK/report" ;;
+        --train "$WORK/train_ref" --metrics all --paired --output_dir "$WORK/report" ;;
     *) echo "ablation.sh: unknown step '$step' (expected train-bmap, train-plain, heldout, generate, generate-bmap, generate-plain, evaluate)" >&2; exit 2 ;;
   esac
 done

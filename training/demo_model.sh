@@ -57,4 +57,4 @@ python -m ultrasound_diffusers generate --pipeline "$WORK/calibrated/pipeline" -
 
 # 4. Evaluation report (FID/KID, memorisation, depth profile, speckle, class contrast, downstream Dice).
 python -m ultrasound_diffusers evaluate --real "$WORK/heldout" --generated "$WORK/generated/dataset" \
-  --train "$WORK/train_ref" --out "$WORK/report"
+  --train "$WORK/train_ref" --metrics all --out "$WORK/report"

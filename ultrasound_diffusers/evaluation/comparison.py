@@ -482,7 +482,8 @@ def compare(
         generated: ``{name: source}`` (ordered; the first set is the default reference), at least one set.
         out_dir: report folder, written atomically (same rules as :func:`~.report.evaluate`).
         train: optional training images (memorisation, segmentation reference).
-        metrics: subset of :data:`~.report.ALL_METRICS`; None: every metric whose inputs are present.
+        metrics: subset of :data:`~.report.ALL_METRICS`; None: the cheap ones (no ``segmentation``); ``"all"``:
+            every metric whose inputs are present.
         reference_set: the set every other set is compared with (default: the first).
         paired: also PSNR and SSIM of each generated image against the real image with the same label map.
         num_bootstrap: bootstrap resamples for per-image metrics (>= 10).
@@ -502,7 +503,8 @@ def compare(
         _evaluate_metrics,
         _jsonable,
         _load,
-        parse_metrics,
+        OPT_IN_REASON,
+        select_metrics,
         realism_section,
     )
 
@@ -523,11 +525,7 @@ def compare(
                          f"{num_feature_bootstrap}")
     if not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"`confidence` must lie in (0, 1), got {confidence}")
-    requested = parse_metrics(metrics)
-    explicit = requested is not None
-    from .report import ALL_METRICS
-
-    wanted = list(ALL_METRICS) if requested is None else requested
+    wanted, explicit, opted_out = select_metrics(metrics)
     out_dir = check_output_dir(
         out_dir, "evaluate", inputs=[real, train, *generated.values()], overwrite=opts.overwrite,
         replace_own=opts.replace_report, argument="`out_dir`",
@@ -571,7 +569,7 @@ def compare(
             "depth_bands": {b: [lo, hi] for b, lo, hi in DEPTH_BANDS},
         },
         "not_computed": {"lpips": LPIPS_NOTE},
-        "skipped": {},
+        "skipped": {m: OPT_IN_REASON for m in opted_out},
         "warnings": [],
         "sets": {},
     }

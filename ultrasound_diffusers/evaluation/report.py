@@ -24,8 +24,11 @@ and returns the metrics as a dict. Metrics:
   distribution and skew, homogeneous-window std, speckle grain relative to depth, far-field fall-off), checked
   against the real-scan ranges :data:`~.realism.REAL_SCAN_RANGES` when one exists for the image height.
 
-With ``metrics=None`` every metric whose inputs are present runs and the others are listed under ``skipped``;
-a metric named explicitly whose inputs are missing raises ``ValueError``.
+With ``metrics=None`` every cheap metric (:data:`DEFAULT_METRICS`, seconds to a minute on a CPU) whose inputs
+are present runs; the expensive ones (:data:`EXPENSIVE_METRICS`: ``segmentation`` trains two networks, minutes
+to tens of minutes on a CPU) are opt-in, by name or with ``metrics="all"`` (every metric whose inputs are
+present). Metrics that do not run are listed under ``skipped`` with the reason; a metric named explicitly whose
+inputs are missing raises ``ValueError``.
 """
 
 from __future__ import annotations
@@ -47,6 +50,31 @@ from .io import ImageSet, load_image_set
 ALL_METRICS: Tuple[str, ...] = (
     "fid", "kid", "memorization", "depth", "speckle", "classes", "segmentation", "realism"
 )
+
+
+#: Metrics that train a network: run only when named or with ``metrics="all"`` (``--metrics all``).
+EXPENSIVE_METRICS: Tuple[str, ...] = ("segmentation",)
+#: What ``metrics=None`` (the command's default) runs: every metric but the expensive ones.
+DEFAULT_METRICS: Tuple[str, ...] = tuple(m for m in ALL_METRICS if m not in EXPENSIVE_METRICS)
+#: The ``skipped`` reason of an expensive metric left out by default.
+OPT_IN_REASON = ("trains a segmentation network (minutes on a CPU), so it runs only when asked: "
+                 "`--metrics all` or name it in `--metrics` (Python: metrics=\"all\")")
+
+
+def select_metrics(metrics: Optional[Union[str, Sequence[str]]]) -> Tuple[List[str], bool, List[str]]:
+    """What an ``evaluate`` / ``compare`` call runs.
+
+    Returns:
+        ``(wanted, explicit, opted_out)``: the metrics to try; whether they were named (then missing inputs are an
+        error, else a ``skipped`` entry); the expensive metrics left out because they were not asked for
+        (``metrics=None``). ``"all"`` selects every metric, not explicit.
+    """
+    if metrics is None:
+        return list(DEFAULT_METRICS), False, list(EXPENSIVE_METRICS)
+    requested = parse_metrics(metrics)
+    if requested is None:  # "all"
+        return list(ALL_METRICS), False, []
+    return requested, True, []
 
 
 def parse_metrics(metrics: Optional[Union[str, Sequence[str]]]) -> Optional[List[str]]:
@@ -145,7 +173,8 @@ def evaluate(
             ``replace_report=False``); any other non-empty folder needs ``overwrite=True``; a folder holding
             ``real``, ``generated`` or ``train``, the working directory and its parents are always refused.
         train: optional training images (memorisation; with labels also the segmentation reference).
-        metrics: subset of :data:`ALL_METRICS` (list or comma string); None runs every applicable metric.
+        metrics: subset of :data:`ALL_METRICS` (list or comma string); None runs the cheap ones whose inputs are
+            present (:data:`DEFAULT_METRICS`, no ``segmentation``); ``"all"`` every metric whose inputs are present.
         label_column: dataset column with label maps (``"auto"``: detect; None: no labels).
         image_column, split, max_images: passed to :func:`load_image_set` for every set.
         feature_extractor: ``"inception"`` (default), ``"random"`` (small random conv net, smoke tests only) or a
@@ -169,9 +198,7 @@ def evaluate(
     Returns:
         The metrics dict that is also written to ``metrics.json``.
     """
-    requested = parse_metrics(metrics)
-    explicit = requested is not None
-    wanted = list(ALL_METRICS) if requested is None else requested
+    wanted, explicit, opted_out = select_metrics(metrics)
     segmenter = _check_segmenter(segmenter, wanted)
     out_dir = check_output_dir(
         out_dir, "evaluate", inputs=[real, generated, train], overwrite=overwrite, replace_own=replace_report,
@@ -195,7 +222,7 @@ def evaluate(
             "metrics_requested": wanted,
             "seed": int(seed),
         },
-        "skipped": {},
+        "skipped": {m: OPT_IN_REASON for m in opted_out},
         "warnings": [],
     }
     if train_set is not None:
