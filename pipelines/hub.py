@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,6 +34,7 @@ from .loading import (  # noqa: F401
     DISTRIBUTION_NAME,
     INSTALL_COMMAND,
     MODEL_INDEX_NAME,
+    WHEEL_BUILD_COMMAND,
     PACKAGE_NAME,
     REMOTE_CODE_TEMPLATE,
     TEMPLATES_DIR,
@@ -55,6 +57,36 @@ NOT_FOR_DIAGNOSIS = "Not for diagnosis"
 #: ``license_name`` of cards whose license nobody stated (``license: other``).
 UNKNOWN_LICENSE_NAME = "unknown"
 CARD_NAME = "README.md"
+
+#: Which sampler to use, the one place the cards take it from (``{bmap: text}``; markdown with a code block).
+#: B-map models: the ancestral default, or SDE-DPM-Solver++ for fewer steps; the deterministic samplers leave a
+#: grey haze outside the fan and smooth the speckle (the package README's sampler table).
+SAMPLER_ADVICE = {
+    True: (
+        "Sampling: keep the default ancestral sampler (`eta=None`, {steps} steps), or for fewer steps use\n"
+        "SDE-DPM-Solver++ for per-pixel signal levels (20-50 steps). Deterministic samplers (DDIM with `eta=0`,\n"
+        "diffusers' `DDIMScheduler`, DPM-Solver++ ODE) suit this model poorly: they leave a grey haze outside the\n"
+        "fan and smooth the speckle. diffusers' own schedulers know no B-maps: swapped in, they sample another\n"
+        "forward process than the one the model was trained with.\n\n"
+        "```python\n"
+        "from ultrasound_diffusers import BMapDPMSolverMultistepScheduler\n\n"
+        "pipe.scheduler = BMapDPMSolverMultistepScheduler.from_config(pipe.scheduler.config, "
+        "algorithm_type=\"sde-dpmsolver++\")\n"
+        "```"
+    ),
+    False: (
+        "Sampling: the scheduler swaps as usual; for fewer steps use diffusers' SDE-DPM-Solver++ (20-50 steps):\n\n"
+        "```python\n"
+        "from diffusers import DPMSolverMultistepScheduler\n\n"
+        "pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, "
+        "algorithm_type=\"sde-dpmsolver++\")\n"
+        "```"
+    ),
+}
+
+#: The form of a Hub license id (``apache-2.0``, ``cc-by-nc-sa-4.0``, ``openrail++``): lowercase letters and
+#: digits in groups joined by ``.`` or ``-``, optionally ending in ``+`` signs.
+_LICENSE_ID = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*\+*$")
 
 __all__ = [
     "NOT_FOR_DIAGNOSIS",
@@ -91,12 +123,14 @@ def license_metadata(
     ``"unknown"`` when not given) and ``license_link`` (a URL or a file of the repository; default: the card's
     License section). Returns ``{"license": ...}`` plus, for ``other``, ``license_name`` and ``license_link``.
     """
-    if license is not None and (not isinstance(license, str) or not license.strip()):
-        raise ValueError(f"`license` must be a Hub license id such as 'apache-2.0' (or None), got {license!r}")
+    if license is not None and (not isinstance(license, str) or not _LICENSE_ID.match(license)):
+        raise ValueError(f"`license` must be a Hub license id such as 'apache-2.0' or 'cc-by-nc-sa-4.0' (lowercase "
+                         f"letters and digits joined by '-' or '.'), or 'other' with `license_name` and "
+                         f"`license_link` for any other license; got {license!r}")
     if license and license != "other":
         return {"license": license}
     name = license_name or UNKNOWN_LICENSE_NAME
-    if not isinstance(name, str) or name != name.lower() or " " in name:
+    if not isinstance(name, str) or not _LICENSE_ID.match(name):
         raise ValueError(f"`license_name` must be a lowercase id such as 'my-license-1.0', got {license_name!r}")
     return {"license": "other", "license_name": name, "license_link": license_link or default_link}
 
@@ -195,12 +229,28 @@ def _size_text(sample_size: Any) -> str:
     return f"{sample_size} x {sample_size}" if sample_size is not None else "any"
 
 
-def _label_rows(label_names: Union[Mapping[Any, str], Sequence[str], None]) -> List[Tuple[str, str]]:
-    if not label_names:
+def _label_rows(label_names: Union[Mapping[Any, str], Sequence[str], None], num_classes: int) -> List[Tuple[str, str]]:
+    """``(label, meaning)`` rows of the card; ``label_names`` must name labels of the model's ``num_classes``."""
+    if label_names is None or (not isinstance(label_names, str) and len(label_names) == 0):
         return []
+    if isinstance(label_names, str) or not isinstance(label_names, (Mapping, Sequence)):
+        raise ValueError(f"`label_names` must be a list of names or a {{label: name}} mapping, got {label_names!r}")
+    if num_classes < 1:
+        raise ValueError(f"`label_names` given ({len(label_names)} names) for a model without label classes "
+                         "(unet.config.num_classes is 0: an unconditional model takes no label map)")
     if isinstance(label_names, Mapping):
-        items = sorted(label_names.items(), key=lambda kv: int(kv[0]))
+        try:
+            items = sorted(((int(k), v) for k, v in label_names.items()), key=lambda kv: kv[0])
+        except (TypeError, ValueError):
+            raise ValueError(f"`label_names` keys must be integer labels, got {list(label_names)}") from None
+        outside = [k for k, _ in items if not 0 <= k < num_classes]
+        if outside:
+            raise ValueError(f"`label_names` names labels {outside} outside the model's {num_classes} classes "
+                             f"(0..{num_classes - 1}, unet.config.num_classes)")
     else:
+        if len(label_names) > num_classes:
+            raise ValueError(f"`label_names` has {len(label_names)} names for a model with {num_classes} classes "
+                             "(unet.config.num_classes): give one name per label, at most that many")
         items = list(enumerate(label_names))
     return [(str(k), str(v)) for k, v in items]
 
@@ -373,6 +423,8 @@ def create_model_card(
         sample_size_text=_size_text(unet_config.get("sample_size")),
         install_command=INSTALL_COMMAND,
         wheel_install_command=wheel_install_command(version),
+        wheel_build_command=WHEEL_BUILD_COMMAND,
+        sampler_advice=SAMPLER_ADVICE[bool(bmap)].replace("{steps}", str(int(num_inference_steps))),
         num_inference_steps=int(num_inference_steps),
         guidance_scale=_fmt(float(guidance_scale)),
         scheduler_class=type(scheduler).__name__ if scheduler is not None else "none",
@@ -381,7 +433,7 @@ def create_model_card(
         bmap_rows=[(k, _fmt(scheduler_config[k])) for k in _BMAP_KEYS if k in scheduler_config],
         bmap_geometry_text=geometry_text,
         model_rows=model_rows,
-        label_rows=_label_rows(label_names),
+        label_rows=_label_rows(label_names, num_classes),
         training_data=training_data or "Not documented by the uploader.",
         training_details=training_details,
         datasets=list(datasets or []),

@@ -64,11 +64,14 @@ REMOTE_CODE_TEMPLATE = TEMPLATES_DIR / "remote_code_shim.py.tmpl"
 
 #: How to install the package from its source folder (a clone or an unpacked source archive): it is not on PyPI.
 INSTALL_COMMAND = "pip install ./ultrasound-diffusers"
+#: How to build the wheel inside the source folder with pip alone (``python -m build`` needs the ``build`` package).
+WHEEL_BUILD_COMMAND = "pip wheel --no-deps -w dist ."
 
 __all__ = [
     "DISTRIBUTION_NAME",
     "INSTALL_COMMAND",
     "MODEL_INDEX_NAME",
+    "WHEEL_BUILD_COMMAND",
     "PACKAGE_NAME",
     "check_scheduler_config",
     "import_component_libraries",
@@ -105,7 +108,7 @@ def package_version() -> str:
 
 
 def wheel_filename(version: Optional[str] = None) -> str:
-    """File name of the wheel that ``python -m build --wheel`` (or ``pip wheel --no-deps .``) writes for
+    """File name of the wheel that :data:`WHEEL_BUILD_COMMAND` (or ``python -m build --wheel``) writes for
     ``version`` (default: the installed one), e.g. ``ultrasound_diffusers-0.1.0-py3-none-any.whl``."""
     return f"{PACKAGE_NAME}-{version or package_version()}-py3-none-any.whl"
 
@@ -119,7 +122,7 @@ def install_hint(version: Optional[str] = None) -> str:
     """One sentence saying how to install ultrasound-diffusers (for error messages and remote-code files)."""
     return (
         f"{DISTRIBUTION_NAME} is not on PyPI: install it from its source folder (`{INSTALL_COMMAND}`, or "
-        f"`pip install -e .` inside it) or from a wheel built there (`python -m build --wheel`, then "
+        f"`pip install -e .` inside it) or from a wheel built there (`{WHEEL_BUILD_COMMAND}`, then "
         f"`{wheel_install_command(version)}`)"
     )
 
@@ -303,6 +306,7 @@ def render_remote_code(module: str, class_name: str) -> str:
         version=version,
         install_command=INSTALL_COMMAND,
         wheel_install_command=wheel_install_command(version),
+        wheel_build_command=WHEEL_BUILD_COMMAND,
         install_hint=install_hint(version),
     )
 

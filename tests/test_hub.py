@@ -522,6 +522,71 @@ def test_model_card_metadata_licenses_base_model_and_samples(pipe, tmp_path):
         hub.create_model_card(pipe, "me/x", license="other", license_name="My Terms")
 
 
+def test_license_must_have_the_form_of_a_hub_license_id(pipe):
+    for good in ("apache-2.0", "cc-by-nc-sa-4.0", "mit", "llama3.1", "openrail++", "other"):
+        assert hub.license_metadata(good)["license"] == good
+    for bad in ("not-a-license!", "Apache 2.0", "MIT", " mit", "cc-by--4.0", "-mit", "", "x" * 0):
+        with pytest.raises(ValueError, match="`license` must be a Hub license id"):
+            hub.license_metadata(bad)
+    with pytest.raises(ValueError, match="`license` must be a Hub license id"):
+        hub.create_model_card(pipe, "me/x", license="not-a-license!")
+    with pytest.raises(ValueError, match="license_name"):
+        hub.license_metadata("other", "terms!")
+
+
+def test_label_names_must_fit_the_model_classes(pipe):
+    """100 names for a 5-class model (or labels outside its classes) are refused, naming the argument."""
+    assert pipe.unet.config.num_classes == 5
+    _, body = _split_card(str(hub.create_model_card(pipe, "me/x", label_names=["bg", "cavity"])))
+    assert "| 1 | cavity |" in body  # fewer names than classes: the rest stay unnamed
+    _, body = _split_card(str(hub.create_model_card(pipe, "me/x", label_names={"4": "atrium", 0: "bg"})))
+    assert "| 4 | atrium |" in body and "| 0 | bg |" in body
+    with pytest.raises(ValueError, match=r"`label_names` has 100 names for a model with 5 classes"):
+        hub.create_model_card(pipe, "me/x", label_names=[f"class {i}" for i in range(100)])
+    with pytest.raises(ValueError, match=r"`label_names` names labels \[7\] outside the model's 5 classes"):
+        hub.create_model_card(pipe, "me/x", label_names={0: "bg", 7: "x"})
+    with pytest.raises(ValueError, match="`label_names` keys must be integer labels"):
+        hub.create_model_card(pipe, "me/x", label_names={"cavity": "x"})
+    with pytest.raises(ValueError, match="`label_names` must be a list of names"):
+        hub.create_model_card(pipe, "me/x", label_names="echo")
+    from ultrasound_diffusers import SemanticUNet2DModel, UltrasoundPipeline
+
+    config = {k: v for k, v in pipe.unet.config.items() if not k.startswith("_")}
+    plain = UltrasoundPipeline(unet=SemanticUNet2DModel(**{**config, "num_classes": 0}), scheduler=pipe.scheduler)
+    with pytest.raises(ValueError, match="without label classes"):
+        hub.create_model_card(plain, "me/x", label_names=["bg"])
+
+
+def test_card_sampler_advice_comes_from_one_place_and_recommends_no_ddim(pipe):
+    """The card's sampler advice is hub.SAMPLER_ADVICE: the ancestral default or SDE-DPM-Solver++, never DDIM
+    (the worst sampler for B-map models by the README's table); its code runs as written."""
+    _, body = _split_card(str(hub.create_model_card(pipe, "me/x")))
+    advice = hub.SAMPLER_ADVICE[True].replace("{steps}", "50")
+    assert advice in body and "fewer-step DDIM" not in body and "DDIMScheduler.from_config" not in body
+    code = advice.split("```python\n")[1].split("```")[0]
+    swapped = SemanticUltrasoundPipeline(unet=pipe.unet, scheduler=pipe.scheduler)  # the fixture stays as it is
+    exec(code, {"pipe": swapped})
+    assert type(swapped.scheduler).__name__ == "BMapDPMSolverMultistepScheduler"
+    assert swapped.scheduler.config.algorithm_type == "sde-dpmsolver++"
+    assert swapped.scheduler.config.bmap_min == pipe.scheduler.config.bmap_min
+    plain = SemanticUltrasoundPipeline(unet=pipe.unet, scheduler=DDPMScheduler(num_train_timesteps=100))
+    _, body = _split_card(str(hub.create_model_card(plain, "me/x")))
+    assert hub.SAMPLER_ADVICE[False] in body
+    code = hub.SAMPLER_ADVICE[False].split("```python\n")[1].split("```")[0]
+    namespace = {"pipe": plain}
+    exec(code, namespace)
+    assert type(plain.scheduler).__name__ == "DPMSolverMultistepScheduler"
+
+
+def test_card_install_lines_need_nothing_that_is_not_installed():
+    """The wheel route builds with pip alone (``python -m build`` needs the ``build`` package), and says where
+    the source folder is."""
+    card = hub.MODEL_CARD_TEMPLATE.read_text() + loading.REMOTE_CODE_TEMPLATE.read_text() + loading.install_hint()
+    assert "python -m build" not in card and "{{ wheel_build_command }}" in hub.MODEL_CARD_TEMPLATE.read_text()
+    assert loading.WHEEL_BUILD_COMMAND == "pip wheel --no-deps -w dist ." and loading.WHEEL_BUILD_COMMAND in loading.install_hint()
+    assert "setup.cfg" in hub.MODEL_CARD_TEMPLATE.read_text() and "setup.cfg" in loading.REMOTE_CODE_TEMPLATE.read_text()
+
+
 def _train_args(ts, tmp_path, *extra):
     return ts.parse_args(["--output_dir", str(tmp_path / "run"), "--validation_inference_steps", "7", *extra])
 
