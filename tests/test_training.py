@@ -460,6 +460,9 @@ def test_license_flags_follow_the_card_rule():
         ts.parse_args(["--license", "other", "--license_name", "My Terms"])
     with pytest.raises(ValueError, match="go with --license other"):
         ts.parse_args(["--license", "mit", "--license_name", "x"])
+    for bad in ("not-a-license!", "Apache 2.0"):  # refused before training, not written into the card
+        with pytest.raises(ValueError, match="--license: `license` must be a Hub license id"):
+            ts.parse_args(["--license", bad])
 
 
 def test_class_drop_rate_flag_is_checked():

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ultrasound_diffusers.data.paired import PairedTransform, check_paired_dataset, collate_pairs, load_paired_splits
+from ultrasound_diffusers.data.sources import is_phantoms_spec
 # the training entry point's label reader (tests/test_image_processor.py checks that all entry points agree)
 from ultrasound_diffusers.data.paired import read_label_cell as label_array  # noqa: F401
 from ultrasound_diffusers.geometry import CAMUS_FAN_APEX, CAMUS_FAN_HALF_ANGLE_DEG, CAMUS_FAN_RADII, PROBE_GEOMETRIES, FanGeometry
@@ -408,7 +409,7 @@ def training_summary(args: argparse.Namespace, num_examples: int, global_step: i
     """(training data, training details) paragraphs for the model card."""
     dataset = args.train_data_dir or args.dataset_name or "phantoms:echo"
     data = f"`{dataset}`: {num_examples} images at {args.resolution[0]}x{args.resolution[1]} px"
-    if args.train_data_dir is None and (args.dataset_name is None or args.dataset_name.startswith("phantoms")):
+    if args.train_data_dir is None and (args.dataset_name is None or is_phantoms_spec(args.dataset_name)):
         data += (" (physics phantoms generated in memory by ultrasound-diffusers, `generate_phantoms(seed="
                  f"{args.seed})`; no patient data)")
     data += "."
@@ -494,7 +495,7 @@ def prepare_training_data(args: argparse.Namespace, show_progress: bool = True):
     """
     label_column = None if args.unconditional else args.label_column
     want_validation = bool(args.validation_steps) and not args.unconditional
-    dataset, validation, base_dir = load_paired_splits(
+    dataset, validation, base_dir, _, _ = load_paired_splits(
         args.dataset_name, args.train_data_dir, config_name=args.dataset_config_name, cache_dir=args.cache_dir,
         size=tuple(args.resolution), num_phantoms=args.phantoms, seed=args.seed,
         num_validation=args.num_validation_images if want_validation else 0,
