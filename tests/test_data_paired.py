@@ -15,11 +15,9 @@ from ultrasound_diffusers.data.paired import (
     describe_cell,
     load_paired_splits,
     open_cell,
-    parse_phantom_source,
     preprocess_image,
     preprocess_labels,
     read_label_cell,
-    spatial_size,
     to_image_array,
 )
 
@@ -47,23 +45,56 @@ def _pairs(n=4, size=(12, 10), num_classes=3, seed=0):
 
 
 # ---------------------------------------------------------------------------------------------------- sources
-def test_parse_phantom_source():
-    assert parse_phantom_source(None) == "echo"
-    assert parse_phantom_source("phantoms") == "echo"
-    assert parse_phantom_source("phantoms:thyroid") == "thyroid"
-    assert parse_phantom_source("org/data") is None and parse_phantom_source("./phantoms_folder") is None
-
-
 def test_load_paired_splits_from_phantoms():
-    train, validation, base_dir = load_paired_splits("phantoms:echo", size=16, num_phantoms=3, seed=1,
-                                                     num_validation=2)
-    assert len(train) == 3 and len(validation) == 2 and base_dir is None
+    train, validation, base_dir, kind, split = load_paired_splits("phantoms:echo", size=16, num_phantoms=3, seed=1,
+                                                                  num_validation=2)
+    assert len(train) == 3 and len(validation) == 2 and base_dir is None and (kind, split) == ("phantoms", "train")
     train_images = {np.asarray(im).tobytes() for im in train["image"]}
     assert not any(np.asarray(im).tobytes() in train_images for im in validation["image"])  # new phantoms
     again = load_paired_splits(None, size=(16, 16), num_phantoms=3, seed=1)
     assert again.validation is None  # nothing asked for
     assert [np.asarray(im).tobytes() for im in again.train["image"]] == [np.asarray(im).tobytes() for im in train["image"]]
-    assert len(load_paired_splits("phantoms", size=16, num_phantoms=3, max_train_samples=2).train) == 2
+    assert len(load_paired_splits("phantoms:echo", size=16, num_phantoms=3, max_train_samples=2).train) == 2
+    with pytest.raises(ValueError, match="phantoms:ANATOMY"):  # the bare word is not the spelling
+        load_paired_splits("phantoms", size=16, num_phantoms=3)
+
+
+def test_the_phantoms_spelling_gives_count_and_seed():
+    """``phantoms:thyroid:4:9`` is 4 thyroid phantoms from seed 9 (the text wins over num_phantoms / seed), never an
+    anatomy called "thyroid:4:9"."""
+    from ultrasound_diffusers.data.phantoms import generate_phantoms
+
+    splits = load_paired_splits("phantoms:thyroid:4:9", size=16, num_phantoms=3, seed=1)
+    want = generate_phantoms(4, "thyroid", size=16, seed=9)
+    assert len(splits.train) == 4
+    assert [np.asarray(x).tolist() for x in splits.train["label"]] == [np.asarray(x).tolist() for x in want["label"]]
+    # N without SEED: the training seed
+    assert len(load_paired_splits("phantoms:thyroid:2", size=16, num_phantoms=3, seed=1).train) == 2
+
+
+def test_a_saved_folder_named_phantoms_is_a_folder(tmp_path):
+    import datasets
+
+    _pairs(3).save_to_disk(str(tmp_path / "phantoms_thyroid"))
+    splits = load_paired_splits(str(tmp_path / "phantoms_thyroid"), num_phantoms=256)
+    assert splits.kind == "saved_dataset" and len(splits.train) == 3
+
+
+def test_png_folders_train_as_they_evaluate(tmp_path):
+    """The PNG dialect (images/ + labels/, as `phantoms --png_dir` writes) gives training the pairs evaluation reads."""
+    from ultrasound_diffusers.evaluation.io import load_image_set
+
+    for sub_dir in ("images", "labels"):
+        (tmp_path / "png" / sub_dir).mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "png" / "images" / f"{i:06d}.png")
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(tmp_path / "png" / "labels" / f"{i:06d}.png")
+    splits = load_paired_splits(data_dir=str(tmp_path / "png"))
+    assert splits.kind == "folder" and check_paired_dataset(splits.train, base_dir=splits.base_dir) == 3
+    image_set = load_image_set(str(tmp_path / "png"))
+    rows = [read_label_cell(v).tolist() for v in splits.train.cast_column("label", __import__("datasets").Image(
+        decode=False))["label"]]
+    assert rows == image_set.labels.tolist()
 
 
 def test_load_paired_splits_from_saved_datasets(tmp_path):
@@ -71,14 +102,16 @@ def test_load_paired_splits_from_saved_datasets(tmp_path):
 
     pairs = _pairs(5)
     datasets.DatasetDict({"train": pairs, "validation": pairs.select([0, 1, 2])}).save_to_disk(str(tmp_path / "dd"))
-    train, validation, base_dir = load_paired_splits(str(tmp_path / "dd"), num_validation=2)
+    train, validation, base_dir, _, _ = load_paired_splits(str(tmp_path / "dd"), num_validation=2)
     assert len(train) == 5 and len(validation) == 2 and base_dir == str(tmp_path / "dd")
     assert load_paired_splits(str(tmp_path / "dd")).validation is None
     pairs.save_to_disk(str(tmp_path / "single"))
     assert load_paired_splits(str(tmp_path / "single"), num_validation=2).validation is None
     datasets.DatasetDict({"test": pairs}).save_to_disk(str(tmp_path / "no-train"))
-    with pytest.raises(ValueError, match=r"has no 'train' split \(splits: \['test'\]\)"):
-        load_paired_splits(str(tmp_path / "no-train"))
+    assert load_paired_splits(str(tmp_path / "no-train")).split == "test"  # the only split
+    datasets.DatasetDict({"test": pairs, "other": pairs}).save_to_disk(str(tmp_path / "two"))
+    with pytest.raises(ValueError, match=r"splits \['test', 'other'\] and none is 'train'"):
+        load_paired_splits(str(tmp_path / "two"))
     with pytest.raises(ValueError, match="the training dataset is empty"):
         load_paired_splits(str(tmp_path / "single"), max_train_samples=0)
 
@@ -105,8 +138,6 @@ def test_open_and_describe_cells(tmp_path):
         open_cell(None)
     assert describe_cell({"bytes": b"", "path": "/d/l.png"}, 3) == "row 3 (/d/l.png)"
     assert describe_cell("x.png", 0) == "row 0 (x.png)" and describe_cell(array, 5) == "row 5"
-    assert spatial_size(Image.fromarray(array)) == (3, 4) == spatial_size(array)
-    assert spatial_size(np.zeros((3, 5, 7))) == (5, 7) and spatial_size(np.zeros((5, 7, 3))) == (5, 7)
 
 
 def test_label_cells_follow_the_package_rule():
@@ -128,8 +159,11 @@ def test_to_image_array_modes_and_channels():
     rgba[..., 0] = 255
     assert np.allclose(to_image_array(rgba), 0.299) and to_image_array(rgba, channels=3).shape == (3, 2, 2)
     assert to_image_array(np.zeros((1, 4, 5), np.float32), channels=3).shape == (3, 4, 5)
-    assert float(to_image_array(np.full((2, 2), 3.0)).max()) == 1.0  # floats are clipped to [0, 1]
-    with pytest.raises(ValueError, match="1 or 3 channels"):
+    with pytest.raises(ValueError, match=r"\(x \+ 1\) / 2"):  # never clipped to half its range
+        to_image_array(np.full((2, 2), -0.5))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        to_image_array(np.full((2, 2), 3.0))
+    with pytest.raises(ValueError, match="C = 1"):
         to_image_array(np.zeros((2, 2, 2, 2)))
     with pytest.raises(ValueError, match="`channels`"):
         to_image_array(np.zeros((2, 2)), channels=2)

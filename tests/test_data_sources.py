@@ -7,10 +7,12 @@ from ultrasound_diffusers.data.sources import PhantomsSpec, is_phantoms_spec, pa
 
 
 def test_the_spelling():
-    assert parse_phantoms_spec("phantoms:echo") == PhantomsSpec("echo", None, 0)
-    assert parse_phantoms_spec("phantoms:thyroid:20") == PhantomsSpec("thyroid", 20, 0)
+    assert parse_phantoms_spec("phantoms:echo") == PhantomsSpec("echo", None, None)
+    assert parse_phantoms_spec("phantoms:thyroid:20") == PhantomsSpec("thyroid", 20, None)
+    assert parse_phantoms_spec("phantoms:thyroid:20").seed_or(7) == 7 and PhantomsSpec("echo", 3, 0).seed_or(7) == 0
     assert parse_phantoms_spec("phantoms:echo:200:4242") == PhantomsSpec("echo", 200, 4242)
     assert str(PhantomsSpec("echo", 200, 4242)) == "phantoms:echo:200:4242"
+    assert str(parse_phantoms_spec("phantoms:thyroid:20")) == "phantoms:thyroid:20"
     assert is_phantoms_spec("phantoms:echo") and not is_phantoms_spec("phantoms") and not is_phantoms_spec(3)
 
 

@@ -1,4 +1,4 @@
-"""Label maps and sizes: one acceptance rule, one resize rule, one size parser for every entry point.
+"""Images, label maps and sizes: one acceptance rule each, one resize rule, one size parser for every entry point.
 
 Training, generation, evaluation, the demo, the converters and the pipelines all read label maps through
 :func:`to_label_array` (in memory) or :func:`read_label_file` (on disk), and resize them with
@@ -11,7 +11,24 @@ Acceptance rule (:func:`to_label_array`): a label map is one class index per pix
   convert colours to class indices first (a luminance conversion would merge classes silently).
 * numpy arrays, torch tensors and nested lists of shape ``[H, W]``, ``[1, H, W]`` or ``[H, W, 1]``, of bool,
   integer or float dtype; floats must be finite whole numbers.
-* negative values, NaN and infinity are refused.
+* negative values, NaN and infinity are refused, and so is a value too large to be a class index (>= 2**31),
+  which is named as itself in the message.
+* a nested Python list (``[[0, 1], [1, 2]]``) is read as the array it spells; a ragged list is refused.
+* ``.npy`` files are read without pickles: an object array is refused with a message naming the file.
+
+Image acceptance rule (:func:`to_image_array`, used by training, evaluation, reconstruction and the nnU-Net
+export alike): one image, returned as float32 ``[C, H, W]`` in [0, 1].
+
+* PIL images: 8-bit modes (``1``, ``L``, ``P``, ``LA``, ``RGB``, ``RGBA``; grey+alpha and RGBA drop their alpha),
+  ``I;16`` divided by 65535, ``I`` by 255 (values <= 255) or 65535, ``F`` under the float rule.
+* arrays, tensors and nested lists ``[H, W]``, ``[H, W, C]`` or ``[C, H, W]`` with C = 1 (grey), 2 (grey+alpha,
+  alpha dropped), 3 (RGB) or 4 (RGBA, alpha dropped): uint8 / 255, uint16 / 65535, other integers / 255 when
+  they lie in [0, 255], bool as 0 / 1.
+* floats must lie in [0, 1] (up to 1e-3): an image in [-1, 1] (the model's range) is **refused** with a message
+  giving the rescale ``(x + 1) / 2``, because clipping it would silently lose the lower half of its range.
+  NaN and infinity are refused.
+* RGB becomes grey with the ITU-R 601 luma weights (0.299, 0.587, 0.114) when one channel is asked for;
+  grey is repeated when three are.
 
 Resize rule (:func:`resize_label_map`): nearest neighbour sampled at pixel centres, output pixel ``i`` takes
 input pixel ``floor((i + 0.5) * in / out)`` (PyTorch's ``nearest-exact``), for numpy arrays and tensors alike.
@@ -34,6 +51,9 @@ _PIL_LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "F")
 
 __all__ = [
     "LABEL_FILE_SUFFIXES",
+    "check_whole_values",
+    "load_npy",
+    "to_image_array",
     "nearest_indices",
     "parse_size",
     "read_label_file",
@@ -104,7 +124,24 @@ def to_label_array(value: Any, where: str = "label map") -> np.ndarray:
         raise ValueError(f"{where} must hold integer class indices, got dtype {array.dtype}")
     if array.size and array.min() < 0:
         raise ValueError(f"{where} holds negative values (minimum {array.min():g}); class indices are >= 0")
+    if array.size and array.max() >= MAX_CLASS_INDEX:
+        raise ValueError(f"{where} holds the value {array.max():g}, too large for a class index (< {MAX_CLASS_INDEX})")
     return array.astype(np.int64)
+
+
+def load_npy(path: PathLike, where: Optional[str] = None) -> np.ndarray:
+    """``np.load(path, allow_pickle=False)`` whose errors name the file: a pickled (object) array, a damaged or
+    non-``.npy`` file is a ValueError ``"{where} is not a readable .npy array: ..."`` (``where`` defaults to the
+    path)."""
+    where = str(path) if where is None else where
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{where} is not a readable .npy array: {err}") from None
+
+
+#: Class indices are below this (a float label of 1e20 is refused as itself, never wrapped around by a cast).
+MAX_CLASS_INDEX = 2**31
 
 
 def read_label_file(path: PathLike) -> np.ndarray:
@@ -119,11 +156,7 @@ def read_label_file(path: PathLike) -> np.ndarray:
     if path.suffix.lower() not in LABEL_FILE_SUFFIXES:
         raise ValueError(f"{where}: expected one of {', '.join(LABEL_FILE_SUFFIXES)}")
     if path.suffix.lower() == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise ValueError(f"{where} is not a readable .npy array: {err}") from None
-        return to_label_array(array, where)
+        return to_label_array(load_npy(path, where), where)
     try:
         with PIL.Image.open(path) as image:
             image.load()
@@ -197,3 +230,106 @@ def parse_size(
     if len(values) == 1:
         return (values[0], values[0]) if as_pair else values[0]
     return values[0], values[1]
+
+
+# ---------------------------------------------------------------------------------------------------- images
+_PIL_16_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+#: Luma weights of ITU-R BT.601 (RGB -> grey).
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def _float_image(array: np.ndarray, where: str) -> np.ndarray:
+    """The float rule: finite values in [0, 1] (1e-3 tolerance, then clipped); anything else is refused."""
+    array = array.astype(np.float32, copy=False)
+    if array.size == 0:
+        raise ValueError(f"{where} is empty")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{where} holds NaN or infinite values")
+    lo, hi = float(array.min()), float(array.max())
+    if lo < -1e-3 or hi > 1.0 + 1e-3:
+        hint = ("; an image in [-1, 1] (the model's range) maps to [0, 1] with (x + 1) / 2"
+                if lo >= -1.0 - 1e-3 and hi <= 1.0 + 1e-3 else "")
+        raise ValueError(
+            f"{where}: float values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]; pass 8-bit (uint8) or 16-bit "
+            f"(uint16) images or rescale{hint}"
+        )
+    return np.clip(array, 0.0, 1.0)
+
+
+def _pil_image(image, channels: int, where: str) -> np.ndarray:
+    """A PIL image as float32 [H, W] or [H, W, 3] in [0, 1] (see the module's image rule)."""
+    if image.mode in _PIL_16_BIT_MODES:
+        return np.asarray(image).astype(np.float32) / 65535.0
+    if image.mode == "I":
+        array = np.asarray(image).astype(np.float32)
+        if array.size and array.min() < 0:
+            raise ValueError(f"{where} is a 32-bit integer image with negative values")
+        return array / (255.0 if array.size == 0 or array.max() <= 255 else 65535.0)
+    if image.mode == "F":
+        return _float_image(np.asarray(image), where)
+    return np.asarray(image.convert("RGB" if channels == 3 else "L")).astype(np.float32) / 255.0
+
+
+def _array_image(value: Any, where: str) -> np.ndarray:
+    """An array-like image as float32 [H, W] or [H, W, C] in [0, 1] (C = 1..4, channels last)."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{where} is not an array-like image: {err}") from None
+    if array.ndim == 3 and array.shape[0] in (1, 2, 3, 4) and array.shape[-1] not in (1, 2, 3, 4):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4)):
+        raise ValueError(
+            f"{where} must be [H, W], [H, W, C] or [C, H, W] with C = 1 (grey), 2 (grey+alpha), 3 (RGB) or "
+            f"4 (RGBA), got shape {tuple(array.shape)}"
+        )
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if np.issubdtype(array.dtype, np.integer):
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ValueError(
+                f"{where}: integer values must lie in [0, 255] (or be uint16), got [{array.min()}, {array.max()}]"
+            )
+        return array.astype(np.float32) / 255.0
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{where} must hold numbers, got dtype {array.dtype}")
+    return _float_image(array, where)
+
+
+def to_image_array(value: Any, where: str = "image", channels: int = 1) -> np.ndarray:
+    """One image as float32 ``[channels, H, W]`` in [0, 1], by the module's image acceptance rule.
+
+    Args:
+        value: a PIL image, numpy array, torch tensor or nested list (``[H, W]``, ``[H, W, C]`` or ``[C, H, W]``,
+            C = 1, 2 (grey+alpha), 3 or 4 (RGBA)).
+        where: how error messages name the image (e.g. ``"the image of row 3 (a.png)"``).
+        channels: 1 (grey; RGB is converted with :data:`LUMA_WEIGHTS`) or 3 (RGB; grey is repeated).
+
+    Raises:
+        ValueError: naming ``where``: other shapes, floats outside [0, 1] (an image in [-1, 1] is told to rescale
+            with ``(x + 1) / 2``), NaN / infinity, integers outside [0, 255] that are not uint16.
+    """
+    import PIL.Image
+
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 or 3, got {channels!r}")
+    if isinstance(value, PIL.Image.Image):
+        array = _pil_image(value, channels, where)
+    else:
+        array = _array_image(value, where)
+    if array.ndim == 3:
+        colour = array[..., :1] if array.shape[-1] <= 2 else array[..., :3]  # alpha dropped
+        if colour.shape[-1] == 3 and channels == 1:
+            colour = (colour @ np.asarray(LUMA_WEIGHTS, np.float32))[..., None]
+        array = np.moveaxis(colour, -1, 0)
+    else:
+        array = array[None]
+    if array.shape[0] == 1 and channels == 3:
+        array = np.repeat(array, 3, axis=0)
+    return np.ascontiguousarray(array, dtype=np.float32)

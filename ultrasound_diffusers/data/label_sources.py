@@ -17,9 +17,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..image_processor import read_label_file, resize_label_map, to_label_array
+from ..image_processor import load_npy, read_label_file, resize_label_map, to_label_array
 from .converters import find_files
-from .sources import is_saved_dataset, load_hub_dataset, looks_like_hub_id
+from .sources import Source, open_source, parse_phantoms_spec
 
 PathLike = Union[str, os.PathLike]
 LABEL_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".npy")
@@ -53,6 +53,9 @@ class LabelSource:
     """
 
     description: str = "label maps"
+    #: the kind of source the maps came from (:data:`ultrasound_diffusers.data.sources.SOURCE_KINDS`) and its split
+    kind: str = "array"
+    split: Optional[str] = "train"
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -184,28 +187,58 @@ class FolderLabelSource(LabelSource):
 def parse_phantom_spec(spec: str) -> Dict[str, Any]:
     """Parse ``phantoms:ANATOMY:N[:SEED]`` into ``{"anatomy", "num", "seed"}`` (ValueError if malformed); the
     spelling is :func:`ultrasound_diffusers.data.sources.parse_phantoms_spec`'s, with N required here."""
-    from .sources import parse_phantoms_spec
-
     parsed = parse_phantoms_spec(spec, argument="labels", require_num=True)
-    return {"anatomy": parsed.anatomy, "num": parsed.num, "seed": parsed.seed}
+    return {"anatomy": parsed.anatomy, "num": parsed.num, "seed": parsed.seed_or(0)}
 
 
-def _select_split(dataset, split: Optional[str], name: str):
-    import datasets
+def _phantom_labels(source: Source, size, argument: str) -> LabelSource:
+    from .phantoms import phantom_label_maps
 
-    if isinstance(dataset, (datasets.DatasetDict, dict)):
-        splits = list(dataset.keys())
-        if split is None:
-            if "train" in splits:
-                split = "train"
-            elif len(splits) == 1:
-                split = splits[0]
-            else:
-                raise ValueError(f"`labels` {name} has splits {splits}; choose one with `split`")
-        if split not in dataset:
-            raise ValueError(f"`split` {split!r} is not a split of {name}; its splits are {splits}")
-        return dataset[split], split
-    return dataset, split
+    spec = parse_phantoms_spec(source.spec, argument=argument, require_num=True)
+    if size is None:
+        raise ValueError("phantom label sources need the image `size` (the model's sample size)")
+    seed = spec.seed_or(0)
+    maps = phantom_label_maps(spec.num, anatomy=spec.anatomy, size=size, seed=seed)
+    ids = [f"phantom-{spec.anatomy}-{seed}-{i}" for i in range(spec.num)]
+    h, w = maps.shape[-2:]
+    return ArrayLabelSource(maps, ids, description=f"{source.spec} (built-in {spec.anatomy} phantom label maps, {h}x{w})")
+
+
+def _file_labels(path: Path, argument: str) -> LabelSource:
+    if path.suffix.lower() != ".npy":
+        if path.suffix.lower() in LABEL_IMAGE_SUFFIXES:
+            return ArrayLabelSource([read_label_image(path)], ids=[path.name], description=f"label map file {path}")
+        raise ValueError(f"{argument} file {path} must be a .npy array [N, H, W] or a label image "
+                         f"({', '.join(LABEL_IMAGE_SUFFIXES)})")
+    array = load_npy(path, f"{argument} file {path}")
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise ValueError(f"{argument} file {path} must hold an array [N, H, W], got shape {array.shape}")
+    return ArrayLabelSource(array, description=f"{path} ({array.shape[0]} label maps)")
+
+
+def _array_labels(labels: Any) -> LabelSource:
+    if isinstance(labels, (list, tuple)) and labels and all(isinstance(item, (str, os.PathLike)) for item in labels):
+        return ArrayLabelSource([read_label_image(p) for p in labels], ids=[os.fspath(p) for p in labels],
+                                description=f"{len(labels)} label map files")
+    if hasattr(labels, "detach") and hasattr(labels, "cpu"):  # a torch tensor [N, H, W]
+        labels = labels.detach().cpu().numpy()
+    if not isinstance(labels, (np.ndarray, list, tuple)):
+        raise ValueError(
+            "`labels` must be a path, a Hub dataset name, 'phantoms:ANATOMY:N', a datasets.Dataset, an array "
+            f"[N, H, W] or a list of label maps; got {type(labels).__name__}"
+        )
+    if len(labels) == 0:
+        raise ValueError("`labels` is empty")
+    return ArrayLabelSource(labels)
+
+
+def _folder_labels(path: Path) -> LabelSource:
+    """A folder of label files; in the PNG dialect (``images/`` + ``labels/``) its ``labels/`` folder."""
+    if (path / "images").is_dir() and (path / "labels").is_dir():
+        return FolderLabelSource(path / "labels")
+    return FolderLabelSource(path)
 
 
 def load_label_source(
@@ -214,8 +247,10 @@ def load_label_source(
     id_column: Union[str, Sequence[str], None] = None,
     split: Optional[str] = None,
     size: Union[int, Tuple[int, int], None] = None,
+    argument: str = "`labels`",
 ) -> LabelSource:
-    """Open a source of label maps.
+    """Open a source of label maps through the one input door
+    (:func:`ultrasound_diffusers.data.sources.open_source`, with its split rule).
 
     Args:
         labels: one of
@@ -223,68 +258,37 @@ def load_label_source(
             * ``"phantoms:ANATOMY:N[:SEED]"``: ``N`` built-in phantom label maps
               (:func:`ultrasound_diffusers.data.phantoms.phantom_label_maps`) of size ``size``;
             * a folder written by ``save_to_disk`` (a Dataset or DatasetDict), read with ``load_from_disk``;
-            * a folder of label map images (PNG/TIFF/BMP whose pixel values are class indices, or ``.npy``);
-            * a ``.npy`` file with an array [N, H, W];
+            * a folder of label map images (PNG/TIFF/BMP whose pixel values are class indices, or ``.npy``); in
+              the PNG dialect of ``generate --export png`` / ``phantoms --png_dir`` (``images/`` + ``labels/``)
+              its ``labels/`` folder;
+            * a ``.npy`` file with an array [N, H, W], or one label image file;
             * any other string: a dataset on the Hugging Face Hub, read with ``datasets.load_dataset``;
             * a ``datasets.Dataset`` / ``DatasetDict``, an array [N, H, W], a list of 2-D maps or of label map
               files, or a LabelSource.
         label_column: column of the label maps for dataset sources.
         id_column: column(s) naming the rows of a dataset source (default: the row index).
-        split: split of a DatasetDict or Hub dataset (default: ``"train"`` or the only split).
+        split: split of a dataset (the package's split rule: else ``"train"``, else the only split).
         size: (height, width) or int, for phantom sources.
+        argument: how errors name ``labels`` (e.g. ``"--labels"``).
     """
-    import datasets
-
     if isinstance(labels, LabelSource):
         return labels
-    if isinstance(labels, (datasets.Dataset, datasets.DatasetDict)):
-        dataset, used = _select_split(labels, split, "the dataset")
-        return DatasetLabelSource(dataset, label_column, id_column)
-    if isinstance(labels, np.ndarray) or isinstance(labels, (list, tuple)):
-        if len(labels) == 0:
-            raise ValueError("`labels` is empty")
-        if all(isinstance(item, (str, os.PathLike)) for item in labels):
-            return ArrayLabelSource([read_label_image(p) for p in labels], ids=[os.fspath(p) for p in labels],
-                                    description=f"{len(labels)} label map files")
-        return ArrayLabelSource(labels)
-    if not isinstance(labels, (str, os.PathLike)):
-        raise ValueError(
-            "`labels` must be a path, a Hub dataset name, 'phantoms:ANATOMY:N', a datasets.Dataset, an array "
-            f"[N, H, W] or a list of label maps; got {type(labels).__name__}"
-        )
-    spec = os.fspath(labels)
-    if spec.startswith("phantoms:"):
-        from .phantoms import phantom_label_maps
-
-        options = parse_phantom_spec(spec)
-        if size is None:
-            raise ValueError("phantom label sources need the image `size` (the model's sample size)")
-        maps = phantom_label_maps(options["num"], anatomy=options["anatomy"], size=size, seed=options["seed"])
-        ids = [f"phantom-{options['anatomy']}-{options['seed']}-{i}" for i in range(options["num"])]
-        h, w = maps.shape[-2:]
-        return ArrayLabelSource(maps, ids, description=f"{spec} (built-in {options['anatomy']} phantom label maps, {h}x{w})")
-    path = Path(spec)
-    if path.is_file():
-        if path.suffix.lower() != ".npy":
-            raise ValueError(f"`labels` file {path} must be a .npy array [N, H, W]; image files go in a folder")
-        array = np.load(path, allow_pickle=False)
-        if array.ndim == 2:
-            array = array[None]
-        if array.ndim != 3:
-            raise ValueError(f"`labels` file {path} must hold an array [N, H, W], got shape {array.shape}")
-        return ArrayLabelSource(array, description=f"{path} ({array.shape[0]} label maps)")
-    if path.is_dir():
-        if is_saved_dataset(path):
-            dataset, used = _select_split(datasets.load_from_disk(str(path)), split, str(path))
-            where = f"{path}" + (f" split {used!r}" if used else "")
-            return DatasetLabelSource(dataset, label_column, id_column,
-                                      description=f"dataset {where} ({dataset.num_rows} rows), column {label_column!r}")
-        return FolderLabelSource(path)
-    if not looks_like_hub_id(spec):
-        raise FileNotFoundError(f"`labels` {spec!r} does not exist (and is not a Hub dataset name 'org/name')")
-    dataset = load_hub_dataset(spec, split=split or "train", argument="`labels`")
-    return DatasetLabelSource(dataset, label_column, id_column,
-                              description=f"Hub dataset {spec} split {split or 'train'!r}, column {label_column!r}")
+    source = open_source(labels, split, argument=argument)
+    if source.kind == "phantoms":
+        result = _phantom_labels(source, size, argument.strip("`"))
+    elif source.dataset is not None:
+        where = source.description + (f" split {source.split!r}" if len(source.splits) > 1 or source.split != "train"
+                                      else "")
+        result = DatasetLabelSource(source.dataset, label_column, id_column,
+                                    description=f"{where} ({source.dataset.num_rows} rows), column {label_column!r}")
+    elif source.kind == "folder":
+        result = _folder_labels(source.path)
+    elif source.kind == "file":
+        result = _file_labels(source.path, argument)
+    else:
+        result = _array_labels(source.value)
+    result.kind, result.split = source.kind, source.split
+    return result
 
 
 def _resize_nearest(label: np.ndarray, size: Tuple[int, int]) -> np.ndarray:

@@ -223,11 +223,11 @@ def _write_case(images_dir: Path, labels_dir: Path, case: str, image: Any, label
 def held_out_cases_dataset(source: Any, split: Optional[str] = None, max_images: Optional[int] = None):
     """Held-out cases for :func:`export_nnunet` (``test_dataset``) from any image-set source of ``evaluate``: a
     saved dataset, a Hub dataset, an ``images/`` + ``labels/`` folder, an array or ``phantoms:ANATOMY:N[:SEED]``
-    (:func:`ultrasound_diffusers.evaluation.io.load_image_set`, label maps found automatically). Returns a
+    (:func:`ultrasound_diffusers.data.sources.load_image_set`, the one input door; label maps found automatically). Returns a
     ``datasets.Dataset`` with ``image`` (8-bit grayscale) and, when the source has label maps, ``label``."""
     import datasets as hf_datasets
 
-    from ..evaluation.io import load_image_set
+    from .sources import load_image_set
 
     image_set = load_image_set(source, label_column="auto", split=split, max_images=max_images)
     images = [np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8) for image in image_set.images]

@@ -1,12 +1,13 @@
 """Paired (image, label map) datasets for training: where they come from, one check of every row before training,
 and the preprocessing of a row into tensors.
 
-* :func:`load_paired_splits`: the training split and, when the source has one, a validation split, from built-in
-  phantoms (``"phantoms:echo"``), a ``save_to_disk`` folder, a Hub / local dataset script or an image folder
-  with a metadata file.
-* :func:`check_paired_dataset`: every row decodes, label maps follow the package's acceptance rule
-  (:func:`ultrasound_diffusers.image_processor.to_label_array`), have the size of their image and ids in
-  ``[0, num_classes)``; errors name the row and the file.
+* :func:`load_paired_splits`: the training split and, when the source has one, a validation split, opened by
+  the one input door (:func:`ultrasound_diffusers.data.sources.open_source`): built-in phantoms
+  (``"phantoms:echo"``, ``"phantoms:thyroid:100"``), a ``save_to_disk`` folder, a Hub dataset, the PNG folders
+  ``generate --export png`` / ``phantoms --png_dir`` write, or an image folder with a metadata file.
+* :func:`check_paired_dataset`: every row decodes, images follow the package's image acceptance rule and label
+  maps its label rule (:func:`ultrasound_diffusers.image_processor.to_image_array` / ``to_label_array``), have
+  the size of their image and ids in ``[0, num_classes)``; errors name the row and the file.
 * :func:`preprocess_image` / :func:`preprocess_labels`, :class:`PairedTransform` (a ``datasets`` transform) and
   :func:`collate_pairs`: ``pixel_values`` ``[C, H, W]`` in [-1, 1] and ``labels`` ``[H, W]`` int64.
 
@@ -27,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..image_processor import resize_label_map, to_label_array
-from .sources import is_saved_dataset, load_hub_dataset
+from ..image_processor import load_npy, resize_label_map, to_image_array, to_label_array
+from .sources import PHANTOMS_USAGE, Source, folder_pairs, open_source
 
 __all__ = [
     "PairedSplits",
@@ -38,11 +39,9 @@ __all__ = [
     "describe_cell",
     "load_paired_splits",
     "open_cell",
-    "parse_phantom_source",
     "preprocess_image",
     "preprocess_labels",
     "read_label_cell",
-    "spatial_size",
     "to_image_array",
 ]
 
@@ -64,16 +63,42 @@ class PairedSplits(NamedTuple):
     validation: Any
     #: the folder that relative file names in the columns refer to, or None
     base_dir: Optional[str]
+    #: the kind of the source (:data:`ultrasound_diffusers.data.sources.SOURCE_KINDS`) and the split read
+    kind: str = "phantoms"
+    split: Optional[str] = "train"
 
 
-def parse_phantom_source(name: Optional[str]) -> Optional[str]:
-    """The anatomy of a phantom source: ``None`` -> ``"echo"`` (the default source), ``"phantoms"`` ->
-    ``"echo"``, ``"phantoms:thyroid"`` -> ``"thyroid"``; any other name -> None (not a phantom source)."""
-    if name is None:
-        return "echo"
-    if not str(name).startswith("phantoms"):
-        return None
-    return str(name).split(":", 1)[1] if ":" in str(name) else "echo"
+def _phantom_pairs(source: Source, size: SizeLike, num_phantoms: int, seed: int, num_validation: int,
+                   progress: bool) -> Tuple[Any, Any]:
+    """Training (and validation) phantoms of a ``phantoms:ANATOMY[:N[:SEED]]`` source: N (else ``num_phantoms``)
+    phantoms from SEED (else ``seed``); the validation phantoms are new ones (indices after the training ones)."""
+    from .phantoms import generate_phantoms
+
+    spec = source.phantoms
+    num, seed = spec.num or int(num_phantoms), spec.seed_or(seed)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    train = generate_phantoms(num, anatomy=spec.anatomy, size=size, seed=seed, progress=progress)
+    validation = None
+    if num_validation:
+        validation = generate_phantoms(num_validation, anatomy=spec.anatomy, size=size, seed=seed, start=num)
+    return train, validation
+
+
+def _folder_pairs_dataset(source: Source, cache_dir: Optional[str]) -> Tuple[Any, Any]:
+    """A folder as training pairs: the package's folder dialect (``images/`` + ``labels/`` matched by stem, as
+    ``generate --export png`` and ``phantoms --png_dir`` write) as ``image`` / ``label`` columns of file paths;
+    any other folder through ``datasets``' ``imagefolder`` builder (a metadata file pairs the files)."""
+    import datasets
+
+    path = Path(source.path)
+    if (path / "images").is_dir() and (path / "labels").is_dir():
+        images, labels = folder_pairs(path)
+        columns = {"image": [str(p) for p in images], "label": [str(p) for p in labels]}
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
+        return datasets.Dataset.from_dict(columns, features=features), None
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(path), cache_dir=cache_dir)
+    split_source = open_source(loaded, None, argument=source.description)
+    return split_source.dataset, split_source.other_split("validation")
 
 
 def load_paired_splits(
@@ -89,18 +114,19 @@ def load_paired_splits(
     progress: bool = False,
     arguments: Optional[Mapping[str, str]] = None,
 ) -> PairedSplits:
-    """Load a training split and, when wanted and available, a validation split.
+    """Load a training split and, when wanted and available, a validation split, through the one input door
+    (:func:`ultrasound_diffusers.data.sources.open_source`, with its phantoms spelling and split rule).
 
     Sources (give at most one of ``dataset_name`` and ``data_dir``; neither means ``"phantoms:echo"``):
 
-    * ``data_dir``: an image folder read with ``datasets``' ``imagefolder`` builder (a ``metadata.jsonl`` / ``.csv``
-      whose ``*_file_name`` columns pair each image with its label map);
-    * ``"phantoms"`` / ``"phantoms:<anatomy>"``: ``num_phantoms`` phantoms of ``size`` generated in memory from
-      ``seed`` (:func:`ultrasound_diffusers.data.phantoms.generate_phantoms`); the ``num_validation`` validation
-      phantoms are new ones (indices after the training ones);
-    * a ``save_to_disk`` folder: a ``Dataset``, or a ``DatasetDict`` with a ``train`` and optionally a
-      ``validation`` split;
-    * otherwise a Hub dataset id or a local dataset script / folder (``config_name``, ``cache_dir``).
+    * ``"phantoms:ANATOMY[:N[:SEED]]"``: N (else ``num_phantoms``) phantoms of ``size`` generated in memory from
+      SEED (else ``seed``) (:func:`ultrasound_diffusers.data.phantoms.generate_phantoms`); the
+      ``num_validation`` validation phantoms are new ones (indices after the training ones);
+    * a ``save_to_disk`` folder (whatever its name): a ``Dataset``, or a ``DatasetDict`` read at the split of the
+      package's rule (``train``, else the only split) with its ``validation`` split;
+    * a folder (``data_dir`` must be one): the PNG dialect ``images/`` + ``labels/``, else an ``imagefolder``
+      whose ``metadata.jsonl`` / ``.csv`` ``*_file_name`` columns pair each image with its label map;
+    * a Hub dataset id (``config_name``, ``cache_dir``).
 
     Args:
         size: int or (height, width) of generated phantoms (other sources keep their size).
@@ -110,46 +136,41 @@ def load_paired_splits(
         arguments: how errors name ``dataset_name`` and ``data_dir`` (see the module docstring).
 
     Returns:
-        :class:`PairedSplits` ``(train, validation, base_dir)``.
+        :class:`PairedSplits` ``(train, validation, base_dir, kind, split)``.
 
     Raises:
-        ValueError: for both sources at once, a ``data_dir`` that is not a folder, a ``DatasetDict`` without a
-            ``train`` split, an empty training set, or a Hub dataset that cannot be loaded.
+        ValueError: for both sources at once, a ``data_dir`` that is not a folder, a source that holds no pairs
+            (a file, an array), a split the rule cannot choose, an empty training set, or a Hub dataset that
+            cannot be loaded.
     """
-    import datasets
-
     if dataset_name is not None and data_dir is not None:
         raise ValueError(f"pass only one of {_name(arguments, 'dataset_name')} and {_name(arguments, 'data_dir')}")
-    validation = None
-    anatomy = parse_phantom_source(dataset_name) if data_dir is None else None
-    if data_dir is not None:
-        if not Path(data_dir).is_dir():
-            raise ValueError(f"{_name(arguments, 'data_dir')} {data_dir!r} is not a directory")
-        ds = datasets.load_dataset("imagefolder", data_dir=data_dir, cache_dir=cache_dir)
-    elif anatomy is not None:
-        from .phantoms import generate_phantoms
-
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        ds = generate_phantoms(num_phantoms, anatomy=anatomy, size=size, seed=seed, progress=progress)
-        if num_validation:
-            validation = generate_phantoms(num_validation, anatomy=anatomy, size=size, seed=seed, start=num_phantoms)
-    elif is_saved_dataset(dataset_name):
-        ds = datasets.load_from_disk(dataset_name)
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise ValueError(f"{_name(arguments, 'data_dir')} {data_dir!r} is not a directory")
+    argument = _name(arguments, "data_dir" if data_dir is not None else "dataset_name")
+    spec = data_dir if data_dir is not None else (dataset_name or "phantoms:echo")
+    source = open_source(spec, None, argument=argument, config_name=config_name, cache_dir=cache_dir)
+    if source.kind == "phantoms":
+        ds, validation = _phantom_pairs(source, size, num_phantoms, seed, num_validation, progress)
+    elif source.dataset is not None:
+        ds, validation = source.dataset, (source.other_split("validation") if source.split != "validation" else None)
+    elif source.kind == "folder":
+        ds, validation = _folder_pairs_dataset(source, cache_dir)
     else:
-        ds = load_hub_dataset(dataset_name, config_name, cache_dir=cache_dir, argument=_name(arguments, "dataset_name"))
-    if isinstance(ds, datasets.DatasetDict):
-        if "train" not in ds:
-            raise ValueError(f"the dataset {dataset_name or data_dir!r} has no 'train' split (splits: {sorted(ds)})")
-        validation = ds["validation"] if num_validation and "validation" in ds else None
-        ds = ds["train"]
+        raise ValueError(
+            f"{argument} {spec!r} is a {source.kind}, which holds no (image, label map) pairs; pass a saved dataset, "
+            f"a folder (images/ + labels/), a Hub dataset id or {PHANTOMS_USAGE}"
+        )
     if max_train_samples is not None:
         ds = ds.select(range(min(len(ds), max_train_samples)))
     if len(ds) == 0:
         raise ValueError("the training dataset is empty")
+    if not num_validation:
+        validation = None
     if validation is not None:
         validation = validation.select(range(min(len(validation), num_validation))) if len(validation) else None
-    base_dir = data_dir or (dataset_name if dataset_name and Path(dataset_name).is_dir() else None)
-    return PairedSplits(ds, validation, base_dir)
+    base_dir = str(source.path) if source.path is not None and source.path.is_dir() else None
+    return PairedSplits(ds, validation, base_dir, source.kind, source.split)
 
 
 # ---------------------------------------------------------------------------------------------------- cells
@@ -181,7 +202,7 @@ def open_cell(value: Any, base_dir: Optional[Union[str, os.PathLike]] = None):
         if not path.is_absolute() and base_dir is not None and (Path(base_dir) / path).exists():
             path = Path(base_dir) / path
         if path.suffix.lower() == ".npy":
-            return np.load(path, allow_pickle=False)
+            return load_npy(path, f"file {path}")
         return Image.open(path)
     if isinstance(value, (bytes, bytearray)):
         return Image.open(io.BytesIO(value))
@@ -190,69 +211,10 @@ def open_cell(value: Any, base_dir: Optional[Union[str, os.PathLike]] = None):
     return np.asarray(value)
 
 
-def spatial_size(obj: Any) -> Tuple[int, int]:
-    """(height, width) of a PIL image or an array ``[H, W]``, ``[H, W, C]`` or ``[C, H, W]`` (C = 1 or 3)."""
-    if hasattr(obj, "size") and not isinstance(obj, np.ndarray):
-        width, height = obj.size
-        return height, width
-    arr = np.asarray(obj)
-    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3):
-        return arr.shape[1], arr.shape[2]
-    return arr.shape[0], arr.shape[1]
-
-
 def read_label_cell(value: Any, base_dir: Optional[Union[str, os.PathLike]] = None) -> np.ndarray:
     """One label-map cell as int64 ``[H, W]``, through the package's one acceptance rule
     (:func:`ultrasound_diffusers.image_processor.to_label_array`)."""
     return to_label_array(open_cell(value, base_dir), "a label map")
-
-
-def to_image_array(obj: Any, channels: int = 1) -> np.ndarray:
-    """One image as float32 ``[C, H, W]`` in [0, 1].
-
-    Args:
-        obj: a PIL image (8-bit modes; ``I;16`` scaled by 65535; ``I`` by 255 or 65535 depending on its range;
-            ``F`` taken as [0, 1]) or an array ``[H, W]``, ``[H, W, C]`` or ``[C, H, W]`` (C = 1, 3, or 4 in the
-            last axis, whose alpha is dropped; uint8 / 255, uint16 / 65535, floats taken as [0, 1]).
-        channels: 1 (grayscale; RGB is converted with the ITU-R 601 luma weights) or 3 (RGB; grayscale is
-            repeated).
-
-    Returns:
-        float32 ``[channels, H, W]``, clipped to [0, 1].
-    """
-    from PIL import Image
-
-    if channels not in (1, 3):
-        raise ValueError(f"`channels` must be 1 or 3, got {channels!r}")
-    if isinstance(obj, Image.Image):
-        if obj.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-            arr = np.asarray(obj).astype(np.float32) / 65535.0
-        elif obj.mode == "I":
-            arr = np.asarray(obj).astype(np.float32)
-            arr = arr / (255.0 if arr.max() <= 255 else 65535.0)
-        elif obj.mode == "F":
-            arr = np.asarray(obj).astype(np.float32)
-        else:
-            arr = np.asarray(obj.convert("RGB" if channels == 3 else "L")).astype(np.float32) / 255.0
-    else:
-        arr = np.asarray(obj)
-        if arr.dtype == np.uint8:
-            arr = arr.astype(np.float32) / 255.0
-        elif arr.dtype == np.uint16:
-            arr = arr.astype(np.float32) / 65535.0
-        else:
-            arr = arr.astype(np.float32)
-    if arr.ndim == 2:
-        arr = arr[None]
-    elif arr.ndim == 3 and arr.shape[-1] in (1, 3, 4) and arr.shape[0] not in (1, 3):
-        arr = arr[..., :3].transpose(2, 0, 1) if arr.shape[-1] == 4 else arr.transpose(2, 0, 1)
-    if arr.ndim != 3 or arr.shape[0] not in (1, 3):
-        raise ValueError(f"an image must be [H, W], [H, W, C] or [C, H, W] with 1 or 3 channels, got {arr.shape}")
-    if arr.shape[0] == 3 and channels == 1:
-        arr = (0.299 * arr[0] + 0.587 * arr[1] + 0.114 * arr[2])[None]
-    elif arr.shape[0] == 1 and channels == 3:
-        arr = np.repeat(arr, 3, axis=0)
-    return np.clip(arr, 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------------- checking
@@ -304,7 +266,7 @@ def check_paired_dataset(
         raw_image = row[image_column]
         where = describe_cell(raw_image, index)
         try:
-            image_size = spatial_size(open_cell(raw_image, base_dir))
+            image_size = to_image_array(open_cell(raw_image, base_dir), "the image").shape[-2:]
         except Exception as err:  # noqa: BLE001 - report any decoding failure with its row
             raise ValueError(f"{image_flag} {image_column!r}: cannot read the image of {where}: {err}") from err
         if label_column is None:
@@ -334,9 +296,11 @@ def check_paired_dataset(
 
 # ---------------------------------------------------------------------------------------------------- tensors
 def preprocess_image(obj: Any, size: Tuple[int, int], channels: int = 1) -> torch.Tensor:
-    """One image (see :func:`to_image_array`) as float32 ``[channels, height, width]`` in [-1, 1], resized to
+    """One image (the package's image rule, :func:`ultrasound_diffusers.image_processor.to_image_array`: uint8,
+    uint16 or floats in [0, 1]; an image in [-1, 1] is refused, never clipped) as float32
+    ``[channels, height, width]`` in [-1, 1], resized to
     ``size`` = (height, width) with bicubic interpolation (antialiased when shrinking)."""
-    x = torch.from_numpy(np.ascontiguousarray(to_image_array(obj, channels)))
+    x = torch.from_numpy(np.ascontiguousarray(to_image_array(obj, channels=channels)))
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x[None], size=tuple(size), mode="bicubic", align_corners=False, antialias=True)[0]
     return x.clamp(0.0, 1.0) * 2.0 - 1.0

@@ -1,20 +1,25 @@
-"""Loading image sets for evaluation.
+# Copyright 2026 The ultrasound-diffusers authors. Apache-2.0.
+"""The image-set view of a source: what ``evaluate``, ``reconstruct`` and the nnU-Net test cases read.
 
 Every metric in :mod:`ultrasound_diffusers.evaluation` works on an :class:`ImageSet`: grayscale images as a
 float32 array ``[N, H, W]`` with values in [0, 1], optional integer label maps ``[N, H, W]`` and one name per
-image. :func:`load_image_set` builds one from
+image. :func:`load_image_set` builds one from any source of :func:`~ultrasound_diffusers.data.sources.open_source`
+(the one door, with its one split rule):
 
+* ``phantoms:ANATOMY:N[:SEED]``: N built-in phantoms with their label maps;
 * a folder of images (PNG, JPEG, BMP, TIFF, WebP). When the folder holds an ``images/`` sub-folder, the images
   are read from there and label maps from a sibling ``labels/`` folder (files matched by stem, e.g.
-  ``images/0001.png`` and ``labels/0001.png``); otherwise the image files directly inside the folder are used;
-* a ``datasets`` dataset saved with ``save_to_disk`` (a ``Dataset`` or a ``DatasetDict``, pick one with ``split``);
-* a ``datasets.Dataset`` / ``DatasetDict`` object;
-* a dataset name on the Hugging Face Hub (anything that is not an existing local path), loaded with
-  ``datasets.load_dataset(name, split=split or "train")``;
-* a numpy array or torch tensor ``[N, H, W]``, ``[N, 1, H, W]`` or ``[N, H, W, C]`` (uint8, or float in [0, 1]).
+  ``images/0001.png`` and ``labels/0001.png``: the PNG folders ``generate --export png`` and
+  ``phantoms --png_dir`` write); otherwise the image files directly inside the folder are used;
+* a ``datasets`` dataset saved with ``save_to_disk``, a ``datasets.Dataset`` / ``DatasetDict`` object, a Hub
+  dataset id;
+* a file: a ``.npy`` array ``[N, H, W]`` / ``[H, W]`` or one image file;
+* a numpy array, torch tensor or list ``[N, H, W]``, ``[N, 1, H, W]`` or ``[N, H, W, C]``.
 
-All images of one set are brought to one size (``size``, or the size of the first image); label maps are resized
-with nearest-neighbour interpolation.
+Pixel values follow the package's image acceptance rule
+(:func:`ultrasound_diffusers.image_processor.to_image_array`: uint8, uint16, or floats in [0, 1]; an image in
+[-1, 1] is refused with the rescale to use), label maps the label rule. All images of one set are brought to one
+size (``size``, or the size of the first image); label maps are resized with the package's nearest rule.
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from ..data.sources import is_saved_dataset, looks_like_hub_id
+from ...image_processor import load_npy, resize_label_map, to_image_array, to_label_array
+from .resolve import Source, open_source
+
+__all__ = ["DEFAULT_PHANTOM_SIZE", "IMAGE_EXTENSIONS", "ImageSet", "folder_pairs", "image_to_array", "label_to_array",
+           "load_image_set", "resize_image", "resize_label"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: Files whose presence marks a folder written by ``datasets`` ``save_to_disk``.
@@ -45,12 +54,16 @@ class ImageSet:
         labels: ``None`` or int64 array ``[N, H, W]`` of class indices.
         names: one name per image (file stem or dataset row index).
         source: a short description of where the set came from (for the report).
+        kind: the source's kind (:data:`~ultrasound_diffusers.data.sources.SOURCE_KINDS`).
+        split: the split read.
     """
 
     images: np.ndarray
     labels: Optional[np.ndarray] = None
     names: List[str] = field(default_factory=list)
     source: str = "array"
+    kind: str = "array"
+    split: Optional[str] = "train"
 
     def __post_init__(self) -> None:
         images = np.asarray(self.images)
@@ -88,7 +101,7 @@ class ImageSet:
             images=self.images[idx],
             labels=None if self.labels is None else self.labels[idx],
             names=[self.names[i] for i in idx],
-            source=self.source,
+            source=self.source, kind=self.kind, split=self.split,
         )
 
     def resized(self, size: Union[int, Tuple[int, int]]) -> "ImageSet":
@@ -98,7 +111,8 @@ class ImageSet:
             return self
         images = np.stack([resize_image(im, size) for im in self.images])
         labels = None if self.labels is None else np.stack([resize_label(lb, size) for lb in self.labels])
-        return ImageSet(images=images, labels=labels, names=list(self.names), source=self.source)
+        return ImageSet(images=images, labels=labels, names=list(self.names), source=self.source, kind=self.kind,
+                        split=self.split)
 
 
 def _as_hw(size: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
@@ -120,41 +134,18 @@ def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 
 def resize_label(label: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of one label map ``[H, W]`` to ``size`` = (H', W')."""
-    from ..image_processor import resize_label_map
-
     return resize_label_map(np.asarray(label), size).astype(np.int64, copy=False)
 
 
 def image_to_array(image: Any) -> np.ndarray:
-    """One image (PIL, numpy or torch; gray, gray+alpha or RGB) as float32 ``[H, W]`` in [0, 1]."""
-    if isinstance(image, Image.Image):
-        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-            return (np.asarray(image, dtype=np.float32) / 65535.0).clip(0.0, 1.0)
-        if image.mode == "F":
-            arr = np.asarray(image, dtype=np.float32)
-            return _float_to_unit(arr, "image")
-        if image.mode not in ("L", "1"):
-            image = image.convert("L")
-        return np.asarray(image, dtype=np.float32) / 255.0
-    arr = _to_numpy(image)
-    if arr.ndim == 3:
-        if arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-            arr = np.moveaxis(arr, 0, -1)
-        arr = _rgb_to_gray(arr)
-    if arr.ndim != 2:
-        raise ValueError(f"an image must be [H, W], [H, W, C] or [C, H, W], got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0
-    return _float_to_unit(arr.astype(np.float32), "image")
+    """One image (PIL, numpy, torch or nested list; grey, grey+alpha, RGB or RGBA) as float32 ``[H, W]`` in [0, 1]:
+    the package's image acceptance rule (:func:`ultrasound_diffusers.image_processor.to_image_array`)."""
+    return to_image_array(image, "image")[0]
 
 
 def label_to_array(label: Any) -> np.ndarray:
     """One label map (PIL, numpy or torch) as int64 ``[H, W]``; the package's one acceptance rule,
     :func:`ultrasound_diffusers.image_processor.to_label_array`."""
-    from ..image_processor import to_label_array
-
     return to_label_array(label, "a label map")
 
 
@@ -164,70 +155,45 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _rgb_to_gray(arr: np.ndarray) -> np.ndarray:
-    channels = arr.shape[-1]
-    if channels == 1:
-        return arr[..., 0]
-    if channels == 2:  # gray + alpha
-        return arr[..., 0]
-    if channels in (3, 4):
-        weights = np.array([0.299, 0.587, 0.114], dtype=np.float64)
-        gray = arr[..., :3].astype(np.float64) @ weights
-        return gray.astype(np.uint8) if arr.dtype == np.uint8 else gray.astype(np.float32)
-    raise ValueError(f"an image must have 1, 2, 3 or 4 channels, got {channels}")
-
-
-def _float_to_unit(arr: np.ndarray, name: str) -> np.ndarray:
-    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-    if lo < -1e-3 or hi > 1.0 + 1e-3:
-        raise ValueError(
-            f"float `{name}` values must lie in [0, 1] (got [{lo:.4g}, {hi:.4g}]); pass uint8 images or rescale "
-            "(images in [-1, 1] map to [0, 1] with (x + 1) / 2)"
-        )
-    return arr.clip(0.0, 1.0)
-
-
 def _list_images(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _load_folder(folder: Path, label_dir: str) -> Tuple[List[np.ndarray], Optional[List[np.ndarray]], List[str]]:
+def folder_pairs(folder: Path, label_dir: str = "labels") -> Tuple[List[Path], Optional[List[Path]]]:
+    """The image files of a folder and their label files, by the package's folder dialect: with an ``images/``
+    sub-folder the images are there and the label maps in the sibling ``label_dir`` (matched by stem; the PNG
+    folders ``generate --export png`` and ``phantoms --png_dir`` write), else the image files directly inside
+    and label maps in ``folder/label_dir`` when it exists. Returns ``(image files, label files or None)``."""
     image_dir = folder / "images" if (folder / "images").is_dir() else folder
     files = _list_images(image_dir)
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {image_dir}")
-    images, names = [], []
-    for path in files:
-        with Image.open(path) as im:
-            images.append(image_to_array(im))
-        names.append(path.stem)
-    labels = None
     label_folder = image_dir.parent / label_dir if image_dir != folder else folder / label_dir
-    if label_folder.is_dir():
-        by_stem = {p.stem: p for p in _list_images(label_folder)}
-        missing = [n for n in names if n not in by_stem]
-        if missing:
-            raise ValueError(
-                f"{label_folder} has no label map for {len(missing)} image(s), e.g. {missing[0]!r}; every image "
-                f"needs a label file with the same stem"
-            )
+    if not label_folder.is_dir():
+        return files, None
+    by_stem = {p.stem: p for p in _list_images(label_folder)}
+    missing = [p.stem for p in files if p.stem not in by_stem]
+    if missing:
+        raise ValueError(
+            f"{label_folder} has no label map for {len(missing)} image(s), e.g. {missing[0]!r}; every image "
+            f"needs a label file with the same stem"
+        )
+    return files, [by_stem[p.stem] for p in files]
+
+
+def _load_folder(folder: Path, label_dir: str) -> Rows:
+    image_files, label_files = folder_pairs(folder, label_dir)
+    images = []
+    for path in image_files:
+        with Image.open(path) as im:
+            images.append(to_image_array(im, f"image {path}")[0])
+    labels = None
+    if label_files is not None:
         labels = []
-        for name in names:
-            with Image.open(by_stem[name]) as lb:
-                labels.append(label_to_array(lb))
-    return images, labels, names
-
-
-def _pick_split(dataset: Any, split: Optional[str], source: str) -> Any:
-    import datasets
-
-    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        if split is None:
-            split = "train" if "train" in dataset else next(iter(dataset))
-        if split not in dataset:
-            raise ValueError(f"split {split!r} not in {source}; available: {list(dataset)}")
-        return dataset[split]
-    return dataset
+        for path in label_files:
+            with Image.open(path) as lb:
+                labels.append(to_label_array(lb, f"label map {path}"))
+    return images, labels, [p.stem for p in image_files]
 
 
 def _image_column(dataset: Any, image_column: Optional[str], source: str) -> str:
@@ -269,6 +235,62 @@ def _load_dataset_rows(
 #: Size of the phantoms of a ``phantoms:ANATOMY:N[:SEED]`` image-set source when no ``size`` is given.
 DEFAULT_PHANTOM_SIZE = 64
 
+Rows = Tuple[List[np.ndarray], Optional[List[np.ndarray]], List[str]]
+
+
+def _phantom_rows(source: Source, size, max_images: Optional[int], argument: str) -> Rows:
+    from ..phantoms import iter_phantom_batches
+    from .spelling import parse_phantoms_spec
+
+    spec = parse_phantoms_spec(source.spec, argument=argument, require_num=True)
+    seed = spec.seed_or(0)
+    count = spec.num if max_images is None else min(spec.num, int(max_images))
+    images, labels = [], []
+    for batch_images, batch_labels, _ in iter_phantom_batches(count, spec.anatomy, size or DEFAULT_PHANTOM_SIZE, seed):
+        images.extend(np.asarray(batch_images, dtype=np.float32))
+        labels.extend(np.asarray(batch_labels, dtype=np.int64))
+    return images, labels, [f"phantom-{spec.anatomy}-{seed}-{i}" for i in range(count)]
+
+
+def _file_rows(path: Path) -> Rows:
+    if path.suffix.lower() == ".npy":
+        return _array_rows(load_npy(path, f"image file {path}"), f"image file {path}")
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise ValueError(f"image file {path}: expected a .npy array or one of {', '.join(IMAGE_EXTENSIONS)}")
+    with Image.open(path) as im:
+        return [to_image_array(im, f"image {path}")[0]], None, [path.stem]
+
+
+def _array_rows(value: Any, what: str = "image array") -> Rows:
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, os.PathLike)) for v in value):
+        rows = [_file_rows(Path(v)) for v in value]
+        return [r[0][0] for r in rows], None, [r[2][0] for r in rows]
+    if isinstance(value, (list, tuple)) and value and not np.isscalar(value[0]) and np.ndim(value[0]) >= 2:
+        return [to_image_array(a, f"{what} [{i}]")[0] for i, a in enumerate(value)], None, []
+    arr = _to_numpy(value)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim == 4 and arr.shape[1] in (1, 2, 3, 4) and arr.shape[-1] not in (1, 2, 3, 4):
+        arr = np.moveaxis(arr, 1, -1)
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"an {what} must be [N, H, W], [N, 1, H, W] or [N, H, W, C], got {arr.shape}")
+    return [to_image_array(a, f"{what} [{i}]")[0] for i, a in enumerate(arr)], None, []
+
+
+def _source_rows(source: Source, label_column, image_column, size, max_images, label_dir, argument) -> Rows:
+    """Images, label maps (or None) and names of an opened source."""
+    if source.kind == "phantoms":
+        return _phantom_rows(source, size, max_images, argument)
+    if source.dataset is not None:
+        dataset = source.dataset
+        return _load_dataset_rows(dataset, image_column, _resolve_label_column(dataset, label_column), max_images,
+                                  source.description)
+    if source.kind == "folder":
+        return _load_folder(source.path, label_dir)
+    if source.kind == "file":
+        return _file_rows(source.path)
+    return _array_rows(source.value)
+
 
 def load_image_set(
     source: Any,
@@ -278,90 +300,36 @@ def load_image_set(
     size: Optional[Union[int, Tuple[int, int]]] = None,
     max_images: Optional[int] = None,
     label_dir: str = "labels",
+    argument: str = "image set source",
 ) -> ImageSet:
-    """Load a set of grayscale images (and label maps) from a folder, a ``datasets`` dataset or an array.
+    """Load a set of grayscale images (and label maps) from any source of the one door.
 
     Args:
-        source: an :class:`ImageSet`, a path (image folder, ``save_to_disk`` folder), a Hub dataset name, a
-            ``datasets.Dataset``/``DatasetDict``, an array ``[N, H, W]`` (uint8 or float in [0, 1]), or the
-            built-in phantoms ``phantoms:ANATOMY:N[:SEED]`` (images and label maps, ``size`` or 64 px).
+        source: an :class:`ImageSet`, or anything :func:`~ultrasound_diffusers.data.sources.open_source` opens
+            (see the module docstring); phantoms need N (``size`` or 64 px).
         label_column: column with the label maps in a dataset (``None``: no labels; ``"auto"``: the first of
             "label", "labels", "segmap", "mask", "segmentation" that holds images or arrays). Folders find their
             labels in ``label_dir`` automatically.
         image_column: column with the images (default: the first ``datasets.Image`` column, else ``"image"``).
-        split: split of a ``DatasetDict`` or Hub dataset (default ``"train"`` when present, else the first).
+        split: split of a dataset (the package's split rule: else ``"train"``, else the only split).
         size: int or (H, W) to resize every image to; default: the size of the first image.
         max_images: keep only the first ``max_images`` images.
         label_dir: name of the label folder next to an ``images/`` folder.
+        argument: how errors name ``source`` (e.g. ``"--real"``).
 
     Returns:
-        An :class:`ImageSet` with float32 images ``[N, H, W]`` in [0, 1] and int64 labels ``[N, H, W]`` or None.
+        An :class:`ImageSet` with float32 images ``[N, H, W]`` in [0, 1] and int64 labels ``[N, H, W]`` or None,
+        and the source's ``kind`` and ``split``.
     """
     if max_images is not None and int(max_images) < 1:
         raise ValueError(f"`max_images` must be positive, got {max_images}")
-    labels: Optional[List[np.ndarray]]
     if isinstance(source, ImageSet):
         result = source if max_images is None else source.subset(slice(0, int(max_images)))
         return result if size is None else result.resized(size)
-
-    from ..data.sources import is_phantoms_spec
-
-    if is_phantoms_spec(source) and not Path(source).exists():
-        from ..data.phantoms import iter_phantom_batches
-        from ..data.sources import parse_phantoms_spec
-
-        spec = parse_phantoms_spec(source, argument="image set source", require_num=True)
-        ph_size = DEFAULT_PHANTOM_SIZE if size is None else size
-        count = spec.num if max_images is None else min(spec.num, int(max_images))
-        images, labels = [], []
-        for batch_images, batch_labels, _ in iter_phantom_batches(count, spec.anatomy, ph_size, spec.seed):
-            images.extend(np.asarray(batch_images, dtype=np.float32))
-            labels.extend(np.asarray(batch_labels, dtype=np.int64))
-        names = [f"phantom-{spec.anatomy}-{spec.seed}-{i}" for i in range(count)]
-        description = f"{source} (built-in {spec.anatomy} phantoms)"
-    elif isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        description = str(source)
-        if path.is_dir():
-            if is_saved_dataset(path):
-                import datasets
-
-                dataset = _pick_split(datasets.load_from_disk(str(path)), split, description)
-                images, labels, names = _load_dataset_rows(
-                    dataset, image_column, _resolve_label_column(dataset, label_column), max_images, description
-                )
-            else:
-                images, labels, names = _load_folder(path, label_dir)
-        elif path.exists():
-            raise ValueError(f"image set source {source!r} is a file; pass a folder, a saved dataset or a Hub name")
-        elif not looks_like_hub_id(str(source)) or "\\" in str(source):
-            raise FileNotFoundError(f"image set source {source!r} does not exist (and is not a Hub dataset name)")
-        else:
-            from ..data.sources import load_hub_dataset
-
-            dataset = load_hub_dataset(str(source), split=split or "train", argument="image set source")
-            images, labels, names = _load_dataset_rows(
-                dataset, image_column, _resolve_label_column(dataset, label_column), max_images, description
-            )
-    elif _is_datasets_object(source):
-        description = f"{type(source).__name__}"
-        dataset = _pick_split(source, split, description)
-        images, labels, names = _load_dataset_rows(
-            dataset, image_column, _resolve_label_column(dataset, label_column), max_images, description
-        )
-    else:
-        description = "array"
-        arr = _to_numpy(source)
-        if arr.ndim == 4:
-            if arr.shape[1] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-                arr = np.moveaxis(arr, 1, -1)
-            images = [image_to_array(a) for a in arr]
-        elif arr.ndim == 3:
-            images = [image_to_array(a) for a in arr]
-        else:
-            raise ValueError(f"an image array must be [N, H, W], [N, 1, H, W] or [N, H, W, C], got {arr.shape}")
-        labels, names = None, []
-
+    opened = open_source(source, split, argument=argument)
+    description = opened.description if opened.kind != "phantoms" else (
+        f"{opened.spec} (built-in {opened.phantoms.anatomy} phantoms)")
+    images, labels, names = _source_rows(opened, label_column, image_column, size, max_images, label_dir, argument)
     if max_images is not None:
         images = images[: int(max_images)]
         labels = None if labels is None else labels[: int(max_images)]
@@ -375,7 +343,8 @@ def load_image_set(
     labels_arr = None
     if labels is not None:
         labels_arr = np.stack([resize_label(lb, target) for lb in labels])
-    return ImageSet(images=images_arr, labels=labels_arr, names=list(names), source=description)
+    return ImageSet(images=images_arr, labels=labels_arr, names=list(names), source=description, kind=opened.kind,
+                    split=opened.split)
 
 
 def _resolve_label_column(dataset: Any, label_column: Optional[str]) -> Optional[str]:
@@ -396,11 +365,3 @@ def _label_feature_types(datasets: Any) -> tuple:
     names = ("Image", "Array2D", "Array3D", "List", "LargeList", "Sequence")
     found = [getattr(datasets, n) for n in names if isinstance(getattr(datasets, n, None), type)]
     return tuple(found) + (list,)
-
-
-def _is_datasets_object(obj: Any) -> bool:
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a hard dependency
-        return False
-    return isinstance(obj, (datasets.Dataset, datasets.DatasetDict))

@@ -1,5 +1,4 @@
-"""Where images and label maps come from: the helpers every entry point (training, generation, evaluation,
-reconstruction) uses to open a dataset, so that they recognise the same sources and fail with the same message.
+"""The spellings of a source text: what :func:`ultrasound_diffusers.data.sources.open_source` tells apart.
 
 * :func:`is_saved_dataset`: a folder written by ``datasets``' ``save_to_disk`` (Dataset or DatasetDict).
 * :func:`looks_like_hub_id`: ``name`` or ``org/name`` that is not a local path.
@@ -8,7 +7,8 @@ reconstruction) uses to open a dataset, so that they recognise the same sources 
 * :func:`parse_phantoms_spec`: the one spelling of the built-in phantoms, ``phantoms:ANATOMY[:N[:SEED]]``
   (``phantoms:echo``, ``phantoms:echo:200``, ``phantoms:echo:200:4242``), read by training (``--dataset_name``),
   generation (``--labels``), evaluation (``--real`` / ``--generated`` / ``--train``) and reconstruction
-  (``--image``).
+  (``--image``). A text that starts with ``phantoms:`` is always this spelling, whatever folders exist (a folder
+  of that name is written ``./phantoms:...``); a folder merely *named* ``phantoms_thyroid`` is a folder.
 """
 
 from __future__ import annotations
@@ -17,6 +17,18 @@ import os
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Optional, Union
+
+__all__ = [
+    "PHANTOMS_PREFIX",
+    "PHANTOMS_USAGE",
+    "PhantomsSpec",
+    "SAVED_DATASET_FILES",
+    "is_phantoms_spec",
+    "is_saved_dataset",
+    "load_hub_dataset",
+    "looks_like_hub_id",
+    "parse_phantoms_spec",
+]
 
 PathLike = Union[str, os.PathLike]
 
@@ -81,14 +93,20 @@ PHANTOMS_USAGE = "phantoms:ANATOMY[:N[:SEED]] (e.g. phantoms:echo, phantoms:echo
 
 @dataclass(frozen=True)
 class PhantomsSpec:
-    """A parsed ``phantoms:ANATOMY[:N[:SEED]]``: ``num`` is None when the text leaves it to the caller."""
+    """A parsed ``phantoms:ANATOMY[:N[:SEED]]``: ``num`` and ``seed`` are None where the text leaves them to the
+    caller (:meth:`seed_or` gives the seed with the caller's default; 0 is the spelling's own)."""
 
     anatomy: str
     num: Optional[int] = None
-    seed: int = 0
+    seed: Optional[int] = None
+
+    def seed_or(self, default: int = 0) -> int:
+        """The seed of the text, else ``default``."""
+        return int(default) if self.seed is None else self.seed
 
     def __str__(self) -> str:
-        return ":".join([PHANTOMS_PREFIX, self.anatomy] + ([] if self.num is None else [str(self.num), str(self.seed)]))
+        tail = [] if self.num is None else [str(self.num)] + ([] if self.seed is None else [str(self.seed)])
+        return ":".join([PHANTOMS_PREFIX, self.anatomy] + tail)
 
 
 def is_phantoms_spec(spec: Any) -> bool:
@@ -108,7 +126,7 @@ def parse_phantoms_spec(spec: str, argument: str = "source", require_num: bool =
         ValueError: naming ``argument`` and the expected spelling, for an unknown anatomy, a non-integer or
             non-positive N, or a negative SEED.
     """
-    from .phantoms import ANATOMIES
+    from ..phantoms import ANATOMIES
 
     parts = str(spec).split(":")
     if parts[0] != PHANTOMS_PREFIX or not 2 <= len(parts) <= 4:
@@ -118,12 +136,12 @@ def parse_phantoms_spec(spec: str, argument: str = "source", require_num: bool =
         raise ValueError(f"`{argument}` {spec!r}: anatomy must be one of {ANATOMIES}, got {anatomy!r}")
     try:
         num = int(parts[2]) if len(parts) >= 3 else None
-        seed = int(parts[3]) if len(parts) == 4 else 0
+        seed = int(parts[3]) if len(parts) == 4 else None
     except ValueError:
         raise ValueError(f"`{argument}` {spec!r}: N and SEED must be integers; expected {PHANTOMS_USAGE}") from None
     if num is None and require_num:
         raise ValueError(f"`{argument}` {spec!r} needs the number of phantoms N; expected phantoms:ANATOMY:N[:SEED] "
                          "(e.g. phantoms:echo:100)")
-    if (num is not None and num < 1) or seed < 0:
+    if (num is not None and num < 1) or (seed is not None and seed < 0):
         raise ValueError(f"`{argument}` {spec!r}: N must be positive and SEED non-negative")
     return PhantomsSpec(anatomy=anatomy, num=num, seed=seed)
