@@ -160,6 +160,11 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
     _compatibles = ["DDPMScheduler", "DDIMScheduler", "BMapDPMSolverMultistepScheduler"]
     order = 1
 
+    @classmethod
+    def _get_compatibles(cls) -> list:
+        """diffusers' compatible classes plus this package's (see :func:`compatible_scheduler_classes`)."""
+        return compatible_scheduler_classes(cls, super()._get_compatibles())
+
     @register_to_config
     def __init__(
         self,
@@ -696,6 +701,28 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
 
 
 # ---------------------------------------------------------------------------------------------------- functions
+#: The scheduler classes of this package, by name (``_compatibles`` entries that diffusers cannot resolve).
+_PACKAGE_SCHEDULERS = ("BMapAttenuationScheduler", "BMapDPMSolverMultistepScheduler")
+
+
+def compatible_scheduler_classes(cls, found: Sequence[type]) -> list:
+    """``found`` (the classes diffusers resolves from ``cls._compatibles``: only those of the diffusers package)
+    plus the classes of this package that ``cls._compatibles`` names.
+
+    diffusers' ``ConfigMixin.extract_init_dict`` drops the ``__init__`` keys of every compatible class from a
+    config before warning about unexpected keys, and keeps them as hidden config entries. Without our own classes
+    in that list, ``BMapDPMSolverMultistepScheduler.from_config(bmap_scheduler.config)`` warned that
+    ``{'sampler', 'ddim_eta'}`` "will be ignored" (and the reverse swap warned about the solver keys); with them,
+    the swap is silent and the other scheduler's keys ride along in the config, so that swapping back restores them.
+    """
+    import importlib
+
+    package = importlib.import_module(__name__.rsplit(".", 1)[0])  # ultrasound_diffusers.schedulers
+    names = set(cls._compatibles) | {cls.__name__}
+    ours = [getattr(package, name) for name in _PACKAGE_SCHEDULERS if name in names and hasattr(package, name)]
+    return list(found) + [c for c in ours if c not in found]
+
+
 def _integral_timestep(value, name: str) -> int:
     """``value`` (an int, a numpy integer, or a one-element integer or integral float tensor) as an int."""
     if isinstance(value, bool) or (torch.is_tensor(value) and value.dtype == torch.bool):

@@ -37,6 +37,7 @@ from .scheduling_bmap_attenuation import (
     VARIANCE_TYPES,
     BMapAttenuationScheduler,
     BMapSchedulerOutput,
+    compatible_scheduler_classes,
 )
 
 ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver")
@@ -104,6 +105,13 @@ class BMapDPMSolverMultistepScheduler(SchedulerMixin, ConfigMixin):
         | {"DPMSolverMultistepScheduler", "BMapAttenuationScheduler", "DDPMScheduler", "DDIMScheduler"}
     )
     order = 1
+
+    @classmethod
+    def _get_compatibles(cls) -> list:
+        """diffusers' compatible classes plus this package's, so that ``from_config`` of a
+        :class:`BMapAttenuationScheduler` config keeps its ``sampler`` / ``ddim_eta`` silently as hidden entries
+        (:func:`~ultrasound_diffusers.schedulers.scheduling_bmap_attenuation.compatible_scheduler_classes`)."""
+        return compatible_scheduler_classes(cls, super()._get_compatibles())
 
     @register_to_config
     def __init__(
