@@ -70,8 +70,13 @@ from ..geometry import (
 from ..image_processor import parse_size as _parse_size
 from .labels import NUM_ECHO_CLASSES, NUM_THYROID_CLASSES
 
-ANATOMIES = ("echo", "thyroid", "homogeneous")
-NUM_CLASSES = {"echo": NUM_ECHO_CLASSES, "thyroid": NUM_THYROID_CLASSES, "homogeneous": NUM_ECHO_CLASSES}
+#: Phantoms rendered as B-mode images with label maps (this module).
+IMAGE_ANATOMIES = ("echo", "thyroid", "homogeneous")
+#: Phantoms that are property maps with no label map: the lung seed's 8 x 256 maps (:mod:`.lung_media`).
+MAP_ANATOMIES = ("lung",)
+#: Every built-in phantom anatomy: the one registry that ``phantoms:ANATOMY`` sources and ``phantoms --anatomy`` read.
+ANATOMIES = IMAGE_ANATOMIES + MAP_ANATOMIES
+NUM_CLASSES = {"echo": NUM_ECHO_CLASSES, "thyroid": NUM_THYROID_CLASSES, "homogeneous": NUM_ECHO_CLASSES, "lung": 0}
 
 SizeLike = Union[int, Sequence[int]]
 
@@ -350,9 +355,23 @@ def resolve_physics(physics: Optional[PhysicsParameters] = None, **overrides) ->
     return dataclasses.replace(base, **overrides) if overrides else base
 
 
-def _check_anatomy(anatomy: str) -> None:
+def _check_anatomy(anatomy: str, maps: bool = False) -> None:
+    """ValueError unless ``anatomy`` is a registered anatomy; map anatomies (lung) only where ``maps`` is True."""
+    if anatomy in MAP_ANATOMIES and not maps:
+        raise ValueError(f"`anatomy` {anatomy!r} phantoms are property maps without B-mode images or label maps; "
+                         "use generate_phantoms / iter_phantom_batches or ultrasound_diffusers.data.lung_media")
     if anatomy not in ANATOMIES:
         raise ValueError(f"`anatomy` must be one of {ANATOMIES}, got {anatomy!r}")
+
+
+def _map_size(anatomy: str, size) -> Tuple[int, int]:
+    """The size of a map anatomy's phantoms: None or the seed's 8 x 256 (they are made at that size only)."""
+    from .lung_media import POOLED_SHAPE
+
+    if size is not None and parse_size(size) != tuple(POOLED_SHAPE):
+        raise ValueError(f"`size` of {anatomy!r} phantoms must be {POOLED_SHAPE[0]}x{POOLED_SHAPE[1]} (the lung seed's "
+                         f"pooled maps) or None, got {size!r}")
+    return tuple(POOLED_SHAPE)
 
 
 def parse_size(size: SizeLike) -> Tuple[int, int]:
@@ -1174,8 +1193,14 @@ def check_phantom_size(size: SizeLike, batch_size: int, num_images: int) -> Tupl
 
 
 def iter_phantom_batches(num_images: int, anatomy: str = "echo", size: SizeLike = 64, seed: int = 0, probe=None, start: int = 0, batch_size: int = 32, **physics):
-    """Yield ``(images float32 [B, H, W], labels uint8 [B, H, W], metadata list)`` for examples ``start ..``."""
-    _check_anatomy(anatomy)
+    """Yield ``(images float32 [B, H, W], labels uint8 [B, H, W], metadata list)`` for examples ``start ..``.
+
+    For a map anatomy (``"lung"``) the images are the 8 x 256 maps of :func:`.lung_media.lung_maps` in [0, 1], the
+    labels None and the metadata ``{"anatomy", "seed", "index", "category"}``."""
+    _check_anatomy(anatomy, maps=True)
+    if anatomy in MAP_ANATOMIES:
+        yield from _iter_map_batches(num_images, anatomy, size, seed, start, batch_size)
+        return
     num_images = int(num_images)
     if num_images < 0:
         raise ValueError(f"`num_images` must be non-negative, got {num_images}")
@@ -1196,15 +1221,16 @@ def iter_phantom_batches(num_images: int, anatomy: str = "echo", size: SizeLike 
         yield images, labels, [_metadata(sc, probe, phys, seed, i, H, W) for sc, i in zip(scenes, idx)]
 
 
-def generate_phantoms(num_images: int, anatomy: str = "echo", size: SizeLike = 64, seed: int = 0, probe=None, start: int = 0, batch_size: int = 32, progress: bool = False, **physics):
+def generate_phantoms(num_images: int, anatomy: str = "echo", size: Optional[SizeLike] = None, seed: int = 0, probe=None, start: int = 0, batch_size: int = 32, progress: bool = False, **physics):
     """A phantom dataset of ``num_images`` (image, label map) pairs.
 
     Args:
         num_images: number of examples N.
         anatomy: ``"echo"`` (apical view on the CAMUS fan; labels 0 outside fan, 1 LV cavity, 2 tissue,
             3 myocardium, 4 left atrium), ``"thyroid"`` (linear probe; 0 tissue, 1 thyroid, 2 carotid,
-            3 jugular) or ``"homogeneous"`` (tissue block; 0 outside the fan, 2 tissue).
-        size: int or (height, width).
+            3 jugular), ``"homogeneous"`` (tissue block; 0 outside the fan, 2 tissue) or ``"lung"`` (the lung
+            seed's 8 x 256 maps, no label map: :func:`.lung_media.lung_dataset`'s columns).
+        size: int or (height, width); None: 64 (8 x 256 for lung, its only size).
         seed: example ``i`` depends only on ``(seed, start + i)`` and the parameters.
         probe: None (anatomy default), ``"convex"``, ``"linear"``, a dict of overrides or a :class:`ProbeGeometry`.
         start: index of the first example (to extend a dataset or build a disjoint validation set).
@@ -1219,6 +1245,15 @@ def generate_phantoms(num_images: int, anatomy: str = "echo", size: SizeLike = 6
     import datasets
     from tqdm.auto import tqdm
 
+    _check_anatomy(anatomy, maps=True)
+    if anatomy in MAP_ANATOMIES:
+        from .lung_media import lung_dataset
+
+        _map_size(anatomy, size)
+        if physics or probe is not None:
+            raise ValueError(f"{anatomy!r} phantoms take no `probe` or physics keywords, got {sorted(physics) or 'probe'}")
+        return lung_dataset(num_images, seed=seed, start=start, progress=progress)
+    size = 64 if size is None else size
     check_phantom_size(size, batch_size, num_images)
     features = phantom_features()
     columns: Dict[str, list] = {name: [] for name in features}
@@ -1233,3 +1268,20 @@ def generate_phantoms(num_images: int, anatomy: str = "echo", size: SizeLike = 6
         bar.update(len(metas))
     bar.close()
     return datasets.Dataset.from_dict(columns, features=features)
+
+
+def _iter_map_batches(num_images: int, anatomy: str, size, seed: int, start: int, batch_size: int):
+    """:func:`iter_phantom_batches` for a map anatomy: ``(maps float32 [B, 8, 256] in [0, 1], None, metadata)``."""
+    from .lung_media import LUNG_CATEGORIES, lung_maps
+
+    _map_size(anatomy, size)
+    num_images = int(num_images)
+    if num_images < 0:
+        raise ValueError(f"`num_images` must be non-negative, got {num_images}")
+    if int(batch_size) < 1:
+        raise ValueError(f"`batch_size` must be positive, got {batch_size}")
+    for b0 in range(start, start + num_images, int(batch_size)):
+        count = min(int(batch_size), start + num_images - b0)
+        maps, cats = lung_maps(count, seed=seed, start=b0)
+        yield maps, None, [{"anatomy": anatomy, "seed": int(seed), "index": b0 + k, "category": LUNG_CATEGORIES[int(c)]}
+                           for k, c in enumerate(cats)]
