@@ -1,0 +1,392 @@
+#!/usr/bin/env python
+# Copyright 2026 The ultrasound-diffusers authors. Apache-2.0.
+"""Consistency distillation of a B-map (per-pixel schedule) label-map diffusion model into a few-step sampler.
+
+The teacher is a saved :class:`~ultrasound_diffusers.pipelines.SemanticUltrasoundPipeline` (its UNet and its
+:class:`~ultrasound_diffusers.schedulers.BMapAttenuationScheduler`). The student starts from the teacher's weights
+and learns the consistency function of :class:`~ultrasound_diffusers.schedulers.BMapConsistencyScheduler`
+(``docs/fewstep.md`` has the maths), in the shape of diffusers' ``examples/consistency_distillation`` (latent
+consistency distillation), but in pixel space and with per-pixel signal levels:
+
+1. a training image x_0 and its label map; a step ``t`` of the teacher's DDIM grid (``--num_ddim_timesteps``,
+   t in {k-1, 2k-1, ..., T-1}, k = T / N) and ``s = max(t - k, 0)``;
+2. ``x_t = sqrt(a_t(p)) x_0 + sqrt(1 - a_t(p)) eps`` with the B-map level of every pixel;
+3. one step of the guided teacher's per-pixel DDIM (eta 0) from t to s, with classifier-free guidance
+   ``--guidance_scale`` w (labelled and null passes batched): ``x_s = sqrt(a_s(p)) x0_w + sqrt(1 - a_s(p)) eps_w``.
+   The guidance is distilled in: the student takes the label map only, one network call per sampling step;
+4. the loss ``d(f_student(x_t, t), f_target(x_s, s))`` (pseudo-Huber, ``--huber_c``, or L2), where the target
+   network is an EMA of the student (``--ema_decay``, no gradient) and ``f(x, 0) = x`` at every pixel.
+
+The saved pipeline (``--output_dir``) holds the target (EMA) network and a ``BMapConsistencyScheduler`` built from
+the teacher's scheduler config; ``pipe(label_map, num_inference_steps=4, guidance_scale=1.0)`` samples it.
+Checkpoints (``--checkpointing_steps``) keep student, target, optimizer and LR state; ``--resume_from_checkpoint
+latest`` continues a run exactly (the random draws of each batch depend only on seed, epoch and batch).
+
+Run: ``python training/train_consistency_distillation.py --teacher PIPELINE --output_dir OUT [...]``
+(or ``accelerate launch``); ``training/fewstep_model.sh`` makes the bundled few-step model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ultrasound_diffusers.image_processor import parse_size
+from ultrasound_diffusers.training_utils import (
+    CHECKPOINT_PATTERN,
+    EpochShuffleSampler,
+    checkpoint_is_complete,
+    derive_seed,
+    list_checkpoints,
+)
+
+logger = logging.getLogger("train_consistency_distillation")
+
+#: How data errors name the flags (see ultrasound_diffusers.data.paired).
+DATA_FLAGS = {"dataset_name": "--dataset_name", "data_dir": "--train_data_dir", "image_column": "--image_column",
+              "label_column": "--label_column", "num_classes": "--num_classes"}
+#: What a run writes into --output_dir (anything else there is the user's).
+RUN_ENTRIES = {"model_index.json", "unet", "scheduler", "README.md", "training_args.json", "logs",
+               "pipeline_semantic_ultrasound.py", ".ultrasound-diffusers.json"}
+
+
+def parse_resolution(value: str):
+    return parse_size(value, as_pair=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("teacher and distillation")
+    g.add_argument("--teacher", type=str, required=True, help="Folder of the teacher pipeline (unet/ and scheduler/).")
+    g.add_argument("--guidance_scale", type=float, default=1.5,
+                   help="Classifier-free guidance w of the teacher, distilled into the student (1 = none).")
+    g.add_argument("--num_ddim_timesteps", type=int, default=50, help="N of the teacher's DDIM grid (k = T / N).")
+    g.add_argument("--timestep_scaling", type=float, default=10.0, help="s of the boundary scalings c_skip, c_out.")
+    g.add_argument("--loss_type", type=str, default="huber", choices=("huber", "l2"))
+    g.add_argument("--huber_c", type=float, default=0.001, help="c of the pseudo-Huber loss sqrt(d^2 + c^2) - c.")
+    g.add_argument("--ema_decay", type=float, default=0.95, help="Decay of the target network (EMA of the student).")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset_name", type=str, default="phantoms:echo",
+                   help="phantoms:<anatomy>, a save_to_disk folder, a Hub dataset or a dataset script.")
+    g.add_argument("--train_data_dir", type=str, default=None, help="An imagefolder with paired label maps.")
+    g.add_argument("--phantoms", type=int, default=256, help="Number of phantoms for --dataset_name phantoms:*.")
+    g.add_argument("--resolution", type=parse_resolution, default=(64, 64), help="int or H,W")
+    g.add_argument("--image_column", type=str, default="image")
+    g.add_argument("--label_column", type=str, default="label")
+    g.add_argument("--max_train_samples", type=int, default=None)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--output_dir", type=str, required=True)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--train_batch_size", type=int, default=8)
+    g.add_argument("--max_train_steps", type=int, default=1000)
+    g.add_argument("--learning_rate", type=float, default=1e-5)
+    g.add_argument("--lr_warmup_steps", type=int, default=0)
+    g.add_argument("--adam_weight_decay", type=float, default=0.0)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--mixed_precision", type=str, default=None, choices=("no", "fp16", "bf16"))
+    g.add_argument("--checkpointing_steps", type=int, default=200)
+    g.add_argument("--checkpoints_total_limit", type=int, default=2)
+    g.add_argument("--resume_from_checkpoint", type=str, default=None, help='A checkpoint-N folder or "latest".')
+    g.add_argument("--logger", type=str, default="none", choices=("tensorboard", "wandb", "none"))
+    g.add_argument("--validation_inference_steps", type=int, default=4, help="Steps named in the model card.")
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    checks = [
+        ("--train_batch_size", args.train_batch_size >= 1, "a positive integer"),
+        ("--max_train_steps", args.max_train_steps >= 1, "a positive integer"),
+        ("--phantoms", args.phantoms >= 1, "a positive integer"),
+        ("--num_ddim_timesteps", args.num_ddim_timesteps >= 1, "a positive integer"),
+        ("--guidance_scale", math.isfinite(args.guidance_scale) and args.guidance_scale >= 0, "a non-negative number"),
+        ("--timestep_scaling", math.isfinite(args.timestep_scaling) and args.timestep_scaling > 0, "a positive number"),
+        ("--huber_c", math.isfinite(args.huber_c) and args.huber_c > 0, "a positive number"),
+        ("--ema_decay", 0.0 <= args.ema_decay < 1.0, "a number in [0, 1)"),
+        ("--learning_rate", math.isfinite(args.learning_rate) and args.learning_rate > 0, "a positive number"),
+        ("--lr_warmup_steps", args.lr_warmup_steps >= 0, "a non-negative integer"),
+        ("--max_grad_norm", math.isfinite(args.max_grad_norm) and args.max_grad_norm >= 0, "a non-negative number"),
+        ("--checkpointing_steps", args.checkpointing_steps >= 0, "a non-negative integer"),
+        ("--checkpoints_total_limit", args.checkpoints_total_limit >= 1, "a positive integer"),
+        ("--validation_inference_steps", 1 <= args.validation_inference_steps <= args.num_ddim_timesteps,
+         "an integer in [1, --num_ddim_timesteps]"),
+    ]
+    for flag, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"{flag} must be {expected}, got {getattr(args, flag[2:])!r}")
+    teacher = Path(args.teacher)
+    if not (teacher / "unet").is_dir() or not (teacher / "scheduler").is_dir():
+        raise ValueError(f"--teacher {args.teacher!r} must be a pipeline folder with unet/ and scheduler/ subfolders")
+    if args.train_data_dir is not None:
+        args.dataset_name = None
+    out = Path(args.output_dir)
+    if out.is_dir() and any(p.name not in RUN_ENTRIES and not CHECKPOINT_PATTERN.match(p.name)
+                            and not p.name.startswith(".checkpoint-") for p in out.iterdir()):
+        raise ValueError(f"--output_dir {args.output_dir!r} holds files that are not a distillation run's")
+    if args.resume_from_checkpoint not in (None, "latest"):
+        path = Path(args.resume_from_checkpoint)
+        if not path.is_dir() or not CHECKPOINT_PATTERN.match(path.name) or not checkpoint_is_complete(path):
+            raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a complete checkpoint-N folder")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------- maths
+def ddim_grid(num_train_timesteps: int, num_ddim_timesteps: int) -> torch.Tensor:
+    """The teacher's DDIM grid, ascending: ``k - 1, 2k - 1, ..., N k - 1`` with ``k = T // N`` (int64 [N])."""
+    k = num_train_timesteps // num_ddim_timesteps
+    if k < 1:
+        raise ValueError(f"--num_ddim_timesteps ({num_ddim_timesteps}) must not exceed num_train_timesteps ({num_train_timesteps})")
+    return torch.arange(1, num_ddim_timesteps + 1, dtype=torch.int64) * k - 1
+
+
+def teacher_ddim_step(prediction: torch.Tensor, x_t: torch.Tensor, a_t: torch.Tensor, a_s: torch.Tensor,
+                      prediction_type: str, clip: Optional[float] = 1.0) -> torch.Tensor:
+    """One per-pixel DDIM (eta 0) step of the teacher from level a_t to a_s: ``sqrt(a_s) x0 + sqrt(1 - a_s) eps``.
+
+    x0 is clipped to [-clip, clip] (as the teacher's scheduler samples, ``clip_sample``; None: no clipping), eps is
+    the model's own. Shapes [B, C, H, W]; ``a_t``, ``a_s`` [B, 1, H, W] in (0, 1].
+    """
+    from ultrasound_diffusers.schedulers.diffusion_math import noise_from_model_output, original_from_model_output
+
+    x0 = original_from_model_output(prediction, x_t, a_t, prediction_type)
+    eps = noise_from_model_output(prediction, x_t, a_t, prediction_type)
+    if clip is not None:
+        x0 = x0.clamp(-clip, clip)
+    return a_s.sqrt() * x0 + (1.0 - a_s).sqrt() * eps
+
+
+def distillation_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "huber", huber_c: float = 0.001) -> torch.Tensor:
+    """Mean pseudo-Huber ``sqrt(d^2 + c^2) - c`` (or squared) difference of two [B, C, H, W] tensors (a scalar)."""
+    diff = (pred.float() - target.float())
+    if loss_type == "l2":
+        return diff.pow(2).mean()
+    return (torch.sqrt(diff.pow(2) + huber_c**2) - huber_c).mean()
+
+
+@torch.no_grad()
+def update_target(target: torch.nn.Module, online: torch.nn.Module, decay: float) -> None:
+    """theta_target <- decay theta_target + (1 - decay) theta_online (parameters, in place)."""
+    for t, o in zip(target.parameters(), online.parameters()):
+        t.lerp_(o.detach().to(t.dtype), 1.0 - decay)
+
+
+def student_scheduler_config(teacher_config, timestep_scaling: float, num_ddim_timesteps: int) -> dict:
+    """The few-step scheduler's config from the teacher's: every key BMapConsistencyScheduler takes."""
+    import inspect
+
+    from ultrasound_diffusers.schedulers import BMapConsistencyScheduler
+
+    keys = set(inspect.signature(BMapConsistencyScheduler.__init__).parameters) - {"self"}
+    config = {k: v for k, v in dict(teacher_config).items() if k in keys}
+    config.update(timestep_scaling=float(timestep_scaling), original_inference_steps=int(num_ddim_timesteps))
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return train(argv)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        print(f"train_consistency_distillation.py: error: {err}", file=sys.stderr)
+        return 2
+
+
+def train(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO)
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+
+    from ultrasound_diffusers.data.paired import PairedTransform, check_paired_dataset, collate_pairs, load_paired_splits
+    from ultrasound_diffusers.models.unet_semantic_2d import SemanticUNet2DModel
+    from ultrasound_diffusers.schedulers import BMapAttenuationScheduler, BMapConsistencyScheduler
+
+    # ---------------------------------------------------------------- teacher, data
+    teacher = SemanticUNet2DModel.from_pretrained(args.teacher, subfolder="unet")
+    teacher_scheduler = BMapAttenuationScheduler.from_pretrained(args.teacher, subfolder="scheduler")
+    num_classes = int(teacher.config.num_classes)
+    if num_classes < 1:
+        raise ValueError(f"--teacher {args.teacher!r} is unconditional; the distillation needs a label-map model")
+    splits = load_paired_splits(
+        args.dataset_name, args.train_data_dir, size=tuple(args.resolution), num_phantoms=args.phantoms,
+        seed=args.seed, max_train_samples=args.max_train_samples, arguments=DATA_FLAGS,
+    )
+    dataset, base_dir = splits.train, splits.base_dir
+    check_paired_dataset(dataset, args.image_column, args.label_column, num_classes, base_dir, arguments=DATA_FLAGS)
+
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision, log_with=None if args.logger == "none" else args.logger,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+    )
+    set_seed(args.seed)
+    transform = PairedTransform(args.image_column, args.label_column, tuple(args.resolution), int(teacher.config.in_channels), base_dir)
+    train_dataset = dataset.with_transform(transform)
+    sampler = EpochShuffleSampler(len(train_dataset), args.seed)
+    loader = torch.utils.data.DataLoader(train_dataset, batch_size=args.train_batch_size, sampler=sampler,
+                                         collate_fn=collate_pairs, drop_last=False)
+
+    # ---------------------------------------------------------------- student, target, optimiser
+    student = copy.deepcopy(teacher)
+    target = copy.deepcopy(teacher)
+    teacher.requires_grad_(False).eval()
+    target.requires_grad_(False).eval()
+    student.train()
+    config = student_scheduler_config(teacher_scheduler.config, args.timestep_scaling, args.num_ddim_timesteps)
+    # training: no clipping of x0_hat inside the consistency function (it would cut the gradient)
+    cm = BMapConsistencyScheduler.from_config({**config, "clip_sample": False})
+    prediction_type = teacher_scheduler.config.prediction_type
+    channels = int(teacher.config.in_channels)
+    T = int(teacher_scheduler.config.num_train_timesteps)
+    grid = ddim_grid(T, args.num_ddim_timesteps)
+    k = T // args.num_ddim_timesteps
+    clip = float(teacher_scheduler.config.clip_sample_range) if teacher_scheduler.config.clip_sample else None
+
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for model in models:
+                accelerator.unwrap_model(model).save_pretrained(os.path.join(output_dir, "unet"))
+            target.save_pretrained(os.path.join(output_dir, "unet_target"))
+        while weights:
+            weights.pop()
+
+    def load_hook(models, input_dir):
+        loaded = SemanticUNet2DModel.from_pretrained(input_dir, subfolder="unet_target")
+        target.load_state_dict(loaded.state_dict())
+        while models:
+            model = models.pop()
+            model.load_state_dict(SemanticUNet2DModel.from_pretrained(input_dir, subfolder="unet").state_dict())
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps)
+    student, optimizer, loader, lr_scheduler = accelerator.prepare(student, optimizer, loader, lr_scheduler)
+    teacher.to(accelerator.device)
+    target.to(accelerator.device)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("consistency_distillation", config={k_: str(v) for k_, v in vars(args).items()})
+
+    # ---------------------------------------------------------------- resume
+    global_step = 0
+    if args.resume_from_checkpoint:
+        found = list_checkpoints(args.output_dir)
+        path = Path(args.resume_from_checkpoint) if args.resume_from_checkpoint != "latest" else (found[-1][1] if found else None)
+        if path is None:
+            logger.info("no checkpoint in %s; starting a new run", args.output_dir)
+        else:
+            accelerator.load_state(str(path))
+            global_step = int(CHECKPOINT_PATTERN.match(path.name).group(1))
+            logger.info("resumed from %s", path)
+
+    def save_checkpoint(step: int) -> None:
+        tmp = os.path.join(args.output_dir, f".checkpoint-{step}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.save_state(tmp)
+        final = os.path.join(args.output_dir, f"checkpoint-{step}")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for _, old in list_checkpoints(args.output_dir)[: -args.checkpoints_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+        logger.info("saved %s", final)
+
+    # ---------------------------------------------------------------- loop
+    steps_per_epoch = max(len(loader), 1)
+    start_step, start_time = global_step, time.perf_counter()
+    logger.info("distilling %s (guidance %.2f, %d-step DDIM grid, %s prediction) for %d steps, batch %d",
+                args.teacher, args.guidance_scale, args.num_ddim_timesteps, prediction_type, args.max_train_steps,
+                args.train_batch_size)
+    epoch = global_step // steps_per_epoch
+    while global_step < args.max_train_steps:
+        sampler.use_epoch(epoch)
+        skip = global_step - epoch * steps_per_epoch
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for batch_index, batch in enumerate(batches, start=skip):
+            gen = torch.Generator().manual_seed(derive_seed(args.seed, epoch, batch_index, accelerator.process_index))
+            clean = batch["pixel_values"]
+            bsz = clean.shape[0]
+            segmap = F.one_hot(batch["labels"], num_classes).permute(0, 3, 1, 2).to(clean.dtype)
+            index = torch.randint(0, len(grid), (bsz,), generator=gen)
+            t = grid[index]
+            s = (t - k).clamp(min=0)
+            noise = torch.randn(clean.shape, generator=gen).to(clean.device, clean.dtype)
+            x_t = cm.add_noise(clean, noise, t)
+            a_t = cm.signal_level(t.tolist(), clean.shape, device=clean.device, dtype=torch.float64)
+            a_s = cm.signal_level(s.tolist(), clean.shape, device=clean.device, dtype=torch.float64)
+            with torch.no_grad():
+                if args.guidance_scale != 1.0:
+                    out = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), segmap=torch.cat([segmap, torch.zeros_like(segmap)])).sample
+                    cond, uncond = out[:, :channels].chunk(2)
+                    guided = uncond + args.guidance_scale * (cond - uncond)
+                else:
+                    guided = teacher(x_t, t, segmap=segmap).sample[:, :channels]
+                x_s = teacher_ddim_step(guided.double(), x_t.double(), a_t, a_s, prediction_type, clip).to(clean.dtype)
+                target_out = target(x_s, s, segmap=segmap).sample[:, :channels]
+                f_target = cm.denoise(target_out, s, x_s)
+            with accelerator.accumulate(student):
+                out = student(x_t, t, segmap=segmap).sample[:, :channels]
+                f_student = cm.denoise(out, t, x_t)
+                loss = distillation_loss(f_student, f_target, args.loss_type, args.huber_c)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            update_target(target, accelerator.unwrap_model(student), args.ema_decay)
+            global_step += 1
+            accelerator.log({"loss": float(loss.detach())}, step=global_step)
+            if global_step % 10 == 0 or global_step == args.max_train_steps:
+                rate = (time.perf_counter() - start_time) / (global_step - start_step)
+                logger.info("step %d/%d loss %.5f (%.2f s/step)", global_step, args.max_train_steps, float(loss.detach()), rate)
+            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0 and accelerator.is_main_process:
+                save_checkpoint(global_step)
+            if global_step >= args.max_train_steps:
+                break
+        epoch += 1
+
+    # ---------------------------------------------------------------- the few-step pipeline
+    if accelerator.is_main_process:
+        from ultrasound_diffusers.pipelines import SemanticUltrasoundPipeline
+        from ultrasound_diffusers.pipelines.hub import save_model_card
+        from ultrasound_diffusers.utils.io import atomic_write_text
+
+        target.eval()
+        scheduler = BMapConsistencyScheduler.from_config(config)
+        pipe = SemanticUltrasoundPipeline(unet=target, scheduler=scheduler)
+        pipe.save_pretrained(args.output_dir)
+        details = (
+            f"Consistency-distilled with `training/train_consistency_distillation.py` of ultrasound-diffusers from "
+            f"the teacher `{args.teacher}` ({prediction_type} prediction) for {global_step} steps (batch "
+            f"{args.train_batch_size}, AdamW lr {args.learning_rate}, target EMA decay {args.ema_decay}, "
+            f"{args.loss_type} loss), on the teacher's {args.num_ddim_timesteps}-step per-pixel DDIM grid. The teacher's "
+            f"classifier-free guidance w = {args.guidance_scale} is distilled in: sample with guidance_scale=1.0 "
+            "(one network call per step). The full argument list is in `training_args.json`."
+        )
+        data = f"`{args.train_data_dir or args.dataset_name}`: {len(dataset)} images at {args.resolution[0]}x{args.resolution[1]} px."
+        save_model_card(pipe, args.output_dir, Path(args.output_dir).resolve().name, training_data=data,
+                        training_details=details, num_inference_steps=args.validation_inference_steps,
+                        guidance_scale=1.0, tags=["consistency-distillation", "few-step"])
+        saved = {k_: (list(v) if isinstance(v, tuple) else v) for k_, v in vars(args).items()}
+        atomic_write_text(Path(args.output_dir) / "training_args.json", json.dumps(saved, indent=2, default=str) + "\n")
+        logger.info("saved the few-step pipeline to %s", args.output_dir)
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
