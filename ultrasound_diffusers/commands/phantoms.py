@@ -28,8 +28,10 @@ def register(subparsers) -> None:
         "datasets' save_to_disk (atomically), optionally as PNG files and/or on the Hub.",
     )
     p.add_argument("--num_images", type=int, required=True, help="number of training examples N")
-    p.add_argument("--anatomy", default="echo", choices=["echo", "thyroid", "homogeneous"])
-    p.add_argument("--size", type=size_type("--size"), default=64, help="N or HxW (default 64)")
+    p.add_argument("--anatomy", default="echo", choices=["echo", "thyroid", "homogeneous", "lung"],
+                   help="echo / thyroid / homogeneous: B-mode images with label maps; lung: the lung seed's 8x256 "
+                   "maps of normalised slowness (docs/lung.md), no label maps (the data.phantoms.ANATOMIES registry)")
+    p.add_argument("--size", type=size_type("--size"), default=None, help="N or HxW (default 64; lung: 8x256 only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_dir", default=None, help="where to save_to_disk the dataset")
     p.add_argument("--num_validation_images", type=int, default=0, help="if > 0 save a DatasetDict with a validation split (examples N..N+K-1)")
@@ -69,6 +71,10 @@ def run(args) -> int:
         raise ValueError("--num_validation_images must be non-negative")
     if args.output_dir is None and not args.push_to_hub and args.png_dir is None:
         raise ValueError("give --output_dir, --png_dir or --push_to_hub")
+    if args.anatomy == "lung":
+        return _run_lung(args)
+    if args.size is None:
+        args.size = 64
     if args.output_dir is not None:
         kind = "phantoms" if args.simulator is None else "phantoms-channels"
         check_output_dir(args.output_dir, kind, overwrite=args.overwrite, argument="--output_dir")
@@ -147,4 +153,59 @@ def _run_channel_simulation(args) -> int:
     summary = write_channel_phantoms(args.num_images, args.output_dir, anatomy=args.anatomy, size=args.size,
                                      seed=args.seed, simulator=args.simulator, acquisition=acquisition, progress=True)
     print(f"wrote {summary['num_images']} channel-data phantoms ({args.simulator}, {summary['seconds_per_image']} s each) to {args.output_dir}")
+    return 0
+
+
+def _run_lung(args) -> int:
+    """``--anatomy lung``: the lung seed's pooled maps (data.lung_media.lung_dataset), no label maps."""
+    import io
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from ..data.converters import save_dataset
+    from ..data.phantoms import generate_phantoms
+    from ..utils.io import atomic_write_bytes, check_output_dir, replace_directory
+
+    given = [f"--{k}" for k in ("probe", "depth_cm", "center_frequency_mhz", "attenuation_db_cm_mhz", "tgc",
+                                "dynamic_range_db", "gain_db", "noise_db", "simulator") if getattr(args, k) is not None]
+    if given:
+        raise ValueError(f"--anatomy lung makes property maps with the physics of data/lung_media.py; {', '.join(given)} "
+                         "apply to the B-mode anatomies only")
+    if args.output_dir is not None:
+        check_output_dir(args.output_dir, "phantoms", overwrite=args.overwrite, argument="--output_dir")
+    if args.png_dir is not None:
+        check_output_dir(args.png_dir, "phantoms-png", overwrite=args.overwrite, argument="--png_dir")
+        if args.output_dir is not None and Path(args.png_dir).resolve() == Path(args.output_dir).resolve():
+            raise ValueError("--png_dir and --output_dir must be different folders")
+    train = generate_phantoms(args.num_images, anatomy="lung", size=args.size, seed=args.seed, progress=True)
+    dataset = train
+    if args.num_validation_images:
+        import datasets
+
+        val = generate_phantoms(args.num_validation_images, anatomy="lung", size=args.size, seed=args.seed,
+                                start=args.num_images)
+        dataset = datasets.DatasetDict({"train": train, "validation": val})
+    if args.output_dir is not None or args.push_to_hub:
+        save_dataset(dataset, args.output_dir, args.push_to_hub, args.hub_dataset_id, args.private, kind="phantoms")
+        if args.output_dir is not None:
+            print(f"saved {len(train)} lung maps to {args.output_dir}")
+    if args.png_dir is not None:
+
+        def build(tmp):
+            (tmp / "images").mkdir()
+            for i, row in enumerate(train):
+                row["image"].save(tmp / "images" / f"{i:06d}.png")
+
+        replace_directory(build, args.png_dir, kind="phantoms-png")
+        print(f"wrote {len(train)} PNG maps to {args.png_dir}")
+    if args.preview is not None:
+        maps = np.asarray(train.select(range(min(len(train), 16)))["values"], dtype=np.float32)
+        pad = np.ones((maps.shape[0], 2, maps.shape[2]), np.float32)
+        grid = np.concatenate([np.concatenate([m, p]) for m, p in zip(maps, pad)])
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(np.rint(grid * 255), 0, 255).astype(np.uint8)).save(buf, format="PNG")
+        atomic_write_bytes(args.preview, buf.getvalue())
+        print(f"wrote preview {args.preview}")
     return 0
