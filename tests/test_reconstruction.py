@@ -462,7 +462,13 @@ def test_cli_benchmark(tiny_unet, tmp_path):
     table = (tmp_path / "benchmark.md").read_text()
     assert "1/2 (50 %)" in table and "1/4 (25 %)" in table
     with pytest.raises(ValueError, match="the benchmark runs on phantoms"):
+        run_benchmark(pipe, keep_every=(2,), num_images=1, out=tmp_path / "other", image=str(tmp_path / "benchmark.md"))
+    with pytest.raises(ValueError, match="contains the input"):  # the output rule: never the folder of an input
         run_benchmark(pipe, keep_every=(2,), num_images=1, out=tmp_path, image=str(tmp_path / "benchmark.md"))
+    with pytest.raises(ValueError, match="--num_images"):
+        run_benchmark(pipe, keep_every=(2,), num_images=0, out=tmp_path / "other")
+    with pytest.raises(ValueError, match="--noise_std"):
+        run_benchmark(pipe, keep_every=(2,), num_images=1, out=tmp_path / "other", noise_std=float("nan"))
     with pytest.raises(ValueError, match="holds 1 phantoms"):
         run_benchmark(pipe, keep_every=(2,), num_images=2, out=tmp_path, image="phantoms:thyroid:1:3")
 

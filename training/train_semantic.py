@@ -247,7 +247,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         license_metadata(args.license, args.license_name, args.license_link)
     except ValueError as error:
         raise ValueError(f"--license: {error}") from None
-    check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir)
+    check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir,
+                     inputs=[args.train_data_dir, args.dataset_name, args.pretrained_model_name_or_path])
     if args.resume_from_checkpoint not in (None, "latest"):
         path = Path(args.resume_from_checkpoint)
         if not path.is_dir() or not CHECKPOINT_PATTERN.match(path.name):
@@ -260,27 +261,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 #: What a training run writes into --output_dir (anything else there is the user's).
 RUN_ENTRIES = {"model_index.json", "unet", "unet_ema", "scheduler", "README.md", "training_args.json", "samples",
-               "logs", "pipeline_semantic_ultrasound.py", "pipeline_ultrasound.py", ".ultrasound-diffusers.json",
-               "validation_grid.png"}
+               "logs", "pipeline_semantic_ultrasound.py", "pipeline_ultrasound.py", "validation_grid.png"}
+
+#: ``kind`` of the output-folder marker of a training run.
+KIND = "train"
 
 
-def check_output_dir(output_dir: str, overwrite: bool = False) -> None:
-    """Refuse, before any work, an --output_dir that is a file or a non-empty folder that is not a training run."""
-    path = Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--output_dir {output_dir} exists and is not a folder")
-    if not path.is_dir() or overwrite:
-        return
-    foreign = sorted(
-        e.name for e in path.iterdir()
-        if e.name not in RUN_ENTRIES and not CHECKPOINT_PATTERN.match(e.name) and not e.name.startswith(".checkpoint-")
-        and not e.name.startswith(".")
-    )
-    if foreign:
-        raise ValueError(
-            f"--output_dir {output_dir} holds files that are not from a training run ({', '.join(foreign[:3])}"
-            f"{', ...' if len(foreign) > 3 else ''}); choose a new folder, or pass --overwrite_output_dir"
-        )
+def is_run_entry(name: str) -> bool:
+    """Whether a name in --output_dir is something a training run writes (a resumable writer's own entries)."""
+    return name in RUN_ENTRIES or bool(CHECKPOINT_PATTERN.match(name)) or name.startswith(".")
+
+
+def check_output_dir(output_dir: str, overwrite: bool = False, inputs: Sequence[Optional[str]] = ()) -> None:
+    """The package's output rule for a training run, before any work: --output_dir may be new, empty, or a run
+    folder (only the entries a run writes, :func:`is_run_entry`), to be resumed or continued; anything else needs
+    --overwrite_output_dir, and the working directory, a parent of it or a folder holding an input never."""
+    from ultrasound_diffusers.utils.io import check_output_dir as check
+
+    try:
+        check(output_dir, KIND, inputs=inputs, overwrite=overwrite, own_entries=is_run_entry)
+    except ValueError as err:
+        raise ValueError(str(err).replace("pass --overwrite ", "pass --overwrite_output_dir ")) from None
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -517,11 +518,19 @@ def prepare_training_data(args: argparse.Namespace, show_progress: bool = True):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the training; expected failures (bad flags, bad data, a bad --output_dir) end in one line on stderr,
     ``train_semantic.py: error: ...``, and exit code 2, as argparse does; unexpected ones keep their traceback."""
+    from ultrasound_diffusers.utils.io import write_failure_message
+
     try:
         return train(argv)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
         print(f"train_semantic.py: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # a full or read-only disk: one line naming the cause, not a traceback
+        message = write_failure_message(err)
+        if message is None:
+            raise
+        print(f"train_semantic.py: error: {message}", file=sys.stderr)
+        return 1
 
 
 def train(argv: Optional[Sequence[str]] = None) -> int:

@@ -44,8 +44,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         code = func(args)
     except EXPECTED_ERRORS as err:
-        print(f"ultrasound-diffusers {args.command}: error: {err}", file=sys.stderr)
+        from .utils.io import write_failure_message
+
+        message = write_failure_message(err) if isinstance(err, PermissionError) else None
+        print(f"ultrasound-diffusers {args.command}: error: {message or err}", file=sys.stderr)
         return 2
+    except Exception as err:  # a full or read-only disk: one line naming the cause, not a traceback
+        from .utils.io import write_failure_message
+
+        message = write_failure_message(err)
+        if message is None:
+            raise
+        print(f"ultrasound-diffusers {args.command}: error: {message}", file=sys.stderr)
+        return 1
     return int(code or 0)
 
 

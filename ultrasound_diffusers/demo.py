@@ -53,7 +53,7 @@ def make_demo_figure(label_maps, images, scheduler, num_classes: int, steps: Seq
 
     n = len(images)
     cols = 2 + len(steps)
-    fig = new_figure(figsize=(2.1 * cols, 2.2 * n + 0.5))
+    fig = new_figure(figsize=(2.6 * cols, 2.6 * n + 0.6))
     axes = fig.subplots(n, cols, squeeze=False)
     for i, (labels, image) in enumerate(zip(label_maps, images)):
         axes[i, 0].imshow(colorize_labels(labels, num_classes))
@@ -73,6 +73,32 @@ def make_demo_figure(label_maps, images, scheduler, num_classes: int, steps: Seq
     return fig
 
 
+#: ``kind`` of the output-folder marker of ``ultrasound-diffusers demo``.
+KIND = "demo"
+
+
+def sampler_name(scheduler, requested: Optional[str] = None) -> str:
+    """The short name of the sampler a scheduler runs (``ddpm``, ``ddim``, ``dpm++``, ``sde-dpm++``), or its
+    class name for a scheduler this package does not name; ``requested`` (the ``--scheduler`` choice) wins."""
+    if requested is not None:
+        return str(requested)
+    config = getattr(scheduler, "config", {})
+    algorithm = config.get("algorithm_type") if hasattr(config, "get") else None
+    if algorithm is not None:
+        return "sde-dpm++" if str(algorithm).startswith("sde") else "dpm++"
+    sampler = config.get("sampler") if hasattr(config, "get") else None
+    if sampler in ("ddpm", "ddim"):
+        return str(sampler)
+    return type(scheduler).__name__
+
+
+def demo_title(source: Union[str, os.PathLike], sampler: str, num_inference_steps: int, guidance_scale: float,
+               seed: int) -> str:
+    """The demo figure's one-line title: pipeline, sampler, steps, guidance, seed."""
+    return (f"{Path(str(source)).name} | sampler {sampler}, {num_inference_steps} steps, guidance {guidance_scale:g}, "
+            f"seed {seed}")
+
+
 def run_demo(
     pipeline: Optional[Union[str, os.PathLike]] = None,
     labels: Optional[Sequence[Union[str, os.PathLike]]] = None,
@@ -83,17 +109,24 @@ def run_demo(
     output_dir: Union[str, os.PathLike] = "demo_output",
     device: str = "cpu",
     scheduler: Optional[str] = None,
+    overwrite: bool = False,
 ) -> Path:
     """Generate images for label maps with a pipeline and write ``demo.png`` plus the images; returns the figure path.
+
+    ``output_dir`` follows the package's output rule (checked before any work): it is written whole, replacing a
+    folder an earlier demo wrote; a folder another command or the user wrote needs ``overwrite``.
 
     ``scheduler``: None keeps the pipeline's own; ``"ddpm"``, ``"ddim"``, ``"dpm++"`` or ``"sde-dpm++"`` builds that
     sampler from the pipeline's scheduler config (see
     :func:`~ultrasound_diffusers.schedulers.scheduling_bmap_dpmsolver_multistep.scheduler_for_sampler`)."""
     from .pipelines import DiffusionPipeline
+    from .utils.io import check_output_dir, write_output_folder
     from .visualization import save_figure
 
-    if num_images < 1:
-        raise ValueError(f"`num_images` must be >= 1, got {num_images}")
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        raise ValueError(f"`num_images` (--num_images) must be an integer >= 1, got {num_images!r}")
+    inputs = [pipeline, *(labels or [])]
+    check_output_dir(output_dir, KIND, inputs=inputs, overwrite=overwrite)
     source = str(pipeline) if pipeline is not None else str(DEMO_PIPELINE_PATH)
     if pipeline is None and not (DEMO_PIPELINE_PATH / "model_index.json").is_file():
         raise FileNotFoundError(f"the bundled demo pipeline is missing from {DEMO_PIPELINE_PATH}")
@@ -115,25 +148,24 @@ def run_demo(
     images = [np.asarray(im, dtype=np.float64).squeeze() for im in images]
     if images[0].ndim == 3:  # RGB models: show the mean channel
         images = [im.mean(-1) for im in images]
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
-    from .utils.io import atomic_write
-
-    for i, image in enumerate(images):
-        with atomic_write(out / f"generated_{i:02d}.png", "wb") as handle:
-            Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(handle, format="PNG")
     T = pipe.scheduler.config.num_train_timesteps
     steps = [T // 2, (3 * T) // 4, T - 1]
-    scheduler = pipe.scheduler
-    if not hasattr(scheduler, "signal_level"):  # a diffusers scheduler was swapped in: show the published B-maps
+    attenuation = pipe.scheduler
+    if not hasattr(attenuation, "signal_level"):  # a diffusers scheduler was swapped in: show the published B-maps
         from .schedulers import BMapAttenuationScheduler
 
-        scheduler = BMapAttenuationScheduler(num_train_timesteps=T)
-    sampler = f", {scheduler}" if scheduler is not None else ""
-    title = f"{Path(source).name}: {num_inference_steps} steps{sampler}, guidance {guidance_scale}, seed {seed}"
-    fig = make_demo_figure([m for m in maps], images, scheduler, num_classes, steps, title)
-    path = Path(save_figure(fig, out / "demo.png"))
+        attenuation = BMapAttenuationScheduler(num_train_timesteps=T)
+    title = demo_title(source, sampler_name(pipe.scheduler, scheduler), num_inference_steps, guidance_scale, seed)
+    fig = make_demo_figure([m for m in maps], images, attenuation, num_classes, steps, title)
+
+    from PIL import Image
+
+    def build(folder: Path) -> None:
+        for i, image in enumerate(images):
+            Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(folder / f"generated_{i:02d}.png")
+        save_figure(fig, folder / "demo.png")
+
+    out = write_output_folder(build, output_dir, KIND, inputs=inputs, overwrite=overwrite)
+    path = out / "demo.png"
     print(f"generated {len(images)} images in {time.perf_counter() - start:.1f} s")
     return path

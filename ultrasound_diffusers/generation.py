@@ -298,6 +298,14 @@ def _clear_run(output_dir: Path) -> None:
 
 _RUN_ENTRIES = (CHUNKS_DIR, DATASET_DIR, PNG_DIR, MANIFEST_NAME, CARD_NAME)
 
+#: ``kind`` of the output rule for a generation run folder.
+KIND = "generate"
+
+
+def is_run_entry(name: str) -> bool:
+    """Whether a name in a run folder is one a generation run writes (hidden temporaries included)."""
+    return name in _RUN_ENTRIES or name.startswith(".")
+
 
 def _run_status(output_dir: Path, fingerprint: str) -> str:
     """'fresh' (nothing there), 'resume' (same run, unfinished), 'complete' (same run, done), 'other' (a run
@@ -306,18 +314,15 @@ def _run_status(output_dir: Path, fingerprint: str) -> str:
     if manifest is None:
         if not output_dir.is_dir():
             return "fresh"
-        from .utils.io import _LEGACY_TEMP_PATTERN, _TEMP_PATTERN
+        from .utils.io import foreign_entries
 
-        entries = [
-            e.name for e in output_dir.iterdir()
-            if not (_TEMP_PATTERN.match(e.name) or _LEGACY_TEMP_PATTERN.match(e.name))
-        ]
+        entries = foreign_entries(output_dir, lambda name: False)
         if not entries:
             return "fresh"
         if set(entries) <= {CHUNKS_DIR, DATASET_DIR} and (output_dir / CHUNKS_DIR).exists():
             return "other"  # a run whose manifest was lost before the first chunk: ours, discard on --overwrite
         return "foreign"
-    if not all(e.name in _RUN_ENTRIES or e.name.startswith(".") for e in output_dir.iterdir()):
+    if not all(is_run_entry(e.name) for e in output_dir.iterdir()):
         return "foreign"  # a run folder the user has put other files in
     if manifest.get("fingerprint") != fingerprint:
         return "other"
@@ -702,11 +707,11 @@ def generate_dataset(
 
     # ---------------------------------------------------------------- the run folder (read by all, then set up by main)
     status = _run_status(output_dir, fingerprint)
-    if status == "foreign":
-        raise ValueError(
-            f"`output_dir` {output_dir} is not empty and is not a generation run (it holds files this command did "
-            "not write); it is never overwritten: choose a new or empty folder"
-        )
+    if status == "foreign":  # the one output rule: the user's folder only with overwrite (whose own files stay)
+        from .utils.io import check_output_dir
+
+        check_output_dir(output_dir, KIND, overwrite=overwrite, own_entries=is_run_entry, argument="`output_dir`")
+        status = "other"
     if status == "other" and not overwrite:
         raise ValueError(
             f"`output_dir` {output_dir} holds a generation run with other arguments (or an unknown dataset); "

@@ -83,7 +83,7 @@ def resolve_phantom_image(spec: Optional[str], pipe=None, index: int = 0) -> Opt
         parsed = parse_phantoms_spec(spec, argument="--image")
         if parsed.num is not None and index >= parsed.num:
             raise ValueError(f"`--image` {spec!r} holds {parsed.num} phantoms; phantom {index} is not one of them")
-        return parsed.anatomy, parsed.seed, index
+        return parsed.anatomy, parsed.seed_or(0), index
     return None
 
 
@@ -91,8 +91,9 @@ def load_image(spec: Optional[str], size, pipe=None, index: int = 0):
     """``(image float64 [H, W] in [0, 1], labels int64 [H, W] or None, description)``.
 
     ``spec``: a phantom (see :func:`resolve_phantom_image`: None for held-out phantom ``index``,
-    ``phantoms:ANATOMY[:N[:SEED]]`` for phantom ``index`` of that set) or a PNG / TIFF / .npy file (resized to
-    ``size`` if needed).
+    ``phantoms:ANATOMY[:N[:SEED]]`` for phantom ``index`` of that set) or image ``index`` of any other source of
+    the one input door (:func:`ultrasound_diffusers.data.sources.load_image_set`: a PNG / TIFF / .npy file, a
+    folder, a saved or Hub dataset), resized to ``size`` if needed, by the package's image acceptance rule.
     """
     from pathlib import Path
 
@@ -106,30 +107,15 @@ def load_image(spec: Optional[str], size, pipe=None, index: int = 0):
         anatomy, seed, index = phantom
         image, labels, _ = make_phantom(anatomy, size=(height, width), seed=seed, index=index)
         return np.asarray(image, np.float64), np.asarray(labels, np.int64), f"{anatomy} phantom {index} (seed {seed})"
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    if path.suffix.lower() == ".npy":
-        array = np.squeeze(np.load(path, allow_pickle=False))
-        if array.ndim != 2:
-            raise ValueError(f"image {path} must be a 2-D array, got shape {array.shape}")
-        if np.issubdtype(array.dtype, np.integer):
-            array = array / 255.0
-        array = array.astype(np.float64)
-        if array.min() < 0 or array.max() > 1:
-            raise ValueError(f"image {path} must hold values in [0, 1] (or uint8), got [{array.min()}, {array.max()}]")
-        if array.shape != (height, width):
-            from PIL import Image
+    from .data.sources import load_image_set
 
-            array = np.asarray(Image.fromarray(array.astype(np.float32)).resize((width, height), Image.BILINEAR), np.float64)
-        return np.clip(array, 0, 1), None, path.name
-    from PIL import Image
-
-    with Image.open(path) as im:
-        gray = im.convert("L")
-        if gray.size != (width, height):
-            gray = gray.resize((width, height), Image.BILINEAR)
-        return np.asarray(gray, np.float64) / 255.0, None, path.name
+    image_set = load_image_set(spec, label_column="auto", size=(height, width), max_images=index + 1,
+                               argument="--image")
+    if index >= len(image_set):
+        raise ValueError(f"`--image` {spec!r} holds {len(image_set)} images; image {index} is not one of them")
+    labels = None if image_set.labels is None else image_set.labels[index]
+    description = Path(spec).name if image_set.kind == "file" else f"{image_set.names[index]} of {image_set.source}"
+    return image_set.images[index].astype(np.float64), labels, description
 
 
 # ------------------------------------------------------------------------------------------------ figure

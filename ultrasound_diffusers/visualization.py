@@ -139,10 +139,15 @@ def plot_bmaps(
     return None
 
 
+#: The PNG ``Software`` text of every figure this package writes: the output rule
+#: (:func:`~ultrasound_diffusers.utils.io.check_output_file`) lets a rerun replace such a file without --overwrite.
+PNG_SOFTWARE = "ultrasound-diffusers"
+
+
 def save_figure(fig, path: Union[str, os.PathLike], dpi: int = 120) -> str:
     """Save a matplotlib figure as PNG atomically (closing it if pyplot manages it); returns the path."""
     with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
+        fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": PNG_SOFTWARE})
     import sys
 
     if "matplotlib.pyplot" in sys.modules:  # a figure made with pyplot by the caller: release it

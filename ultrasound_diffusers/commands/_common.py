@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+from typing import Optional
 
 from ..image_processor import parse_size
 
@@ -21,6 +23,24 @@ def size_type(flag: str = "--size"):
             return parse_size(text, argument=flag)
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+def finite_float(flag: str, minimum: Optional[float] = None, exclusive: bool = False):
+    """An argparse ``type`` for a finite float (``nan`` and ``inf`` refused, naming ``flag``), optionally
+    ``>= minimum`` (``> minimum`` with ``exclusive``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{flag} must be a finite number, got {text!r}")
+        if minimum is not None and (value <= minimum if exclusive else value < minimum):
+            raise argparse.ArgumentTypeError(f"{flag} must be {'>' if exclusive else '>='} {minimum:g}, got {text!r}")
+        return value
 
     return parse
 

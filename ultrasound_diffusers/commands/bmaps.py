@@ -20,7 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=size_type("--size"), default=128, help="image size: N or HxW")
     p.add_argument("--num", type=int, default=6, help="number of steps to show")
     p.add_argument("--what", choices=["signal", "bmap", "snr_ratio"], default="signal")
-    p.add_argument("--out", default="bmaps.png", help="output PNG")
+    p.add_argument("--out", default="bmaps.png", help="output PNG (an existing file replaced only if this package "
+                   "wrote it, or with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)
 
 
@@ -30,6 +32,12 @@ def run(args) -> int:
     from ..schedulers import BMapAttenuationScheduler
     from ..visualization import plot_bmaps
 
+    from ..utils.io import check_output_file
+
+    check_output_file(args.out, inputs=[args.scheduler], overwrite=args.overwrite, argument="--out", suffixes=(".png",))
+    if args.scheduler and not os.path.exists(args.scheduler):
+        raise FileNotFoundError(f"--scheduler {args.scheduler}: no such scheduler folder (give a folder holding "
+                                "scheduler_config.json, or a pipeline folder with scheduler/)")
     overrides = {k: getattr(args, k) for k in ("bmap_schedule", "bmap_min") if getattr(args, k) is not None}
     if args.preserve_length:
         overrides["preserve_length"] = True

@@ -94,7 +94,8 @@ def register(subparsers) -> None:
         help="JSON object (inline or file) overriding the BMapAttenuationScheduler defaults of the published model",
     )
     p.add_argument("--max_shard_size", default="10GB", help="shard the safetensors file above this size")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir that another command or you wrote (never the working directory, a "
+                   "parent of it or the folder holding --checkpoint)")
     p.set_defaults(func=run)
 
 
@@ -102,10 +103,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..models.conversion import consistent_head_layouts, convert_original_checkpoint, load_original_state_dict
-    from ..utils.io import replace_directory
+    from ..utils.io import check_output_dir, write_output_folder
 
-    if os.path.exists(args.output_dir) and not args.overwrite:
-        raise FileExistsError(f"{args.output_dir} already exists; pass --overwrite to replace it")
+    # The one output rule, before any work: never the working directory, a parent of it or the checkpoint's folder.
+    rule = dict(inputs=[args.checkpoint], overwrite=args.overwrite, replace_own=False)
+    check_output_dir(args.output_dir, "convert", **rule)
     overrides = _json_arg(args.config, "--config")
     for name in ("num_head_channels", "num_heads"):
         value = getattr(args, name)
@@ -169,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         if scheduler is not None:
             scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
 
-    replace_directory(build, args.output_dir, overwrite=args.overwrite)
+    write_output_folder(build, args.output_dir, "convert", **rule)
     layout = "model folder" if args.model_only else ("pipeline folder" if pipeline is not None else "unet/ + scheduler/")
     cfg = model.config
     print(

@@ -18,7 +18,11 @@ def register(subparsers) -> None:
         "(DPM-Solver++ 2M) or sde-dpm++ (stochastic DPM-Solver++ 2M, 20 steps suffice); default: the pipeline's own",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output_dir", default="demo_output")
+    p.add_argument("--output_dir", default="demo_output",
+                   help="folder for demo.png and the generated images (replaced whole on a rerun of the demo)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --output_dir that another command or you wrote (never the working "
+                   "directory, a parent of it or a folder holding an input)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
 
@@ -31,7 +35,7 @@ def run(args) -> int:
     path = run_demo(
         pipeline=args.pipeline, labels=args.labels, num_images=args.num_images,
         num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, seed=args.seed,
-        output_dir=args.output_dir, device=args.device, scheduler=args.scheduler,
+        output_dir=args.output_dir, device=args.device, scheduler=args.scheduler, overwrite=args.overwrite,
     )
     print(f"demo picture written to {os.path.abspath(path)}")
     return 0

@@ -122,6 +122,12 @@ def run(args) -> int:
     from ..generation import process_state, generate_dataset
     from ..pipelines import DiffusionPipeline
 
+    from ..generation import KIND, is_run_entry
+    from ..utils.io import check_output_dir
+
+    # The one output rule before any work: a run folder is resumed; a folder of the user's only with --overwrite.
+    check_output_dir(args.output_dir, KIND, inputs=[args.pipeline, args.labels], overwrite=args.overwrite,
+                     own_entries=is_run_entry)
     state = process_state(None)
     args.export = args.export or []
     if "nnunet" in args.export:  # refuse a bad id, name or folder before generating anything

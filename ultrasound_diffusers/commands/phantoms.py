@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_dataset_output_arguments, size_type
+from ._common import add_dataset_output_arguments, finite_float, size_type
 
 
 def _tgc(text: str):
-    values = [float(v) for v in text.split(",") if v.strip()]
+    number = finite_float("--tgc")
+    values = [number(v) for v in text.split(",") if v.strip()]
     if not values:
         raise argparse.ArgumentTypeError("--tgc needs a fraction or comma-separated gains in dB")
     return values[0] if len(values) == 1 and "," not in text else tuple(values)
@@ -36,13 +37,13 @@ def register(subparsers) -> None:
     p.add_argument("--output_dir", default=None, help="where to save_to_disk the dataset")
     p.add_argument("--num_validation_images", type=int, default=0, help="if > 0 save a DatasetDict with a validation split (examples N..N+K-1)")
     p.add_argument("--probe", default=None, choices=["convex", "linear"], help="probe geometry (default: per anatomy)")
-    p.add_argument("--depth_cm", type=float, default=None)
-    p.add_argument("--center_frequency_mhz", type=float, default=None)
-    p.add_argument("--attenuation_db_cm_mhz", type=float, default=None, help="one attenuation for all tissues (default: tissue-dependent)")
+    p.add_argument("--depth_cm", type=finite_float("--depth_cm", 0.0, exclusive=True), default=None)
+    p.add_argument("--center_frequency_mhz", type=finite_float("--center_frequency_mhz", 0.0, exclusive=True), default=None)
+    p.add_argument("--attenuation_db_cm_mhz", type=finite_float("--attenuation_db_cm_mhz", 0.0), default=None, help="one attenuation for all tissues (default: tissue-dependent)")
     p.add_argument("--tgc", type=_tgc, default=None, help="TGC: fraction of the nominal loss compensated, or comma-separated gains in dB")
-    p.add_argument("--dynamic_range_db", type=float, default=None)
-    p.add_argument("--gain_db", type=float, default=None)
-    p.add_argument("--noise_db", type=float, default=None)
+    p.add_argument("--dynamic_range_db", type=finite_float("--dynamic_range_db", 0.0, exclusive=True), default=None)
+    p.add_argument("--gain_db", type=finite_float("--gain_db"), default=None)
+    p.add_argument("--noise_db", type=finite_float("--noise_db"), default=None)
     p.add_argument("--batch_size", type=int, default=32, help="examples simulated together")
     p.add_argument("--png_dir", default=None, help="also write images/ and labels/ PNG files here")
     p.add_argument("--preview", default=None, help="write a PNG grid of the first images and coloured label maps")
@@ -78,6 +79,10 @@ def run(args) -> int:
     if args.output_dir is not None:
         kind = "phantoms" if args.simulator is None else "phantoms-channels"
         check_output_dir(args.output_dir, kind, overwrite=args.overwrite, argument="--output_dir")
+    if args.preview is not None:
+        from ..utils.io import check_output_file
+
+        check_output_file(args.preview, overwrite=args.overwrite, argument="--preview", suffixes=(".png",))
     if args.simulator is not None:
         return _run_channel_simulation(args)
     if args.png_dir is not None:

@@ -14,6 +14,7 @@ interrupted or failed conversion leaves no half-written dataset.
 from __future__ import annotations
 
 import argparse
+import math
 
 from ._common import add_dataset_output_arguments, size_type
 
@@ -25,6 +26,9 @@ def _fractions(text: str):
         raise argparse.ArgumentTypeError(f"--split_fractions must be TRAIN,VAL,TEST, got {text!r}") from None
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"--split_fractions must be TRAIN,VAL,TEST, got {text!r}")
+    if not all(math.isfinite(v) and v >= 0 for v in values) or not sum(values) > 0:
+        raise argparse.ArgumentTypeError(
+            f"--split_fractions must be three finite numbers >= 0 with a positive sum, got {text!r}")
     return values
 
 

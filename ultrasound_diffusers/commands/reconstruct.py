@@ -59,6 +59,9 @@ def register(subparsers) -> None:
     p.add_argument("--benchmark", default=None, help="comma-separated keep_every values K (fraction 1/K of the scan lines): write a PSNR / SSIM table instead")
     p.add_argument("--num_images", type=int, default=4, help="held-out phantoms in --benchmark")
     p.add_argument("--output_dir", "--out", dest="out", metavar="OUTPUT_DIR", default="reconstruction_output", help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --output_dir that another command or you wrote (never the working "
+                   "directory, a parent of it or a folder holding an input)")
     p.set_defaults(func=run)
 
 
@@ -78,14 +81,15 @@ def run(args) -> int:
             raise ValueError(f"--benchmark must be comma-separated integers, got {args.benchmark!r}") from None
         rows = run_benchmark(args.pipeline, ks, args.num_images, args.method, args.num_samples,
                              args.num_inference_steps, args.guidance_step_size, args.guidance_scale, args.noise_std,
-                             args.seed, args.out, args.device, args.num_resample, image=args.image)
+                             args.seed, args.out, args.device, args.num_resample, image=args.image,
+                             overwrite=args.overwrite)
         with open(os.path.join(args.out, "benchmark.md"), encoding="utf-8") as handle:
             print(handle.read().rstrip())
         return 0 if rows else 1
     summary = run_reconstruction(args.pipeline, args.image, args.labels, args.operator, args.noise_std, args.method,
                                  args.num_samples, args.num_inference_steps, args.guidance_step_size,
                                  args.guidance_scale, args.seed, args.out, args.device, args.num_resample,
-                                 image_index=args.image_index)
+                                 image_index=args.image_index, overwrite=args.overwrite)
     print(
         f"baseline {summary['baseline_psnr']:.2f} dB / SSIM {summary['baseline_ssim']:.3f}, reconstruction "
         f"{summary['reconstruction_psnr']:.2f} dB / SSIM {summary['reconstruction_ssim']:.3f}, residual "

@@ -17,6 +17,7 @@ removed by the next write to the same place once their process is gone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -161,12 +162,17 @@ def check_output_dir(
     overwrite: bool = False,
     replace_own: bool = True,
     argument: str = "--output_dir",
+    own_entries: Optional[Callable[[str], bool]] = None,
 ) -> Path:
     """Refuse an output folder that a write of the command ``kind`` must not replace; call it before any work.
 
     Allowed: a folder that does not exist, an empty folder, and (if ``replace_own``) a folder whose marker says
     ``kind`` wrote it. Anything else needs ``overwrite=True``. Never allowed, whatever ``overwrite`` says: an
     existing file, the working directory or a parent of it, and a folder that is or contains one of ``inputs``.
+
+    A resumable writer (training, generation) that fills its folder over time passes ``own_entries``, a test of an
+    entry name: a folder whose entries all pass it is that writer's own, marker or not; a folder with any other
+    entry is the user's and needs ``overwrite``.
 
     Args:
         target: the output folder.
@@ -205,15 +211,97 @@ def check_output_dir(
         return path
     marker = read_marker(path)
     if replace_own and marker is not None and marker.get("kind") == kind:
+        if own_entries is None or not foreign_entries(path, own_entries):
+            return path
+    elif own_entries is not None and not foreign_entries(path, own_entries):
         return path
     if overwrite:
         return path
     if not replace_own and marker is not None and marker.get("kind") == kind:
         raise ValueError(f"{argument} {path} exists (an earlier `{kind}` output); choose another folder")
+    foreign = foreign_entries(path, own_entries) if own_entries is not None else []
+    holds = f" (it holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})" if foreign else ""
     raise ValueError(
-        f"{argument} {path} is not empty and was not written by `ultrasound-diffusers {kind}`; choose a new or "
-        "empty folder, or pass --overwrite to replace it and everything in it"
+        f"{argument} {path} is not empty and was not written by `ultrasound-diffusers {kind}`{holds}; choose a new "
+        "or empty folder, or pass --overwrite to replace it and everything in it"
     )
+
+
+def foreign_entries(folder: PathLike, own_entries: Callable[[str], bool]) -> list:
+    """Names in ``folder`` that ``own_entries`` does not claim (the marker and this module's temporaries are
+    always claimed), sorted."""
+    names = []
+    for entry in Path(folder).iterdir():
+        name = entry.name
+        if name == MARKER_NAME or _TEMP_PATTERN.match(name) or _LEGACY_TEMP_PATTERN.match(name) or own_entries(name):
+            continue
+        names.append(name)
+    return sorted(names)
+
+
+def check_output_file(
+    target: PathLike,
+    *,
+    inputs: Iterable[Optional[PathLike]] = (),
+    overwrite: bool = False,
+    argument: str = "--out",
+    suffixes: Optional[Iterable[str]] = None,
+) -> Path:
+    """The output rule for a command that writes one file (a figure, a report): call it before any work.
+
+    Allowed: a path that does not exist (its folder is made when written), and a PNG figure this package wrote
+    (its ``Software`` text says so). Any other existing file needs ``overwrite=True``; a folder, or a file that
+    is one of ``inputs``, is never allowed.
+
+    Raises:
+        ValueError: naming ``argument``, the path and what to do instead.
+    """
+    path = Path(target)
+    if suffixes is not None:
+        allowed = tuple(s.lower() for s in suffixes)
+        if path.suffix.lower() not in allowed:
+            raise ValueError(f"{argument} {path} must end in {' or '.join(allowed)}")
+    if path.is_dir():
+        raise ValueError(f"{argument} {path} is a folder; give a file path")
+    for item in inputs:
+        if item is None or not isinstance(item, (str, os.PathLike)):
+            continue
+        if Path(item).exists() and Path(item).resolve() == path.resolve():
+            raise ValueError(f"{argument} {path} is one of the command's inputs; writing there would destroy it")
+    if path.exists() and not overwrite and not _package_figure(path):
+        raise ValueError(f"{argument} {path} exists and was not written by ultrasound-diffusers; choose another file "
+                         "name, or pass --overwrite to replace it")
+    return path
+
+
+def _package_figure(path: Path) -> bool:
+    """Whether ``path`` is a PNG whose ``Software`` text names this package (see visualization.save_figure)."""
+    if path.suffix.lower() != ".png":
+        return False
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return str(getattr(image, "text", {}).get("Software", "")).startswith("ultrasound-diffusers")
+    except Exception:  # noqa: BLE001 - unreadable: not ours
+        return False
+
+
+def write_output_folder(
+    build: Callable[[Path], None],
+    target: PathLike,
+    kind: str,
+    *,
+    inputs: Iterable[Optional[PathLike]] = (),
+    overwrite: bool = False,
+    argument: str = "--output_dir",
+    replace_own: bool = True,
+) -> Path:
+    """:func:`check_output_dir`, then ``build(tmp)`` into a temporary sibling that replaces ``target`` in one step
+    (with the marker of ``kind``). For writers that make a whole folder at once and can check first: call
+    :func:`check_output_dir` yourself before any long work, this once more at the end is cheap."""
+    path = check_output_dir(target, kind, inputs=inputs, overwrite=overwrite, argument=argument, replace_own=replace_own)
+    return replace_directory(build, path, overwrite=True, kind=kind)
 
 
 def replace_directory(
@@ -266,3 +354,36 @@ def atomic_save_to_disk(
             (tmp / name).write_text(text, encoding="utf-8")
 
     return replace_directory(build, target, overwrite=overwrite, kind=kind)
+
+
+#: errno values that mean the disk refused a write, not that the program is wrong.
+_WRITE_FAILURES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EROFS: "the file system is read-only",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EFBIG: "the file is too large for the file system",
+}
+
+
+def write_failure_message(error: BaseException) -> Optional[str]:
+    """A one-line message for a write the disk refused (full, read-only, over quota, no permission), found in
+    ``error`` or its causes: an ``OSError`` with one of those errno values, or safetensors' ``SafetensorError``
+    wrapping one. None for anything else (a bug keeps its traceback)."""
+    seen = set()
+    current: Optional[BaseException] = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _WRITE_FAILURES:
+            where = current.filename if current.filename is not None else "the output"
+            return f"cannot write {where}: {_WRITE_FAILURES[current.errno]} ({os.strerror(current.errno)}); nothing " \
+                   "half-written was left in place; free space or choose another output location"
+        if type(current).__name__ == "SafetensorError":
+            text = str(current)
+            for code, reason in _WRITE_FAILURES.items():
+                if os.strerror(code).lower() in text.lower():
+                    return f"cannot write the weights: {reason} ({text.strip()}); free space or choose another " \
+                           "output location"
+        current = current.__cause__ or current.__context__
+    return None
