@@ -80,3 +80,23 @@ def test_demo_reads_user_label_maps(tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((2, 3, 4)))
     with pytest.raises(ValueError, match="bad.npy"):
         load_label_maps([tmp_path / "bad.npy"])
+
+
+@pytest.mark.parametrize("sampler, short", [(None, "ddpm"), ("sde-dpm++", "sde-dpm++")])
+def test_demo_figure_title_is_one_line_naming_the_sampler(tmp_path, monkeypatch, sampler, short):
+    """The title once printed the scheduler object (its whole JSON config, ~30 lines)."""
+    import ultrasound_diffusers.visualization as visualization
+
+    titles = []
+    original = visualization.save_figure
+
+    def capture(fig, path, **kwargs):
+        titles.append(fig._suptitle.get_text())
+        return original(fig, path, **kwargs)
+
+    monkeypatch.setattr(visualization, "save_figure", capture)
+    run_demo(num_images=1, num_inference_steps=2, output_dir=tmp_path / "out", scheduler=sampler)
+    (title,) = titles
+    assert "\n" not in title and len(title) < 100, title
+    assert f"sampler {short}," in title and "2 steps" in title and "seed 0" in title
+    assert title.startswith("bmap-echo-phantom-64")
