@@ -43,7 +43,7 @@ from typing import Optional
 
 import torch
 
-from .schedulers.diffusion_math import PREDICTION_TYPES, original_from_model_output
+from .schedulers.diffusion_math import PREDICTION_TYPES, original_from_model_output, working_dtype
 
 __all__ = [
     "HybridLossOutput",
@@ -147,8 +147,9 @@ def predict_start_from_model_output(
     _check_prediction_type(prediction_type)
     if prediction_type == "sample":
         return prediction
-    a_t = scheduler.signal_level(timesteps, tuple(x_t.shape), device=x_t.device, dtype=torch.float64)
-    x0 = original_from_model_output(prediction.double(), x_t.double(), a_t, prediction_type)
+    work = working_dtype(x_t.device)  # float64, float32 on MPS
+    a_t = scheduler.signal_level(timesteps, tuple(x_t.shape), device=x_t.device, dtype=work)
+    x0 = original_from_model_output(prediction.to(work), x_t.to(work), a_t, prediction_type)
     return x0.to(x_t.dtype)
 
 
@@ -275,22 +276,25 @@ def hybrid_loss(
     if timesteps.ndim != 1 or timesteps.shape[0] != x_start.shape[0]:
         raise ValueError(f"`timesteps` must have shape [{x_start.shape[0]}], got {tuple(timesteps.shape)}")
 
-    model_output = model_output.float()
-    x_start, noise, x_t = x_start.float(), noise.float(), x_t.float()
-    if learn_sigma:
-        prediction, var_values = model_output[:, :channels], model_output[:, channels:]
-    else:
-        prediction, var_values = model_output, None
+    # Float32 (float64 inside the scheduler's helpers) whatever the caller's autocast: a loss computed inside
+    # `with torch.autocast(...)`, as diffusers' training examples do, runs none of its ops in the autocast dtype.
+    with torch.autocast(device_type=x_start.device.type, enabled=False):
+        model_output = model_output.float()
+        x_start, noise, x_t = x_start.float(), noise.float(), x_t.float()
+        if learn_sigma:
+            prediction, var_values = model_output[:, :channels], model_output[:, channels:]
+        else:
+            prediction, var_values = model_output, None
 
-    target = prediction_target(scheduler, prediction_type, x_start, noise, timesteps).float()
-    mse = mean_flat((prediction - target) ** 2)
-    if var_values is not None:
-        vb = variational_bound_terms(
-            scheduler, prediction, var_values, x_start, x_t, timesteps, prediction_type=prediction_type
-        ).float()
-        num_train_timesteps = int(scheduler.config.num_train_timesteps)
-        total = mse + float(vb_weight) * num_train_timesteps * vb
-    else:
-        vb = torch.zeros_like(mse)
-        total = mse
+        target = prediction_target(scheduler, prediction_type, x_start, noise, timesteps).float()
+        mse = mean_flat((prediction - target) ** 2)
+        if var_values is not None:
+            vb = variational_bound_terms(
+                scheduler, prediction, var_values, x_start, x_t, timesteps, prediction_type=prediction_type
+            ).float()
+            num_train_timesteps = int(scheduler.config.num_train_timesteps)
+            total = mse + float(vb_weight) * num_train_timesteps * vb
+        else:
+            vb = torch.zeros_like(mse)
+            total = mse
     return HybridLossOutput(loss=total.mean(), mse=mse, vb=vb)

@@ -15,6 +15,19 @@ the schedulers, :mod:`ultrasound_diffusers.losses` and the pipelines call them i
 * :func:`forward_transition`: ``q(x_t | x_prev)``, one step of the forward process (RePaint's resampling).
 * :class:`SignalLevels`: the per-pixel view of any DDPM-type scheduler (``signal_level(t, shape)``), so that no
   caller branches on the scheduler's type.
+* :func:`working_dtype`: the precision of the per-pixel maths on a device.
+
+Precision. The schedules (``abar_t``, the cumulative B-map products as sums of logs) are built on the CPU in
+float64, and the per-pixel maths of the schedulers and of the training losses runs in :func:`working_dtype`:
+float64 on devices with float64 kernels (CPU, CUDA, XPU), float32 on Apple MPS, which has none. Samples and model
+outputs of any dtype (float32, bfloat16, float16) are cast into it and the results back to the sample's dtype, so
+that ``scheduler.step(...).prev_sample.dtype == sample.dtype``. Why float64 and not the sample's dtype: the
+posterior coefficients divide by ``1 - a_t`` and take ``a_t / a_prev`` with ``a_t`` within 1e-4 of 1 at the
+first steps (float32 keeps ~3 significant digits of ``1 - a_t`` there, bfloat16 none), and the B-map products of
+up to T factors are checked against float64 references and against DDPM (``bmap_min=1``) to 1e-6 - 1e-12.
+Why it costs nothing that matters: this maths is a few dozen element-wise operations on [B, C, H, W] per step,
+memory-bound even on GPUs with slow float64 units, against a UNet forward of 10^9 - 10^11 operations
+(``benchmarks/gpu_benchmark.py`` prints the scheduler step in float64 and float32 next to the UNet step).
 """
 
 from __future__ import annotations
@@ -35,7 +48,11 @@ __all__ = [
     "posterior_terms",
     "signal_levels",
     "velocity",
+    "working_dtype",
 ]
+
+#: Device types without float64 kernels (the per-pixel maths runs in float32 there).
+NO_FLOAT64_DEVICES = ("mps",)
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
@@ -43,6 +60,16 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 def _check_prediction_type(prediction_type: Any) -> None:
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def working_dtype(device=None) -> torch.dtype:
+    """The dtype of the per-pixel schedule maths on ``device`` (a torch.device, its name, a tensor, or None for the
+    CPU): float64, or float32 on devices without float64 kernels (:data:`NO_FLOAT64_DEVICES`: Apple MPS). See the
+    module docstring for why."""
+    if isinstance(device, torch.Tensor):
+        device = device.device
+    kind = torch.device(device).type if device is not None else "cpu"
+    return torch.float32 if kind in NO_FLOAT64_DEVICES else torch.float64
 
 
 # ------------------------------------------------------------------------------------------------ conversions

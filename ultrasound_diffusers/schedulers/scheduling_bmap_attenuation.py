@@ -12,6 +12,13 @@ fan apex for a convex / phased probe) and ``b_t`` the B-map time schedule. With 
 DDPM. Because ``M_t`` depends on the pixel only through its depth, the scheduler never stores a [T, H, W]
 tensor: it keeps the T-long 1-D schedules and, per sample shape, the depth map, and computes ``Bbar_t`` on
 demand in float64 (with a small cache of recently used steps, so sequential sampling costs O(H*W) per step).
+
+Precision: the schedule is built on the CPU in float64 (log-space sums of the per-step B-maps); ``step``,
+``add_noise`` and the train-time helpers run their per-pixel maths in float64 on devices that have it (CPU, CUDA)
+and in float32 on Apple MPS, whatever the sample's dtype, and return the sample's dtype (a bfloat16 or float16
+pipeline gets bfloat16 / float16 samples back). Why: ``1 - a_t`` and ``a_t / a_prev`` with ``a_t`` near 1 lose
+most of their digits in float32 and all of them in bfloat16, and the cost is element-wise, negligible next to the
+network (see :func:`~.diffusion_math.working_dtype`).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from .diffusion_math import (
     original_from_model_output,
     posterior_terms,
     velocity,
+    working_dtype,
 )
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "linear_small", "sigmoid")
@@ -369,11 +377,11 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         steps = self._steps_for_batch(timesteps, batch)
         grid = self._grid(height, width)
         unique = sorted(set(steps))
-        table = self._per_pixel(grid, unique, what)
-        index = torch.tensor([unique.index(t) for t in steps])
+        # float64 on the CPU; only the distinct steps travel to the device, where they are gathered per sample.
+        table = _to(self._per_pixel(grid, unique, what), device, dtype)
+        index = torch.tensor([unique.index(t) for t in steps], device=table.device)
         values = table[index]  # [B, H, W]
-        values = values.view(batch, *([1] * (ndim - 3)), height, width) if ndim >= 3 else values
-        return _to(values, device, dtype)
+        return values.view(batch, *([1] * (ndim - 3)), height, width) if ndim >= 3 else values
 
     def signal_level(
         self,
@@ -409,31 +417,30 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: TimestepLike) -> torch.Tensor:
         """Sample q(x_t | x_0) pixelwise: sqrt(a_t) x_0 + sqrt(1 - a_t) noise. Shapes [B, C, H, W]."""
-        a = self.signal_level(timesteps, original_samples.shape)
         x0, eps = _work(original_samples), _work(noise)
-        a = a.to(x0.device, x0.dtype)
+        a = self.signal_level(timesteps, original_samples.shape, device=x0.device, dtype=x0.dtype)
         return (a.sqrt() * x0 + (1.0 - a).sqrt() * eps).to(original_samples.dtype)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: TimestepLike) -> torch.Tensor:
         """v = sqrt(a_t) noise - sqrt(1 - a_t) x_0 (the v-prediction target), pixelwise."""
-        a = self.signal_level(timesteps, sample.shape)
         x0, eps = _work(sample), _work(noise)
-        return velocity(x0, eps, a.to(x0.device, x0.dtype)).to(sample.dtype)
+        a = self.signal_level(timesteps, sample.shape, device=x0.device, dtype=x0.dtype)
+        return velocity(x0, eps, a).to(sample.dtype)
 
     def predict_start_from_noise(self, x_t: torch.Tensor, timesteps: TimestepLike, noise: torch.Tensor) -> torch.Tensor:
         """x_0 = x_t / sqrt(a_t) - sqrt(1 / a_t - 1) eps, pixelwise."""
-        a = self.signal_level(timesteps, x_t.shape).to(x_t.device, _work_dtype(x_t))
+        a = self.signal_level(timesteps, x_t.shape, device=x_t.device, dtype=_work_dtype(x_t))
         return original_from_model_output(_work(noise), _work(x_t), a, "epsilon").to(x_t.dtype)
 
     def predict_noise_from_start(self, x_t: torch.Tensor, timesteps: TimestepLike, x_start: torch.Tensor) -> torch.Tensor:
         """eps = (x_t - sqrt(a_t) x_0) / sqrt(1 - a_t), pixelwise."""
-        a = self.signal_level(timesteps, x_t.shape).to(x_t.device, _work_dtype(x_t))
+        a = self.signal_level(timesteps, x_t.shape, device=x_t.device, dtype=_work_dtype(x_t))
         return noise_from_model_output(_work(x_start), _work(x_t), a, "sample").to(x_t.dtype)
 
     def predict_original_sample(self, model_output: torch.Tensor, sample: torch.Tensor, timesteps: TimestepLike) -> torch.Tensor:
         """x_0 implied by a network prediction of this scheduler's ``prediction_type`` at x_t = ``sample``
         (per pixel; shapes [B, C, H, W]; variance channels, if any, must be split off first)."""
-        a = self.signal_level(timesteps, sample.shape).to(sample.device, _work_dtype(sample))
+        a = self.signal_level(timesteps, sample.shape, device=sample.device, dtype=_work_dtype(sample))
         kind = self.config.prediction_type
         return original_from_model_output(_work(model_output), _work(sample), a, kind).to(sample.dtype)
 
@@ -467,8 +474,7 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         else:
             clipped = terms["variance"]
         terms["log_variance_clipped"] = torch.log(clipped.clamp(min=1e-20))
-        device_dtype = torch.float64 if torch.device(device).type != "mps" else torch.float32
-        terms = {k: v.to(device, device_dtype) for k, v in terms.items()}
+        terms = {k: v.to(device, working_dtype(device)) for k, v in terms.items()}
         return terms, steps
 
     def model_log_variance(self, model_var_values: torch.Tensor, timesteps: TimestepLike, shape=None) -> torch.Tensor:
@@ -621,8 +627,8 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
 
         out_dtype = sample.dtype
         x_t, out = _work(sample), _work(model_output)
-        a_t = self.signal_level(t, sample.shape).to(x_t.device, x_t.dtype)
-        a_prev = self.signal_level(prev_t, sample.shape).to(x_t.device, x_t.dtype)
+        a_t = self.signal_level(t, sample.shape, device=x_t.device, dtype=x_t.dtype)
+        a_prev = self.signal_level(prev_t, sample.shape, device=x_t.device, dtype=x_t.dtype)
 
         x0, eps = self._predict_x0_eps(out, x_t, a_t)
         if self.config.thresholding:
@@ -858,15 +864,19 @@ def _split_shape(shape: Sequence[int]) -> Tuple[int, int, int, int]:
 
 
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float32 if x.device.type == "mps" else torch.float64
+    return working_dtype(x.device)
 
 
 def _work(x: torch.Tensor) -> torch.Tensor:
-    """The tensor in the working precision (float64, float32 on MPS)."""
+    """The tensor in the working precision (:func:`~.diffusion_math.working_dtype`: float64, float32 on MPS)."""
     return x.to(_work_dtype(x))
 
 
 def _to(x: torch.Tensor, device, dtype) -> torch.Tensor:
-    if device is not None and torch.device(device).type == "mps" and (dtype is None or dtype == torch.float64):
-        dtype = torch.float32
-    return x.to(device=device if device is not None else x.device, dtype=dtype if dtype is not None else x.dtype)
+    """``x`` on ``device`` (default: its own) in ``dtype`` (default: its own); float64 becomes float32 on devices
+    without float64 kernels (:func:`~.diffusion_math.working_dtype`)."""
+    device = device if device is not None else x.device
+    dtype = dtype if dtype is not None else x.dtype
+    if dtype == torch.float64:
+        dtype = working_dtype(device)
+    return x.to(device=device, dtype=dtype)

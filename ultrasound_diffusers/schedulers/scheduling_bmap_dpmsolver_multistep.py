@@ -31,6 +31,7 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..geometry import CAMUS_FAN_APEX, CAMUS_FAN_HALF_ANGLE_DEG, CAMUS_FAN_RADII, FanGeometry
+from .diffusion_math import working_dtype
 from .scheduling_bmap_attenuation import (
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
@@ -90,8 +91,10 @@ class BMapDPMSolverMultistepScheduler(SchedulerMixin, ConfigMixin):
     `probe_geometry`, `fan_apex`, `fan_radii`, `fan_half_angle_deg`: exactly as in
     :class:`BMapAttenuationScheduler` (`bmap_min=1.0` gives back the plain DPM-Solver++).
 
-    Samples are tensors [B, C, H, W] (also [B, C, ..., H, W]) in [-1, 1]; the update runs in float64 (float32
-    on MPS) and returns the sample's dtype.
+    Samples are tensors [B, C, H, W] (also [B, C, ..., H, W]) in [-1, 1], of any float dtype (bfloat16 / float16
+    pipelines included); the per-pixel levels are computed in float64 on the CPU, the update runs in float64 on
+    devices that have it (float32 on MPS; see :func:`~.diffusion_math.working_dtype` for why) and returns the
+    sample's dtype.
 
     Which variant: models whose prediction at high noise is poor (the bundled demo model predicts a grey x_0
     outside the fan for t >= 500) end hazy on every deterministic path (DDIM, DPM-Solver++ ODE), because a
@@ -265,9 +268,10 @@ class BMapDPMSolverMultistepScheduler(SchedulerMixin, ConfigMixin):
             sigma = torch.zeros_like(alpha)
             lam = torch.full_like(alpha, float("inf"))
         else:
-            a = self.signal_level(t, shape).to(sample.device, dtype)
+            a = self.signal_level(t, shape)  # float64 on the CPU: 1 - a and the logs before any rounding
             alpha, sigma = a.sqrt(), (1.0 - a).sqrt()
             lam = torch.log(alpha) - torch.log(sigma)
+            alpha, sigma, lam = (v.to(sample.device, dtype) for v in (alpha, sigma, lam))
         self._level_cache[key] = (alpha, sigma, lam)
         while len(self._level_cache) > _LEVEL_CACHE_SIZE:
             self._level_cache.popitem(last=False)
@@ -593,9 +597,8 @@ class BMapDPMSolverMultistepScheduler(SchedulerMixin, ConfigMixin):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """q(x_t | x_0) at train steps, pixelwise: sqrt(a_t) x_0 + sqrt(1 - a_t) noise. Shapes [B, C, H, W]."""
-        a = self.signal_level(timesteps, original_samples.shape)
         x0, eps = _work(original_samples), _work(noise)
-        a = a.to(x0.device, x0.dtype)
+        a = self.signal_level(timesteps, original_samples.shape, device=x0.device, dtype=x0.dtype)
         return (a.sqrt() * x0 + (1.0 - a).sqrt() * eps).to(original_samples.dtype)
 
     def __len__(self) -> int:
@@ -637,9 +640,9 @@ def _check_choice(name: str, value, choices: Sequence[str]) -> None:
 
 
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float32 if x.device.type == "mps" else torch.float64
+    return working_dtype(x.device)
 
 
 def _work(x: torch.Tensor) -> torch.Tensor:
-    """The tensor in the working precision (float64, float32 on MPS)."""
+    """The tensor in the working precision (:func:`~.diffusion_math.working_dtype`: float64, float32 on MPS)."""
     return x.to(_work_dtype(x))
