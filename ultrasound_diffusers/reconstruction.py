@@ -56,7 +56,7 @@ def resolve_phantom_image(spec: Optional[str], pipe=None, index: int = 0) -> Opt
     """
     import warnings
 
-    from .data.sources import PHANTOMS_PREFIX, parse_phantoms_spec
+    from .data.sources import PHANTOMS_PREFIX
 
     if not isinstance(index, int) or isinstance(index, bool) or index < 0:
         raise ValueError(f"`image_index` must be a non-negative integer, got {index!r}")
@@ -80,7 +80,9 @@ def resolve_phantom_image(spec: Optional[str], pipe=None, index: int = 0) -> Opt
         )
         return anatomy, HELD_OUT_SEED, old_index + index
     if spec.startswith(PHANTOMS_PREFIX + ":"):
-        parsed = parse_phantoms_spec(spec, argument="--image")
+        from .data.sources import open_source
+
+        parsed = open_source(spec, argument="--image").phantoms  # the one door decides what the text names
         if parsed.num is not None and index >= parsed.num:
             raise ValueError(f"`--image` {spec!r} holds {parsed.num} phantoms; phantom {index} is not one of them")
         return parsed.anatomy, parsed.seed_or(0), index

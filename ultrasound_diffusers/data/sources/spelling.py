@@ -2,8 +2,9 @@
 
 * :func:`is_saved_dataset`: a folder written by ``datasets``' ``save_to_disk`` (Dataset or DatasetDict).
 * :func:`looks_like_hub_id`: ``name`` or ``org/name`` that is not a local path.
-* :func:`load_hub_dataset`: ``datasets.load_dataset`` for a Hub id, with a one-line error when the dataset is
-  not in the local cache offline (``HF_HUB_OFFLINE=1``) or the Hub cannot be reached.
+* :func:`load_hub_dataset`: ``datasets.load_dataset`` for a Hub id, from the local ``datasets`` cache
+  (``org___name``) or a Hub-cache snapshot (``datasets--org--name``) when offline (``HF_HUB_OFFLINE=1``), with a
+  one-line error when it is in neither or the Hub cannot be reached.
 * :func:`parse_phantoms_spec`: the one spelling of the built-in phantoms, ``phantoms:ANATOMY[:N[:SEED]]``
   (``phantoms:echo``, ``phantoms:echo:200``, ``phantoms:echo:200:4242``), read by training (``--dataset_name``),
   generation (``--labels``), evaluation (``--real`` / ``--generated`` / ``--train``) and reconstruction
@@ -23,6 +24,7 @@ __all__ = [
     "PHANTOMS_USAGE",
     "PhantomsSpec",
     "SAVED_DATASET_FILES",
+    "hub_snapshot",
     "is_phantoms_spec",
     "is_saved_dataset",
     "load_hub_dataset",
@@ -50,6 +52,18 @@ def looks_like_hub_id(spec: str) -> bool:
     return not (os.sep != "/" and os.sep in spec)
 
 
+def hub_snapshot(name: str) -> Optional[str]:
+    """The folder of the newest snapshot of the Hub dataset ``name`` in the local Hub cache
+    (``HF_HUB_CACHE/datasets--org--name/snapshots/REV``, as ``huggingface-cli download --repo-type dataset``
+    leaves it), or None; never goes online. ``datasets`` reads such a snapshot offline only as a local folder."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, repo_type="dataset", local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or a malformed id): the caller reports it
+        return None
+
+
 def load_hub_dataset(
     name: str,
     config_name: Optional[str] = None,
@@ -68,6 +82,9 @@ def load_hub_dataset(
     try:
         return datasets.load_dataset(name, config_name, split=split, cache_dir=cache_dir)
     except ConnectionError as err:
+        snapshot = hub_snapshot(name)
+        if snapshot is not None:  # downloaded into the Hub cache (datasets--org--name), never prepared
+            return datasets.load_dataset(snapshot, config_name, split=split, cache_dir=cache_dir)
         offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or os.environ.get(
             "HF_DATASETS_OFFLINE", ""
         ).strip().lower() in ("1", "true", "yes", "on")
