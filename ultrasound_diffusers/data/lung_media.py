@@ -18,7 +18,7 @@ for the pixels under a rib). The lung's aeration ``phi`` (volume fraction of air
 * ``"interstitial"``: interstitial syndrome, background ``phi`` 0.75-0.88 with 3-8 B-line columns from the
   pleura down (full width at half maximum 1-4 mm, core ``phi`` 0.30-0.55, 14-40 mm long; score 1-2);
 * ``"consolidation"``: non-aerated lung (score 3): in 70 % of the maps a subpleural consolidation (``phi``
-  0-0.1, 12-38 mm wide, reaching 16-35 mm under the pleura with a ragged deep border) in aerated lung, in 30 %
+  0-0.02, so 1500-1560 m/s, tissue-like; 12-38 mm wide, reaching 16-35 mm under the pleura with a ragged deep border) in aerated lung, in 30 %
   a pleural effusion (anechoic fluid, ``phi`` 0, 5-15 mm thick over the whole width) above compressed,
   atelectatic lung (``phi`` 0.02-0.15), together at least 16 mm thick.
 
@@ -285,7 +285,7 @@ def _draw_one(rng: np.random.Generator, category: int, H: int, W: int, dx_mm: fl
             edge = 1.5
             lateral = np.clip((X - x0) / edge, 0, 1) * np.clip((x0 + width - X) / edge, 0, 1)
             inside = lateral * np.clip((reach[None] - depth) / 1.0, 0.0, 1.0)
-            phi = inside * rng.uniform(0.0, 0.1) + (1.0 - inside) * phi
+            phi = inside * rng.uniform(0.0, 0.02) + (1.0 - inside) * phi
     phi = np.clip(phi, 0.0, 0.97).astype(np.float32)
     f_fluid = f_below * fluid
     f_lung = f_below - f_fluid
