@@ -202,6 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def describe_mixed_precision(accelerator) -> str:
+    """What ``--mixed_precision`` does on this accelerator, for the log: the UNet's forward runs under autocast
+    (accelerate wraps it) with float32 master weights, so the saved weights are float32; fp16 adds loss scaling
+    (accelerate's GradScaler); the loss, VB term included, is computed in float32 (``hybrid_loss``).
+
+    Raises:
+        ValueError: naming ``--mixed_precision`` when accelerate would silently train in float32 instead (fp16 on
+            a CPU, where accelerate has no fp16 autocast).
+    """
+    mode = accelerator.mixed_precision
+    if mode not in ("fp16", "bf16"):
+        return f"{mode} (float32)"
+    if not accelerator.native_amp:
+        raise ValueError(
+            f"--mixed_precision {mode} is not available on {accelerator.device.type}: accelerate would train in "
+            "float32 without saying so (it has no fp16 autocast on CPU); use --mixed_precision bf16 on a CPU, "
+            "fp16 or bf16 on a GPU, or no"
+        )
+    dtype = "float16" if mode == "fp16" else "bfloat16"
+    scaling = ", dynamic loss scaling" if accelerator.scaler is not None else ""
+    return f"{mode} (autocast to {dtype} on {accelerator.device.type}, float32 weights and loss{scaling})"
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     env_rank = int(os.environ.get("LOCAL_RANK", -1))
@@ -570,7 +593,7 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
         project_config=project_config,
     )
     logger.info("processes: %d, device: %s, mixed precision: %s", accelerator.num_processes, accelerator.device,
-                accelerator.mixed_precision)
+                describe_mixed_precision(accelerator))
     set_seed(args.seed)  # the same initial weights in every process
 
     size = tuple(args.resolution)
