@@ -89,7 +89,14 @@ def plot_bmaps(
         raise ValueError(f"`what` must be 'signal', 'bmap' or 'snr_ratio', got {what!r}")
     height, width = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
     T = scheduler.config.num_train_timesteps
+    if timesteps is None and (isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= T):
+        raise ValueError(f"`num` (--num) must be an integer in [1, {T}], got {num!r}")
     steps = list(timesteps) if timesteps is not None else bmap_steps(T, num)
+    from .utils.memory import check_image_size
+
+    # float64 maps per step, the central-column profile and matplotlib's RGBA raster of each panel
+    check_image_size(height, width, bytes_per_pixel=8.0 * len(steps) * 3 + 16.0 * len(steps), argument="sample_size (--size)",
+                     what="the B-map figure", max_side=4096)
     shape = (len(steps), 1, height, width)
     if what == "bmap":
         maps = scheduler.bmap(torch.tensor(steps), shape)[:, 0]

@@ -45,6 +45,67 @@ def finite_float(flag: str, minimum: Optional[float] = None, exclusive: bool = F
     return parse
 
 
+def device_type(flag: str = "--device"):
+    """An argparse ``type`` for a torch device this build of torch can use (``cpu``, ``cuda[:N]`` with CUDA,
+    ``mps`` on Apple silicon); anything else is refused naming ``flag`` and the devices that are there."""
+
+    def parse(text: str) -> str:
+        import torch
+
+        try:
+            device = torch.device(text)
+        except (RuntimeError, ValueError):
+            raise argparse.ArgumentTypeError(f"{flag} must be a torch device such as cpu or cuda:0, got {text!r}") from None
+        usable = ["cpu"]
+        if torch.cuda.is_available():
+            usable += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            usable.append("mps")
+        if device.type == "cuda" and torch.cuda.is_available():
+            if device.index is None or device.index < torch.cuda.device_count():
+                return text
+        elif device.type in ("cpu", "mps") and device.type in [u.split(":")[0] for u in usable]:
+            return text
+        build = "a CPU-only build of torch" if torch.version.cuda is None else f"torch {torch.__version__}"
+        raise argparse.ArgumentTypeError(f"{flag} {text!r} is not available here ({build}); usable: {', '.join(usable)}")
+
+    return parse
+
+
+def pipeline_source(flag: str = "--pipeline"):
+    """An argparse ``type`` for a pipeline folder or a Hub repo id: a path-like text (``/...``, ``./...``,
+    ``~...``, more than one ``/``) that does not exist is refused naming ``flag``."""
+
+    def parse(text: str) -> str:
+        import os
+
+        if os.path.exists(os.path.expanduser(text)):
+            return text
+        if text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text or not text.strip():
+            raise argparse.ArgumentTypeError(
+                f"{flag} {text!r}: no such folder; give a pipeline folder (holding model_index.json) or a Hub repo id "
+                "such as ORG/NAME")
+        return text
+
+    return parse
+
+
+def shard_size(flag: str = "--max_shard_size"):
+    """An argparse ``type`` for a safetensors shard size: bytes as an integer or with a unit (``500MB``, ``10GB``,
+    ``2GiB``)."""
+    import re
+
+    pattern = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)?\s*$", re.IGNORECASE)
+
+    def parse(text: str):
+        match = pattern.match(text)
+        if match is None or float(match.group(1)) <= 0:
+            raise argparse.ArgumentTypeError(f"{flag} must be a positive size such as 500MB, 10GB or 2GiB, got {text!r}")
+        return int(match.group(1)) if match.group(2) is None and "." not in match.group(1) else text.strip()
+
+    return parse
+
+
 def add_dataset_output_arguments(p: argparse.ArgumentParser) -> None:
     """``--push_to_hub``, ``--hub_dataset_id``, ``--private`` and ``--overwrite`` of the commands that write a dataset."""
     p.add_argument("--push_to_hub", action="store_true")

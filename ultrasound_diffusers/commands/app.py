@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._common import device_type, pipeline_source
+
 import sys
 
 
@@ -11,11 +13,11 @@ def register(subparsers) -> None:
         description="Serve a gradio page that generates images from label maps with a label-conditioned pipeline "
         "(default: the bundled demo pipeline). Needs gradio: pip install './ultrasound-diffusers[app]'.",
     )
-    p.add_argument("--pipeline", default=None, help="pipeline folder or Hub repo id (default: the bundled demo pipeline)")
+    p.add_argument("--pipeline", default=None, type=pipeline_source(), help="pipeline folder or Hub repo id (default: the bundled demo pipeline)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link (off by default)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device_type())
     p.add_argument("--export_space", default=None, metavar="DIR",
                    help="instead of serving, write a folder that runs as a Hugging Face gradio Space (app.py, README.md "
                    "with the Space metadata, requirements.txt, the package wheel, the pipeline); needs no gradio")

@@ -25,7 +25,7 @@ import os
 import sys
 from typing import Any, Dict, Optional
 
-from ._common import add_command, size_type
+from ._common import add_command, shard_size, size_type
 
 #: Scheduler settings of the published ultrasound SDM (Domínguez et al. 2024), from their one home:
 #: ``BMapAttenuationScheduler.from_preset("camus-sdm")`` (see ``schedulers.scheduling_bmap_attenuation.SCHEDULER_PRESETS``).
@@ -93,7 +93,7 @@ def register(subparsers) -> None:
         "--scheduler_args", "--scheduler-args", dest="scheduler_args", default=None,
         help="JSON object (inline or file) overriding the BMapAttenuationScheduler defaults of the published model",
     )
-    p.add_argument("--max_shard_size", default="10GB", help="shard the safetensors file above this size")
+    p.add_argument("--max_shard_size", default="10GB", type=shard_size(), help="shard the safetensors file above this size")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir that another command or you wrote (never the working directory, a "
                    "parent of it or the folder holding --checkpoint)")
     p.set_defaults(func=run)

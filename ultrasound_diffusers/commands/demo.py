@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from ._common import device_type, pipeline_source
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="generate images from label maps with the bundled demo pipeline and write a picture"
     )
-    p.add_argument("--pipeline", default=None, help="pipeline folder or Hub repo id (default: the bundled demo pipeline)")
+    p.add_argument("--pipeline", default=None, type=pipeline_source(), help="pipeline folder or Hub repo id (default: the bundled demo pipeline)")
     p.add_argument("--labels", nargs="*", default=None, help="label map files (PNG with class values, or .npy); default: built-in examples")
     p.add_argument("--num_images", type=int, default=4, help="number of built-in example label maps")
     p.add_argument("--num_inference_steps", type=int, default=50)
@@ -23,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty --output_dir that another command or you wrote (never the working "
                    "directory, a parent of it or a folder holding an input)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device_type())
     p.set_defaults(func=run)
 
 

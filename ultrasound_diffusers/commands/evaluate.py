@@ -36,7 +36,7 @@ from __future__ import annotations
 import argparse
 
 from ..geometry import add_geometry_arguments, geometry_from_args
-from ._common import add_command
+from ._common import add_command, device_type
 
 #: evaluate() options whose flag has another name.
 OPTION_FLAGS = {"num_depth_bins": "depth_bins"}
@@ -92,7 +92,7 @@ def register(subparsers) -> None:
         help="'random': a small random-weight conv net for smoke tests; its FID/KID are not comparable",
     )
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device_type())
     add_geometry_arguments(p, default_probe="convex")
     p.add_argument("--depth_bins", type=int, default=32, help="depth bins of the depth-intensity profile")
     p.add_argument("--speckle_window", type=int, default=8, help="window side (px) for speckle statistics")

@@ -24,6 +24,8 @@ Interrupted runs continue where they stopped when started again with the same ar
 
 from __future__ import annotations
 
+from ._common import pipeline_source
+
 import shlex
 from typing import List
 
@@ -46,7 +48,7 @@ def register(subparsers) -> None:
         "label maps and metadata as a datasets.Dataset (OUTPUT_DIR/dataset). Work is split between "
         "`accelerate launch` processes; a restarted run skips finished chunks.",
     )
-    p.add_argument("--pipeline", required=True, help="pipeline folder or Hub repo id (a SemanticUltrasoundPipeline)")
+    p.add_argument("--pipeline", required=True, type=pipeline_source(), help="pipeline folder or Hub repo id (a SemanticUltrasoundPipeline)")
     p.add_argument(
         "--labels", required=True,
         help="label source: a dataset folder (save_to_disk) or Hub dataset name (with --label_column), a folder of "

@@ -16,6 +16,8 @@ held-out ones) and writes ``benchmark.md`` and ``benchmark.json``.
 
 from __future__ import annotations
 
+from ._common import device_type, pipeline_source
+
 # The library code (inputs, the run, the benchmark, the figure) lives in ultrasound_diffusers.reconstruction; the
 # names stay importable from here for code written against earlier releases.
 from ..reconstruction import (  # noqa: F401
@@ -40,7 +42,7 @@ def register(subparsers) -> None:
         help="reconstruct an image from simulated measurements (sparse scan lines, low resolution, attenuation, "
         "shadows) with a diffusion prior and write a figure",
     )
-    p.add_argument("--pipeline", default=None, help="pipeline folder or Hub repo id (default: the bundled demo pipeline)")
+    p.add_argument("--pipeline", default=None, type=pipeline_source(), help="pipeline folder or Hub repo id (default: the bundled demo pipeline)")
     p.add_argument("--image", default=None,
                    help="phantoms:ANATOMY[:N[:SEED]] (a phantom set; phantom --image_index of it) or an image file "
                    "(PNG / .npy in [0, 1]); default: the held-out phantoms of the pipeline's anatomy (seed 4242)")
@@ -55,7 +57,7 @@ def register(subparsers) -> None:
     p.add_argument("--num_resample", type=int, default=0, help="RePaint-style resampling passes per step (helps --method projection)")
     p.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance of label-conditioned models")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device_type())
     p.add_argument("--benchmark", default=None, help="comma-separated keep_every values K (fraction 1/K of the scan lines): write a PSNR / SSIM table instead")
     p.add_argument("--num_images", type=int, default=4, help="held-out phantoms in --benchmark")
     p.add_argument("--output_dir", "--out", dest="out", metavar="OUTPUT_DIR", default="reconstruction_output", help="output folder")

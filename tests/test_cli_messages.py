@@ -1,0 +1,49 @@
+"""Bad command-line input ends in one line that names the flag and what was expected (issue #27, item 6), before
+any work starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from ultrasound_diffusers.cli import main
+
+CASES = [
+    (["demo", "--device", "cuda"], "--device", "not available here"),
+    (["reconstruct", "--device", "cuda:3"], "--device", "usable: cpu"),
+    (["app", "--pipeline", "/nonexistent"], "--pipeline", "no such folder"),
+    (["demo", "--pipeline", "./no/such/pipeline"], "--pipeline", "no such folder"),
+    (["convert", "--checkpoint", "c.pt", "--output_dir", "o", "--max_shard_size", "bogus"], "--max_shard_size", "500MB"),
+    (["bmaps", "--scheduler", "/nonexistent"], "--scheduler", "no such scheduler folder"),
+    (["bmaps", "--size", "20000"], "--size", "20000"),
+    (["bmaps", "--num", "0"], "--num", "[1, 1000]"),
+    (["phantoms", "--num_images", "2", "--noise_db", "nan", "--output_dir", "o"], "--noise_db", "finite"),
+    (["phantoms", "--num_images", "2", "--gain_db", "inf", "--output_dir", "o"], "--gain_db", "finite"),
+    (["phantoms", "--num_images", "2", "--tgc", "nan", "--output_dir", "o"], "--tgc", "finite"),
+    (["prepare", "lung", "--input", "x", "--split_fractions", "nan,0,0", "--output_dir", "o"], "--split_fractions", "finite"),
+]
+
+
+@pytest.mark.parametrize("argv, flag, expected", CASES, ids=[" ".join(c[0][:3]) for c in CASES])
+def test_bad_flag_names_itself(argv, flag, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) if flag in ("--device", "--pipeline", "--max_shard_size", "--noise_db", "--gain_db",
+                                               "--tgc", "--split_fractions") else _returns(2) as outcome:
+        code = main(argv)
+        outcome.code = code
+    err = capsys.readouterr().err
+    assert flag in err and expected in err, err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+class _returns:
+    def __init__(self, code):
+        self.expected = code
+        self.code = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        assert exc[0] is None and self.code == self.expected
+        return False
