@@ -73,6 +73,7 @@ __all__ = [
     "MODEL_INDEX_NAME",
     "WHEEL_BUILD_COMMAND",
     "PACKAGE_NAME",
+    "MAX_TRAIN_TIMESTEPS",
     "check_scheduler_config",
     "import_component_libraries",
     "install_hint",
@@ -405,11 +406,18 @@ def _known_scheduler_keys(scheduler_cls: type) -> set:
     return keys
 
 
+#: Largest ``num_train_timesteps`` a scheduler config read from a folder may ask for (published models use
+#: 1000-4000; schedulers allocate tables of that length, B-map schedulers per pixel).
+MAX_TRAIN_TIMESTEPS = 100_000
+
+
 def check_scheduler_config(scheduler_cls: type, config_path: Union[str, os.PathLike]) -> Dict[str, Any]:
     """Read a scheduler config and refuse keys no compatible scheduler knows (typos such as ``bmap_mn``).
 
     Keys starting with ``_`` (metadata) and keys of compatible schedulers (kept by diffusers when a scheduler
-    is swapped with ``from_config``) are allowed. Raises ValueError naming the file.
+    is swapped with ``from_config``) are allowed; ``num_train_timesteps`` must be an integer in
+    [1, :data:`MAX_TRAIN_TIMESTEPS`] (checked before the scheduler allocates its tables). Raises ValueError naming
+    the file.
     """
     path = Path(config_path)
     try:
@@ -421,6 +429,12 @@ def check_scheduler_config(scheduler_cls: type, config_path: Union[str, os.PathL
     unknown = sorted(k for k in config if not k.startswith("_") and k not in _known_scheduler_keys(scheduler_cls))
     if unknown:
         raise ValueError(f"{path}: unknown {scheduler_cls.__name__} config keys {unknown}")
+    steps = config.get("num_train_timesteps", 1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_TRAIN_TIMESTEPS:
+        raise ValueError(
+            f"{path}: config key `num_train_timesteps` must be an integer in [1, {MAX_TRAIN_TIMESTEPS}], got {steps!r} "
+            "(diffusion models are trained with 1000 to 4000 steps; the scheduler keeps per-step tables)"
+        )
     return config
 
 
@@ -480,6 +494,9 @@ def load_component(component_cls: type, folder: Union[str, os.PathLike], name: s
                 "re-download or re-save the pipeline."
             ) from error
         check_loading_info(info, component_cls.__name__, subfolder)
+        from ultrasound_diffusers.models.unet_semantic_2d import check_finite_weights
+
+        check_finite_weights(model, subfolder)  # any model class (diffusers' UNet2DModel too): no NaN weights
         return model
     if hasattr(component_cls, "from_pretrained"):
         return component_cls.from_pretrained(str(subfolder))

@@ -15,21 +15,27 @@ from .pipeline_utils import (
     SegmapInput,
     as_count,
     check_callback_inputs,
+    check_callback_outputs,
+    check_eta,
+    check_finite_result,
     check_generation_size,
+    check_generator,
     check_guidance_scale,
+    check_latents,
     check_output_type,
     denoise_step_output,
     guided_segmap,
     labels_to_output,
+    one_hot_segmaps,
     postprocess_images,
     prepare_extra_step_kwargs,
     prepare_latents,
-    prepare_segmap,
     prepare_timesteps,
+    read_segmaps,
     resolve_sample_size,
 )
 
-__all__ = ["SemanticUltrasoundPipeline", "SemanticUltrasoundPipelineOutput"]
+__all__ = ["SemanticUltrasoundPipeline", "SemanticUltrasoundPipelineOutput", "check_label_names"]
 
 
 @dataclass
@@ -47,6 +53,39 @@ class SemanticUltrasoundPipelineOutput(BaseOutput):
 
     images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
     segmaps: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor, None] = None
+
+
+def check_label_names(label_names: Any, num_classes: int) -> Optional[Dict[str, str]]:
+    """``label_names`` (a list of names, label i named by entry i, or a ``{label: name}`` dict with integer labels
+    or their digits as keys) as the ``{"0": name, ...}`` dict saved in model_index.json; None stays None. Labels
+    must lie in [0, num_classes - 1] (so a list has at most ``num_classes`` names) and names are text. ValueError
+    naming ``label_names`` otherwise."""
+    if label_names is None:
+        return None
+    if isinstance(label_names, Mapping):
+        pairs = list(label_names.items())
+    elif isinstance(label_names, (list, tuple)):
+        pairs = list(enumerate(label_names))
+    else:
+        raise ValueError(
+            f"`label_names` must be a list of names or a {{label: name}} dict, got {type(label_names).__name__}"
+        )
+    names: Dict[str, str] = {}
+    for key, name in pairs:
+        label = key
+        if isinstance(key, str) and key.strip().isdigit():
+            label = int(key)
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise ValueError(f"`label_names` keys must be integer labels (or their digits), got {key!r}")
+        if not 0 <= int(label) < num_classes:
+            raise ValueError(
+                f"`label_names` names label {int(label)}, but the model has {num_classes} classes (labels 0 to "
+                f"{num_classes - 1}); got {len(pairs)} names"
+            )
+        if not isinstance(name, str):
+            raise ValueError(f"`label_names` entries must be text, got {name!r} for label {int(label)}")
+        names[str(int(label))] = name
+    return names
 
 
 class SemanticUltrasoundPipeline(DiffusionPipeline):
@@ -75,15 +114,8 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
                 f"num_classes={num_classes}; use UltrasoundPipeline for unconditional models"
             )
         self.register_modules(unet=unet, scheduler=scheduler)
-        if label_names is not None:
-            if isinstance(label_names, Mapping):
-                names = {str(int(k)): str(v) for k, v in label_names.items()}
-            else:
-                names = {str(i): str(v) for i, v in enumerate(label_names)}
-            # a dict, not a list: diffusers treats list entries of model_index.json as components
-            self.register_to_config(label_names=names)
-        else:
-            self.register_to_config(label_names=None)
+        # a dict, not a list: diffusers treats list entries of model_index.json as components
+        self.register_to_config(label_names=check_label_names(label_names, num_classes))
 
     @property
     def num_classes(self) -> int:
@@ -158,13 +190,16 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
             :class:`SemanticUltrasoundPipelineOutput` (or a tuple) with images [B * num_images_per_prompt] of
             size (height, width) and 1 or 3 channels as the network has them.
         """
+        # 0. every argument checked before anything is allocated
         tensor_inputs = check_callback_inputs(
             self, callback_on_step_end, callback_on_step_end_tensor_inputs or ["latents"]
         )
+        generator = check_generator(generator)
         if timesteps is None:
             num_inference_steps = as_count("num_inference_steps", num_inference_steps)
         num_images_per_prompt = as_count("num_images_per_prompt", num_images_per_prompt)
         guidance_scale = check_guidance_scale(guidance_scale)
+        eta = check_eta(eta)
         check_output_type(output_type)
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
@@ -174,24 +209,31 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
         size = resolve_sample_size(self.unet.config.sample_size, height, width)
         channels = int(self.unet.config.in_channels)
 
-        # 1. label maps -> one-hot [B, K, H, W], one row per generated image
-        one_hot, labels = prepare_segmap(segmap, self.num_classes, size, device=device, dtype=dtype)
+        # 1. label maps read and checked at their own size; the memory guard before they are resized / encoded
+        maps = read_segmaps(segmap, self.num_classes)
+        batch = sum(int(x.shape[0]) for x, _ in maps) * num_images_per_prompt
+        check_generation_size(
+            self.unet, size, batch * (2 if self.do_classifier_free_guidance else 1), num_classes=self.num_classes,
+            device=device, argument="height`/`width`/`num_images_per_prompt",
+        )
+        shape = (batch, channels, size[0], size[1])
+        check_latents(latents, shape)
+
+        # 2. label maps -> one-hot [B, K, H, W], one row per generated image
+        one_hot, labels = one_hot_segmaps(maps, self.num_classes, size, device=device, dtype=dtype)
         one_hot = one_hot.repeat_interleave(num_images_per_prompt, dim=0)
         labels = labels.repeat_interleave(num_images_per_prompt, dim=0) if labels is not None else None
-        batch = one_hot.shape[0]
-        check_generation_size(self.unet, size, batch * (2 if self.do_classifier_free_guidance else 1))
         model_segmap = guided_segmap(one_hot, self._guidance_scale)
 
-        # 2. timesteps
+        # 3. timesteps
         schedule = prepare_timesteps(self.scheduler, num_inference_steps, timesteps, device)
         self._num_timesteps = len(schedule)
 
-        # 3. initial noise
-        shape = (batch, channels, size[0], size[1])
+        # 4. initial noise
         latents = prepare_latents(shape, generator, latents, device, dtype, self.scheduler.init_noise_sigma)
         extra_step_kwargs = prepare_extra_step_kwargs(self.scheduler, generator, eta)
 
-        # 4. denoising loop
+        # 5. denoising loop
         segmap = one_hot  # exposed to callbacks
         for i, t in enumerate(self.progress_bar(schedule)):
             if self.interrupt:
@@ -204,9 +246,10 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
             if callback_on_step_end is not None:
                 local = {"latents": latents, "segmap": segmap}
                 callback_outputs = callback_on_step_end(self, i, t, {k: local[k] for k in tensor_inputs})
-                latents = callback_outputs.pop("latents", latents)
+                latents = check_callback_outputs(callback_on_step_end, callback_outputs, i, latents)
 
         self.maybe_free_model_hooks()
+        check_finite_result(latents, "the generated images", unet=self.unet)
         images = postprocess_images(latents, output_type)
         segmaps = labels_to_output(labels, output_type)
         if not return_dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Union
 
+import numpy as np
+import PIL.Image
 import torch
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
@@ -11,9 +13,15 @@ from .pipeline_utils import (
     DiffusionPipeline,
     as_count,
     check_callback_inputs,
+    check_callback_outputs,
+    check_eta,
+    check_finite_result,
     check_generation_size,
+    check_generator,
+    check_latents,
     check_output_type,
     denoise_step_output,
+    describe,
     postprocess_images,
     prepare_extra_step_kwargs,
     prepare_latents,
@@ -51,6 +59,11 @@ class UltrasoundPipeline(DiffusionPipeline):
     def num_timesteps(self) -> int:
         return self._num_timesteps
 
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` in a callback to skip the remaining steps (diffusers' convention)."""
+        return getattr(self, "_interrupt", False)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -80,7 +93,9 @@ class UltrasoundPipeline(DiffusionPipeline):
                 a rectangular ``(H, W)`` such as ``(8, 256)``).
             timesteps (`List[int]`, *optional*): custom timesteps for schedulers that accept them.
             output_type (`str`, defaults to ``"pil"``): list of PIL images (``"pil"``), float array
-                [B, H, W, C] in [0, 1] (``"np"``) or tensor [B, C, H, W] in [0, 1] (``"pt"``).
+                [B, H, W, C] in [0, 1] (``"np"``), tensor [B, C, H, W] in [0, 1] (``"pt"``) or the final
+                model-space tensor [B, C, H, W] (``"latent"``). NaN or infinite results raise
+                ``NonFiniteResultError`` (a ValueError) for every type.
             return_dict (`bool`): return an ``ImagePipelineOutput`` rather than a tuple ``(images,)``.
             callback_on_step_end: ``f(pipeline, step_index, timestep, {"latents": ...}) -> dict``; a returned
                 ``"latents"`` replaces the current ones.
@@ -88,34 +103,51 @@ class UltrasoundPipeline(DiffusionPipeline):
         Returns:
             ``ImagePipelineOutput`` with ``images``.
         """
+        # every argument checked before anything is allocated
+        if isinstance(batch_size, (np.ndarray, torch.Tensor, PIL.Image.Image)) or (
+            isinstance(batch_size, (list, tuple)) and batch_size
+        ):
+            raise ValueError(
+                f"UltrasoundPipeline draws images from noise and takes no label map, got {describe(batch_size)} as "
+                "its first argument `batch_size` (the number of images); for label-map-to-image models use "
+                "SemanticUltrasoundPipeline"
+            )
         tensor_inputs = check_callback_inputs(
             self, callback_on_step_end, callback_on_step_end_tensor_inputs or ["latents"]
         )
+        generator = check_generator(generator)
         batch_size = as_count("batch_size", batch_size)
         if timesteps is None:
             num_inference_steps = as_count("num_inference_steps", num_inference_steps)
+        eta = check_eta(eta)
         check_output_type(output_type)
+        self._interrupt = False
 
         device = self._execution_device
         dtype = self.unet.dtype
         height, width = resolve_sample_size(self.unet.config.sample_size, height, width)
-        check_generation_size(self.unet, (height, width), batch_size)
+        check_generation_size(self.unet, (height, width), batch_size, device=device,
+                              argument="height`/`width`/`batch_size")
         channels = int(self.unet.config.in_channels)
         shape = (batch_size, channels, height, width)
+        check_latents(latents, shape)
         latents = prepare_latents(shape, generator, latents, device, dtype, self.scheduler.init_noise_sigma)
         schedule = prepare_timesteps(self.scheduler, num_inference_steps, timesteps, device)
         self._num_timesteps = len(schedule)
         extra_step_kwargs = prepare_extra_step_kwargs(self.scheduler, generator, eta)
 
         for i, t in enumerate(self.progress_bar(schedule)):
+            if self.interrupt:
+                continue
             output = denoise_step_output(self.unet, self.scheduler, latents, t, channels)
             latents = self.scheduler.step(output, t, latents, **extra_step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 local = {"latents": latents}
                 callback_outputs = callback_on_step_end(self, i, t, {k: local[k] for k in tensor_inputs})
-                latents = callback_outputs.pop("latents", latents)
+                latents = check_callback_outputs(callback_on_step_end, callback_outputs, i, latents)
 
         self.maybe_free_model_hooks()
+        check_finite_result(latents, "the generated images", unet=self.unet)
         images = postprocess_images(latents, output_type)
         if not return_dict:
             return (images,)

@@ -71,15 +71,26 @@ SegmapInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, Sequence[Union[PI
 
 __all__ = [
     "DiffusionPipeline",
+    "MAX_LATENT_ABS",
+    "NonFiniteResultError",
+    "OUTPUT_TYPES",
     "as_count",
+    "check_callback_outputs",
+    "check_eta",
+    "check_finite_result",
+    "check_generator",
+    "check_latents",
+    "check_output_type",
     "SegmapInput",
     "classifier_free_guidance",
     "fit_model_output",
     "labels_to_output",
     "postprocess_images",
     "prepare_extra_step_kwargs",
+    "one_hot_segmaps",
     "prepare_segmap",
     "read_model_index",
+    "read_segmaps",
     "resolve_sample_size",
 ]
 
@@ -89,11 +100,25 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def describe(value: Any) -> str:
+    """A short description of an argument's value for error messages: the repr of a scalar or short text, the type
+    and shape of an array, tensor, image or long list (never a screenful of numbers)."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        kind = "numpy array" if isinstance(value, np.ndarray) else "torch tensor"
+        return f"a {kind} of shape {tuple(value.shape)}"
+    if isinstance(value, PIL.Image.Image):
+        return f"a PIL image of mode {value.mode} and size {value.size}"
+    if isinstance(value, (list, tuple)) and len(repr(value)) > 80:
+        return f"a {type(value).__name__} of {len(value)} items"
+    text = repr(value)
+    return text if len(text) <= 80 else f"a {type(value).__name__}"
+
+
 def as_count(name: str, value: Any) -> int:
     """A positive integer argument (step count, batch size) as an int: Python and numpy integers are accepted;
     bools, floats and anything else raise ValueError naming ``name``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or int(value) < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        raise ValueError(f"`{name}` must be a positive integer, got {describe(value)}")
     return int(value)
 
 
@@ -107,16 +132,23 @@ def check_guidance_scale(guidance_scale: Any) -> float:
     return value
 
 
-def check_generation_size(unet, size: Tuple[int, int], batch: int) -> None:
-    """Refuse, before the loop starts, a (height, width) that does not fit in memory for ``batch`` images
-    (classifier-free guidance doubles the batch) or exceeds
-    :data:`~ultrasound_diffusers.utils.memory.MAX_IMAGE_SIDE`; see
-    :func:`~ultrasound_diffusers.utils.memory.check_image_size`."""
+def check_generation_size(
+    unet, size: Tuple[int, int], batch: int, num_classes: int = 0, device: Any = None, argument: str = "height`/`width"
+) -> int:
+    """Refuse, before anything of that size is allocated, ``batch`` images of (height, width) ``size`` whose
+    estimated peak memory does not fit (classifier-free guidance doubles ``batch``; callers pass the doubled count):
+    the network's activations (:func:`~ultrasound_diffusers.utils.memory.unet_bytes_per_pixel`) plus the one-hot
+    label maps (``num_classes`` floats and one int64 label per pixel) and the sampler's tensors. The limit is what
+    the process may still allocate on ``device``: system memory, ``ulimit -v`` (``RLIMIT_AS``), a container's cgroup
+    limit, or a CUDA device's free memory (:func:`~ultrasound_diffusers.utils.memory.available_memory`). Sides over
+    :data:`~ultrasound_diffusers.utils.memory.MAX_IMAGE_SIDE` are refused too. Returns the estimate in bytes."""
     from ultrasound_diffusers.utils.memory import check_image_size, unet_bytes_per_pixel
 
-    check_image_size(
-        int(size[0]), int(size[1]), bytes_per_pixel=unet_bytes_per_pixel(unet.config), batch=batch,
-        argument="height`/`width", what="the network's activations",
+    per_pixel = unet_bytes_per_pixel(unet.config) + 4.0 * max(int(num_classes), 0) + (8.0 if num_classes else 0.0)
+    return check_image_size(
+        int(size[0]), int(size[1]), bytes_per_pixel=per_pixel, batch=batch, argument=argument,
+        what="the network's activations and the label maps" if num_classes else "the network's activations",
+        device=device,
     )
 
 
@@ -154,27 +186,71 @@ def resolve_sample_size(
     return int(h), int(w)
 
 
+def _is_nested_list(value: Any) -> bool:
+    """True for a (nested) Python list / tuple of numbers: one label map written as lists, ``[[0, 1], [2, 3]]``
+    (the acceptance rule of :mod:`ultrasound_diffusers.image_processor` reads it like an array)."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    first = value[0]
+    while isinstance(first, (list, tuple)) and first:
+        first = first[0]
+    return isinstance(first, (int, float, bool, np.integer, np.floating, np.bool_))
+
+
+def _check_label_values(x: torch.Tensor, num_classes: int, index: str) -> None:
+    """Labels (any real dtype) must be finite whole numbers in [0, num_classes - 1]; checked before any cast to
+    int64, so that a value such as 1e20 is reported as itself, not as the int64 it would overflow to."""
+    if not x.numel():
+        return
+    if x.is_floating_point():
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"`segmap`{index} holds NaN or infinite values; label maps hold integer class indices")
+        if not bool((x == x.round()).all()):
+            raise ValueError(f"`segmap`{index} holds non-integer values; pass integer class labels")
+    low, high = x.min().item(), x.max().item()
+    if low < 0 or high > num_classes - 1:
+        raise ValueError(
+            f"`segmap`{index} labels must lie in [0, {num_classes - 1}] for a {num_classes}-class model, "
+            f"got values in [{low:g}, {high:g}]"
+        )
+
+
 def _as_tensor_batch(item: Any, num_classes: int, index: str) -> Tuple[torch.Tensor, bool]:
-    """One segmap item as a batch: (long labels [B, H, W], False) or (float one-hot / soft maps [B, K, H, W], True)."""
+    """One segmap item as a batch: (long labels [B, H, W], False) or (float one-hot / soft maps [B, K, H, W], True),
+    at the item's own size. Values are checked here: finite whole labels in [0, K-1], soft maps finite in [0, 1]."""
     if isinstance(item, PIL.Image.Image):
         item = to_label_array(item, f"`segmap`{index}")
+    if _is_nested_list(item):
+        try:
+            item = np.asarray(item)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"`segmap`{index} is a nested list that is not a rectangular label map: {err}") from None
     if isinstance(item, np.ndarray):
         if item.dtype == np.bool_:
             item = item.astype(np.int64)
         if not (np.issubdtype(item.dtype, np.integer) or np.issubdtype(item.dtype, np.floating)):
             raise ValueError(f"`segmap`{index} must hold integer labels, got a numpy array of dtype {item.dtype}")
-        item = torch.from_numpy(np.ascontiguousarray(item))
+        if item.dtype == np.uint64 and item.size and item.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"`segmap`{index} labels must lie in [0, {num_classes - 1}], got values up to {item.max()}")
+        item = torch.from_numpy(np.ascontiguousarray(item.astype(np.int64) if item.dtype.kind == "u" else item))
     if not torch.is_tensor(item):
         raise ValueError(
-            f"`segmap`{index} must be a PIL image, a numpy array, a torch tensor or a list of them, "
-            f"got {type(item).__name__}"
+            f"`segmap`{index} must be a PIL image, a numpy array, a torch tensor, a nested list of numbers or a "
+            f"list of them, got {describe(item)}"
         )
     x = item.detach()
     if x.dtype == torch.bool:
         x = x.long()
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"`segmap`{index} holds NaN or infinite values")
+    if x.is_complex():
+        raise ValueError(f"`segmap`{index} must hold real integer labels, got a complex tensor")
     if x.is_floating_point() and x.ndim == 4 and x.shape[1] == num_classes and num_classes > 1:
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"`segmap`{index} (a soft label map) holds NaN or infinite values")
+        if x.numel() and (x.min().item() < 0 or x.max().item() > 1):
+            raise ValueError(
+                f"`segmap`{index} (a one-hot / soft label map [B, {num_classes}, H, W]) must hold class weights in "
+                f"[0, 1], got values in [{x.min().item():g}, {x.max().item():g}]"
+            )
         return x.float(), True
     if x.ndim == 2:
         x = x[None]
@@ -185,51 +261,45 @@ def _as_tensor_batch(item: Any, num_classes: int, index: str) -> Tuple[torch.Ten
             f"`segmap`{index} must be a label map [H, W], a batch [B, H, W] or [B, 1, H, W], or a float one-hot "
             f"map [B, {num_classes}, H, W]; got shape {tuple(x.shape)}"
         )
-    if x.is_floating_point():
-        if not torch.equal(x, x.round()):
-            raise ValueError(f"`segmap`{index} holds non-integer values; pass integer class labels")
-    x = x.long()
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= num_classes):
-        raise ValueError(
-            f"`segmap`{index} labels must lie in [0, {num_classes - 1}] for a {num_classes}-class model, "
-            f"got values in [{int(x.min())}, {int(x.max())}]"
-        )
-    return x, False
+    _check_label_values(x, num_classes, index)
+    return x.long(), False
 
 
-def prepare_segmap(
-    segmap: SegmapInput,
-    num_classes: int,
-    size: Tuple[int, int],
-    device: Union[str, torch.device, None] = None,
-    dtype: torch.dtype = torch.float32,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Turn the pipeline's ``segmap`` argument into the network's one-hot input.
-
-    Args:
-        segmap: integer label maps, each a PIL image (mode L / P / I), a numpy array or a tensor, of shape
-            [H, W] (one map), [B, H, W] or [B, 1, H, W] (a batch); or a float one-hot / soft map
-            [B, num_classes, H, W]; or a list of any of these (concatenated along the batch). Maps of any size
-            are resized to ``size`` with nearest interpolation.
-        num_classes (`int`): K, the number of classes of the model; labels must lie in [0, K-1].
-        size (`(int, int)`): (height, width) of the generated images.
-
-    Returns:
-        ``(one_hot, labels)``: float one-hot maps [B, K, height, width] (``dtype``, on ``device``) and the long
-        label maps [B, height, width] (the arg-max for soft maps; ``None`` if every input was a soft map of all
-        zeros, which has no labels).
-    """
-    if num_classes < 1:
-        raise ValueError(f"`num_classes` must be >= 1 for a label-conditioned model, got {num_classes}")
-    items = list(segmap) if isinstance(segmap, (list, tuple)) else [segmap]
+def read_segmaps(segmap: SegmapInput, num_classes: int) -> List[Tuple[torch.Tensor, bool]]:
+    """The pipeline's ``segmap`` argument read and checked, at the maps' own size (nothing is resized or one-hot
+    encoded yet, so that size guards can run first): a list of ``(tensor, is_soft)``, each long labels
+    [B, H, W] (``is_soft=False``) or float one-hot / soft maps [B, num_classes, H, W]. See :func:`prepare_segmap`
+    for the accepted forms; raises ValueError naming ``segmap``."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"`num_classes` must be >= 1 for a label-conditioned model, got {num_classes!r}")
+    if segmap is None:
+        raise ValueError("`segmap` is required: the network is conditioned on label maps")
+    if _is_nested_list(segmap):
+        items = [segmap]
+    elif isinstance(segmap, (list, tuple)):
+        items = list(segmap)
+    else:
+        items = [segmap]
     if not items:
         raise ValueError("`segmap` must not be an empty list")
-    one_hots, labels = [], []
-    all_zero_soft = True
+    read = []
     for i, item in enumerate(items):
         x, is_soft = _as_tensor_batch(item, num_classes, f"[{i}]" if len(items) > 1 else "")
         if x.shape[-2] < 1 or x.shape[-1] < 1 or x.shape[0] < 1:
             raise ValueError(f"`segmap` has an empty shape {tuple(x.shape)}")
+        read.append((x, is_soft))
+    return read
+
+
+def one_hot_segmaps(
+    read: List[Tuple[torch.Tensor, bool]], num_classes: int, size: Tuple[int, int], device=None,
+    dtype: torch.dtype = torch.float32,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Maps from :func:`read_segmaps` resized to ``size`` (nearest) and one-hot encoded: ``(one_hot [B, K, H, W],
+    labels [B, H, W] or None)``, see :func:`prepare_segmap`."""
+    one_hots, labels = [], []
+    all_zero_soft = True
+    for x, is_soft in read:
         x = x.to(device)
         if is_soft:
             soft = resize_label_map(x, size)
@@ -244,17 +314,65 @@ def prepare_segmap(
     return torch.cat(one_hots), (None if all_zero_soft else torch.cat(labels))
 
 
+def prepare_segmap(
+    segmap: SegmapInput,
+    num_classes: int,
+    size: Tuple[int, int],
+    device: Union[str, torch.device, None] = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Turn the pipeline's ``segmap`` argument into the network's one-hot input.
+
+    Args:
+        segmap: integer label maps, each a PIL image (mode L / P / I), a numpy array, a tensor or a nested Python
+            list, of shape [H, W] (one map), [B, H, W] or [B, 1, H, W] (a batch); or a float one-hot / soft map
+            [B, num_classes, H, W] with values in [0, 1]; or a list of any of these (concatenated along the batch).
+            Maps of any size are resized to ``size`` with nearest interpolation.
+        num_classes (`int`): K, the number of classes of the model; labels must lie in [0, K-1].
+        size (`(int, int)`): (height, width) of the generated images.
+
+    Returns:
+        ``(one_hot, labels)``: float one-hot maps [B, K, height, width] (``dtype``, on ``device``) and the long
+        label maps [B, height, width] (the arg-max for soft maps; ``None`` if every input was a soft map of all
+        zeros, which has no labels).
+    """
+    return one_hot_segmaps(read_segmaps(segmap, num_classes), num_classes, size, device=device, dtype=dtype)
+
+
+class NonFiniteResultError(ValueError):
+    """A pipeline's result holds NaN or infinite values: an error, never a result (a ValueError, so that the
+    command line reports it in one line)."""
+
+
+def check_finite_result(latents: torch.Tensor, what: str = "the generated images", unet=None) -> None:
+    """Raise :class:`NonFiniteResultError` when ``latents`` [B, C, H, W] hold NaN or infinite values, saying how
+    many images are hit and why: the network's weights when they hold NaN / inf (``unet``), else a diverged
+    sampler. Every output type goes through this check (``"latent"`` included)."""
+    finite = torch.isfinite(latents.detach()).flatten(1).all(dim=1) if latents.ndim > 1 else torch.isfinite(latents)
+    if bool(finite.all()):
+        return
+    bad = int((~finite).sum())
+    cause = "the sampler diverged (check the scheduler's settings, the latents and what a callback returns)"
+    if unet is not None:
+        broken = [n for n, t in unet.named_parameters() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if broken:
+            cause = f"the network's weights hold NaN or infinite values (first {broken[0]!r}): the model is damaged"
+    raise NonFiniteResultError(f"{what} hold NaN or infinite values ({bad} of {finite.numel()}): {cause}")
+
+
 def postprocess_images(images: torch.Tensor, output_type: str = "pil"):
     """Model-space images [B, C, H, W] in [-1, 1] to the requested output.
 
     Returns a list of PIL images (mode ``L`` for C=1, ``RGB`` for C=3) for ``"pil"``, a float32 array
-    [B, H, W, C] in [0, 1] for ``"np"``, or a float tensor [B, C, H, W] in [0, 1] for ``"pt"``.
+    [B, H, W, C] in [0, 1] for ``"np"``, a float tensor [B, C, H, W] in [0, 1] for ``"pt"``, or the model-space
+    tensor itself for ``"latent"``. NaN or infinite values raise :class:`NonFiniteResultError` for every type.
     """
-    if output_type not in ("pil", "np", "pt"):
-        raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    check_finite_result(images)
+    if output_type == "latent":
+        return images
     images = (images.float() / 2 + 0.5).clamp(0, 1)
-    if not bool(torch.isfinite(images).all()):
-        logger.warning("the generated images contain NaN or infinite values (a diverged sampler or bad weights)")
     if output_type == "pt":
         return images
     array = images.cpu().permute(0, 2, 3, 1).numpy()
@@ -279,10 +397,11 @@ def numpy_to_pil(array: np.ndarray) -> List[PIL.Image.Image]:
 
 def labels_to_output(labels: Optional[torch.Tensor], output_type: str = "pil"):
     """Label maps [B, H, W] (long) in the format of ``output_type``: a list of PIL ``L`` images (labels < 256)
-    for ``"pil"``, an int64 array [B, H, W] for ``"np"``, the long tensor for ``"pt"``; ``None`` stays ``None``."""
+    for ``"pil"``, an int64 array [B, H, W] for ``"np"``, the long tensor for ``"pt"`` and ``"latent"``; ``None``
+    stays ``None``."""
     if labels is None:
         return None
-    if output_type == "pt":
+    if output_type in ("pt", "latent"):
         return labels
     array = labels.cpu().numpy().astype(np.int64)
     if output_type == "np":
@@ -297,6 +416,17 @@ def labels_to_output(labels: Optional[torch.Tensor], output_type: str = "pil"):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def check_eta(eta: Any) -> Optional[float]:
+    """``eta`` (DDIM's noise weight) as a float or None; ValueError unless None or a finite number >= 0."""
+    if eta is None:
+        return None
+    if isinstance(eta, (bool, np.bool_)) or not isinstance(eta, (int, float, np.integer, np.floating)) or not (
+        math.isfinite(float(eta)) and eta >= 0
+    ):
+        raise ValueError(f"`eta` must be a finite number >= 0 (or None), got {describe(eta)}")
+    return float(eta)
+
+
 def prepare_extra_step_kwargs(scheduler, generator=None, eta: Optional[float] = None) -> Dict[str, Any]:
     """Keyword arguments for ``scheduler.step`` that the scheduler accepts.
 
@@ -307,10 +437,7 @@ def prepare_extra_step_kwargs(scheduler, generator=None, eta: Optional[float] = 
     params = set(inspect.signature(scheduler.step).parameters)
     kwargs: Dict[str, Any] = {}
     if eta is not None:
-        if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)) or not (
-            math.isfinite(float(eta)) and eta >= 0
-        ):
-            raise ValueError(f"`eta` must be a finite number >= 0 (or None), got {eta!r}")
+        check_eta(eta)
         if "eta" in params:
             kwargs["eta"] = float(eta)
         else:
@@ -364,13 +491,79 @@ def expand_timestep(t: torch.Tensor, batch: int, device) -> torch.Tensor:
 # The prologue and the network call shared by the pipelines
 # ----------------------------------------------------------------------------------------------------------------
 
-OUTPUT_TYPES = ("pil", "np", "pt")
+#: The output types of the generation pipelines (diffusers' ``"latent"`` returns the final model-space tensor).
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
-def check_output_type(output_type: Any) -> str:
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
+def check_output_type(output_type: Any, latent: bool = True) -> str:
+    """``output_type`` if it is one of :data:`OUTPUT_TYPES` (without ``"latent"`` where ``latent`` is False)."""
+    allowed = OUTPUT_TYPES if latent else tuple(t for t in OUTPUT_TYPES if t != "latent")
+    if not isinstance(output_type, str) or output_type not in allowed:
+        raise ValueError(f"`output_type` must be one of {allowed}, got {describe(output_type)}")
     return output_type
+
+
+#: The largest magnitude accepted in user ``latents`` (in units of the initial noise's standard deviation; a
+#: Gaussian draw never comes near it, and larger values overflow the network to inf / NaN).
+MAX_LATENT_ABS = 100.0
+
+
+def check_generator(generator: Any) -> Union[torch.Generator, List[torch.Generator], None]:
+    """``generator`` must be None, a ``torch.Generator`` or a list of them (one per generated image, as in
+    diffusers); anything else (a seed integer, a numpy ``RandomState`` / ``Generator``) raises a TypeError naming
+    it. The list's length is checked against the batch by :func:`prepare_latents`. Returns the generator (a
+    tuple as a list)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, (list, tuple)) and generator and all(isinstance(g, torch.Generator) for g in generator):
+        return list(generator)
+    hint = " (for a seed s, pass torch.Generator().manual_seed(s))" if isinstance(generator, (int, np.integer)) else ""
+    raise TypeError(
+        f"`generator` must be a torch.Generator or a non-empty list of them (one per image), got "
+        f"{type(generator).__module__}.{type(generator).__name__}{hint}"
+    )
+
+
+def check_latents(latents: Any, shape: Tuple[int, ...]) -> None:
+    """User ``latents`` must be a real tensor of ``shape`` [B, C, H, W] with finite values of magnitude at most
+    :data:`MAX_LATENT_ABS`; ValueError (TypeError for another type) naming ``latents``. None passes."""
+    if latents is None:
+        return
+    if not torch.is_tensor(latents):
+        raise TypeError(f"`latents` must be a torch.Tensor of shape {tuple(shape)}, got {describe(latents)}")
+    if tuple(latents.shape) != tuple(shape):
+        raise ValueError(f"`latents` must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+    if not latents.is_floating_point():
+        raise ValueError(f"`latents` must be a floating-point tensor, got dtype {latents.dtype}")
+    if not bool(torch.isfinite(latents).all()):
+        raise ValueError("`latents` hold NaN or infinite values; pass Gaussian noise (torch.randn) of that shape")
+    peak = float(latents.detach().abs().max()) if latents.numel() else 0.0
+    if peak > MAX_LATENT_ABS:
+        raise ValueError(
+            f"`latents` reach {peak:g}; initial noise is standard Gaussian (|value| far below {MAX_LATENT_ABS:g})"
+        )
+
+
+def check_callback_outputs(callback: Any, outputs: Any, step: int, latents: torch.Tensor) -> torch.Tensor:
+    """What ``callback_on_step_end`` returned at ``step``: it must be a dict (diffusers' convention); a
+    ``"latents"`` entry must be a finite tensor of the current latents' shape. Returns the latents to go on with.
+    TypeError / ValueError naming the callback otherwise."""
+    name = getattr(callback, "__qualname__", None) or type(callback).__name__
+    if not isinstance(outputs, dict):
+        raise TypeError(
+            f"`callback_on_step_end` ({name}) must return a dict of tensors (at least {{}}), got "
+            f"{describe(outputs)} at step {step}"
+        )
+    new = outputs.pop("latents", latents)
+    if new is not latents:
+        if not torch.is_tensor(new) or tuple(new.shape) != tuple(latents.shape):
+            raise ValueError(
+                f"`callback_on_step_end` ({name}) returned `latents` of {describe(new)} at step {step}; expected a "
+                f"tensor of shape {tuple(latents.shape)}"
+            )
+        if not bool(torch.isfinite(new).all()):
+            raise ValueError(f"`callback_on_step_end` ({name}) returned `latents` with NaN or infinite values at step {step}")
+    return new
 
 
 def prepare_timesteps(scheduler, num_inference_steps: Optional[int], timesteps: Optional[List[int]], device) -> torch.Tensor:
@@ -389,12 +582,13 @@ def prepare_latents(
     """The initial noise [B, C, H, W]: drawn from ``generator`` (one, or a list of B) or the given ``latents``
     (checked against ``shape``), times the scheduler's ``init_noise_sigma``."""
     batch = shape[0]
+    generator = check_generator(generator)
     if isinstance(generator, list) and len(generator) != batch:
         raise ValueError(f"`generator` is a list of {len(generator)} generators; expected {batch} ({what})")
     if latents is None:
         latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-    elif tuple(latents.shape) != tuple(shape):
-        raise ValueError(f"`latents` must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+    else:
+        check_latents(latents, shape)
     return latents.to(device=device, dtype=dtype) * init_noise_sigma
 
 
@@ -549,7 +743,12 @@ class DiffusionPipeline(_DiffusersPipeline):
         components, settings = loading.load_components(pipeline_class, folder, index, kwargs)
         if kwargs:
             logger.warning(f"Keyword arguments {sorted(kwargs)} are not expected by {pipeline_class.__name__} and are ignored.")
-        pipe = pipeline_class(**components, **settings)
+        try:
+            pipe = pipeline_class(**components, **settings)
+        except ValueError as error:  # a refused setting of model_index.json (label_names, ...): name the file
+            if not settings:
+                raise
+            raise ValueError(f"{Path(folder) / MODEL_INDEX_NAME}: {error}") from None
         pipe.register_to_config(_name_or_path=source)
         return pipe
 

@@ -13,6 +13,7 @@ import importlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -119,11 +120,10 @@ def test_generate_never_writes_into_a_foreign_folder(pipe, tmp_path):
 
     target = user_folder(tmp_path / "w")
     before = snapshot(target)
-    for overwrite in (False, True):
-        with pytest.raises(ValueError, match="not a generation run"):
-            generate_dataset(pipe, "phantoms:echo:2", target, num_inference_steps=2, progress=False,
-                             overwrite=overwrite, save_png=True)
+    with pytest.raises(ValueError, match="not a generation run|was not written by"):
+        generate_dataset(pipe, "phantoms:echo:2", target, num_inference_steps=2, progress=False, save_png=True)
     assert snapshot(target) == before
+    # with overwrite=True the one output rule (utils/io.check_output_dir, tests/test_output_rule.py) replaces it
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
@@ -296,7 +296,7 @@ def test_training_refuses_a_bad_output_dir_before_any_work(ts, tmp_path, capsys)
     foreign = user_folder(tmp_path / "mine")
     before = snapshot(foreign)
     assert ts.main(["--output_dir", str(foreign)]) == 2
-    assert "not from a training run" in capsys.readouterr().err
+    assert re.search("not from a training run|is not empty", capsys.readouterr().err)
     assert snapshot(foreign) == before
 
 

@@ -140,7 +140,7 @@ def test_output_types_agree(pipe):
                            generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(images, as_np.images, atol=1e-6)
     with pytest.raises(ValueError, match="output_type"):
-        run(pipe, labels, output_type="latent")
+        run(pipe, labels, output_type="jpeg")
 
 
 def test_fixed_seed_is_reproducible_and_seeds_differ(pipe):

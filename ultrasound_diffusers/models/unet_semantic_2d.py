@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -35,6 +35,10 @@ __all__ = [
     "SEMANTIC_UNET_PRESETS",
     "SemanticUNet2DModel",
     "SemanticUNet2DOutput",
+    "check_finite_weights",
+    "check_unet_config",
+    "check_unet_size",
+    "count_parameters",
     "prepare_segmap",
     "timestep_embedding",
 ]
@@ -157,6 +161,12 @@ def prepare_segmap(
         from ..image_processor import check_whole_values
 
         check_whole_values(segmap, "`segmap` label map")
+        if segmap.numel() and (segmap.min().item() < 0 or segmap.max().item() >= num_classes):
+            # checked before the cast, where 1e20 would become -9223372036854775808
+            raise ValueError(
+                f"`segmap` labels must lie in [0, {num_classes}) (num_classes={num_classes}), "
+                f"got values in [{segmap.min().item():g}, {segmap.max().item():g}]"
+            )
         segmap = segmap.long()
     if segmap.dtype == torch.bool or not (segmap.is_floating_point() or segmap.dtype.is_complex):
         # integer labels
@@ -186,6 +196,8 @@ def prepare_segmap(
                 f"(num_classes={num_classes}); got {tuple(segmap.shape)}. Pass integer labels (torch.long) "
                 "of shape [B, H, W] to have them one-hot encoded."
             )
+        if not bool(torch.isfinite(segmap).all()):
+            raise ValueError("`segmap` (a one-hot / soft map) holds NaN or infinite values")
         segmap = segmap.to(dtype=dtype)
     if device is not None:
         segmap = segmap.to(device)
@@ -490,6 +502,171 @@ class MidBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) and (
+        math.isfinite(float(value))
+    )
+
+
+#: Expected value of each config key: (test, what the error says is expected).
+_CONFIG_RULES: Dict[str, Tuple[Any, str]] = {
+    "in_channels": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "out_channels": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "model_channels": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "num_res_blocks": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "num_classes": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = unconditional)"),
+    "spade_hidden_channels": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "norm_num_groups": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "num_heads": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "num_head_channels": (lambda v: _is_int(v) and (v >= 1 or v == -1), "a positive integer or -1"),
+    "num_heads_upsample": (lambda v: v is None or (_is_int(v) and (v >= 1 or v == -1)), "None, -1 or a positive integer"),
+    "learn_sigma": (lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
+    "resblock_updown": (lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
+    "conv_resample": (lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
+    "use_scale_shift_norm": (lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
+    "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "norm_eps": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+    "timestep_scale": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+    "channel_mult": (
+        lambda v: isinstance(v, (list, tuple)) and len(v) >= 1 and all(_is_number(m) and m > 0 for m in v),
+        "a non-empty list of positive numbers",
+    ),
+    "attention_resolutions": (
+        lambda v: isinstance(v, (list, tuple)) and all(_is_int(a) and a >= 1 for a in v),
+        "a list of positive integers (downsampling factors)",
+    ),
+    "sample_size": (
+        lambda v: (_is_int(v) and v >= 1)
+        or (isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(a) and a >= 1 for a in v)),
+        "a positive integer or [height, width]",
+    ),
+}
+
+
+def check_unet_config(config: Mapping[str, Any]) -> None:
+    """Check the values of a :class:`SemanticUNet2DModel` config (keys that are absent take their defaults):
+    types and ranges (:data:`_CONFIG_RULES`) and that ``norm_num_groups`` divides the channels of every level.
+    Raises ValueError naming the key, the value and what was expected."""
+    for key, (test, expected) in _CONFIG_RULES.items():
+        if key in config and not test(config[key]):
+            raise ValueError(f"config key `{key}` must be {expected}, got {config[key]!r}")
+    model_channels = int(config.get("model_channels", 128))
+    groups = int(config.get("norm_num_groups", 32))
+    widths = sorted({_channels(m, model_channels) for m in config.get("channel_mult", (1, 1, 2, 3, 4))})
+    if any(w < 1 for w in widths):
+        raise ValueError(f"config key `channel_mult` gives levels of width < 1 with model_channels={model_channels}")
+    bad = [w for w in widths if w % groups]
+    if bad:
+        raise ValueError(
+            f"config key `norm_num_groups` ({groups}) must divide the channels of every level (model_channels x "
+            f"channel_mult = {widths}); {bad} are not divisible by it"
+        )
+
+
+def count_parameters(config: Mapping[str, Any]) -> int:
+    """The number of parameters of ``SemanticUNet2DModel(**config)``, computed from the config alone (nothing is
+    allocated), so that a config asking for an impossible network (``model_channels: 1000000``) is refused before
+    any allocation. Missing keys take the class's defaults."""
+    defaults = {
+        "in_channels": 1, "out_channels": 1, "learn_sigma": True, "model_channels": 128, "channel_mult": (1, 1, 2, 3, 4),
+        "num_res_blocks": 2, "attention_resolutions": (4, 8, 16), "resblock_updown": True, "conv_resample": True,
+        "use_scale_shift_norm": True, "num_classes": 5, "spade_hidden_channels": 128,
+    }
+    c = {**defaults, **{k: v for k, v in config.items() if k in defaults}}
+    mc, blocks, classes, hidden = int(c["model_channels"]), int(c["num_res_blocks"]), int(c["num_classes"]), int(c["spade_hidden_channels"])
+    temb = 4 * mc
+    attention = set(int(a) for a in c["attention_resolutions"])
+
+    def conv(cin: int, cout: int, k: int = 3) -> int:
+        return cin * cout * k * k + cout
+
+    def norm(ch: int, spade: bool) -> int:
+        return conv(classes, hidden) + 2 * conv(hidden, ch) if spade else 2 * ch
+
+    def resnet(cin: int, cout: int, spade: bool = False) -> int:
+        film = 2 * cout if c["use_scale_shift_norm"] else cout
+        skip = conv(cin, cout, 1) if cin != cout else 0
+        return norm(cin, spade) + norm(cout, spade) + conv(cin, cout) + temb * film + film + conv(cout, cout) + skip
+
+    def attn(ch: int) -> int:
+        return 2 * ch + (ch * 3 * ch + 3 * ch) + (ch * ch + ch)
+
+    spade = classes > 0
+    total = (mc * temb + temb) + (temb * temb + temb)
+    ch = _channels(c["channel_mult"][0], mc)
+    total += conv(int(c["in_channels"]), ch)
+    skips, ds = [ch], 1
+    levels = list(c["channel_mult"])
+    for level, mult in enumerate(levels):
+        out = _channels(mult, mc)
+        for _ in range(blocks):
+            total += resnet(ch, out)
+            ch = out
+            total += attn(ch) if ds in attention else 0
+            skips.append(ch)
+        if level != len(levels) - 1:
+            total += resnet(ch, ch) if c["resblock_updown"] else (conv(ch, ch) if c["conv_resample"] else 0)
+            skips.append(ch)
+            ds *= 2
+    total += 2 * resnet(ch, ch, spade) + attn(ch)
+    for level, mult in reversed(list(enumerate(levels))):
+        out = _channels(mult, mc)
+        for _ in range(blocks + 1):
+            total += resnet(ch + skips.pop(), out, spade)
+            ch = out
+            total += attn(ch) if ds in attention else 0
+        if level:
+            total += resnet(ch, ch, spade) if c["resblock_updown"] else (conv(ch, ch) if c["conv_resample"] else 0)
+            ds //= 2
+    total += 2 * ch + conv(ch, int(c["out_channels"]) * (2 if c["learn_sigma"] else 1))
+    return int(total)
+
+
+def check_unet_size(config: Mapping[str, Any], bytes_per_parameter: int = 4) -> int:
+    """Refuse, before allocating, a config whose weights (:func:`count_parameters` x ``bytes_per_parameter``)
+    do not fit in the memory the process may still use (:func:`ultrasound_diffusers.utils.memory.check_allocation`:
+    system memory, ``ulimit -v`` and cgroup limits). Returns the parameter count."""
+    from ..utils.memory import check_allocation
+
+    count = count_parameters(config)
+    sizes = ", ".join(f"{k}={config[k]!r}" for k in ("model_channels", "channel_mult", "num_classes",
+                                                     "spade_hidden_channels") if k in config)
+    check_allocation(
+        count * bytes_per_parameter, argument="config", detail=f" ({sizes}; {count:.3g} parameters)",
+        what="the network's weights", hint="check the config's sizes",
+    )
+    return count
+
+
+def check_finite_weights(model: nn.Module, where: Any) -> None:
+    """Refuse a model whose parameters or buffers hold NaN or infinite values (a damaged or diverged checkpoint
+    would otherwise load and turn every image into NaN). ValueError naming ``where`` (the weights' file or
+    folder), the first bad tensor and how many are bad."""
+    bad = [name for name, tensor in list(model.named_parameters()) + list(model.named_buffers())
+           if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise ValueError(
+            f"the weights in {os.fspath(where)} hold NaN or infinite values ({len(bad)} tensor(s), first "
+            f"{bad[0]!r}); the checkpoint is damaged or its training diverged: use an earlier checkpoint"
+        )
+
+
+def _weights_file(folder: Any, variant: Optional[str] = None) -> str:
+    """The weights file ``from_pretrained`` reads in ``folder`` (for messages): the safetensors or .bin file of
+    ``variant``, or the folder itself when there are several (sharded) or none."""
+    from pathlib import Path
+
+    infix = f".{variant}" if variant else ""
+    for name in (f"diffusion_pytorch_model{infix}.safetensors", f"diffusion_pytorch_model{infix}.bin"):
+        if (Path(folder) / name).is_file():
+            return os.fspath(Path(folder) / name)
+    return os.fspath(folder)
+
+
 class SemanticUNet2DModel(ModelMixin, ConfigMixin):
     r"""
     The Semantic Diffusion Model UNet (label-map conditioned through SPADE norms), or with ``num_classes=0``
@@ -560,6 +737,9 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
         timestep_scale: float = 1.0,
     ):
         super().__init__()
+        settings = {k: v for k, v in locals().items() if k in _CONFIG_RULES}
+        check_unet_config(settings)
+        check_unet_size(settings)
         channel_mult = tuple(channel_mult)
         attention_resolutions = tuple(int(a) for a in attention_resolutions)
         positive = dict(
@@ -715,6 +895,7 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
                 ) from error
             raise
         check_loading_info(info, cls.__name__, where, allow_mismatched=bool(kwargs.get("ignore_mismatched_sizes")))
+        check_finite_weights(model, _weights_file(folder, variant) if folder is not None else where)
         return (model, info) if want_info else model
 
     @classmethod
@@ -735,6 +916,13 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
         unknown = sorted(k for k in config if not str(k).startswith("_") and k not in known)
         if unknown:
             raise ValueError(f"{path}: unknown {cls.__name__} config keys {unknown}; valid keys: {list(cls._init_parameter_names())}")
+        # values: types, ranges, group sizes, and weights that fit in memory, before diffusers builds anything
+        values = {k: v for k, v in config.items() if k in cls._init_parameter_names()}
+        try:
+            check_unet_config(values)
+            check_unet_size(values)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
 
     @classmethod
     def preset_config(cls, name: str, **overrides: Any) -> Dict[str, Any]:
