@@ -59,7 +59,9 @@ from .pipeline_utils import (
     DiffusionPipeline,
     as_count,
     check_callback_inputs,
+    check_finite_result,
     check_generation_size,
+    check_generator,
     check_guidance_scale,
     check_output_type,
     denoise_step_output,
@@ -325,6 +327,7 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
         ``output_type``, as the output dataclass or the tuple."""
         samples = latents.shape[0] // batch
         channels, height, width = latents.shape[1:]
+        check_finite_result(latents, "the reconstructions", unet=self.unet)  # before the clamp hides inf
         with torch.no_grad():
             final = latents.clamp(-1, 1)
             final_residual = _rms(y_rep - operator(final)).cpu().numpy().reshape(batch, samples)
@@ -419,7 +422,8 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
         if timesteps is None:
             num_inference_steps = as_count("num_inference_steps", num_inference_steps)
         guidance_scale = check_guidance_scale(guidance_scale)
-        check_output_type(output_type)
+        check_output_type(output_type, latent=False)
+        generator = check_generator(generator)
         self._check_scheduler()
         operator = self._prepare_operator(operator)
         if method == "projection" and not operator.has_projection:
