@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ultrasound_diffusers.cli import main
+from ultrasound_diffusers.demo import DEMO_PIPELINE_PATH
 
 CASES = [
     (["demo", "--device", "cuda"], "--device", "not available here"),
@@ -16,6 +17,8 @@ CASES = [
     (["bmaps", "--scheduler", "/nonexistent"], "--scheduler", "no such scheduler folder"),
     (["bmaps", "--size", "20000"], "--size", "20000"),
     (["bmaps", "--num", "0"], "--num", "[1, 1000]"),
+    (["generate", "--pipeline", str(DEMO_PIPELINE_PATH), "--labels", "phantoms:echo:100000000", "--output_dir", "o"],
+     "labels", "at most 1,000,000"),
     (["phantoms", "--num_images", "2", "--noise_db", "nan", "--output_dir", "o"], "--noise_db", "finite"),
     (["phantoms", "--num_images", "2", "--gain_db", "inf", "--output_dir", "o"], "--gain_db", "finite"),
     (["phantoms", "--num_images", "2", "--tgc", "nan", "--output_dir", "o"], "--tgc", "finite"),

@@ -73,15 +73,17 @@ def device_type(flag: str = "--device"):
 
 
 def pipeline_source(flag: str = "--pipeline"):
-    """An argparse ``type`` for a pipeline folder or a Hub repo id: a path-like text (``/...``, ``./...``,
-    ``~...``, more than one ``/``) that does not exist is refused naming ``flag``."""
+    """An argparse ``type`` for a pipeline folder or a Hub repo id: a text that does not exist and cannot be a Hub
+    id (:func:`~ultrasound_diffusers.data.sources.spelling.looks_like_hub_id`) is refused naming ``flag``."""
 
     def parse(text: str) -> str:
         import os
 
+        from ..data.sources.spelling import looks_like_hub_id
+
         if os.path.exists(os.path.expanduser(text)):
             return text
-        if text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text or not text.strip():
+        if not looks_like_hub_id(text) or not text.strip():
             raise argparse.ArgumentTypeError(
                 f"{flag} {text!r}: no such folder; give a pipeline folder (holding model_index.json) or a Hub repo id "
                 "such as ORG/NAME")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 __all__ = [
+    "MAX_PHANTOMS",
     "PHANTOMS_PREFIX",
     "PHANTOMS_USAGE",
     "PhantomsSpec",
@@ -33,6 +34,10 @@ __all__ = [
 ]
 
 PathLike = Union[str, os.PathLike]
+
+#: The largest N of a phantoms spelling: a bound checked before anything is generated (a million 64 px phantoms
+#: are about 8 GB of PNG).
+MAX_PHANTOMS = 1_000_000
 
 #: Files that mark a ``save_to_disk`` folder.
 SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -161,4 +166,9 @@ def parse_phantoms_spec(spec: str, argument: str = "source", require_num: bool =
                          "(e.g. phantoms:echo:100)")
     if (num is not None and num < 1) or (seed is not None and seed < 0):
         raise ValueError(f"`{argument}` {spec!r}: N must be positive and SEED non-negative")
+    if num is not None and num > MAX_PHANTOMS:
+        raise ValueError(f"`{argument}` {spec!r}: N is at most {MAX_PHANTOMS:,} phantoms per source (got {num:,}); "
+                         "write larger sets in parts with `ultrasound-diffusers phantoms --seed`")
+    if seed is not None and seed >= 2**32:
+        raise ValueError(f"`{argument}` {spec!r}: SEED must be below 2**32, got {seed}")
     return PhantomsSpec(anatomy=anatomy, num=num, seed=seed)
