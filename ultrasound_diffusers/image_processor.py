@@ -120,6 +120,8 @@ def to_label_array(value: Any, where: str = "label map") -> np.ndarray:
         return array.astype(np.int64)
     if np.issubdtype(array.dtype, np.floating):
         check_whole_values(array, where)
+        if array.size and np.abs(array).max() >= 2**62:  # would overflow the int64 cast (1e20 -> -9223372036854775808)
+            raise ValueError(f"{where} holds values too large to be class indices (up to {np.abs(array).max():g})")
     elif not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{where} must hold integer class indices, got dtype {array.dtype}")
     if array.size and array.min() < 0:
