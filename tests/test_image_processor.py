@@ -175,3 +175,42 @@ def test_parse_size_pairs_and_minimum_are_the_rule_of_every_size_argument():
         for parser in (converters.parse_size, phantoms.parse_size):
             with pytest.raises(ValueError, match="`size`"):
                 parser(bad)
+
+
+# ---------------------------------------------------------------------------------------------------- issue 27 cases
+def test_label_rule_edge_cases_report_themselves(tmp_path):
+    """A 1e20 label is reported as itself (not wrapped to -2**63 by a cast); a nested list is a label map; a pickled
+    .npy names its file wherever it is read (label file, training cell)."""
+    from ultrasound_diffusers.data.paired import read_label_cell
+    from ultrasound_diffusers.image_processor import read_label_file, to_label_array
+
+    with pytest.raises(ValueError, match=r"too large to be class indices \(up to 1e\+20"):
+        to_label_array(np.array([[0.0, 1e20]]))
+    assert to_label_array([[0, 1], [2, 0]]).tolist() == [[0, 1], [2, 0]]
+    with pytest.raises(ValueError, match="not an array-like"):
+        to_label_array([[0, 1], [2]])
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for read in (read_label_file, read_label_cell):
+        with pytest.raises(ValueError, match=r"pickled\.npy is not a readable \.npy array"):
+            read(tmp_path / "pickled.npy")
+
+
+def test_image_rule_one_answer():
+    """One image rule: uint8 / uint16 scaled, floats in [0, 1] kept, [-1, 1] refused with the rescale (never clipped),
+    grey+alpha and RGBA drop their alpha, 2-D nested lists read as arrays."""
+    from PIL import Image
+
+    from ultrasound_diffusers.image_processor import to_image_array
+
+    assert np.allclose(to_image_array(np.full((2, 2), 51, np.uint8)), 0.2)
+    assert np.allclose(to_image_array(np.full((2, 2), 0.25, np.float32)), 0.25)
+    with pytest.raises(ValueError, match=r"\[-1, 1\].*\(x \+ 1\) / 2"):
+        to_image_array(np.linspace(-1, 1, 4).reshape(2, 2))
+    with pytest.raises(ValueError, match="NaN"):
+        to_image_array(np.full((2, 2), np.nan))
+    grey_alpha = np.stack([np.full((2, 3), 102, np.uint8), np.zeros((2, 3), np.uint8)], -1)
+    assert np.allclose(to_image_array(grey_alpha), 0.4) and to_image_array(grey_alpha).shape == (1, 2, 3)
+    assert np.allclose(to_image_array(Image.fromarray(grey_alpha, mode="LA")), 0.4)
+    assert np.allclose(to_image_array([[0, 255], [255, 0]]), [[[0, 1], [1, 0]]])
+    with pytest.raises(ValueError, match="integer values must lie in"):
+        to_image_array(np.full((2, 2), 300, np.int32))

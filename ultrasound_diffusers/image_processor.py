@@ -120,14 +120,14 @@ def to_label_array(value: Any, where: str = "label map") -> np.ndarray:
         return array.astype(np.int64)
     if np.issubdtype(array.dtype, np.floating):
         check_whole_values(array, where)
-        if array.size and np.abs(array).max() >= 2**62:  # would overflow the int64 cast (1e20 -> -9223372036854775808)
-            raise ValueError(f"{where} holds values too large to be class indices (up to {np.abs(array).max():g})")
     elif not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{where} must hold integer class indices, got dtype {array.dtype}")
     if array.size and array.min() < 0:
         raise ValueError(f"{where} holds negative values (minimum {array.min():g}); class indices are >= 0")
     if array.size and array.max() >= MAX_CLASS_INDEX:
-        raise ValueError(f"{where} holds the value {array.max():g}, too large for a class index (< {MAX_CLASS_INDEX})")
+        # checked before the int64 cast, which would wrap 1e20 to -9223372036854775808
+        raise ValueError(f"{where} holds values too large to be class indices (up to {array.max():g}; "
+                         f"class indices are < {MAX_CLASS_INDEX})")
     return array.astype(np.int64)
 
 

@@ -148,7 +148,7 @@ def load_paired_splits(
     if data_dir is not None and not Path(data_dir).is_dir():
         raise ValueError(f"{_name(arguments, 'data_dir')} {data_dir!r} is not a directory")
     argument = _name(arguments, "data_dir" if data_dir is not None else "dataset_name")
-    spec = data_dir if data_dir is not None else (dataset_name or "phantoms:echo")
+    spec = data_dir if data_dir is not None else ("phantoms:echo" if dataset_name is None else dataset_name)
     source = open_source(spec, None, argument=argument, config_name=config_name, cache_dir=cache_dir)
     if source.kind == "phantoms":
         ds, validation = _phantom_pairs(source, size, num_phantoms, seed, num_validation, progress)
@@ -158,7 +158,7 @@ def load_paired_splits(
         ds, validation = _folder_pairs_dataset(source, cache_dir)
     else:
         raise ValueError(
-            f"{argument} {spec!r} is a {source.kind}, which holds no (image, label map) pairs; pass a saved dataset, "
+            f"{argument} {source.description!r} is a {source.kind}, which holds no (image, label map) pairs; pass a saved dataset, "
             f"a folder (images/ + labels/), a Hub dataset id or {PHANTOMS_USAGE}"
         )
     if max_train_samples is not None:

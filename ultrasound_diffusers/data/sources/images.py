@@ -196,7 +196,9 @@ def _load_folder(folder: Path, label_dir: str) -> Rows:
     return images, labels, [p.stem for p in image_files]
 
 
-def _image_column(dataset: Any, image_column: Optional[str], source: str) -> str:
+def _image_column(dataset: Any, image_column: Optional[str], source: str, label_column: Optional[str] = None) -> str:
+    """``image_column`` as given; else ``"image"``, else the first ``Image`` column that is not the label column,
+    else ``"img"`` / ``"pixel_values"``."""
     import datasets
 
     columns = list(dataset.column_names)
@@ -204,10 +206,12 @@ def _image_column(dataset: Any, image_column: Optional[str], source: str) -> str
         if image_column not in columns:
             raise ValueError(f"`image_column` {image_column!r} not in {source}; columns: {columns}")
         return image_column
+    if "image" in columns:
+        return "image"
     for name, feature in dataset.features.items():
-        if isinstance(feature, datasets.Image):
+        if isinstance(feature, datasets.Image) and name != label_column:
             return name
-    for guess in ("image", "img", "pixel_values"):
+    for guess in ("img", "pixel_values"):
         if guess in columns:
             return guess
     raise ValueError(f"no image column found in {source}; columns: {columns}; pass `image_column`")
@@ -220,7 +224,7 @@ def _load_dataset_rows(
     max_images: Optional[int],
     source: str,
 ) -> Tuple[List[np.ndarray], Optional[List[np.ndarray]], List[str]]:
-    img_col = _image_column(dataset, image_column, source)
+    img_col = _image_column(dataset, image_column, source, label_column)
     columns = list(dataset.column_names)
     if label_column is not None and label_column not in columns:
         raise ValueError(f"`label_column` {label_column!r} not in {source}; columns: {columns}")
