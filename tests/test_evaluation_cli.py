@@ -244,6 +244,32 @@ def test_cli_default_is_quick_and_names_the_opt_in(echo_folders, capsys, monkeyp
         assert key in report, key
 
 
+def test_report_grids_draw_label_maps_in_the_package_colours_with_a_legend():
+    """The sample grid and the comparison's label grid colour label maps as the demo, the app and the phantom
+    pictures do (data.labels.ECHO_PALETTE: LV cavity red, myocardium yellow, ...), with a legend naming them."""
+    from ultrasound_diffusers.data.labels import ECHO_PALETTE
+    from ultrasound_diffusers.evaluation.comparison import plot_label_grid
+    from ultrasound_diffusers.evaluation.io import ImageSet
+    from ultrasound_diffusers.evaluation.physics import ECHO_CLASS_NAMES
+    from ultrasound_diffusers.evaluation.report import label_map_rgb, plot_sample_grid
+
+    labels = np.arange(5, dtype=np.uint8).repeat(4)[None].repeat(20, 0)  # [20, 20]: a band per class
+    np.testing.assert_allclose(label_map_rgb(labels, 5)[0, ::4], ECHO_PALETTE / 255.0)
+    images, maps = synthetic_echo(3, seed=1)
+    real = ImageSet(images, maps)
+    for fig in (plot_sample_grid({"real": real, "generated": real}, 3, num_classes=5, class_names=ECHO_CLASS_NAMES),
+                plot_label_grid(real, {"a": real}, {"a": np.arange(3)}, 3, 5, class_names=ECHO_CLASS_NAMES)[0]):
+        legend = fig.legends[0]
+        texts = [t.get_text() for t in legend.get_texts()]
+        assert texts[1] == "1 lv cavity" and texts[3] == "3 myocardium" and len(texts) == 5
+        shown = [ax.get_images()[0].get_array() for ax in fig.axes]
+        colour_panels = [np.asarray(a) for a in shown if np.asarray(a).ndim == 3]
+        assert colour_panels, "no label map panel"
+        for panel in colour_panels:  # every label pixel has a palette colour (no tab10 orange / green)
+            pixels = {tuple(np.round(255 * v).astype(int)) for v in panel.reshape(-1, panel.shape[-1])[:, :3]}
+            assert pixels <= {tuple(int(x) for x in c) for c in ECHO_PALETTE}, pixels
+
+
 def test_cli_explicit_metric_without_inputs_fails(echo_folders, capsys):
     f = echo_folders
     code = main(["evaluate", "--real", str(f["real"]), "--generated", str(f["generated"]), "--out", str(f["out"]),

@@ -739,7 +739,8 @@ def compare(
         ax.set_title("depth profiles over the real one (dotted: depth-band borders)", fontsize=9)
         fig.tight_layout()
         figures["depth_profiles"] = fig
-    grid, grid_note = plot_label_grid(real_set, gen_sets, pairing, num_grid_columns, max(names) + 1 if names else 5)
+    grid, grid_note = plot_label_grid(real_set, gen_sets, pairing, num_grid_columns, max(names) + 1 if names else 5,
+                                      class_names=names)
     figures["label_grid"] = grid
     report["label_grid"] = grid_note
 
@@ -761,11 +762,13 @@ def compare(
 
 
 def plot_label_grid(real: ImageSet, generated: Mapping[str, ImageSet], pairing: Mapping[str, Optional[np.ndarray]],
-                    num: int = 6, num_classes: int = 5):
-    """Figure: columns are label maps, rows are the label map, the real image and each generated set's image
-    for that map. Returns ``(figure, note)``; the note says how images were matched (label map or index)."""
-    from matplotlib import colormaps
+                    num: int = 6, num_classes: int = 5, class_names: Optional[Mapping[int, str]] = None):
+    """Figure: columns are label maps, rows are the label map (the package's label colours, with a legend of
+    ``class_names``), the real image and each generated set's image for that map. Returns ``(figure, note)``;
+    the note says how images were matched (label map or index)."""
     from matplotlib.figure import Figure
+
+    from .report import add_label_legend, label_map_rgb
 
     by_label = real.has_labels and all(p is not None for p in pairing.values())
     if by_label:
@@ -788,19 +791,22 @@ def plot_label_grid(real: ImageSet, generated: Mapping[str, ImageSet], pairing: 
     for n, s in generated.items():
         rows.append((n, [s.images[firsts[n][r]] for r in columns], False))
     cols = max(1, len(columns))
-    fig = Figure(figsize=(1.3 * cols + 0.8, 1.35 * len(rows)), dpi=100)
+    legend_height = 0.5 if real.has_labels else 0.0
+    fig = Figure(figsize=(1.3 * cols + 0.8, 1.35 * len(rows) + legend_height), dpi=100)
     for i, (title, arrays, is_label) in enumerate(rows):
         for j, arr in enumerate(arrays):
             ax = fig.add_subplot(len(rows), cols, i * cols + j + 1)
             if is_label:
-                ax.imshow(colormaps["tab10"](np.asarray(arr) % 10), interpolation="nearest")
+                ax.imshow(label_map_rgb(arr, num_classes), interpolation="nearest")
             else:
                 ax.imshow(arr, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(title, fontsize=7)
-    fig.tight_layout()
+    if real.has_labels:
+        add_label_legend(fig, num_classes, class_names)
+    fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
     return fig, note
 
 

@@ -247,7 +247,8 @@ def evaluate(
     )
 
     figures["sample_grid"] = plot_sample_grid(
-        {"real": real_set, "generated": gen_set}, num_samples_in_grid, num_classes=max(names) + 1 if names else 5
+        {"real": real_set, "generated": gen_set}, num_samples_in_grid, num_classes=max(names) + 1 if names else 5,
+        class_names=names,
     )
     report = _jsonable(report)
     markdown = render_markdown(report)
@@ -535,9 +536,34 @@ def _run_segmentation(real_set, gen_set, train_set, names, steps, batch_size, ba
     return result
 
 
-def plot_sample_grid(sets: Mapping[str, ImageSet], num: int = 8, num_classes: int = 5):
-    """Figure: one row of images per set (and one row of label maps for sets that have them)."""
-    from matplotlib import colormaps
+def label_map_rgb(label_map, num_classes: int) -> np.ndarray:
+    """``[H, W]`` integer label map -> ``[H, W, 3]`` float RGB in [0, 1] in the package's label colours (the echo
+    palette of :func:`~ultrasound_diffusers.data.labels.colorize_labels`, as the demo, the app and the phantom
+    pictures draw them; maps holding more classes than ``num_classes`` get further colours)."""
+    from ..data.labels import colorize_labels
+
+    arr = np.asarray(label_map).astype(np.int64)
+    return colorize_labels(arr, num_classes=max(int(num_classes), int(arr.max(initial=0)) + 1)) / 255.0
+
+
+def add_label_legend(fig, num_classes: int, class_names: Optional[Mapping[int, str]] = None) -> None:
+    """A legend below the figure: one patch per class in :func:`label_map_rgb`'s colours, ``"k name"``."""
+    from matplotlib.patches import Patch
+
+    from ..data.labels import label_palette
+
+    palette = label_palette(int(num_classes)) / 255.0
+    names = dict(class_names or {})
+    handles = [Patch(facecolor=palette[k], edgecolor="0.5", label=f"{k} {names.get(k, 'class')}".replace("_", " "))
+               for k in range(int(num_classes))]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False,
+               title="label map colours", title_fontsize=7)
+
+
+def plot_sample_grid(sets: Mapping[str, ImageSet], num: int = 8, num_classes: int = 5,
+                     class_names: Optional[Mapping[int, str]] = None):
+    """Figure: one row of images per set (and one row of label maps for sets that have them, in the package's
+    label colours with a legend of ``class_names``)."""
     from matplotlib.figure import Figure
 
     rows = []
@@ -545,20 +571,24 @@ def plot_sample_grid(sets: Mapping[str, ImageSet], num: int = 8, num_classes: in
         rows.append((name, s.images[:num], "gray", 0.0, 1.0))
         if s.has_labels:
             rows.append((f"{name} labels", s.labels[:num], "labels", 0, max(num_classes - 1, 1)))
+    has_labels = any(r[2] == "labels" for r in rows)
     cols = max(len(r[1]) for r in rows)
-    fig = Figure(figsize=(1.3 * cols + 0.6, 1.4 * len(rows)), dpi=100)
+    legend_height = 0.5 if has_labels else 0.0
+    fig = Figure(figsize=(1.3 * cols + 0.6, 1.4 * len(rows) + legend_height), dpi=100)
     for r, (title, arrays, cmap, vmin, vmax) in enumerate(rows):
         for c, arr in enumerate(arrays):
             ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
-            if cmap == "labels":  # one fixed tab10 colour per class index
-                ax.imshow(colormaps["tab10"](np.asarray(arr) % 10), interpolation="nearest")
+            if cmap == "labels":
+                ax.imshow(label_map_rgb(arr, num_classes), interpolation="nearest")
             else:
                 ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(title, fontsize=7)
-    fig.tight_layout()
+    if has_labels:
+        add_label_legend(fig, num_classes, class_names)
+    fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
     return fig
 
 
