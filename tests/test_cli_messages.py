@@ -50,3 +50,19 @@ class _returns:
     def __exit__(self, *exc):
         assert exc[0] is None and self.code == self.expected
         return False
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("channels:elements=0", "elements='0': expected an integer K >= 1"),
+    ("channels:depth=-1", "depth='-1'"),
+    ("missing_lines:4:99", "expected missing_lines:K"),
+    ("missing_lines:0", "K (keep every K-th scan line)"),
+    ("channels:snr=nan", "finite"),
+])
+def test_operator_texts_name_the_option(spec, expected):
+    """Errors name the option of the text the user wrote, not an internal parameter (`keep_every`)."""
+    from ultrasound_diffusers.operator_registry import make_operator
+
+    with pytest.raises(ValueError) as info:
+        make_operator(spec, (32, 32))
+    assert expected in str(info.value) and "keep_every" not in str(info.value)

@@ -42,7 +42,10 @@ def _noise(noise_std: Optional[float], default: float = 0.0) -> float:
 
 
 def _missing_lines(arg: str, size, scheduler, noise_std) -> ForwardOperator:
-    return MissingScanLines(int(arg or 2), noise_std=_noise(noise_std), geometry=_probe(scheduler))
+    text = (arg or "2").strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"K (keep every K-th scan line) must be one integer >= 1, got {text!r}; expected missing_lines:K")
+    return MissingScanLines(int(text), noise_std=_noise(noise_std), geometry=_probe(scheduler))
 
 
 def _downsample(arg: str, size, scheduler, noise_std) -> ForwardOperator:

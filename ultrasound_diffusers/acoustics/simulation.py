@@ -440,6 +440,29 @@ CHANNEL_SPEC_HELP = (
 )
 
 
+def _channel_option(key: str, value: str):
+    """The value of one ``channels:`` option, checked: ``elements=K`` (keep every K-th receive element, K >= 1),
+    ``transmits=I,J`` (transmit indices >= 0), ``snr=DB`` (any finite dB), ``depth=CM`` (> 0)."""
+    expected = {"elements": "an integer K >= 1 (every K-th receive element)",
+                "transmits": "comma-separated transmit indices >= 0", "snr": "a finite number of dB",
+                "depth": "a depth in cm > 0"}[key]
+    try:
+        if key == "transmits":
+            parsed = [int(v) for v in value.split(",") if v.strip()]
+            ok = bool(parsed) and all(v >= 0 for v in parsed)
+        elif key == "elements":
+            parsed = int(value)
+            ok = parsed >= 1
+        else:
+            parsed = float(value)
+            ok = math.isfinite(parsed) and (key == "snr" or parsed > 0)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"channels option {key}={value!r}: expected {expected}")
+    return parsed
+
+
 def operator_from_spec(arg: str, size, scheduler=None, noise_std: Optional[float] = None) -> ChannelDataOperator:
     """Build a :class:`ChannelDataOperator` from the text after ``channels:`` (see :data:`CHANNEL_SPEC_HELP`).
 
@@ -458,12 +481,7 @@ def operator_from_spec(arg: str, size, scheduler=None, noise_std: Optional[float
         key, sep, value = token.partition("=")
         if not sep or key not in options:
             raise ValueError(f"unknown channels option {token!r}; expected elements=K, transmits=I,J, snr=DB, depth=CM, single or full")
-        if key == "transmits":
-            options[key] = [int(v) for v in value.split(",") if v.strip()]
-        elif key == "elements":
-            options[key] = int(value)
-        else:
-            options[key] = float(value)
+        options[key] = _channel_option(key, value)
     # channel data need a transducer: without a B-map scheduler the phased array on the CAMUS fan
     fan = FanGeometry.from_config(scheduler, default=FanGeometry.camus())
     if fan.is_convex:
