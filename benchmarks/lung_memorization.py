@@ -1,0 +1,227 @@
+"""The lung seed's figure and its FID, redone: memorisation per category and FID / KID on 8 x 256 maps.
+
+1. Memorisation: the minimum L2 distance of each generated 8 x 256 map to the 4,500 training maps, per category
+   (generated maps are put in a category by ``lung_media.classify_lung_maps``), beside the same distance for
+   held-out real maps (maps the model never saw: the reference for "no memorisation").
+2. FID / KID between a reference set (training maps) and: held-out real maps (should be near the floor),
+   generated maps, and two deliberately wrong sets made from the held-out maps (laterally blurred: no B-lines or
+   sharp consolidation edges; columns shuffled: same values per row, no lateral structure), with three feature
+   extractors: the FID Inception on the whole map squeezed to 299 x 299 (the seed's way), a random conv net at
+   the native 8 x 256 resolution (64-d), and 19 domain features of the map (row means and standard deviations,
+   the category rule's statistics). Also what a naive ``scipy.linalg.sqrtm`` FID gives on the same features.
+
+Run (after training/lung_model.sh; the generated maps are cached in --work_dir):
+
+    OMP_NUM_THREADS=1 python benchmarks/lung_memorization.py --num_generated 1000 --inception_n 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ultrasound_diffusers.data.lung_media import (
+    LUNG_CATEGORIES,
+    classify_lung_maps,
+    pooled_category_statistics,
+)
+from ultrasound_diffusers.evaluation.fid import (
+    RandomFeatureExtractor,
+    extract_features,
+    fid_kid_from_features,
+    load_inception,
+)
+from ultrasound_diffusers.evaluation.memorization import memorization_statistics
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_maps(path: str):
+    import datasets
+
+    ds = datasets.load_from_disk(path)
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"]
+    ds = ds.with_format("numpy", columns=["values", "category"])
+    return np.asarray(ds["values"], np.float32), np.asarray(ds["category"], np.int64)
+
+
+def generate(pipeline_dir: str, num: int, steps: int, batch: int, seed: int) -> np.ndarray:
+    from ultrasound_diffusers import BMapDPMSolverMultistepScheduler, UltrasoundPipeline
+
+    pipe = UltrasoundPipeline.from_pretrained(pipeline_dir)
+    pipe.scheduler = BMapDPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    out = []
+    t0 = time.time()
+    for start in range(0, num, batch):
+        g = torch.Generator().manual_seed(seed + start)
+        images = pipe(batch_size=min(batch, num - start), num_inference_steps=steps, generator=g, output_type="np").images
+        out.append(images[..., 0].astype(np.float32))
+        print(f"  generated {start + len(images)}/{num} ({time.time() - t0:.0f} s)", flush=True)
+    return np.concatenate(out)
+
+
+def domain_features(maps: np.ndarray) -> np.ndarray:
+    """19 descriptors per pooled map: 8 row means, 8 row standard deviations, the category rule's 3 statistics."""
+    st = pooled_category_statistics(maps)
+    return np.concatenate([maps.mean(2), maps.std(2), np.stack([st["lung_aeration"], st["poorly_aerated_fraction"],
+                                                                 st["non_aerated_run_mm"] / 38.4], 1)], 1).astype(np.float64)
+
+
+def naive_sqrtm_fid(f1: np.ndarray, f2: np.ndarray) -> float:
+    """FID the way many scripts compute it: scipy.linalg.sqrtm of sigma1 @ sigma2, real part, no safeguards."""
+    import scipy.linalg
+
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        covmean = scipy.linalg.sqrtm(s1.dot(s2))
+    covmean = np.real(covmean)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def wrong_sets(maps: np.ndarray, seed: int):
+    """Two sets that must score badly: lateral Gaussian blur (sigma 6 pooled px = 0.9 mm), shuffled columns."""
+    from scipy.ndimage import gaussian_filter1d
+
+    rng = np.random.default_rng(seed)
+    blurred = gaussian_filter1d(maps, 6.0, axis=2, mode="nearest").astype(np.float32)
+    shuffled = np.stack([m[:, rng.permutation(m.shape[1])] for m in maps]).astype(np.float32)
+    return blurred, shuffled
+
+
+def memorisation_figure(stats, gen_cat, held_cat, path: Path, steps: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d_gen, d_held = stats["train_distances"], stats["baseline_distances"]
+    bins = np.linspace(0, max(d_gen.max(), d_held.max()) * 1.02, 40)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
+    for k, ax in enumerate(axes):
+        g, h = d_gen[gen_cat == k], d_held[held_cat == k]
+        ax.hist(h, bins=bins, density=True, alpha=0.55, color="tab:blue", label=f"held-out real (n={h.size}, median {np.median(h):.2f})")
+        if g.size:
+            ax.hist(g, bins=bins, density=True, alpha=0.55, color="tab:orange", label=f"generated (n={g.size}, median {np.median(g):.2f})")
+        ax.set_title(f"{LUNG_CATEGORIES[k]}")
+        ax.set_xlabel("minimum L2 distance to the 4,500 training maps")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("density")
+    fig.suptitle(f"Lung 8 x 256 maps: nearest training map, generated ({steps} DPM-Solver++ steps) vs held-out real, "
+                 "per category", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--pipeline", default=str(REPO / "ultrasound_diffusers/assets/lung-phantom-8x256"))
+    p.add_argument("--train", default="/work/runs/lung/train")
+    p.add_argument("--heldout", default="/work/runs/lung/heldout")
+    p.add_argument("--work_dir", default="/work/runs/lung/bench")
+    p.add_argument("--num_generated", type=int, default=1000)
+    p.add_argument("--num_inference_steps", type=int, default=20)
+    p.add_argument("--batch_size", type=int, default=100)
+    p.add_argument("--inception_n", type=int, default=128, help="maps per set for the Inception rows (CPU cost)")
+    p.add_argument("--skip_generated", action="store_true", help="only the real and wrong sets (before training)")
+    p.add_argument("--figure", default=str(REPO / "docs/images/lung_memorization.png"))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+
+    train, train_cat = load_maps(args.train)
+    held, held_cat = load_maps(args.heldout)
+    print(f"train {train.shape}, held-out {held.shape}; category rule on held-out real maps: "
+          f"{(classify_lung_maps(held) == held_cat).mean() * 100:.1f} % agree with the simulator's labels")
+
+    sets = {}
+    gen = None
+    if not args.skip_generated:
+        cache = work / f"generated_{args.num_generated}_{args.num_inference_steps}.npy"
+        if cache.is_file():
+            gen = np.load(cache)
+        else:
+            t0 = time.time()
+            gen = generate(args.pipeline, args.num_generated, args.num_inference_steps, args.batch_size, args.seed)
+            print(f"generation: {time.time() - t0:.0f} s for {len(gen)} maps ({args.num_inference_steps} steps)")
+            np.save(cache, gen)
+        gen_cat = classify_lung_maps(gen)
+        print("generated maps: range [%.3f, %.3f]; categories by the rule: %s" % (
+            gen.min(), gen.max(), {c: int((gen_cat == k).sum()) for k, c in enumerate(LUNG_CATEGORIES)}))
+
+        # ---- memorisation
+        stats = memorization_statistics(gen, train, held)
+        s = stats["summary"]
+        print("\n## Memorisation (L2 on 8 x 256 maps in [0, 1])")
+        print("| set | category | n | min | 5th pct | median | mean |")
+        print("|---|---|---|---|---|---|---|")
+        for name, d, cats in (("generated -> train", stats["train_distances"], gen_cat),
+                              ("held-out real -> train", stats["baseline_distances"], held_cat)):
+            for k, c in enumerate(LUNG_CATEGORIES):
+                dk = d[cats == k]
+                if dk.size:
+                    print(f"| {name} | {c} | {dk.size} | {dk.min():.3f} | {np.percentile(dk, 5):.3f} | "
+                          f"{np.median(dk):.3f} | {dk.mean():.3f} |")
+        print(f"likely copies (closer than {s['copy_threshold']:.3f} = half the median held-out distance): "
+              f"{s['num_likely_copies']} of {s['num_generated']}; generated closer to train than to held-out: "
+              f"{s['fraction_closer_to_train'] * 100:.1f} %")
+        memorisation_figure(stats, gen_cat, held_cat, Path(args.figure), args.num_inference_steps)
+        print(f"wrote {args.figure}")
+        sets["generated"] = gen
+
+    # ---- FID / KID
+    n = min(len(held), len(train), len(gen) if gen is not None else len(held))
+    reference = train[:n]
+    blurred, shuffled = wrong_sets(held[:n], args.seed)
+    sets = {"held-out real": held[:n], **sets, "blurred (wrong)": blurred, "shuffled columns (wrong)": shuffled}
+    rows = []
+    extractors = {"random conv, native 8x256 (64-d)": (RandomFeatureExtractor(64, seed=0), n),
+                  "domain features (19-d)": (None, n)}
+    try:
+        extractors = {"Inception, map squeezed to 299x299 (2048-d)": (load_inception(), args.inception_n), **extractors}
+    except (FileNotFoundError, ValueError) as err:
+        print(f"Inception skipped: {err}")
+    for ename, (extractor, count) in extractors.items():
+        def feats(name, maps):
+            # real and wrong sets are fixed: their features are cached (the generated set changes with the model)
+            key = work / f"features_{ename.split(' ')[0].strip(',')}_{name.split(' ')[0]}_{count}.npy"
+            if key.is_file() and name != "generated":
+                return np.load(key)
+            f = domain_features(maps[:count]) if extractor is None else extract_features(maps[:count], extractor, batch_size=16)
+            if name != "generated":
+                np.save(key, f)
+            return f
+
+        t0 = time.time()
+        ref = feats("reference", reference)
+        for name, maps in sets.items():
+            f = feats(name, maps)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r = fid_kid_from_features(ref, f, kid_subsets=50, seed=args.seed)
+            rows.append((ename, name, count, r["fid"], naive_sqrtm_fid(ref, f), r["kid_mean"], r["kid_std"]))
+        print(f"  {ename}: {time.time() - t0:.0f} s")
+    print("\n## FID / KID against the training maps (reference)")
+    print("| features | set | n per set | FID | FID, naive scipy sqrtm | KID x 1e3 (mean +- std) |")
+    print("|---|---|---|---|---|---|")
+    for e, name, count, fid, naive, kid, kstd in rows:
+        print(f"| {e} | {name} | {count} | {fid:.4g} | {naive:.4g} | {kid * 1e3:.3g} +- {kstd * 1e3:.2g} |")
+    (work / "results.json").write_text(json.dumps([dict(zip(("features", "set", "n", "fid", "fid_naive", "kid", "kid_std"), r))
+                                                   for r in rows], indent=1))
+
+
+if __name__ == "__main__":
+    main()
