@@ -81,27 +81,33 @@ def lung_rf_operator(transmitters=None, receivers=None, noise_std: float = 0.0, 
     return MultistaticOperator(transmitters=transmitters, receivers=receivers, noise_std=noise_std, **kwargs)
 
 
-def compressed_operator(operator, cache_dir=None):
-    """``operator.compressed()``, with its normal matrix read from / written to ``cache_dir`` (a ``.npy`` per
-    acquisition) when given: the matrix takes seconds (full array: about 10 s) and never changes."""
-    if cache_dir is None:
-        return operator.compressed()
+def cached_normal_matrix(operator, cache_dir) -> np.ndarray:
+    """``operator.fmc.normal_matrix()``, read from / written to ``cache_dir`` (one ``.npy`` per acquisition): it
+    takes seconds (full array: about 10 s) and depends only on the acquisition."""
     from .utils.io import atomic_write_bytes
 
     fmc = operator.fmc
-    key = (f"normal_{fmc.grid[0]}x{fmc.grid[1]}_n{fmc.num_samples}_tx{'-'.join(map(str, fmc.transmitters))}"
-           f"_rx{'-'.join(map(str, fmc.receivers))}")
-    key = key if len(key) < 150 else f"normal_{abs(hash(key))}"
+    key = (f"normal_{fmc.grid[0]}x{fmc.grid[1]}_n{fmc.num_samples}_fs{fmc.sampling_frequency:.0f}"
+           f"_tx{'-'.join(map(str, fmc.transmitters))}_rx{'-'.join(map(str, fmc.receivers))}")
+    if len(key) > 200:
+        import hashlib
+
+        key = "normal_" + hashlib.sha1(key.encode()).hexdigest()
     path = Path(cache_dir) / f"{key}.npy"
     if path.is_file():
-        return operator.compressed(np.load(path, allow_pickle=False))
+        return np.load(path, allow_pickle=False)
     g = fmc.normal_matrix()
     import io
 
     buffer = io.BytesIO()
     np.save(buffer, g)
     atomic_write_bytes(path, buffer.getvalue())
-    return operator.compressed(g)
+    return g
+
+
+def compressed_operator(operator, cache_dir=None):
+    """``operator.compressed()``, with the normal matrix cached in ``cache_dir`` when given."""
+    return operator.compressed(None if cache_dir is None else cached_normal_matrix(operator, cache_dir))
 
 
 def simulate_rf(maps: np.ndarray, operator, snr_db: float, seed: int = 0, batch: int = 16) -> tuple:
