@@ -48,7 +48,7 @@ def register(subparsers) -> None:
                    "(PNG / .npy in [0, 1]); default: the held-out phantoms of the pipeline's anatomy (seed 4242)")
     p.add_argument("--image_index", type=int, default=0, help="which phantom of --image (default 0)")
     p.add_argument("--labels", default=None, help="label map file for a label-conditioned pipeline (phantoms bring their own)")
-    p.add_argument("--operator", default="missing_lines:4", help="missing_lines:K, downsample:F or FHxFW, attenuation[:ALPHA], attenuation_tgc[:ALPHA], mask:shadow or mask:FILE, channels[:elements=K][:single][:snr=DB] (channel data)")
+    p.add_argument("--operator", default="missing_lines:4", help="missing_lines:K, downsample:F or FHxFW, attenuation[:ALPHA], attenuation_tgc[:ALPHA], mask:shadow or mask:FILE, channels[:elements=K][:single][:snr=DB] (channel data), fmc[:tx=K,rx=K,snr=DB] (lung RF full-matrix data; --image phantoms:lung)")
     p.add_argument("--noise_std", type=float, default=None, help="measurement noise (model units, image range width 2); default 0 (0.02 for attenuation)")
     p.add_argument("--method", default="dps", choices=["dps", "projection", "none"])
     p.add_argument("--num_samples", type=int, default=4)
@@ -88,6 +88,17 @@ def run(args) -> int:
         with open(os.path.join(args.out, "benchmark.md"), encoding="utf-8") as handle:
             print(handle.read().rstrip())
         return 0 if rows else 1
+    if args.operator.split(":", 1)[0].strip().lower() in ("fmc", "multistatic"):
+        # lung maps from multistatic RF data (ultrasound_diffusers.lung_reconstruction)
+        from ..lung_reconstruction import run_lung_reconstruction
+
+        summary = run_lung_reconstruction(args.pipeline, args.image, args.operator, args.noise_std, args.num_samples,
+                                          args.num_inference_steps, args.guidance_step_size, args.seed, args.out,
+                                          args.device, args.image_index, args.method, overwrite=args.overwrite)
+        print(f"map MAE {summary['reconstruction_mae']:.4f}, PSNR {summary['reconstruction_psnr']:.2f} dB, 90 % interval "
+              f"coverage {summary['reconstruction_coverage']:.3f}, {summary['seconds']:.1f} s")
+        print(f"figure written to {os.path.abspath(os.path.join(args.out, 'reconstruction.png'))}")
+        return 0
     summary = run_reconstruction(args.pipeline, args.image, args.labels, args.operator, args.noise_std, args.method,
                                  args.num_samples, args.num_inference_steps, args.guidance_step_size,
                                  args.guidance_scale, args.seed, args.out, args.device, args.num_resample,
