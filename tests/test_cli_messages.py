@@ -16,7 +16,7 @@ CASES = [
     (["convert", "--checkpoint", "c.pt", "--output_dir", "o", "--max_shard_size", "bogus"], "--max_shard_size", "500MB"),
     (["bmaps", "--scheduler", "/nonexistent"], "--scheduler", "no such scheduler folder"),
     (["bmaps", "--size", "20000"], "--size", "20000"),
-    (["bmaps", "--num", "0"], "--num", "[1, 1000]"),
+    (["bmaps", "--num", "0"], "--num", "must be an integer from 1"),
     (["generate", "--pipeline", str(DEMO_PIPELINE_PATH), "--labels", "phantoms:echo:100000000", "--output_dir", "o"],
      "labels", "at most 1,000,000"),
     (["phantoms", "--num_images", "2", "--noise_db", "nan", "--output_dir", "o"], "--noise_db", "finite"),
@@ -30,7 +30,7 @@ CASES = [
 def test_bad_flag_names_itself(argv, flag, expected, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) if flag in ("--device", "--pipeline", "--max_shard_size", "--noise_db", "--gain_db",
-                                               "--tgc", "--split_fractions") else _returns(2) as outcome:
+                                               "--tgc", "--split_fractions", "--num") else _returns(2) as outcome:
         code = main(argv)
         outcome.code = code
     err = capsys.readouterr().err
@@ -66,3 +66,20 @@ def test_operator_texts_name_the_option(spec, expected):
     with pytest.raises(ValueError) as info:
         make_operator(spec, (32, 32))
     assert expected in str(info.value) and "keep_every" not in str(info.value)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["evaluate", "--real", "r", "--generated", "g", "--output_dir", "o", "--seg_steps", "0"], "--seg_steps"),
+    (["demo", "--num_inference_steps", "0"], "--num_inference_steps"),
+    (["generate", "--pipeline", "p", "--labels", "l", "--output_dir", "o", "--batch_size", "-1"], "--batch_size"),
+    (["reconstruct", "--num_samples", "0"], "--num_samples"),
+    (["phantoms", "--num_images", "0", "--output_dir", "o"], "--num_images"),
+    (["demo", "--seed", "-1"], "--seed"),
+])
+def test_counts_are_checked_when_the_command_line_is_read(argv, flag, capsys):
+    from ultrasound_diffusers.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert f"{flag} must be an integer" in err

@@ -45,6 +45,27 @@ def finite_float(flag: str, minimum: Optional[float] = None, exclusive: bool = F
     return parse
 
 
+#: The largest seed the samplers and numpy accept.
+MAX_SEED = 2**32 - 1
+
+
+def int_range(flag: str, minimum: int = 1, maximum: Optional[int] = None):
+    """An argparse ``type`` for an integer in ``[minimum, maximum]``, refused naming ``flag`` otherwise (counts,
+    steps, batch sizes and seeds are checked when the command line is read, before any work)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum:,}"
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
 def device_type(flag: str = "--device"):
     """An argparse ``type`` for a torch device this build of torch can use (``cpu``, ``cuda[:N]`` with CUDA,
     ``mps`` on Apple silicon); anything else is refused naming ``flag`` and the devices that are there."""

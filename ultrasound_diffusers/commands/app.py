@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import device_type, pipeline_source
+from ._common import device_type, int_range, pipeline_source
 
 import sys
 
@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--pipeline", default=None, type=pipeline_source(), help="pipeline folder or Hub repo id (default: the bundled demo pipeline)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--port", type=int_range("--port", 1, 65535), default=7860, help="port (default: 7860)")
     p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link (off by default)")
     p.add_argument("--device", default="cpu", type=device_type())
     p.add_argument("--export_space", default=None, metavar="DIR",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from ..geometry import add_geometry_arguments, geometry_from_args
-from ._common import size_type
+from ._common import int_range, size_type
 
 GEOMETRY_FLAGS = ("probe_geometry", "fan_apex", "fan_radii", "fan_half_angle_deg")
 
@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("--bmap_min", type=float, default=None)
     p.add_argument("--preserve_length", action="store_true")
     p.add_argument("--size", type=size_type("--size"), default=128, help="image size: N or HxW")
-    p.add_argument("--num", type=int, default=6, help="number of steps to show")
+    p.add_argument("--num", type=int_range("--num", 1, 100000), default=6, help="number of steps to show")
     p.add_argument("--what", choices=["signal", "bmap", "snr_ratio"], default="signal")
     p.add_argument("--out", default="bmaps.png", help="output PNG (an existing file replaced only if this package "
                    "wrote it, or with --overwrite)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import device_type, pipeline_source
+from ._common import MAX_SEED, device_type, int_range, pipeline_source
 
 
 def register(subparsers) -> None:
@@ -11,15 +11,15 @@ def register(subparsers) -> None:
     )
     p.add_argument("--pipeline", default=None, type=pipeline_source(), help="pipeline folder or Hub repo id (default: the bundled demo pipeline)")
     p.add_argument("--labels", nargs="*", default=None, help="label map files (PNG with class values, or .npy); default: built-in examples")
-    p.add_argument("--num_images", type=int, default=4, help="number of built-in example label maps")
-    p.add_argument("--num_inference_steps", type=int, default=50)
+    p.add_argument("--num_images", type=int_range("--num_images", 1, 1000000), default=4, help="number of built-in example label maps")
+    p.add_argument("--num_inference_steps", type=int_range("--num_inference_steps", 1, 10000), default=50)
     p.add_argument("--guidance_scale", type=float, default=1.5)
     p.add_argument(
         "--scheduler", default=None, choices=("ddpm", "ddim", "dpm++", "sde-dpm++"),
         help="sampler built from the pipeline's scheduler config: ddpm (ancestral), ddim (eta 0), dpm++ "
         "(DPM-Solver++ 2M) or sde-dpm++ (stochastic DPM-Solver++ 2M, 20 steps suffice); default: the pipeline's own",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_range("--seed", 0, MAX_SEED), default=0)
     p.add_argument("--output_dir", default="demo_output",
                    help="folder for demo.png and the generated images (replaced whole on a rerun of the demo)")
     p.add_argument("--overwrite", action="store_true",

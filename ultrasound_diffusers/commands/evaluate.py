@@ -36,7 +36,7 @@ from __future__ import annotations
 import argparse
 
 from ..geometry import add_geometry_arguments, geometry_from_args
-from ._common import add_command, device_type
+from ._common import MAX_SEED, add_command, device_type, int_range
 
 #: evaluate() options whose flag has another name.
 OPTION_FLAGS = {"num_depth_bins": "depth_bins"}
@@ -79,7 +79,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--image_column", default=None, help="dataset column with images (default: first Image column)")
     p.add_argument("--split", default=None, help="dataset split (default: train, else the first split)")
-    p.add_argument("--max_images", type=int, default=None, help="use at most this many images per set")
+    p.add_argument("--max_images", type=int_range("--max_images", 1, 10000000), default=None, help="use at most this many images per set")
     p.add_argument(
         "--inception_weights",
         default=None,
@@ -91,21 +91,21 @@ def register(subparsers) -> None:
         default="inception",
         help="'random': a small random-weight conv net for smoke tests; its FID/KID are not comparable",
     )
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batch_size", type=int_range("--batch_size", 1, 4096), default=32)
     p.add_argument("--device", default="cpu", type=device_type())
     add_geometry_arguments(p, default_probe="convex")
-    p.add_argument("--depth_bins", type=int, default=32, help="depth bins of the depth-intensity profile")
-    p.add_argument("--speckle_window", type=int, default=8, help="window side (px) for speckle statistics")
+    p.add_argument("--depth_bins", type=int_range("--depth_bins", 2, 4096), default=32, help="depth bins of the depth-intensity profile")
+    p.add_argument("--speckle_window", type=int_range("--speckle_window", 2, 1024), default=8, help="window side (px) for speckle statistics")
     p.add_argument("--dynamic_range_db", type=float, default=None,
                    help="log-compression dynamic range of the images; enables envelope-domain speckle statistics")
-    p.add_argument("--kid_subsets", type=int, default=100)
+    p.add_argument("--kid_subsets", type=int_range("--kid_subsets", 1, 100000), default=100)
     p.add_argument("--kid_subset_size", type=int, default=None,
                    help="rows per KID subset (default: 1000, capped at half the smaller set)")
     p.add_argument("--copy_fraction", type=float, default=0.5,
                    help="flag generated images closer to a train image than this x the real-to-train median distance")
-    p.add_argument("--seg_steps", type=int, default=300, help="training steps of the downstream segmentation UNet")
-    p.add_argument("--seg_batch_size", type=int, default=8)
-    p.add_argument("--seg_base_channels", type=int, default=16, help="base channels of the tinyunet segmenter")
+    p.add_argument("--seg_steps", type=int_range("--seg_steps", 1, 1000000), default=300, help="training steps of the downstream segmentation UNet")
+    p.add_argument("--seg_batch_size", type=int_range("--seg_batch_size", 1, 4096), default=8)
+    p.add_argument("--seg_base_channels", type=int_range("--seg_base_channels", 1, 1024), default=16, help="base channels of the tinyunet segmenter")
     p.add_argument(
         "--segmenter",
         choices=SEGMENTER_CHOICES,
@@ -120,7 +120,7 @@ def register(subparsers) -> None:
         default=None,
         help="torch CPU threads (default: torch's choice); 1 is often much faster on a busy shared CPU",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_range("--seed", 0, MAX_SEED), default=0)
     p.add_argument("--no_overwrite", action="store_true", help="fail if --out exists, even as an earlier report")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty --out that is not an earlier report (never one holding an input, the "

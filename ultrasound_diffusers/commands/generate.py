@@ -24,7 +24,7 @@ Interrupted runs continue where they stopped when started again with the same ar
 
 from __future__ import annotations
 
-from ._common import pipeline_source
+from ._common import MAX_SEED, int_range, pipeline_source
 
 import shlex
 from typing import List
@@ -58,8 +58,8 @@ def register(subparsers) -> None:
     p.add_argument("--label_column", default="label", help="label-map column of a dataset source (default: label)")
     p.add_argument("--id_column", default=None, help="column(s) naming each label map, comma-separated (default: row index)")
     p.add_argument("--split", default=None, help="split of a dataset source (default: train or the only split)")
-    p.add_argument("--images_per_label", type=int, default=1)
-    p.add_argument("--num_inference_steps", type=int, default=50)
+    p.add_argument("--images_per_label", type=int_range("--images_per_label", 1, 100000), default=1)
+    p.add_argument("--num_inference_steps", type=int_range("--num_inference_steps", 1, 10000), default=50)
     p.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off; SDM uses 1.5)")
     p.add_argument("--eta", type=_optional_float, default=None, help="DDIM eta (default: the scheduler's own sampler)")
     p.add_argument(
@@ -67,9 +67,9 @@ def register(subparsers) -> None:
         help="sampler, built from the pipeline's scheduler config (same B-maps): ddpm (ancestral), ddim (eta 0), "
         "dpm++ (DPM-Solver++ 2M, 15-25 steps) or sde-dpm++ (its stochastic variant); default: the pipeline's own",
     )
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--chunk_size", type=int, default=64, help="images per chunk: the unit of resuming and of work sharing")
-    p.add_argument("--seed", type=int, default=0, help="global seed; each image's seed derives from (seed, label, copy)")
+    p.add_argument("--batch_size", type=int_range("--batch_size", 1, 4096), default=8)
+    p.add_argument("--chunk_size", type=int_range("--chunk_size", 1, 1000000), default=64, help="images per chunk: the unit of resuming and of work sharing")
+    p.add_argument("--seed", type=int_range("--seed", 0, MAX_SEED), default=0, help="global seed; each image's seed derives from (seed, label, copy)")
     p.add_argument("--augment", action="store_true", help="augment each copy's label map (echo-from-noise affine + elastic)")
     p.add_argument("--augment_no_fan", action="store_true",
                    help="with --augment: the labels have no fan (background 0 everywhere), e.g. the thyroid coding")

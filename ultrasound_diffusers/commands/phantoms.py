@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_dataset_output_arguments, finite_float, size_type
+from ._common import MAX_SEED, add_dataset_output_arguments, finite_float, int_range, size_type
 
 
 def _tgc(text: str):
@@ -28,14 +28,14 @@ def register(subparsers) -> None:
         description="Generate N physics-based ultrasound phantoms (image + label map) and save them with "
         "datasets' save_to_disk (atomically), optionally as PNG files and/or on the Hub.",
     )
-    p.add_argument("--num_images", type=int, required=True, help="number of training examples N")
+    p.add_argument("--num_images", type=int_range("--num_images", 1, 1000000), required=True, help="number of training examples N")
     p.add_argument("--anatomy", default="echo", choices=["echo", "thyroid", "homogeneous", "lung"],
                    help="echo / thyroid / homogeneous: B-mode images with label maps; lung: the lung seed's 8x256 "
                    "maps of normalised slowness (docs/lung.md), no label maps (the data.phantoms.ANATOMIES registry)")
     p.add_argument("--size", type=size_type("--size"), default=None, help="N or HxW (default 64; lung: 8x256 only)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_range("--seed", 0, MAX_SEED), default=0)
     p.add_argument("--output_dir", default=None, help="where to save_to_disk the dataset")
-    p.add_argument("--num_validation_images", type=int, default=0, help="if > 0 save a DatasetDict with a validation split (examples N..N+K-1)")
+    p.add_argument("--num_validation_images", type=int_range("--num_validation_images", 0, 1000000), default=0, help="if > 0 save a DatasetDict with a validation split (examples N..N+K-1)")
     p.add_argument("--probe", default=None, choices=["convex", "linear"], help="probe geometry (default: per anatomy)")
     p.add_argument("--depth_cm", type=finite_float("--depth_cm", 0.0, exclusive=True), default=None)
     p.add_argument("--center_frequency_mhz", type=finite_float("--center_frequency_mhz", 0.0, exclusive=True), default=None)
@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     p.add_argument("--dynamic_range_db", type=finite_float("--dynamic_range_db", 0.0, exclusive=True), default=None)
     p.add_argument("--gain_db", type=finite_float("--gain_db"), default=None)
     p.add_argument("--noise_db", type=finite_float("--noise_db"), default=None)
-    p.add_argument("--batch_size", type=int, default=32, help="examples simulated together")
+    p.add_argument("--batch_size", type=int_range("--batch_size", 1, 4096), default=32, help="examples simulated together")
     p.add_argument("--png_dir", default=None, help="also write images/ and labels/ PNG files here")
     p.add_argument("--preview", default=None, help="write a PNG grid of the first images and coloured label maps")
     add_dataset_output_arguments(p)

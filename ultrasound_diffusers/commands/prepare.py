@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ._common import add_dataset_output_arguments, size_type
+from ._common import MAX_SEED, add_dataset_output_arguments, int_range, size_type
 
 
 def _fractions(text: str):
@@ -36,7 +36,7 @@ def _common(p, default_fractions=None) -> None:
     p.add_argument("--input", required=True, help="downloaded data (folder, or file for lung / dicom)")
     p.add_argument("--output_dir", default=None, help="where to save_to_disk the DatasetDict")
     p.add_argument("--strict", action="store_true", help="fail on corrupt or unexpected files instead of skipping them")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_range("--seed", 0, MAX_SEED), default=0)
     if default_fractions is not None:
         p.add_argument("--split_fractions", type=_fractions, default=default_fractions, help="TRAIN,VAL,TEST fractions")
     add_dataset_output_arguments(p)
@@ -58,8 +58,8 @@ def register(subparsers) -> None:
     c.add_argument("--half_sequences", action="store_true", help="add every frame of the half sequences")
     c.add_argument("--size", type=size_type("--size"), default=None, help="resize to N or HxW (e.g. 256)")
     c.add_argument("--fan_labels", action="store_true", help="re-code labels with the fan (5 classes, echo-from-noise)")
-    c.add_argument("--augment_copies", type=int, default=0, help="augmented label copies per training example (needs --fan_labels)")
-    c.add_argument("--validation_patients", type=int, default=50, help="without split files: patients 1..N are validation")
+    c.add_argument("--augment_copies", type=int_range("--augment_copies", 0, 1000), default=0, help="augmented label copies per training example (needs --fan_labels)")
+    c.add_argument("--validation_patients", type=int_range("--validation_patients", 0, 100000), default=50, help="without split files: patients 1..N are validation")
 
     t = sources.add_parser("thyroid", help="SegThy-style NIfTI image + label volumes, sliced to 2-D")
     _common(t, (0.8, 0.1, 0.1))
@@ -72,16 +72,16 @@ def register(subparsers) -> None:
 
     lg = sources.add_parser("lung", help="simulated lung maps (.pt / .npy / .npz): first 32 rows, 4x4 average")
     _common(lg, (1.0, 0.0, 0.0))
-    lg.add_argument("--rows", type=int, default=32)
-    lg.add_argument("--pool", type=int, default=4)
+    lg.add_argument("--rows", type=int_range("--rows", 1, 100000), default=32)
+    lg.add_argument("--pool", type=int_range("--pool", 1, 1024), default=4)
     lg.add_argument("--value_range", type=float, nargs=2, default=[0.0, 1.0], metavar=("LOW", "HIGH"))
 
     d = sources.add_parser("dicom", help="a folder of ultrasound DICOM files (frames, scan area masked)")
     _common(d, (1.0, 0.0, 0.0))
     d.add_argument("--size", type=size_type("--size"), default=None)
     d.add_argument("--no_crop", action="store_true", help="keep the full frame instead of cropping to the scan area")
-    d.add_argument("--max_frames", type=int, default=None, help="at most this many frames per file")
-    d.add_argument("--frame_step", type=int, default=1)
+    d.add_argument("--max_frames", type=int_range("--max_frames", 1, 1000000), default=None, help="at most this many frames per file")
+    d.add_argument("--frame_step", type=int_range("--frame_step", 1, 100000), default=1)
     d.add_argument("--any_modality", action="store_true", help="also convert files whose Modality is not US")
     d.add_argument(
         "--keep_frames_without_scan_area", action="store_true",

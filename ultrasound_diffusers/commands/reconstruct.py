@@ -16,7 +16,7 @@ held-out ones) and writes ``benchmark.md`` and ``benchmark.json``.
 
 from __future__ import annotations
 
-from ._common import device_type, pipeline_source
+from ._common import MAX_SEED, device_type, int_range, pipeline_source
 
 # The library code (inputs, the run, the benchmark, the figure) lives in ultrasound_diffusers.reconstruction; the
 # names stay importable from here for code written against earlier releases.
@@ -46,20 +46,20 @@ def register(subparsers) -> None:
     p.add_argument("--image", default=None,
                    help="phantoms:ANATOMY[:N[:SEED]] (a phantom set; phantom --image_index of it) or an image file "
                    "(PNG / .npy in [0, 1]); default: the held-out phantoms of the pipeline's anatomy (seed 4242)")
-    p.add_argument("--image_index", type=int, default=0, help="which phantom of --image (default 0)")
+    p.add_argument("--image_index", type=int_range("--image_index", 0, 1000000), default=0, help="which phantom of --image (default 0)")
     p.add_argument("--labels", default=None, help="label map file for a label-conditioned pipeline (phantoms bring their own)")
     p.add_argument("--operator", default="missing_lines:4", help="missing_lines:K, downsample:F or FHxFW, attenuation[:ALPHA], attenuation_tgc[:ALPHA], mask:shadow or mask:FILE, channels[:elements=K][:single][:snr=DB] (channel data), fmc[:tx=K,rx=K,snr=DB] (lung RF full-matrix data; --image phantoms:lung)")
     p.add_argument("--noise_std", type=float, default=None, help="measurement noise (model units, image range width 2); default 0 (0.02 for attenuation)")
     p.add_argument("--method", default="dps", choices=["dps", "projection", "none"])
-    p.add_argument("--num_samples", type=int, default=4)
-    p.add_argument("--num_inference_steps", type=int, default=50)
+    p.add_argument("--num_samples", type=int_range("--num_samples", 1, 10000), default=4)
+    p.add_argument("--num_inference_steps", type=int_range("--num_inference_steps", 1, 10000), default=50)
     p.add_argument("--guidance_step_size", type=float, default=1.0)
-    p.add_argument("--num_resample", type=int, default=0, help="RePaint-style resampling passes per step (helps --method projection)")
+    p.add_argument("--num_resample", type=int_range("--num_resample", 0, 1000), default=0, help="RePaint-style resampling passes per step (helps --method projection)")
     p.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance of label-conditioned models")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_range("--seed", 0, MAX_SEED), default=0)
     p.add_argument("--device", default="cpu", type=device_type())
     p.add_argument("--benchmark", default=None, help="comma-separated keep_every values K (fraction 1/K of the scan lines): write a PSNR / SSIM table instead")
-    p.add_argument("--num_images", type=int, default=4, help="held-out phantoms in --benchmark")
+    p.add_argument("--num_images", type=int_range("--num_images", 1, 1000000), default=4, help="held-out phantoms in --benchmark")
     p.add_argument("--output_dir", "--out", dest="out", metavar="OUTPUT_DIR", default="reconstruction_output", help="output folder")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty --output_dir that another command or you wrote (never the working "
