@@ -29,6 +29,7 @@ import torch
 from ultrasound_diffusers.data.lung_media import (
     LUNG_CATEGORIES,
     classify_lung_maps,
+    lung_maps,
     pooled_category_statistics,
 )
 from ultrasound_diffusers.evaluation.fid import (
@@ -98,6 +99,63 @@ def wrong_sets(maps: np.ndarray, seed: int):
     return blurred, shuffled
 
 
+def media_figure(path: Path, seed: int = 0) -> None:
+    """One map per category (plus an effusion): speed of sound at full resolution (the seed's 24 mm window
+    marked), aeration, and the pooled 8 x 256 map the model learns."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ultrasound_diffusers.data.lung_media import AXIAL_PITCH_M, LATERAL_PITCH_M, lung_map_values, simulate_lung_media
+
+    media = simulate_lung_media(12, seed=seed)
+    picks = [0, 1, next(i for i in range(12) if media.category[i] == 2 and not media.effusion[i]),
+             next(i for i in range(12) if media.effusion[i])]
+    pooled = lung_map_values(media)[:, :32].reshape(12, 8, 4, 256, 4).mean(axis=(2, 4))
+    H, W = media.speed.shape[1:]
+    ext = [0, W * LATERAL_PITCH_M * 1e3, H * AXIAL_PITCH_M * 1e3, 0]
+    fig, axes = plt.subplots(len(picks), 3, figsize=(15, 2.3 * len(picks)))
+    for r, i in enumerate(picks):
+        name = LUNG_CATEGORIES[media.category[i]] + (" (effusion)" if media.effusion[i] else "")
+        im0 = axes[r, 0].imshow(media.speed[i], extent=ext, aspect="auto", cmap="viridis", vmin=500, vmax=1700)
+        axes[r, 0].axhline(24, color="w", ls="--", lw=0.8)
+        axes[r, 0].set_title(f"{name}: speed of sound (m/s; ribs > 1700 saturate)", fontsize=9)
+        im1 = axes[r, 1].imshow(media.aeration[i], extent=ext, aspect="auto", cmap="Blues", vmin=0, vmax=1)
+        axes[r, 1].set_title("aeration (air volume fraction)", fontsize=9)
+        im2 = axes[r, 2].imshow(pooled[i], extent=[0, 38.4, 24, 0], aspect="auto", cmap="gray", vmin=0, vmax=1)
+        axes[r, 2].set_title("pooled 8 x 256 map (normalised slowness)", fontsize=9)
+        for c, im in enumerate((im0, im1, im2)):
+            fig.colorbar(im, ax=axes[r, c], fraction=0.03)
+            axes[r, c].set_ylabel("depth (mm)", fontsize=8)
+        if r == len(picks) - 1:
+            for ax in axes[r]:
+                ax.set_xlabel("lateral position (mm)", fontsize=8)
+    fig.suptitle("Simulated chest media (rows: categories); dashed line: the seed keeps the first 24 mm (32 rows)",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def schedule_check() -> None:
+    """improved-diffusion's linear schedule scales with T (beta 0.1/T .. 20/T): T = 1000, 4000, 7000 discretise one
+    continuous schedule. Prints the largest gap in alpha_bar over t/T and the terminal signal level."""
+    def alpha_bar(T):
+        betas = np.linspace(0.1 / T, 20.0 / T, T, dtype=np.float64)
+        return np.cumprod(1.0 - betas)
+
+    s = np.linspace(0, 1, 1001)
+    ref = alpha_bar(1000)
+    print("\n## The linear schedule at T = 1000 vs the seed's T")
+    for T in (1000, 4000, 7000):
+        a = alpha_bar(T)
+        on_grid = np.interp(s, (np.arange(T) + 1) / T, a)
+        gap = np.abs(on_grid - np.interp(s, (np.arange(1000) + 1) / 1000, ref)).max()
+        print(f"T = {T}: alpha_bar_T = {a[-1]:.2e} (signal std {np.sqrt(a[-1]):.4f}), "
+              f"max |alpha_bar(t/T) - alpha_bar_1000(t/T)| = {gap:.4f}")
+
+
 def memorisation_figure(stats, gen_cat, held_cat, path: Path, steps: int):
     import matplotlib
 
@@ -141,6 +199,13 @@ def main() -> None:
     torch.set_num_threads(1)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.time()
+    lung_maps(200, seed=123)
+    print(f"simulation speed: {(time.time() - t0) / 200 * 1e3:.1f} ms per map (full 64 x 1024 media, pooled), one thread")
+    media_figure(Path(args.figure).with_name("lung_media.png"))
+    print(f"wrote {Path(args.figure).with_name('lung_media.png')}")
+    schedule_check()
 
     train, train_cat = load_maps(args.train)
     held, held_cat = load_maps(args.heldout)

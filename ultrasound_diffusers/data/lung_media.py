@@ -45,6 +45,7 @@ batch, so datasets of different sizes share prefixes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -52,13 +53,15 @@ import numpy as np
 from .lung import preprocess_lung_map
 
 __all__ = [
-    "AXIAL_PITCH_M", "C_MAX", "C_MIN", "DEFAULT_HEIGHT", "DEFAULT_WIDTH", "LATERAL_PITCH_M", "LUNG_CATEGORIES",
+    "AXIAL_PITCH_M", "C_MAX", "C_MIN", "DEFAULT_HEIGHT", "DEFAULT_WIDTH", "LATERAL_PITCH_M", "LUNG_CATEGORIES", "LUNG_PIPELINE_PATH",
     "LungMedia", "MATERIALS", "M_LUNG_TISSUE", "POOLED_SHAPE", "classify_lung_maps", "lung_dataset",
     "lung_features", "lung_map_values", "lung_maps", "map_to_aeration", "map_to_properties", "map_to_speed",
     "pooled_category_statistics", "simulate_lung_media", "speed_to_map",
 ]
 
 LUNG_CATEGORIES: Tuple[str, ...] = ("normal", "interstitial", "consolidation")
+#: The bundled unconditional lung model (an ``UltrasoundPipeline`` of 8 x 256 maps; card: model_cards/lung-phantom-8x256.md).
+LUNG_PIPELINE_PATH = Path(__file__).resolve().parents[1] / "assets" / "lung-phantom-8x256"
 DEFAULT_HEIGHT = 64
 DEFAULT_WIDTH = 1024
 LATERAL_PITCH_M = 37.5e-6
