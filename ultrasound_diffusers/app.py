@@ -22,16 +22,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+# Samplers offered on the page: ``"ddpm"`` (ancestral, the default) and the other ``generate --scheduler`` choices.
+from .samplers import SAMPLER_LABELS, SAMPLERS, check_sampler  # noqa: F401
+
 #: Install hint when gradio is missing.
 GRADIO_HINT = "the web demo needs gradio: pip install './ultrasound-diffusers[app]'"
-#: Samplers offered on the page: ``"ddpm"`` (ancestral, the default) and the other ``generate --scheduler`` choices.
-SAMPLERS = ("ddpm", "ddim", "dpm++", "sde-dpm++")
-SAMPLER_LABELS = {
-    "ddpm": "ddpm (ancestral)",
-    "ddim": "ddim (eta 0)",
-    "dpm++": "dpm++ (DPM-Solver++ 2M)",
-    "sde-dpm++": "sde-dpm++ (stochastic DPM-Solver++ 2M)",
-}
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 1.5
 #: Built-in examples: echo phantom label maps ``phantom_label_maps(NUM_EXAMPLES, seed=EXAMPLE_SEED)``.
@@ -177,9 +172,7 @@ def set_sampler(pipeline, sampler: str, base_config) -> None:
     config, so the B-maps stay those the model was trained with)."""
     from .schedulers.scheduling_bmap_dpmsolver_multistep import scheduler_for_sampler
 
-    if sampler not in SAMPLERS:
-        raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {sampler!r}")
-    pipeline.scheduler = scheduler_for_sampler(sampler, base_config)
+    pipeline.scheduler = scheduler_for_sampler(check_sampler(sampler, "sampler"), base_config)
 
 
 def attenuation_steps(num_train_timesteps: int) -> List[int]:

@@ -17,6 +17,8 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .samplers import sampler_name  # noqa: F401  (the demo title names the sampler)
+
 #: Folder of the bundled demonstration pipeline (model_index.json, unet/, scheduler/, README.md).
 DEMO_PIPELINE_PATH = Path(__file__).resolve().parent / "assets" / "bmap-echo-phantom-64"
 
@@ -75,21 +77,6 @@ def make_demo_figure(label_maps, images, scheduler, num_classes: int, steps: Seq
 
 #: ``kind`` of the output-folder marker of ``ultrasound-diffusers demo``.
 KIND = "demo"
-
-
-def sampler_name(scheduler, requested: Optional[str] = None) -> str:
-    """The short name of the sampler a scheduler runs (``ddpm``, ``ddim``, ``dpm++``, ``sde-dpm++``), or its
-    class name for a scheduler this package does not name; ``requested`` (the ``--scheduler`` choice) wins."""
-    if requested is not None:
-        return str(requested)
-    config = getattr(scheduler, "config", {})
-    algorithm = config.get("algorithm_type") if hasattr(config, "get") else None
-    if algorithm is not None:
-        return "sde-dpm++" if str(algorithm).startswith("sde") else "dpm++"
-    sampler = config.get("sampler") if hasattr(config, "get") else None
-    if sampler in ("ddpm", "ddim"):
-        return str(sampler)
-    return type(scheduler).__name__
 
 
 def demo_title(source: Union[str, os.PathLike], sampler: str, num_inference_steps: int, guidance_scale: float,

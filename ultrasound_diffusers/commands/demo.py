@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..samplers import SAMPLER_HELP, SAMPLERS
 from ._common import MAX_SEED, device_type, int_range, pipeline_source
 
 
@@ -15,9 +16,8 @@ def register(subparsers) -> None:
     p.add_argument("--num_inference_steps", type=int_range("--num_inference_steps", 1, 10000), default=50)
     p.add_argument("--guidance_scale", type=float, default=1.5)
     p.add_argument(
-        "--scheduler", default=None, choices=("ddpm", "ddim", "dpm++", "sde-dpm++"),
-        help="sampler built from the pipeline's scheduler config: ddpm (ancestral), ddim (eta 0), dpm++ "
-        "(DPM-Solver++ 2M) or sde-dpm++ (stochastic DPM-Solver++ 2M, 20 steps suffice); default: the pipeline's own",
+        "--scheduler", default=None, choices=SAMPLERS,
+        help=f"sampler built from the pipeline's scheduler config: {SAMPLER_HELP}; default: the pipeline's own",
     )
     p.add_argument("--seed", type=int_range("--seed", 0, MAX_SEED), default=0)
     p.add_argument("--output_dir", default="demo_output",

@@ -30,8 +30,8 @@ import shlex
 from typing import List
 
 _DTYPES = ("float32", "float16", "bfloat16")
-#: --scheduler choices (kept in sync with ultrasound_diffusers.schedulers.scheduling_bmap_dpmsolver_multistep)
-SAMPLER_CHOICES = ("ddpm", "ddim", "dpm++", "sde-dpm++")
+from ..samplers import SAMPLER_HELP
+from ..samplers import SAMPLERS as SAMPLER_CHOICES  # --scheduler choices
 
 
 def _optional_float(text: str):
@@ -64,8 +64,8 @@ def register(subparsers) -> None:
     p.add_argument("--eta", type=_optional_float, default=None, help="DDIM eta (default: the scheduler's own sampler)")
     p.add_argument(
         "--scheduler", default=None, choices=SAMPLER_CHOICES,
-        help="sampler, built from the pipeline's scheduler config (same B-maps): ddpm (ancestral), ddim (eta 0), "
-        "dpm++ (DPM-Solver++ 2M, 15-25 steps) or sde-dpm++ (its stochastic variant); default: the pipeline's own",
+        help=f"sampler, built from the pipeline's scheduler config (same B-maps): {SAMPLER_HELP}; default: the "
+        "pipeline's own",
     )
     p.add_argument("--batch_size", type=int_range("--batch_size", 1, 4096), default=8)
     p.add_argument("--chunk_size", type=int_range("--chunk_size", 1, 1000000), default=64, help="images per chunk: the unit of resuming and of work sharing")

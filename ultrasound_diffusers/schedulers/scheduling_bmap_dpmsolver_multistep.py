@@ -31,6 +31,7 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..geometry import CAMUS_FAN_APEX, CAMUS_FAN_HALF_ANGLE_DEG, CAMUS_FAN_RADII, FanGeometry
+from ..samplers import SAMPLERS, sampler_recipe
 from .diffusion_math import working_dtype
 from .scheduling_bmap_attenuation import (
     PREDICTION_TYPES,
@@ -48,7 +49,8 @@ FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 
 #: Names accepted by :func:`scheduler_for_sampler` (and the ``--scheduler`` option of the CLI).
-SAMPLER_CHOICES = ("ddpm", "ddim", "dpm++", "sde-dpm++")
+#: the sampler names (one home: :mod:`ultrasound_diffusers.samplers`)
+SAMPLER_CHOICES = SAMPLERS
 
 # Per-step (alpha, sigma, lambda) maps kept per sample shape; a multistep update needs up to four of them.
 _LEVEL_CACHE_SIZE = 8
@@ -617,19 +619,17 @@ def scheduler_for_sampler(name: str, config, **overrides):
     A config without B-map keys (a plain diffusers scheduler) gets ``bmap_min=1.0``, i.e. no attenuation, so
     the swap never changes the forward process the model was trained with. ``overrides`` go to ``from_config``.
     """
-    if name not in SAMPLER_CHOICES:
-        raise ValueError(f"`scheduler` must be one of {SAMPLER_CHOICES}, got {name!r}")
+    cls, keys = sampler_recipe(name)
     config = dict(config)
     extra = {} if "bmap_min" in config else {"bmap_min": 1.0}
-    if name in ("ddpm", "ddim"):
-        extra.update(sampler=name, ddim_eta=0.0)
+    extra.update(keys)
+    if cls == BMapAttenuationScheduler.__name__:
         if config.get("variance_type") not in VARIANCE_TYPES:
             extra["variance_type"] = "fixed_small"
         if config.get("timestep_spacing") not in TIMESTEP_SPACINGS:
             extra["timestep_spacing"] = "leading"
         extra.update(overrides)
         return BMapAttenuationScheduler.from_config(config, **extra)
-    extra["algorithm_type"] = "dpmsolver++" if name == "dpm++" else "sde-dpmsolver++"
     extra.update(overrides)
     return BMapDPMSolverMultistepScheduler.from_config(config, **extra)
 
