@@ -86,6 +86,12 @@ def place(tmp_path_factory):
     for i, row in enumerate(pairs):
         row["image"].save(root / "png" / "images" / f"{i:06d}.png")
         row["label"].save(root / "png" / "labels" / f"{i:06d}.png")
+    (root / "meta" / "scans").mkdir(parents=True)  # an imagefolder whose metadata pairs files of other stems
+    with open(root / "meta" / "metadata.jsonl", "w") as handle:
+        for i, row in enumerate(pairs):
+            row["image"].save(root / "meta" / "scans" / f"scan{i}.png")
+            row["label"].save(root / "meta" / "scans" / f"mask{i}.png")
+            handle.write(f'{{"image_file_name": "scans/scan{i}.png", "label_file_name": "scans/mask{i}.png"}}\n')
     np.save(root / "maps.npy", np.stack([np.asarray(r["label"]) for r in pairs]))
     _cache_datasets_layout(root / "datasets-cache", "org/pairs", pairs)
     _hub_cache_layout(root / "hub-cache", "org/snap", pairs)
@@ -172,6 +178,7 @@ TABLE = [
     ("org/snap", ("hub", "train"), {}),
     ("org/not-cached", (ValueError, "not in the local cache and offline mode is on"), {}),
     ("png", ("folder", "train"), {}),
+    ("meta", ("folder", "train"), {}),
     ("maps.npy", ("file", "train"), {"train": NO_PAIRS}),
     ("array", ("array", "train"), {"train": NO_PAIRS}),
     ("./nowhere", (FileNotFoundError, "does not exist"), {}),

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..image_processor import load_npy, read_label_file, resize_label_map, to_label_array
 from .converters import find_files
-from .sources import Source, open_source, parse_phantoms_spec
+from .sources import Source, folder_metadata, folder_pairs, open_source, parse_phantoms_spec
 
 PathLike = Union[str, os.PathLike]
 LABEL_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".npy")
@@ -234,10 +234,17 @@ def _array_labels(labels: Any) -> LabelSource:
     return ArrayLabelSource(labels)
 
 
-def _folder_labels(path: Path) -> LabelSource:
-    """A folder of label files; in the PNG dialect (``images/`` + ``labels/``) its ``labels/`` folder."""
-    if (path / "images").is_dir() and (path / "labels").is_dir():
-        return FolderLabelSource(path / "labels")
+def _folder_labels(path: Path, argument: str) -> LabelSource:
+    """A folder of label files; in the package's folder dialect of image + label pairs (a metadata file at the
+    top, or ``images/`` + ``labels/``: :func:`ultrasound_diffusers.data.sources.folder_pairs`) its label files."""
+    if folder_metadata(path) is None and (path / "images").is_dir() and (path / "labels").is_dir():
+        return FolderLabelSource(path / "labels")  # read one by one, as they are asked for
+    if folder_metadata(path) is not None:
+        _, files = folder_pairs(path)
+        if files is None:
+            raise ValueError(f"{argument} {path} pairs no label maps with its images (no label_file_name column)")
+        return ArrayLabelSource([read_label_image(f) for f in files], ids=[f.relative_to(path).as_posix() for f in files],
+                                description=f"label map files of {path} ({len(files)})")
     return FolderLabelSource(path)
 
 
@@ -282,7 +289,7 @@ def load_label_source(
         result = DatasetLabelSource(source.dataset, label_column, id_column,
                                     description=f"{where} ({source.dataset.num_rows} rows), column {label_column!r}")
     elif source.kind == "folder":
-        result = _folder_labels(source.path)
+        result = _folder_labels(source.path, argument)
     elif source.kind == "file":
         result = _file_labels(source.path, argument)
     else:

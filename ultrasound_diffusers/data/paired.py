@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..image_processor import load_npy, resize_label_map, to_image_array, to_label_array
-from .sources import PHANTOMS_USAGE, Source, folder_pairs, open_source
+from .sources import PHANTOMS_USAGE, Source, folder_metadata, folder_pairs, open_source, pick_split
 
 __all__ = [
     "PairedSplits",
@@ -87,18 +87,19 @@ def _phantom_pairs(source: Source, size: SizeLike, num_phantoms: int, seed: int,
 def _folder_pairs_dataset(source: Source, cache_dir: Optional[str]) -> Tuple[Any, Any]:
     """A folder as training pairs: the package's folder dialect (``images/`` + ``labels/`` matched by stem, as
     ``generate --export png`` and ``phantoms --png_dir`` write) as ``image`` / ``label`` columns of file paths;
-    any other folder through ``datasets``' ``imagefolder`` builder (a metadata file pairs the files)."""
+    a folder with a metadata file at its top (or any other folder) through ``datasets``' ``imagefolder`` builder
+    (its ``*_file_name`` columns pair the files, its other columns come along)."""
     import datasets
 
     path = Path(source.path)
-    if (path / "images").is_dir() and (path / "labels").is_dir():
+    if folder_metadata(path) is None and (path / "images").is_dir() and (path / "labels").is_dir():
         images, labels = folder_pairs(path)
         columns = {"image": [str(p) for p in images], "label": [str(p) for p in labels]}
         features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
         return datasets.Dataset.from_dict(columns, features=features), None
     loaded = datasets.load_dataset("imagefolder", data_dir=str(path), cache_dir=cache_dir)
-    split_source = open_source(loaded, None, argument=source.description)
-    return split_source.dataset, split_source.other_split("validation")
+    split = pick_split(loaded, None, source.description)
+    return loaded[split], (loaded.get("validation") if split != "validation" else None)
 
 
 def load_paired_splits(

@@ -13,7 +13,14 @@ of training :func:`ultrasound_diffusers.data.paired.load_paired_splits`; both op
 """
 
 from .images import (
-    DEFAULT_PHANTOM_SIZE, IMAGE_EXTENSIONS, ImageSet, folder_pairs, image_to_array, label_to_array, load_image_set,
+    DEFAULT_PHANTOM_SIZE,
+    IMAGE_EXTENSIONS,
+    ImageSet,
+    folder_metadata,
+    folder_pairs,
+    image_to_array,
+    label_to_array,
+    load_image_set,
 )
 from .resolve import NO_SPLITS, SOURCE_KINDS, Source, open_source, pick_split, source_kind
 from .spelling import (
@@ -32,6 +39,7 @@ __all__ = [
     "DEFAULT_PHANTOM_SIZE",
     "IMAGE_EXTENSIONS",
     "ImageSet",
+    "folder_metadata",
     "folder_pairs",
     "NO_SPLITS",
     "PHANTOMS_PREFIX",

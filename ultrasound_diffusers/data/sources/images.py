@@ -36,7 +36,7 @@ from PIL import Image
 from ...image_processor import load_npy, resize_label_map, to_image_array, to_label_array
 from .resolve import Source, open_source
 
-__all__ = ["DEFAULT_PHANTOM_SIZE", "IMAGE_EXTENSIONS", "ImageSet", "folder_pairs", "image_to_array", "label_to_array",
+__all__ = ["DEFAULT_PHANTOM_SIZE", "IMAGE_EXTENSIONS", "ImageSet", "folder_metadata", "folder_pairs", "image_to_array", "label_to_array",
            "load_image_set", "resize_image", "resize_label"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -159,11 +159,47 @@ def _list_images(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+#: Metadata files of an ``imagefolder`` (at the folder's top) whose ``*_file_name`` columns pair the files.
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+
+
+def folder_metadata(folder: Path) -> Optional[Path]:
+    """The ``imagefolder`` metadata file at the top of ``folder``, or None."""
+    return next((folder / name for name in METADATA_FILES if (folder / name).is_file()), None)
+
+
+def _metadata_pairs(metadata: Path) -> Tuple[List[Path], Optional[List[Path]]]:
+    """Image and label files named by a metadata file: ``image_file_name`` (or ``file_name``) and
+    ``label_file_name`` columns, relative to its folder."""
+    import csv
+    import json
+
+    text = metadata.read_text(encoding="utf-8")
+    if metadata.suffix == ".jsonl":
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        rows = list(csv.DictReader(text.splitlines()))
+    image_key = next((k for k in ("image_file_name", "file_name") if rows and k in rows[0]), None)
+    if image_key is None:
+        raise ValueError(f"{metadata} names no images (an image_file_name or file_name column)")
+    images = [metadata.parent / row[image_key] for row in rows]
+    labels = [metadata.parent / row["label_file_name"] for row in rows] if "label_file_name" in rows[0] else None
+    missing = [p for p in images + (labels or []) if not p.is_file()]
+    if missing:
+        raise ValueError(f"{metadata} names {len(missing)} file(s) that do not exist, e.g. {missing[0]}")
+    return images, labels
+
+
 def folder_pairs(folder: Path, label_dir: str = "labels") -> Tuple[List[Path], Optional[List[Path]]]:
-    """The image files of a folder and their label files, by the package's folder dialect: with an ``images/``
-    sub-folder the images are there and the label maps in the sibling ``label_dir`` (matched by stem; the PNG
-    folders ``generate --export png`` and ``phantoms --png_dir`` write), else the image files directly inside
-    and label maps in ``folder/label_dir`` when it exists. Returns ``(image files, label files or None)``."""
+    """The image files of a folder and their label files, by the package's folder dialect: a metadata file at the
+    top (``metadata.jsonl`` / ``.csv`` of an ``imagefolder``) pairs them by its ``image_file_name`` /
+    ``label_file_name`` columns; else with an ``images/`` sub-folder the images are there and the label maps in
+    the sibling ``label_dir`` (matched by stem; the PNG folders ``generate --export png`` and
+    ``phantoms --png_dir`` write), else the image files directly inside and label maps in ``folder/label_dir``
+    when it exists. Returns ``(image files, label files or None)``."""
+    metadata = folder_metadata(folder)
+    if metadata is not None:
+        return _metadata_pairs(metadata)
     image_dir = folder / "images" if (folder / "images").is_dir() else folder
     files = _list_images(image_dir)
     if not files:
