@@ -145,6 +145,10 @@ def test_echo_phantoms_inside_real_ranges(size):
     # known gaps at 64 px (reported on issue 19): window std and axial grain are slightly above the real range,
     # which at 64 px rests on few windows; they are held to 25 % above its top instead
     loose = {"homogeneous_std", "grain_axial_rel_depth"} if size == 64 else set()
+    # known gap (issue 32, open): the phantoms' tissue brightens over the deepest 10 % instead of fading; the
+    # tissue-only far-field ratio sees it (above 1, real scans 0.54-0.89). When the phantoms are recalibrated this
+    # assertion fails and the metric joins the others.
+    assert cmp.pop("far_field_ratio")["value"] > 1.0
     for key, c in cmp.items():
         if key in loose:
             assert c["value"] < 1.25 * c["high"], (key, c)
@@ -234,3 +238,74 @@ def test_evaluate_realism_section_against_real_ranges(tmp_path):
     # no reference range at 32 px: values only, said so
     small = evaluate(imgs[:, ::2, ::2], imgs[:, ::2, ::2], tmp_path / "rep32", metrics="realism", progress=False)
     assert small["realism"]["reference_resolution"] is None and "no real-scan range" in small["realism"]["note"]
+
+
+# ------------------------------------------------------------------ metrics that can fail (issue 32)
+def _fan(size=128):
+    yy, xx = np.mgrid[:size, :size].astype(float)
+    r = np.hypot(yy, xx - size / 2)
+    angle = np.degrees(np.arctan2(xx - size / 2, yy))
+    return (r <= 0.97 * size) & (np.abs(angle) <= 35)
+
+
+def _scans(gain, blur=0.8, contrast=1.5, n=4, seed=0):
+    """Synthetic sector scans: smoothed Rayleigh speckle times a depth gain (with a bright chest-wall band in the
+    first 10 % of the depth, as real apical views have)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    mask = _fan()
+    depth = np.nan_to_num(R.normalised_depth(mask))
+    images = []
+    for _ in range(n):
+        envelope = gaussian_filter(rng.rayleigh(1.0, mask.shape), blur)
+        envelope /= envelope.mean()
+        g = np.where(depth < 0.1, 2.2, gain(depth))
+        images.append(np.clip(np.where(mask, 0.2 * g * (1 + contrast * (envelope - 1)), 0), 0, 1))
+    return np.stack(images), np.broadcast_to(mask, (n,) + mask.shape)
+
+
+def _fade(d):
+    return 1.0 - 0.25 * np.clip((d - 0.5) / 0.5, 0, 1)
+
+
+def _rise(d):  # 1.8-fold over the last 40 % of the depth, the U-shaped phantom profile of issue 32
+    return 0.6 * (1.0 + 0.8 * np.clip((d - 0.6) / 0.4, 0, 1))
+
+
+def test_normalised_depth_is_radial_in_a_sector_and_by_rows_in_a_rectangle():
+    d = R.normalised_depth(_fan())
+    assert np.nanmax(d) == pytest.approx(1.0) and np.nanmin(d) == pytest.approx(0.0)
+    assert d[60, 64] == pytest.approx(60 / np.nanmax(np.hypot(*np.nonzero(_fan())[::-1] - np.array([[64], [0]]))), rel=0.05)
+    rect = np.zeros((10, 6), bool)
+    rect[2:8, 1:5] = True
+    assert np.allclose(R.normalised_depth(rect)[2:8, 2], np.linspace(0, 1, 6))
+
+
+def test_far_field_ratio_flags_a_rising_profile_that_far_field_falloff_misses():
+    ranges = R.REAL_SCAN_RANGES[128]
+    fade = R.realism_report(*_scans(_fade))
+    rise = R.realism_report(*_scans(_rise))
+    assert R.compare_to_reference(fade, ranges)["far_field_ratio"]["inside"]
+    assert not R.compare_to_reference(rise, ranges)["far_field_ratio"]["inside"]
+    assert rise["far_field_ratio"] > 1.3 > 0.9 > fade["far_field_ratio"]
+    # the old definition (deepest bin over the near-field maximum) scores both inside the real range
+    assert R.compare_to_reference(rise, ranges)["far_field_falloff"]["inside"]
+    assert R.compare_to_reference(fade, ranges)["far_field_falloff"]["inside"]
+
+
+def test_far_field_ratio_reads_tissue_only():
+    """Dark pools (blood) at mid depth must not make the far field look bright: they are not tissue."""
+    images, masks = _scans(_fade)
+    depth = np.nan_to_num(R.normalised_depth(masks[0]))
+    pooled = images.copy()
+    pooled[:, (depth > 0.62) & (depth < 0.78) & (np.abs(np.arange(128) - 64) < 20)[None, :]] = 0.01
+    assert R.far_field_ratio(pooled, masks) == pytest.approx(R.far_field_ratio(images, masks), rel=0.08)
+
+
+@pytest.mark.parametrize("kind", ["despeckled", "too contrasted"])
+def test_window_std_flags_despeckled_and_overcontrasted_images(kind):
+    ranges = R.REAL_SCAN_RANGES[128]
+    assert R.compare_to_reference(R.realism_report(*_scans(_fade)), ranges)["homogeneous_std"]["inside"]
+    bad = _scans(_fade, blur=4.0) if kind == "despeckled" else _scans(_fade, contrast=3.5)
+    assert not R.compare_to_reference(R.realism_report(*bad), ranges)["homogeneous_std"]["inside"]

@@ -40,6 +40,7 @@ METRICS = (
     "grain_axial_rel_depth",
     "grain_lateral_rel_depth",
     "far_field_falloff",
+    "far_field_ratio",
 )
 
 
@@ -213,6 +214,63 @@ def far_field_falloff(images, masks=None) -> float:
     return float(np.nanmean(p[-2:]) / np.nanmax(p))
 
 
+def normalised_depth(mask: np.ndarray) -> np.ndarray:
+    """Depth of every pixel in [0, 1] inside a scan area (NaN outside): for a sector (the first scan-area row is
+    under a quarter as wide as the widest) the distance from the apex (centre of the first row) over the largest
+    distance inside the area, as sound travels; for a rectangular area the row, from the first to the last
+    scan-area row. float64 [H, W]."""
+    msk = np.asarray(mask, dtype=bool)
+    rows = np.flatnonzero(msk.any(axis=1))
+    out = np.full(msk.shape, np.nan)
+    if rows.size == 0:
+        return out
+    widths = msk.sum(axis=1)
+    r0 = rows[0]
+    yy, xx = np.mgrid[: msk.shape[0], : msk.shape[1]].astype(np.float64)
+    if widths[r0] < 0.25 * widths.max():
+        c0 = float(np.flatnonzero(msk[r0]).mean())
+        dist = np.hypot(yy - r0, xx - c0)
+    else:
+        dist = yy - r0
+    far = dist[msk].max()
+    out[msk] = dist[msk] / far if far > 0 else 0.0
+    return out
+
+
+def tissue_mask(image, mask=None, dark: float = 0.05, window: int = 5) -> np.ndarray:
+    """Tissue pixels of one image: inside the scan area, where the local mean over ``window`` x ``window`` pixels
+    exceeds ``dark`` (blood pools, fluid and shadows are below it; real scans and phantoms alike). bool [H, W]."""
+    x, m = _as_batch(image, mask)
+    return m[0] & (_box_mean(x[0], int(window)) > dark)
+
+
+def far_field_ratio(images, masks=None, tissue=None, deep: Tuple[float, float] = (0.9, 1.0),
+                    mid: Tuple[float, float] = (0.6, 0.8)) -> float:
+    """Tissue-only far-field ratio: the mean grey level of tissue at normalised depth ``deep`` (the deepest 10 %,
+    :func:`normalised_depth`, radial in a sector) over that of tissue at ``mid`` (60-80 % of the depth), pooled
+    over images. Real scans fade there (below 1); a profile that rises towards the bottom scores above 1, which
+    :func:`far_field_falloff` (deepest bin over the near-field maximum) cannot see.
+
+    Args:
+        images, masks: as for :func:`depth_profile`.
+        tissue: optional tissue masks (bool, like ``masks``, e.g. from label maps); default :func:`tissue_mask`.
+    """
+    x, m = _as_batch(images, masks)
+    t = None if tissue is None else _as_batch(x, tissue)[1]
+    sums = np.zeros(2)
+    counts = np.zeros(2)
+    for i, (img, msk) in enumerate(zip(x, m)):
+        depth = normalised_depth(msk)
+        keep = (tissue_mask(img, msk) if t is None else (t[i] & msk))
+        for j, (lo, hi) in enumerate((deep, mid)):
+            sel = keep & (depth >= lo) & (depth <= hi)
+            sums[j] += img[sel].sum()
+            counts[j] += sel.sum()
+    if counts.min() == 0 or sums[1] <= 0:
+        return float("nan")
+    return float((sums[0] / counts[0]) / (sums[1] / counts[1]))
+
+
 def realism_report(images, masks=None, window: Optional[int] = None) -> Dict[str, float]:
     """All realism statistics of an image set as a flat dict (keys :data:`METRICS`, plus the depth profile
     as ``depth_profile`` (list of 20 floats))."""
@@ -221,6 +279,7 @@ def realism_report(images, masks=None, window: Optional[int] = None) -> Dict[str
     out["homogeneous_std"] = homogeneous_std(x, m, window)
     out["grain_axial_rel_depth"], out["grain_lateral_rel_depth"] = speckle_grain(x, m, window)
     out["far_field_falloff"] = far_field_falloff(x, m)
+    out["far_field_ratio"] = far_field_ratio(x, m)
     out["depth_profile"] = [float(v) for v in depth_profile(x, m)]
     return out
 
@@ -323,19 +382,19 @@ def measure_real_scans(resolutions: Sequence[Optional[int]] = (None, 64, 128)) -
 #: 120 rows, so its "128" is a slight upsampling; at 64 px it has no homogeneous window: NaN).
 REAL_SCAN_STATS: Dict[str, Dict[Optional[int], Dict[str, float]]] = {
     "gdcm-US-ALOKA-16.dcm": {
-        None: dict(grey_mean=0.1030, grey_median=0.0706, frac_above_0p8=0.0, grey_skew=1.7609, homogeneous_std=0.0497, grain_axial_rel_depth=0.0069, grain_lateral_rel_depth=0.0177, far_field_falloff=0.5414),
-        64: dict(grey_mean=0.1037, grey_median=0.0785, frac_above_0p8=0.0, grey_skew=1.1054, homogeneous_std=0.0374, grain_axial_rel_depth=0.0214, grain_lateral_rel_depth=0.0348, far_field_falloff=0.5311),
-        128: dict(grey_mean=0.1033, grey_median=0.0749, frac_above_0p8=0.0, grey_skew=1.2540, homogeneous_std=0.0401, grain_axial_rel_depth=0.0110, grain_lateral_rel_depth=0.0211, far_field_falloff=0.5386),
+        None: dict(grey_mean=0.1030, grey_median=0.0706, frac_above_0p8=0.0, grey_skew=1.7609, homogeneous_std=0.0497, grain_axial_rel_depth=0.0069, grain_lateral_rel_depth=0.0177, far_field_falloff=0.5414, far_field_ratio=0.3812),
+        64: dict(grey_mean=0.1037, grey_median=0.0785, frac_above_0p8=0.0, grey_skew=1.1054, homogeneous_std=0.0374, grain_axial_rel_depth=0.0214, grain_lateral_rel_depth=0.0348, far_field_falloff=0.5311, far_field_ratio=0.7444),
+        128: dict(grey_mean=0.1033, grey_median=0.0749, frac_above_0p8=0.0, grey_skew=1.2540, homogeneous_std=0.0401, grain_axial_rel_depth=0.0110, grain_lateral_rel_depth=0.0211, far_field_falloff=0.5386, far_field_ratio=0.5434),
     },
     "US1_UNCR.dcm": {
-        None: dict(grey_mean=0.2063, grey_median=0.1922, frac_above_0p8=0.0001, grey_skew=0.7624, homogeneous_std=0.0610, grain_axial_rel_depth=0.0103, grain_lateral_rel_depth=0.0203, far_field_falloff=0.6483),
-        64: dict(grey_mean=0.2070, grey_median=0.1944, frac_above_0p8=0.0, grey_skew=0.5517, homogeneous_std=0.0432, grain_axial_rel_depth=0.0151, grain_lateral_rel_depth=0.0218, far_field_falloff=0.6540),
-        128: dict(grey_mean=0.2075, grey_median=0.1922, frac_above_0p8=0.0, grey_skew=0.7251, homogeneous_std=0.0545, grain_axial_rel_depth=0.0103, grain_lateral_rel_depth=0.0221, far_field_falloff=0.6462),
+        None: dict(grey_mean=0.2063, grey_median=0.1922, frac_above_0p8=0.0001, grey_skew=0.7624, homogeneous_std=0.0610, grain_axial_rel_depth=0.0103, grain_lateral_rel_depth=0.0203, far_field_falloff=0.6483, far_field_ratio=0.9014),
+        64: dict(grey_mean=0.2070, grey_median=0.1944, frac_above_0p8=0.0, grey_skew=0.5517, homogeneous_std=0.0432, grain_axial_rel_depth=0.0151, grain_lateral_rel_depth=0.0218, far_field_falloff=0.6540, far_field_ratio=0.8886),
+        128: dict(grey_mean=0.2075, grey_median=0.1922, frac_above_0p8=0.0, grey_skew=0.7251, homogeneous_std=0.0545, grain_axial_rel_depth=0.0103, grain_lateral_rel_depth=0.0221, far_field_falloff=0.6462, far_field_ratio=0.892),
     },
     "color-pl.dcm": {
-        None: dict(grey_mean=0.1559, grey_median=0.0941, frac_above_0p8=0.0004, grey_skew=1.8264, homogeneous_std=0.0453, grain_axial_rel_depth=0.0099, grain_lateral_rel_depth=0.0440, far_field_falloff=0.3449),
-        64: dict(grey_mean=0.1544, grey_median=0.0967, frac_above_0p8=0.0003, grey_skew=1.8107, homogeneous_std=float("nan"), grain_axial_rel_depth=float("nan"), grain_lateral_rel_depth=float("nan"), far_field_falloff=0.3486),
-        128: dict(grey_mean=0.1565, grey_median=0.0941, frac_above_0p8=0.0005, grey_skew=1.8465, homogeneous_std=0.0417, grain_axial_rel_depth=0.0086, grain_lateral_rel_depth=0.0396, far_field_falloff=0.3374),
+        None: dict(grey_mean=0.1559, grey_median=0.0941, frac_above_0p8=0.0004, grey_skew=1.8264, homogeneous_std=0.0453, grain_axial_rel_depth=0.0099, grain_lateral_rel_depth=0.0440, far_field_falloff=0.3449, far_field_ratio=0.689),
+        64: dict(grey_mean=0.1544, grey_median=0.0967, frac_above_0p8=0.0003, grey_skew=1.8107, homogeneous_std=float("nan"), grain_axial_rel_depth=float("nan"), grain_lateral_rel_depth=float("nan"), far_field_falloff=0.3486, far_field_ratio=0.6728),
+        128: dict(grey_mean=0.1565, grey_median=0.0941, frac_above_0p8=0.0005, grey_skew=1.8465, homogeneous_std=0.0417, grain_axial_rel_depth=0.0086, grain_lateral_rel_depth=0.0396, far_field_falloff=0.3374, far_field_ratio=0.6953),
     },
 }
 
