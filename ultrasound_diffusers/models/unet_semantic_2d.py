@@ -711,6 +711,9 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = True
     _skip_layerwise_casting_patterns = ["norm"]
+    # Regional compilation (diffusers' ``model.compile_repeated_blocks()``): the blocks that repeat through the
+    # network are compiled once per class instead of the whole forward.
+    _repeated_blocks = ["ResnetBlock2D", "AttentionBlock2D"]
 
     @register_to_config
     def __init__(
