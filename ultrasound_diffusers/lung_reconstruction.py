@@ -37,6 +37,7 @@ __all__ = [
     "parse_fmc_spec",
     "prediction_interval",
     "reconstruct_lung",
+    "run_lung_reconstruction",
     "simulate_rf",
 ]
 
@@ -69,6 +70,20 @@ def parse_fmc_spec(text: str) -> Dict[str, Optional[float]]:
         else:
             out[key] = number
     return out
+
+
+def fmc_operator_from_spec(arg: str, size=None, noise_std: Optional[float] = None):
+    """The operator of the text after ``fmc:`` (:func:`parse_fmc_spec`), for 8 x 256 lung maps: a
+    ``MultistaticOperator`` whose ``snr_db`` attribute sets the noise of ``measure`` (``noise_std``, absolute in
+    data units, overrides the SNR)."""
+    from .data.lung_media import POOLED_SHAPE
+
+    if size is not None and tuple(int(v) for v in np.broadcast_to(size, (2,))[-2:]) != tuple(POOLED_SHAPE):
+        raise ValueError(f"the fmc operator images lung maps of {POOLED_SHAPE[0]}x{POOLED_SHAPE[1]}, got size {size}")
+    options = parse_fmc_spec(arg)
+    op = lung_rf_operator(options["tx"], options["rx"], noise_std=0.0 if noise_std is None else float(noise_std))
+    op.snr_db = None if noise_std is not None else options["snr"]
+    return op
 
 
 def lung_rf_operator(transmitters=None, receivers=None, noise_std: float = 0.0, **kwargs):
@@ -301,3 +316,122 @@ def map_metrics(pred: np.ndarray, truth: np.ndarray, categories: Optional[np.nda
         out["coverage"] = float(inside.mean())
         out["interval_width"] = float((np.asarray(upper) - np.asarray(lower)).mean())
     return out
+
+
+# ------------------------------------------------------------------------------------------------ figure / CLI
+def make_lung_rf_figure(cases, title: str = ""):
+    """Rows of (true map, RF data of the centre transmitter, DAS envelope in dB, reconstruction mean, 90 %
+    interval width, |error|) for ``cases``: dicts with ``truth``, ``channels`` [T, E, E], ``das`` [H, W] (envelope),
+    ``mean``, ``lower``, ``upper`` ([H, W] maps in [0, 1]) and a ``label``."""
+    from .visualization import new_figure
+
+    rows = len(cases)
+    fig = new_figure(figsize=(17, 1.55 * rows + 0.8))
+    axes = np.atleast_2d(fig.subplots(rows, 6))
+    names = ("true map", "RF data, transmitter 16", "DAS envelope (dB)", "posterior mean", "90 % interval width",
+             "|mean - truth|")
+    for r, case in enumerate(cases):
+        y = np.asarray(case["channels"])
+        das_db = 20 * np.log10(np.maximum(case["das"] / max(case["das"].max(), 1e-30), 1e-3))
+        panels = [
+            (case["truth"], dict(cmap="viridis", vmin=0, vmax=1)),
+            (y[:, y.shape[1] // 2, :], dict(cmap="gray", vmin=-np.abs(y).max(), vmax=np.abs(y).max())),
+            (das_db, dict(cmap="gray", vmin=-60, vmax=0)),
+            (case["mean"], dict(cmap="viridis", vmin=0, vmax=1)),
+            (case["upper"] - case["lower"], dict(cmap="magma", vmin=0, vmax=0.6)),
+            (np.abs(case["mean"] - case["truth"]), dict(cmap="magma", vmin=0, vmax=0.6)),
+        ]
+        for c, (image, style) in enumerate(panels):
+            ax = axes[r, c]
+            im = ax.imshow(image, aspect="auto", interpolation="nearest", **style)
+            if r == 0:
+                ax.set_title(names[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel(case.get("label", ""), fontsize=8)
+            if c == 1:
+                ax.set_xlabel("receiver" if r == rows - 1 else "", fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == rows - 1:
+                fig.colorbar(im, ax=axes[:, c], orientation="horizontal", fraction=0.04, pad=0.02)
+    axes[-1, 0].set_xlabel("38.4 mm wide, 24 mm deep (8 x 256)", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def run_lung_reconstruction(pipeline=None, image: Optional[str] = None, operator: str = "fmc", noise_std=None,
+                            num_samples: int = 8, num_inference_steps: int = 50, guidance_step_size: float = 1.0,
+                            seed: int = 0, out="reconstruction_output", device: str = "cpu", image_index: int = 0,
+                            method: str = "dps", overwrite: bool = False) -> dict:
+    """``ultrasound-diffusers reconstruct --operator fmc:...``: simulate the RF data of one lung map, reconstruct it
+    with the lung prior and write ``reconstruction.png``, ``reconstruction.npz`` and ``metrics.json``.
+
+    ``image``: ``phantoms:lung[:N[:SEED]]`` (map ``image_index`` of that set; default the held-out seed 4242) or
+    a ``.npy`` map [8, 256] in [0, 1]. The output folder follows the package's output rule (``overwrite``)."""
+    import io
+    import json
+
+    from .data.lung_media import LUNG_CATEGORIES, lung_maps
+    from .data.sources import PHANTOMS_PREFIX, parse_phantoms_spec
+    from .reconstruction import HELD_OUT_SEED, KIND, load_pipeline
+    from .utils.io import check_output_dir, write_output_folder
+    from .visualization import save_figure
+
+    inputs = [pipeline, image]
+    check_output_dir(out, KIND, inputs=inputs, overwrite=overwrite)
+    start = time.perf_counter()
+    pipe = load_pipeline(pipeline, device)
+    if int(getattr(pipe.unet.config, "num_classes", 0) or 0) != 0:
+        raise ValueError("the lung reconstruction needs an unconditional lung prior (num_classes=0) as --pipeline")
+    kind, _, arg = str(operator).partition(":")
+    if kind not in ("fmc", "multistatic"):
+        raise ValueError(f"`operator` must be fmc[:tx=K,rx=K,snr=DB], got {operator!r}")
+    op = fmc_operator_from_spec(arg, noise_std=noise_std)
+    category = None
+    if image is None or str(image).startswith(PHANTOMS_PREFIX + ":"):
+        anatomy, set_seed = "lung", HELD_OUT_SEED
+        if image is not None:
+            parsed = parse_phantoms_spec(image, argument="--image")
+            anatomy, set_seed = parsed.anatomy, parsed.seed
+            if parsed.num is not None and image_index >= parsed.num:
+                raise ValueError(f"`--image` {image!r} holds {parsed.num} maps; map {image_index} is not one of them")
+        if anatomy != "lung":
+            raise ValueError(f"the fmc operator reconstructs lung maps: use --image phantoms:lung[:N[:SEED]], got {image!r}")
+        maps, cats = lung_maps(1, seed=set_seed, start=int(image_index))
+        truth, category = maps[0].astype(np.float64), int(cats[0])
+        description = f"lung map {image_index} (seed {set_seed}, {LUNG_CATEGORIES[category]})"
+    else:
+        path = Path(image)
+        if path.suffix.lower() != ".npy" or not path.is_file():
+            raise ValueError(f"`--image` must be phantoms:lung[:N[:SEED]] or a .npy lung map, got {image!r}")
+        truth = np.squeeze(np.load(path, allow_pickle=False)).astype(np.float64)
+        if truth.shape != tuple(op.size) or truth.min() < 0 or truth.max() > 1:
+            raise ValueError(f"the map {path} must be {op.size} with values in [0, 1], got {truth.shape}")
+        description = path.name
+    x = torch.from_numpy(truth * 2 - 1).float()[None, None]
+    y = op.measure(x, generator=torch.Generator().manual_seed(seed + 1))
+    compressed = op.compressed()
+    result = reconstruct_lung(pipe, y, op, compressed, num_samples, num_inference_steps, guidance_step_size,
+                              method=method, seed=seed)
+    das = op.das_envelope(y)[0].double().numpy()
+    metrics = map_metrics(result["mean"][None], truth[None], None if category is None else np.array([category]),
+                          result["lower"][None], result["upper"][None])
+    summary = {"image": description, "operator": repr(op), "snr_db": getattr(op, "snr_db", None),
+               "noise_std": float(op.noise_std), "method": method, "num_samples": num_samples,
+               "num_inference_steps": num_inference_steps, "guidance_step_size": guidance_step_size, "seed": seed,
+               **{f"reconstruction_{k}": v for k, v in metrics.items()},
+               "final_residual_rms": result["final_residual"], "seconds": round(time.perf_counter() - start, 2)}
+    fig = make_lung_rf_figure([{**result, "truth": truth, "channels": y[0].numpy(), "das": das, "label": description}],
+                              f"{description}: {operator}, {num_samples} samples, {num_inference_steps} steps")
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, truth=truth, mean=result["mean"], lower=result["lower"], upper=result["upper"],
+                        samples=result["samples"], das=das)
+
+    def build(folder: Path) -> None:
+        save_figure(fig, folder / "reconstruction.png")
+        (folder / "reconstruction.npz").write_bytes(buffer.getvalue())
+        (folder / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+    write_output_folder(build, out, KIND, inputs=inputs, overwrite=overwrite)
+    return summary

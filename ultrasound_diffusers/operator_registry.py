@@ -97,6 +97,12 @@ def _channels(arg: str, size, scheduler, noise_std) -> ForwardOperator:
     return operator_from_spec(arg, size, scheduler=scheduler, noise_std=noise_std)
 
 
+def _fmc(arg: str, size, scheduler, noise_std) -> ForwardOperator:
+    from .lung_reconstruction import fmc_operator_from_spec  # heavy: only where lung RF data are asked for
+
+    return fmc_operator_from_spec(arg, size, noise_std=noise_std)
+
+
 #: kind -> its spelling; the kinds in ``aliases`` name the same operator.
 OPERATOR_BUILDERS: Dict[str, OperatorSpelling] = {
     "missing_lines": OperatorSpelling(
@@ -121,6 +127,12 @@ OPERATOR_BUILDERS: Dict[str, OperatorSpelling] = {
         "channels[:elements=K][:transmits=I,J|single][:snr=DB]",
         "channel I/Q data of a phased / linear array (ultrasound_diffusers.acoustics): sparse receive aperture, "
         "fewer transmits, channel noise", _channels,
+    ),
+    "fmc": OperatorSpelling(
+        "fmc[:tx=K,rx=K,snr=DB]",
+        "lung RF full-matrix capture (ultrasound_diffusers.acoustics.multistatic; 8 x 256 lung maps): K evenly "
+        "spread transmitters / receivers of the 32 (default all), channel noise at SNR DB (default 20)", _fmc,
+        ("multistatic",),
     ),
 }
 

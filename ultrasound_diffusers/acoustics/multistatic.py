@@ -302,9 +302,13 @@ class FullMatrixCapture:
         rows, cols, vals, shape = self._delay_matrix(self._tau1, self._tau1, amp, amp)
 
         def csr(r, c, v, size):
+            import warnings
+
             index = torch.from_numpy(np.stack([r, c]))
             coo = torch.sparse_coo_tensor(index, torch.from_numpy(v).to(self.dtype), size, check_invariants=False)
-            return coo.coalesce().to_sparse_csr()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                return coo.coalesce().to_sparse_csr()
 
         self._s, self._st = csr(rows, cols, vals, shape), csr(cols, rows, vals, shape[::-1])
         self._triplets = (rows, cols, vals, shape)
@@ -466,8 +470,8 @@ class MultistaticOperator(LinearOperator):
         scatter (`float`, defaults to 0.2): diffuse backscatter per unit map value.
         lateral_pool (`int`, defaults to 2): map columns per reflectivity column (8 x 128 reflectivity grid:
             0.3 mm, below the array's lateral resolution of about a wavelength, 0.5 mm).
-        gain (`float`, *optional*): data scale (default: 1 / peak full-matrix data of a unit step at mid-depth
-            without attenuation; the same for every subset).
+        gain (`float`, *optional*): data scale (default: 1 / the peak of the centre element's transmission for
+            a unit reflector row at mid-depth without attenuation; the same for every subset).
         noise_std (`float`): channel noise standard deviation in data units (see :meth:`measure` for an SNR).
         das_oversampling (`int`, defaults to 8): DAS rows per map row.
         dtype: float32 (default) or float64.
@@ -510,10 +514,10 @@ class MultistaticOperator(LinearOperator):
         self.fmc = FullMatrixCapture(probe, x, z, 0.0, tx, rx, dtype=dtype)
         self.probe = probe
         if gain is None:
-            full = FullMatrixCapture(probe, x, z, 0.0, dtype=dtype) if self.fmc.mask.sum() < E * E else self.fmc
+            centre = FullMatrixCapture(probe, x, z, 0.0, transmitters=[E // 2], dtype=dtype)
             step = torch.zeros(1, *self.grid, dtype=dtype)
             step[:, h // 2, :] = 1.0
-            gain = 1.0 / max(float(full.forward(step.reshape(1, -1)).abs().max()), 1e-30)
+            gain = 1.0 / max(float(centre.forward(step.reshape(1, -1)).abs().max()), 1e-30)
         if not (isinstance(gain, (int, float)) and math.isfinite(gain) and gain > 0):
             raise ValueError(f"`gain` must be a positive number, got {gain!r}")
         self.gain = float(gain)
@@ -592,8 +596,9 @@ class MultistaticOperator(LinearOperator):
                 snr_db: Optional[float] = None) -> torch.Tensor:
         """Simulated RF data ``A(x) + n`` [B, N, E, E] (no gradient): white Gaussian noise in the recorded channels
         at ``snr_db`` (relative to the RMS of each example's own noise-free recorded data; for a batch of one this
-        also sets ``noise_std``) or, without ``snr_db``, at ``noise_std``."""
+        also sets ``noise_std``; default: the operator's ``snr_db`` attribute when set) or at ``noise_std``."""
         self._check_size(x)
+        snr_db = getattr(self, "snr_db", None) if snr_db is None else snr_db
         with torch.no_grad():
             clean = self.forward(x)
             mask = self.mask
@@ -714,7 +719,8 @@ class CompressedMultistaticOperator(LinearOperator):
             op = self.operator
             h, w = op.size
             x0 = torch.full((1, 1, h, w), 2 * 0.77 - 1, dtype=torch.float64)
-            jac = torch.autograd.functional.jacobian(lambda v: self.forward(v.reshape(1, 1, h, w)).reshape(-1), x0.reshape(-1))
+            jac = torch.autograd.functional.jacobian(lambda v: self.forward(v.reshape(1, 1, h, w)).reshape(-1), x0.reshape(-1),
+                                                     vectorize=True)
             self._jacobian = jac.detach()
         return self._jacobian
 
