@@ -234,4 +234,4 @@ def test_import_component_libraries_refuses_other_libraries(tmp_path, monkeypatc
 def test_install_hint_names_the_source_folder_and_the_wheel():
     hint = loading.install_hint("9.9.9")
     assert "not on PyPI" in hint and loading.INSTALL_COMMAND in hint
-    assert "dist/ultrasound_diffusers-9.9.9-py3-none-any.whl" in hint and "python -m build --wheel" in hint
+    assert "dist/ultrasound_diffusers-9.9.9-py3-none-any.whl" in hint and loading.WHEEL_BUILD_COMMAND in hint
