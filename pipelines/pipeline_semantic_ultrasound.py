@@ -171,20 +171,29 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
             eta (`float`, *optional*): DDIM's eta. ``None`` (default) leaves it to the scheduler: DDIMScheduler
                 uses 0.0, BMapAttenuationScheduler its configured ``sampler``; schedulers without eta (DDPM)
                 ignore it.
-            generator: torch generator(s) for reproducible results (one, or one per generated image).
+            generator: a ``torch.Generator`` or a list of them, one per generated image (image k is then what
+                generator k draws alone); anything else (a seed integer, a numpy generator) is a TypeError.
             num_images_per_prompt (`int`, defaults to 1): images drawn per label map.
-            latents (`torch.Tensor`, *optional*): initial noise [B * num_images_per_prompt, C, H, W].
+            latents (`torch.Tensor`, *optional*): initial noise [B * num_images_per_prompt, C, H, W], standard
+                Gaussian: NaN, infinite or values beyond +-100 are refused before any work.
             height, width (`int`, *optional*): generated size; defaults to the network's ``sample_size``, the
                 size it was trained at, and label maps of another size are resized to it (nearest). Pass a map's
                 own size to generate at that size (the network is fully convolutional, but quality away from
                 the training size is not guaranteed).
             timesteps (`List[int]`, *optional*): custom timesteps for schedulers that accept them.
-            output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` or ``"pt"`` (see
-                :class:`SemanticUltrasoundPipelineOutput`).
+            output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"``, ``"pt"`` (see
+                :class:`SemanticUltrasoundPipelineOutput`) or ``"latent"`` (the final model-space tensor
+                [N, C, H, W], label maps as a long tensor). A result with NaN or infinite values raises
+                ``NonFiniteResultError`` (a ValueError naming the cause) for every type.
             return_dict (`bool`): return the output dataclass rather than a tuple ``(images, segmaps)``.
             callback_on_step_end: ``f(pipeline, step_index, timestep, callback_kwargs) -> dict`` called after
                 every step with the tensors named in ``callback_on_step_end_tensor_inputs`` (``"latents"``,
-                ``"segmap"``); a returned ``"latents"`` replaces the current ones.
+                ``"segmap"``); it must return a dict (TypeError naming the callback otherwise), whose
+                ``"latents"`` entry, if any, replaces the current ones. diffusers' ``PipelineCallback`` objects work;
+                setting ``pipe._interrupt = True`` skips the remaining steps.
+
+        Every argument is checked before anything is allocated, including the memory the call needs (label maps,
+        activations) against what the process may use (system memory, ``ulimit -v``, a container's limit).
 
         Returns:
             :class:`SemanticUltrasoundPipelineOutput` (or a tuple) with images [B * num_images_per_prompt] of
