@@ -12,6 +12,8 @@ fan apex for a convex / phased probe) and ``b_t`` the B-map time schedule. With 
 DDPM. Because ``M_t`` depends on the pixel only through its depth, the scheduler never stores a [T, H, W]
 tensor: it keeps the T-long 1-D schedules and, per sample shape, the depth map, and computes ``Bbar_t`` on
 demand in float64 (with a small cache of recently used steps, so sequential sampling costs O(H*W) per step).
+Training batches (many random steps at once) read ``log Bbar_t`` from a [T, U] table over the U unique depths
+(27 MB at 128 x 128 on the CAMUS fan, built once, copied once per device), when it fits in ``_TABLE_BYTES``.
 
 Precision: the schedule is built on the CPU in float64 (log-space sums of the per-step B-maps); ``step``,
 ``add_noise`` and the train-time helpers run their per-pixel maths in float64 on devices that have it (CPU, CUDA)
@@ -98,6 +100,11 @@ _ANCHOR_CACHE_SIZE = 8
 _GRID_CACHE_SIZE = 8
 # Steps evaluated at once when accumulating the B-map product (bounds temporary memory to chunk * H*W).
 _STEP_CHUNK = 64
+# Training batches (many random steps at once) read log Bbar_t from a [T, U] table on the unique depths when it
+# fits in this many bytes (float64; 27 MB at 128 x 128 with the CAMUS fan and T = 1000): a gather per batch instead
+# of a sweep over up to T steps on the CPU (~50 ms per call at 128 px), kept per device so that a GPU never waits
+# for the CPU. Larger grids (256 x 256 fan: ~100 MB) keep the sweep; sequential sampling never builds the table.
+_TABLE_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -124,6 +131,8 @@ class _DepthGrid:
         self.inverse = inverse.reshape(height, width)
         self.linear_rows = linear_rows
         self.anchors: "OrderedDict[int, torch.Tensor]" = OrderedDict()
+        self.log_table: Optional[torch.Tensor] = None  # [T, U] log Bbar_t, built for training batches
+        self.device_tables: Dict[Tuple[str, torch.dtype], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def to_image(self, per_value: torch.Tensor) -> torch.Tensor:
         """Map [..., U] values on the unique depths back to [..., H, W]."""
@@ -348,6 +357,42 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
             grid.anchors.popitem(last=False)
         return out
 
+    def _log_table(self, grid: _DepthGrid) -> Optional[torch.Tensor]:
+        """log Bbar_t on the unique depths for every t: float64 [T, U] (a running sum of the per-step logs), or
+        None when it would exceed ``_TABLE_BYTES``."""
+        if grid.log_table is None:
+            T = self.config.num_train_timesteps
+            if T * grid.values.numel() * 8 > _TABLE_BYTES:
+                return None
+            rows, acc = [], torch.zeros_like(grid.values)
+            for lo in range(0, T, _STEP_CHUNK):
+                block = torch.cumsum(self._log_bmap_steps(grid, lo, min(T, lo + _STEP_CHUNK)), dim=0) + acc
+                rows.append(block)
+                acc = block[-1]
+            grid.log_table = torch.cat(rows)
+        return grid.log_table
+
+    def _gather_levels(self, grid: _DepthGrid, steps: List[int], what: str, device) -> Optional[torch.Tensor]:
+        """``what`` ("signal" or "cumulative") at ``steps`` as [len(steps), H, W] in the working precision of
+        ``device``, gathered on that device from the [T, U] table; None when there is no table."""
+        table = self._log_table(grid)
+        if table is None:
+            return None
+        device = torch.device(device) if device is not None else table.device
+        work = working_dtype(device)
+        key = (str(device), work)
+        cached = grid.device_tables.get(key)
+        if cached is None:
+            cached = (table.to(device, work), grid.inverse.to(device), self._abar.to(device, work))
+            grid.device_tables[key] = cached
+        log_table, inverse, abar = cached
+        index = torch.tensor(steps, device=device)
+        clean = (index < 0).unsqueeze(1)
+        rows = torch.where(clean, 0.0, log_table[index.clamp(min=0)])  # [S, U]; t = -1: log 1 = 0
+        if what == "signal":
+            rows = rows + torch.where(clean, 0.0, torch.log(abar[index.clamp(min=0)]).unsqueeze(1))
+        return torch.exp(rows)[:, inverse]
+
     def _per_pixel(self, grid: _DepthGrid, steps: List[int], what: str) -> torch.Tensor:
         """float64 [len(steps), H, W] of ``what`` in {"signal", "cumulative", "bmap"} at each step."""
         if what == "bmap":
@@ -377,10 +422,16 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         steps = self._steps_for_batch(timesteps, batch)
         grid = self._grid(height, width)
         unique = sorted(set(steps))
-        # float64 on the CPU; only the distinct steps travel to the device, where they are gathered per sample.
-        table = _to(self._per_pixel(grid, unique, what), device, dtype)
-        index = torch.tensor([unique.index(t) for t in steps], device=table.device)
-        values = table[index]  # [B, H, W]
+        values = None
+        if len(unique) > 1 and what != "bmap":  # a training batch: gather from the [T, U] table on the device
+            values = self._gather_levels(grid, steps, what, device)
+        if values is not None:
+            values = _to(values, device, dtype)
+        else:
+            # float64 on the CPU; only the distinct steps travel to the device, where they are gathered per sample.
+            table = _to(self._per_pixel(grid, unique, what), device, dtype)
+            index = torch.tensor([unique.index(t) for t in steps], device=table.device)
+            values = table[index]  # [B, H, W]
         return values.view(batch, *([1] * (ndim - 3)), height, width) if ndim >= 3 else values
 
     def signal_level(
@@ -461,20 +512,21 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
     def _train_posterior(self, timesteps: TimestepLike, shape, device) -> Tuple[Dict[str, torch.Tensor], List[int]]:
         batch = _split_shape(shape)[0]
         steps = self._steps_for_batch(timesteps, batch)
-        a_t = self.signal_level(steps, shape)
-        a_prev = self.signal_level([t - 1 for t in steps], shape)
+        # computed where the samples are, in the working precision of that device (float64 on CPU / CUDA)
+        level = dict(device=device, dtype=working_dtype(device))
+        a_t = self.signal_level(steps, shape, **level)
+        a_prev = self.signal_level([t - 1 for t in steps], shape, **level)
         terms = posterior_terms(a_t, a_prev)
         # improved-diffusion: log variance at t = 0 taken from t = 1.
         if any(t == 0 for t in steps):
-            a_1 = self.signal_level([max(t, 1) for t in steps], shape)
-            a_0 = self.signal_level([max(t, 1) - 1 for t in steps], shape)
+            a_1 = self.signal_level([max(t, 1) for t in steps], shape, **level)
+            a_0 = self.signal_level([max(t, 1) - 1 for t in steps], shape, **level)
             var_1 = posterior_terms(a_1, a_0)["variance"]
-            zero = torch.tensor([t == 0 for t in steps]).view(-1, *([1] * (a_t.dim() - 1)))
+            zero = torch.tensor([t == 0 for t in steps], device=a_t.device).view(-1, *([1] * (a_t.dim() - 1)))
             clipped = torch.where(zero, var_1, terms["variance"])
         else:
             clipped = terms["variance"]
         terms["log_variance_clipped"] = torch.log(clipped.clamp(min=1e-20))
-        terms = {k: v.to(device, working_dtype(device)) for k, v in terms.items()}
         return terms, steps
 
     def model_log_variance(self, model_var_values: torch.Tensor, timesteps: TimestepLike, shape=None) -> torch.Tensor:
