@@ -82,6 +82,7 @@ __all__ = [
     "check_label_source",
     "export_png_folders",
     "push_dataset_to_hub",
+    "GenerationOptions",
     "GenerationSettings",
     "LabelSource",
     "chunk_ranges",
@@ -556,101 +557,104 @@ def _merge_chunks(chunks_dir: Path, fingerprint: str, ranges: Sequence[Tuple[int
     return merged
 
 
-def generate_dataset(
-    pipeline,
-    labels,
-    output_dir: PathLike,
-    images_per_label: int = 1,
-    num_inference_steps: int = 50,
-    guidance_scale: float = 1.0,
-    eta: Optional[float] = None,
-    batch_size: int = 8,
-    seed: int = 0,
-    augment: Union[bool, Dict[str, Any], Any] = False,
-    save_png: bool = False,
-    push_to_hub: Optional[str] = None,
-    accelerator=None,
-    *,
-    label_column: str = "label",
-    id_column: Union[str, Sequence[str], None] = None,
-    split: Optional[str] = None,
-    resize_labels: bool = False,
-    augment_tissue_label: Optional[int] = 2,
-    chunk_size: int = 64,
-    model_id: Optional[str] = None,
-    overwrite: bool = False,
-    keep_chunks: bool = False,
-    hub_private: Optional[bool] = None,
-    hub_token: Optional[str] = None,
-    command: Optional[str] = None,
-    progress: bool = True,
-):
-    r"""Generate a labelled synthetic dataset from label maps, resumably and across ``accelerate`` processes.
+@dataclasses.dataclass
+class GenerationOptions:
+    """What a caller chooses for :func:`generate_dataset` (the run's :class:`GenerationSettings`, which are
+    fingerprinted, add what the pipeline and the label maps contribute).
 
-    Args:
-        pipeline: a label-conditioned pipeline (``SemanticUltrasoundPipeline``): ``pipeline(segmap=int labels
-            [B, H, W], num_inference_steps, guidance_scale, eta, generator=[one torch.Generator per image],
-            output_type="pil")``. It is moved to the accelerator's device.
-        labels: the label maps (see :func:`load_label_source`): ``"phantoms:echo:N"``, a saved dataset folder,
-            a folder of label PNGs, a ``.npy`` file, a Hub dataset name, a ``datasets.Dataset``, an array
-            [N, H, W] or a list of maps. Values must lie in [0, num_classes - 1]; sizes must equal the model's
-            ``sample_size`` unless ``resize_labels``.
-        output_dir: run folder (chunks, manifest, the merged ``dataset/``, ``README.md``, ``png/``); must be on a
-            file system every process sees.
+    Sampling:
         images_per_label (`int`, defaults to 1): images drawn from each label map (each from its own augmented
             copy when ``augment``).
         num_inference_steps, guidance_scale, eta: sampling settings passed to the pipeline (``eta=None``: the
             scheduler's own sampler).
         batch_size (`int`, defaults to 8): images per network batch.
-        seed (`int`, defaults to 0): global seed; image ``(label_index, copy_index)`` uses
-            :func:`derive_seeds` of ``(seed, label_index, copy_index)``.
+        seed (`int`, defaults to 0): global seed; image ``(label_index, copy_index)`` uses :func:`derive_seeds` of
+            ``(seed, label_index, copy_index)``.
         augment: ``True`` for the echo-from-noise label augmentation (affine + elastic, fan re-applied; see
             :mod:`ultrasound_diffusers.data.augment`), a dict / ``LabelAugmentation`` with other parameters, or
             ``False``.
         augment_tissue_label (`int` or None, defaults to 2): the tissue-in-fan label of the echo coding that the
             augmentation re-fills inside the fan (the fan is each map's ``label > 0``); ``None`` for codings
             without a fan (the whole image is the field of view, background 0).
+        resize_labels (`bool`): resize label maps of another size to the model's size (nearest neighbour).
+        chunk_size (`int`, defaults to 64): items per chunk, the unit of resuming and of work distribution.
+
+    Label source:
+        label_column, id_column, split: for dataset label sources (see :func:`load_label_source`).
+
+    Output:
         save_png (`bool`): also write ``output_dir/png/images`` (with an imagefolder ``metadata.csv``) and
             ``output_dir/png/labels``.
         push_to_hub (`str`, *optional*): Hub dataset repository id to upload the dataset and its card to.
-        accelerator: an ``accelerate.Accelerator`` / ``PartialState``; default: ``PartialState()`` of the current
-            ``accelerate launch`` (CPU processes with ``ACCELERATE_USE_CPU=true``).
-        label_column, id_column, split: for dataset label sources (see :func:`load_label_source`).
-        resize_labels (`bool`): resize label maps of another size to the model's size (nearest neighbour).
-        chunk_size (`int`, defaults to 64): items per chunk, the unit of resuming and of work distribution.
+        hub_private, hub_token: Hub options.
         model_id (`str`, *optional*): name of the model in the metadata (default: the pipeline's
             ``_name_or_path``).
         overwrite (`bool`): discard a run of other arguments found in ``output_dir`` (otherwise a ValueError).
         keep_chunks (`bool`): keep the chunk folders after the merge.
-        hub_private, hub_token: Hub options.
         command: the command line, recorded in the dataset card.
         progress (`bool`): show progress bars (main process): images/s and the time left.
-
-    Returns:
-        ``datasets.Dataset`` (on every process) with columns ``image``, ``label`` (PNG images) and the metadata
-        of :func:`generation_features`, sorted by ``(label_index, copy_index)``; also saved in
-        ``output_dir/dataset``.
     """
-    import datasets
-    from tqdm.auto import tqdm
 
-    # ---------------------------------------------------------------- arguments
-    for name, value in (("images_per_label", images_per_label), ("num_inference_steps", num_inference_steps),
-                        ("batch_size", batch_size), ("chunk_size", chunk_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}")
+    images_per_label: int = 1
+    num_inference_steps: int = 50
+    guidance_scale: float = 1.0
+    eta: Optional[float] = None
+    batch_size: int = 8
+    seed: int = 0
+    augment: Union[bool, Dict[str, Any], Any] = False
+    augment_tissue_label: Optional[int] = 2
+    resize_labels: bool = False
+    chunk_size: int = 64
+    label_column: str = "label"
+    id_column: Union[str, Sequence[str], None] = None
+    split: Optional[str] = None
+    save_png: bool = False
+    push_to_hub: Optional[str] = None
+    hub_private: Optional[bool] = None
+    hub_token: Optional[str] = None
+    model_id: Optional[str] = None
+    overwrite: bool = False
+    keep_chunks: bool = False
+    command: Optional[str] = None
+    progress: bool = True
+
+    @classmethod
+    def from_keywords(cls, options: Optional["GenerationOptions"] = None, **values) -> "GenerationOptions":
+        """``options`` (default: the defaults) with the fields in ``values`` replaced; an unknown name is a
+        TypeError naming it and the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TypeError(f"generate_dataset() got unknown options {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(options or cls(), **values)
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+
+
+def _check_options(pipeline, options: GenerationOptions) -> Tuple[int, Optional[Any]]:
+    """Refuse bad options and a pipeline that is not label-conditioned, before any work. Returns
+    ``(num_classes, augmentation parameters or None)``; ``options.guidance_scale`` is replaced by its checked
+    value."""
     from .pipelines.pipeline_utils import check_guidance_scale
 
-    guidance_scale = check_guidance_scale(guidance_scale)
+    for name in ("images_per_label", "num_inference_steps", "batch_size", "chunk_size"):
+        _check_positive_int(name, getattr(options, name))
+    seed = options.seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}")
+    options.guidance_scale = check_guidance_scale(options.guidance_scale)
+    eta = options.eta
     if eta is not None and (
         isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating))
         or not math.isfinite(float(eta)) or eta < 0
     ):
         raise ValueError(f"`eta` must be a finite number >= 0 or None, got {eta!r}")
-    if push_to_hub is not None and (not isinstance(push_to_hub, str) or not push_to_hub.strip()):
-        raise ValueError(f"`push_to_hub` must be a Hub dataset repository id 'org/name', got {push_to_hub!r}")
+    hub = options.push_to_hub
+    if hub is not None and (not isinstance(hub, str) or not hub.strip()):
+        raise ValueError(f"`push_to_hub` must be a Hub dataset repository id 'org/name', got {hub!r}")
     unet = getattr(pipeline, "unet", None)
     num_classes = int(getattr(getattr(unet, "config", None), "num_classes", 0) or 0)
     if unet is None or num_classes < 1:
@@ -660,13 +664,15 @@ def generate_dataset(
         )
     if num_classes > 256:
         raise ValueError(f"label maps are stored as 8-bit PNG; the model has {num_classes} > 256 classes")
-    aug_params = _augmentation_params(augment)
-    if aug_params is not None and augment_tissue_label is not None and not 0 <= augment_tissue_label < num_classes:
-        raise ValueError(f"`augment_tissue_label` must be a label in [0, {num_classes - 1}] or None, got {augment_tissue_label}")
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"`output_dir` {output_dir} exists and is not a folder")
+    aug_params = _augmentation_params(options.augment)
+    tissue = options.augment_tissue_label
+    if aug_params is not None and tissue is not None and not 0 <= tissue < num_classes:
+        raise ValueError(f"`augment_tissue_label` must be a label in [0, {num_classes - 1}] or None, got {tissue}")
+    return num_classes, aug_params
 
+
+def _process_view(accelerator, progress: bool):
+    """``(state, rank, world, is_main, show)`` of this process (a warning when WORLD_SIZE and the state disagree)."""
     state = process_state(accelerator)
     rank, world = int(state.process_index), int(state.num_processes)
     is_main = bool(state.is_main_process)
@@ -674,14 +680,15 @@ def generate_dataset(
     if world == 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         logger.warning("WORLD_SIZE=%s but the accelerator sees one process: every process would do all the work. "
                        "On CPU use ACCELERATE_USE_CPU=true (or Accelerator(cpu=True)).", os.environ["WORLD_SIZE"])
+    return state, rank, world, is_main, show
 
-    # ---------------------------------------------------------------- labels and fingerprint (every process)
-    height, width = _model_size(pipeline)
-    source = load_label_source(labels, label_column=label_column, id_column=id_column, split=split, size=(height, width))
-    labels_digest = check_label_source(source, num_classes, (height, width), resize_labels, progress=show)
+
+def _run_settings(pipeline, source: LabelSource, labels_digest: str, options: GenerationOptions,
+                  size: Tuple[int, int], aug_params) -> GenerationSettings:
+    """The fingerprinted settings of the run: the options, the pipeline's components and the label maps."""
     scheduler = pipeline.scheduler
-    settings = GenerationSettings(
-        model=model_id or str(getattr(pipeline.config, "_name_or_path", None) or "(in-memory pipeline)"),
+    return GenerationSettings(
+        model=options.model_id or str(getattr(pipeline.config, "_name_or_path", None) or "(in-memory pipeline)"),
         pipeline_class=type(pipeline).__name__,
         scheduler_class=type(scheduler).__name__,
         scheduler_config=_config_dict(scheduler),
@@ -689,23 +696,25 @@ def generate_dataset(
         labels=source.description,
         labels_digest=labels_digest,
         num_labels=len(source),
-        height=height,
-        width=width,
-        images_per_label=int(images_per_label),
-        num_inference_steps=int(num_inference_steps),
-        guidance_scale=float(guidance_scale),
-        eta=None if eta is None else float(eta),
-        seed=int(seed),
+        height=size[0],
+        width=size[1],
+        images_per_label=int(options.images_per_label),
+        num_inference_steps=int(options.num_inference_steps),
+        guidance_scale=float(options.guidance_scale),
+        eta=None if options.eta is None else float(options.eta),
+        seed=int(options.seed),
         augment=None if aug_params is None else dataclasses.asdict(aug_params),
-        augment_tissue_label=None if augment_tissue_label is None else int(augment_tissue_label),
-        resize_labels=bool(resize_labels),
-        chunk_size=int(chunk_size),
+        augment_tissue_label=None if options.augment_tissue_label is None else int(options.augment_tissue_label),
+        resize_labels=bool(options.resize_labels),
+        chunk_size=int(options.chunk_size),
     )
-    fingerprint = settings.fingerprint()
-    ranges = chunk_ranges(settings.num_items, settings.chunk_size)
-    chunks_dir = output_dir / CHUNKS_DIR
 
-    # ---------------------------------------------------------------- the run folder (read by all, then set up by main)
+
+def _prepare_run_folder(output_dir: Path, settings: GenerationSettings, overwrite: bool, state, is_main: bool) -> str:
+    """Read the run folder's status on every process (``"new"``, ``"resume"``, ``"complete"`` or ``"other"``,
+    refused without ``overwrite``), then set it up on the main process (manifest, temporaries cleared)."""
+    fingerprint = settings.fingerprint()
+    chunks_dir = output_dir / CHUNKS_DIR
     status = _run_status(output_dir, fingerprint)
     if status == "foreign":  # the one output rule: the user's folder only with overwrite (whose own files stay)
         from .utils.io import check_output_dir
@@ -728,52 +737,128 @@ def generate_dataset(
         remove_stale_temporaries(output_dir)  # leftovers of a killed merge (.dataset.tmp-*, .generation.json.*.tmp)
         remove_stale_temporaries(chunks_dir)
     state.wait_for_everyone()
+    return status
 
-    # ---------------------------------------------------------------- generate this process's share
-    if status != "complete":
-        done = _finished_chunks(chunks_dir, fingerprint, ranges)
-        state.wait_for_everyone()  # everyone has listed the finished chunks before anyone writes new ones
-        pending = [r for r in ranges if r not in done]
-        mine = pending[rank::world]
-        if is_main:
-            logger.info("%d of %d chunks done; %d to go on %d process(es)", len(done), len(ranges), len(pending), world)
-        if mine:
-            device = getattr(state, "device", None)
-            if device is not None and getattr(pipeline, "device", None) != device:
-                pipeline.to(device)
-            total = sum(stop - start for start, stop in mine)
-            desc = "generating" if world == 1 else f"generating (process {rank + 1}/{world})"
-            bar = tqdm(total=total, desc=desc, unit="img", disable=not show, dynamic_ncols=True)
-            try:
-                with _quiet_pipeline(pipeline):  # one bar: ours, over images
-                    for start, stop in mine:
-                        t0 = time.perf_counter()
-                        chunk = _generate_chunk(pipeline, source, settings, start, stop, int(batch_size), aug_params, bar)
-                        _write_chunk(chunk, chunks_dir, fingerprint, start, stop, rank, time.perf_counter() - t0)
-            finally:
-                bar.close()
-        state.wait_for_everyone()
 
-    # ---------------------------------------------------------------- merge, card, PNGs, Hub (main process)
-    dataset_dir = output_dir / DATASET_DIR
+def _generate_share(pipeline, source: LabelSource, settings: GenerationSettings, output_dir: Path, batch_size: int,
+                    aug_params, process) -> None:
+    """Generate this process's share of the chunks that are not finished yet (``process`` is
+    :func:`_process_view`'s tuple)."""
+    from tqdm.auto import tqdm
+
+    state, rank, world, is_main, show = process
+    fingerprint, chunks_dir = settings.fingerprint(), output_dir / CHUNKS_DIR
+    ranges = chunk_ranges(settings.num_items, settings.chunk_size)
+    done = _finished_chunks(chunks_dir, fingerprint, ranges)
+    state.wait_for_everyone()  # everyone has listed the finished chunks before anyone writes new ones
+    pending = [r for r in ranges if r not in done]
+    mine = pending[rank::world]
     if is_main:
-        from .utils.io import atomic_save_to_disk, atomic_write_text
-
-        if status != "complete":
-            merged = _merge_chunks(chunks_dir, fingerprint, ranges, settings)
-            with contextlib.nullcontext() if show else _quiet_datasets():
-                atomic_save_to_disk(merged, dataset_dir)
-            _write_manifest(output_dir, settings, "complete", num_rows=merged.num_rows)
-        if not keep_chunks:
-            shutil.rmtree(chunks_dir, ignore_errors=True)
-        dataset = datasets.load_from_disk(str(dataset_dir))
-        label_names = getattr(pipeline.config, "label_names", None)
-        card = create_dataset_card(settings, dataset.num_rows, label_names=dict(label_names) if label_names else None,
-                                   repo_id=push_to_hub, command=command)
-        atomic_write_text(output_dir / CARD_NAME, card)
-        if save_png:
-            export_png_folders(dataset, output_dir / PNG_DIR)
-        if push_to_hub:
-            push_dataset_to_hub(dataset, push_to_hub, card, private=hub_private, token=hub_token)
+        logger.info("%d of %d chunks done; %d to go on %d process(es)", len(done), len(ranges), len(pending), world)
+    if mine:
+        device = getattr(state, "device", None)
+        if device is not None and getattr(pipeline, "device", None) != device:
+            pipeline.to(device)
+        total = sum(stop - start for start, stop in mine)
+        desc = "generating" if world == 1 else f"generating (process {rank + 1}/{world})"
+        bar = tqdm(total=total, desc=desc, unit="img", disable=not show, dynamic_ncols=True)
+        try:
+            with _quiet_pipeline(pipeline):  # one bar: ours, over images
+                for start, stop in mine:
+                    t0 = time.perf_counter()
+                    chunk = _generate_chunk(pipeline, source, settings, start, stop, int(batch_size), aug_params, bar)
+                    _write_chunk(chunk, chunks_dir, fingerprint, start, stop, rank, time.perf_counter() - t0)
+        finally:
+            bar.close()
     state.wait_for_everyone()
-    return datasets.load_from_disk(str(dataset_dir))
+
+
+def _finish_run(pipeline, settings: GenerationSettings, output_dir: Path, status: str, options: GenerationOptions,
+                show: bool) -> None:
+    """Main process: merge the chunks into ``dataset/``, write the card, the PNG folders and the Hub copy."""
+    import datasets
+
+    from .utils.io import atomic_save_to_disk, atomic_write_text
+
+    fingerprint, chunks_dir = settings.fingerprint(), output_dir / CHUNKS_DIR
+    dataset_dir = output_dir / DATASET_DIR
+    if status != "complete":
+        merged = _merge_chunks(chunks_dir, fingerprint, chunk_ranges(settings.num_items, settings.chunk_size), settings)
+        with contextlib.nullcontext() if show else _quiet_datasets():
+            atomic_save_to_disk(merged, dataset_dir)
+        _write_manifest(output_dir, settings, "complete", num_rows=merged.num_rows)
+    if not options.keep_chunks:
+        shutil.rmtree(chunks_dir, ignore_errors=True)
+    dataset = datasets.load_from_disk(str(dataset_dir))
+    label_names = getattr(pipeline.config, "label_names", None)
+    card = create_dataset_card(settings, dataset.num_rows, label_names=dict(label_names) if label_names else None,
+                               repo_id=options.push_to_hub, command=options.command)
+    atomic_write_text(output_dir / CARD_NAME, card)
+    if options.save_png:
+        export_png_folders(dataset, output_dir / PNG_DIR)
+    if options.push_to_hub:
+        push_dataset_to_hub(dataset, options.push_to_hub, card, private=options.hub_private, token=options.hub_token)
+
+
+def generate_dataset(
+    pipeline,
+    labels,
+    output_dir: PathLike,
+    options: Optional[GenerationOptions] = None,
+    accelerator=None,
+    **option_values,
+):
+    r"""Generate a labelled synthetic dataset from label maps, resumably and across ``accelerate`` processes.
+
+    Args:
+        pipeline: a label-conditioned pipeline (``SemanticUltrasoundPipeline``): ``pipeline(segmap=int labels
+            [B, H, W], num_inference_steps, guidance_scale, eta, generator=[one torch.Generator per image],
+            output_type="pil")``. It is moved to the accelerator's device.
+        labels: the label maps, any source of the one input door (see :func:`load_label_source`):
+            ``"phantoms:echo:N"``, a saved dataset folder, a folder of label PNGs (or the PNG folders of
+            ``--export png``), a ``.npy`` file, a Hub dataset name, a ``datasets.Dataset``, an array [N, H, W]
+            or a list of maps. Values must lie in [0, num_classes - 1]; sizes must equal the model's
+            ``sample_size`` unless ``resize_labels``.
+        output_dir: run folder (chunks, manifest, the merged ``dataset/``, ``README.md``, ``png/``); must be on a
+            file system every process sees.
+        options: a :class:`GenerationOptions` (sampling, label source and output choices).
+        accelerator: an ``accelerate.Accelerator`` / ``PartialState``; default: ``PartialState()`` of the current
+            ``accelerate launch`` (CPU processes with ``ACCELERATE_USE_CPU=true``).
+        **option_values: fields of :class:`GenerationOptions` given by name (``num_inference_steps=20``,
+            ``seed=3``, ...), replacing those of ``options``; an unknown name is a TypeError.
+
+    Returns:
+        ``datasets.Dataset`` (on every process) with columns ``image``, ``label`` (PNG images) and the metadata
+        of :func:`generation_features`, sorted by ``(label_index, copy_index)``; also saved in
+        ``output_dir/dataset``.
+    """
+    import datasets
+
+    # 1. the options and the pipeline, checked before any work
+    options = GenerationOptions.from_keywords(options, **option_values)
+    num_classes, aug_params = _check_options(pipeline, options)
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"`output_dir` {output_dir} exists and is not a folder")
+    process = _process_view(accelerator, options.progress)
+    state, _, _, is_main, show = process
+
+    # 2. the label maps (through the one input door) and the run's fingerprinted settings, on every process
+    size = _model_size(pipeline)
+    source = load_label_source(labels, label_column=options.label_column, id_column=options.id_column,
+                               split=options.split, size=size)
+    labels_digest = check_label_source(source, num_classes, size, options.resize_labels, progress=show)
+    settings = _run_settings(pipeline, source, labels_digest, options, size, aug_params)
+
+    # 3. the run folder: read by all, set up by the main process
+    status = _prepare_run_folder(output_dir, settings, options.overwrite, state, is_main)
+
+    # 4. this process's share of the unfinished chunks
+    if status != "complete":
+        _generate_share(pipeline, source, settings, output_dir, options.batch_size, aug_params, process)
+
+    # 5. merge, card, PNG folders, Hub (main process)
+    if is_main:
+        _finish_run(pipeline, settings, output_dir, status, options, show)
+    state.wait_for_everyone()
+    return datasets.load_from_disk(str(output_dir / DATASET_DIR))

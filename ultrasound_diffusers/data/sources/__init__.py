@@ -12,51 +12,9 @@ The label-map view is :func:`ultrasound_diffusers.data.label_sources.load_label_
 of training :func:`ultrasound_diffusers.data.paired.load_paired_splits`; both open their source here.
 """
 
-from .images import (
-    DEFAULT_PHANTOM_SIZE,
-    IMAGE_EXTENSIONS,
-    ImageSet,
-    folder_metadata,
-    folder_pairs,
-    image_to_array,
-    label_to_array,
-    load_image_set,
-)
-from .resolve import NO_SPLITS, SOURCE_KINDS, Source, open_source, pick_split, source_kind
-from .spelling import (
-    PHANTOMS_PREFIX,
-    PHANTOMS_USAGE,
-    SAVED_DATASET_FILES,
-    PhantomsSpec,
-    is_phantoms_spec,
-    is_saved_dataset,
-    load_hub_dataset,
-    looks_like_hub_id,
-    parse_phantoms_spec,
-)
+from . import images, resolve, spelling
+from .images import *  # noqa: F401,F403  (the names of each module's __all__)
+from .resolve import *  # noqa: F401,F403
+from .spelling import *  # noqa: F401,F403
 
-__all__ = [
-    "DEFAULT_PHANTOM_SIZE",
-    "IMAGE_EXTENSIONS",
-    "ImageSet",
-    "folder_metadata",
-    "folder_pairs",
-    "NO_SPLITS",
-    "PHANTOMS_PREFIX",
-    "PHANTOMS_USAGE",
-    "PhantomsSpec",
-    "SAVED_DATASET_FILES",
-    "SOURCE_KINDS",
-    "Source",
-    "image_to_array",
-    "is_phantoms_spec",
-    "is_saved_dataset",
-    "label_to_array",
-    "load_hub_dataset",
-    "load_image_set",
-    "looks_like_hub_id",
-    "open_source",
-    "parse_phantoms_spec",
-    "pick_split",
-    "source_kind",
-]
+__all__ = [*images.__all__, *resolve.__all__, *spelling.__all__]

@@ -36,8 +36,8 @@ from PIL import Image
 from ...image_processor import load_npy, resize_label_map, to_image_array, to_label_array
 from .resolve import Source, open_source
 
-__all__ = ["DEFAULT_PHANTOM_SIZE", "IMAGE_EXTENSIONS", "ImageSet", "folder_metadata", "folder_pairs", "image_to_array", "label_to_array",
-           "load_image_set", "resize_image", "resize_label"]
+__all__ = ["DEFAULT_PHANTOM_SIZE", "IMAGE_EXTENSIONS", "ImageSet", "folder_metadata", "folder_pairs", "image_to_array",
+           "label_to_array", "load_image_set", "resize_image", "resize_label"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: Files whose presence marks a folder written by ``datasets`` ``save_to_disk``.
@@ -238,18 +238,13 @@ def _image_column(dataset: Any, image_column: Optional[str], source: str, label_
     import datasets
 
     columns = list(dataset.column_names)
-    if image_column is not None:
-        if image_column not in columns:
-            raise ValueError(f"`image_column` {image_column!r} not in {source}; columns: {columns}")
-        return image_column
-    if "image" in columns:
-        return "image"
-    for name, feature in dataset.features.items():
-        if isinstance(feature, datasets.Image) and name != label_column:
-            return name
-    for guess in ("img", "pixel_values"):
-        if guess in columns:
-            return guess
+    if image_column is not None and image_column not in columns:
+        raise ValueError(f"`image_column` {image_column!r} not in {source}; columns: {columns}")
+    image_features = [n for n, f in dataset.features.items() if isinstance(f, datasets.Image) and n != label_column]
+    candidates = [image_column, "image", *image_features, "img", "pixel_values"]
+    found = next((name for name in candidates if name is not None and name in columns), None)
+    if found is not None:
+        return found
     raise ValueError(f"no image column found in {source}; columns: {columns}; pass `image_column`")
 
 
