@@ -9,6 +9,8 @@ the measurement operators are in :mod:`ultrasound_diffusers.operators`; PSNR / S
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Optional, Tuple
 
 #: Seed of the held-out phantoms (training sets use small seeds such as 0).
@@ -16,6 +18,66 @@ HELD_OUT_SEED = 4242
 
 # ------------------------------------------------------------------------------------------------ metrics
 from .evaluation.image_metrics import psnr, ssim
+
+# ------------------------------------------------------------------------------------------------ settings
+#: Reconstruction methods of :class:`UltrasoundReconstructionPipeline`.
+METHODS = ("dps", "projection", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconstructionSettings:
+    """How a reconstruction runs (the ``reconstruct`` command's flags of the same names), checked when made.
+
+    Attributes:
+        method: ``"dps"`` (diffusion posterior sampling), ``"projection"`` (data-consistency projection) or
+            ``"none"`` (the prior alone).
+        num_samples: posterior samples per image (their mean is the reconstruction, their spread the uncertainty).
+        num_inference_steps: denoising steps.
+        guidance_step_size: DPS step size.
+        guidance_scale: classifier-free guidance of label-conditioned models.
+        noise_std: measurement noise in model units (image range width 2); None: the operator's default.
+        num_resample: RePaint-style resampling passes per step.
+        seed: seed of the sampler (the measurement noise uses ``seed + 1``).
+        device: torch device of the pipeline.
+    """
+
+    method: str = "dps"
+    num_samples: int = 4
+    num_inference_steps: int = 50
+    guidance_step_size: float = 1.0
+    guidance_scale: float = 1.0
+    noise_std: Optional[float] = None
+    num_resample: int = 0
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"`method` (--method) must be one of {METHODS}, got {self.method!r}")
+        for name, low in (("num_samples", 1), ("num_inference_steps", 1), ("num_resample", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` (--{name}) must be an integer >= {low}, got {value!r}")
+        for name in ("guidance_step_size", "guidance_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"`{name}` (--{name}) must be a finite number, got {value!r}")
+        _check_noise_std(self.noise_std)
+
+    @classmethod
+    def from_args(cls, args) -> "ReconstructionSettings":
+        """The settings from parsed ``reconstruct`` flags (attributes of the same names)."""
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def _settings(settings: Optional[ReconstructionSettings], overrides: dict) -> ReconstructionSettings:
+    """``settings`` with ``overrides`` (keyword arguments of the same names) applied; unknown names refused."""
+    names = {f.name for f in dataclasses.fields(ReconstructionSettings)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unknown reconstruction option(s) {unknown}; expected fields of ReconstructionSettings: {sorted(names)}")
+    base = settings if settings is not None else ReconstructionSettings()
+    return dataclasses.replace(base, **overrides) if overrides else base
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -173,9 +235,9 @@ def make_operator_for(spec: str, pipe, size, noise_std):
     return make_operator(spec, size=size, scheduler=pipe.scheduler, noise_std=noise_std)
 
 
-def reconstruct_image(pipe, image, labels, operator, method="dps", num_samples=4, num_inference_steps=50,
-                      guidance_step_size=1.0, guidance_scale=1.0, seed=0, num_resample=0):
-    """Simulate measurements of ``image`` ([H, W] in [0, 1]) and reconstruct them.
+def reconstruct_image(pipe, image, labels, operator, settings: Optional[ReconstructionSettings] = None, **options):
+    """Simulate measurements of ``image`` ([H, W] in [0, 1]) and reconstruct them with ``settings`` (or the
+    :class:`ReconstructionSettings` fields given as keywords, ``method="dps"``, ...).
 
     Returns a dict of float64 arrays in [0, 1]: ``truth``, ``measured`` (NaN where not measured), ``baseline``,
     ``reconstruction``, ``uncertainty``, ``samples`` [S, H, W], plus ``residuals`` [S, N], ``final_residual``
@@ -184,6 +246,8 @@ def reconstruct_image(pipe, image, labels, operator, method="dps", num_samples=4
     import numpy as np
     import torch
 
+    settings = _settings(settings, options)
+    seed = settings.seed
     height, width = image.shape
     x = torch.from_numpy(2.0 * np.asarray(image, np.float32) - 1.0)[None, None]
     noise_generator = torch.Generator().manual_seed(seed + 1)
@@ -195,9 +259,10 @@ def reconstruct_image(pipe, image, labels, operator, method="dps", num_samples=4
         segmap = torch.from_numpy(np.asarray(labels, np.int64))[None]
     generator = torch.Generator().manual_seed(seed)
     out = pipe(
-        y, operator, segmap=segmap, method=method, num_inference_steps=num_inference_steps,
-        guidance_step_size=guidance_step_size, guidance_scale=guidance_scale, num_samples=num_samples,
-        num_resample=num_resample, generator=generator, height=height, width=width, output_type="np",
+        y, operator, segmap=segmap, method=settings.method, num_inference_steps=settings.num_inference_steps,
+        guidance_step_size=settings.guidance_step_size, guidance_scale=settings.guidance_scale,
+        num_samples=settings.num_samples, num_resample=settings.num_resample, generator=generator, height=height,
+        width=width, output_type="np",
     )
     measured = operator.to_image(y, (height, width))[0, 0].double().numpy()
     baseline = operator.baseline(y, (1, 1, height, width))[0, 0].double().numpy()
@@ -235,15 +300,24 @@ def _metrics(result) -> dict:
     }
 
 
-def run_reconstruction(pipeline=None, image=None, labels=None, operator="missing_lines:4", noise_std=None,
-                       method="dps", num_samples=4, num_inference_steps=50, guidance_step_size=1.0,
-                       guidance_scale=1.0, seed=0, out="reconstruction_output", device="cpu", num_resample=0,
-                       image_index=0, overwrite=False) -> dict:
+def run_reconstruction(pipeline=None, image=None, labels=None, operator="missing_lines:4",
+                       settings: Optional[ReconstructionSettings] = None, out="reconstruction_output", image_index=0,
+                       overwrite=False, **options) -> dict:
     """Everything ``ultrasound-diffusers reconstruct`` does; returns the metrics dict (also in metrics.json).
 
-    ``image``: see :func:`load_image` (default: held-out phantom ``image_index``). ``out`` follows the package's
-    output rule (:func:`~ultrasound_diffusers.utils.io.check_output_dir`, checked before any work): a folder
-    another command or the user wrote is replaced only with ``overwrite``, and the folder is written whole."""
+    Steps: 1. check the output folder and the settings (before any work); 2. load the pipeline, the image and the
+    operator; 3. measure and reconstruct; 4. write the figure, the arrays and the metrics as one folder.
+
+    Args:
+        pipeline: folder, Hub id or pipeline object (default: the bundled demo pipeline).
+        image: see :func:`load_image` (default: held-out phantom ``image_index``).
+        labels: a label map file for a label-conditioned pipeline (phantoms bring their own).
+        operator: an operator text (see :mod:`ultrasound_diffusers.operator_registry`) or operator object.
+        settings: :class:`ReconstructionSettings`; ``options`` (its fields as keywords) override it.
+        out: the output folder. It follows the package's output rule
+            (:func:`~ultrasound_diffusers.utils.io.check_output_dir`, checked before any work): a folder another
+            command or the user wrote is replaced only with ``overwrite``, and the folder is written whole.
+    """
     import io
     import json
     import time
@@ -255,26 +329,26 @@ def run_reconstruction(pipeline=None, image=None, labels=None, operator="missing
     from .utils.io import check_output_dir, write_output_folder
     from .visualization import save_figure
 
+    settings = _settings(settings, options)
+    method, num_samples, num_inference_steps = settings.method, settings.num_samples, settings.num_inference_steps
     inputs = [pipeline, image, labels]
     check_output_dir(out, KIND, inputs=inputs, overwrite=overwrite)
-    _check_noise_std(noise_std)
     start = time.perf_counter()
-    pipe = load_pipeline(pipeline, device)
+    pipe = load_pipeline(pipeline, settings.device)
     size = resolve_sample_size(pipe.unet.config.sample_size)
     truth, phantom_labels, description = load_image(image, size, pipe, image_index)
     if labels is not None:
         from .demo import load_label_maps
 
         phantom_labels = load_label_maps([labels])[0]
-    op = make_operator_for(operator, pipe, size, noise_std) if isinstance(operator, str) else operator
-    result = reconstruct_image(pipe, truth, phantom_labels, op, method, num_samples, num_inference_steps,
-                               guidance_step_size, guidance_scale, seed, num_resample)
+    op = make_operator_for(operator, pipe, size, settings.noise_std) if isinstance(operator, str) else operator
+    result = reconstruct_image(pipe, truth, phantom_labels, op, settings)
     metrics = _metrics(result)
     std = float(op.noise_std_map((1, 1) + tuple(size)).max())
     summary = {
         "image": description, "operator": repr(op), "method": method, "num_samples": num_samples,
-        "num_inference_steps": num_inference_steps, "guidance_step_size": guidance_step_size,
-        "num_resample": num_resample, "seed": seed,
+        "num_inference_steps": num_inference_steps, "guidance_step_size": settings.guidance_step_size,
+        "num_resample": settings.num_resample, "seed": settings.seed,
         "noise_std_max": std, "final_residual_rms": float(np.mean(result["final_residual"])),
         "mean_uncertainty": float(result["uncertainty"].mean()), "seconds": round(time.perf_counter() - start, 2),
         **{f"{k}_{m}": v[m] for k, v in metrics.items() for m in ("psnr", "ssim")},
@@ -299,12 +373,13 @@ def run_reconstruction(pipeline=None, image=None, labels=None, operator="missing
     return summary
 
 
-def run_benchmark(pipeline=None, keep_every=(2, 4, 8), num_images=4, method="dps", num_samples=1,
-                  num_inference_steps=50, guidance_step_size=1.0, guidance_scale=1.0, noise_std=None, seed=0,
-                  out="reconstruction_output", device="cpu", num_resample=0, image=None, overwrite=False) -> list:
+def run_benchmark(pipeline=None, keep_every=(2, 4, 8), num_images=4, settings: Optional[ReconstructionSettings] = None,
+                  out="reconstruction_output", image=None, overwrite=False, **options) -> list:
     """PSNR / SSIM (mean over phantoms 0 .. ``num_images`` - 1 of ``image``, default the held-out set) of
     interpolation and reconstruction for each fraction 1/K of scan lines kept; writes ``benchmark.md`` and
-    ``benchmark.json`` into ``out``. ``image`` must name phantoms (see :func:`resolve_phantom_image`)."""
+    ``benchmark.json`` into ``out`` (the output rule as in :func:`run_reconstruction`). ``image`` must name phantoms
+    (see :func:`resolve_phantom_image`). ``settings`` / ``options`` as in :func:`run_reconstruction`; the
+    benchmark's default is one sample per image."""
     import json
     import time
     from pathlib import Path
@@ -323,10 +398,11 @@ def run_benchmark(pipeline=None, keep_every=(2, 4, 8), num_images=4, method="dps
     for k in keep_every:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"`keep_every` (--benchmark) values must be integers >= 1, got {k!r}")
-    _check_noise_std(noise_std)
+    settings = _settings(settings if settings is not None else ReconstructionSettings(num_samples=1), options)
+    method, num_samples, seed = settings.method, settings.num_samples, settings.seed
     inputs = [pipeline, image]
     check_output_dir(out, KIND, inputs=inputs, overwrite=overwrite)
-    pipe = load_pipeline(pipeline, device)
+    pipe = load_pipeline(pipeline, settings.device)
     size = resolve_sample_size(pipe.unet.config.sample_size)
     for i in (0, num_images - 1):  # every image of the benchmark is a phantom of the set (checked before any work)
         if resolve_phantom_image(image, pipe, max(i, 0)) is None:
@@ -335,13 +411,12 @@ def run_benchmark(pipeline=None, keep_every=(2, 4, 8), num_images=4, method="dps
             )
     rows = []
     for k in keep_every:
-        op = MissingScanLines.from_scheduler(pipe.scheduler, int(k), noise_std=float(noise_std or 0.0))
+        op = MissingScanLines.from_scheduler(pipe.scheduler, int(k), noise_std=float(settings.noise_std or 0.0))
         scores = {"baseline": [], "reconstruction": []}
         start = time.perf_counter()
         for i in range(num_images):
             truth, labels, _ = load_image(image, size, pipe, i)
-            result = reconstruct_image(pipe, truth, labels, op, method, num_samples, num_inference_steps,
-                                       guidance_step_size, guidance_scale, seed + i, num_resample)
+            result = reconstruct_image(pipe, truth, labels, op, dataclasses.replace(settings, seed=seed + i))
             for name, value in _metrics(result).items():
                 scores[name].append(value)
         row = {"keep_every": int(k), "fraction_kept": op.fraction_measured(size),

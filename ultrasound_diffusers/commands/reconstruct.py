@@ -16,7 +16,7 @@ held-out ones) and writes ``benchmark.md`` and ``benchmark.json``.
 
 from __future__ import annotations
 
-from ._common import MAX_SEED, device_type, int_range, pipeline_source
+from ._common import MAX_SEED, device_type, finite_float, int_range, pipeline_source
 
 # The library code (inputs, the run, the benchmark, the figure) lives in ultrasound_diffusers.reconstruction; the
 # names stay importable from here for code written against earlier releases.
@@ -49,13 +49,13 @@ def register(subparsers) -> None:
     p.add_argument("--image_index", type=int_range("--image_index", 0, 1000000), default=0, help="which phantom of --image (default 0)")
     p.add_argument("--labels", default=None, help="label map file for a label-conditioned pipeline (phantoms bring their own)")
     p.add_argument("--operator", default="missing_lines:4", help="missing_lines:K, downsample:F or FHxFW, attenuation[:ALPHA], attenuation_tgc[:ALPHA], mask:shadow or mask:FILE, channels[:elements=K][:single][:snr=DB] (channel data), fmc[:tx=K,rx=K,snr=DB] (lung RF full-matrix data; --image phantoms:lung)")
-    p.add_argument("--noise_std", type=float, default=None, help="measurement noise (model units, image range width 2); default 0 (0.02 for attenuation)")
+    p.add_argument("--noise_std", type=finite_float("--noise_std", 0.0), default=None, help="measurement noise (model units, image range width 2); default 0 (0.02 for attenuation)")
     p.add_argument("--method", default="dps", choices=["dps", "projection", "none"])
     p.add_argument("--num_samples", type=int_range("--num_samples", 1, 10000), default=4)
     p.add_argument("--num_inference_steps", type=int_range("--num_inference_steps", 1, 10000), default=50)
-    p.add_argument("--guidance_step_size", type=float, default=1.0)
+    p.add_argument("--guidance_step_size", type=finite_float("--guidance_step_size"), default=1.0)
     p.add_argument("--num_resample", type=int_range("--num_resample", 0, 1000), default=0, help="RePaint-style resampling passes per step (helps --method projection)")
-    p.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance of label-conditioned models")
+    p.add_argument("--guidance_scale", type=finite_float("--guidance_scale"), default=1.0, help="classifier-free guidance of label-conditioned models")
     p.add_argument("--seed", type=int_range("--seed", 0, MAX_SEED), default=0)
     p.add_argument("--device", default="cpu", type=device_type())
     p.add_argument("--benchmark", default=None, help="comma-separated keep_every values K (fraction 1/K of the scan lines): write a PSNR / SSIM table instead")
@@ -70,20 +70,15 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import os
 
-    if args.num_samples < 1:
-        raise ValueError(f"--num_samples must be >= 1, got {args.num_samples}")
-    if args.num_resample < 0:
-        raise ValueError(f"--num_resample must be >= 0, got {args.num_resample}")
-    if args.num_inference_steps < 1:
-        raise ValueError(f"--num_inference_steps must be >= 1, got {args.num_inference_steps}")
+    from ..reconstruction import ReconstructionSettings
+
+    settings = ReconstructionSettings.from_args(args)  # checked before any work
     if args.benchmark:
         try:
             ks = [int(v) for v in args.benchmark.split(",") if v.strip()]
         except ValueError:
             raise ValueError(f"--benchmark must be comma-separated integers, got {args.benchmark!r}") from None
-        rows = run_benchmark(args.pipeline, ks, args.num_images, args.method, args.num_samples,
-                             args.num_inference_steps, args.guidance_step_size, args.guidance_scale, args.noise_std,
-                             args.seed, args.out, args.device, args.num_resample, image=args.image,
+        rows = run_benchmark(args.pipeline, ks, args.num_images, settings, out=args.out, image=args.image,
                              overwrite=args.overwrite)
         with open(os.path.join(args.out, "benchmark.md"), encoding="utf-8") as handle:
             print(handle.read().rstrip())
@@ -99,9 +94,7 @@ def run(args) -> int:
               f"coverage {summary['reconstruction_coverage']:.3f}, {summary['seconds']:.1f} s")
         print(f"figure written to {os.path.abspath(os.path.join(args.out, 'reconstruction.png'))}")
         return 0
-    summary = run_reconstruction(args.pipeline, args.image, args.labels, args.operator, args.noise_std, args.method,
-                                 args.num_samples, args.num_inference_steps, args.guidance_step_size,
-                                 args.guidance_scale, args.seed, args.out, args.device, args.num_resample,
+    summary = run_reconstruction(args.pipeline, args.image, args.labels, args.operator, settings, out=args.out,
                                  image_index=args.image_index, overwrite=args.overwrite)
     print(
         f"baseline {summary['baseline_psnr']:.2f} dB / SSIM {summary['baseline_ssim']:.3f}, reconstruction "
