@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema_decay", type=float, default=0.9999)
     g.add_argument("--mixed_precision", type=str, default=None, choices=("no", "fp16", "bf16"),
                    help="Default: the accelerate config's.")
+    g.add_argument("--allow_tf32", action="store_true",
+                   help="TF32 matmuls and convolutions on Ampere and later GPUs (float32 runs; no effect on CPU).")
 
     g = p.add_argument_group("checkpoints, logging, validation")
     g.add_argument("--checkpointing_steps", type=int, default=500)
@@ -594,6 +596,9 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
     )
     logger.info("processes: %d, device: %s, mixed precision: %s", accelerator.num_processes, accelerator.device,
                 describe_mixed_precision(accelerator))
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     set_seed(args.seed)  # the same initial weights in every process
 
     size = tuple(args.resolution)
