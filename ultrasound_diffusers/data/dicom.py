@@ -144,8 +144,13 @@ def dicom_features():
     )
 
 
-def dicom_frames_to_gray(ds) -> np.ndarray:
-    """Decoded frames of a pydicom dataset as float32 grayscale [T, H, W] in 0-255."""
+def dicom_frames_to_gray(ds, return_chroma: bool = False):
+    """Decoded frames of a pydicom dataset as float32 grayscale [T, H, W] in 0-255.
+
+    With ``return_chroma`` a tuple (gray, chroma): ``chroma`` is float32 [T, H, W] in 0-255, the spread
+    ``max(R, G, B) - min(R, G, B)`` of every pixel of a colour file (0 on grey pixels), or None for a
+    monochrome file.
+    """
     apply_color_lut = import_optional("pydicom.pixels", "reading DICOM files").apply_color_lut
 
     arr = ds.pixel_array
@@ -163,7 +168,9 @@ def dicom_frames_to_gray(ds) -> np.ndarray:
         if arr.shape[-1] != 3:
             raise ValueError(f"expected RGB samples in the last axis, got shape {arr.shape}")
         gray = arr @ _LUMA
+        chroma = arr.max(-1) - arr.min(-1)
     else:
+        chroma = None
         gray = arr
         bits_stored = int(ds.get("BitsStored", 8) or 8)
         if bits_stored > 8:
@@ -172,9 +179,13 @@ def dicom_frames_to_gray(ds) -> np.ndarray:
             gray = 255.0 - gray
     if gray.ndim == 2:
         gray = gray[None]
+        chroma = None if chroma is None else chroma[None]
     if gray.ndim != 3 or (n_frames > 1 and gray.shape[0] != n_frames):
         raise ValueError(f"unexpected pixel array shape {arr.shape} for {n_frames} frame(s)")
-    return np.clip(gray, 0.0, 255.0)
+    gray = np.clip(gray, 0.0, 255.0)
+    if not return_chroma:
+        return gray
+    return gray, (None if chroma is None else np.clip(chroma, 0.0, 255.0).astype(np.float32))
 
 
 def ultrasound_region(ds, height: int, width: int) -> Tuple[Optional[Tuple[int, int, int, int]], Optional[float], Optional[float]]:
@@ -419,6 +430,298 @@ def frame_fill(frame: np.ndarray, scan_area: np.ndarray) -> float:
     if area == 0 or text_like(np.asarray(frame)[scan_area]):
         return 0.0
     return float((tissue_candidates(frame, use_motion=False) & scan_area).sum() / area)
+
+
+# --- burned-in text inside the scan area ----------------------------------------------------------------------
+#
+# Speckle is a random texture: neighbouring pixels rarely share a value, it decorrelates from frame to frame in a
+# moving cine, and a B-mode image is grey. Rendered text is the opposite: strokes of one ink value (or colour),
+# glyph-sized, a few pixels thick, side by side in a row, and identical in the frames that show it. The detector
+# collects candidate ink pixels by three cues, cuts them into connected marks, keeps the marks shaped like glyphs
+# or words, and groups them into rows; :func:`classify_text_marks` turns that into a verdict per frame.
+
+#: what a frame's verdict means for the frame (see :func:`find_text_marks`)
+TEXT_VERDICTS = ("clean", "text", "uncertain")
+
+
+def _equal_neighbours(q: np.ndarray) -> np.ndarray:
+    """For an integer image [H, W]: how many of each pixel's 8 neighbours hold exactly its value (uint8 [H, W], 0-8)."""
+    H, W = q.shape
+    padded = np.pad(q, 1, constant_values=-1)
+    count = np.zeros((H, W), np.uint8)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                count += padded[1 + dy : 1 + dy + H, 1 + dx : 1 + dx + W] == q
+    return count
+
+
+def _same_value_components(q: np.ndarray, candidates: np.ndarray, min_area: int = 6, gap: int = 1) -> np.ndarray:
+    """Label image (int32 [H, W], 0 = none) of the marks drawn in one value: ``candidates`` pixels of the integer
+    image ``q`` linked when they hold the same value and lie at most ``gap`` px apart (anti-aliasing breaks the
+    full-ink pixels of a stroke into pieces); groups of at least ``min_area`` pixels are kept."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    H, W = q.shape
+    out = np.zeros((H, W), np.int32)
+    n = int(candidates.sum())
+    if n < min_area:
+        return out
+    index = np.full((H, W), -1, np.int64)
+    index[candidates] = np.arange(n)
+    reach = gap + 1
+    sources, targets = [], []
+    for dy in range(0, reach + 1):
+        for dx in range(-reach, reach + 1):
+            if dy == 0 and dx <= 0:
+                continue  # each pair of offsets once
+            a = (slice(0, H - dy), slice(max(-dx, 0), W - max(dx, 0)))
+            b = (slice(dy, H), slice(max(dx, 0), W - max(-dx, 0)))
+            linked = candidates[a] & candidates[b] & (q[a] == q[b])
+            sources.append(index[a][linked])
+            targets.append(index[b][linked])
+    sources, targets = np.concatenate(sources), np.concatenate(targets)
+    graph = coo_matrix((np.ones(sources.size, np.int8), (sources, targets)), shape=(n, n))
+    _, group = connected_components(graph, directed=False)
+    sizes = np.bincount(group)
+    keep = sizes >= min_area
+    relabel = np.zeros(sizes.size, np.int32)
+    relabel[keep] = np.arange(1, int(keep.sum()) + 1)
+    out[candidates] = relabel[group]
+    return out
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """Typical stroke width in pixels of a bool mark [h, w]: twice the median distance-to-background on its
+    ridge (pixels at a local maximum of the distance transform), minus one; 1 for a one-pixel line."""
+    dt = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    ridge = mask & (dt >= ndi.maximum_filter(dt, 3))
+    return float(2.0 * np.median(dt[ridge]) - 1.0) if ridge.any() else 0.0
+
+
+def mark_shape(mask: np.ndarray, max_height: int, min_height: int = 5, min_area: int = 6) -> Optional[str]:
+    """Whether one connected mark (bool [h, w], cropped to its bounding box) is shaped like rendered text.
+
+    ``"glyph"``: ``min_height`` to ``max_height`` pixels tall, at most about twice as wide as tall, strokes no
+    thicker than a third of its height (at least 2.5 px allowed), not a solid block (unless one stroke wide, like
+    ``l`` or ``1``), with ink over at least half its height in a quarter of its columns (a piece of a curved
+    band does not). ``"stroke"``: the same but one straight stroke (the variance of its pixels across their
+    main direction at most 0.5 px²): the stem of a letter (anti-aliased text often keeps full ink only in its
+    vertical stems) as well as a piece of a needle or a reflector; alone it is no evidence. ``"word"``: as tall as a glyph but wider, crossing at least 4 strokes along some row
+    (letters that touch). ``None`` for anything else: specks, blobs, long lines and curves (a needle, the
+    pericardium, a box drawn around a region), solid patches.
+    """
+    h, w = mask.shape
+    area = int(mask.sum())
+    if area < min_area or not min_height <= h <= max_height:
+        return None
+    stroke = _stroke_width(mask)
+    if stroke > max(2.5, h / 3.0):
+        return None
+    ys, xs = np.nonzero(mask)
+    if np.linalg.eigvalsh(np.cov(np.stack([ys, xs]).astype(np.float64)))[0] <= 0.5:
+        return "stroke"  # one straight stroke: a stem of a letter, or a piece of a needle, reflector, tick
+    fill = area / float(h * w)
+    rows = np.arange(h)[:, None]
+    span = np.where(mask, rows, -1).max(0) - np.where(mask, rows, h).min(0)  # ink extent of every column
+    if (span >= 0.5 * h).mean() < 0.25:
+        return None  # a thin band (a curved reflector, a broken line): letters fill their height in many columns
+    if w <= 2 * h + 2:
+        return None if (fill > 0.85 and w > 3) else "glyph"
+    row_runs = int(np.max(np.sum(mask[:, 1:] & ~mask[:, :-1], axis=1) + mask[:, 0]))
+    return "word" if row_runs >= 4 and fill <= 0.6 else None
+
+
+def _ring_stats(image: np.ndarray, mark: np.ndarray, region: np.ndarray) -> Tuple[float, float]:
+    """How far the pixels 2-3 px around a mark lie from its value: their mean absolute difference from the mark's
+    mean (a flat piece of smooth tissue blends into its surroundings; ink in speckle does not, even at the speckle's
+    own mean grey) and the difference of the mark's mean from their median (its contrast). Image float [h, w],
+    bool masks [h, w]; (0, 0) when fewer than 4 surrounding pixels lie in ``region``."""
+    near = ndi.binary_dilation(mark, iterations=1)
+    ring = ndi.binary_dilation(near, iterations=2) & ~near & region
+    if ring.sum() < 4:
+        return 0.0, 0.0
+    values = image[ring]
+    ink = float(image[mark].mean())
+    return float(np.abs(values - ink).mean()), float(abs(ink - np.median(values)))
+
+
+def _stands_out(image: np.ndarray, levels: np.ndarray, mark: np.ndarray, region: np.ndarray, min_texture: float, min_contrast: float) -> bool:
+    """Whether a mark drawn in one level (bool [h, w] in a window of the image: grey values float [h, w] and
+    their integer ``levels`` [h, w]) differs from the speckle around it: its level is a spike of the window's
+    histogram (at least 3x as frequent as the 6 nearest levels that occur, on average, plus 4: speckle's histogram
+    is smooth; a posterised image's has gaps) and far from the grey of its surroundings (the pixels 2-3 px around
+    it differ from it by ``min_texture`` on average), or, at the clipping level (250 or more, where saturated speckle spikes
+    too), brighter than its surroundings' median by ``min_contrast``."""
+    texture, contrast = _ring_stats(image, mark, region)
+    if float(image[mark].mean()) >= 250.0:
+        return contrast >= min_contrast
+    if texture < min_texture:
+        return False
+    value = int(levels[mark][0])
+    counts = np.bincount(levels[region].astype(np.int64).ravel(), minlength=value + 1)
+    occupied = np.nonzero(counts)[0]
+    others = occupied[occupied != value]
+    near = others[np.argsort(np.abs(others - value), kind="stable")[:6]]
+    return counts[value] >= 3.0 * float(counts[near].mean() if near.size else 0.0) + 4
+
+
+def _marks_of(labels: np.ndarray, image: np.ndarray, region: np.ndarray, max_height: int, cue: str,
+              min_texture: Optional[float] = None, min_contrast: Optional[float] = None, levels: Optional[np.ndarray] = None,
+              min_area: int = 6) -> List[Dict[str, Any]]:
+    """The text-shaped marks among the labelled pieces: list of dicts (``box`` x0, y0, x1, y1 exclusive, ``shape``,
+    ``pixels``, ``cue``, ``label``). With ``levels`` (the integer levels the pieces were cut by) a mark must also
+    stand out from the speckle around it (:func:`_stands_out`)."""
+    sizes = np.bincount(labels.ravel())
+    marks = []
+    for index, slc in enumerate(ndi.find_objects(labels), start=0):
+        if slc is None or sizes[index + 1] < min_area:
+            continue
+        ys, xs = slc
+        pad = max(8, ys.stop - ys.start)  # surroundings: for the histogram around the mark
+        y0, y1 = max(ys.start - pad, 0), min(ys.stop + pad, labels.shape[0])
+        x0, x1 = max(xs.start - pad, 0), min(xs.stop + pad, labels.shape[1])
+        mark = labels[y0:y1, x0:x1] == index + 1
+        shape = mark_shape(mark[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0], max_height, min_area=min_area)
+        if shape is None:
+            continue
+        if levels is None and min_contrast is not None and _ring_stats(image[y0:y1, x0:x1], mark, region[y0:y1, x0:x1])[1] < min_contrast:
+            continue
+        if levels is not None and not _stands_out(image[y0:y1, x0:x1], levels[y0:y1, x0:x1], mark, region[y0:y1, x0:x1], min_texture, min_contrast):
+            continue
+        marks.append({"box": (xs.start, ys.start, xs.stop, ys.stop), "shape": shape, "pixels": int(sizes[index + 1]), "cue": cue, "label": index + 1})
+    return marks
+
+
+def text_rows(boxes: Sequence[Tuple[int, int, int, int]], weights: Sequence[int]) -> List[Tuple[List[int], int]]:
+    """Group marks into rows of text: two marks are in one row when their boxes (x0, y0, x1, y1) overlap
+    vertically by at least half the smaller height, their heights differ by at most 3x and the horizontal gap
+    between them is at most 1.5 times the taller one. Returns [(indices, summed weight)], heaviest first."""
+    n = len(boxes)
+    parent = list(range(n))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        xi0, yi0, xi1, yi1 = boxes[i]
+        for j in range(i + 1, n):
+            xj0, yj0, xj1, yj1 = boxes[j]
+            hi, hj = yi1 - yi0, yj1 - yj0
+            overlap = min(yi1, yj1) - max(yi0, yj0)
+            gap = max(xi0, xj0) - min(xi1, xj1)
+            if overlap >= 0.5 * min(hi, hj) and max(hi, hj) <= 3 * min(hi, hj) and gap <= 1.5 * max(hi, hj):
+                parent[root(i)] = root(j)
+    groups: Dict[int, List[int]] = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(i)
+    rows = [(members, int(sum(weights[i] for i in members))) for members in groups.values()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def find_text_marks(
+    frame: np.ndarray,
+    region: np.ndarray,
+    neighbours: Sequence[np.ndarray] = (),
+    chroma: Optional[np.ndarray] = None,
+    use_colour: bool = False,
+    min_level: float = 16.0,
+    bright_percentile: float = 99.7,
+    max_flat_fraction: float = 0.1,
+    min_texture: float = 15.0,
+    min_contrast: float = 40.0,
+    max_height: Optional[int] = None,
+    min_row: int = 3,
+) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """Text-like marks burned into the scan area of one frame, and the frame's verdict.
+
+    Candidate ink pixels (inside ``region``, not darker than ``min_level``), by cue:
+
+    * ``uniform ink``: pixels that share their exact value with a neighbour, cut into pieces of one value;
+      a piece counts only where it stands out from its surroundings (their standard deviation at least
+      ``min_texture``: flat ink in speckle, e.g. mid-grey text; or a contrast of ``min_contrast``: white text
+      on a smooth region);
+    * ``still across frames`` (cines; ``neighbours`` are the frames before and after, float [H, W]): pixels
+      identical in this frame and a neighbouring one, used only where the scan area otherwise changes (fewer than
+      5 % of its pixels still): text shown in some frames of a moving cine;
+    * ``colour`` (``chroma`` float [H, W] and ``use_colour``, for a colour file whose scan area is grey):
+      pixels with a chroma above 24.
+
+    Pieces shaped like glyphs or words (:func:`mark_shape`, at most ``max_height`` px tall: default
+    ``max(20, 0.15 * min(H, W))``) are grouped into rows (:func:`text_rows`, a word counts as 3 glyphs).
+
+    Args:
+        frame: float [H, W] grey levels 0-255.
+        region: bool [H, W], where to look (the scan area less masked marks).
+
+    Returns:
+        (bool [H, W] the marks' pixels, grown by 1 px; info dict: ``verdict`` ``"text"`` (a row of at least
+        ``min_row`` glyphs), ``"uncertain"`` (glyph-like marks, but no such row: a lone caliper cross, a digit,
+        or a chance speckle pattern), or ``"clean"``; ``marks``, ``pixels``, ``longest_row``, ``cues`` (marks
+        per cue)).
+    """
+    frame = np.asarray(frame, dtype=np.float32)
+    H, W = frame.shape
+    region = ndi.binary_erosion(np.asarray(region, bool), iterations=2)  # the fan's own edge is not a mark
+    if max_height is None:
+        max_height = int(max(20, round(0.15 * min(H, W))))
+    q = np.rint(frame).astype(np.int16)
+    inked = region & (frame >= min_level)
+    out = np.zeros((H, W), bool)
+    marks: List[Dict[str, Any]] = []
+
+    doppler = chroma is not None and not use_colour
+
+    def add(labels: np.ndarray, found: List[Dict[str, Any]]) -> None:
+        for m in found:
+            x0, y0, x1, y1 = m["box"]
+            piece = labels[y0:y1, x0:x1] == m["label"]
+            if (out[y0:y1, x0:x1] & piece).sum() > 0.5 * piece.sum():
+                continue  # the same mark, found by an earlier cue
+            if doppler and (np.asarray(chroma)[y0:y1, x0:x1][piece] > 24.0).mean() > 0.5:
+                continue  # colour flow of a Doppler image (its palette has flat levels), not ink
+            out[y0:y1, x0:x1] |= piece
+            marks.append(m)
+
+    equal = _equal_neighbours(q)
+    mid = inked & (frame < 250.0)
+    flat_fraction = float((equal[mid] >= 3).mean()) if mid.any() else 0.0
+    if flat_fraction <= max_flat_fraction:
+        labels = _same_value_components(q, inked & (equal > 0))
+        add(labels, _marks_of(labels, frame, region, max_height, "uniform ink", min_texture, min_contrast, q))
+    if region.any():
+        # brighter than the frame's speckle ever is: anti-aliased white or bright text keeps few pixels of full ink
+        bright = region & (frame > min(float(np.percentile(frame[region], bright_percentile)) + 5.0, 250.0))
+        labels = ndi.label(bright, structure=np.ones((3, 3), bool))[0]
+        add(labels, _marks_of(labels, frame, region, max_height, "brighter than the speckle", min_contrast=min_contrast))
+    if len(neighbours):
+        still = inked.copy()
+        for other in neighbours:
+            still &= np.abs(np.asarray(other, np.float32) - frame) < 0.5
+        still &= inked
+        if still.sum() < 0.05 * max(int(region.sum()), 1):
+            labels = ndi.label(still, structure=np.ones((3, 3), bool))[0]
+            add(labels, _marks_of(labels, frame, region, max_height, "still across frames"))
+    if use_colour and chroma is not None:
+        labels = ndi.label(region & (np.asarray(chroma) > 24.0), structure=np.ones((3, 3), bool))[0]
+        add(labels, _marks_of(labels, frame, region, max_height, "colour"))
+    out = ndi.binary_dilation(out, iterations=1)
+    rows = text_rows([m["box"] for m in marks], [3 if m["shape"] == "word" else 1 for m in marks]) if marks else []
+    longest = rows[0][1] if rows else 0
+    # alone (outside a row of text), a straight stroke, a bright blob or a still one is no evidence: pieces of
+    # needles and reflectors, bright speckle, a region that happens to stay still
+    glyphs = sum(m["shape"] != "stroke" and m["cue"] not in ("brighter than the speckle", "still across frames") for m in marks)
+    verdict = "text" if longest >= min_row else ("uncertain" if glyphs or flat_fraction > max_flat_fraction else "clean")
+    if verdict == "clean":
+        marks = []
+        out[:] = False
+    cues = Counter(m["cue"] for m in marks)
+    return out, {"verdict": verdict, "marks": len(marks), "pixels": int(sum(m["pixels"] for m in marks)), "longest_row": int(longest),
+                 "cues": dict(cues), "flat_fraction": round(flat_fraction, 4), "too_flat": flat_fraction > max_flat_fraction}
 
 
 def technical_metadata(ds) -> Dict[str, Any]:
