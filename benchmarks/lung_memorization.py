@@ -53,7 +53,9 @@ def load_maps(path: str):
     return np.asarray(ds["values"], np.float32), np.asarray(ds["category"], np.int64)
 
 
-def generate(pipeline_dir: str, num: int, steps: int, batch: int, seed: int) -> np.ndarray:
+def generate(pipeline_dir: str, num: int, steps: int, batch: int, seed: int, first: int = 0) -> np.ndarray:
+    """Maps ``first .. num - 1`` of the generated set: batch ``b`` starts at ``first + b * batch`` and draws its noise
+    from ``seed + start``, so shards give the same maps as one run."""
     from ultrasound_diffusers import BMapDPMSolverMultistepScheduler, UltrasoundPipeline
 
     pipe = UltrasoundPipeline.from_pretrained(pipeline_dir)
@@ -61,7 +63,7 @@ def generate(pipeline_dir: str, num: int, steps: int, batch: int, seed: int) -> 
     pipe.set_progress_bar_config(disable=True)
     out = []
     t0 = time.time()
-    for start in range(0, num, batch):
+    for start in range(first, num, batch):
         g = torch.Generator().manual_seed(seed + start)
         images = pipe(batch_size=min(batch, num - start), num_inference_steps=steps, generator=g, output_type="np").images
         out.append(images[..., 0].astype(np.float32))
@@ -90,11 +92,12 @@ def naive_sqrtm_fid(f1: np.ndarray, f2: np.ndarray) -> float:
 
 
 def wrong_sets(maps: np.ndarray, seed: int):
-    """Two sets that must score badly: lateral Gaussian blur (sigma 6 pooled px = 0.9 mm), shuffled columns."""
+    """Two sets that must score badly: lateral Gaussian blur (sigma 16 pooled px = 2.4 mm: B-lines and
+    consolidation edges smeared), shuffled columns (same values per row, no lateral structure)."""
     from scipy.ndimage import gaussian_filter1d
 
     rng = np.random.default_rng(seed)
-    blurred = gaussian_filter1d(maps, 6.0, axis=2, mode="nearest").astype(np.float32)
+    blurred = gaussian_filter1d(maps, 16.0, axis=2, mode="nearest").astype(np.float32)
     shuffled = np.stack([m[:, rng.permutation(m.shape[1])] for m in maps]).astype(np.float32)
     return blurred, shuffled
 
@@ -156,6 +159,35 @@ def schedule_check() -> None:
               f"max |alpha_bar(t/T) - alpha_bar_1000(t/T)| = {gap:.4f}")
 
 
+def samples_figure(held, held_cat, gen, gen_cat, train, nearest, path: Path) -> None:
+    """Two held-out real and two generated maps per category, each generated map beside its nearest training map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 4, figsize=(16, 4.6))
+    for k, c in enumerate(LUNG_CATEGORIES):
+        real = np.flatnonzero(held_cat == k)[:1]
+        fake = np.flatnonzero(gen_cat == k)[:1]
+        panels = [(held[i], f"held-out real ({c})") for i in real]
+        for i in fake:
+            panels += [(gen[i], f"generated (rule: {c})"), (train[nearest[i]], "its nearest training map")]
+        panels += [(np.full_like(held[0], np.nan), "(no generated map of this category)")] * (3 - len(panels))
+        panels.append((held[np.flatnonzero(held_cat == k)[1]], f"held-out real ({c})"))
+        for j, (m, title) in enumerate(panels[:4]):
+            axes[k, j].imshow(m, cmap="gray", vmin=0, vmax=1, aspect="auto", extent=[0, 38.4, 24, 0])
+            axes[k, j].set_title(title, fontsize=9)
+            axes[k, j].set_ylabel("depth (mm)", fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("lateral position (mm)", fontsize=8)
+    fig.suptitle("8 x 256 lung maps (normalised slowness, 0 = aerated lung, 0.77 = airless tissue): real and generated",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def memorisation_figure(stats, gen_cat, held_cat, path: Path, steps: int):
     import matplotlib
 
@@ -191,8 +223,10 @@ def main() -> None:
     p.add_argument("--num_generated", type=int, default=1000)
     p.add_argument("--num_inference_steps", type=int, default=20)
     p.add_argument("--batch_size", type=int, default=100)
-    p.add_argument("--inception_n", type=int, default=128, help="maps per set for the Inception rows (CPU cost)")
+    p.add_argument("--inception_n", type=int, default=128, help="maps per set for the Inception rows (CPU cost; 0 skips them)")
     p.add_argument("--skip_generated", action="store_true", help="only the real and wrong sets (before training)")
+    p.add_argument("--shard", default=None, help="K:I: only generate shard I of K (batch-aligned) into --work_dir and stop; "
+                   "the next run without --shard joins the shards")
     p.add_argument("--figure", default=str(REPO / "docs/images/lung_memorization.png"))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -216,6 +250,17 @@ def main() -> None:
     gen = None
     if not args.skip_generated:
         cache = work / f"generated_{args.num_generated}_{args.num_inference_steps}.npy"
+        batches = list(range(0, args.num_generated, args.batch_size))
+        if args.shard is not None:
+            k, i = (int(v) for v in args.shard.split(":"))
+            mine = batches[i::k]
+            parts = [generate(args.pipeline, min(b + args.batch_size, args.num_generated), args.num_inference_steps,
+                              args.batch_size, args.seed, first=b) for b in mine]
+            for b, part in zip(mine, parts):
+                np.save(work / f"part_{args.num_inference_steps}_{b:06d}.npy", part)
+            return
+        if not cache.is_file() and all((work / f"part_{args.num_inference_steps}_{b:06d}.npy").is_file() for b in batches):
+            np.save(cache, np.concatenate([np.load(work / f"part_{args.num_inference_steps}_{b:06d}.npy") for b in batches]))
         if cache.is_file():
             gen = np.load(cache)
         else:
@@ -245,18 +290,24 @@ def main() -> None:
               f"{s['fraction_closer_to_train'] * 100:.1f} %")
         memorisation_figure(stats, gen_cat, held_cat, Path(args.figure), args.num_inference_steps)
         print(f"wrote {args.figure}")
+        samples = Path(args.figure).with_name("lung_samples.png")
+        samples_figure(held, held_cat, gen, gen_cat, train, stats["train_indices"], samples)
+        print(f"wrote {samples}")
         sets["generated"] = gen
 
     # ---- FID / KID
     n = min(len(held), len(train), len(gen) if gen is not None else len(held))
     reference = train[:n]
     blurred, shuffled = wrong_sets(held[:n], args.seed)
-    sets = {"held-out real": held[:n], **sets, "blurred (wrong)": blurred, "shuffled columns (wrong)": shuffled}
+    normal_only = train[n:][train_cat[n:] == 0][:n]  # a generator that collapsed onto one category
+    sets = {"held-out real": held[:n], **sets, "blurred (wrong)": blurred, "shuffled columns (wrong)": shuffled,
+            "normal maps only (wrong: mode collapse)": normal_only}
     rows = []
     extractors = {"random conv, native 8x256 (64-d)": (RandomFeatureExtractor(64, seed=0), n),
                   "domain features (19-d)": (None, n)}
     try:
-        extractors = {"Inception, map squeezed to 299x299 (2048-d)": (load_inception(), args.inception_n), **extractors}
+        if args.inception_n > 0:
+            extractors = {"Inception, map squeezed to 299x299 (2048-d)": (load_inception(), args.inception_n), **extractors}
     except (FileNotFoundError, ValueError) as err:
         print(f"Inception skipped: {err}")
     for ename, (extractor, count) in extractors.items():
@@ -272,13 +323,39 @@ def main() -> None:
 
         t0 = time.time()
         ref = feats("reference", reference)
+        # features of the small extractors are standardised by the reference set (units: its per-feature std);
+        # the Inception rows stay in raw Inception units, as FID is usually reported
+        mu, sd = (0.0, 1.0) if "Inception" in ename else (ref.mean(0), ref.std(0) + 1e-12)
+        ref = (ref - mu) / sd
         for name, maps in sets.items():
-            f = feats(name, maps)
+            if "Inception" in ename and name.startswith("normal maps only"):
+                continue  # CPU time: the Inception rows cover the real, generated, blurred and shuffled sets
+            f = (feats(name, maps) - mu) / sd
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 r = fid_kid_from_features(ref, f, kid_subsets=50, seed=args.seed)
             rows.append((ename, name, count, r["fid"], naive_sqrtm_fid(ref, f), r["kid_mean"], r["kid_std"]))
         print(f"  {ename}: {time.time() - t0:.0f} s")
+    # what can make an FID explode: the value range of one set, and the sample size
+    rc = RandomFeatureExtractor(64, seed=0)
+    ref_rc = extract_features(reference, rc, batch_size=256)
+    mu_rc, sd_rc = ref_rc.mean(0), ref_rc.std(0) + 1e-12
+    ref_rc = (ref_rc - mu_rc) / sd_rc
+    mism = (extract_features(held[:n] * 255.0, rc, batch_size=256) - mu_rc) / sd_rc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = fid_kid_from_features(ref_rc, mism, kid_subsets=50, seed=args.seed)
+    rows.append(("random conv, native 8x256 (64-d)", "held-out real given as 0-255 (range mismatch)", n, r["fid"],
+                 naive_sqrtm_fid(ref_rc, mism), r["kid_mean"], r["kid_std"]))
+    held_rc = (extract_features(held, rc, batch_size=256) - mu_rc) / sd_rc
+    print("\n## Sample-size bias: FID between two real sets (train vs held-out), random conv 64-d standardised features")
+    print("| n per set | FID | KID x 1e3 |")
+    print("|---|---|---|")
+    for m in sorted({25, 50, 100, 250, n}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = fid_kid_from_features(ref_rc[:m], held_rc[:m], kid_subsets=50, seed=args.seed)
+        print(f"| {m} | {r['fid']:.4g} | {r['kid_mean'] * 1e3:.3g} +- {r['kid_std'] * 1e3:.2g} |")
     print("\n## FID / KID against the training maps (reference)")
     print("| features | set | n per set | FID | FID, naive scipy sqrtm | KID x 1e3 (mean +- std) |")
     print("|---|---|---|---|---|---|")
