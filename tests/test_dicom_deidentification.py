@@ -188,11 +188,12 @@ def test_one_patient_never_spans_two_splits(study, tmp_path):
 def test_flags_keep_frames_but_never_burned_in_report_pages(study):
     root, _ = study
     rows, report, _ = _convert(root, keep_frames_without_scan_area=True, accept_burned_in_annotation=True)
-    # + the report file (whole, unmasked, as asked) + the cine's report frame (masked); the BurnedInAnnotation=YES
-    # report page stays dropped
-    assert len(rows) == 1 + 4 + 1 + 1
+    # + the report file (whole, unmasked, as asked); the cine's report frame passes the fill flag but its text
+    # inside the fan is found and drops it; the BurnedInAnnotation=YES report page stays dropped
+    assert len(rows) == 1 + 3 + 1 + 1
     assert sorted(set(rows["scan_area_shape"])) == ["none", "sector"]
-    assert sum(report["frames_kept_by_flag"].values()) == 2
+    assert report["frames_kept_by_flag"] == {"no scan area found: kept whole": 1}
+    assert report["text_inside_scan_area"]["text"] == 1
     assert sum(n for r, n in report["files_dropped"].items() if "BurnedInAnnotation=YES" in r) == 1
 
 

@@ -90,7 +90,16 @@ def register(subparsers) -> None:
     )
     d.add_argument(
         "--accept_burned_in_annotation", action="store_true",
-        help="convert files marked BurnedInAnnotation=YES, masked to their scan area (text inside the fan stays); default: drop them",
+        help="convert files marked BurnedInAnnotation=YES, masked to their scan area; default: drop them",
+    )
+    d.add_argument(
+        "--keep_uncertain_frames", action="store_true",
+        help="keep frames with glyph-like marks inside the scan area but no row of text (a caliper cross, a digit), or too "
+        "flat to tell (posterised or upsampled), unmasked; default: drop them",
+    )
+    d.add_argument(
+        "--mask_text_inside_scan_area", action="store_true",
+        help="keep frames with burned-in text found inside the scan area, with boxes around the marks zeroed; default: drop them",
     )
 
 
@@ -126,7 +135,8 @@ def run(args) -> int:
             args.input, size=args.size, crop=not args.no_crop, max_frames=args.max_frames, frame_step=args.frame_step,
             require_ultrasound=not args.any_modality, fractions=args.split_fractions,
             keep_frames_without_scan_area=args.keep_frames_without_scan_area,
-            accept_burned_in_annotation=args.accept_burned_in_annotation, return_report=True, **common,
+            accept_burned_in_annotation=args.accept_burned_in_annotation, keep_uncertain_frames=args.keep_uncertain_frames,
+            mask_text_inside_scan_area=args.mask_text_inside_scan_area, return_report=True, **common,
         )
         print(deidentification_report(report))
         import json

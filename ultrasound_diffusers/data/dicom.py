@@ -423,6 +423,23 @@ def static_overlay(frames: np.ndarray, scan_area: np.ndarray, min_motion: float 
     return ndi.binary_dilation(still, iterations=1) & scan_area
 
 
+def cover_marks(marks: np.ndarray, scan_area: np.ndarray, max_height: Optional[int] = None, margin: int = 2) -> np.ndarray:
+    """What to zero for burned-in marks (bool [H, W]): every connected mark no taller than ``max_height`` (default
+    ``max(20, 0.15 * min(H, W))``, a glyph or a word) is replaced by its bounding box grown by ``margin`` px, so the
+    hole left behind does not spell the text; taller marks (a caliper line across the image) keep their own
+    shape. Clipped to ``scan_area``."""
+    marks = np.asarray(marks, bool)
+    H, W = marks.shape
+    if max_height is None:
+        max_height = int(max(20, round(0.15 * min(H, W))))
+    out = marks.copy()
+    labels, _ = ndi.label(marks, structure=np.ones((3, 3), bool))
+    for slc in ndi.find_objects(labels):
+        if slc is not None and slc[0].stop - slc[0].start <= max_height:
+            out[max(slc[0].start - margin, 0) : slc[0].stop + margin, max(slc[1].start - margin, 0) : slc[1].stop + margin] = True
+    return out & np.asarray(scan_area, bool)
+
+
 def frame_fill(frame: np.ndarray, scan_area: np.ndarray) -> float:
     """Fraction of ``scan_area`` that is tissue-like in this single frame [H, W] (0 for a report page,
     a text frame or a blank frame; about the file's own fill for an ultrasound frame)."""
@@ -774,11 +791,26 @@ def deidentification_report(counts: Dict[str, Any]) -> str:
         f"{counts['files_with_content_masked_inside_hull']} file(s) had content attached to the scan area (e.g. a banner next to the apex) masked, "
         f"{counts['files_with_static_marks_masked_inside_scan_area']} cine(s) had static marks inside it masked"
     )
+    text = counts.get("text_inside_scan_area")
+    if text:
+        actions = ", ".join(f"{n} {k}" for k, n in text["actions"].items()) or "none"
+        cues = ", ".join(f"{k} {n}" for k, n in text["cues"].items()) or "none"
+        lines.append(
+            f"  text inside the scan area: {text['frames_checked']} frame(s) checked, {text['text']} with text, {text['uncertain']} uncertain "
+            f"({actions}); {text['marks']} mark(s), {text['mark_pixels']} px; marks by cue: {cues}"
+        )
     lines.append(
         f"  metadata: manufacturer kept for {counts['manufacturer']['canonical vendor name']} file(s), dropped for "
         f"{counts['manufacturer']['not in the vendor allow-list']}; model names, names, IDs, dates, institutions and UIDs never copied"
     )
     return "\n".join(lines)
+
+
+_TEXT_REASONS = {
+    "text": "burned-in text inside the scan area (a row of glyph-like marks; pass --mask_text_inside_scan_area to keep it masked)",
+    "uncertain": "possible burned-in text inside the scan area (glyph-like marks but no row of text, or too flat to tell; "
+    "pass --keep_uncertain_frames to keep it)",
+}
 
 
 def convert_dicom(
@@ -795,6 +827,8 @@ def convert_dicom(
     keep_frames_without_scan_area: bool = False,
     accept_burned_in_annotation: bool = False,
     min_frame_fill: float = 0.25,
+    keep_uncertain_frames: bool = False,
+    mask_text_inside_scan_area: bool = False,
     return_report: bool = False,
 ):
     """Convert a folder of ultrasound DICOM files into a de-identified ``datasets.DatasetDict``.
@@ -815,6 +849,12 @@ def convert_dicom(
             area) instead of dropping them.
         min_frame_fill: a frame is kept when at least this fraction of its file's scan area is tissue-like
             in that frame.
+        keep_uncertain_frames: keep (unmasked) frames where :func:`find_text_marks` finds glyph-like marks inside
+            the scan area but no row of text (a lone caliper cross, a digit), or that are too flat to tell;
+            default: drop them.
+        mask_text_inside_scan_area: keep frames with burned-in text inside the scan area, with the boxes around
+            the marks found zeroed (:func:`cover_marks`); default: drop them (the detector finds marks, not
+            necessarily every pixel of them, and a zeroed box is an artefact a model would learn).
         return_report: also return the de-identification report (a dict of counts).
 
     Returns:
@@ -846,6 +886,9 @@ def convert_dicom(
     masked_inside_hull = 0
     overlay_files = overlay_pixels = 0
     masked_pixels = total_pixels = 0
+    text_counts: Counter = Counter()
+    text_cues: Counter = Counter()
+    text_frames: List[Dict[str, Any]] = []
     per_file: List[Tuple[str, List[Dict[str, Any]]]] = []
     for path in tqdm(files, desc="DICOM files", disable=not progress):
         try:
@@ -867,7 +910,7 @@ def convert_dicom(
             _warn(f"dropping {path}: marked BurnedInAnnotation=YES (pass accept_burned_in_annotation / --accept_burned_in_annotation to keep it, masked to its scan area)")
             continue
         try:
-            frames = dicom_frames_to_gray(ds)
+            frames, chroma = dicom_frames_to_gray(ds, return_chroma=True)
         except Exception as err:  # decoders raise many types (missing plugin, truncated data, ...)
             failures.add(path, "pixel data not decodable", f"pixel data could not be decoded ({type(err).__name__}: {err})")
             continue
@@ -898,11 +941,13 @@ def convert_dicom(
         else:
             y0, y1, x0, x1 = 0, H, 0, W
         mask_c = mask[y0:y1, x0:x1]
-        overlay = static_overlay(frames, mask) if shape != "none" else np.zeros_like(mask)
+        overlay = cover_marks(static_overlay(frames, mask), mask) if shape != "none" else np.zeros_like(mask)
         if overlay.any():
             overlay_files += 1
             overlay_pixels += int(overlay.sum())
         visible_c = mask_c & ~overlay[y0:y1, x0:x1]
+        # colour in a scan area that is otherwise grey is a mark; a Doppler file's colour is flow
+        grey_scan = chroma is not None and float((chroma.max(0)[mask] > 24.0).mean()) < 0.005
         meta = technical_metadata(ds)
         uid = str(ds.get("SOPInstanceUID", "") or "") or f"file:{path.resolve()}"
         source_id = _pseudonym(key, uid)
@@ -914,23 +959,53 @@ def convert_dicom(
         mask_cell = encode_png(mask_u8)
         rows = []
         for t in keep:
+            kept_by: List[str] = []  # the flags this frame is kept by, counted once it is kept
             if shape == "none":
-                frames_kept_by_flag["no scan area found: kept whole"] += 1
+                kept_by.append("no scan area found: kept whole")
             elif frame_fill(frames[t], mask) < min_frame_fill:
                 if not keep_frames_without_scan_area or annotation == "YES":
                     frames_dropped["frame does not fill the scan area (report page, blank or text frame)"] += 1
                     continue
-                frames_kept_by_flag["frame does not fill the scan area: kept, masked"] += 1
-            masked_pixels += int((frames[t][~mask | overlay] >= 0.5).sum())
+                kept_by.append("frame does not fill the scan area: kept, masked")
+            hidden = overlay
+            if shape != "none":
+                neighbours = [frames[k] for k in (t - 1, t + 1) if 0 <= k < T] if T >= 3 else []
+                marks, found = find_text_marks(frames[t], mask & ~overlay, neighbours, None if chroma is None else chroma[t], use_colour=grey_scan)
+                verdict = found["verdict"]
+                text_counts[verdict] += 1
+                if verdict != "clean":
+                    text_cues.update(found["cues"])
+                    text_counts["marks"] += found["marks"]
+                    text_counts["pixels"] += found["pixels"]
+                    if verdict == "text":
+                        action = "masked" if mask_text_inside_scan_area else "dropped"
+                    else:
+                        action = "kept (--keep_uncertain_frames)" if keep_uncertain_frames else "dropped"
+                    text_counts[f"{verdict}: {action}"] += 1
+                    if len(text_frames) < 1000:
+                        text_frames.append({"source_id": source_id, "frame": t, "verdict": verdict, "action": action, "marks": found["marks"],
+                                            "pixels": found["pixels"], "longest_row": found["longest_row"], "cues": found["cues"],
+                                            "too_flat_to_tell": found["too_flat"]})
+                    if action == "dropped":
+                        frames_dropped[_TEXT_REASONS[verdict]] += 1
+                        continue
+                    if verdict == "text":
+                        hidden = overlay | cover_marks(marks, mask)
+                        kept_by.append("burned-in text inside the scan area: kept, boxes around the marks zeroed")
+                    else:
+                        kept_by.append("possible burned-in text inside the scan area: kept unmasked")
+            frames_kept_by_flag.update(kept_by)
+            masked_pixels += int((frames[t][~mask | hidden] >= 0.5).sum())
             total_pixels += H * W
             img = np.rint(frames[t, y0:y1, x0:x1]).astype(np.uint8)
-            img[~visible_c] = 0
+            img[~(mask_c & ~hidden[y0:y1, x0:x1])] = 0
             img = resize(img, out_size)
             img[mask_u8 == 0] = 0
             rows.append({**meta, "image": encode_png(img), "scan_area": mask_cell, "frame": t, "height": img.shape[0], "width": img.shape[1]})
         dropped_here = len(keep) - len(rows)
         if dropped_here:
-            _warn(f"{path}: dropped {dropped_here} of {len(keep)} frame(s) that do not fill the scan area (possible report pages or text frames)")
+            _warn(f"{path}: dropped {dropped_here} of {len(keep)} frame(s) that do not fill the scan area (possible report pages or text "
+                  "frames) or hold burned-in text inside it (see the report's text_inside_scan_area)")
         if not rows:
             files_dropped["no frame fills the scan area"] += 1
             continue
@@ -950,12 +1025,21 @@ def convert_dicom(
         "files_with_content_masked_inside_hull": masked_inside_hull,
         "files_with_static_marks_masked_inside_scan_area": overlay_files,
         "static_mark_pixels_masked_inside_scan_area": overlay_pixels,
+        "text_inside_scan_area": {
+            "frames_checked": int(text_counts["clean"] + text_counts["text"] + text_counts["uncertain"]),
+            "clean": int(text_counts["clean"]), "text": int(text_counts["text"]), "uncertain": int(text_counts["uncertain"]),
+            "actions": {k: int(v) for k, v in sorted(text_counts.items()) if ":" in k},
+            "marks": int(text_counts["marks"]), "mark_pixels": int(text_counts["pixels"]), "cues": dict(sorted(text_cues.items())),
+            "frames": text_frames,
+        },
         "pixels_masked_outside_scan_area_fraction": (masked_pixels / total_pixels) if total_pixels else 0.0,
         "manufacturer": dict(vendors),
         "copied_tags": list(COPIED_TAGS),
         "read_but_never_copied": list(READ_NOT_COPIED),
         "source_id": "HMAC-SHA256 of the SOP Instance UID with a random key drawn for this conversion and not stored",
-        "options": {"keep_frames_without_scan_area": bool(keep_frames_without_scan_area), "accept_burned_in_annotation": bool(accept_burned_in_annotation), "min_frame_fill": float(min_frame_fill)},
+        "options": {"keep_frames_without_scan_area": bool(keep_frames_without_scan_area), "accept_burned_in_annotation": bool(accept_burned_in_annotation),
+                    "min_frame_fill": float(min_frame_fill), "keep_uncertain_frames": bool(keep_uncertain_frames),
+                    "mask_text_inside_scan_area": bool(mask_text_inside_scan_area)},
     }
     if not per_file:
         dropped = "; ".join(f"{n} x {r}" for r, n in report["files_dropped"].items())
