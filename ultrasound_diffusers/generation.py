@@ -73,6 +73,8 @@ CHUNKS_DIR = "chunks"
 DATASET_DIR = "dataset"
 PNG_DIR = "png"
 CARD_NAME = "README.md"
+#: The default folder of ``generate --export nnunet`` inside a run folder.
+NNUNET_DIR = "nnunet_raw"
 _CHUNK_RE = re.compile(r"^chunk-(\d+)-(\d+)$")
 
 __all__ = [
@@ -297,7 +299,7 @@ def _clear_run(output_dir: Path) -> None:
             pass
 
 
-_RUN_ENTRIES = (CHUNKS_DIR, DATASET_DIR, PNG_DIR, MANIFEST_NAME, CARD_NAME)
+_RUN_ENTRIES = (CHUNKS_DIR, DATASET_DIR, PNG_DIR, MANIFEST_NAME, CARD_NAME, NNUNET_DIR)
 
 #: ``kind`` of the output rule for a generation run folder.
 KIND = "generate"

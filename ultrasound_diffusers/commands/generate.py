@@ -137,7 +137,9 @@ def run(args) -> int:
 
         from ..data.nnunet import DEFAULT_DATASET_ID, DEFAULT_DATASET_NAME, check_nnunet_target
 
-        nnunet_dir = args.nnunet_dir or os.path.join(args.output_dir, "nnunet_raw")
+        from ..generation import NNUNET_DIR
+
+        nnunet_dir = args.nnunet_dir or os.path.join(args.output_dir, NNUNET_DIR)
         nnunet_id = DEFAULT_DATASET_ID if args.nnunet_id is None else args.nnunet_id
         nnunet_name = args.nnunet_name or DEFAULT_DATASET_NAME
         check_nnunet_target(nnunet_dir, nnunet_id, nnunet_name, overwrite=args.nnunet_overwrite,
