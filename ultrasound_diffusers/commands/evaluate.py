@@ -78,7 +78,7 @@ def register(subparsers) -> None:
         help="dataset column with label maps ('auto': detect label/labels/segmap/mask; 'none': ignore labels)",
     )
     p.add_argument("--image_column", default=None, help="dataset column with images (default: first Image column)")
-    p.add_argument("--split", default=None, help="dataset split (default: train, else the first split)")
+    p.add_argument("--split", default=None, help="dataset split (default: train, else the only split; several splits without train: an error listing them)")
     p.add_argument("--max_images", type=int_range("--max_images", 1, 10000000), default=None, help="use at most this many images per set")
     p.add_argument(
         "--inception_weights",

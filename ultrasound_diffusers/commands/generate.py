@@ -57,7 +57,7 @@ def register(subparsers) -> None:
     p.add_argument("--output_dir", required=True, help="run folder; the dataset goes to OUTPUT_DIR/dataset")
     p.add_argument("--label_column", default="label", help="label-map column of a dataset source (default: label)")
     p.add_argument("--id_column", default=None, help="column(s) naming each label map, comma-separated (default: row index)")
-    p.add_argument("--split", default=None, help="split of a dataset source (default: train or the only split)")
+    p.add_argument("--split", default=None, help="split of a dataset source (default: train, else the only split)")
     p.add_argument("--images_per_label", type=int_range("--images_per_label", 1, 100000), default=1)
     p.add_argument("--num_inference_steps", type=int_range("--num_inference_steps", 1, 10000), default=50)
     p.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off; SDM uses 1.5)")
@@ -88,7 +88,7 @@ def register(subparsers) -> None:
     p.add_argument("--nnunet_test", default=None, metavar="SOURCE",
                    help="--export nnunet: held-out images (with label maps) for imagesTs / labelsTs, e.g. real scans: a "
                    "saved dataset, a Hub dataset, an images/ + labels/ folder or phantoms:ANATOMY:N[:SEED]")
-    p.add_argument("--nnunet_test_split", default=None, help="--nnunet_test: split of a DatasetDict or Hub dataset")
+    p.add_argument("--nnunet_test_split", default=None, help="--nnunet_test: split of a DatasetDict or Hub dataset (default: train, else the only split)")
     p.add_argument("--nnunet_overwrite", action="store_true",
                    help="--export nnunet: replace a non-empty dataset folder this command did not write")
     p.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="upload the dataset and its card to this Hub dataset repo")
