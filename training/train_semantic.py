@@ -89,13 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("data")
     g.add_argument("--dataset_name", type=str, default=None,
-                   help="A Hub dataset id, a local dataset script/folder, a folder written by `save_to_disk`, or "
-                        "`phantoms:<anatomy>` (e.g. phantoms:echo) for phantoms generated in memory. Without "
-                        "--dataset_name and --train_data_dir: phantoms:echo.")
+                   help="A Hub dataset id, a folder written by `save_to_disk`, a folder of images/ + labels/, or "
+                        "`phantoms:ANATOMY[:N[:SEED]]` (e.g. phantoms:echo, phantoms:thyroid:100) for phantoms "
+                        "generated in memory. Without --dataset_name and --train_data_dir: phantoms:echo.")
     g.add_argument("--dataset_config_name", type=str, default=None, help="Config name of the dataset.")
     g.add_argument("--train_data_dir", type=str, default=None,
-                   help="An imagefolder: images plus a metadata.jsonl/csv whose `image_file_name` and "
-                        "`label_file_name` columns pair each image with its label map.")
+                   help="A folder of images/ + labels/ paired by file name (as `generate --export png` and "
+                        "`phantoms --png_dir` write), or an imagefolder: images plus a metadata.jsonl/csv whose "
+                        "`image_file_name` and `label_file_name` columns pair each image with its label map.")
     g.add_argument("--cache_dir", type=str, default=None, help="Where downloaded datasets are cached.")
     g.add_argument("--image_column", type=str, default="image", help="Column holding the images.")
     g.add_argument("--label_column", type=str, default="label", help="Column holding the integer label maps.")
