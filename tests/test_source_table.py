@@ -163,6 +163,7 @@ TEXT_ONLY = {"reconstruct"}  # takes --image TEXT only
 
 NEEDS_N = (ValueError, "needs the number of phantoms N")
 NO_PAIRS = (ValueError, "holds no \\(image, label map\\) pairs")
+MAPS_ONLY = (ValueError, "property maps without B-mode images or label maps")
 
 #: source -> (kind, split) the door decides, or (error type, message) for every entry point; then the entry
 #: points whose view refuses what the door opened, with that view's error.
@@ -170,6 +171,8 @@ TABLE = [
     ("phantoms:thyroid:3", ("phantoms", "train"), {}),
     ("phantoms:echo:2:4", ("phantoms", "train"), {}),
     ("phantoms:echo", ("phantoms", "train"), {"generate": NEEDS_N, "evaluate": NEEDS_N, "nnunet": NEEDS_N}),
+    ("phantoms:lung:2", ("phantoms", "train"), {  # every anatomy of the phantoms registry; lung: 8 x 256 maps
+        "train": (ValueError, "must be 8x256"), "generate": MAPS_ONLY, "reconstruct": MAPS_ONLY}),
     ("phantoms_x", ("saved_dataset", "train"), {}),
     ("phantoms_only_test", ("saved_dataset", "test"), {}),
     ("dd", ("saved_dataset", "train"), {}),

@@ -274,17 +274,20 @@ Rows = Tuple[List[np.ndarray], Optional[List[np.ndarray]], List[str]]
 
 
 def _phantom_rows(source: Source, size, max_images: Optional[int], argument: str) -> Rows:
-    from ..phantoms import iter_phantom_batches
+    from ..phantoms import MAP_ANATOMIES, iter_phantom_batches
     from .spelling import parse_phantoms_spec
 
     spec = parse_phantoms_spec(source.spec, argument=argument, require_num=True)
     seed = spec.seed_or(0)
     count = spec.num if max_images is None else min(spec.num, int(max_images))
     images, labels = [], []
-    for batch_images, batch_labels, _ in iter_phantom_batches(count, spec.anatomy, size or DEFAULT_PHANTOM_SIZE, seed):
+    if size is None:  # map anatomies (lung) are made at their own size only
+        size = None if spec.anatomy in MAP_ANATOMIES else DEFAULT_PHANTOM_SIZE
+    for batch_images, batch_labels, _ in iter_phantom_batches(count, spec.anatomy, size, seed):
         images.extend(np.asarray(batch_images, dtype=np.float32))
-        labels.extend(np.asarray(batch_labels, dtype=np.int64))
-    return images, labels, [f"phantom-{spec.anatomy}-{seed}-{i}" for i in range(count)]
+        if batch_labels is not None:  # map anatomies (lung) have maps in [0, 1] and no label maps
+            labels.extend(np.asarray(batch_labels, dtype=np.int64))
+    return images, labels or None, [f"phantom-{spec.anatomy}-{seed}-{i}" for i in range(count)]
 
 
 def _file_rows(path: Path) -> Rows:
