@@ -59,3 +59,19 @@ def test_generation_and_evaluation_read_the_same_phantoms():
         load_image("phantoms:echo:3:7", (32, 32), None, 3)
     with pytest.raises(ValueError, match="anatomy must be one of"):
         load_image("phantoms:heart:3", (32, 32), None)
+
+
+def test_the_one_split_rule():
+    """The requested split, else train, else the only split, else an error listing the splits; sources without
+    splits read as 'train' and refuse another."""
+    from ultrasound_diffusers.data.sources import open_source, pick_split, source_kind
+
+    assert pick_split(["test", "train"], None, "x") == "train" and pick_split(["only"], None, "x") == "only"
+    assert pick_split(["a", "b"], "b", "x") == "b"
+    with pytest.raises(ValueError, match=r"--split 'val' is not a split of x; its splits are \['a', 'b'\]"):
+        pick_split(["a", "b"], "val", "x", argument="--split")
+    with pytest.raises(ValueError, match=r"splits \['a', 'b'\] and none is 'train'"):
+        pick_split(["a", "b"], None, "x")
+    with pytest.raises(ValueError, match="is not a split of phantoms:echo:2"):
+        open_source("phantoms:echo:2", split="test")
+    assert source_kind("phantoms:echo") == "phantoms" and source_kind(np.zeros((1, 2, 2))) == "array"
