@@ -252,3 +252,185 @@ def test_cli_prepare_dicom_writes_no_identifier(study, tmp_path, capsys):
             assert not leaked, f"{p.relative_to(out)} holds {leaked}"
         for p in out.rglob("*"):
             assert not _planted_in(str(p.relative_to(out)).encode(), uids)
+
+
+# --- burned-in text inside the scan area, on files that carry no BurnedInAnnotation tag ------------------------------
+# (the benchmark draws other words, fonts and sizes: benchmarks/benchmark_dicom_deidentification.py)
+
+TH, TW = 192, 256
+WORDS, WORDS_XY = "Quillon Clinic", (70, 80)
+
+
+def _text_file(tmp_path, name, frames, rgb=False):
+    from _dicom_fixtures import write_rgb_ultrasound_dicom
+
+    folder = tmp_path / name
+    folder.mkdir()
+    writer = write_rgb_ultrasound_dicom if rgb else write_ultrasound_dicom
+    extra = {"FrameTime": "33.3"} if np.ndim(frames) == (4 if rgb else 3) else {}
+    writer(folder / "a.dcm", frames, PatientName=NAME, PatientID=PID, **extra)
+    return folder
+
+
+def _ink(text_image, clean):
+    """Pixels the text changed, grown by 1 px."""
+    from scipy import ndimage as ndi
+
+    return ndi.binary_dilation(np.any(np.asarray(text_image) != np.asarray(clean), axis=-1) if np.ndim(clean) == 3 else text_image != clean, iterations=1)
+
+
+def _dropped_for_text(tmp_path, name, frame, rgb=False):
+    """A single-frame file with text inside the fan is dropped, the error and the report say why; beside a clean
+    file, only the clean file's frame is kept. Returns the report's entry for the frame."""
+    from _dicom_fixtures import speckle_frame, write_rgb_ultrasound_dicom
+
+    from ultrasound_diffusers.data.dicom import convert_dicom
+
+    folder = _text_file(tmp_path, name, frame, rgb)
+    with pytest.warns(ConversionWarning), pytest.raises(ValueError, match=r"every frame dropped \(not filling the scan area, or burned-in text"):
+        convert_dicom(folder)
+    clean = speckle_frame(np.random.default_rng(99), TH, TW)
+    if rgb:
+        write_rgb_ultrasound_dicom(folder / "b.dcm", np.repeat(clean[..., None], 3, -1), PatientID="other")
+    else:
+        write_ultrasound_dicom(folder / "b.dcm", clean, PatientID="other")
+    rows, report, messages = _convert(folder)
+    text = report["text_inside_scan_area"]
+    (img,) = [np.asarray(r["image"]) for r in rows]
+    inside = np.asarray(rows[0]["scan_area"]) > 0
+    assert inside.sum() > 0.8 * (clean > 0).sum() and np.array_equal(img[inside], clean[inside]), "only the clean frame is kept"
+    assert text["text"] == 1 and text["clean"] == 1 and text["actions"] == {"text: dropped": 1}
+    (entry,) = text["frames"]
+    assert entry["frame"] == 0 and entry["verdict"] == "text" and entry["action"] == "dropped"
+    assert entry["marks"] >= 3 and entry["pixels"] > 20 and entry["longest_row"] >= 3
+    assert entry["source_id"] not in rows["source_id"]
+    assert report["frames_dropped"] == {_reason("text"): 1}
+    assert any("burned-in text inside" in m for m in messages)
+    return entry
+
+
+def _reason(verdict):
+    from ultrasound_diffusers.data.dicom import _TEXT_REASONS
+
+    return _TEXT_REASONS[verdict]
+
+
+def test_white_text_inside_the_fan_is_dropped_and_reported(tmp_path):
+    from _dicom_fixtures import draw_text, speckle_frame
+
+    clean = speckle_frame(np.random.default_rng(0), TH, TW)
+    _dropped_for_text(tmp_path, "white", draw_text(clean, WORDS, WORDS_XY, 16, 255))
+
+
+def test_mid_grey_text_inside_the_speckle_range_is_dropped(tmp_path):
+    from _dicom_fixtures import draw_text, sector, speckle_frame
+
+    clean = speckle_frame(np.random.default_rng(1), TH, TW)
+    ink = int(np.median(clean[sector(TH, TW)]))  # the speckle's own median grey
+    entry = _dropped_for_text(tmp_path, "grey", draw_text(clean, WORDS, WORDS_XY, 16, ink))
+    assert entry["cues"].get("uniform ink", 0) >= 3
+
+
+def test_yellow_text_on_an_rgb_frame_is_dropped(tmp_path):
+    from _dicom_fixtures import draw_text, speckle_frame
+
+    clean = np.repeat(speckle_frame(np.random.default_rng(2), TH, TW)[..., None], 3, axis=-1)
+    entry = _dropped_for_text(tmp_path, "yellow", draw_text(clean, WORDS, WORDS_XY, 16, (255, 255, 0)), rgb=True)
+    assert entry["cues"].get("colour", 0) >= 1
+
+
+def test_cine_with_text_in_some_frames(tmp_path):
+    from _dicom_fixtures import draw_text, speckle_frame
+
+    rng = np.random.default_rng(3)
+    cine = np.stack([speckle_frame(rng, TH, TW) for _ in range(6)])  # speckle decorrelates from frame to frame
+    for t in (2, 3):
+        cine[t] = draw_text(cine[t], "Dr Quillon 12", (60, 100), 15, 230)
+    rows, report, _ = _convert(_text_file(tmp_path, "cine", cine))
+    assert sorted(rows["frame"]) == [0, 1, 4, 5]
+    text = report["text_inside_scan_area"]
+    assert [(f["frame"], f["verdict"], f["action"]) for f in text["frames"]] == [(2, "text", "dropped"), (3, "text", "dropped")]
+    assert text["frames_checked"] == 6 and text["clean"] == 4
+    assert report["files_with_static_marks_masked_inside_scan_area"] == 0  # not in every frame: not a static mark
+
+
+def test_clean_speckle_with_a_bright_reflector_is_kept(tmp_path):
+    from _dicom_fixtures import sector, speckle_frame
+
+    rng = np.random.default_rng(4)
+    frames = speckle_frame(rng, TH, TW, reflector=True)[None]
+    assert (frames[0][sector(TH, TW)] >= 250).sum() > 30, "the reflector saturates in places"
+    rows, report, _ = _convert(_text_file(tmp_path, "reflector", frames[0]))
+    assert len(rows) == 1
+    assert report["text_inside_scan_area"]["clean"] == 1 and report["text_inside_scan_area"]["frames"] == []
+    img, inside = np.asarray(rows[0]["image"]), np.asarray(rows[0]["scan_area"]) > 0
+    assert inside.sum() > 0.8 * sector(TH, TW).sum() and np.array_equal(img[inside], frames[0][inside]), "kept, unmasked inside the fan"
+
+
+def test_lone_caliper_cross_is_uncertain_and_the_flag_keeps_it(tmp_path):
+    from _dicom_fixtures import speckle_frame
+
+    rng = np.random.default_rng(5)
+    cine = np.stack([speckle_frame(rng, TH, TW) for _ in range(3)])
+    cine[0, 100, 123:134], cine[0, 95:106, 128] = 255, 255  # a "+" caliper mark, 11 px, in the first frame
+    folder = _text_file(tmp_path, "cross", cine)
+    rows, report, _ = _convert(folder)
+    assert sorted(rows["frame"]) == [1, 2]
+    assert report["text_inside_scan_area"]["actions"] == {"uncertain: dropped": 1}
+    assert any("--keep_uncertain_frames" in r for r in report["frames_dropped"])
+    rows, report, _ = _convert(folder, keep_uncertain_frames=True)
+    assert sorted(rows["frame"]) == [0, 1, 2]
+    assert report["frames_kept_by_flag"] == {"possible burned-in text inside the scan area: kept unmasked": 1}
+    assert report["text_inside_scan_area"]["frames"][0]["action"] == "kept (--keep_uncertain_frames)"
+
+
+def test_mask_flag_zeroes_boxes_around_the_text(tmp_path):
+    from _dicom_fixtures import draw_text, sector, speckle_frame
+
+    clean = speckle_frame(np.random.default_rng(6), TH, TW)
+    frame = draw_text(clean, WORDS, WORDS_XY, 16, 255)
+    ink = _ink(frame, clean)
+    rows, report, _ = _convert(_text_file(tmp_path, "mask", frame), mask_text_inside_scan_area=True)
+    (row,) = rows
+    img = np.asarray(row["image"])
+    assert not img[ink].any(), "no pixel of the text survives"
+    ys, xs = np.nonzero(ink)
+    box = np.zeros_like(ink)
+    box[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
+    assert (img[box] == 0).all(), "the letters are not left as readable holes: the row of text is zeroed"
+    kept = sector(TH, TW) & ~box & (np.asarray(row["scan_area"]) > 0)
+    assert (img[kept] == clean[kept]).mean() > 0.8, "the rest of the fan is kept"
+    assert report["frames_kept_by_flag"] == {"burned-in text inside the scan area: kept, rows of text zeroed": 1}
+
+
+def test_find_text_marks_shapes():
+    from ultrasound_diffusers.data.dicom import mark_shape, text_rows
+
+    o = np.zeros((9, 7), bool)
+    o[0, 1:6] = o[-1, 1:6] = o[1:-1, 0] = o[1:-1, -1] = True  # an "O"
+    assert mark_shape(o, 20) == "glyph"
+    assert mark_shape(np.ones((9, 7), bool), 20) is None  # a solid block
+    assert mark_shape(np.eye(9, dtype=bool), 20) == "stroke"  # one straight stroke
+    assert mark_shape(np.ones((30, 3), bool), 20) is None  # taller than a glyph
+    band = np.zeros((6, 60), bool)
+    for x in range(60):
+        band[int(2.5 + 2.5 * np.sin(x / 10.0)), x] = True
+    assert mark_shape(band, 20) is None  # a thin curved band (a reflector)
+    rows = text_rows([(0, 0, 6, 9), (8, 1, 14, 10), (16, 0, 22, 9), (0, 40, 6, 49)], [1, 1, 1, 1])
+    assert rows[0] == ([0, 1, 2], 3) and rows[1] == ([3], 1)
+
+
+def test_cli_text_flags(tmp_path, capsys):
+    from _dicom_fixtures import speckle_frame
+
+    from ultrasound_diffusers.cli import main
+
+    rng = np.random.default_rng(7)
+    cine = np.stack([speckle_frame(rng, TH, TW) for _ in range(3)])
+    cine[0, 100, 123:134], cine[0, 95:106, 128] = 255, 255
+    folder = _text_file(tmp_path, "cli", cine)
+    assert main(["prepare", "dicom", "--input", str(folder), "--output_dir", str(tmp_path / "out"), "--keep_uncertain_frames"]) == 0
+    printed = capsys.readouterr().out
+    assert "text inside the scan area: 3 frame(s) checked, 0 with text, 1 uncertain (1 uncertain: kept (--keep_uncertain_frames))" in printed
+    report = json.loads((tmp_path / "out" / "deidentification_report.json").read_text())
+    assert report["options"]["keep_uncertain_frames"] is True and report["frames_kept"] == 3

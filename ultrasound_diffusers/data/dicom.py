@@ -440,6 +440,19 @@ def cover_marks(marks: np.ndarray, scan_area: np.ndarray, max_height: Optional[i
     return out & np.asarray(scan_area, bool)
 
 
+def cover_rows(rows: Sequence[Tuple[int, int, int, int]], scan_area: np.ndarray) -> np.ndarray:
+    """What to zero for rows of text (boxes x0, y0, x1, y1, exclusive): each box grown by half its height above and
+    below and by 1.5 times its height left and right (letters at the ends of a word that were not found as marks),
+    clipped to ``scan_area`` (bool [H, W]). bool [H, W]."""
+    scan_area = np.asarray(scan_area, bool)
+    H, W = scan_area.shape
+    out = np.zeros((H, W), bool)
+    for x0, y0, x1, y1 in rows:
+        h = y1 - y0
+        out[max(int(y0 - 0.5 * h), 0) : int(y1 + 0.5 * h) + 1, max(int(x0 - 1.5 * h), 0) : int(x1 + 1.5 * h) + 1] = True
+    return out & scan_area
+
+
 def frame_fill(frame: np.ndarray, scan_area: np.ndarray) -> float:
     """Fraction of ``scan_area`` that is tissue-like in this single frame [H, W] (0 for a report page,
     a text frame or a blank frame; about the file's own fill for an ultrasound frame)."""
@@ -522,8 +535,8 @@ def mark_shape(mask: np.ndarray, max_height: int, min_height: int = 5, min_area:
 
     ``"glyph"``: ``min_height`` to ``max_height`` pixels tall, at most about twice as wide as tall, strokes no
     thicker than a third of its height (at least 2.5 px allowed), not a solid block (unless one stroke wide, like
-    ``l`` or ``1``), with ink over at least half its height in a quarter of its columns (a piece of a curved
-    band does not). ``"stroke"``: the same but one straight stroke (the variance of its pixels across their
+    ``l`` or ``1``); one wider than 1.5x its height needs ink over at least half its height in a quarter of its
+    columns (a piece of a curved band does not). ``"stroke"``: the same but one straight stroke (the variance of its pixels across their
     main direction at most 0.5 px²): the stem of a letter (anti-aliased text often keeps full ink only in its
     vertical stems) as well as a piece of a needle or a reflector; alone it is no evidence. ``"word"``: as tall as a glyph but wider, crossing at least 4 strokes along some row
     (letters that touch). ``None`` for anything else: specks, blobs, long lines and curves (a needle, the
@@ -542,8 +555,8 @@ def mark_shape(mask: np.ndarray, max_height: int, min_height: int = 5, min_area:
     fill = area / float(h * w)
     rows = np.arange(h)[:, None]
     span = np.where(mask, rows, -1).max(0) - np.where(mask, rows, h).min(0)  # ink extent of every column
-    if (span >= 0.5 * h).mean() < 0.25:
-        return None  # a thin band (a curved reflector, a broken line): letters fill their height in many columns
+    if w > 1.5 * h and (span >= 0.5 * h).mean() < 0.25:
+        return None  # a long thin band (a curved reflector, a broken line): letters fill their height in many columns
     if w <= 2 * h + 2:
         return None if (fill > 0.85 and w > 3) else "glyph"
     row_runs = int(np.max(np.sum(mask[:, 1:] & ~mask[:, :-1], axis=1) + mask[:, 0]))
@@ -677,7 +690,7 @@ def find_text_marks(
 
     Returns:
         (bool [H, W] the marks' pixels, grown by 1 px; info dict: ``verdict`` ``"text"`` (a row of at least
-        ``min_row`` glyphs), ``"uncertain"`` (glyph-like marks, but no such row: a lone caliper cross, a digit,
+        ``min_row`` glyphs; ``rows``: their boxes x0, y0, x1, y1, exclusive), ``"uncertain"`` (glyph-like marks, but no such row: a lone caliper cross, a digit,
         or a chance speckle pattern), or ``"clean"``; ``marks``, ``pixels``, ``longest_row``, ``cues`` (marks
         per cue)).
     """
@@ -729,6 +742,11 @@ def find_text_marks(
     out = ndi.binary_dilation(out, iterations=1)
     rows = text_rows([m["box"] for m in marks], [3 if m["shape"] == "word" else 1 for m in marks]) if marks else []
     longest = rows[0][1] if rows else 0
+    row_boxes = []
+    for members, weight in rows:
+        if weight >= min_row:
+            boxes = np.array([marks[i]["box"] for i in members])
+            row_boxes.append((int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()), int(boxes[:, 3].max())))
     # alone (outside a row of text), a straight stroke, a bright blob or a still one is no evidence: pieces of
     # needles and reflectors, bright speckle, a region that happens to stay still
     glyphs = sum(m["shape"] != "stroke" and m["cue"] not in ("brighter than the speckle", "still across frames") for m in marks)
@@ -737,7 +755,9 @@ def find_text_marks(
         marks = []
         out[:] = False
     cues = Counter(m["cue"] for m in marks)
-    return out, {"verdict": verdict, "marks": len(marks), "pixels": int(sum(m["pixels"] for m in marks)), "longest_row": int(longest),
+    if verdict == "clean":
+        row_boxes = []
+    return out, {"verdict": verdict, "marks": len(marks), "pixels": int(sum(m["pixels"] for m in marks)), "longest_row": int(longest), "rows": row_boxes,
                  "cues": dict(cues), "flat_fraction": round(flat_fraction, 4), "too_flat": flat_fraction > max_flat_fraction}
 
 
@@ -852,8 +872,8 @@ def convert_dicom(
         keep_uncertain_frames: keep (unmasked) frames where :func:`find_text_marks` finds glyph-like marks inside
             the scan area but no row of text (a lone caliper cross, a digit), or that are too flat to tell;
             default: drop them.
-        mask_text_inside_scan_area: keep frames with burned-in text inside the scan area, with the boxes around
-            the marks found zeroed (:func:`cover_marks`); default: drop them (the detector finds marks, not
+        mask_text_inside_scan_area: keep frames with burned-in text inside the scan area, with the rows of text
+            found zeroed (:func:`cover_rows`, :func:`cover_marks`); default: drop them (the detector finds marks, not
             necessarily every pixel of them, and a zeroed box is an artefact a model would learn).
         return_report: also return the de-identification report (a dict of counts).
 
@@ -947,7 +967,7 @@ def convert_dicom(
             overlay_pixels += int(overlay.sum())
         visible_c = mask_c & ~overlay[y0:y1, x0:x1]
         # colour in a scan area that is otherwise grey is a mark; a Doppler file's colour is flow
-        grey_scan = chroma is not None and float((chroma.max(0)[mask] > 24.0).mean()) < 0.005
+        grey_scan = chroma is not None and float((chroma.max(0)[mask] > 24.0).mean()) < 0.05  # Doppler colours far more
         meta = technical_metadata(ds)
         uid = str(ds.get("SOPInstanceUID", "") or "") or f"file:{path.resolve()}"
         source_id = _pseudonym(key, uid)
@@ -990,8 +1010,8 @@ def convert_dicom(
                         frames_dropped[_TEXT_REASONS[verdict]] += 1
                         continue
                     if verdict == "text":
-                        hidden = overlay | cover_marks(marks, mask)
-                        kept_by.append("burned-in text inside the scan area: kept, boxes around the marks zeroed")
+                        hidden = overlay | cover_marks(marks, mask) | cover_rows(found["rows"], mask)
+                        kept_by.append("burned-in text inside the scan area: kept, rows of text zeroed")
                     else:
                         kept_by.append("possible burned-in text inside the scan area: kept unmasked")
             frames_kept_by_flag.update(kept_by)
@@ -1007,7 +1027,7 @@ def convert_dicom(
             _warn(f"{path}: dropped {dropped_here} of {len(keep)} frame(s) that do not fill the scan area (possible report pages or text "
                   "frames) or hold burned-in text inside it (see the report's text_inside_scan_area)")
         if not rows:
-            files_dropped["no frame fills the scan area"] += 1
+            files_dropped["every frame dropped (not filling the scan area, or burned-in text inside it)"] += 1
             continue
         shapes[shape] += 1
         vendors["canonical vendor name" if meta["manufacturer"] else "not in the vendor allow-list"] += 1
