@@ -332,7 +332,20 @@ def describe_device(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _train_row(report: Report, batch: int, precision: str, compile_mode: str, result: dict) -> None:
+    report.say(f"{batch:>5} {precision:>9} {compile_mode:>9} {result['images_per_s']:>9.1f} {result['step_ms']:>8.1f} "
+               f"{result['warmup_s']:>9.1f} {fmt_mem(result['peak_gib']):>9} {str(result['finite']):>6}")
+    report.records.append(dict(kind="train", batch=batch, precision=precision, compile=compile_mode, **result))
+
+
+def _find(report: Report, **keys) -> Optional[dict]:
+    return next((r for r in report.records if all(r.get(k) == v for k, v in keys.items())), None)
+
+
 def run(settings: Settings, device: torch.device, budget: Budget, report: Report, skip_compile: bool) -> None:
+    """The sections in order of need, so that a tight budget drops the optional ones: eager training, the
+    schedule's share, the cheap levers, sampling, correctness, then compiled training and regional compilation."""
+    cuda = device.type == "cuda"
     scheduler = BMapAttenuationScheduler.from_preset("camus-sdm")
     unet = make_unet(settings, device)
     params = sum(p.numel() for p in unet.parameters()) / 1e6
@@ -340,71 +353,41 @@ def run(settings: Settings, device: torch.device, budget: Budget, report: Report
                f"scheduler camus-sdm (T = 1000, learned-range variance, convex B-maps)")
     set_tf32(False)
 
-    # ---- training, eager then compiled
+    # ---- training, eager
     report.say("")
     report.say("training (AdamW, hybrid loss; fp16 with loss scaling; TF32 off unless stated)")
     report.say(f"{'batch':>5} {'precision':>9} {'compile':>9} {'images/s':>9} {'step ms':>8} {'warm-up s':>9} "
                f"{'peak mem':>9} {'finite':>6}")
     unet.train()
-    plan = [(b, p, False) for p in settings.train_precisions for b in settings.train_batches]
-    if settings.compile_backend and not skip_compile:
-        order = ["bf16", "fp16", "fp32"] if device.type == "cuda" else ["bf16"]  # CPU smoke: one traced config
-        plan += [(b, p, True) for p in order if p in settings.train_precisions for b in settings.train_batches]
-    compiled = None
-    if any(c for _, _, c in plan):
-        _raise_recompile_limit()
-    for batch, precision, use_compile in plan:
-        if use_compile and budget.left() < (150 if device.type == "cuda" else 20):
-            report.say(f"{batch:>5} {precision:>9} {'full':>9}  skipped (time budget)")
-            continue
-        if use_compile and compiled is None:
-            compiled = compile_model(unet, settings.compile_backend, regional=False)
-        model = compiled if use_compile else unet
-        result = time_training(model, unet, scheduler, settings, batch, precision, device)
-        report.say(f"{batch:>5} {precision:>9} {'full' if use_compile else 'none':>9} {result['images_per_s']:>9.1f} "
-                   f"{result['step_ms']:>8.1f} {result['warmup_s']:>9.1f} {fmt_mem(result['peak_gib']):>9} "
-                   f"{str(result['finite']):>6}")
-        report.records.append(dict(kind="train", batch=batch, precision=precision, compile=use_compile, **result))
+    for precision in settings.train_precisions:
+        for batch in settings.train_batches:
+            _train_row(report, batch, precision, "none", time_training(unet, unet, scheduler, settings, batch, precision, device))
     for batch in settings.train_batches:
         ms = time_schedule_and_loss(unet, scheduler, settings, batch, device)
         report.say(f"schedule + hybrid loss alone (add_noise, VB term; no network) at batch {batch}: {ms:.1f} ms")
         report.records.append(dict(kind="schedule_loss", batch=batch, ms=ms))
 
-    # ---- levers, each against its baseline
+    # ---- cheap levers, each against its baseline
     report.say("")
-    report.say(f"levers (training, batch {settings.lever_batch})")
     b = settings.lever_batch
-    if device.type == "cuda" and budget.left() > 60:
+    report.say(f"levers (training at batch {b} unless stated)")
+    if cuda:
         set_tf32(True)
         tf32 = time_training(unet, unet, scheduler, settings, b, "fp32", device)
         set_tf32(False)
-        base = next(r for r in report.records if r.get("kind") == "train" and r["batch"] == b and r["precision"] == "fp32"
-                    and not r["compile"])
+        base = _find(report, kind="train", batch=b, precision="fp32", compile="none")
         report.say(f"  TF32 (fp32 weights): {tf32['images_per_s']:.1f} images/s vs {base['images_per_s']:.1f} strict fp32")
         report.records.append(dict(kind="lever", lever="tf32", **tf32))
-    if budget.left() > (60 if device.type == "cuda" else 10):
-        base = time_training(unet, unet, scheduler, settings, b, "bf16", device)
-        unet.to(memory_format=torch.channels_last)
-        cl = time_training(unet, unet, scheduler, settings, b, "bf16", device, memory_format=torch.channels_last)
-        unet.to(memory_format=torch.contiguous_format)
-        report.say(f"  channels_last (bf16): {cl['images_per_s']:.1f} images/s vs {base['images_per_s']:.1f} contiguous")
-        report.records.append(dict(kind="lever", lever="channels_last", **cl))
-    if settings.compile_backend and not skip_compile and device.type == "cuda" and budget.left() > 150:
-        torch._dynamo.reset()
-        regional_unet = make_unet(settings, device).train()
-        compile_model(regional_unet, settings.compile_backend, regional=True)
-        regional = time_training(regional_unet, regional_unet, scheduler, settings, b, "bf16", device)
-        full = next((r for r in report.records if r.get("kind") == "train" and r["batch"] == b
-                     and r["precision"] == "bf16" and r["compile"]), None)
-        versus = f" vs full compile {full['images_per_s']:.1f} images/s, warm-up {full['warmup_s']:.0f} s" if full else ""
-        report.say(f"  regional compile (compile_repeated_blocks, bf16): {regional['images_per_s']:.1f} images/s, "
-                   f"warm-up {regional['warmup_s']:.0f} s{versus}")
-        report.records.append(dict(kind="lever", lever="regional_compile", **regional))
-        del regional_unet
-    precision = time_scheduler_precision(settings, device, settings.sample_batch)
-    report.say(f"  scheduler step at batch {settings.sample_batch} (per-pixel maths): float64 {precision['float64']:.2f} ms, "
-               f"float32 {precision['float32']:.2f} ms")
-    report.records.append(dict(kind="lever", lever="scheduler_precision", **precision))
+    base = _find(report, kind="train", batch=b, precision="bf16", compile="none")
+    unet.to(memory_format=torch.channels_last)
+    cl = time_training(unet, unet, scheduler, settings, b, "bf16", device, memory_format=torch.channels_last)
+    unet.to(memory_format=torch.contiguous_format)
+    report.say(f"  channels_last (bf16): {cl['images_per_s']:.1f} images/s vs {base['images_per_s']:.1f} contiguous")
+    report.records.append(dict(kind="lever", lever="channels_last", **cl))
+    precision_ms = time_scheduler_precision(settings, device, settings.sample_batch)
+    report.say(f"  scheduler step at batch {settings.sample_batch} (per-pixel maths): float64 {precision_ms['float64']:.2f} ms, "
+               f"float32 {precision_ms['float32']:.2f} ms")
+    report.records.append(dict(kind="lever", lever="scheduler_precision", **precision_ms))
 
     # ---- sampling
     report.say("")
@@ -415,23 +398,49 @@ def run(settings: Settings, device: torch.device, budget: Budget, report: Report
     from ultrasound_diffusers.demo import default_label_maps
 
     maps = default_label_maps(settings.sample_batch, size=settings.size)
-    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
         pipe.unet.to(dtype=dtype)
-        for sampler, steps in (("ddpm", settings.ancestral_steps), ("sde-dpm++", settings.solver_steps)):
-            if budget.left() < 15:
-                report.say(f"{precision:>9} {sampler + f' {steps} steps':>22}  skipped (time budget)")
+        for sampler, steps in (("sde-dpm++", settings.solver_steps), ("ddpm", settings.ancestral_steps)):
+            name = ("ancestral" if sampler == "ddpm" else "SDE-DPM-Solver++") + f" {steps}"
+            if budget.left() < (60 if cuda else 5):
+                report.say(f"{precision:>9} {name:>22}  skipped (time budget)")
                 continue
             reset_peak(device)
             rate, finite = time_sampling(pipe, maps, steps, sampler, device)
-            name = ("ancestral" if sampler == "ddpm" else "SDE-DPM-Solver++") + f" {steps}"
             report.say(f"{precision:>9} {name:>22} {rate:>9.2f} {fmt_mem(peak_gib(device)):>9} {str(finite):>6}")
             report.records.append(dict(kind="sample", precision=precision, sampler=sampler, steps=steps,
                                        images_per_s=rate, finite=finite, peak_gib=peak_gib(device)))
     pipe.unet.to(dtype=torch.float32)
-    del pipe, unet
+    unet.train()
+    del pipe
 
     report.say("")
     correctness(device, settings, report)
+
+    # ---- compiled training (each new precision / batch size compiles again: the warm-up column)
+    if not settings.compile_backend or skip_compile:
+        return
+    report.say("")
+    report.say(f"training under torch.compile (backend {settings.compile_backend})")
+    _raise_recompile_limit()
+    compiled = compile_model(unet, settings.compile_backend, regional=False)
+    batches = sorted(settings.train_batches, key=lambda x: (x != b, -x))  # the lever batch first, then larger ones
+    order = ["bf16", "fp16", "fp32"] if cuda else ["bf16"]  # CPU smoke: one traced configuration
+    for precision in [p for p in order if p in settings.train_precisions]:
+        for batch in batches:
+            if budget.left() < (120 if cuda else 10):
+                report.say(f"{batch:>5} {precision:>9} {'full':>9}  skipped (time budget)")
+                continue
+            _train_row(report, batch, precision, "full", time_training(compiled, unet, scheduler, settings, batch, precision, device))
+    if cuda and budget.left() > 120:
+        torch._dynamo.reset()
+        regional_unet = make_unet(settings, device).train()
+        compile_model(regional_unet, settings.compile_backend, regional=True)
+        regional = time_training(regional_unet, regional_unet, scheduler, settings, b, "bf16", device)
+        _train_row(report, b, "bf16", "regional", regional)
+        del regional_unet
+    else:
+        report.say(f"{b:>5} {'bf16':>9} {'regional':>9}  skipped ({'time budget' if cuda else 'GPU only'})")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
