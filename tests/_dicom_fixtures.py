@@ -74,15 +74,15 @@ def sector(height: int, width: int, half_angle_deg: float = 38.0) -> np.ndarray:
 
 def speckle_frame(rng, height: int = 192, width: int = 256, reflector: bool = False) -> np.ndarray:
     """A B-mode-like frame (uint8 [H, W]): fully developed speckle (a complex Gaussian field smoothed by an
-    anisotropic point spread, its envelope log-compressed over 40 dB, mean grey about 80) inside a sector, zero
-    outside. ``reflector`` adds a bright curved specular line (a pericardium-like boundary, saturating in places)."""
+    anisotropic point spread, its envelope log-compressed over 40 dB, mean grey about 90, over a noise floor of 4-16) inside a
+    sector, zero outside. ``reflector`` adds a bright curved specular line (a pericardium-like boundary, saturating in places)."""
     from scipy import ndimage as ndi
 
     field = rng.normal(size=(2, height, width))
     field = np.stack([ndi.gaussian_filter(f, (1.0, 2.0)) for f in field])
     texture = ndi.gaussian_filter(rng.normal(size=(height, width)), 12)
     texture = (texture - texture.min()) / (np.ptp(texture) + 1e-9)
-    envelope = np.hypot(field[0], field[1]) * (0.2 + texture)
+    envelope = np.hypot(field[0], field[1]) * (0.5 + texture)
     db = 20 * np.log10(envelope / np.percentile(envelope, 99.5) + 1e-6)
     image = (db + 40.0) / 40.0 * 255.0 - 100.0
     if reflector:
@@ -90,6 +90,7 @@ def speckle_frame(rng, height: int = 192, width: int = 256, reflector: bool = Fa
         centre = 0.7 * height + 0.08 * height * np.sin(xx / width * 3.0)
         line = 255.0 * np.exp(-((yy - centre) ** 2) / (2 * 2.0**2)) * (0.9 + 0.3 * rng.random((height, width)))
         image = np.maximum(image, line)
+    image = np.maximum(image, rng.uniform(4.0, 16.0, (height, width)))  # the scanner's noise floor
     return np.where(sector(height, width), np.clip(image, 0, 255), 0).astype(np.uint8)
 
 

@@ -660,7 +660,7 @@ def find_text_marks(
     chroma: Optional[np.ndarray] = None,
     use_colour: bool = False,
     min_level: float = 16.0,
-    bright_percentile: float = 99.7,
+    bright_percentile: float = 99.0,
     max_flat_fraction: float = 0.1,
     min_texture: float = 15.0,
     min_contrast: float = 40.0,
@@ -725,9 +725,13 @@ def find_text_marks(
         add(labels, _marks_of(labels, frame, region, max_height, "uniform ink", min_texture, min_contrast, q))
     if region.any():
         # brighter than the frame's speckle ever is: anti-aliased white or bright text keeps few pixels of full ink
-        bright = region & (frame > min(float(np.percentile(frame[region], bright_percentile)) + 5.0, 250.0))
+        # (the speckle's percentile leaves saturated pixels out: white text would raise it)
+        unsaturated = frame[region & (frame < 250.0)]
+        level = float(np.percentile(unsaturated, bright_percentile)) if unsaturated.size else 250.0
+        bright = region & (frame > min(level + 10.0, 250.0))
         labels = ndi.label(bright, structure=np.ones((3, 3), bool))[0]
-        add(labels, _marks_of(labels, frame, region, max_height, "brighter than the speckle", min_contrast=min_contrast))
+        add(labels, [m for m in _marks_of(labels, frame, region, max_height, "brighter than the speckle", min_contrast=min_contrast)
+                     if m["shape"] != "stroke"])  # bright straight pieces: needles, their reverberations
     if len(neighbours):
         still = inked.copy()
         for other in neighbours:
