@@ -124,6 +124,13 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return emb
 
 
+def _compiling() -> bool:
+    """Whether torch.compile is tracing: the eager-mode value checks (which read tensor values, forcing a device
+    sync and a graph break) are skipped there; the pipelines check their inputs before the loop anyway."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
 def prepare_segmap(
     segmap: torch.Tensor,
     num_classes: int,
@@ -178,7 +185,7 @@ def prepare_segmap(
                 f"got {tuple(segmap.shape)}"
             )
         labels = segmap.long()
-        if labels.numel() > 0:
+        if labels.numel() > 0 and not _compiling():  # a value check syncs the device and breaks a compiled graph
             lo, hi = int(labels.min()), int(labels.max())
             if lo < 0 or hi >= num_classes:
                 raise ValueError(
@@ -196,7 +203,7 @@ def prepare_segmap(
                 f"(num_classes={num_classes}); got {tuple(segmap.shape)}. Pass integer labels (torch.long) "
                 "of shape [B, H, W] to have them one-hot encoded."
             )
-        if not bool(torch.isfinite(segmap).all()):
+        if not _compiling() and not bool(torch.isfinite(segmap).all()):
             raise ValueError("`segmap` (a one-hot / soft map) holds NaN or infinite values")
         segmap = segmap.to(dtype=dtype)
     if device is not None:
