@@ -402,12 +402,16 @@ class FullMatrixCapture:
         pairs, n0, frac = self._das_cache[key]
         E, N = self.probe.num_elements, self.num_samples
         flat = y.permute(0, 2, 3, 1).reshape(y.shape[0], E * E, N)[:, pairs]  # [B, pairs, N]
-        a = analytic_signal(flat, dim=-1)
-        index = n0[None].expand(y.shape[0], -1, -1)
-        lower = torch.gather(a, 2, index)
-        upper = torch.gather(a, 2, index + 1)
-        values = lower * (1 - frac) + upper * frac  # [B, pairs, P']
-        return values.mean(1)
+        out = torch.zeros(y.shape[0], n0.shape[1], dtype=torch.complex128 if self.dtype == torch.float64 else torch.complex64)
+        chunk = max(1, int(2**22 // max(1, n0.shape[1])))  # pairs per chunk: about 4M interpolated samples
+        for b in range(y.shape[0]):
+            a = analytic_signal(flat[b], dim=-1)  # [pairs, N]
+            for start in range(0, n0.shape[0], chunk):
+                sl = slice(start, start + chunk)
+                lower = torch.gather(a[sl], 1, n0[sl])
+                upper = torch.gather(a[sl], 1, n0[sl] + 1)
+                out[b] += (lower * (1 - frac[sl]) + upper * frac[sl]).sum(0)
+        return out / float(n0.shape[0])
 
     def __repr__(self) -> str:
         return (f"FullMatrixCapture(elements={self.probe.num_elements}, transmitters={len(self.transmitters)}, "
@@ -657,14 +661,14 @@ class CompressedMultistaticOperator(LinearOperator):
     with ``z_y = Sigma^-1 V^T FMC^T y`` (:meth:`compress`), whose noise is white with the RF noise's standard
     deviation. So sampling with these K numbers per case is the same posterior as with the N x E x E RF samples,
     at a fraction of the cost. :meth:`gram` returns ``diag(J R J^T)`` for the Jacobian of the linearised model
-    at a tissue map: exact for a fixed attenuation and a pixel-uniform prior variance (then the pipeline's
+    at ``linearisation_map`` (default a uniform tissue map; e.g. the mean of the training maps): exact for a fixed attenuation and a pixel-uniform prior variance (then the pipeline's
     ``method="projection"`` is the exact Gaussian conditional mean), the DPS gain's scale otherwise.
     """
 
     name = "fmc-compressed"
 
     def __init__(self, operator: MultistaticOperator, normal_matrix: Optional[np.ndarray] = None,
-                 rank_tolerance: float = 1e-9):
+                 rank_tolerance: float = 1e-9, linearisation_map: Optional[np.ndarray] = None):
         if not isinstance(operator, MultistaticOperator):
             raise TypeError(f"`operator` must be a MultistaticOperator, got {type(operator).__name__}")
         self.operator = operator
@@ -679,6 +683,8 @@ class CompressedMultistaticOperator(LinearOperator):
         self.basis = torch.from_numpy(vec[:, keep][:, ::-1].copy())  # V [P, K]
         self.singular_values = self.eigenvalues.sqrt()
         self.size = operator.size
+        #: map [H, W] in [0, 1] where :meth:`gram` linearises the model (None: uniform tissue, m = 0.77)
+        self.linearisation_map = linearisation_map
         self._jacobian = None
 
     @property
@@ -718,7 +724,10 @@ class CompressedMultistaticOperator(LinearOperator):
         if self._jacobian is None:
             op = self.operator
             h, w = op.size
-            x0 = torch.full((1, 1, h, w), 2 * 0.77 - 1, dtype=torch.float64)
+            if self.linearisation_map is None:
+                x0 = torch.full((1, 1, h, w), 2 * 0.77 - 1, dtype=torch.float64)
+            else:
+                x0 = torch.as_tensor(np.asarray(self.linearisation_map), dtype=torch.float64).reshape(1, 1, h, w) * 2 - 1
             jac = torch.autograd.functional.jacobian(lambda v: self.forward(v.reshape(1, 1, h, w)).reshape(-1), x0.reshape(-1),
                                                      vectorize=True)
             self._jacobian = jac.detach()
