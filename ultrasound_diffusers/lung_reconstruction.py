@@ -414,15 +414,12 @@ def make_lung_rf_figure(cases, title: str = ""):
                 ax.set_title(names[c], fontsize=9)
             if c == 0:
                 ax.set_ylabel(case.get("label", ""), fontsize=8)
-            if c == 1:
-                ax.set_xlabel("receiver" if r == rows - 1 else "", fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == rows - 1:
                 fig.colorbar(im, ax=axes[:, c], orientation="horizontal", fraction=0.04, pad=0.02)
-    axes[-1, 0].set_xlabel("38.4 mm wide, 24 mm deep (8 x 256)", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    fig.suptitle((title + "\n" if title else "") + "maps 38.4 mm wide x 24 mm deep (8 x 256); RF: receivers across, "
+                 "fast time down", fontsize=10)
     return fig
 
 
@@ -501,3 +498,43 @@ def run_lung_reconstruction(pipeline=None, image: Optional[str] = None, operator
 
     write_output_folder(build, out, KIND, inputs=inputs, overwrite=overwrite)
     return summary
+
+
+def make_lung_rf_data_figure(maps, channels, das_full, das_sparse, labels, title: str = ""):
+    """One row per case: the map (normalised slowness), its aeration, the RF data of the centre transmitter
+    (time x receiver), the DAS envelope of the full 32 x 32 data and of an 8 x 8 subset (dB). ``maps`` [N, H, W] in
+    [0, 1], ``channels`` [N, T, E, E], ``das_*`` [N, H', W'] envelopes, ``labels`` N texts."""
+    from .data.lung_media import map_to_aeration
+    from .visualization import new_figure
+
+    n = len(maps)
+    fig = new_figure(figsize=(17, 1.7 * n + 0.9))
+    axes = np.atleast_2d(fig.subplots(n, 5))
+    names = ("map (normalised slowness)", "aeration", "RF data, transmitter 16 (time x receiver)",
+             "DAS, full 32 x 32 (dB)", "DAS, 8 tx x 8 rx (dB)")
+    for r in range(n):
+        y = np.asarray(channels[r])[:, y_centre(channels[r]), :]
+        lim = np.abs(y).max()
+        panels = [(maps[r], dict(cmap="viridis", vmin=0, vmax=1)), (map_to_aeration(maps[r]), dict(cmap="Blues", vmin=0, vmax=1)),
+                  (y, dict(cmap="gray", vmin=-lim, vmax=lim))]
+        for das in (das_full[r], das_sparse[r]):
+            panels.append((20 * np.log10(np.maximum(das / max(das.max(), 1e-30), 1e-3)), dict(cmap="gray", vmin=-50, vmax=0)))
+        for c, (image, style) in enumerate(panels):
+            ax = axes[r, c]
+            im = ax.imshow(image, aspect="auto", interpolation="nearest", **style)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(names[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel(labels[r], fontsize=8)
+            if r == n - 1:
+                fig.colorbar(im, ax=axes[:, c], orientation="horizontal", fraction=0.04, pad=0.03)
+    fig.suptitle((title + "\n" if title else "") + "maps 38.4 mm wide x 24 mm deep (8 x 256); RF: receivers 1-32 "
+                 "across, fast time down", fontsize=10)
+    return fig
+
+
+def y_centre(channels) -> int:
+    """Index of the centre transmitter of RF data [T, E, E]."""
+    return int(np.asarray(channels).shape[1] // 2)
