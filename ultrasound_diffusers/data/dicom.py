@@ -22,7 +22,17 @@ De-identification fails closed:
   fill its file's scan area with speckle (a report page inside a cine, a blank frame), is dropped; ``keep_frames_without_scan_area=True`` keeps such frames (whole and unmasked when the file has
   no scan area), never for a file marked ``BurnedInAnnotation=YES``;
 * a file marked ``BurnedInAnnotation=YES`` is dropped unless ``accept_burned_in_annotation=True``,
-  which keeps it, masked to its scan area (text overlaid *inside* the fan cannot be told from tissue);
+  which keeps it, masked to its scan area (and checked for text inside it like every other file);
+* every kept frame is searched for burned-in text *inside* its scan area, tag or no tag
+  (:func:`find_text_marks`): marks drawn in one exact grey that spikes the local histogram and stands apart from
+  the speckle around it, marks brighter than the frame's speckle ever is, marks still between cine frames while
+  the speckle moves, colour in a scan area that is otherwise grey; those shaped like glyphs, words or letter stems,
+  grouped into rows. A row of 3 or more is *text*: the frame is dropped (``mask_text_inside_scan_area=True`` keeps
+  it with the rows zeroed). Glyph-like marks but no row (a caliper cross, a digit), or a frame too flat to tell
+  (posterised or upsampled: pieces of one grey are everywhere), is *uncertain*: dropped unless
+  ``keep_uncertain_frames=True``. The report's ``text_inside_scan_area`` lists each such frame (its
+  pseudonymous ``source_id`` and index, verdict, action, marks, pixels, cues). Not found: thin anti-aliased
+  text in a grey inside the speckle range that keeps almost no pixel of full ink, and dark text;
 * only an allow-list of technical values is copied (:data:`COPIED_TAGS`): Modality and Photometric
   Interpretation (checked against DICOM's defined terms), the frame count, frame time and the physical
   pixel size of the ultrasound regions. ``Manufacturer`` is replaced by a canonical vendor name from a
@@ -760,7 +770,7 @@ def find_text_marks(
         out[:] = False
     cues = Counter(m["cue"] for m in marks)
     if verdict == "clean":
-        row_boxes = []
+        row_boxes, longest = [], 0
     return out, {"verdict": verdict, "marks": len(marks), "pixels": int(sum(m["pixels"] for m in marks)), "longest_row": int(longest), "rows": row_boxes,
                  "cues": dict(cues), "flat_fraction": round(flat_fraction, 4), "too_flat": flat_fraction > max_flat_fraction}
 
