@@ -142,3 +142,24 @@ def test_dataset_and_phantoms_source(tmp_path, capsys):
     assert main(["phantoms", "--anatomy", "lung", "--num_images", "2", "--tgc", "0.5", "--output_dir", str(tmp_path / "x")]) != 0
     assert "--tgc apply to the B-mode anatomies only" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_bundled_lung_pipeline_loads_offline_and_samples(monkeypatch):
+    import torch
+
+    from ultrasound_diffusers import DiffusionPipeline, UltrasoundPipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = DiffusionPipeline.from_pretrained(L.LUNG_PIPELINE_PATH)
+    assert isinstance(pipe, UltrasoundPipeline)
+    assert list(pipe.unet.config.sample_size) == [8, 256] and pipe.unet.config.num_classes == 0
+    assert pipe.unet.config.learn_sigma and pipe.scheduler.config.beta_schedule == "linear"
+    assert pipe.scheduler.config.num_train_timesteps == 1000 and pipe.scheduler.config.bmap_min == 1.0
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (2, 8, 256, 1) and np.isfinite(images).all()
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    from pathlib import Path
+
+    card = Path(__file__).resolve().parents[1] / "model_cards" / "lung-phantom-8x256.md"
+    assert (L.LUNG_PIPELINE_PATH / "README.md").read_bytes() == card.read_bytes()
