@@ -125,15 +125,18 @@ def main(argv=None) -> int:
         op = lung_rf_operator(tx, rx)
         comp = compressed_operator(op, args.cache)
         y, stds = simulate_rf(test_maps, op, snr, seed=1000 + a)
-        y_rule, _ = simulate_rf(rule_maps, op, snr, seed=2000 + a)
-        t0 = time.perf_counter()
-        env = op.das_envelope(torch.from_numpy(y))
-        das_seconds = (time.perf_counter() - t0) / len(y)
-        rule = DasMapRule().fit(op.das_envelope(torch.from_numpy(y_rule)), rule_maps)
-        t0 = time.perf_counter()
-        das_pred = rule.predict(env)
-        das_seconds += (time.perf_counter() - t0) / len(y)
-        results = {"DAS rule": (das_pred, None, None, das_seconds)}
+        results = {}
+        env = None
+        if "das" in methods or "dps" in methods:
+            t0 = time.perf_counter()
+            env = op.das_envelope(torch.from_numpy(y))
+            das_seconds = (time.perf_counter() - t0) / len(y)
+        if "das" in methods:
+            y_rule, _ = simulate_rf(rule_maps, op, snr, seed=2000 + a)
+            rule = DasMapRule().fit(op.das_envelope(torch.from_numpy(y_rule)), rule_maps)
+            t0 = time.perf_counter()
+            das_pred = rule.predict(env)
+            results["DAS rule"] = (das_pred, None, None, das_seconds + (time.perf_counter() - t0) / len(y))
         if fno is not None:
             t0 = time.perf_counter()
             pred = predict_lung_fno(*fno, op, torch.from_numpy(y))
