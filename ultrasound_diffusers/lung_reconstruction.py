@@ -394,14 +394,14 @@ def make_lung_rf_figure(cases, title: str = ""):
     rows = len(cases)
     fig = new_figure(figsize=(17, 1.55 * rows + 0.8))
     axes = np.atleast_2d(fig.subplots(rows, 6))
-    names = ("true map", "RF data, transmitter 16", "DAS envelope (dB)", "posterior mean", "90 % interval width",
+    names = ("true map", "RF data, centre recorded transmitter", "DAS envelope (dB)", "posterior mean", "90 % interval width",
              "|mean - truth|")
     for r, case in enumerate(cases):
         y = np.asarray(case["channels"])
         das_db = 20 * np.log10(np.maximum(case["das"] / max(case["das"].max(), 1e-30), 1e-3))
         panels = [
             (case["truth"], dict(cmap="viridis", vmin=0, vmax=1)),
-            (y[:, y.shape[1] // 2, :], dict(cmap="gray", vmin=-np.abs(y).max(), vmax=np.abs(y).max())),
+            (y[:, _recorded_centre(y), :], dict(cmap="gray", vmin=-np.abs(y).max(), vmax=np.abs(y).max())),
             (das_db, dict(cmap="gray", vmin=-60, vmax=0)),
             (case["mean"], dict(cmap="viridis", vmin=0, vmax=1)),
             (case["upper"] - case["lower"], dict(cmap="magma", vmin=0, vmax=0.6)),
@@ -533,6 +533,14 @@ def make_lung_rf_data_figure(maps, channels, das_full, das_sparse, labels, title
     fig.suptitle((title + "\n" if title else "") + "maps 38.4 mm wide x 24 mm deep (8 x 256); RF: receivers 1-32 "
                  "across, fast time down", fontsize=10)
     return fig
+
+
+def _recorded_centre(channels) -> int:
+    """Index of the recorded transmitter of RF data [T, E, E] nearest the array's centre."""
+    y = np.asarray(channels)
+    recorded = np.flatnonzero(np.abs(y).reshape(y.shape[0], y.shape[1], -1).max(axis=(0, 2)) > 0)
+    centre = y.shape[1] // 2
+    return int(recorded[np.abs(recorded - centre).argmin()]) if recorded.size else centre
 
 
 def y_centre(channels) -> int:
