@@ -8,9 +8,11 @@ posterior sampling with the lung prior, uncertainty intervals and the metrics of
 * :func:`simulate_rf` / :func:`lung_rf_dataset`: RF data of lung maps at a given SNR; the dataset is a
   ``datasets.Dataset`` with ``values`` (the map, float32 [8, 256]) and ``channels`` (float32 Array3D [N, 32, 32]).
 * :class:`DasMapRule`: the classical baseline, DAS envelope -> map by per-row least squares on envelope features.
-* :func:`reconstruct_lung`: ``UltrasoundReconstructionPipeline`` (DPS) on the whitened RF data
+* :func:`reconstruct_lung`: posterior sampling with the lung prior on the whitened RF data
   (:class:`~ultrasound_diffusers.acoustics.multistatic.CompressedMultistaticOperator`, the same posterior as the
-  full RF data), K samples -> mean and a per-pixel 90 % interval (:func:`prediction_interval`).
+  full RF data) with a proximal data-consistent estimate at every step (:func:`posterior_sample`; the
+  ``UltrasoundReconstructionPipeline`` methods remain selectable), K samples -> mean and a per-pixel 90 % interval
+  (:func:`prediction_interval`).
 * :func:`map_metrics`: MAE, PSNR, aeration error in the lung rows, category by ``lung_media.classify_lung_maps``,
   interval coverage.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import numpy as np
 import torch

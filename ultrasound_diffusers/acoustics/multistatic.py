@@ -7,26 +7,22 @@ spans the map's lateral extent (pitch = map width / E). Every element transmits 
 (N, E, E), sampled at ``fs = sampling_factor * fc``. Default probe :data:`LUNG_PROBE`: 3 MHz centre frequency,
 60 % pulse-echo bandwidth, fs = 12 MHz, c = 1540 m/s (the reference medium for the travel times).
 
-**Linear (first-order Born) model.** The map ``m`` in [0, 1] (H x W, the seed's pooled 8 x 256 grid) is turned into
-a reflectivity at the pixel centres, linear in m (:func:`map_to_reflectivity`)
+**First-order Born model.** The map ``m`` in [0, 1] (H x W, the seed's pooled 8 x 256 grid of normalised slowness)
+gives an effective reflectivity (:meth:`MultistaticOperator.reflectivity`)
 
-    r(p) = (m(p) - m(p above)) + s m(p)
+    rho = T_edge (m - m_above) + s T_centre m
 
 the first term the specular reflection of a layer interface (the reflection coefficient of an impedance step is
 about ``dZ / 2Z``, so the strong pleural line is the large jump of the map at the pleura), the second a diffuse
-backscatter proportional to the map (``s = scatter``, default 0.2). Each reflector sends back the two-way pulse
-(a Gaussian-modulated sinusoid, :func:`rf_pulse`) delayed by the travel time ``(|p - e_i| + |p - e_j|) / c``,
-with amplitude
+backscatter proportional to the map (``s = scatter``, default 0.2); ``T`` is the two-way transmission through the
+attenuation along the vertical path (:func:`two_way_transmission`), from the map itself
+(:func:`map_attenuation`, non-linear in m) or from a fixed attenuation map (then the operator is affine in m).
+``rho`` is averaged over ``lateral_pool`` columns to the reflectivity grid. Each reflector sends back the two-way
+pulse (a Gaussian-modulated sinusoid, :func:`rf_pulse`) delayed by ``(|p - e_i| + |p - e_j|) / c`` with amplitude
+``D(e_i, p) D(e_j, p)``, ``D`` = obliquity ``cos(theta)`` times 2-D spreading ``sqrt(1 cm / distance)``
+(:func:`one_way_paths`; :class:`FullMatrixCapture` also takes an attenuation integrated along the oblique ray).
 
-    w_ij(p) = D(e_i, p) D(e_j, p) 10^(-f_MHz (L_i(p) + L_j(p)) / 20)
-
-``D`` = obliquity ``cos(theta)`` times 2-D spreading ``sqrt(1 cm / distance)``; ``L_e(p)`` (dB / MHz) the attenuation
-integrated along the straight ray from element e to p through the attenuation map (dB/cm/MHz), taken as the
-depth integral of the pixel's own column times ``distance / depth`` (a laterally slowly varying medium). The
-attenuation map is that of a *reference medium* fixed when the operator is built (for example the mean of the
-training media), so the operator stays linear in ``m``: the medium's own attenuation is not re-estimated.
-
-Numerically ``A = C S``: ``S`` places ``w r`` at the fractional sample ``tau fs - n0`` with linear-interpolation
+Numerically ``A = C S``: ``S`` places ``w rho`` at the fractional sample ``tau fs - n0`` with linear-interpolation
 weights (a sparse matrix with two entries per (i, j, p)), ``C`` convolves every channel with the sampled pulse.
 ``A^T = S^T C^T`` (correlation, then the transposed sparse matrix): the exact adjoint (tested to 1e-6 in
 float64). Subsets of transmitters / receivers are masks: the data keep the (N, E, E) shape with zeros in the
@@ -37,20 +33,18 @@ interpolated at the round-trip time of each image point and summed over all reco
 finer in depth than the map (the pulse is much shorter than a pooled map row), the envelope then averaged back to
 the map grid (:meth:`MultistaticOperator.das_envelope`).
 
-**The measurement operator of the diffusion model** (:class:`MultistaticOperator`, a
-:class:`~ultrasound_diffusers.operators.LinearOperator` on model images ``x = 2 m - 1`` in [-1, 1]):
-``A(x) = gain * A_rf r((x + 1) / 2)``, affine in x. Because it is linear with white Gaussian noise, the data enter
-the posterior only through ``L^T y`` and ``G = L^T L`` (P x P, P = H W): :meth:`MultistaticOperator.compressed`
-returns the equivalent operator on the whitened coordinates ``z = Sigma^-1 V^T L^T y`` (``L = U Sigma V^T``),
-whose noise is white with the same standard deviation and whose ``A R A^T`` is diagonal for a pixel-uniform prior
-variance R, so that :class:`UltrasoundReconstructionPipeline`'s data-consistency projection and DPS gain are
-exact (not diagonal approximations).
+**The measurement operator of the diffusion model** (:class:`MultistaticOperator`, on model images
+``x = 2 m - 1`` in [-1, 1]): ``A(x) = gain * FMC(rho(x))``. With white Gaussian noise the data enter the posterior
+only through ``FMC^T y`` and ``G = FMC^T FMC`` (P x P on the reflectivity grid):
+:meth:`MultistaticOperator.compressed` returns the equivalent operator on the whitened coordinates
+``z = Sigma^-1 V^T FMC^T y`` (``FMC = U Sigma V^T``), whose noise is white with the same standard deviation
+(:class:`CompressedMultistaticOperator`; the lung reconstruction samples with it).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -323,7 +317,7 @@ class FullMatrixCapture:
         import scipy.sparse as sp
 
         rows, cols, vals, shape = self._triplets
-        E, N = self.probe.num_elements, self.num_samples
+        N = self.num_samples
         half = (self.pulse.size - 1) // 2
         conv = sp.diags([np.full(N - abs(k), self.pulse[half - k]) for k in range(-half, half + 1)],
                         list(range(-half, half + 1)), shape=(N, N), format="csr")

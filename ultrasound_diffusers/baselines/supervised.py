@@ -21,7 +21,6 @@ neural operator trained on simulations. This baseline does the same on the packa
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
