@@ -432,8 +432,9 @@ def run_lung_reconstruction(pipeline=None, image: Optional[str] = None, operator
     """``ultrasound-diffusers reconstruct --operator fmc:...``: simulate the RF data of one lung map, reconstruct it
     with the lung prior and write ``reconstruction.png``, ``reconstruction.npz`` and ``metrics.json``.
 
-    ``image``: ``phantoms:lung[:N[:SEED]]`` (map ``image_index`` of that set; default the held-out seed 4242) or
-    a ``.npy`` map [8, 256] in [0, 1]. The output folder follows the package's output rule (``overwrite``)."""
+    ``pipeline``: the lung prior (default: the bundled ``assets/lung-phantom-8x256``). ``image``:
+    ``phantoms:lung[:N[:SEED]]`` (map ``image_index`` of that set; default the held-out seed 4242) or a ``.npy`` map
+    [8, 256] in [0, 1]. The output folder follows the package's output rule (``overwrite``)."""
     import io
     import json
 
@@ -446,6 +447,11 @@ def run_lung_reconstruction(pipeline=None, image: Optional[str] = None, operator
     inputs = [pipeline, image]
     check_output_dir(out, KIND, inputs=inputs, overwrite=overwrite)
     start = time.perf_counter()
+    if pipeline is None:  # the bundled lung model
+        bundled = Path(__file__).resolve().parent / "assets" / "lung-phantom-8x256"
+        if not (bundled / "model_index.json").is_file():
+            raise FileNotFoundError(f"no --pipeline given and the bundled lung model is missing from {bundled}")
+        pipeline = bundled
     pipe = load_pipeline(pipeline, device)
     if int(getattr(pipe.unet.config, "num_classes", 0) or 0) != 0:
         raise ValueError("the lung reconstruction needs an unconditional lung prior (num_classes=0) as --pipeline")
