@@ -394,7 +394,9 @@ def make_lung_rf_figure(cases, title: str = ""):
     from .visualization import new_figure
 
     rows = len(cases)
-    fig = new_figure(figsize=(17, 1.55 * rows + 0.8))
+    height = 1.55 * rows + 1.6
+    fig = new_figure(figsize=(17, height))
+    fig.subplots_adjust(top=1 - 0.75 / height, bottom=0.55 / height)
     axes = np.atleast_2d(fig.subplots(rows, 6))
     names = ("true map", "RF data, centre recorded transmitter", "DAS envelope (dB)", "posterior mean", "90 % interval width",
              "|mean - truth|")
