@@ -341,7 +341,8 @@ def create_model_card(
     pipeline_class = type(pipeline).__name__
     num_classes = int(unet_config.get("num_classes", 0) or 0)
     is_semantic = num_classes > 0
-    bmap = "bmap_schedule" in scheduler_config
+    # B-maps attenuate only with bmap_min < 1: a B-map scheduler at bmap_min = 1 is plain DDPM, and its card says so
+    bmap = "bmap_schedule" in scheduler_config and float(scheduler_config.get("bmap_min", 1.0)) < 1.0
     pipeline_tag = "image-to-image" if is_semantic else "unconditional-image-generation"
 
     if label_names is None:

@@ -727,3 +727,17 @@ def test_no_card_or_remote_code_file_names_an_install_that_would_fail(pipe, save
         assert INDEX_INSTALL.search(wrong), wrong
     for right in ("pip install ./ultrasound-diffusers", "pip install dist/ultrasound_diffusers-0.1.0-py3-none-any.whl"):
         assert not INDEX_INSTALL.search(right), right
+
+
+def test_card_of_a_bmap_scheduler_at_bmap_min_1_says_plain_ddpm(tmp_path):
+    """bmap_min = 1 is exactly DDPM: no b-map tag, no B-map description (the lung model is such a pipeline)."""
+    from _pipeline_fixtures import tiny_bmap_scheduler, tiny_unconditional_pipeline
+
+    from ultrasound_diffusers.pipelines.hub import create_model_card
+
+    cards = {}
+    for bmap_min in (1.0, 0.97):
+        scheduler = tiny_bmap_scheduler("learned_range", probe_geometry="linear", bmap_min=bmap_min)
+        cards[bmap_min] = str(create_model_card(tiny_unconditional_pipeline(scheduler=scheduler), repo_id="org/x"))
+    assert "b-map" not in cards[1.0].split("---")[1] and "standard DDPM forward process" in cards[1.0]
+    assert "b-map" in cards[0.97].split("---")[1] and "B-map attenuation" in cards[0.97]
