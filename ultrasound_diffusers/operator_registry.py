@@ -98,7 +98,7 @@ def _channels(arg: str, size, scheduler, noise_std) -> ForwardOperator:
 
 
 def _fmc(arg: str, size, scheduler, noise_std) -> ForwardOperator:
-    from .lung_reconstruction import fmc_operator_from_spec  # heavy: only where lung RF data are asked for
+    from .acoustics.multistatic import fmc_operator_from_spec  # heavy: only where lung RF data are asked for
 
     return fmc_operator_from_spec(arg, size, noise_std=noise_std)
 
