@@ -393,14 +393,11 @@ def run_lung_reconstruction(pipeline=None, image: Optional[str] = None, operator
     ``pipeline``: the lung prior (default: the bundled ``assets/lung-phantom-8x256``). ``image``:
     ``phantoms:lung[:N[:SEED]]`` (map ``image_index`` of that set; default the held-out seed 4242) or a ``.npy`` map
     [8, 256] in [0, 1]. The output folder follows the package's output rule (``overwrite``)."""
-    import io
-    import json
 
     from .data.lung_media import LUNG_CATEGORIES, lung_maps
     from .data.sources import PHANTOMS_PREFIX, parse_phantoms_spec
-    from .reconstruction import HELD_OUT_SEED, KIND, load_pipeline
-    from .utils.io import check_output_dir, write_output_folder
-    from .visualization import save_figure
+    from .reconstruction import HELD_OUT_SEED, KIND, load_pipeline, write_reconstruction_folder
+    from .utils.io import check_output_dir
 
     inputs = [pipeline, image]
     check_output_dir(out, KIND, inputs=inputs, overwrite=overwrite)
@@ -453,16 +450,9 @@ def run_lung_reconstruction(pipeline=None, image: Optional[str] = None, operator
                "final_residual_rms": result["final_residual"], "seconds": round(time.perf_counter() - start, 2)}
     fig = make_lung_rf_figure([{**result, "truth": truth, "channels": y[0].numpy(), "das": das, "label": description}],
                               f"{description}: {operator}, {num_samples} samples, {num_inference_steps} steps")
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, truth=truth, mean=result["mean"], lower=result["lower"], upper=result["upper"],
-                        samples=result["samples"], das=das)
-
-    def build(folder: Path) -> None:
-        save_figure(fig, folder / "reconstruction.png")
-        (folder / "reconstruction.npz").write_bytes(buffer.getvalue())
-        (folder / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-
-    write_output_folder(build, out, KIND, inputs=inputs, overwrite=overwrite)
+    arrays = dict(truth=truth, mean=result["mean"], lower=result["lower"], upper=result["upper"],
+                  samples=result["samples"], das=das)
+    write_reconstruction_folder(out, fig, arrays, summary, inputs=inputs, overwrite=overwrite)
     return summary
 
 

@@ -318,16 +318,12 @@ def run_reconstruction(pipeline=None, image=None, labels=None, operator="missing
             (:func:`~ultrasound_diffusers.utils.io.check_output_dir`, checked before any work): a folder another
             command or the user wrote is replaced only with ``overwrite``, and the folder is written whole.
     """
-    import io
-    import json
     import time
-    from pathlib import Path
 
     import numpy as np
 
     from .pipelines.pipeline_utils import resolve_sample_size
-    from .utils.io import check_output_dir, write_output_folder
-    from .visualization import save_figure
+    from .utils.io import check_output_dir
 
     settings = _settings(settings, options)
     method, num_samples, num_inference_steps = settings.method, settings.num_samples, settings.num_inference_steps
@@ -361,16 +357,31 @@ def run_reconstruction(pipeline=None, image=None, labels=None, operator="missing
     title = f"{description}: {label}, {method}, {num_samples} samples, {num_inference_steps} steps"
     fig = make_reconstruction_figure(result["truth"], result["measured"], result["baseline"], result["reconstruction"],
                                      result["uncertainty"], result["residuals"], std, title, metrics)
+    write_reconstruction_folder(out, fig, result, summary, inputs=inputs, overwrite=overwrite)
+    return summary
+
+
+def write_reconstruction_folder(out, fig, arrays: dict, summary: dict, inputs=(), overwrite: bool = False):
+    """Write a reconstruction run's folder whole, under the output rule: ``reconstruction.png`` (``fig``),
+    ``reconstruction.npz`` (``arrays``, name -> array) and ``metrics.json`` (``summary``). Returns the folder."""
+    import io
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from .utils.io import write_output_folder
+    from .visualization import save_figure
+
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in result.items()})
+    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
 
     def build(folder: Path) -> None:
         save_figure(fig, folder / "reconstruction.png")
         (folder / "reconstruction.npz").write_bytes(buffer.getvalue())
         (folder / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
-    write_output_folder(build, out, KIND, inputs=inputs, overwrite=overwrite)
-    return summary
+    return write_output_folder(build, out, KIND, inputs=inputs, overwrite=overwrite)
 
 
 def run_benchmark(pipeline=None, keep_every=(2, 4, 8), num_images=4, settings: Optional[ReconstructionSettings] = None,
