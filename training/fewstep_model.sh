@@ -23,9 +23,10 @@ python training/train_semantic.py --dataset_name phantoms:echo --phantoms 2000 -
   --pretrained_model_name_or_path ultrasound_diffusers/assets/bmap-echo-phantom-64 --output_dir "$WORK/vpred"
 
 # 2. Consistency distillation of the guided (w = 1.5) v-prediction teacher on its 50-step per-pixel DDIM grid.
-#    STEPS: the number of distillation steps of docs/fewstep.md's student (the run was stopped at a checkpoint,
-#    then finished with --resume_from_checkpoint latest and --max_train_steps equal to that checkpoint).
-STEPS="${STEPS:-2000}"
+#    STEPS: 150, the student of docs/fewstep.md (that run was started for 2000 steps and stopped at checkpoint-150
+#    for lack of CPU time, then saved with --resume_from_checkpoint latest --max_train_steps 150: the same weights,
+#    the LR is constant). Far more steps are needed to reach the bar; raise STEPS where compute allows.
+STEPS="${STEPS:-150}"
 python training/train_consistency_distillation.py --teacher "$WORK/vpred" --guidance_scale 1.5 --num_ddim_timesteps 50 \
   --dataset_name phantoms:echo --phantoms 2000 --resolution 64 --train_batch_size 8 --max_train_steps "$STEPS" \
   --learning_rate 1e-4 --ema_decay 0.95 --loss_type huber --checkpointing_steps 50 --checkpoints_total_limit 2 \
