@@ -60,3 +60,16 @@ def test_a_truly_unknown_key_still_warns(diffusers_log):
     config = dict(BMapAttenuationScheduler().config, not_a_scheduler_option=1)
     BMapDPMSolverMultistepScheduler.from_config(config)
     assert any("not_a_scheduler_option" in m for m in _ignored(diffusers_log))
+
+
+def test_consistency_scheduler_swaps_silently(diffusers_log):
+    """The few-step scheduler joins the B-map family: to it and back, no 'will be ignored', the keys ride along."""
+    from ultrasound_diffusers import BMapConsistencyScheduler
+
+    ancestral = BMapAttenuationScheduler.from_preset("camus-sdm")
+    fewstep = BMapConsistencyScheduler.from_config(ancestral.config)
+    assert fewstep.config.bmap_min == ancestral.config.bmap_min
+    back = BMapAttenuationScheduler.from_config(fewstep.config)
+    assert back.config.sampler == ancestral.config.sampler
+    BMapDPMSolverMultistepScheduler.from_config(fewstep.config)
+    assert _ignored(diffusers_log) == []

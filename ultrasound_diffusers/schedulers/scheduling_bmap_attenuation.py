@@ -174,7 +174,7 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
     Samples are tensors [B, C, H, W] (any H, W; also [B, C, ..., H, W]) in [-1, 1].
     """
 
-    _compatibles = ["DDPMScheduler", "DDIMScheduler", "BMapDPMSolverMultistepScheduler"]
+    _compatibles = ["DDPMScheduler", "DDIMScheduler", "BMapDPMSolverMultistepScheduler", "BMapConsistencyScheduler"]
     order = 1
 
     @classmethod
@@ -760,7 +760,7 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
 
 # ---------------------------------------------------------------------------------------------------- functions
 #: The scheduler classes of this package, by name (``_compatibles`` entries that diffusers cannot resolve).
-_PACKAGE_SCHEDULERS = ("BMapAttenuationScheduler", "BMapDPMSolverMultistepScheduler")
+_PACKAGE_SCHEDULERS = ("BMapAttenuationScheduler", "BMapDPMSolverMultistepScheduler", "BMapConsistencyScheduler")
 
 
 def compatible_scheduler_classes(cls, found: Sequence[type]) -> list:

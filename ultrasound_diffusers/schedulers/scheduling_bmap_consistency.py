@@ -39,7 +39,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..geometry import CAMUS_FAN_APEX, CAMUS_FAN_HALF_ANGLE_DEG, CAMUS_FAN_RADII
 from .diffusion_math import original_from_model_output
-from .scheduling_bmap_attenuation import PREDICTION_TYPES, VARIANCE_TYPES, BMapAttenuationScheduler
+from .scheduling_bmap_attenuation import PREDICTION_TYPES, VARIANCE_TYPES, BMapAttenuationScheduler, compatible_scheduler_classes
 
 __all__ = ["BMapConsistencyScheduler", "BMapConsistencySchedulerOutput", "consistency_scalings", "lcm_timesteps"]
 
@@ -134,6 +134,12 @@ class BMapConsistencyScheduler(SchedulerMixin, ConfigMixin):
 
     _compatibles = ["BMapAttenuationScheduler", "BMapDPMSolverMultistepScheduler", "LCMScheduler"]
     order = 1
+
+    @classmethod
+    def _get_compatibles(cls) -> list:
+        """diffusers' compatible classes plus this package's, so that ``from_config`` of another B-map scheduler's
+        config keeps its keys (``sampler``, ``ddim_eta``, solver keys) silently as hidden entries."""
+        return compatible_scheduler_classes(cls, super()._get_compatibles())
 
     @register_to_config
     def __init__(

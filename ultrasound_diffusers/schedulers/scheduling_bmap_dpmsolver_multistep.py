@@ -107,7 +107,8 @@ class BMapDPMSolverMultistepScheduler(SchedulerMixin, ConfigMixin):
 
     _compatibles = sorted(
         {e.name for e in KarrasDiffusionSchedulers}
-        | {"DPMSolverMultistepScheduler", "BMapAttenuationScheduler", "DDPMScheduler", "DDIMScheduler"}
+        | {"DPMSolverMultistepScheduler", "BMapAttenuationScheduler", "BMapConsistencyScheduler", "DDPMScheduler",
+           "DDIMScheduler"}
     )
     order = 1
 
