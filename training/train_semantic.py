@@ -544,19 +544,9 @@ def prepare_training_data(args: argparse.Namespace, show_progress: bool = True):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the training; expected failures (bad flags, bad data, a bad --output_dir) end in one line on stderr,
     ``train_semantic.py: error: ...``, and exit code 2, as argparse does; unexpected ones keep their traceback."""
-    from ultrasound_diffusers.utils.io import write_failure_message
+    from ultrasound_diffusers.cli import run_reporting_errors
 
-    try:
-        return train(argv)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
-        print(f"train_semantic.py: error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # a full or read-only disk: one line naming the cause, not a traceback
-        message = write_failure_message(err)
-        if message is None:
-            raise
-        print(f"train_semantic.py: error: {message}", file=sys.stderr)
-        return 1
+    return run_reporting_errors("train_semantic.py", train, argv)
 
 
 def train(argv: Optional[Sequence[str]] = None) -> int:

@@ -41,21 +41,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    return run_reporting_errors(f"ultrasound-diffusers {args.command}", func, args)
+
+
+def run_reporting_errors(prog: str, func, *args) -> int:
+    """``func(*args)`` as a command: a failure caused by the user's input (:data:`EXPECTED_ERRORS`) is one line on
+    stderr, ``PROG: error: ...``, and exit code 2 (like argparse); a write the disk refused (full, read-only) is one
+    line and exit code 1; anything else is a bug and keeps its traceback."""
+    from .utils.io import write_failure_message
+
     try:
-        code = func(args)
+        code = func(*args)
     except EXPECTED_ERRORS as err:
-        from .utils.io import write_failure_message
-
         message = write_failure_message(err) if isinstance(err, PermissionError) else None
-        print(f"ultrasound-diffusers {args.command}: error: {message or err}", file=sys.stderr)
+        print(f"{prog}: error: {message or err}", file=sys.stderr)
         return 2
-    except Exception as err:  # a full or read-only disk: one line naming the cause, not a traceback
-        from .utils.io import write_failure_message
-
+    except Exception as err:
         message = write_failure_message(err)
         if message is None:
             raise
-        print(f"ultrasound-diffusers {args.command}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 1
     return int(code or 0)
 
