@@ -5,16 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def write_ultrasound_dicom(path, pixels, photometric: str = "MONOCHROME2", bits_stored: int = 8, **attributes):
-    """Write ``pixels`` ([H, W] or [T, H, W] integers) as an Ultrasound (Multi-frame) Image Storage file.
-
-    ``attributes`` are set on the dataset as DICOM keywords (``PatientName="Doe^Jane"``, ``FrameTime="33.3"``);
-    a multi-frame file gets ``NumberOfFrames``. Returns the written ``pydicom.Dataset``."""
+def _ultrasound_dataset(frames: int, attributes: dict):
+    """The header every test file shares: Ultrasound (Multi-frame) Image Storage, explicit little endian, new
+    UIDs, modality US, then ``attributes`` (DICOM keywords)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    pixels = np.asarray(pixels)
-    frames = pixels.shape[0] if pixels.ndim == 3 else 1
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1" if frames > 1 else "1.2.840.10008.5.1.4.1.1.6.1"
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -25,6 +21,17 @@ def write_ultrasound_dicom(path, pixels, photometric: str = "MONOCHROME2", bits_
     ds.Modality = "US"
     for keyword, value in attributes.items():
         setattr(ds, keyword, value)
+    return ds
+
+
+def write_ultrasound_dicom(path, pixels, photometric: str = "MONOCHROME2", bits_stored: int = 8, **attributes):
+    """Write ``pixels`` ([H, W] or [T, H, W] integers) as an Ultrasound (Multi-frame) Image Storage file.
+
+    ``attributes`` are set on the dataset as DICOM keywords (``PatientName="Doe^Jane"``, ``FrameTime="33.3"``);
+    a multi-frame file gets ``NumberOfFrames``. Returns the written ``pydicom.Dataset``."""
+    pixels = np.asarray(pixels)
+    frames = pixels.shape[0] if pixels.ndim == 3 else 1
+    ds = _ultrasound_dataset(frames, attributes)
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.BitsAllocated = 8 if bits_stored <= 8 else 16
@@ -38,21 +45,9 @@ def write_ultrasound_dicom(path, pixels, photometric: str = "MONOCHROME2", bits_
 
 def write_rgb_ultrasound_dicom(path, pixels, **attributes):
     """Write RGB ``pixels`` ([H, W, 3] or [T, H, W, 3] uint8, colour-by-pixel) as an Ultrasound Image Storage file."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     pixels = np.asarray(pixels, np.uint8)
     frames = pixels.shape[0] if pixels.ndim == 4 else 1
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1" if frames > 1 else "1.2.840.10008.5.1.4.1.1.6.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
+    ds = _ultrasound_dataset(frames, attributes)
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.Rows, ds.Columns = pixels.shape[-3:-1]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
