@@ -434,3 +434,28 @@ def test_cli_text_flags(tmp_path, capsys):
     assert "text inside the scan area: 3 frame(s) checked, 0 with text, 1 uncertain (1 uncertain: kept (--keep_uncertain_frames))" in printed
     report = json.loads((tmp_path / "out" / "deidentification_report.json").read_text())
     assert report["options"]["keep_uncertain_frames"] is True and report["frames_kept"] == 3
+
+
+def test_upright_strokes_of_one_grey_find_thin_mid_grey_text():
+    """Thin anti-aliased text in the speckle's own grey keeps full ink mostly in its vertical stems, too short to be
+    marks of their own (5 px here, under the 6-pixel minimum of the other cues): a row of them is text. Speckle
+    alone gives no such row."""
+    from _dicom_fixtures import sector, speckle_frame
+
+    from ultrasound_diffusers.data.dicom import find_text_marks, upright_strokes
+
+    region = sector(TH, TW)
+    for seed in range(5):
+        clean = speckle_frame(np.random.default_rng(40 + seed), TH, TW).astype(np.float32)
+        q = np.rint(clean).astype(np.int16)
+        assert upright_strokes(q, region & (clean >= 16)).sum() < 3 * 4, "speckle repeats one grey 4 px down rarely"
+        assert find_text_marks(clean, region)[1]["verdict"] == "clean"
+        ink = float(np.median(clean[region]))
+        text = clean.copy()
+        y0, x0 = TH // 2, TW // 2 - 20
+        for k in range(8):  # eight stems, 5 px tall, 5 px apart: "lIlI lIlI" in a thin font
+            text[y0 : y0 + 5, x0 + 5 * k + (5 if k >= 4 else 0)] = ink
+        mask, info = find_text_marks(text, region)
+        assert info["verdict"] == "text", info
+        assert info["cues"].get("upright strokes of one grey", 0) >= 3
+        assert mask[y0 : y0 + 5, x0 : x0 + 50].sum() >= 8 * 5

@@ -26,13 +26,15 @@ De-identification fails closed:
 * every kept frame is searched for burned-in text *inside* its scan area, tag or no tag
   (:func:`find_text_marks`): marks drawn in one exact grey that spikes the local histogram and stands apart from
   the speckle around it, marks brighter than the frame's speckle ever is, marks still between cine frames while
-  the speckle moves, colour in a scan area that is otherwise grey; those shaped like glyphs, words or letter stems,
+  the speckle moves, colour in a scan area that is otherwise grey, upright strokes of one grey with an edge beside
+  them (the stems that thin anti-aliased text keeps at full ink); those shaped like glyphs, words or letter stems,
   grouped into rows. A row of 3 or more is *text*: the frame is dropped (``mask_text_inside_scan_area=True`` keeps
   it with the rows zeroed). Glyph-like marks but no row (a caliper cross, a digit), or a frame too flat to tell
   (posterised or upsampled: pieces of one grey are everywhere), is *uncertain*: dropped unless
   ``keep_uncertain_frames=True``. The report's ``text_inside_scan_area`` lists each such frame (its
   pseudonymous ``source_id`` and index, verdict, action, marks, pixels, cues). Not found: thin anti-aliased
-  text in a grey inside the speckle range that keeps almost no pixel of full ink, and dark text;
+  text in a grey inside the speckle range that keeps almost no pixel of full ink (fewer than a few dozen pixels, no
+  upright stem of 4), and dark text;
 * only an allow-list of technical values is copied (:data:`COPIED_TAGS`): Modality and Photometric
   Interpretation (checked against DICOM's defined terms), the frame count, frame time and the physical
   pixel size of the ultrasound regions. ``Manufacturer`` is replaced by a canonical vendor name from a
@@ -477,7 +479,7 @@ def frame_fill(frame: np.ndarray, scan_area: np.ndarray) -> float:
 # Speckle is a random texture: neighbouring pixels rarely share a value, it decorrelates from frame to frame in a
 # moving cine, and a B-mode image is grey. Rendered text is the opposite: strokes of one ink value (or colour),
 # glyph-sized, a few pixels thick, side by side in a row, and identical in the frames that show it. The detector
-# collects candidate ink pixels by three cues, cuts them into connected marks, keeps the marks shaped like glyphs
+# collects candidate ink pixels by five cues, cuts them into connected marks, keeps the marks shaped like glyphs
 # or words, and groups them into rows; :func:`classify_text_marks` turns that into a verdict per frame.
 
 #: what a frame's verdict means for the frame (see :func:`find_text_marks`)
@@ -529,6 +531,36 @@ def _same_value_components(q: np.ndarray, candidates: np.ndarray, min_area: int 
     relabel = np.zeros(sizes.size, np.int32)
     relabel[keep] = np.arange(1, int(keep.sum()) + 1)
     out[candidates] = relabel[group]
+    return out
+
+
+def upright_strokes(q: np.ndarray, candidates: np.ndarray, min_run: int = 4, min_edge: int = 3) -> np.ndarray:
+    """Pixels of upright strokes drawn in one grey (bool [H, W]): runs of at least ``min_run`` vertically adjacent
+    ``candidates`` pixels of the integer image ``q`` [H, W] that hold exactly the same value, each with a step of at
+    least ``min_edge`` grey levels to its left or right neighbour. Anti-aliased text in a grey inside the speckle
+    range keeps full ink mostly in its vertical stems (l, I, M, N, H, 1, 4); speckle, elongated across the beam,
+    almost never repeats one value four pixels down, and a smooth region that does has no edge beside it."""
+    H, W = q.shape
+    same = np.zeros((H, W), bool)
+    same[1:] = (q[1:] == q[:-1]) & candidates[1:] & candidates[:-1]
+    step = np.zeros((H, W), bool)
+    step[:, 1:] |= np.abs(q[:, 1:].astype(np.int32) - q[:, :-1]) >= min_edge
+    step[:, :-1] |= np.abs(q[:, :-1].astype(np.int32) - q[:, 1:]) >= min_edge
+    ok = candidates & step
+    link = np.zeros((H, W), bool)  # link[y]: pixels y-1 and y belong to one run of edged, equal pixels
+    link[1:] = same[1:] & ok[1:] & ok[:-1]
+    # the length of the run of links ending at each row, then every pixel of a long enough run
+    length = np.zeros((H, W), np.int32)
+    for y in range(1, H):
+        length[y] = np.where(link[y], length[y - 1] + 1, 0)
+    ends = length >= min_run - 1
+    out = ends.copy()
+    for k in range(1, H):
+        if not ends[k:].any():
+            break
+        grow = np.zeros((H, W), bool)
+        grow[:-k] = ends[k:] & (length[k:] >= k)
+        out |= grow
     return out
 
 
@@ -742,6 +774,12 @@ def find_text_marks(
         labels = ndi.label(bright, structure=np.ones((3, 3), bool))[0]
         add(labels, [m for m in _marks_of(labels, frame, region, max_height, "brighter than the speckle", min_contrast=min_contrast)
                      if m["shape"] != "stroke"])  # bright straight pieces: needles, their reverberations
+    stems = upright_strokes(q, inked & (frame < 250.0))
+    if stems.any():
+        labels = ndi.label(stems, structure=np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]], bool))[0]
+        add(labels, [{"box": (s[1].start, s[0].start, s[1].stop, s[0].stop), "shape": "stroke", "cue": "upright strokes of one grey",
+                      "pixels": int((labels[s] == i).sum()), "label": i}
+                     for i, s in enumerate(ndi.find_objects(labels), start=1) if s is not None and s[0].stop - s[0].start <= max_height])
     if len(neighbours):
         still = inked.copy()
         for other in neighbours:
