@@ -54,8 +54,8 @@ def main(argv=None):
         h.set_xlim(0, 1)
         h.set_yticks([])
         h.set_xlabel("grey level")
-        h.set_title(f"mean {rep['grey_mean']:.2f}, skew {rep['grey_skew']:+.1f}, window std {rep['homogeneous_std']:.3f}, "
-                    f"far field {rep['far_field_falloff']:.2f}", fontsize=8)
+        h.set_title(f"mean {rep['grey_mean']:.2f}, skew {rep['grey_skew']:+.1f}, window std {rep['homogeneous_std']:.3f},\n"
+                    f"deep / mid-depth tissue {rep['far_field_ratio']:.2f} (fades below 1)", fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     fig.savefig(args.out, dpi=90)

@@ -19,7 +19,7 @@ RAYLEIGH_LOG_STD_DB = 5.57
 # physics without anything that would disturb the speckle statistics
 # no attenuation, TGC, noise or texture; since issue 19 also no reverberation, fan-edge taper or grey map
 # (grey_gamma=1 keeps the display linear in dB)
-CLEAN = dict(attenuation_db_cm_mhz=0.0, tgc=0.0, noise_db=None, texture=0.0, reverberation_db=None, fan_edge_rolloff=0.0, grey_gamma=1.0)
+CLEAN = dict(attenuation_db_cm_mhz=0.0, tgc=0.0, noise_db=None, texture=0.0, reverberation_db=None, fan_edge_rolloff=0.0, grey_gamma=1.0, beam_spreading=0.0)
 
 
 @pytest.mark.parametrize("size", [64, (48, 64), (80, 64)])
@@ -143,7 +143,7 @@ def test_fully_developed_speckle_statistics():
     assert patch.std() * 60.0 == pytest.approx(RAYLEIGH_LOG_STD_DB, abs=0.45)
 
 
-def _depth_slope_db_per_cm(tgc, size=64, seeds=(0, 1)):
+def _depth_slope_db_per_cm(tgc, size=64, seeds=(0, 1), beam_spreading=0.0):
     dr = 120.0
     d, inside = (t.numpy() for t in depth_map(size, size, "convex"))
     depth_cm = d * P.DEFAULT_PROBES["homogeneous"].depth_cm
@@ -152,7 +152,7 @@ def _depth_slope_db_per_cm(tgc, size=64, seeds=(0, 1)):
     for seed in seeds:
         img, _, _ = P.make_phantom(
             "homogeneous", size, seed=seed, tgc=tgc, noise_db=None, texture=0.0, dynamic_range_db=dr, gain_db=-20.0,
-            grey_gamma=1.0, reverberation_db=None,
+            grey_gamma=1.0, reverberation_db=None, beam_spreading=beam_spreading,
         )
         xs.append(depth_cm[sel])
         ys.append(img[sel] * dr)
@@ -165,6 +165,8 @@ def test_depth_attenuation_in_mean_depth_profile():
     assert _depth_slope_db_per_cm(tgc=0.0) == pytest.approx(expected, rel=0.1)
     assert abs(_depth_slope_db_per_cm(tgc=1.0)) < 0.25  # full TGC flattens the profile
     assert _depth_slope_db_per_cm(tgc=0.5) == pytest.approx(expected / 2, rel=0.15)
+    # the beam-spreading loss (the calibrated default, 2) darkens the far field further, which the TGC leaves
+    assert _depth_slope_db_per_cm(tgc=1.0, beam_spreading=2.0) < -0.35  # flat (|slope| < 0.25) without it
 
 
 def test_physics_helpers():

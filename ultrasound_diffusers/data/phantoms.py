@@ -206,7 +206,8 @@ class PhysicsParameters:
             thyroid attenuate more than nominal at 10 MHz, so full nominal compensation still leaves a fall-off).
         tgc_reference_db_cm_mhz: the nominal attenuation the fractional TGC compensates.
         dynamic_range_db: displayed dynamic range of the log compression.
-        gain_db: overall gain before log compression.
+        gain_db: overall gain before log compression, or None for the anatomy's calibrated setting
+            (:data:`ANATOMY_PHYSICS`: echo +5 dB, which makes up for the beam-spreading loss away from the focus).
         reference_db: envelope level (dB, relative to myocardium at the surface) shown as white.
         noise_db: electronic noise power (dB relative to myocardium at the surface) added before the TGC;
             None disables it.
@@ -237,6 +238,17 @@ class PhysicsParameters:
             strong reflector 1-2.5 cm deep across a random 4-10 % of the beams, with 8-20 dB of extra
             round-trip loss behind it (an acoustic shadow). Drawn from the example's speckle stream, so the
             label maps are unchanged.
+        beam_spreading: None for the anatomy's setting (:data:`ANATOMY_PHYSICS`: echo 2, thyroid 0), or how the focused beam's width changes the echo of diffuse scatterers with depth: their
+            power is multiplied by ``(w(z_f) / w(z)) ** beam_spreading`` (:func:`beam_spreading_loss_db`), with
+            ``w`` the Gaussian beam width of :func:`lateral_psf_sigma_cm` and ``z_f`` the transmit focus. Energy
+            conservation makes a beam ``k`` times wider ``k`` times weaker per unit area, so speckle, which fills
+            the beam, returns ``1 / k`` of the power per focused dimension: 2 counts the transmit beam in the
+            scan plane (receive focusing is dynamic) and the fixed elevation focus of the lens (both modelled
+            with the scan plane's beam). 0 disables it (the look before issue 32). Not compensated by the TGC,
+            which follows the nominal attenuation only: the far field fades past the focus, as on real scans.
+            The thyroid's linear probe uses 0: a linear array's dynamic receive focusing and transmit focal
+            zones keep its beam near the focal width over the 4.5 cm it images (a single-focus Gaussian beam
+            at 10 MHz and F/1.3 would widen 30-fold there).
 
     Calibration (issue 19): the defaults (60 dB dynamic range, white at +14 dB, grey gamma 2, TGC 0.5 of
     0.5 dB/cm/MHz so the far field still fades, texture 0.3, render scale 2, blood at -42 dB) put the echo
@@ -251,7 +263,7 @@ class PhysicsParameters:
     tgc: Union[None, float, Tuple[float, ...]] = None
     tgc_reference_db_cm_mhz: float = 0.5
     dynamic_range_db: float = 60.0
-    gain_db: float = 0.0
+    gain_db: Optional[float] = None
     reference_db: float = 14.0
     noise_db: Optional[float] = -70.0
     scatterer_density: float = 1.0
@@ -266,6 +278,7 @@ class PhysicsParameters:
     fan_edge_rolloff: float = 0.08
     rib_shadow_probability: float = 0.3
     lateral_smoothing_px: float = 0.0
+    beam_spreading: Optional[float] = None
 
     def __post_init__(self):
         if not self.speed_of_sound_m_s > 0:
@@ -300,6 +313,10 @@ class PhysicsParameters:
             raise ValueError(f"`grey_gamma` must be positive, got {self.grey_gamma!r}")
         if not float(self.lateral_smoothing_px) >= 0.0:
             raise ValueError(f"`lateral_smoothing_px` must be >= 0, got {self.lateral_smoothing_px!r}")
+        if self.gain_db is not None and not math.isfinite(float(self.gain_db)):
+            raise ValueError(f"`gain_db` must be None or a finite gain in dB, got {self.gain_db!r}")
+        if self.beam_spreading is not None and not (math.isfinite(float(self.beam_spreading)) and 0.0 <= float(self.beam_spreading) <= 4.0):
+            raise ValueError(f"`beam_spreading` must lie in [0, 4], got {self.beam_spreading!r}")
         if not 0.0 <= float(self.rib_shadow_probability) <= 1.0:
             raise ValueError(f"`rib_shadow_probability` must lie in [0, 1], got {self.rib_shadow_probability!r}")
         if not 0.0 <= float(self.fan_edge_rolloff) < 0.5:
@@ -315,14 +332,27 @@ class PhysicsParameters:
         return dataclasses.asdict(self)
 
 
-#: Calibrated fractional TGC per anatomy (used when ``PhysicsParameters.tgc`` is None).
-DEFAULT_TGC: Dict[str, float] = {"echo": 0.5, "homogeneous": 0.5, "thyroid": 1.0}
+#: Calibrated per-anatomy physics, used for the :class:`PhysicsParameters` fields left None: the fractional TGC
+#: (echo 0.5; thyroid 1.0: neck muscle and thyroid attenuate more than nominal at 10 MHz), the beam-spreading
+#: exponent (echo 2: one transmit focus at 8 cm; thyroid 0, see ``beam_spreading``) and the overall gain (echo
+#: +5 dB). Issue 32 added the last two: with them the echo phantoms' tissue fades past the focus as on real scans
+#: (``far_field_ratio`` 0.90 at 128 px, 1.20 before) with the grey level statistics still in the real ranges.
+ANATOMY_PHYSICS: Dict[str, Dict[str, float]] = {
+    "echo": {"tgc": 0.5, "beam_spreading": 2.0, "gain_db": 5.0},
+    "homogeneous": {"tgc": 0.5, "beam_spreading": 2.0, "gain_db": 5.0},
+    "thyroid": {"tgc": 1.0, "beam_spreading": 0.0, "gain_db": 0.0},
+}
+
+#: The fractional TGC of :data:`ANATOMY_PHYSICS` per anatomy.
+DEFAULT_TGC: Dict[str, float] = {anatomy: values["tgc"] for anatomy, values in ANATOMY_PHYSICS.items()}
 
 
-def resolve_tgc(phys: PhysicsParameters, anatomy: str) -> PhysicsParameters:
-    """``phys`` with ``tgc=None`` replaced by the anatomy's :data:`DEFAULT_TGC`."""
+def resolve_anatomy_physics(phys: PhysicsParameters, anatomy: str) -> PhysicsParameters:
+    """``phys`` with each field left None that :data:`ANATOMY_PHYSICS` sets (``tgc``, ``beam_spreading``,
+    ``gain_db``) replaced by the anatomy's calibrated value."""
     _check_anatomy(anatomy)
-    return phys if phys.tgc is not None else dataclasses.replace(phys, tgc=DEFAULT_TGC[anatomy])
+    missing = {k: v for k, v in ANATOMY_PHYSICS[anatomy].items() if getattr(phys, k) is None}
+    return dataclasses.replace(phys, **missing) if missing else phys
 
 
 def resolve_probe(anatomy: str, probe=None) -> ProbeGeometry:
@@ -767,6 +797,19 @@ def lateral_psf_sigma_cm(depth_cm: np.ndarray, probe: ProbeGeometry, speed_of_so
     return sigma0 * np.sqrt(1.0 + ((z - probe.focus_cm) / z_r) ** 2)
 
 
+def beam_spreading_loss_db(depth_cm: np.ndarray, probe: ProbeGeometry, exponent: float = 2.0, speed_of_sound_m_s: float = 1540.0) -> np.ndarray:
+    """Loss (dB, >= 0, 0 at the transmit focus) of the echo of diffuse scatterers at ``depth_cm`` as the focused
+    beam widens away from its focus: ``10 * exponent * log10(w(z) / w(z_f))`` with the Gaussian beam width of
+    :func:`lateral_psf_sigma_cm` (one power of ``w`` per focused dimension; see
+    :attr:`PhysicsParameters.beam_spreading`). float64 like ``depth_cm``."""
+    z = np.asarray(depth_cm, dtype=np.float64)
+    if exponent == 0:
+        return np.zeros_like(z)
+    width = lateral_psf_sigma_cm(z, probe, speed_of_sound_m_s)
+    focus = lateral_psf_sigma_cm(np.asarray([probe.focus_cm]), probe, speed_of_sound_m_s)[0]
+    return 10.0 * float(exponent) * np.log10(width / focus)
+
+
 def round_trip_loss_db(attenuation_db_cm_mhz: np.ndarray, depth_step_cm: float, frequency_mhz: float, axis: int = -2) -> np.ndarray:
     """Round-trip attenuation loss ``2 f0 sum_{z' < z} alpha(z') dz`` (dB) at each sample along ``axis``."""
     alpha = np.asarray(attenuation_db_cm_mhz, dtype=np.float64)
@@ -940,6 +983,8 @@ def _render(scenes: Sequence[Scene], rngs: Sequence[np.random.Generator], grid: 
     Labels are evaluated on the output grid ``grid``; tissues, speckle and display on a grid
     ``phys.render_scale`` times finer in each direction, whose display image is then area-averaged down to
     the output size (as a real scan is resampled to a small image)."""
+    if phys.tgc is None or phys.gain_db is None or phys.beam_spreading is None:
+        raise ValueError("`phys` must have tgc, gain_db and beam_spreading set: pass it through resolve_anatomy_physics")
     B = len(scenes)
     H, W = grid.height, grid.width
     s = int(phys.render_scale)
@@ -1002,6 +1047,8 @@ def _render(scenes: Sequence[Scene], rngs: Sequence[np.random.Generator], grid: 
             rib = np.exp(-0.5 * ((sim.depth_cm - depth) / 0.15) ** 2)
             loss_db[b] += (shadow_db * behind[:, None] * lateral[None, :]).astype(np.float32)
             power[b] += (10.0 ** 0.5 * rib[:, None] * lateral[None, :]).astype(np.float32)  # bright rib surface
+    if phys.beam_spreading > 0:
+        loss_db += beam_spreading_loss_db(sim.depth_cm, probe, phys.beam_spreading, phys.speed_of_sound_m_s).astype(np.float32)[None, :, None]
     power *= 10.0 ** (-loss_db / 10.0)
 
     iq = np.empty(power.shape, dtype=np.complex64)
@@ -1089,7 +1136,7 @@ def _make_one(anatomy, size, seed, index, probe, physics, envelope: bool):
     _check_anatomy(anatomy)
     H, W = parse_size(size)
     probe = resolve_probe(anatomy, probe)
-    phys = resolve_tgc(resolve_physics(**physics), anatomy)
+    phys = resolve_anatomy_physics(resolve_physics(**physics), anatomy)
     grid = _grid(H, W, probe, float(phys.oversample))
     shape_rng, speckle_rng = _example_rngs(seed, index)
     scene = sample_scene(anatomy, shape_rng)
@@ -1208,7 +1255,7 @@ def iter_phantom_batches(num_images: int, anatomy: str = "echo", size: SizeLike 
         raise ValueError(f"`batch_size` must be positive, got {batch_size}")
     H, W = check_phantom_size(size, batch_size, num_images)
     probe = resolve_probe(anatomy, probe)
-    phys = resolve_tgc(resolve_physics(**physics), anatomy)
+    phys = resolve_anatomy_physics(resolve_physics(**physics), anatomy)
     grid = _grid(H, W, probe, float(phys.oversample))
     for b0 in range(start, start + num_images, batch_size):
         idx = range(b0, min(b0 + batch_size, start + num_images))
