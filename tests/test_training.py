@@ -502,3 +502,26 @@ def test_bad_labels_stop_the_script_before_training(saved_dataset, tmp_path):
     assert not out.exists()  # nothing was written: the check runs before the run starts
     with pytest.raises(ValueError, match="--label_column 'mask'"):
         ts.train(tiny_args(saved_dataset, out, "--label_column", "mask"))
+
+
+def test_training_args_keep_every_stage(tmp_path):
+    """Issue 32: a fine-tune resumed from the first stage's checkpoint into the same folder used to overwrite the
+    first stage's training_args.json; each earlier stage is kept under "earlier_stages", oldest first."""
+    saved = tmp_path / "training_args.json"
+    stage1 = {"learning_rate": 2e-4, "max_train_steps": 2400, "noise_offset": 0.0, "resume_from_checkpoint": None,
+              "resolution": (64, 64), "hub_token": "secret"}
+    first = ts.stage_arguments(stage1, saved)
+    assert first == {"learning_rate": 2e-4, "max_train_steps": 2400, "noise_offset": 0.0, "resume_from_checkpoint": None,
+                     "resolution": [64, 64]}  # tuples as lists, no Hub token
+    saved.write_text(json.dumps(first))
+    stage2 = dict(stage1, learning_rate=5e-5, max_train_steps=3200, noise_offset=0.1, resume_from_checkpoint="latest")
+    second = ts.stage_arguments(stage2, saved)
+    assert second["max_train_steps"] == 3200 and second["earlier_stages"] == [first]
+    saved.write_text(json.dumps(second))
+    # the same stage resumed again (after a kill) adds nothing; a third stage appends the second
+    assert ts.stage_arguments(stage2, saved)["earlier_stages"] == [first]
+    stage3 = dict(stage2, max_train_steps=4000)
+    third = ts.stage_arguments(stage3, saved)
+    assert [s["max_train_steps"] for s in third["earlier_stages"]] == [2400, 3200]
+    # a fresh (not resumed) run starts a new history
+    assert "earlier_stages" not in ts.stage_arguments(dict(stage3, resume_from_checkpoint=None), saved)

@@ -5,7 +5,8 @@
 # one `evaluate` report with bootstrap intervals.
 #
 # Usage: bash training/ablation.sh WORK_DIR [STEP ...]
-#   steps: train-bmap train-plain heldout generate evaluate   (default: all, in that order)
+#   steps: train-bmap train-plain heldout generate evaluate   (default: all, in that order; train-strong and
+#   generate-strong add the stronger B-map arm)
 #   (generate = generate-bmap then generate-plain; the two can also run at the same time, one thread each)
 # Each arm trains in WORK_DIR/<arm>/ with `--output_dir pipeline`, so the two training_args.json files differ in
 # `bmap_min` only. The two train steps can run at the same time (one CPU thread each):
@@ -16,6 +17,8 @@
 # Wall time measured on 2 CPU cores (docs/ablation.md): training both arms side by side 70-85 min, held-out
 # phantoms 30 s, sampling both arms side by side 27 min, evaluate 2 min.
 #
+# A stronger B-map arm (issue 32): train-strong / generate-strong use --bmap_min ${STRONG_BMAP_MIN:-0.9} (every
+# other flag the same); evaluate adds it to the report when WORK_DIR/generated-strong exists.
 # Shorter runs (the same for both arms): STAGE1_STEPS=1200 FINETUNE=0 bash training/ablation.sh W ...
 # SEED=1 bash training/ablation.sh W2 ... trains both arms with another training seed (the run-to-run spread).
 # trains stage 1 for 1200 steps (the linear decay then reaches 0 at step 1200) and skips the offset-noise stage.
@@ -23,6 +26,7 @@ set -euo pipefail
 STAGE1_STEPS="${STAGE1_STEPS:-2400}"
 SEED="${SEED:-0}"  # training seed of both arms (SEED=1 for a second training run)
 FINETUNE="${FINETUNE:-1}"
+STRONG_BMAP_MIN="${STRONG_BMAP_MIN:-0.9}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="$(mkdir -p "${1:?usage: bash training/ablation.sh WORK_DIR [STEP ...]}" && cd "$1" && pwd)"
 shift
@@ -65,6 +69,7 @@ for step in "${STEPS[@]}"; do
   case "$step" in
     train-bmap) train_arm bmap 0.97 ;;
     train-plain) train_arm plain 1.0 ;;
+    train-strong) train_arm strong "$STRONG_BMAP_MIN" ;;
     heldout)
       # The held-out phantoms of training/demo_model.sh (seed 4242) and a reference slice of the training set.
       "$PY" -m ultrasound_diffusers phantoms --num_images 200 --anatomy echo --size 64 --seed 4242 --output_dir "$WORK/heldout"
@@ -72,10 +77,13 @@ for step in "${STEPS[@]}"; do
     generate) generate_arm bmap; generate_arm plain ;;
     generate-bmap) generate_arm bmap ;;
     generate-plain) generate_arm plain ;;
+    generate-strong) generate_arm strong ;;
     evaluate)
+      sets=("bmap=$WORK/generated-bmap/dataset" "plain=$WORK/generated-plain/dataset")
+      [ ! -d "$WORK/generated-strong/dataset" ] || sets+=("strong=$WORK/generated-strong/dataset")
       "$PY" -m ultrasound_diffusers evaluate --real "$WORK/heldout" \
-        --generated "bmap=$WORK/generated-bmap/dataset" "plain=$WORK/generated-plain/dataset" \
+        --generated "${sets[@]}" \
         --train "$WORK/train_ref" --metrics all --paired --output_dir "$WORK/report" ;;
-    *) echo "ablation.sh: unknown step '$step' (expected train-bmap, train-plain, heldout, generate, generate-bmap, generate-plain, evaluate)" >&2; exit 2 ;;
+    *) echo "ablation.sh: unknown step '$step' (expected train-bmap, train-plain, train-strong, heldout, generate, generate-bmap, generate-plain, generate-strong, evaluate)" >&2; exit 2 ;;
   esac
 done

@@ -503,10 +503,33 @@ def save_final_pipeline(pipeline, args: argparse.Namespace, num_examples: int, g
     card = save_model_card(pipeline, args.output_dir, repo_id, training_data=data, training_details=details,
                            num_inference_steps=args.validation_inference_steps, guidance_scale=args.guidance_scale,
                            **fields)
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k != "hub_token"}
+    config = stage_arguments(vars(args), out / "training_args.json")
     atomic_write_text(out / "training_args.json", json.dumps(config, indent=2, default=str) + "\n")
     extra_files["training_args.json"] = out / "training_args.json"
     return {"model_card": card.read_text(encoding="utf-8"), "extra_files": extra_files}
+
+
+def stage_arguments(arguments: Dict[str, Any], saved: Path) -> Dict[str, Any]:
+    """The ``training_args.json`` of this run: its arguments (tuples as lists, no Hub token) and, when it resumed
+    from a checkpoint into a folder whose ``saved`` file records an earlier stage with other arguments (a
+    fine-tune resumed from the first stage), those stages under ``"earlier_stages"`` (oldest first), so no stage's
+    arguments are lost. The top-level keys are always this run's."""
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in arguments.items() if k != "hub_token"}
+    if not arguments.get("resume_from_checkpoint") or not saved.is_file():
+        return config
+    try:
+        previous = json.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return config
+    if not isinstance(previous, dict):
+        return config
+    earlier = previous.pop("earlier_stages", [])
+    earlier = earlier if isinstance(earlier, list) else []
+    if json.loads(json.dumps(previous, default=str)) != json.loads(json.dumps(config, default=str)):
+        earlier = earlier + [previous]  # a resumed run with the same arguments is the same stage
+    if earlier:
+        config["earlier_stages"] = earlier
+    return config
 
 
 # ---------------------------------------------------------------------------------------------------- main
