@@ -209,10 +209,20 @@ def test_compare_shares_evaluate_options():
 
     from ultrasound_diffusers.evaluation import comparison, report
 
-    params = inspect.signature(report.evaluate).parameters
-    assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY for name in report.SHARED_OPTIONS)
-    options = report.evaluation_options({"seg_steps": 7})
-    assert options["seg_steps"] == 7 and options["label_column"] == params["label_column"].default
-    assert list(options) == list(report.SHARED_OPTIONS)
+    from ultrasound_diffusers.evaluation.options import OPTION_NAMES, EvaluationOptions
+
+    # one settings object for both, taken as `options=` or field by field (the keywords win)
+    for fn in (report.evaluate, comparison.compare):
+        params = inspect.signature(fn).parameters
+        assert params["options"].kind is inspect.Parameter.KEYWORD_ONLY and params["options"].default is None
+        assert "fields" in params and params["fields"].kind is inspect.Parameter.VAR_KEYWORD
+    options = EvaluationOptions.build(EvaluationOptions(seg_steps=5, seed=3), {"seg_steps": 7})
+    assert options.seg_steps == 7 and options.seed == 3 and options.label_column == "auto"
+    assert report.SHARED_OPTIONS == OPTION_NAMES and "seg_steps" in OPTION_NAMES
+    # a name that is no option is a TypeError naming it, before any work, from both entry points
     with pytest.raises(TypeError, match="num_samples_in_grid"):
         comparison.compare("a", {"x": "b"}, "c", num_samples_in_grid=3)
+    with pytest.raises(TypeError, match="seg_stepz"):
+        report.evaluate("a", "b", "c", seg_stepz=3)
+    with pytest.raises(TypeError, match="EvaluationOptions"):
+        report.evaluate("a", "b", "c", options={"seg_steps": 3})

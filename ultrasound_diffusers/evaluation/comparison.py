@@ -43,18 +43,18 @@ from __future__ import annotations
 
 import datetime
 import json
+from dataclasses import dataclass
 import math
 import re
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..utils.io import check_output_dir, replace_directory
 from .io import ImageSet
+from .options import EvaluationOptions
 from .physics import (
-    ECHO_CLASS_NAMES,
     FanGeometry,
     depth_intensity_profile,
     plot_depth_profiles,
@@ -460,6 +460,34 @@ def _metric_specs(wanted: Sequence[str], contrast_pairs, paired: bool, have_feat
     return specs
 
 
+@dataclass(frozen=True)
+class _Bootstrap:
+    """How a comparison's intervals are drawn: resamples for per-image metrics and for FID / KID, coverage."""
+
+    num_resamples: int
+    num_feature_resamples: int
+    confidence: float
+
+
+def _check_comparison(generated: Any, reference_set: Optional[str], bootstrap: _Bootstrap) -> Tuple[List[str], str]:
+    """The set names (in order) and the reference set, after checking the comparison's own arguments."""
+    if not isinstance(generated, Mapping) or not generated:
+        raise ValueError("`generated` must be a non-empty mapping {name: source}")
+    for name in generated:
+        _check_name(str(name))
+    set_names = [str(n) for n in generated]
+    if reference_set is None:
+        reference_set = set_names[0]
+    if reference_set not in set_names:
+        raise ValueError(f"`reference_set` {reference_set!r} is not one of the generated sets {set_names}")
+    if int(bootstrap.num_resamples) < 10 or int(bootstrap.num_feature_resamples) < 10:
+        raise ValueError(f"`num_bootstrap` and `num_feature_bootstrap` must be >= 10, got {bootstrap.num_resamples} and "
+                         f"{bootstrap.num_feature_resamples}")
+    if not 0.0 < float(bootstrap.confidence) < 1.0:
+        raise ValueError(f"`confidence` must lie in (0, 1), got {bootstrap.confidence}")
+    return set_names, reference_set
+
+
 def compare(
     real: Any,
     generated: Mapping[str, Any],
@@ -473,7 +501,8 @@ def compare(
     num_feature_bootstrap: int = DEFAULT_FEATURE_BOOTSTRAP,
     confidence: float = 0.95,
     num_grid_columns: int = 6,
-    **options: Any,
+    options: Optional[EvaluationOptions] = None,
+    **fields: Any,
 ) -> Dict[str, Any]:
     """Evaluate several named generated sets against ``real`` and write one comparison report folder.
 
@@ -490,61 +519,91 @@ def compare(
         num_feature_bootstrap: bootstrap resamples for FID and KID (>= 10).
         confidence: interval coverage in (0, 1), default 0.95.
         num_grid_columns: label maps shown in ``plots/label_grid.png``.
-        options: the keyword options of :func:`~.report.evaluate` (``label_column``, ``geometry``, ``seg_steps``,
-            ``segmenter``, ``seed``, ``overwrite``, ...), with its defaults; ``seed`` also seeds the bootstrap.
+        options: the settings shared with :func:`~.report.evaluate` (:class:`~.options.EvaluationOptions`);
+            ``seed`` also seeds the bootstrap.
+        fields: :class:`~.options.EvaluationOptions` fields by name (``seg_steps=50``), replacing those of
+            ``options``; any other name is a TypeError.
 
     Returns:
         The metrics dict written to ``metrics.json`` (``mode: "comparison"``; ``sets``: each set's evaluate
         report; ``comparison``: one row per metric and depth band with each set's value and interval and each
         set's difference from the reference with its interval and ``excludes_zero``).
     """
-    from .report import (
-        _describe,
-        _evaluate_metrics,
-        _jsonable,
-        _load,
-        OPT_IN_REASON,
-        select_metrics,
-        realism_section,
-    )
+    from .report import OPT_IN_REASON, select_metrics
 
-    from .report import evaluation_options
-
-    opts = SimpleNamespace(**evaluation_options(options, "compare"))
-    if not isinstance(generated, Mapping) or not generated:
-        raise ValueError("`generated` must be a non-empty mapping {name: source}")
-    for name in generated:
-        _check_name(str(name))
-    set_names = [str(n) for n in generated]
-    if reference_set is None:
-        reference_set = set_names[0]
-    if reference_set not in set_names:
-        raise ValueError(f"`reference_set` {reference_set!r} is not one of the generated sets {set_names}")
-    if int(num_bootstrap) < 10 or int(num_feature_bootstrap) < 10:
-        raise ValueError(f"`num_bootstrap` and `num_feature_bootstrap` must be >= 10, got {num_bootstrap} and "
-                         f"{num_feature_bootstrap}")
-    if not 0.0 < float(confidence) < 1.0:
-        raise ValueError(f"`confidence` must lie in (0, 1), got {confidence}")
+    # 1. settings, the report folder (checked before any work)
+    opts = EvaluationOptions.build(options, fields, "compare")
+    bootstrap = _Bootstrap(int(num_bootstrap), int(num_feature_bootstrap), float(confidence))
+    set_names, reference_set = _check_comparison(generated, reference_set, bootstrap)
     wanted, explicit, opted_out = select_metrics(metrics)
     out_dir = check_output_dir(
         out_dir, "evaluate", inputs=[real, train, *generated.values()], overwrite=opts.overwrite,
         replace_own=opts.replace_report, argument="`out_dir`",
     )
-    geometry = opts.geometry or FanGeometry()
-    names = dict(ECHO_CLASS_NAMES if opts.class_names is None else opts.class_names)
-    class_index = {v: int(k) for k, v in names.items()}
+    # 2. the image sets and how the generated images pair with the real ones
+    real_set, train_set, gen_sets = _load_sets(real, train, generated, opts)
+    pairing = {n: pair_by_labels(real_set, s, n) if paired else _try_pairing(real_set, s) for n, s in gen_sets.items()}
+    # 3. the report's header
+    report = _comparison_header(real, train, generated, real_set, train_set, gen_sets, reference_set, opts)
+    report["config"].update(metrics_requested=wanted, paired=bool(paired), bootstrap={
+        "num_resamples": bootstrap.num_resamples,
+        "num_resamples_fid_kid": bootstrap.num_feature_resamples,
+        "confidence": bootstrap.confidence,
+        "method": "percentile bootstrap over images, shifted by the resampling bias (median of replicates - estimate)",
+    })
+    report["skipped"] = {m: OPT_IN_REASON for m in opted_out}
+    # 4. every evaluate metric of each set (the same code as the single-set report)
+    figures, extras, cache = _evaluate_each_set(report, real_set, train_set, gen_sets, wanted, explicit, opts)
+    # 5. the differences between sets with bootstrap intervals over images
+    data, real_data = _per_image_data(report, real_set, gen_sets, extras, pairing, paired, opts)
+    grams = {n: _FeatureGrams(extras[n]["real_features"], extras[n]["generated_features"]) for n in set_names
+             if extras[n].get("real_features") is not None and extras[n].get("generated_features") is not None}
+    specs = _metric_specs(wanted, opts.contrast_pairs, paired, bool(grams) and len(grams) == len(set_names),
+                          all(d.memorization is not None for d in data.values()), real_data.outside_count > 0)
+    report["comparison"] = _bootstrap_rows(report, specs, data, real_data, grams, reference_set, bootstrap, opts.seed)
+    # 6. the sections that pool the sets: segmentation, realism, pairing
+    _pooled_sections(report, cache, real_set, pairing if paired else None)
+    # 7. pictures, then the folder (written atomically)
+    figures.update(_comparison_figures(real_set, gen_sets, pairing, wanted, opts, num_grid_columns, report))
+    report = _jsonable_report(report)
+    markdown = render_comparison_markdown(report)
 
-    real_set = _load(real, "real", opts.label_column, opts.image_column, opts.split, opts.max_images)
-    train_set = None if train is None else _load(
-        train, "train", opts.label_column, opts.image_column, opts.split, opts.max_images
-    )
-    gen_sets = {n: _load(src, f"generated {n}", opts.label_column, opts.image_column, opts.split, opts.max_images)
-                for n, src in zip(set_names, generated.values())}
+    def build(tmp: Path) -> None:
+        (tmp / "plots").mkdir()
+        for key, fig in figures.items():
+            target = tmp / "plots" / f"{key}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(target)
+        (tmp / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(markdown, encoding="utf-8")
 
-    pairing: Dict[str, Optional[np.ndarray]] = {}
-    for n, s in gen_sets.items():
-        pairing[n] = pair_by_labels(real_set, s, n) if paired else _try_pairing(real_set, s)
+    replace_directory(build, out_dir, kind="evaluate")
+    report["figures"] = sorted(f"plots/{k}.png" for k in figures)
+    return report
 
+
+def _jsonable_report(report: Dict[str, Any]) -> Dict[str, Any]:
+    from .report import _jsonable
+
+    return _jsonable(report)
+
+
+def _load_sets(real: Any, train: Any, generated: Mapping[str, Any], opts: EvaluationOptions):
+    """``(real_set, train_set or None, {name: generated set})`` read with the options' columns and split."""
+    from .report import _load
+
+    real_set = _load(real, "real", opts)
+    train_set = None if train is None else _load(train, "train", opts)
+    gen_sets = {str(n): _load(src, f"generated {n}", opts) for n, src in generated.items()}
+    return real_set, train_set, gen_sets
+
+
+def _comparison_header(real, train, generated, real_set: ImageSet, train_set: Optional[ImageSet],
+                       gen_sets: Mapping[str, ImageSet], reference_set: str, opts: EvaluationOptions) -> Dict[str, Any]:
+    """The report's header: sources, counts, sizes, labels and the settings every number depends on."""
+    from .report import _describe, add_train_source
+
+    set_names = list(gen_sets)
     report: Dict[str, Any] = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mode": "comparison",
@@ -555,29 +614,25 @@ def compare(
         "image_size": {"real": list(real_set.size), **{n: list(s.size) for n, s in gen_sets.items()}},
         "has_labels": {"real": real_set.has_labels, **{n: s.has_labels for n, s in gen_sets.items()}},
         "config": {
-            "geometry": geometry.to_dict(),
-            "metrics_requested": wanted,
+            "geometry": opts.fan.to_dict(),
             "seed": int(opts.seed),
-            "paired": bool(paired),
-            "bootstrap": {
-                "num_resamples": int(num_bootstrap),
-                "num_resamples_fid_kid": int(num_feature_bootstrap),
-                "confidence": float(confidence),
-                "method": "percentile bootstrap over images, shifted by the resampling bias "
-                          "(median of replicates - estimate)",
-            },
             "depth_bands": {b: [lo, hi] for b, lo, hi in DEPTH_BANDS},
         },
         "not_computed": {"lpips": LPIPS_NOTE},
-        "skipped": {m: OPT_IN_REASON for m in opted_out},
+        "skipped": {},
         "warnings": [],
         "sets": {},
     }
     if train_set is not None:
-        report["sources"]["train"] = _describe(train)
-        report["num_images"]["train"] = len(train_set)
-        report["image_size"]["train"] = list(train_set.size)
-        report["has_labels"]["train"] = train_set.has_labels
+        add_train_source(report, train, train_set)
+    return report
+
+
+def _evaluate_each_set(report: Dict[str, Any], real_set: ImageSet, train_set: Optional[ImageSet],
+                       gen_sets: Mapping[str, ImageSet], wanted: Sequence[str], explicit: bool, opts: EvaluationOptions):
+    """Run :func:`~.report._evaluate_metrics` on each generated set into ``report["sets"]``. Returns the figures
+    (``"<set>/<plot>"``), each set's per-image extras and the cache of what depends on the real set only."""
+    from .report import _evaluate_metrics
 
     def skip_for(set_name: str):
         def skip(metric: str, reason: str) -> None:
@@ -587,33 +642,30 @@ def compare(
 
         return skip
 
-    # ---- each set: every evaluate metric (the same code as the single-set report) ------------------------------
     figures: Dict[str, Any] = {}
     extras: Dict[str, Dict[str, Any]] = {}
     cache: Dict[str, Any] = {}
     for n, s in gen_sets.items():
         fragment: Dict[str, Any] = {"skipped": {}, "warnings": []}
         set_figures: Dict[str, Any] = {}
-        extras[n] = _evaluate_metrics(
-            fragment, set_figures, real_set, s, train_set, wanted, skip_for(n), names=names, geometry=geometry,
-            feature_extractor=opts.feature_extractor, inception_weights=opts.inception_weights,
-            batch_size=opts.batch_size, device=opts.device, contrast_pairs=opts.contrast_pairs,
-            num_depth_bins=opts.num_depth_bins, speckle_window=opts.speckle_window,
-            dynamic_range_db=opts.dynamic_range_db, kid_subsets=opts.kid_subsets, kid_subset_size=opts.kid_subset_size,
-            copy_fraction=opts.copy_fraction, seg_steps=opts.seg_steps, seg_batch_size=opts.seg_batch_size,
-            seg_base_channels=opts.seg_base_channels, seed=opts.seed, progress=opts.progress, segmenter=opts.segmenter,
-            cache=cache,
-        )
+        extras[n] = _evaluate_metrics(fragment, set_figures, real_set, s, train_set, wanted, skip_for(n), opts, cache=cache)
         report["warnings"].extend(f"{n}: {w}" for w in fragment.pop("warnings"))
         for metric, reason in fragment.pop("skipped").items():
             report["skipped"].setdefault(metric, reason)
         report["sets"][n] = fragment
         for key, fig in set_figures.items():
             figures[f"{n}/{key}"] = fig
+    return figures, extras, cache
 
-    # ---- per-image data and the bootstrap -----------------------------------------------------------------------
+
+def _per_image_data(report: Dict[str, Any], real_set: ImageSet, gen_sets: Mapping[str, ImageSet],
+                    extras: Mapping[str, Mapping[str, Any]], pairing: Mapping[str, Optional[np.ndarray]], paired: bool,
+                    opts: EvaluationOptions) -> Tuple[Dict[str, "_SetData"], "_SetData"]:
+    """The per-image statistics the bootstrap resamples: ``({set: data}, real data)``."""
+    class_index = {v: int(k) for k, v in opts.names.items()}
+
     def data_of(s: ImageSet) -> _SetData:
-        return _SetData(s, geometry, opts.num_depth_bins, opts.speckle_window, opts.dynamic_range_db, class_index)
+        return _SetData(s, opts.fan, opts.num_depth_bins, opts.speckle_window, opts.dynamic_range_db, class_index)
 
     real_data = data_of(real_set)
     data = {n: data_of(s) for n, s in gen_sets.items()}
@@ -631,22 +683,22 @@ def compare(
             if not np.isfinite(data[n].psnr).all():
                 report["warnings"].append(f"{n}: some generated images equal their real image exactly (PSNR inf)")
                 data[n].psnr = np.where(np.isfinite(data[n].psnr), data[n].psnr, np.nan)
-    grams = {}
-    for n in set_names:
-        rf, gf = extras[n].get("real_features"), extras[n].get("generated_features")
-        if rf is not None and gf is not None:
-            grams[n] = _FeatureGrams(rf, gf)
-    have_outside = real_data.outside_count > 0
-    specs = _metric_specs(wanted, opts.contrast_pairs, paired, bool(grams) and len(grams) == len(set_names),
-                          all(d.memorization is not None for d in data.values()), have_outside)
+    return data, real_data
 
+
+def _bootstrap_rows(report: Dict[str, Any], specs: Sequence[Dict[str, Any]], data: Mapping[str, "_SetData"],
+                    real_data: "_SetData", grams: Mapping[str, "_FeatureGrams"], reference_set: str,
+                    bootstrap: _Bootstrap, seed: int) -> Dict[str, Any]:
+    """Each metric's value and interval per set and each set's difference from the reference (the report's
+    ``comparison`` entry); records the resampling scheme in ``report["config"]["bootstrap"]``."""
+    set_names = list(data)
     sizes = {n: d.n for n, d in data.items()}
     shared = len(set(sizes.values())) == 1
     report["config"]["bootstrap"]["resampling"] = (
         "generated sets resampled with the same indices (equal sizes: paired by index)" if shared
         else "generated sets resampled independently (different sizes)"
     )
-    rng = np.random.default_rng(opts.seed)
+    rng = np.random.default_rng(seed)
 
     def evaluate_spec(spec, idx_of, ridx) -> Dict[str, float]:
         out = {}
@@ -663,10 +715,9 @@ def compare(
         return out
 
     full_idx = {n: np.arange(d.n) for n, d in data.items()}
-    full_ridx = np.arange(real_data.n)
-    points = [evaluate_spec(spec, full_idx, full_ridx) for spec in specs]
+    points = [evaluate_spec(spec, full_idx, np.arange(real_data.n)) for spec in specs]
     reps: List[List[Dict[str, float]]] = [[] for _ in specs]
-    num_rounds = max(int(num_bootstrap), int(num_feature_bootstrap) if grams else 0)
+    num_rounds = max(bootstrap.num_resamples, bootstrap.num_feature_resamples if grams else 0)
     for b in range(num_rounds):
         ridx = rng.integers(0, real_data.n, real_data.n)
         if shared:
@@ -675,7 +726,7 @@ def compare(
         else:
             idx_of = {n: rng.integers(0, d.n, d.n) for n, d in data.items()}
         for i, spec in enumerate(specs):
-            limit = num_feature_bootstrap if spec["kind"] == "feature" else num_bootstrap
+            limit = bootstrap.num_feature_resamples if spec["kind"] == "feature" else bootstrap.num_resamples
             if b < limit:
                 reps[i].append(evaluate_spec(spec, idx_of, ridx))
 
@@ -684,20 +735,27 @@ def compare(
         row: Dict[str, Any] = {"key": spec["key"], "label": spec["label"], "band": spec["band"] or "all",
                                "num_resamples": len(rep), "values": {}, "differences": {}}
         for n in (["real"] if "real" in point else []) + set_names:
-            lo, hi = bootstrap_interval([r[n] for r in rep], confidence, point[n])
+            lo, hi = bootstrap_interval([r[n] for r in rep], bootstrap.confidence, point[n])
             row["values"][n] = {"value": point[n], "low": lo, "high": hi}
         for n in set_names:
             if n == reference_set:
                 continue
             diff = point[n] - point[reference_set]
-            lo, hi = bootstrap_interval([r[n] - r[reference_set] for r in rep], confidence, diff)
+            lo, hi = bootstrap_interval([r[n] - r[reference_set] for r in rep], bootstrap.confidence, diff)
             scale = max(abs(point[n]), abs(point[reference_set])) if math.isfinite(diff) else 0.0
             row["differences"][n] = {"value": diff, "low": lo, "high": hi,
                                      "excludes_zero": excludes_zero(lo, hi, scale)}
         rows.append(row)
-    report["comparison"] = {"reference_set": reference_set, "confidence": float(confidence), "rows": rows}
+    return {"reference_set": reference_set, "confidence": bootstrap.confidence, "rows": rows}
 
-    # ---- segmentation (one training run per set: no interval over images) ----------------------------------------
+
+def _pooled_sections(report: Dict[str, Any], cache: Mapping[str, Any], real_set: ImageSet,
+                     pairing: Optional[Mapping[str, np.ndarray]]) -> None:
+    """The report entries that put the sets side by side: segmentation Dice (one training run per set: no
+    interval over images), the realism table (the real set and every generated set) and, for a paired comparison
+    (``pairing`` given), how the images were paired."""
+    from .report import realism_section
+
     seg = {n: f["segmentation"] for n, f in report["sets"].items() if "segmentation" in f}
     if seg:
         report["comparison"]["segmentation"] = {
@@ -706,28 +764,30 @@ def compare(
         ref = next(iter(seg.values())).get("trained_on_real")
         if ref is not None:
             report["comparison"]["segmentation"]["real"] = {"mean_dice": ref["mean_dice"]}
-
-    # ---- realism: the real set and every generated set in one table ----------------------------------------------
     if all("realism" in f for f in report["sets"].values()) and "realism_real" in cache:
         report["realism"] = realism_section(
             {"real": cache["realism_real"],
              **{n: f["realism"]["sets"]["generated"] for n, f in report["sets"].items()}},
             real_set.size,
         )
-
-    # ---- paired pairing summary -----------------------------------------------------------------------------------
-    if paired:
+    if pairing is not None:
         report["paired"] = {
             n: {"by_index": bool(np.array_equal(p, np.arange(len(p)))), "num_pairs": int(len(p)),
                 "num_real_used": int(len(np.unique(p)))}
             for n, p in pairing.items()
         }
 
-    # ---- pictures --------------------------------------------------------------------------------------------------
+
+def _comparison_figures(real_set: ImageSet, gen_sets: Mapping[str, ImageSet],
+                        pairing: Mapping[str, Optional[np.ndarray]], wanted: Sequence[str], opts: EvaluationOptions,
+                        num_grid_columns: int, report: Dict[str, Any]) -> Dict[str, Any]:
+    """The comparison's own pictures: every set's depth profile over the real one and the label-map grid (its
+    note, how images were matched, goes into ``report["label_grid"]``)."""
+    figures: Dict[str, Any] = {}
     if "depth" in wanted:
-        profiles = {"real": depth_intensity_profile(real_set.images, geometry, num_bins=opts.num_depth_bins)}
+        profiles = {"real": depth_intensity_profile(real_set.images, opts.fan, num_bins=opts.num_depth_bins)}
         for n, s in gen_sets.items():
-            profiles[n] = depth_intensity_profile(s.images, geometry, num_bins=opts.num_depth_bins)
+            profiles[n] = depth_intensity_profile(s.images, opts.fan, num_bins=opts.num_depth_bins)
         fig = plot_depth_profiles(profiles)
         ax = fig.axes[0]
         for _, lo, _ in DEPTH_BANDS[1:]:
@@ -739,26 +799,12 @@ def compare(
         ax.set_title("depth profiles over the real one (dotted: depth-band borders)", fontsize=9)
         fig.tight_layout()
         figures["depth_profiles"] = fig
+    names = opts.names
     grid, grid_note = plot_label_grid(real_set, gen_sets, pairing, num_grid_columns, max(names) + 1 if names else 5,
                                       class_names=names)
     figures["label_grid"] = grid
     report["label_grid"] = grid_note
-
-    report = _jsonable(report)
-    markdown = render_comparison_markdown(report)
-
-    def build(tmp: Path) -> None:
-        (tmp / "plots").mkdir()
-        for key, fig in figures.items():
-            target = tmp / "plots" / f"{key}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(target)
-        (tmp / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        (tmp / "report.md").write_text(markdown, encoding="utf-8")
-
-    replace_directory(build, out_dir, kind="evaluate")
-    report["figures"] = sorted(f"plots/{k}.png" for k in figures)
-    return report
+    return figures
 
 
 def plot_label_grid(real: ImageSet, generated: Mapping[str, ImageSet], pairing: Mapping[str, Optional[np.ndarray]],
@@ -882,8 +928,8 @@ def render_comparison_markdown(report: Mapping[str, Any]) -> str:
         cells = {n: next((r for r in per_set[n] if r[0] == label), None) for n in names}
         real_cell = next((c[1] for c in cells.values() if c is not None and c[1]), "")
         out.append(f"| {label} | {real_cell} | " + " | ".join(c[2] if c else "n/a" for c in cells.values()) + " |")
-    out += ["", f"Per-set details (as the single-set `evaluate` report) are in `metrics.json` under `sets`; their "
-                f"plots under `plots/<set>/`.", ""]
+    out += ["", "Per-set details (as the single-set `evaluate` report) are in `metrics.json` under `sets`; their "
+                "plots under `plots/<set>/`.", ""]
     # differences
     conf = 100 * report["comparison"]["confidence"]
     out += [f"## Differences from `{ref}` with {conf:.0f} % bootstrap intervals", "",

