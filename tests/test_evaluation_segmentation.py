@@ -216,3 +216,22 @@ def test_cli_segmenter_flag_without_monai(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert "ultrasound-diffusers[monai]" in capsys.readouterr().err
     assert not (tmp_path / "rep").exists()
+
+
+def test_progress_names_the_bar(capsys):
+    """``progress``: False no bar, True a bar named "segmentation", a string a bar with that description."""
+    x, y = _disks(2, seed=0)
+    kwargs = dict(steps=2, batch_size=2, base_channels=4, depth=1)
+    plain = seg_module.train_segmentation_model(x, y, 3, progress=False, **kwargs)
+    assert "segmentation" not in capsys.readouterr().err
+    named = seg_module.train_segmentation_model(x, y, 3, progress="segmentation (generated)", **kwargs)
+    assert "segmentation (generated)" in capsys.readouterr().err
+    seg_module.train_segmentation_model(x, y, 3, progress=True, **kwargs)
+    err = capsys.readouterr().err
+    assert "segmentation" in err and "(generated)" not in err
+    for a, b in zip(plain.parameters(), named.parameters()):  # the bar does not change the training
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="`progress`"):
+        seg_module.train_segmentation_model(x, y, 3, progress=" ", **kwargs)
+    with pytest.raises(TypeError, match="`progress`"):
+        seg_module.train_segmentation_model(x, y, 3, progress=1.5, **kwargs)

@@ -483,19 +483,20 @@ def _run_segmentation(real_set, gen_set, train_set, names, steps, batch_size, ba
                           reference_train.labels.max() if reference_train is not None else 0)) + 1
     spec = get_segmenter(segmenter)
     kwargs = dict(num_classes=num_classes, class_names=names, steps=steps, batch_size=batch_size,
-                  base_channels=base_channels, seed=seed, device=device, progress=progress, segmenter=spec.name)
+                  base_channels=base_channels, seed=seed, device=device, segmenter=spec.name)
     result: Dict[str, Any] = {"protocol": protocol, "steps": int(steps), "batch_size": int(batch_size),
                               "segmenter": spec.name, "segmenter_description": spec.description,
                               "image_size": list(size)}
     result["trained_on_generated"] = downstream_segmentation(
-        gen.images, gen.labels, test.images, test.labels, desc="segmentation (generated)", **kwargs
+        gen.images, gen.labels, test.images, test.labels,
+        progress="segmentation (generated)" if progress else False, **kwargs
     )
     if reference_train is not None and reference is not None:
         result["trained_on_real"] = reference
     elif reference_train is not None:
         result["trained_on_real"] = downstream_segmentation(
             reference_train.images, reference_train.labels, test.images, test.labels,
-            desc="segmentation (real)", **kwargs
+            progress="segmentation (real)" if progress else False, **kwargs
         )
     return result
 

@@ -278,6 +278,18 @@ def dice_per_class(
     return out
 
 
+def _progress_description(progress: Union[bool, str, None]) -> Optional[str]:
+    """The bar description ``progress`` of :func:`train_segmentation_model` asks for; None: no bar."""
+    if isinstance(progress, str):
+        if not progress.strip():
+            raise ValueError("`progress` given as a string is the bar's description and must not be empty "
+                             "(pass False for no bar)")
+        return progress
+    if progress is None or isinstance(progress, (bool, np.bool_)):
+        return "segmentation" if progress else None
+    raise TypeError(f"`progress` must be a bool or a bar description (str), got {type(progress).__name__}")
+
+
 def train_segmentation_model(
     images: np.ndarray,
     labels: np.ndarray,
@@ -289,8 +301,7 @@ def train_segmentation_model(
     depth: int = 2,
     seed: int = 0,
     device: Union[str, torch.device] = "cpu",
-    progress: bool = False,
-    desc: str = "segmentation",
+    progress: Union[bool, str] = False,
     segmenter: str = DEFAULT_SEGMENTER,
 ) -> torch.nn.Module:
     """Train a segmentation network on ``(images [N, H, W] in [0, 1], labels int [N, H, W])``.
@@ -306,10 +317,14 @@ def train_segmentation_model(
         seed: the network's initialisation (drawn inside ``torch.random.fork_rng``, so the caller's global RNG
             state is left as it was) and the batches (their own generator): the result depends only on the
             inputs and ``seed``.
+        device: where the network trains (``"cpu"``, ``"cuda"``, a ``torch.device``).
+        progress: a tqdm bar over the steps: False (or None) none, True a bar named ``"segmentation"``, a
+            non-empty string a bar with that description (e.g. ``"segmentation (generated)"``).
 
     Returns:
         The trained network in eval mode.
     """
+    desc = _progress_description(progress)
     spec = get_segmenter(segmenter)
     imgs = torch.as_tensor(np.asarray(images, dtype=np.float32))
     labs = torch.as_tensor(np.asarray(labels, dtype=np.int64))
@@ -333,7 +348,7 @@ def train_segmentation_model(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=lr * spec.final_learning_rate)
     model.train()
     iterator = range(int(steps))
-    if progress:
+    if desc is not None:
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc=desc, unit="step")
@@ -449,7 +464,7 @@ def downstream_segmentation(
         class_names: index -> name for the report (default: ``class_<k>``).
         background_classes: classes left out of ``mean_dice`` (for echo: 0, outside the fan).
         **train_kwargs: passed to :func:`train_segmentation_model` (segmenter, steps, batch_size, seed, device,
-            ...).
+            progress, ...).
 
     Returns:
         ``{"segmenter": name, "dice": {name: value}, "mean_dice": float, "num_train": N, "num_test": M,
