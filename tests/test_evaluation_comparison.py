@@ -16,6 +16,7 @@ from ultrasound_diffusers.evaluation.comparison import (
     compare,
     excludes_zero,
     pair_by_labels,
+    TrainingRuns,
     parse_generated,
 )
 from ultrasound_diffusers.evaluation.fid import frechet_distance_from_features, mmd2_unbiased
@@ -43,8 +44,10 @@ def test_parse_generated_names_paths_and_errors():
     assert parse_generated("runs/lr=1e-4/samples") == (False, {"generated": "runs/lr=1e-4/samples"})
     named, sets = parse_generated(["bmap=a/b", "plain=runs/x=1"])
     assert named and list(sets) == ["bmap", "plain"] and sets["plain"] == "runs/x=1"
-    with pytest.raises(ValueError, match="used twice"):
-        parse_generated(["a=x", "a=y"])
+    # a name given twice collects the runs of one arm (issue 32: training-seed variance), in order
+    named, sets = parse_generated(["a=x", "b=z", "a=y"])
+    assert list(sets) == ["a", "b"] and isinstance(sets["a"], TrainingRuns) and tuple(sets["a"]) == ("x", "y")
+    assert sets["b"] == "z"
     with pytest.raises(ValueError, match="name every set"):
         parse_generated(["a=x", "y"])
     with pytest.raises(ValueError, match="unnamed sets"):
@@ -194,8 +197,14 @@ def test_cli_comparison_and_single_set_and_errors(tmp_path, capsys):
     assert (single / "sample_grid.png").is_file() and "mode" not in json.loads((single / "metrics.json").read_text())
     capsys.readouterr()
     # clear errors
-    assert main(base + ["--generated", f"bmap={a}", f"bmap={b}", "--out", str(tmp_path / "e1")]) == 2
-    assert "used twice" in capsys.readouterr().err
+    # a repeated name: two training runs of one arm, pooled, with a two-level bootstrap
+    assert main(base + ["--generated", f"bmap={a}", f"bmap={b}", f"plain={b}", f"plain={a}", "--out",
+                        str(tmp_path / "runs")]) == 0
+    runs = json.loads((tmp_path / "runs" / "metrics.json").read_text())
+    assert runs["runs"]["bmap"] == {"num_runs": 2, "images_per_run": [6, 6]} and runs["num_images"]["bmap"] == 12
+    assert "two-level bootstrap" in runs["config"]["bootstrap"]["resampling"]
+    assert "spread between training runs (runs per set" in (tmp_path / "runs" / "report.md").read_text()
+    capsys.readouterr()
     assert main(base + ["--generated", f"bmap={a}", "--reference_set", "nope", "--out", str(tmp_path / "e2")]) == 2
     assert "not one of the generated sets" in capsys.readouterr().err
     other = write_folder(tmp_path / "other", gx, synthetic_echo(6, size=16, seed=5)[1][::-1] * 0 + 2)
@@ -226,3 +235,33 @@ def test_compare_shares_evaluate_options():
         report.evaluate("a", "b", "c", seg_stepz=3)
     with pytest.raises(TypeError, match="EvaluationOptions"):
         report.evaluate("a", "b", "c", options={"seg_steps": 3})
+
+
+def test_training_runs_widen_the_interval_by_their_spread(tmp_path):
+    """Issue 32: with two training runs per arm that disagree (one run's images half as bright), the two-level
+    bootstrap (runs, then images) gives the arm's difference an interval that covers the disagreement, where
+    treating the pooled images as one run gives a narrow, overconfident one. Point values are those of the pooled
+    images either way."""
+    rx, ry = synthetic_echo(30, size=24, seed=20)
+    ax, ay = synthetic_echo(30, size=24, seed=21)
+    bx, by = synthetic_echo(30, size=24, seed=22)
+    a_runs = [ImageSet(ax, ay), ImageSet(ax * 0.5, ay)]       # arm a: its two runs disagree
+    b_runs = [ImageSet(bx * 0.75, by), ImageSet(bx * 0.75, by)]  # arm b: two runs that agree, between them
+    kw = dict(metrics="depth", num_bootstrap=400, progress=False, num_grid_columns=2)
+    runs = compare(ImageSet(rx, ry), {"a": TrainingRuns(a_runs), "b": TrainingRuns(b_runs)}, tmp_path / "runs", **kw)
+    pooled = compare(ImageSet(rx, ry), {"a": ImageSet(np.concatenate([ax, ax * 0.5]), np.concatenate([ay, ay])),
+                                         "b": ImageSet(np.concatenate([bx, bx]) * 0.75, np.concatenate([by, by]))},
+                     tmp_path / "pooled", **kw)
+    r, p = _rows(runs)["mean_inside_fan"], _rows(pooled)["mean_inside_fan"]
+    assert r["values"]["a"]["value"] == pytest.approx(p["values"]["a"]["value"])
+    wide = r["differences"]["b"]["high"] - r["differences"]["b"]["low"]
+    narrow = p["differences"]["b"]["high"] - p["differences"]["b"]["low"]
+    assert wide > 2 * narrow, (wide, narrow)
+    assert _contains_zero(r["differences"]["b"])  # with two disagreeing runs, no claim that b differs from a
+    assert runs["runs"] == {"a": {"num_runs": 2, "images_per_run": [30, 30]}, "b": {"num_runs": 2, "images_per_run": [30, 30]}}
+    # a plain list of ImageSets means the same; runs of different image sizes are refused by name
+    listed = compare(ImageSet(rx, ry), {"a": a_runs, "b": b_runs}, tmp_path / "listed", **kw)
+    assert _rows(listed)["mean_inside_fan"]["differences"] == r["differences"]
+    small, small_labels = synthetic_echo(4, size=16, seed=23)
+    with pytest.raises(ValueError, match="set 'a': its training runs have different image sizes"):
+        compare(ImageSet(rx, ry), {"a": [ImageSet(ax, ay), ImageSet(small, small_labels)]}, tmp_path / "bad", **kw)

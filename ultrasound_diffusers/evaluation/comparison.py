@@ -25,6 +25,12 @@ left out), so its point value can differ slightly from ``evaluate``'s subset-ave
 images holds the generator fixed: it measures sampling noise at this number of images, not the spread
 between training runs.
 
+**Training runs.** A set may be the images of several training runs of one recipe (other seeds):
+``--generated bmap=seed0/ bmap=seed1/`` or ``{"bmap": TrainingRuns([...])}``. Its point values are those of
+the pooled images; each resample draws the runs with replacement, then images within each drawn run (a
+two-level bootstrap), so the intervals include the spread between runs (with two runs per set that spread is
+itself poorly known: the interval is wide, as it should be).
+
 **Depth bands.** Depth-sensitive metrics are also reported in the shallow, middle and deep thirds of the fan
 (normalised depth from :class:`~.physics.FanGeometry`: [0, 1/3), [1/3, 2/3), [2/3, 1]): mean intensity,
 depth-profile distance to the real profile (bins whose centre lies in the band), speckle mean/std (windows
@@ -86,8 +92,10 @@ def parse_generated(specs: Union[str, Path, Sequence[Any], Mapping[str, Any]]) -
 
     Each value is ``NAME=SOURCE`` or a bare ``SOURCE``. A prefix before the first ``=`` counts as a name only when
     it is a plain name (letters, digits, ``_ . + -``; no ``/``), so paths such as ``runs/lr=1e-4`` stay paths.
-    One bare source gives ``(False, {"generated": source})`` (the single-set report); names must be unique, not
-    ``real``/``train``, and either every value is named or there is exactly one bare one.
+    One bare source gives ``(False, {"generated": source})`` (the single-set report); names must not be
+    ``real``/``train``, and either every value is named or there is exactly one bare one. A name given more than
+    once collects the sets of one arm from several training runs (``bmap=seed0/ bmap=seed1/``): its source is a
+    :class:`TrainingRuns` of the paths in order, and :func:`compare`'s intervals include the spread between runs.
     """
     if isinstance(specs, Mapping):
         items = list(specs.items())
@@ -123,13 +131,39 @@ def parse_generated(specs: Union[str, Path, Sequence[Any], Mapping[str, Any]]) -
         )
     if bare:
         return False, {"generated": bare[0]}
-    out = {}
+    grouped: Dict[str, List[Any]] = {}
     for name, source in named:
         _check_name(name)
-        if name in out:
-            raise ValueError(f"`--generated`: the name {name!r} is used twice; set names must be unique")
-        out[name] = source
-    return True, out
+        grouped.setdefault(name, []).append(source)
+    return True, {name: sources[0] if len(sources) == 1 else TrainingRuns(sources) for name, sources in grouped.items()}
+
+
+class TrainingRuns(tuple):
+    """The generated sets of one arm from several training runs (the same recipe trained with other seeds), in
+    order. :func:`compare` pools their images for the arm's point values and resamples runs, then images within each
+    run, so that its intervals include the spread between training runs. A plain list or tuple of paths (or
+    :class:`~.io.ImageSet`) given as one set's source means the same."""
+
+
+def _as_runs(source: Any) -> List[Any]:
+    """The sources of one generated set: one per training run (a single source is one run)."""
+    if isinstance(source, TrainingRuns) or (
+        isinstance(source, (list, tuple)) and len(source) > 0 and all(isinstance(x, (str, Path, ImageSet)) for x in source)
+    ):
+        return list(source)
+    return [source]
+
+
+def _runs_sentence(report: Mapping[str, Any]) -> str:
+    """What the intervals hold fixed: the generators (one run per set) or nothing but the recipe (several)."""
+    runs = report.get("runs") or {}
+    several = {n: r["num_runs"] for n, r in runs.items() if r["num_runs"] > 1}
+    if not several:
+        return ("The intervals hold the generators fixed (sampling noise at this number of images), not the spread "
+                "between training runs.")
+    counts = ", ".join(f"`{n}` {k}" for n, k in several.items())
+    return (f"The intervals include the spread between training runs (runs per set: {counts}); with few runs that "
+            "spread is itself uncertain.")
 
 
 def _check_name(name: str) -> None:
@@ -537,11 +571,11 @@ def compare(
     set_names, reference_set = _check_comparison(generated, reference_set, bootstrap)
     wanted, explicit, opted_out = select_metrics(metrics)
     out_dir = check_output_dir(
-        out_dir, "evaluate", inputs=[real, train, *generated.values()], overwrite=opts.overwrite,
-        replace_own=opts.replace_report, argument="`out_dir`",
+        out_dir, "evaluate", inputs=[real, train, *(r for src in generated.values() for r in _as_runs(src))],
+        overwrite=opts.overwrite, replace_own=opts.replace_report, argument="`out_dir`",
     )
-    # 2. the image sets and how the generated images pair with the real ones
-    real_set, train_set, gen_sets = _load_sets(real, train, generated, opts)
+    # 2. the image sets (a set of several training runs pooled) and how the generated images pair with the real ones
+    real_set, train_set, gen_sets, runs = _load_sets(real, train, generated, opts)
     pairing = {n: pair_by_labels(real_set, s, n) if paired else _try_pairing(real_set, s) for n, s in gen_sets.items()}
     # 3. the report's header
     report = _comparison_header(real, train, generated, real_set, train_set, gen_sets, reference_set, opts)
@@ -552,6 +586,7 @@ def compare(
         "method": "percentile bootstrap over images, shifted by the resampling bias (median of replicates - estimate)",
     })
     report["skipped"] = {m: OPT_IN_REASON for m in opted_out}
+    report["runs"] = {n: {"num_runs": len(r), "images_per_run": list(r)} for n, r in runs.items()}
     # 4. every evaluate metric of each set (the same code as the single-set report)
     figures, extras, cache = _evaluate_each_set(report, real_set, train_set, gen_sets, wanted, explicit, opts)
     # 5. the differences between sets with bootstrap intervals over images
@@ -560,7 +595,8 @@ def compare(
              if extras[n].get("real_features") is not None and extras[n].get("generated_features") is not None}
     specs = _metric_specs(wanted, opts.contrast_pairs, paired, bool(grams) and len(grams) == len(set_names),
                           all(d.memorization is not None for d in data.values()), real_data.outside_count > 0)
-    report["comparison"] = _bootstrap_rows(report, specs, data, real_data, grams, reference_set, bootstrap, opts.seed)
+    report["comparison"] = _bootstrap_rows(report, specs, data, real_data, grams, runs, reference_set, bootstrap,
+                                           opts.seed)
     # 6. the sections that pool the sets: segmentation, realism, pairing
     _pooled_sections(report, cache, real_set, pairing if paired else None)
     # 7. pictures, then the folder (written atomically)
@@ -589,13 +625,29 @@ def _jsonable_report(report: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _load_sets(real: Any, train: Any, generated: Mapping[str, Any], opts: EvaluationOptions):
-    """``(real_set, train_set or None, {name: generated set})`` read with the options' columns and split."""
+    """``(real_set, train_set or None, {name: generated set}, {name: [images per run]})`` read with the options'
+    columns and split; the runs of a set given as :class:`TrainingRuns` are pooled in order (the same size each)."""
     from .report import _load
 
     real_set = _load(real, "real", opts)
     train_set = None if train is None else _load(train, "train", opts)
-    gen_sets = {str(n): _load(src, f"generated {n}", opts) for n, src in generated.items()}
-    return real_set, train_set, gen_sets
+    gen_sets: Dict[str, ImageSet] = {}
+    runs: Dict[str, List[int]] = {}
+    for n, src in generated.items():
+        parts = [_load(r, f"generated {n}" + (f" (run {k + 1})" if isinstance(src, (list, tuple)) else ""), opts)
+                 for k, r in enumerate(_as_runs(src))]
+        if len({p.size for p in parts}) > 1:
+            raise ValueError(f"`generated` set {n!r}: its training runs have different image sizes {[p.size for p in parts]}")
+        if len(parts) > 1 and len({p.has_labels for p in parts}) > 1:
+            raise ValueError(f"`generated` set {n!r}: some of its training runs have label maps and some do not")
+        gen_sets[str(n)] = parts[0] if len(parts) == 1 else ImageSet(
+            images=np.concatenate([p.images for p in parts]),
+            labels=None if parts[0].labels is None else np.concatenate([p.labels for p in parts]),
+            names=[f"run{k + 1}/{name}" for k, p in enumerate(parts) for name in p.names],
+            source=" + ".join(p.source for p in parts), kind=parts[0].kind, split=parts[0].split,
+        )
+        runs[str(n)] = [len(p) for p in parts]
+    return real_set, train_set, gen_sets, runs
 
 
 def _comparison_header(real, train, generated, real_set: ImageSet, train_set: Optional[ImageSet],
@@ -609,7 +661,8 @@ def _comparison_header(real, train, generated, real_set: ImageSet, train_set: Op
         "mode": "comparison",
         "set_names": set_names,
         "reference_set": reference_set,
-        "sources": {"real": _describe(real), **{n: _describe(src) for n, src in zip(set_names, generated.values())}},
+        "sources": {"real": _describe(real), **{n: " + ".join(_describe(r) for r in _as_runs(src))
+                                                for n, src in zip(set_names, generated.values())}},
         "num_images": {"real": len(real_set), **{n: len(s) for n, s in gen_sets.items()}},
         "image_size": {"real": list(real_set.size), **{n: list(s.size) for n, s in gen_sets.items()}},
         "has_labels": {"real": real_set.has_labels, **{n: s.has_labels for n, s in gen_sets.items()}},
@@ -686,18 +739,47 @@ def _per_image_data(report: Dict[str, Any], real_set: ImageSet, gen_sets: Mappin
     return data, real_data
 
 
+def _draw_indices(rng: np.random.Generator, runs: Mapping[str, Sequence[int]]) -> Dict[str, np.ndarray]:
+    """One bootstrap draw of image indices into each set's pooled images, ``{set: int64 [N]}``.
+
+    One run per set: images with replacement, with the same indices for every set when all sets are the same
+    size (a paired bootstrap: image i of each set comes from the same label map and seed), independently
+    otherwise. Several runs (:class:`TrainingRuns`): the runs with replacement, then images with replacement
+    within each drawn run (a two-level bootstrap, so the interval includes the spread between training runs);
+    the same draw for every set when all sets have the same runs and sizes (matched by seed and label map).
+    """
+    names = list(runs)
+    same = len({tuple(r) for r in runs.values()}) == 1
+
+    def one(sizes: Sequence[int]) -> np.ndarray:
+        if len(sizes) == 1:
+            return rng.integers(0, sizes[0], sizes[0])
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        chosen = rng.integers(0, len(sizes), len(sizes))
+        return np.concatenate([offsets[c] + rng.integers(0, sizes[c], sizes[c]) for c in chosen])
+
+    if same:
+        common = one(runs[names[0]])
+        return {n: common for n in names}
+    return {n: one(runs[n]) for n in names}
+
+
 def _bootstrap_rows(report: Dict[str, Any], specs: Sequence[Dict[str, Any]], data: Mapping[str, "_SetData"],
-                    real_data: "_SetData", grams: Mapping[str, "_FeatureGrams"], reference_set: str,
-                    bootstrap: _Bootstrap, seed: int) -> Dict[str, Any]:
+                    real_data: "_SetData", grams: Mapping[str, "_FeatureGrams"], runs: Mapping[str, Sequence[int]],
+                    reference_set: str, bootstrap: _Bootstrap, seed: int) -> Dict[str, Any]:
     """Each metric's value and interval per set and each set's difference from the reference (the report's
-    ``comparison`` entry); records the resampling scheme in ``report["config"]["bootstrap"]``."""
+    ``comparison`` entry); records the resampling scheme in ``report["config"]["bootstrap"]``. Draws:
+    :func:`_draw_indices` (over training runs too where a set has several)."""
     set_names = list(data)
-    sizes = {n: d.n for n, d in data.items()}
-    shared = len(set(sizes.values())) == 1
-    report["config"]["bootstrap"]["resampling"] = (
-        "generated sets resampled with the same indices (equal sizes: paired by index)" if shared
-        else "generated sets resampled independently (different sizes)"
-    )
+    same = len({tuple(r) for r in runs.values()}) == 1
+    if any(len(r) > 1 for r in runs.values()):
+        scheme = ("two-level bootstrap: each set's training runs resampled with replacement, then images within each "
+                  "run" + (" (the same draw for every set: matched runs and label maps)" if same else
+                           " (sets drawn independently: different runs or sizes)"))
+    else:
+        scheme = ("generated sets resampled with the same indices (equal sizes: paired by index)" if same
+                  else "generated sets resampled independently (different sizes)")
+    report["config"]["bootstrap"]["resampling"] = scheme
     rng = np.random.default_rng(seed)
 
     def evaluate_spec(spec, idx_of, ridx) -> Dict[str, float]:
@@ -720,11 +802,7 @@ def _bootstrap_rows(report: Dict[str, Any], specs: Sequence[Dict[str, Any]], dat
     num_rounds = max(bootstrap.num_resamples, bootstrap.num_feature_resamples if grams else 0)
     for b in range(num_rounds):
         ridx = rng.integers(0, real_data.n, real_data.n)
-        if shared:
-            common = rng.integers(0, next(iter(sizes.values())), next(iter(sizes.values())))
-            idx_of = {n: common for n in set_names}
-        else:
-            idx_of = {n: rng.integers(0, d.n, d.n) for n, d in data.items()}
+        idx_of = _draw_indices(rng, runs)
         for i, spec in enumerate(specs):
             limit = bootstrap.num_feature_resamples if spec["kind"] == "feature" else bootstrap.num_resamples
             if b < limit:
@@ -938,8 +1016,7 @@ def render_comparison_markdown(report: Mapping[str, Any]) -> str:
             f"{boot['num_resamples']} resamples ({boot['num_resamples_fid_kid']} for FID and KID), seed "
             f"{report['config']['seed']}; {boot['resampling']}. *excludes 0*: the interval of the difference does "
             "not contain 0. Depth bands are thirds of the fan's normalised depth (outside-fan signal: thirds of "
-            "the fan's rows). The intervals hold the generators fixed (sampling noise at this number of images), "
-            "not the spread between training runs.", ""]
+            "the fan's rows). " + _runs_sentence(report), ""]
     rows = comparison_rows(report)
     out.append("| " + " | ".join(rows[0]) + " |")
     out.append("|" + "---|" * len(rows[0]))
