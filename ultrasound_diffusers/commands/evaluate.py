@@ -51,8 +51,9 @@ def register(subparsers) -> None:
     p.add_argument("--real", required=True, help="real (held-out) images: folder, saved dataset or Hub dataset name")
     p.add_argument("--generated", required=True, nargs="+", metavar="[NAME=]SOURCE",
                    help="generated images: folder, saved dataset or Hub dataset name; named sets (bmap=DIR "
-                   "plain=DIR) write a comparison report (a path whose first part looks like NAME=...: "
-                   "write ./NAME=...)")
+                   "plain=DIR) write a comparison report; a name given again adds a training run of that arm "
+                   "(bmap=seed0/dataset bmap=seed1/dataset: intervals include the spread between runs) (a path "
+                   "whose first part looks like NAME=...: write ./NAME=...)")
     p.add_argument("--reference_set", default=None,
                    help="comparison: the set the others are compared with (default: the first --generated set)")
     p.add_argument("--paired", action="store_true",
