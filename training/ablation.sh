@@ -4,12 +4,15 @@
 # identical; then both sampled on the same held-out label maps with the same seeds and sampler, and compared in
 # one `evaluate` report with bootstrap intervals.
 #
-# Usage: bash training/ablation.sh WORK_DIR [STEP ...]
+# Usage: [SEED=0] bash training/ablation.sh WORK_DIR [STEP ...]
 #   steps: train-bmap train-plain heldout generate evaluate   (default: all, in that order; train-strong and
 #   generate-strong add the stronger B-map arm)
 #   (generate = generate-bmap then generate-plain; the two can also run at the same time, one thread each)
-# Each arm trains in WORK_DIR/<arm>/ with `--output_dir pipeline`, so the two training_args.json files differ in
-# `bmap_min` only. The two train steps can run at the same time (one CPU thread each):
+# Each arm of training seed SEED trains in WORK_DIR/seed<SEED>/<arm>/ with `--output_dir pipeline`, so the arms'
+# training_args.json files differ in `bmap_min` only, and samples into WORK_DIR/seed<SEED>/generated-<arm>/. The
+# held-out phantoms are shared (WORK_DIR/heldout). `evaluate` compares every arm over every seed folder it finds: a
+# set with several seeds is several training runs of one arm (two-level bootstrap: the intervals include the
+# spread between training seeds). The two train steps can run at the same time (one CPU thread each):
 #   bash training/ablation.sh W train-bmap & bash training/ablation.sh W train-plain; wait
 #   bash training/ablation.sh W heldout
 #   bash training/ablation.sh W generate-bmap & bash training/ablation.sh W generate-plain; wait
@@ -20,7 +23,7 @@
 # A stronger B-map arm (issue 32): train-strong / generate-strong use --bmap_min ${STRONG_BMAP_MIN:-0.9} (every
 # other flag the same); evaluate adds it to the report when WORK_DIR/generated-strong exists.
 # Shorter runs (the same for both arms): STAGE1_STEPS=1200 FINETUNE=0 bash training/ablation.sh W ...
-# SEED=1 bash training/ablation.sh W2 ... trains both arms with another training seed (the run-to-run spread).
+# SEED=1 bash training/ablation.sh W ... trains (and generates) the arms with another training seed.
 # trains stage 1 for 1200 steps (the linear decay then reaches 0 at step 1200) and skips the offset-noise stage.
 set -euo pipefail
 STAGE1_STEPS="${STAGE1_STEPS:-2400}"
@@ -34,9 +37,11 @@ STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=(train-bmap train-plain heldout generate evaluate)
 PY="${PYTHON:-python}"
 
+RUN="$WORK/seed$SEED"
+
 train_arm() {  # $1 = arm name, $2 = bmap_min
-  mkdir -p "$WORK/$1"
-  cd "$WORK/$1"
+  mkdir -p "$RUN/$1"
+  cd "$RUN/$1"
   # training/demo_model.sh's data, network and B-map flags, with this arm's --bmap_min
   local data_and_model=(--dataset_name phantoms:echo --phantoms 2000 --resolution 64 --model_config tiny-64 --learn_sigma
     --drop_rate 0.2 --beta_schedule squaredcos_cap_v2 --bmap_schedule cosine --bmap_min "$2" --probe_geometry convex)
@@ -60,9 +65,9 @@ train_arm() {  # $1 = arm name, $2 = bmap_min
   cd "$REPO"
 }
 
-generate_arm() {  # $1 = arm name: the same 200 held-out label maps, sampler, steps, guidance and seeds for both arms
-  "$PY" -m ultrasound_diffusers generate --pipeline "$WORK/$1/pipeline" --labels phantoms:echo:200:4242 \
-    --num_inference_steps 50 --guidance_scale 1.5 --batch_size 25 --seed 0 --output_dir "$WORK/generated-$1"
+generate_arm() {  # $1 = arm name: the same 200 held-out label maps, sampler, steps, guidance and seeds for every arm
+  "$PY" -m ultrasound_diffusers generate --pipeline "$RUN/$1/pipeline" --labels phantoms:echo:200:4242 \
+    --num_inference_steps 50 --guidance_scale 1.5 --batch_size 25 --seed 0 --output_dir "$RUN/generated-$1"
 }
 
 for step in "${STEPS[@]}"; do
@@ -79,8 +84,13 @@ for step in "${STEPS[@]}"; do
     generate-plain) generate_arm plain ;;
     generate-strong) generate_arm strong ;;
     evaluate)
-      sets=("bmap=$WORK/generated-bmap/dataset" "plain=$WORK/generated-plain/dataset")
-      [ ! -d "$WORK/generated-strong/dataset" ] || sets+=("strong=$WORK/generated-strong/dataset")
+      # every arm over every seed folder that has its samples: a repeated name adds a training run of that arm
+      sets=()
+      for arm in bmap plain strong; do
+        for run in "$WORK"/seed*/; do
+          [ ! -d "$run/generated-$arm/dataset" ] || sets+=("$arm=${run%/}/generated-$arm/dataset")
+        done
+      done
       "$PY" -m ultrasound_diffusers evaluate --real "$WORK/heldout" \
         --generated "${sets[@]}" \
         --train "$WORK/train_ref" --metrics all --paired --output_dir "$WORK/report" ;;
