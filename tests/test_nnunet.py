@@ -172,3 +172,17 @@ def test_held_out_cases_go_to_images_ts_and_labels_ts(phantoms, tmp_path):
     with pytest.raises(ValueError, match="no image column"):
         export_nnunet(phantoms, tmp_path / "raw3", test_dataset=held_out.rename_column("image", "picture"))
     assert not (tmp_path / "raw3" / "Dataset501_UltrasoundSynthetic").exists()
+    # another label column: a (dataset, test_label_column) pair; (dataset, None) writes images only
+    out = export_nnunet(phantoms, tmp_path / "raw4", test_dataset=(held_out.rename_column("label", "mask"), "mask"))
+    for i in range(3):
+        np.testing.assert_array_equal(_read(out / "labelsTs" / f"case_test_{i:04d}.png")[1],
+                                      np.asarray(reference[i]["label"]))
+    out = export_nnunet(phantoms, tmp_path / "raw5", test_dataset=(held_out, None))
+    assert len(list((out / "imagesTs").iterdir())) == 3 and not (out / "labelsTs").exists()
+    with pytest.raises(ValueError, match="`test_dataset`'s label column 'mask'"):
+        export_nnunet(phantoms, tmp_path / "raw6", test_dataset=(held_out, "mask"))
+    with pytest.raises(ValueError, match=r"`test_dataset` as a tuple must be \(dataset, label-map column or None\)"):
+        export_nnunet(phantoms, tmp_path / "raw6", test_dataset=(held_out, "label", "extra"))
+    with pytest.raises(ValueError, match="`test_dataset` is empty"):
+        export_nnunet(phantoms, tmp_path / "raw6", test_dataset=held_out.select([]))
+    assert not (tmp_path / "raw6").exists()

@@ -32,7 +32,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -245,6 +245,31 @@ def _dataset_dirs(dataset) -> List[Path]:
     return [Path(f["filename"]).parent for f in getattr(dataset, "cache_files", None) or [] if "filename" in f]
 
 
+def _test_split(test_dataset, image_column: str, label_column: str) -> Tuple[Any, Optional[str]]:
+    """``(dataset, label-map column or None)`` of ``test_dataset`` of :func:`export_nnunet`: a dataset (its
+    ``label_column`` when it has one) or a ``(dataset, test_label_column)`` pair; the columns are checked."""
+    if isinstance(test_dataset, tuple):
+        if len(test_dataset) != 2 or not (test_dataset[1] is None or isinstance(test_dataset[1], str)):
+            raise ValueError(
+                "`test_dataset` as a tuple must be (dataset, label-map column or None), got a tuple of "
+                f"{len(test_dataset)}: {tuple(type(v).__name__ for v in test_dataset)}"
+            )
+        dataset, labels = test_dataset
+        explicit = True
+    else:
+        dataset, labels, explicit = test_dataset, None, False
+    columns = list(getattr(dataset, "column_names", []) or [])
+    if image_column not in columns:
+        raise ValueError(f"`test_dataset` has no image column {image_column!r} (columns: {columns})")
+    if not explicit:
+        labels = label_column if label_column in columns else None
+    elif labels is not None and labels not in columns:
+        raise ValueError(f"`test_dataset`'s label column {labels!r} is not one of its columns ({columns})")
+    if len(dataset) == 0:
+        raise ValueError("`test_dataset` is empty")
+    return dataset, labels
+
+
 def export_nnunet(
     dataset,
     folder: PathLike,
@@ -259,7 +284,6 @@ def export_nnunet(
     description: Optional[str] = None,
     overwrite: bool = False,
     test_dataset=None,
-    test_label_column: Optional[str] = None,
 ) -> Path:
     """Write ``dataset`` as the nnU-Net v2 raw dataset ``folder/DatasetXXX_Name`` (atomically).
 
@@ -280,9 +304,11 @@ def export_nnunet(
         description: free text for ``dataset.json`` (default: rows, image size and the label coding).
         overwrite: replace a non-empty folder this exporter did not write (an earlier export is replaced anyway).
         test_dataset: optional held-out cases (e.g. real scans, to train on synthetic images and test on real
-            ones) as a ``datasets.Dataset`` with ``image_column``: written to ``imagesTs/`` (cases
-            ``{case_prefix}_test_{row}``) and, when it has label maps, ``labelsTs/`` in the same coding.
-        test_label_column: the test set's label-map column (default ``label_column``; None when it has none).
+            ones), written to ``imagesTs/`` (cases ``{case_prefix}_test_{row}``) and, with label maps,
+            ``labelsTs/`` in the same coding. Either a ``datasets.Dataset`` with ``image_column`` (label maps from
+            its ``label_column`` when it has that column, else images only; e.g.
+            :func:`held_out_cases_dataset`), or a pair ``(dataset, test_label_column)`` naming the test set's
+            label-map column (None: images only, even when it has label maps).
 
     Returns:
         The dataset folder ``folder/DatasetXXX_Name``.
@@ -295,7 +321,9 @@ def export_nnunet(
 
     from ..version import __version__
 
-    inputs = _dataset_dirs(dataset) + (_dataset_dirs(test_dataset) if test_dataset is not None else [])
+    test_data, test_labels = (None, None) if test_dataset is None else _test_split(test_dataset, image_column,
+                                                                                   label_column)
+    inputs = _dataset_dirs(dataset) + (_dataset_dirs(test_data) if test_data is not None else [])
     target = check_nnunet_target(folder, dataset_id, dataset_name, overwrite=overwrite, inputs=inputs)
     if not isinstance(case_prefix, str) or not _NAME_RE.match(case_prefix):
         raise ValueError(f"`case_prefix` must be letters, digits, '_' or '-', got {case_prefix!r}")
@@ -315,17 +343,9 @@ def export_nnunet(
         return data
 
     raw = undecoded(dataset, (image_column, label_column))
-    test_raw, test_labels = None, None
-    if test_dataset is not None:
-        test_columns = list(getattr(test_dataset, "column_names", []) or [])
-        if image_column not in test_columns:
-            raise ValueError(f"`test_dataset` has no image column {image_column!r} (columns: {test_columns})")
-        test_labels = test_label_column or (label_column if label_column in test_columns else None)
-        if test_labels is not None and test_labels not in test_columns:
-            raise ValueError(f"`test_label_column` {test_labels!r} is not a column of `test_dataset` ({test_columns})")
-        if len(test_dataset) == 0:
-            raise ValueError("`test_dataset` is empty")
-        test_raw = undecoded(test_dataset, [image_column] + ([test_labels] if test_labels else []))
+    test_raw = None
+    if test_data is not None:
+        test_raw = undecoded(test_data, [image_column] + ([test_labels] if test_labels else []))
 
     if label_names is None:  # one pass over the label maps to count the classes
         high = 0
