@@ -12,6 +12,7 @@ from diffusers.utils import BaseOutput
 
 from .pipeline_utils import (
     DiffusionPipeline,
+    LabelMapProcessor,
     SegmapInput,
     as_count,
     check_callback_inputs,
@@ -26,12 +27,10 @@ from .pipeline_utils import (
     denoise_step_output,
     guided_segmap,
     labels_to_output,
-    one_hot_segmaps,
     postprocess_images,
     prepare_extra_step_kwargs,
     prepare_latents,
     prepare_timesteps,
-    read_segmaps,
     resolve_sample_size,
 )
 
@@ -219,7 +218,8 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
         channels = int(self.unet.config.in_channels)
 
         # 1. label maps read and checked at their own size; the memory guard before they are resized / encoded
-        maps = read_segmaps(segmap, self.num_classes)
+        label_processor = LabelMapProcessor(self.num_classes)
+        maps = label_processor.read(segmap)
         batch = sum(int(x.shape[0]) for x, _ in maps) * num_images_per_prompt
         check_generation_size(
             self.unet, size, batch * (2 if self.do_classifier_free_guidance else 1), num_classes=self.num_classes,
@@ -229,7 +229,7 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
         check_latents(latents, shape)
 
         # 2. label maps -> one-hot [B, K, H, W], one row per generated image
-        one_hot, labels = one_hot_segmaps(maps, self.num_classes, size, device=device, dtype=dtype)
+        one_hot, labels = label_processor.encode(maps, size, device=device, dtype=dtype)
         one_hot = one_hot.repeat_interleave(num_images_per_prompt, dim=0)
         labels = labels.repeat_interleave(num_images_per_prompt, dim=0) if labels is not None else None
         model_segmap = guided_segmap(one_hot, self._guidance_scale)

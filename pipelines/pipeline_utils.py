@@ -31,12 +31,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from diffusers import DiffusionPipeline as _DiffusersPipeline
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
-from ultrasound_diffusers.image_processor import resize_label_map, to_label_array
+from ultrasound_diffusers.image_processor import LabelMapProcessor
+from ultrasound_diffusers.image_processor import describe_value as describe
 
 from . import loading
 
@@ -81,16 +81,15 @@ __all__ = [
     "check_generator",
     "check_latents",
     "check_output_type",
+    "LabelMapProcessor",
     "SegmapInput",
     "classifier_free_guidance",
     "fit_model_output",
     "labels_to_output",
     "postprocess_images",
     "prepare_extra_step_kwargs",
-    "one_hot_segmaps",
     "prepare_segmap",
     "read_model_index",
-    "read_segmaps",
     "resolve_sample_size",
 ]
 
@@ -98,20 +97,6 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 # Sizes, label maps and outputs
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def describe(value: Any) -> str:
-    """A short description of an argument's value for error messages: the repr of a scalar or short text, the type
-    and shape of an array, tensor, image or long list (never a screenful of numbers)."""
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        kind = "numpy array" if isinstance(value, np.ndarray) else "torch tensor"
-        return f"a {kind} of shape {tuple(value.shape)}"
-    if isinstance(value, PIL.Image.Image):
-        return f"a PIL image of mode {value.mode} and size {value.size}"
-    if isinstance(value, (list, tuple)) and len(repr(value)) > 80:
-        return f"a {type(value).__name__} of {len(value)} items"
-    text = repr(value)
-    return text if len(text) <= 80 else f"a {type(value).__name__}"
 
 
 def as_count(name: str, value: Any) -> int:
@@ -186,134 +171,6 @@ def resolve_sample_size(
     return int(h), int(w)
 
 
-def _is_nested_list(value: Any) -> bool:
-    """True for a (nested) Python list / tuple of numbers: one label map written as lists, ``[[0, 1], [2, 3]]``
-    (the acceptance rule of :mod:`ultrasound_diffusers.image_processor` reads it like an array)."""
-    if not isinstance(value, (list, tuple)) or not value:
-        return False
-    first = value[0]
-    while isinstance(first, (list, tuple)) and first:
-        first = first[0]
-    return isinstance(first, (int, float, bool, np.integer, np.floating, np.bool_))
-
-
-def _check_label_values(x: torch.Tensor, num_classes: int, index: str) -> None:
-    """Labels (any real dtype) must be finite whole numbers in [0, num_classes - 1]; checked before any cast to
-    int64, so that a value such as 1e20 is reported as itself, not as the int64 it would overflow to."""
-    if not x.numel():
-        return
-    if x.is_floating_point():
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"`segmap`{index} holds NaN or infinite values; label maps hold integer class indices")
-        if not bool((x == x.round()).all()):
-            raise ValueError(f"`segmap`{index} holds non-integer values; pass integer class labels")
-    low, high = x.min().item(), x.max().item()
-    if low < 0 or high > num_classes - 1:
-        raise ValueError(
-            f"`segmap`{index} labels must lie in [0, {num_classes - 1}] for a {num_classes}-class model, "
-            f"got values in [{low:g}, {high:g}]"
-        )
-
-
-def _as_tensor_batch(item: Any, num_classes: int, index: str) -> Tuple[torch.Tensor, bool]:
-    """One segmap item as a batch: (long labels [B, H, W], False) or (float one-hot / soft maps [B, K, H, W], True),
-    at the item's own size. Values are checked here: finite whole labels in [0, K-1], soft maps finite in [0, 1]."""
-    if isinstance(item, PIL.Image.Image):
-        item = to_label_array(item, f"`segmap`{index}")
-    if _is_nested_list(item):
-        try:
-            item = np.asarray(item)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"`segmap`{index} is a nested list that is not a rectangular label map: {err}") from None
-    if isinstance(item, np.ndarray):
-        if item.dtype == np.bool_:
-            item = item.astype(np.int64)
-        if not (np.issubdtype(item.dtype, np.integer) or np.issubdtype(item.dtype, np.floating)):
-            raise ValueError(f"`segmap`{index} must hold integer labels, got a numpy array of dtype {item.dtype}")
-        if item.dtype == np.uint64 and item.size and item.max() > np.iinfo(np.int64).max:
-            raise ValueError(f"`segmap`{index} labels must lie in [0, {num_classes - 1}], got values up to {item.max()}")
-        item = torch.from_numpy(np.ascontiguousarray(item.astype(np.int64) if item.dtype.kind == "u" else item))
-    if not torch.is_tensor(item):
-        raise ValueError(
-            f"`segmap`{index} must be a PIL image, a numpy array, a torch tensor, a nested list of numbers or a "
-            f"list of them, got {describe(item)}"
-        )
-    x = item.detach()
-    if x.dtype == torch.bool:
-        x = x.long()
-    if x.is_complex():
-        raise ValueError(f"`segmap`{index} must hold real integer labels, got a complex tensor")
-    if x.is_floating_point() and x.ndim == 4 and x.shape[1] == num_classes and num_classes > 1:
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"`segmap`{index} (a soft label map) holds NaN or infinite values")
-        if x.numel() and (x.min().item() < 0 or x.max().item() > 1):
-            raise ValueError(
-                f"`segmap`{index} (a one-hot / soft label map [B, {num_classes}, H, W]) must hold class weights in "
-                f"[0, 1], got values in [{x.min().item():g}, {x.max().item():g}]"
-            )
-        return x.float(), True
-    if x.ndim == 2:
-        x = x[None]
-    elif x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]
-    elif x.ndim != 3:
-        raise ValueError(
-            f"`segmap`{index} must be a label map [H, W], a batch [B, H, W] or [B, 1, H, W], or a float one-hot "
-            f"map [B, {num_classes}, H, W]; got shape {tuple(x.shape)}"
-        )
-    _check_label_values(x, num_classes, index)
-    return x.long(), False
-
-
-def read_segmaps(segmap: SegmapInput, num_classes: int) -> List[Tuple[torch.Tensor, bool]]:
-    """The pipeline's ``segmap`` argument read and checked, at the maps' own size (nothing is resized or one-hot
-    encoded yet, so that size guards can run first): a list of ``(tensor, is_soft)``, each long labels
-    [B, H, W] (``is_soft=False``) or float one-hot / soft maps [B, num_classes, H, W]. See :func:`prepare_segmap`
-    for the accepted forms; raises ValueError naming ``segmap``."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"`num_classes` must be >= 1 for a label-conditioned model, got {num_classes!r}")
-    if segmap is None:
-        raise ValueError("`segmap` is required: the network is conditioned on label maps")
-    if _is_nested_list(segmap):
-        items = [segmap]
-    elif isinstance(segmap, (list, tuple)):
-        items = list(segmap)
-    else:
-        items = [segmap]
-    if not items:
-        raise ValueError("`segmap` must not be an empty list")
-    read = []
-    for i, item in enumerate(items):
-        x, is_soft = _as_tensor_batch(item, num_classes, f"[{i}]" if len(items) > 1 else "")
-        if x.shape[-2] < 1 or x.shape[-1] < 1 or x.shape[0] < 1:
-            raise ValueError(f"`segmap` has an empty shape {tuple(x.shape)}")
-        read.append((x, is_soft))
-    return read
-
-
-def one_hot_segmaps(
-    read: List[Tuple[torch.Tensor, bool]], num_classes: int, size: Tuple[int, int], device=None,
-    dtype: torch.dtype = torch.float32,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Maps from :func:`read_segmaps` resized to ``size`` (nearest) and one-hot encoded: ``(one_hot [B, K, H, W],
-    labels [B, H, W] or None)``, see :func:`prepare_segmap`."""
-    one_hots, labels = [], []
-    all_zero_soft = True
-    for x, is_soft in read:
-        x = x.to(device)
-        if is_soft:
-            soft = resize_label_map(x, size)
-            one_hots.append(soft.to(dtype))
-            labels.append(soft.argmax(dim=1))
-            all_zero_soft = all_zero_soft and not bool(soft.any())
-        else:
-            x = resize_label_map(x, size)
-            one_hots.append(F.one_hot(x, num_classes).permute(0, 3, 1, 2).to(dtype))
-            labels.append(x)
-            all_zero_soft = False
-    return torch.cat(one_hots), (None if all_zero_soft else torch.cat(labels))
-
-
 def prepare_segmap(
     segmap: SegmapInput,
     num_classes: int,
@@ -336,7 +193,7 @@ def prepare_segmap(
         label maps [B, height, width] (the arg-max for soft maps; ``None`` if every input was a soft map of all
         zeros, which has no labels).
     """
-    return one_hot_segmaps(read_segmaps(segmap, num_classes), num_classes, size, device=device, dtype=dtype)
+    return LabelMapProcessor(num_classes).preprocess(segmap, size, device=device, dtype=dtype)
 
 
 class NonFiniteResultError(ValueError):

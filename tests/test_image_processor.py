@@ -1,5 +1,7 @@
 """One label-map rule for every entry point (issue 15): acceptance, the nearest resize rule, the size parser."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -214,3 +216,37 @@ def test_image_rule_one_answer():
     assert np.allclose(to_image_array([[0, 255], [255, 0]]), [[[0, 1], [1, 0]]])
     with pytest.raises(ValueError, match="integer values must lie in"):
         to_image_array(np.full((2, 2), 300, np.int32))
+
+
+def test_label_map_processor_is_the_one_home_of_the_one_hot():
+    """Issue 28: pipelines, the training loop and the network encode label maps through LabelMapProcessor (as
+    diffusers' pipelines preprocess images through VaeImageProcessor), so there is one one-hot encoding."""
+    import re
+
+    import torch
+
+    from ultrasound_diffusers.image_processor import LabelMapProcessor
+    from ultrasound_diffusers.models.unet_semantic_2d import prepare_segmap
+    from ultrasound_diffusers.pipelines.pipeline_utils import prepare_segmap as pipeline_prepare
+    from ultrasound_diffusers.training_utils import draw_training_inputs  # noqa: F401  (uses the processor)
+
+    root = Path(__file__).resolve().parents[1]
+    sources = list((root / "ultrasound_diffusers").rglob("*.py")) + list((root / "pipelines").glob("*.py"))
+    callers = sorted(str(p.relative_to(root)) for p in sources if re.search(r"\bF\.one_hot\(|functional\.one_hot\(", p.read_text()))
+    # the segmentation network's loss one-hot encodes its training targets: not a network input
+    assert callers == ["ultrasound_diffusers/evaluation/segmentation.py", "ultrasound_diffusers/image_processor.py"]
+
+    processor = LabelMapProcessor(num_classes=4)
+    labels = torch.tensor([[[0, 1], [2, 3]]])
+    one_hot = processor.one_hot(labels)
+    assert one_hot.shape == (1, 4, 2, 2) and one_hot.dtype == torch.float32
+    assert torch.equal(one_hot.argmax(1), labels) and torch.equal(one_hot.sum(1), torch.ones(1, 2, 2))
+    # the pipeline helper, the network's own entry and the processor agree, resize included
+    encoded, back = processor.preprocess(labels[0].numpy(), size=(4, 4))
+    assert torch.equal(encoded, pipeline_prepare(labels, 4, (4, 4))[0])
+    assert torch.equal(encoded, prepare_segmap(labels, 4, size=(4, 4)))
+    assert torch.equal(back, encoded.argmax(1))
+    with pytest.raises(ValueError, match="num_classes"):
+        LabelMapProcessor(0)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\]"):
+        processor.preprocess(np.full((2, 2), 4), size=(2, 2))

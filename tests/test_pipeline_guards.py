@@ -188,7 +188,7 @@ def forbid_one_hot(monkeypatch):
     def one_hot(*args, **kwargs):
         raise AssertionError("label maps were resized / one-hot encoded before the size guard")
 
-    monkeypatch.setattr(semantic_module, "one_hot_segmaps", one_hot)
+    monkeypatch.setattr(semantic_module.LabelMapProcessor, "encode", one_hot)
 
 
 def test_a_million_images_per_map_is_refused_before_the_one_hot_maps(pipe, monkeypatch):

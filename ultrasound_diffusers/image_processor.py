@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -51,6 +51,8 @@ _PIL_LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "F")
 
 __all__ = [
     "LABEL_FILE_SUFFIXES",
+    "LabelMapProcessor",
+    "describe_value",
     "check_whole_values",
     "load_npy",
     "to_image_array",
@@ -335,3 +337,295 @@ def to_image_array(value: Any, where: str = "image", channels: int = 1) -> np.nd
     if array.shape[0] == 1 and channels == 3:
         array = np.repeat(array, 3, axis=0)
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def describe_value(value: Any) -> str:
+    """A short description of an argument's value for error messages: the repr of a scalar or short text, the type
+    and shape of an array, tensor, image or long list (never a screenful of numbers)."""
+    import PIL.Image
+
+    if isinstance(value, np.ndarray) or hasattr(value, "detach"):
+        kind = "numpy array" if isinstance(value, np.ndarray) else "torch tensor"
+        return f"a {kind} of shape {tuple(value.shape)}"
+    if isinstance(value, PIL.Image.Image):
+        return f"a PIL image of mode {value.mode} and size {value.size}"
+    if isinstance(value, (list, tuple)) and len(repr(value)) > 80:
+        return f"a {type(value).__name__} of {len(value)} items"
+    text = repr(value)
+    return text if len(text) <= 80 else f"a {type(value).__name__}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Label maps for the label-conditioned network
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _is_nested_list(value: Any) -> bool:
+    """True for a (nested) Python list / tuple of numbers: one label map written as lists, ``[[0, 1], [2, 3]]``
+    (the acceptance rule of :mod:`ultrasound_diffusers.image_processor` reads it like an array)."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    first = value[0]
+    while isinstance(first, (list, tuple)) and first:
+        first = first[0]
+    return isinstance(first, (int, float, bool, np.integer, np.floating, np.bool_))
+
+
+
+
+def _check_label_values(x, num_classes: int, index: str) -> None:
+    """Labels (any real dtype) must be finite whole numbers in [0, num_classes - 1]; checked before any cast to
+    int64, so that a value such as 1e20 is reported as itself, not as the int64 it would overflow to."""
+    import torch
+
+    if not x.numel():
+        return
+    if x.is_floating_point():
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"`segmap`{index} holds NaN or infinite values; label maps hold integer class indices")
+        if not bool((x == x.round()).all()):
+            raise ValueError(f"`segmap`{index} holds non-integer values; pass integer class labels")
+    low, high = x.min().item(), x.max().item()
+    if low < 0 or high > num_classes - 1:
+        raise ValueError(
+            f"`segmap`{index} labels must lie in [0, {num_classes - 1}] for a {num_classes}-class model, "
+            f"got values in [{low:g}, {high:g}]"
+        )
+
+
+
+
+def _as_tensor_batch(item: Any, num_classes: int, index: str):
+    """One segmap item as a batch: (long labels [B, H, W], False) or (float one-hot / soft maps [B, K, H, W], True),
+    at the item's own size. Values are checked here: finite whole labels in [0, K-1], soft maps finite in [0, 1]."""
+    import PIL.Image
+    import torch
+
+    if isinstance(item, PIL.Image.Image):
+        item = to_label_array(item, f"`segmap`{index}")
+    if _is_nested_list(item):
+        try:
+            item = np.asarray(item)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"`segmap`{index} is a nested list that is not a rectangular label map: {err}") from None
+    if isinstance(item, np.ndarray):
+        if item.dtype == np.bool_:
+            item = item.astype(np.int64)
+        if not (np.issubdtype(item.dtype, np.integer) or np.issubdtype(item.dtype, np.floating)):
+            raise ValueError(f"`segmap`{index} must hold integer labels, got a numpy array of dtype {item.dtype}")
+        if item.dtype == np.uint64 and item.size and item.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"`segmap`{index} labels must lie in [0, {num_classes - 1}], got values up to {item.max()}")
+        item = torch.from_numpy(np.ascontiguousarray(item.astype(np.int64) if item.dtype.kind == "u" else item))
+    if not torch.is_tensor(item):
+        raise ValueError(
+            f"`segmap`{index} must be a PIL image, a numpy array, a torch tensor, a nested list of numbers or a "
+            f"list of them, got {describe_value(item)}"
+        )
+    x = item.detach()
+    if x.dtype == torch.bool:
+        x = x.long()
+    if x.is_complex():
+        raise ValueError(f"`segmap`{index} must hold real integer labels, got a complex tensor")
+    if x.is_floating_point() and x.ndim == 4 and x.shape[1] == num_classes and num_classes > 1:
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"`segmap`{index} (a soft label map) holds NaN or infinite values")
+        if x.numel() and (x.min().item() < 0 or x.max().item() > 1):
+            raise ValueError(
+                f"`segmap`{index} (a one-hot / soft label map [B, {num_classes}, H, W]) must hold class weights in "
+                f"[0, 1], got values in [{x.min().item():g}, {x.max().item():g}]"
+            )
+        return x.float(), True
+    if x.ndim == 2:
+        x = x[None]
+    elif x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    elif x.ndim != 3:
+        raise ValueError(
+            f"`segmap`{index} must be a label map [H, W], a batch [B, H, W] or [B, 1, H, W], or a float one-hot "
+            f"map [B, {num_classes}, H, W]; got shape {tuple(x.shape)}"
+        )
+    _check_label_values(x, num_classes, index)
+    return x.long(), False
+
+
+
+
+def _read_segmaps(segmap: Any, num_classes: int) -> List[Tuple[Any, bool]]:
+    """The pipeline's ``segmap`` argument read and checked, at the maps' own size (nothing is resized or one-hot
+    encoded yet, so that size guards can run first): a list of ``(tensor, is_soft)``, each long labels
+    [B, H, W] (``is_soft=False``) or float one-hot / soft maps [B, num_classes, H, W]. See :meth:`LabelMapProcessor.preprocess`
+    for the accepted forms; raises ValueError naming ``segmap``."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"`num_classes` must be >= 1 for a label-conditioned model, got {num_classes!r}")
+    if segmap is None:
+        raise ValueError("`segmap` is required: the network is conditioned on label maps")
+    if _is_nested_list(segmap):
+        items = [segmap]
+    elif isinstance(segmap, (list, tuple)):
+        items = list(segmap)
+    else:
+        items = [segmap]
+    if not items:
+        raise ValueError("`segmap` must not be an empty list")
+    read = []
+    for i, item in enumerate(items):
+        x, is_soft = _as_tensor_batch(item, num_classes, f"[{i}]" if len(items) > 1 else "")
+        if x.shape[-2] < 1 or x.shape[-1] < 1 or x.shape[0] < 1:
+            raise ValueError(f"`segmap` has an empty shape {tuple(x.shape)}")
+        read.append((x, is_soft))
+    return read
+
+
+class LabelMapProcessor:
+    """Label maps in, the label-conditioned network's input out: what diffusers' ``VaeImageProcessor`` is for
+    images. The pipelines, the training loop and the network read label maps through one instance, so there is
+    one acceptance rule (:meth:`read`), one resize rule (:func:`resize_label_map`) and one one-hot encoding
+    (:meth:`one_hot`).
+
+    Args:
+        num_classes: K, the number of label channels of the network (>= 1).
+
+    Example::
+
+        processor = LabelMapProcessor(num_classes=5)
+        one_hot, labels = processor.preprocess(label_map, size=(64, 64))   # [1, 5, 64, 64] float, [1, 64, 64] long
+    """
+
+    def __init__(self, num_classes: int):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+            raise ValueError(f"`num_classes` must be >= 1 for a label-conditioned model, got {num_classes!r}")
+        self.num_classes = int(num_classes)
+
+    def read(self, segmap: Any) -> List[Tuple[Any, bool]]:
+        """The ``segmap`` argument of a pipeline read and checked at the maps' own size (nothing resized or encoded
+        yet, so that size guards can run first): ``[(tensor, is_soft)]``, long labels [B, H, W] or float one-hot /
+        soft maps [B, K, H, W]. Accepted forms: see :meth:`preprocess`."""
+        return _read_segmaps(segmap, self.num_classes)
+
+    def one_hot(self, labels, dtype=None):
+        """Long labels [B, H, W] in [0, K) -> one-hot [B, K, H, W] of ``dtype`` (default float32): the package's one
+        one-hot encoding (pipelines, training, the network)."""
+        import torch
+        import torch.nn.functional as F
+
+        return F.one_hot(labels.long(), self.num_classes).permute(0, 3, 1, 2).to(torch.float32 if dtype is None else dtype)
+
+    def encode(self, read: List[Tuple[Any, bool]], size: Tuple[int, int], device=None, dtype=None):
+        """Maps from :meth:`read` resized to ``size`` (nearest) and encoded: ``(one_hot [B, K, H, W], labels
+        [B, H, W] or None)`` (labels are None when every map was an all-zero soft map, which has none)."""
+        import torch
+
+        dtype = torch.float32 if dtype is None else dtype
+        one_hots, labels = [], []
+        all_zero_soft = True
+        for x, is_soft in read:
+            x = resize_label_map(x.to(device), size)
+            if is_soft:
+                one_hots.append(x.to(dtype))
+                labels.append(x.argmax(dim=1))
+                all_zero_soft = all_zero_soft and not bool(x.any())
+            else:
+                one_hots.append(self.one_hot(x, dtype))
+                labels.append(x)
+                all_zero_soft = False
+        return torch.cat(one_hots), (None if all_zero_soft else torch.cat(labels))
+
+    def preprocess(self, segmap: Any, size: Tuple[int, int], device=None, dtype=None):
+        """A pipeline's ``segmap`` argument -> ``(one_hot [B, K, H, W], labels [B, H, W] or None)`` at ``size``.
+
+        Args:
+            segmap: integer label maps, each a PIL image (mode L / P / I), a numpy array, a tensor or a nested
+                Python list, of shape [H, W] (one map), [B, H, W] or [B, 1, H, W] (a batch); or a float one-hot /
+                soft map [B, K, H, W] with values in [0, 1]; or a list of any of these (concatenated along the
+                batch). Maps of any size are resized to ``size`` with nearest interpolation.
+            size: (height, width) of the generated images.
+            device, dtype: of the one-hot maps (default float32).
+        """
+        return self.encode(self.read(segmap), size, device=device, dtype=dtype)
+
+    def network_input(self, segmap, batch_size: Optional[int] = None, size: Optional[Tuple[int, int]] = None,
+                      dtype=None, device=None):
+        """The float [B, K, H, W] map the network's SPADE norms read, from a tensor given to the network itself.
+
+        Args:
+            segmap: integer labels [B, H, W] or [B, 1, H, W] with values in [0, K) (float maps of that layout
+                with whole values count as labels), or a floating one-hot / soft map [B, K, H, W] (used as given;
+                an all-zero map is the "no label" input of classifier-free guidance).
+            batch_size: expected batch size; a segmap with batch 1 is repeated to it.
+            size: expected (H, W); a map of another size with the same aspect ratio is resized with the package's
+                nearest rule, any other size raises.
+            dtype, device: of the returned tensor (default float32).
+
+        Raises:
+            ValueError: wrong dtype/shape/batch, labels outside [0, K), or a size that cannot be resized.
+        """
+        import torch
+
+        num_classes = self.num_classes
+        dtype = torch.float32 if dtype is None else dtype
+        if not isinstance(segmap, torch.Tensor):
+            raise ValueError(f"`segmap` must be a torch.Tensor, got {type(segmap).__name__}")
+        if segmap.is_floating_point() and (segmap.ndim == 3 or (segmap.ndim == 4 and segmap.shape[1] == 1 != num_classes)):
+            # a float map of labels ([B, H, W] or [B, 1, H, W], never a one-hot layout): whole values only
+            check_whole_values(segmap, "`segmap` label map")
+            if segmap.numel() and (segmap.min().item() < 0 or segmap.max().item() >= num_classes):
+                # checked before the cast, where 1e20 would become -9223372036854775808
+                raise ValueError(
+                    f"`segmap` labels must lie in [0, {num_classes}) (num_classes={num_classes}), "
+                    f"got values in [{segmap.min().item():g}, {segmap.max().item():g}]"
+                )
+            segmap = segmap.long()
+        if segmap.dtype == torch.bool or not (segmap.is_floating_point() or segmap.dtype.is_complex):
+            if segmap.ndim == 4 and segmap.shape[1] == 1:
+                segmap = segmap[:, 0]
+            if segmap.ndim != 3:
+                raise ValueError(
+                    "`segmap` with integer labels must have shape [B, H, W] or [B, 1, H, W], "
+                    f"got {tuple(segmap.shape)}"
+                )
+            labels = segmap.long()
+            if labels.numel() > 0 and not _compiling():  # a value check syncs the device, breaks a compiled graph
+                lo, hi = int(labels.min()), int(labels.max())
+                if lo < 0 or hi >= num_classes:
+                    raise ValueError(
+                        f"`segmap` labels must lie in [0, {num_classes}) (num_classes={num_classes}), "
+                        f"got values in [{lo}, {hi}]"
+                    )
+            segmap = self.one_hot(labels, dtype)
+        elif segmap.is_complex():
+            raise ValueError("`segmap` must be an integer label map or a real float one-hot map, got a complex tensor")
+        else:
+            if segmap.ndim != 4 or segmap.shape[1] != num_classes:
+                raise ValueError(
+                    f"a floating `segmap` must be a one-hot / soft map of shape [B, {num_classes}, H, W] "
+                    f"(num_classes={num_classes}); got {tuple(segmap.shape)}. Pass integer labels (torch.long) "
+                    "of shape [B, H, W] to have them one-hot encoded."
+                )
+            if not _compiling() and not bool(torch.isfinite(segmap).all()):
+                raise ValueError("`segmap` (a one-hot / soft map) holds NaN or infinite values")
+            segmap = segmap.to(dtype=dtype)
+        if device is not None:
+            segmap = segmap.to(device)
+        if batch_size is not None and segmap.shape[0] != batch_size:
+            if segmap.shape[0] != 1:
+                raise ValueError(f"`segmap` has batch size {segmap.shape[0]}, expected {batch_size} (or 1)")
+            segmap = segmap.expand(batch_size, *segmap.shape[1:])
+        if size is not None and tuple(segmap.shape[-2:]) != tuple(size):
+            h, w = segmap.shape[-2:]
+            th_, tw = size
+            if h == 0 or w == 0 or abs(h * tw - w * th_) > 0.01 * max(h * tw, w * th_):
+                raise ValueError(
+                    f"`segmap` spatial size {(h, w)} cannot be resized to the sample size {tuple(size)}: "
+                    "the aspect ratios differ"
+                )
+            segmap = resize_label_map(segmap, tuple(size))
+        return segmap
+
+
+def _compiling() -> bool:
+    """Whether torch.compile is tracing: the eager-mode value checks (which read tensor values, forcing a device
+    sync and a graph break) are skipped there; the pipelines check their inputs before the loop anyway."""
+    import torch
+
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())

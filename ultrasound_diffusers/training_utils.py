@@ -21,7 +21,8 @@ from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from .image_processor import LabelMapProcessor
 
 __all__ = [
     "CHECKPOINT_PATTERN",
@@ -199,7 +200,7 @@ def draw_training_inputs(
     if labels is not None:
         if class_drop_rate:
             labels = drop_classes(labels, class_drop_rate, generator, num_classes=num_classes)
-        segmap = F.one_hot(labels, num_classes).permute(0, 3, 1, 2).to(clean.dtype)
+        segmap = LabelMapProcessor(num_classes).one_hot(labels, clean.dtype)
         segmap = segmap * keep.view(-1, 1, 1, 1).to(clean.dtype)
     return clean, segmap, timesteps, noise
 

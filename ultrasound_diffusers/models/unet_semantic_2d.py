@@ -31,6 +31,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from ..image_processor import LabelMapProcessor
+
 __all__ = [
     "SEMANTIC_UNET_PRESETS",
     "SemanticUNet2DModel",
@@ -124,13 +126,6 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return emb
 
 
-def _compiling() -> bool:
-    """Whether torch.compile is tracing: the eager-mode value checks (which read tensor values, forcing a device
-    sync and a graph break) are skipped there; the pipelines check their inputs before the loop anyway."""
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
-
-
 def prepare_segmap(
     segmap: torch.Tensor,
     num_classes: int,
@@ -139,7 +134,8 @@ def prepare_segmap(
     dtype: torch.dtype = torch.float32,
     device: Optional[Union[str, torch.device]] = None,
 ) -> torch.Tensor:
-    """Turn a label map into the float [B, num_classes, H, W] map the SPADE norms read.
+    """Turn a label map into the float [B, num_classes, H, W] map the SPADE norms read
+    (:meth:`~ultrasound_diffusers.image_processor.LabelMapProcessor.network_input`).
 
     Args:
         segmap: integer labels [B, H, W] or [B, 1, H, W] with values in [0, num_classes) (one-hot encoded
@@ -158,72 +154,10 @@ def prepare_segmap(
     Raises:
         ValueError: wrong dtype/shape/batch, labels outside [0, num_classes), or a size that cannot be resized.
     """
-    if not isinstance(segmap, torch.Tensor):
-        raise ValueError(f"`segmap` must be a torch.Tensor, got {type(segmap).__name__}")
     if num_classes <= 0:
         raise ValueError(f"`num_classes` must be positive to build a segmap, got {num_classes}")
-    if segmap.is_floating_point() and (segmap.ndim == 3 or (segmap.ndim == 4 and segmap.shape[1] == 1 != num_classes)):
-        # a float map of labels ([B, H, W] or [B, 1, H, W], never a one-hot layout): the package's one acceptance
-        # rule, whole values only (as every other entry point reads such maps)
-        from ..image_processor import check_whole_values
-
-        check_whole_values(segmap, "`segmap` label map")
-        if segmap.numel() and (segmap.min().item() < 0 or segmap.max().item() >= num_classes):
-            # checked before the cast, where 1e20 would become -9223372036854775808
-            raise ValueError(
-                f"`segmap` labels must lie in [0, {num_classes}) (num_classes={num_classes}), "
-                f"got values in [{segmap.min().item():g}, {segmap.max().item():g}]"
-            )
-        segmap = segmap.long()
-    if segmap.dtype == torch.bool or not (segmap.is_floating_point() or segmap.dtype.is_complex):
-        # integer labels
-        if segmap.ndim == 4 and segmap.shape[1] == 1:
-            segmap = segmap[:, 0]
-        if segmap.ndim != 3:
-            raise ValueError(
-                "`segmap` with integer labels must have shape [B, H, W] or [B, 1, H, W], "
-                f"got {tuple(segmap.shape)}"
-            )
-        labels = segmap.long()
-        if labels.numel() > 0 and not _compiling():  # a value check syncs the device and breaks a compiled graph
-            lo, hi = int(labels.min()), int(labels.max())
-            if lo < 0 or hi >= num_classes:
-                raise ValueError(
-                    f"`segmap` labels must lie in [0, {num_classes}) (num_classes={num_classes}), "
-                    f"got values in [{lo}, {hi}]"
-                )
-        onehot = F.one_hot(labels, num_classes).permute(0, 3, 1, 2)
-        segmap = onehot.to(dtype=dtype)
-    elif segmap.is_complex():
-        raise ValueError("`segmap` must be an integer label map or a real float one-hot map, got a complex tensor")
-    else:
-        if segmap.ndim != 4 or segmap.shape[1] != num_classes:
-            raise ValueError(
-                f"a floating `segmap` must be a one-hot / soft map of shape [B, {num_classes}, H, W] "
-                f"(num_classes={num_classes}); got {tuple(segmap.shape)}. Pass integer labels (torch.long) "
-                "of shape [B, H, W] to have them one-hot encoded."
-            )
-        if not _compiling() and not bool(torch.isfinite(segmap).all()):
-            raise ValueError("`segmap` (a one-hot / soft map) holds NaN or infinite values")
-        segmap = segmap.to(dtype=dtype)
-    if device is not None:
-        segmap = segmap.to(device)
-    if batch_size is not None and segmap.shape[0] != batch_size:
-        if segmap.shape[0] != 1:
-            raise ValueError(f"`segmap` has batch size {segmap.shape[0]}, expected {batch_size} (or 1)")
-        segmap = segmap.expand(batch_size, *segmap.shape[1:])
-    if size is not None and tuple(segmap.shape[-2:]) != tuple(size):
-        h, w = segmap.shape[-2:]
-        th_, tw = size
-        if h == 0 or w == 0 or abs(h * tw - w * th_) > 0.01 * max(h * tw, w * th_):
-            raise ValueError(
-                f"`segmap` spatial size {(h, w)} cannot be resized to the sample size {tuple(size)}: "
-                "the aspect ratios differ"
-            )
-        from ..image_processor import resize_label_map  # the package's one nearest rule (pixel centres)
-
-        segmap = resize_label_map(segmap, tuple(size))
-    return segmap
+    return LabelMapProcessor(num_classes).network_input(segmap, batch_size=batch_size, size=size, dtype=dtype,
+                                                         device=device)
 
 
 def _normalize_timesteps(timestep: Any, batch_size: int, device: torch.device) -> torch.Tensor:
