@@ -22,10 +22,13 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .reconstruction import ReconstructionSettings
 
 __all__ = [
     "DEFAULT_SNR_DB",
@@ -383,22 +386,69 @@ def make_lung_rf_figure(cases, title: str = ""):
     return fig
 
 
-def run_lung_reconstruction(pipeline=None, image: Optional[str] = None, operator: str = "fmc", noise_std=None,
-                            num_samples: int = 8, num_inference_steps: int = 50, guidance_step_size: float = 1.0,
-                            seed: int = 0, out="reconstruction_output", device: str = "cpu", image_index: int = 0,
-                            method: str = "dps", overwrite: bool = False) -> dict:
+#: Methods of :func:`run_lung_reconstruction`: those of ``ReconstructionSettings`` plus ``"pipeline-dps"`` (see
+#: :func:`reconstruct_lung`).
+LUNG_METHODS = ("dps", "pipeline-dps", "projection", "none")
+
+
+def _lung_settings(settings: Optional[ReconstructionSettings], options: dict) -> Tuple[ReconstructionSettings, str]:
+    """``(ReconstructionSettings, method)`` of :func:`run_lung_reconstruction`: ``settings`` (default: 8 samples)
+    with ``options`` applied; ``method`` is the settings' method, or ``"pipeline-dps"``, which only the lung path
+    knows (the settings then hold ``"dps"``)."""
+    from .reconstruction import ReconstructionSettings, _settings
+
+    if settings is not None and not isinstance(settings, ReconstructionSettings):
+        raise TypeError(f"`settings` must be a ReconstructionSettings or None, got {type(settings).__name__}")
+    method = options.get("method", settings.method if settings is not None else "dps")
+    if method not in LUNG_METHODS:
+        raise ValueError(f"`method` (--method) must be one of {LUNG_METHODS} for the lung map, got {method!r}")
+    lung_only = method == "pipeline-dps"
+    if lung_only:
+        options = {**options, "method": "dps"}
+    settings = _settings(settings if settings is not None else ReconstructionSettings(num_samples=8), options)
+    return settings, "pipeline-dps" if lung_only else settings.method
+
+
+def run_lung_reconstruction(pipeline=None, image: Optional[str] = None, operator: str = "fmc",
+                            settings: Optional[ReconstructionSettings] = None,
+                            out="reconstruction_output", image_index: int = 0, overwrite: bool = False,
+                            **options) -> dict:
     """``ultrasound-diffusers reconstruct --operator fmc:...``: simulate the RF data of one lung map, reconstruct it
-    with the lung prior and write ``reconstruction.png``, ``reconstruction.npz`` and ``metrics.json``.
+    with the lung prior and write ``reconstruction.png``, ``reconstruction.npz`` and ``metrics.json`` (the lung
+    counterpart of :func:`~ultrasound_diffusers.reconstruction.run_reconstruction`, with the same settings).
 
-    ``pipeline``: the lung prior (default: the bundled ``assets/lung-phantom-8x256``). ``image``:
-    ``phantoms:lung[:N[:SEED]]`` (map ``image_index`` of that set; default the held-out seed 4242) or a ``.npy`` map
-    [8, 256] in [0, 1]. The output folder follows the package's output rule (``overwrite``)."""
+    Args:
+        pipeline: the lung prior: folder, Hub id or pipeline object, unconditional (``num_classes=0``), 8 x 256
+            (default: the bundled ``assets/lung-phantom-8x256``).
+        image: ``phantoms:lung[:N[:SEED]]`` (map ``image_index`` of that set; default None: the held-out set, seed
+            4242) or a ``.npy`` map [8, 256] in [0, 1].
+        operator: ``fmc[:tx=K,rx=K,snr=DB]`` (:func:`parse_fmc_spec`; ``multistatic`` is read as ``fmc``).
+        settings: :class:`~ultrasound_diffusers.reconstruction.ReconstructionSettings` (default: its defaults with
+            ``num_samples=8``); ``options`` (its fields as keywords) override it. Used here: ``method``
+            (:func:`reconstruct_lung`; ``"pipeline-dps"`` too, given as ``method=`` in ``options``),
+            ``num_samples`` (K samples -> mean and 90 % interval), ``num_inference_steps``,
+            ``guidance_step_size``, ``noise_std`` (RF noise std in data units, overriding the operator's
+            ``snr``; None: the SNR), ``seed`` (sampler; the RF noise uses ``seed + 1``) and ``device``;
+            ``guidance_scale`` and ``num_resample`` do not apply to the unconditional lung sampler.
+        out: the output folder, under the package's output rule (``overwrite``; checked before any work).
+        image_index: which map of ``image``'s phantom set (>= 0, below N when N is given).
 
+    Returns:
+        The summary written to ``metrics.json``: ``image``, ``operator``, ``snr_db``, ``noise_std``, ``method``,
+        ``num_samples``, ``num_inference_steps``, ``guidance_step_size``, ``seed``, ``reconstruction_*``
+        (:func:`map_metrics`: ``mae``, ``psnr``, ``coverage``, ...), ``final_residual_rms``, ``seconds``.
+    """
     from .data.lung_media import LUNG_CATEGORIES, lung_maps
     from .data.sources import PHANTOMS_PREFIX, parse_phantoms_spec
     from .reconstruction import HELD_OUT_SEED, KIND, load_pipeline, write_reconstruction_folder
     from .utils.io import check_output_dir
 
+    settings, method = _lung_settings(settings, options)
+    num_samples, num_inference_steps = settings.num_samples, settings.num_inference_steps
+    guidance_step_size, seed = settings.guidance_step_size, settings.seed
+    if isinstance(image_index, bool) or not isinstance(image_index, (int, np.integer)) or image_index < 0:
+        raise ValueError(f"`image_index` (--image_index) must be a non-negative integer, got {image_index!r}")
+    image_index = int(image_index)
     inputs = [pipeline, image]
     check_output_dir(out, KIND, inputs=inputs, overwrite=overwrite)
     start = time.perf_counter()
@@ -407,13 +457,13 @@ def run_lung_reconstruction(pipeline=None, image: Optional[str] = None, operator
         if not (bundled / "model_index.json").is_file():
             raise FileNotFoundError(f"no --pipeline given and the bundled lung model is missing from {bundled}")
         pipeline = bundled
-    pipe = load_pipeline(pipeline, device)
+    pipe = load_pipeline(pipeline, settings.device)
     if int(getattr(pipe.unet.config, "num_classes", 0) or 0) != 0:
         raise ValueError("the lung reconstruction needs an unconditional lung prior (num_classes=0) as --pipeline")
     kind, _, arg = str(operator).partition(":")
     if kind not in ("fmc", "multistatic"):
         raise ValueError(f"`operator` must be fmc[:tx=K,rx=K,snr=DB], got {operator!r}")
-    op = fmc_operator_from_spec(arg, noise_std=noise_std)
+    op = fmc_operator_from_spec(arg, noise_std=settings.noise_std)
     category = None
     if image is None or str(image).startswith(PHANTOMS_PREFIX + ":"):
         anatomy, set_seed = "lung", HELD_OUT_SEED

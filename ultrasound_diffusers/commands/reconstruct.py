@@ -87,9 +87,8 @@ def run(args) -> int:
         # lung maps from multistatic RF data (ultrasound_diffusers.lung_reconstruction)
         from ..lung_reconstruction import run_lung_reconstruction
 
-        summary = run_lung_reconstruction(args.pipeline, args.image, args.operator, args.noise_std, args.num_samples,
-                                          args.num_inference_steps, args.guidance_step_size, args.seed, args.out,
-                                          args.device, args.image_index, args.method, overwrite=args.overwrite)
+        summary = run_lung_reconstruction(args.pipeline, args.image, args.operator, settings, out=args.out,
+                                          image_index=args.image_index, overwrite=args.overwrite)
         print(f"map MAE {summary['reconstruction_mae']:.4f}, PSNR {summary['reconstruction_psnr']:.2f} dB, 90 % interval "
               f"coverage {summary['reconstruction_coverage']:.3f}, {summary['seconds']:.1f} s")
         print(f"figure written to {os.path.abspath(os.path.join(args.out, 'reconstruction.png'))}")
