@@ -197,6 +197,47 @@ def test_flags_keep_frames_but_never_burned_in_report_pages(study):
     assert sum(n for r, n in report["files_dropped"].items() if "BurnedInAnnotation=YES" in r) == 1
 
 
+def test_policy_object_or_keywords(study):
+    """``policy=`` and the same fields as keywords convert alike; a keyword replaces the policy's field."""
+    from ultrasound_diffusers.data.dicom import DeidentificationPolicy
+
+    root, _ = study
+    policy = DeidentificationPolicy(accept_burned_in_annotation=True)
+    rows, report, _ = _convert(root, policy=policy)
+    rows_kw, report_kw, _ = _convert(root, accept_burned_in_annotation=True)
+    assert len(rows) == len(rows_kw) == 1 + 3 + 1
+    assert report["options"] == report_kw["options"] and report["files_dropped"] == report_kw["files_dropped"]
+    rows_over, report_over, _ = _convert(root, policy=policy, accept_burned_in_annotation=False)
+    assert len(rows_over) == 1 + 3 and report_over["options"]["accept_burned_in_annotation"] is False
+    assert policy.accept_burned_in_annotation is True  # frozen: the keyword made a new policy
+
+
+def test_policy_errors_name_the_field(tmp_path):
+    import dataclasses
+
+    from ultrasound_diffusers.data.dicom import POLICY_FIELDS, DeidentificationPolicy, convert_dicom
+
+    with pytest.raises(ValueError, match=r"`min_frame_fill` must be in \[0, 1\], got 1.5"):
+        DeidentificationPolicy(min_frame_fill=1.5)
+    with pytest.raises(TypeError, match="`min_frame_fill` must be a number"):
+        DeidentificationPolicy(min_frame_fill="0.5")
+    with pytest.raises(TypeError, match="`keep_uncertain_frames` must be True or False, got 'no'"):
+        DeidentificationPolicy(keep_uncertain_frames="no")  # a truthy string would keep the frames
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DeidentificationPolicy().strict = True
+    assert DeidentificationPolicy(strict=np.bool_(True), keep_uncertain_frames=1).strict
+    assert POLICY_FIELDS[0] == "require_ultrasound" and "mask_text_inside_scan_area" in POLICY_FIELDS
+    # through convert_dicom field by field: the same errors, before any file is looked for (tmp_path is empty)
+    with pytest.raises(ValueError, match=r"`min_frame_fill` must be in \[0, 1\], got -0.1"):
+        convert_dicom(tmp_path, min_frame_fill=-0.1)
+    with pytest.raises(TypeError, match=r"convert_dicom\(\) got unexpected keyword argument\(s\) 'keep_uncertain_frame'; .*'keep_uncertain_frames'"):
+        convert_dicom(tmp_path, keep_uncertain_frame=True)
+    with pytest.raises(TypeError, match="`policy` must be a DeidentificationPolicy"):
+        convert_dicom(tmp_path, policy={"strict": True})
+    with pytest.raises(TypeError, match="positional"):  # what followed frame_step is keyword-only
+        convert_dicom(tmp_path, None, True, None, 1, False)
+
+
 def test_static_text_inside_the_fan_of_a_cine_is_masked(tmp_path):
     rng = np.random.default_rng(2)
     cine = np.stack([echo_frame(rng, banner=False) for _ in range(5)])

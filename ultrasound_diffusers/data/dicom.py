@@ -15,7 +15,8 @@ pydicom can decode) becomes one row per kept frame:
   calipers) are set to zero too. The mask is stored in the ``scan_area`` column (1 inside) and, with
   ``crop``, frames are cropped to it.
 
-De-identification fails closed:
+De-identification fails closed (the switches below are the fields of :class:`DeidentificationPolicy`, which
+:func:`convert_dicom` takes as ``policy=`` or as keywords of the same names):
 
 * a file where no clean sector or rectangle fits (a report page, a screenshot, an empty frame, a fitted
   shape that holds a few grey levels like rendered text rather than speckle), and a frame that does not
@@ -53,13 +54,17 @@ Study Instance UID or the file when it is missing), so one patient never spans t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
+import numbers
 import re
 import secrets
+import sys
 import warnings
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -846,7 +851,12 @@ def _pseudonym(key: bytes, uid: str) -> str:
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, ConversionWarning, stacklevel=3)
+    """A :class:`ConversionWarning` attributed to the first caller outside this module (the line that called
+    :func:`convert_dicom`), however deep in its helpers it is raised."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, ConversionWarning, stacklevel=level)
 
 
 def deidentification_report(counts: Dict[str, Any]) -> str:
@@ -885,23 +895,380 @@ _TEXT_REASONS = {
 }
 
 
+@dataclass(frozen=True)
+class DeidentificationPolicy:
+    """What :func:`convert_dicom` does with a file or frame it cannot be sure is free of identifiers.
+
+    Every default fails closed (drops what might leak); each switch trades some of that safety for more data.
+    ``convert_dicom`` takes the policy as ``policy=`` or field by field (``convert_dicom(folder,
+    keep_uncertain_frames=True)``), or both: the keywords replace the object's fields.
+
+    Args:
+        require_ultrasound: skip files whose Modality is not ``US``.
+        strict: raise on corrupt / unexpected files instead of skipping them with a warning.
+        keep_frames_without_scan_area: keep frames where no scan area was found (whole, unmasked) or that
+            do not fill their file's scan area, instead of dropping them. Never applies to files marked
+            ``BurnedInAnnotation=YES``.
+        accept_burned_in_annotation: convert files marked ``BurnedInAnnotation=YES`` (masked to their scan
+            area) instead of dropping them.
+        min_frame_fill: float in [0, 1]; a frame is kept when at least this fraction of its file's scan area is
+            tissue-like in that frame.
+        keep_uncertain_frames: keep (unmasked) frames where :func:`find_text_marks` finds glyph-like marks inside
+            the scan area but no row of text (a lone caliper cross, a digit), or that are too flat to tell;
+            default: drop them.
+        mask_text_inside_scan_area: keep frames with burned-in text inside the scan area, with the rows of text
+            found zeroed (:func:`cover_rows`, :func:`cover_marks`); default: drop them (the detector finds marks, not
+            necessarily every pixel of them, and a zeroed box is an artefact a model would learn).
+
+    Raises:
+        TypeError: a switch that is not True / False (or 0 / 1), or a ``min_frame_fill`` that is not a number;
+            the message names the field.
+        ValueError: ``min_frame_fill`` outside [0, 1].
+
+    Example::
+
+        policy = DeidentificationPolicy(keep_uncertain_frames=True)
+        dd = convert_dicom("dicoms/", policy=policy)
+        dd = convert_dicom("dicoms/", keep_uncertain_frames=True)  # the same
+    """
+
+    require_ultrasound: bool = True
+    strict: bool = False
+    keep_frames_without_scan_area: bool = False
+    accept_burned_in_annotation: bool = False
+    min_frame_fill: float = 0.25
+    keep_uncertain_frames: bool = False
+    mask_text_inside_scan_area: bool = False
+
+    def __post_init__(self):
+        for name in POLICY_FIELDS:
+            value = getattr(self, name)
+            if name == "min_frame_fill":
+                if isinstance(value, str) or not isinstance(value, numbers.Real):
+                    raise TypeError(f"`min_frame_fill` must be a number in [0, 1], got {value!r}")
+                if not 0.0 <= float(value) <= 1.0:
+                    raise ValueError(f"`min_frame_fill` must be in [0, 1], got {value}")
+            elif not isinstance(value, (bool, np.bool_)) and not (isinstance(value, (int, np.integer)) and value in (0, 1)):
+                raise TypeError(f"`{name}` must be True or False, got {value!r}")
+
+    @classmethod
+    def build(cls, policy: Optional[DeidentificationPolicy] = None, fields: Optional[Dict[str, Any]] = None,
+              caller: str = "convert_dicom") -> DeidentificationPolicy:
+        """``policy`` (default: all defaults) with ``fields`` replacing its values.
+
+        Raises:
+            TypeError: ``policy`` is not a DeidentificationPolicy, or ``fields`` has a name that is not a field
+                (the message names the caller and lists the fields).
+        """
+        fields = dict(fields or {})
+        _check_policy_names(fields, caller)
+        if policy is None:
+            policy = cls()
+        elif not isinstance(policy, cls):
+            raise TypeError(f"{caller}(): `policy` must be a DeidentificationPolicy, got {type(policy).__name__}")
+        return dataclasses.replace(policy, **fields) if fields else policy
+
+    def report_options(self) -> Dict[str, Any]:
+        """The ``options`` entry of the de-identification report: the switches that change what is kept."""
+        return {"keep_frames_without_scan_area": bool(self.keep_frames_without_scan_area),
+                "accept_burned_in_annotation": bool(self.accept_burned_in_annotation),
+                "min_frame_fill": float(self.min_frame_fill), "keep_uncertain_frames": bool(self.keep_uncertain_frames),
+                "mask_text_inside_scan_area": bool(self.mask_text_inside_scan_area)}
+
+
+#: The field names of :class:`DeidentificationPolicy`, in order (the policy keywords of :func:`convert_dicom`).
+POLICY_FIELDS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(DeidentificationPolicy))
+
+
+def _check_policy_names(fields: Dict[str, Any], caller: str) -> None:
+    unknown = sorted(set(fields) - set(POLICY_FIELDS))
+    if unknown:
+        names = ", ".join(repr(n) for n in unknown)
+        raise TypeError(f"{caller}() got unexpected keyword argument(s) {names}; its de-identification policy fields are {list(POLICY_FIELDS)}")
+
+
+@dataclass
+class _Tally:
+    """The counts of one conversion, filled file by file and frame by frame (:func:`_build_report` reads them)."""
+
+    files_dropped: Counter = field(default_factory=Counter)
+    frames_dropped: Counter = field(default_factory=Counter)
+    frames_kept_by_flag: Counter = field(default_factory=Counter)
+    burned_in: Counter = field(default_factory=Counter)
+    vendors: Counter = field(default_factory=lambda: Counter({"canonical vendor name": 0, "not in the vendor allow-list": 0}))
+    shapes: Counter = field(default_factory=Counter)
+    masked_inside_hull: int = 0
+    overlay_files: int = 0
+    overlay_pixels: int = 0
+    masked_pixels: int = 0
+    total_pixels: int = 0
+    text_counts: Counter = field(default_factory=Counter)
+    text_cues: Counter = field(default_factory=Counter)
+    text_frames: List[Dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Conversion:
+    """What every file of one conversion shares: the settings, the pseudonym key, the skipped files and the counts."""
+
+    pydicom: Any
+    invalid_dicom_error: type
+    policy: DeidentificationPolicy
+    crop: bool
+    out_size: Any
+    frame_step: int
+    max_frames: Optional[int]
+    key: bytes  # pseudonym key of this conversion: never stored, never reused
+    failures: FailureLog
+    tally: _Tally = field(default_factory=_Tally)
+
+
+@dataclass
+class _ScanArea:
+    """One file's scan area, as its frames are cut and masked.
+
+    Attributes:
+        mask: bool [H, W], True inside the scan area (everywhere when none was found and the frames are kept whole).
+        shape: the fitted shape (``"sector"``, ``"rectangle"``), or ``"none"``.
+        box: (y0, y1, x0, x1) the frames are cropped to (the whole frame without ``crop``).
+        overlay: bool [H, W], static marks inside the scan area of a cine (zeroed in every frame).
+        grey_scan: the file has colour but its scan area is grey (so colour inside it is a mark, not Doppler flow).
+    """
+
+    mask: np.ndarray
+    shape: str
+    box: Tuple[int, int, int, int]
+    overlay: np.ndarray
+    grey_scan: bool
+
+
+def _read_file(conv: _Conversion, path: Path):
+    """Read and decode one file -> (dataset, BurnedInAnnotation value, frames [T, H, W], chroma or None), or None
+    when the file is skipped (not readable, not ultrasound, no pixel data, marked burned-in, not decodable)."""
+    try:
+        ds = conv.pydicom.dcmread(str(path))
+    except (conv.invalid_dicom_error, OSError, ValueError, EOFError, KeyError, TypeError) as err:
+        conv.failures.add(path, "not a readable DICOM file", f"not a readable DICOM file ({type(err).__name__}: {err})")
+        return None
+    modality = str(ds.get("Modality", ""))
+    if conv.policy.require_ultrasound and modality != "US":
+        conv.failures.add(path, "not ultrasound", f"Modality is {modality or 'missing'}, not US")
+        return None
+    if "PixelData" not in ds:
+        conv.failures.add(path, "no pixel data", "no pixel data")
+        return None
+    annotation = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    conv.tally.burned_in[annotation if annotation in ("YES", "NO") else "absent"] += 1
+    if annotation == "YES" and not conv.policy.accept_burned_in_annotation:
+        conv.tally.files_dropped["BurnedInAnnotation=YES (pass --accept_burned_in_annotation to keep it, masked to the scan area)"] += 1
+        _warn(f"dropping {path}: marked BurnedInAnnotation=YES (pass accept_burned_in_annotation / --accept_burned_in_annotation to keep it, masked to its scan area)")
+        return None
+    try:
+        frames, chroma = dicom_frames_to_gray(ds, return_chroma=True)
+    except Exception as err:  # decoders raise many types (missing plugin, truncated data, ...)
+        conv.failures.add(path, "pixel data not decodable", f"pixel data could not be decoded ({type(err).__name__}: {err})")
+        return None
+    return ds, annotation, frames, chroma
+
+
+def _scan_area(conv: _Conversion, path: Path, frames: np.ndarray, chroma, region_box, annotation: str, n_keep: int) -> Optional[_ScanArea]:
+    """Find the scan area of one file's frames [T, H, W] (within ``region_box`` when given); None when the file
+    is dropped for having none (unless the policy keeps its ``n_keep`` frames whole)."""
+    policy, tally = conv.policy, conv.tally
+    H, W = frames.shape[1:]
+    mask, info = find_scan_area(frames, region_box=region_box)
+    if mask is None:
+        if not policy.keep_frames_without_scan_area or annotation == "YES":
+            reason = "no scan area found" + (" (file marked BurnedInAnnotation=YES)" if annotation == "YES" else "")
+            tally.files_dropped[reason] += 1
+            tally.frames_dropped[reason] += n_keep
+            _warn(f"dropping {path}: no ultrasound scan area found ({info['reason']}); its {n_keep} frame(s) could hold burned-in text"
+                  + ("" if annotation == "YES" else " (pass keep_frames_without_scan_area / --keep_frames_without_scan_area to keep them whole)"))
+            return None
+        mask = np.ones((H, W), dtype=bool)
+        shape = "none"
+        _warn(f"{path}: no scan area found ({info['reason']}); keeping its {n_keep} frame(s) whole and unmasked as asked")
+    else:
+        shape = info["shape"]
+        if info.get("masked_inside_hull", 0) > 0.01 * mask.sum():  # more than edge pixels: e.g. a banner at the apex
+            tally.masked_inside_hull += 1
+    ys, xs = np.nonzero(mask)
+    box = (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1) if conv.crop else (0, H, 0, W)
+    overlay = cover_marks(static_overlay(frames, mask), mask) if shape != "none" else np.zeros_like(mask)
+    if overlay.any():
+        tally.overlay_files += 1
+        tally.overlay_pixels += int(overlay.sum())
+    # colour in a scan area that is otherwise grey is a mark; a Doppler file's colour is flow
+    grey_scan = chroma is not None and float((chroma.max(0)[mask] > 24.0).mean()) < 0.05  # Doppler colours far more
+    return _ScanArea(mask=mask, shape=shape, box=box, overlay=overlay, grey_scan=grey_scan)
+
+
+def _check_text(conv: _Conversion, frames: np.ndarray, chroma, t: int, area: _ScanArea, source_id: str, kept_by: List[str]) -> Optional[np.ndarray]:
+    """Search frame ``t`` for burned-in text inside the scan area and count the verdict -> the pixels to zero
+    (bool [H, W]: the static marks, plus the rows of text when they are masked), or None when the frame is dropped.
+    Appends to ``kept_by`` the flag that keeps a frame with (possible) text."""
+    policy, tally = conv.policy, conv.tally
+    T = frames.shape[0]
+    neighbours = [frames[k] for k in (t - 1, t + 1) if 0 <= k < T] if T >= 3 else []
+    marks, found = find_text_marks(frames[t], area.mask & ~area.overlay, neighbours, None if chroma is None else chroma[t], use_colour=area.grey_scan)
+    verdict = found["verdict"]
+    tally.text_counts[verdict] += 1
+    if verdict == "clean":
+        return area.overlay
+    tally.text_cues.update(found["cues"])
+    tally.text_counts["marks"] += found["marks"]
+    tally.text_counts["pixels"] += found["pixels"]
+    if verdict == "text":
+        action = "masked" if policy.mask_text_inside_scan_area else "dropped"
+    else:
+        action = "kept (--keep_uncertain_frames)" if policy.keep_uncertain_frames else "dropped"
+    tally.text_counts[f"{verdict}: {action}"] += 1
+    if len(tally.text_frames) < 1000:
+        tally.text_frames.append({"source_id": source_id, "frame": t, "verdict": verdict, "action": action, "marks": found["marks"],
+                                  "pixels": found["pixels"], "longest_row": found["longest_row"], "cues": found["cues"],
+                                  "too_flat_to_tell": found["too_flat"]})
+    if action == "dropped":
+        tally.frames_dropped[_TEXT_REASONS[verdict]] += 1
+        return None
+    if verdict == "text":
+        kept_by.append("burned-in text inside the scan area: kept, rows of text zeroed")
+        return area.overlay | cover_marks(marks, area.mask) | cover_rows(found["rows"], area.mask)
+    kept_by.append("possible burned-in text inside the scan area: kept unmasked")
+    return area.overlay
+
+
+def _frame_rows(conv: _Conversion, frames: np.ndarray, chroma, keep: List[int], area: _ScanArea, annotation: str,
+                meta: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The rows of one file's kept frames (indices ``keep`` into frames [T, H, W]): each frame checked for filling
+    the scan area and for text inside it, cropped to ``area.box``, masked, resized and encoded."""
+    policy, tally = conv.policy, conv.tally
+    H, W = frames.shape[1:]
+    mask = area.mask
+    y0, y1, x0, x1 = area.box
+    mask_c = mask[y0:y1, x0:x1]
+    mask_u8 = resize(mask_c.astype(np.uint8), conv.out_size, label=True)
+    mask_cell = encode_png(mask_u8)
+    rows = []
+    for t in keep:
+        kept_by: List[str] = []  # the flags this frame is kept by, counted once it is kept
+        if area.shape == "none":
+            kept_by.append("no scan area found: kept whole")
+        elif frame_fill(frames[t], mask) < policy.min_frame_fill:
+            if not policy.keep_frames_without_scan_area or annotation == "YES":
+                tally.frames_dropped["frame does not fill the scan area (report page, blank or text frame)"] += 1
+                continue
+            kept_by.append("frame does not fill the scan area: kept, masked")
+        hidden = area.overlay
+        if area.shape != "none":
+            hidden = _check_text(conv, frames, chroma, t, area, meta["source_id"], kept_by)
+            if hidden is None:
+                continue
+        tally.frames_kept_by_flag.update(kept_by)
+        tally.masked_pixels += int((frames[t][~mask | hidden] >= 0.5).sum())
+        tally.total_pixels += H * W
+        img = np.rint(frames[t, y0:y1, x0:x1]).astype(np.uint8)
+        img[~(mask_c & ~hidden[y0:y1, x0:x1])] = 0
+        img = resize(img, conv.out_size)
+        img[mask_u8 == 0] = 0
+        rows.append({**meta, "image": encode_png(img), "scan_area": mask_cell, "frame": t, "height": img.shape[0], "width": img.shape[1]})
+    return rows
+
+
+def _convert_file(conv: _Conversion, path: Path) -> Optional[Tuple[str, List[Dict[str, Any]]]]:
+    """One file -> (its split key, its rows), or None when it is skipped or every frame of it is dropped."""
+    # 1. read and decode (skips what is not a decodable ultrasound file, or marked burned-in)
+    read = _read_file(conv, path)
+    if read is None:
+        return None
+    ds, annotation, frames, chroma = read
+    T, H, W = frames.shape
+    keep = list(range(0, T, int(conv.frame_step)))
+    if conv.max_frames is not None:
+        keep = keep[: int(conv.max_frames)]
+    # 2. the scan area (within the tissue regions of the Sequence of Ultrasound Regions, when given)
+    region_box, delta_x, delta_y = ultrasound_region(ds, H, W)
+    area = _scan_area(conv, path, frames, chroma, region_box, annotation, len(keep))
+    if area is None:
+        return None
+    # 3. the allow-listed metadata and the pseudonym every row of the file shares
+    meta = technical_metadata(ds)
+    uid = str(ds.get("SOPInstanceUID", "") or "") or f"file:{path.resolve()}"
+    meta.update(
+        source_id=_pseudonym(conv.key, uid), num_frames=T, scan_area_shape=area.shape, physical_delta_x_cm=delta_x,
+        physical_delta_y_cm=delta_y, source_height=H, source_width=W, crop_x0=int(area.box[2]), crop_y0=int(area.box[0]),
+    )
+    # 4. the frames: fill and text checks, masking, encoding
+    rows = _frame_rows(conv, frames, chroma, keep, area, annotation, meta)
+    dropped_here = len(keep) - len(rows)
+    if dropped_here:
+        _warn(f"{path}: dropped {dropped_here} of {len(keep)} frame(s) that do not fill the scan area (possible report pages or text "
+              "frames) or hold burned-in text inside it (see the report's text_inside_scan_area)")
+    if not rows:
+        conv.tally.files_dropped["every frame dropped (not filling the scan area, or burned-in text inside it)"] += 1
+        return None
+    conv.tally.shapes[area.shape] += 1
+    conv.tally.vendors["canonical vendor name" if meta["manufacturer"] else "not in the vendor allow-list"] += 1
+    return _split_key(ds, path), rows
+
+
+def _build_report(conv: _Conversion, n_files: int, per_file: List[Tuple[str, List[Dict[str, Any]]]]) -> Dict[str, Any]:
+    """The de-identification report (counts only: no file names, which can hold identifiers)."""
+    tally = conv.tally
+    text_counts = tally.text_counts
+    return {
+        "files_seen": n_files,
+        "files_converted": len(per_file),
+        "files_dropped": dict(sorted({**conv.failures.counts(), **tally.files_dropped}.items())),
+        "frames_kept": sum(len(r) for _, r in per_file),
+        "frames_dropped": dict(sorted(tally.frames_dropped.items())),
+        "frames_dropped_total": int(sum(tally.frames_dropped.values())),
+        "frames_kept_by_flag": dict(sorted(tally.frames_kept_by_flag.items())),
+        "burned_in_annotation_tag": dict(sorted(tally.burned_in.items())),
+        "scan_area_shapes": dict(sorted(tally.shapes.items())),
+        "files_with_content_masked_inside_hull": tally.masked_inside_hull,
+        "files_with_static_marks_masked_inside_scan_area": tally.overlay_files,
+        "static_mark_pixels_masked_inside_scan_area": tally.overlay_pixels,
+        "text_inside_scan_area": {
+            "frames_checked": int(text_counts["clean"] + text_counts["text"] + text_counts["uncertain"]),
+            "clean": int(text_counts["clean"]), "text": int(text_counts["text"]), "uncertain": int(text_counts["uncertain"]),
+            "actions": {k: int(v) for k, v in sorted(text_counts.items()) if ":" in k},
+            "marks": int(text_counts["marks"]), "mark_pixels": int(text_counts["pixels"]), "cues": dict(sorted(tally.text_cues.items())),
+            "frames": tally.text_frames,
+        },
+        "pixels_masked_outside_scan_area_fraction": (tally.masked_pixels / tally.total_pixels) if tally.total_pixels else 0.0,
+        "manufacturer": dict(tally.vendors),
+        "copied_tags": list(COPIED_TAGS),
+        "read_but_never_copied": list(READ_NOT_COPIED),
+        "source_id": "HMAC-SHA256 of the SOP Instance UID with a random key drawn for this conversion and not stored",
+        "options": conv.policy.report_options(),
+    }
+
+
+def _dataset_dict(per_file: List[Tuple[str, List[Dict[str, Any]]]], fractions: Sequence[float], seed: int, report: Dict[str, Any]):
+    """Rows of every file -> ``datasets.DatasetDict``, split per patient, the report in every split's description."""
+    keys = sorted({k for k, _ in per_file})
+    splits = assign_splits(keys, fractions, seed)
+    all_rows = [{**row, "split": splits[k]} for k, rows in per_file for row in rows]
+    dd = make_dataset_dict(all_rows, dicom_features())
+    description = "De-identified ultrasound frames (ultrasound-diffusers prepare dicom). De-identification report: " + json.dumps(report, sort_keys=True)
+    for split in dd.values():
+        split.info.description = description
+    return dd
+
+
 def convert_dicom(
     input_dir,
     size=None,
     crop: bool = True,
     max_frames: Optional[int] = None,
     frame_step: int = 1,
-    require_ultrasound: bool = True,
+    *,
     fractions: Sequence[float] = (1.0, 0.0, 0.0),
     seed: int = 0,
-    strict: bool = False,
     progress: bool = False,
-    keep_frames_without_scan_area: bool = False,
-    accept_burned_in_annotation: bool = False,
-    min_frame_fill: float = 0.25,
-    keep_uncertain_frames: bool = False,
-    mask_text_inside_scan_area: bool = False,
+    policy: Optional[DeidentificationPolicy] = None,
     return_report: bool = False,
+    **policy_fields,
 ):
     """Convert a folder of ultrasound DICOM files into a de-identified ``datasets.DatasetDict``.
 
@@ -911,28 +1278,22 @@ def convert_dicom(
         crop: crop every frame to the bounding box of its file's scan area.
         max_frames: at most this many frames per file (after ``frame_step``).
         frame_step: keep every n-th frame of a cine.
-        require_ultrasound: skip files whose Modality is not ``US``.
         fractions: (train, validation, test) fractions of the patients.
-        strict: raise on corrupt / unexpected files instead of skipping them with a warning.
-        keep_frames_without_scan_area: keep frames where no scan area was found (whole, unmasked) or that
-            do not fill their file's scan area, instead of dropping them. Never applies to files marked
-            ``BurnedInAnnotation=YES``.
-        accept_burned_in_annotation: convert files marked ``BurnedInAnnotation=YES`` (masked to their scan
-            area) instead of dropping them.
-        min_frame_fill: a frame is kept when at least this fraction of its file's scan area is tissue-like
-            in that frame.
-        keep_uncertain_frames: keep (unmasked) frames where :func:`find_text_marks` finds glyph-like marks inside
-            the scan area but no row of text (a lone caliper cross, a digit), or that are too flat to tell;
-            default: drop them.
-        mask_text_inside_scan_area: keep frames with burned-in text inside the scan area, with the rows of text
-            found zeroed (:func:`cover_rows`, :func:`cover_marks`); default: drop them (the detector finds marks, not
-            necessarily every pixel of them, and a zeroed box is an artefact a model would learn).
+        seed: seed of the split of the patients.
+        progress: show a progress bar over the files.
+        policy: :class:`DeidentificationPolicy` (default: every field at its fail-closed default).
         return_report: also return the de-identification report (a dict of counts).
+        **policy_fields: fields of :class:`DeidentificationPolicy` (``require_ultrasound``, ``strict``,
+            ``keep_frames_without_scan_area``, ``accept_burned_in_annotation``, ``min_frame_fill``,
+            ``keep_uncertain_frames``, ``mask_text_inside_scan_area``), replacing those of ``policy``. Any other
+            name is a TypeError.
 
     Returns:
         ``datasets.DatasetDict`` with ``image`` (grayscale, zero outside the scan area), ``scan_area``
         (uint8 mask: 1 inside) and technical metadata; with ``return_report`` a tuple (DatasetDict, report).
     """
+    # 1. check inputs (a keyword that is no policy field first, as Python names an unexpected keyword)
+    _check_policy_names(policy_fields, "convert_dicom")
     pydicom = import_optional("pydicom", "convert_dicom")
     InvalidDicomError = import_optional("pydicom.errors", "convert_dicom").InvalidDicomError
     from tqdm.auto import tqdm
@@ -941,186 +1302,29 @@ def convert_dicom(
         raise ValueError(f"`frame_step` must be at least 1, got {frame_step}")
     if max_frames is not None and int(max_frames) < 1:
         raise ValueError(f"`max_frames` must be None or at least 1, got {max_frames}")
-    if not 0.0 <= float(min_frame_fill) <= 1.0:
-        raise ValueError(f"`min_frame_fill` must be in [0, 1], got {min_frame_fill}")
+    policy = DeidentificationPolicy.build(policy, policy_fields)
     out_size = parse_size(size)
     files = find_files(input_dir, ("",))
     if not files:
         raise ValueError(f"no files found under {input_dir}")
-    key = secrets.token_bytes(32)  # pseudonym key of this conversion: never stored, never reused
-    failures = FailureLog(strict)
-    files_dropped: Counter = Counter()
-    frames_dropped: Counter = Counter()
-    frames_kept_by_flag: Counter = Counter()
-    burned_in: Counter = Counter()
-    vendors: Counter = Counter({"canonical vendor name": 0, "not in the vendor allow-list": 0})
-    shapes: Counter = Counter()
-    masked_inside_hull = 0
-    overlay_files = overlay_pixels = 0
-    masked_pixels = total_pixels = 0
-    text_counts: Counter = Counter()
-    text_cues: Counter = Counter()
-    text_frames: List[Dict[str, Any]] = []
+
+    # 2. the state of this conversion: a fresh pseudonym key (never stored, never reused), skipped files, counts
+    conv = _Conversion(pydicom=pydicom, invalid_dicom_error=InvalidDicomError, policy=policy, crop=crop, out_size=out_size,
+                       frame_step=frame_step, max_frames=max_frames, key=secrets.token_bytes(32), failures=FailureLog(policy.strict))
+
+    # 3. every file: read and decode, find the scan area, check and encode its frames
     per_file: List[Tuple[str, List[Dict[str, Any]]]] = []
     for path in tqdm(files, desc="DICOM files", disable=not progress):
-        try:
-            ds = pydicom.dcmread(str(path))
-        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as err:
-            failures.add(path, "not a readable DICOM file", f"not a readable DICOM file ({type(err).__name__}: {err})")
-            continue
-        modality = str(ds.get("Modality", ""))
-        if require_ultrasound and modality != "US":
-            failures.add(path, "not ultrasound", f"Modality is {modality or 'missing'}, not US")
-            continue
-        if "PixelData" not in ds:
-            failures.add(path, "no pixel data", "no pixel data")
-            continue
-        annotation = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
-        burned_in[annotation if annotation in ("YES", "NO") else "absent"] += 1
-        if annotation == "YES" and not accept_burned_in_annotation:
-            files_dropped["BurnedInAnnotation=YES (pass --accept_burned_in_annotation to keep it, masked to the scan area)"] += 1
-            _warn(f"dropping {path}: marked BurnedInAnnotation=YES (pass accept_burned_in_annotation / --accept_burned_in_annotation to keep it, masked to its scan area)")
-            continue
-        try:
-            frames, chroma = dicom_frames_to_gray(ds, return_chroma=True)
-        except Exception as err:  # decoders raise many types (missing plugin, truncated data, ...)
-            failures.add(path, "pixel data not decodable", f"pixel data could not be decoded ({type(err).__name__}: {err})")
-            continue
-        T, H, W = frames.shape
-        keep = list(range(0, T, int(frame_step)))
-        if max_frames is not None:
-            keep = keep[: int(max_frames)]
-        box, delta_x, delta_y = ultrasound_region(ds, H, W)
-        mask, info = find_scan_area(frames, region_box=box)
-        if mask is None:
-            if not keep_frames_without_scan_area or annotation == "YES":
-                reason = "no scan area found" + (" (file marked BurnedInAnnotation=YES)" if annotation == "YES" else "")
-                files_dropped[reason] += 1
-                frames_dropped[reason] += len(keep)
-                _warn(f"dropping {path}: no ultrasound scan area found ({info['reason']}); its {len(keep)} frame(s) could hold burned-in text"
-                      + ("" if annotation == "YES" else " (pass keep_frames_without_scan_area / --keep_frames_without_scan_area to keep them whole)"))
-                continue
-            mask = np.ones((H, W), dtype=bool)
-            shape = "none"
-            _warn(f"{path}: no scan area found ({info['reason']}); keeping its {len(keep)} frame(s) whole and unmasked as asked")
-        else:
-            shape = info["shape"]
-            if info.get("masked_inside_hull", 0) > 0.01 * mask.sum():  # more than edge pixels: e.g. a banner at the apex
-                masked_inside_hull += 1
-        ys, xs = np.nonzero(mask)
-        if crop:
-            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        else:
-            y0, y1, x0, x1 = 0, H, 0, W
-        mask_c = mask[y0:y1, x0:x1]
-        overlay = cover_marks(static_overlay(frames, mask), mask) if shape != "none" else np.zeros_like(mask)
-        if overlay.any():
-            overlay_files += 1
-            overlay_pixels += int(overlay.sum())
-        visible_c = mask_c & ~overlay[y0:y1, x0:x1]
-        # colour in a scan area that is otherwise grey is a mark; a Doppler file's colour is flow
-        grey_scan = chroma is not None and float((chroma.max(0)[mask] > 24.0).mean()) < 0.05  # Doppler colours far more
-        meta = technical_metadata(ds)
-        uid = str(ds.get("SOPInstanceUID", "") or "") or f"file:{path.resolve()}"
-        source_id = _pseudonym(key, uid)
-        meta.update(
-            source_id=source_id, num_frames=T, scan_area_shape=shape, physical_delta_x_cm=delta_x, physical_delta_y_cm=delta_y,
-            source_height=H, source_width=W, crop_x0=int(x0), crop_y0=int(y0),
-        )
-        mask_u8 = resize(mask_c.astype(np.uint8), out_size, label=True)
-        mask_cell = encode_png(mask_u8)
-        rows = []
-        for t in keep:
-            kept_by: List[str] = []  # the flags this frame is kept by, counted once it is kept
-            if shape == "none":
-                kept_by.append("no scan area found: kept whole")
-            elif frame_fill(frames[t], mask) < min_frame_fill:
-                if not keep_frames_without_scan_area or annotation == "YES":
-                    frames_dropped["frame does not fill the scan area (report page, blank or text frame)"] += 1
-                    continue
-                kept_by.append("frame does not fill the scan area: kept, masked")
-            hidden = overlay
-            if shape != "none":
-                neighbours = [frames[k] for k in (t - 1, t + 1) if 0 <= k < T] if T >= 3 else []
-                marks, found = find_text_marks(frames[t], mask & ~overlay, neighbours, None if chroma is None else chroma[t], use_colour=grey_scan)
-                verdict = found["verdict"]
-                text_counts[verdict] += 1
-                if verdict != "clean":
-                    text_cues.update(found["cues"])
-                    text_counts["marks"] += found["marks"]
-                    text_counts["pixels"] += found["pixels"]
-                    if verdict == "text":
-                        action = "masked" if mask_text_inside_scan_area else "dropped"
-                    else:
-                        action = "kept (--keep_uncertain_frames)" if keep_uncertain_frames else "dropped"
-                    text_counts[f"{verdict}: {action}"] += 1
-                    if len(text_frames) < 1000:
-                        text_frames.append({"source_id": source_id, "frame": t, "verdict": verdict, "action": action, "marks": found["marks"],
-                                            "pixels": found["pixels"], "longest_row": found["longest_row"], "cues": found["cues"],
-                                            "too_flat_to_tell": found["too_flat"]})
-                    if action == "dropped":
-                        frames_dropped[_TEXT_REASONS[verdict]] += 1
-                        continue
-                    if verdict == "text":
-                        hidden = overlay | cover_marks(marks, mask) | cover_rows(found["rows"], mask)
-                        kept_by.append("burned-in text inside the scan area: kept, rows of text zeroed")
-                    else:
-                        kept_by.append("possible burned-in text inside the scan area: kept unmasked")
-            frames_kept_by_flag.update(kept_by)
-            masked_pixels += int((frames[t][~mask | hidden] >= 0.5).sum())
-            total_pixels += H * W
-            img = np.rint(frames[t, y0:y1, x0:x1]).astype(np.uint8)
-            img[~(mask_c & ~hidden[y0:y1, x0:x1])] = 0
-            img = resize(img, out_size)
-            img[mask_u8 == 0] = 0
-            rows.append({**meta, "image": encode_png(img), "scan_area": mask_cell, "frame": t, "height": img.shape[0], "width": img.shape[1]})
-        dropped_here = len(keep) - len(rows)
-        if dropped_here:
-            _warn(f"{path}: dropped {dropped_here} of {len(keep)} frame(s) that do not fill the scan area (possible report pages or text "
-                  "frames) or hold burned-in text inside it (see the report's text_inside_scan_area)")
-        if not rows:
-            files_dropped["every frame dropped (not filling the scan area, or burned-in text inside it)"] += 1
-            continue
-        shapes[shape] += 1
-        vendors["canonical vendor name" if meta["manufacturer"] else "not in the vendor allow-list"] += 1
-        per_file.append((_split_key(ds, path), rows))
-    report: Dict[str, Any] = {
-        "files_seen": len(files),
-        "files_converted": len(per_file),
-        "files_dropped": dict(sorted({**failures.counts(), **files_dropped}.items())),
-        "frames_kept": sum(len(r) for _, r in per_file),
-        "frames_dropped": dict(sorted(frames_dropped.items())),
-        "frames_dropped_total": int(sum(frames_dropped.values())),
-        "frames_kept_by_flag": dict(sorted(frames_kept_by_flag.items())),
-        "burned_in_annotation_tag": dict(sorted(burned_in.items())),
-        "scan_area_shapes": dict(sorted(shapes.items())),
-        "files_with_content_masked_inside_hull": masked_inside_hull,
-        "files_with_static_marks_masked_inside_scan_area": overlay_files,
-        "static_mark_pixels_masked_inside_scan_area": overlay_pixels,
-        "text_inside_scan_area": {
-            "frames_checked": int(text_counts["clean"] + text_counts["text"] + text_counts["uncertain"]),
-            "clean": int(text_counts["clean"]), "text": int(text_counts["text"]), "uncertain": int(text_counts["uncertain"]),
-            "actions": {k: int(v) for k, v in sorted(text_counts.items()) if ":" in k},
-            "marks": int(text_counts["marks"]), "mark_pixels": int(text_counts["pixels"]), "cues": dict(sorted(text_cues.items())),
-            "frames": text_frames,
-        },
-        "pixels_masked_outside_scan_area_fraction": (masked_pixels / total_pixels) if total_pixels else 0.0,
-        "manufacturer": dict(vendors),
-        "copied_tags": list(COPIED_TAGS),
-        "read_but_never_copied": list(READ_NOT_COPIED),
-        "source_id": "HMAC-SHA256 of the SOP Instance UID with a random key drawn for this conversion and not stored",
-        "options": {"keep_frames_without_scan_area": bool(keep_frames_without_scan_area), "accept_burned_in_annotation": bool(accept_burned_in_annotation),
-                    "min_frame_fill": float(min_frame_fill), "keep_uncertain_frames": bool(keep_uncertain_frames),
-                    "mask_text_inside_scan_area": bool(mask_text_inside_scan_area)},
-    }
+        converted = _convert_file(conv, path)
+        if converted is not None:
+            per_file.append(converted)
+
+    # 4. the de-identification report; nothing kept is an error that says why
+    report = _build_report(conv, len(files), per_file)
     if not per_file:
         dropped = "; ".join(f"{n} x {r}" for r, n in report["files_dropped"].items())
         raise ValueError(f"no usable ultrasound DICOM files under {input_dir}: all {len(files)} file(s) were dropped ({dropped})")
-    keys = sorted({k for k, _ in per_file})
-    splits = assign_splits(keys, fractions, seed)
-    all_rows = [{**row, "split": splits[k]} for k, rows in per_file for row in rows]
-    dd = make_dataset_dict(all_rows, dicom_features())
-    description = "De-identified ultrasound frames (ultrasound-diffusers prepare dicom). De-identification report: " + json.dumps(report, sort_keys=True)
-    for split in dd.values():
-        split.info.description = description
+
+    # 5. split per patient and build the DatasetDict (the report in every split's description)
+    dd = _dataset_dict(per_file, fractions, seed, report)
     return (dd, report) if return_report else dd
