@@ -42,7 +42,7 @@ from .phantoms import (
 #: module -> the converters it provides, imported on first use (with their heavy readers)
 _LAZY = {
     ".camus": ("convert_camus",), ".thyroid": ("convert_thyroid",), ".lung": ("convert_lung",),
-    ".dicom": ("convert_dicom",),
+    ".dicom": ("DeidentificationPolicy", "convert_dicom"),
 }
 
 __getattr__ = lazy_module_getattr(__name__, _LAZY)
