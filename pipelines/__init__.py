@@ -7,11 +7,11 @@
   pipeline that a folder's or repository's model_index.json names (ours or diffusers').
 * :mod:`.loading`: the loader behind ``from_pretrained`` (model_index.json, class resolution, strict component
   loading) and the remote-code files written for ``trust_remote_code=True`` users of plain diffusers.
-* :mod:`.hub`: model cards, dataset cards, ``push_to_hub``.
+
+Model cards, dataset cards and uploads are not pipelines: they live one floor down, in
+:mod:`ultrasound_diffusers.hub_utils` (``DiffusionPipeline.push_to_hub`` uses it).
 """
 
-from .hub import create_model_card, push_to_hub, save_model_card
-from .loading import write_remote_code_files
 from .pipeline_semantic_ultrasound import SemanticUltrasoundPipeline, SemanticUltrasoundPipelineOutput
 from .pipeline_ultrasound import UltrasoundPipeline
 from .pipeline_ultrasound_reconstruction import UltrasoundReconstructionPipeline, UltrasoundReconstructionPipelineOutput
@@ -24,8 +24,4 @@ __all__ = [
     "UltrasoundPipeline",
     "UltrasoundReconstructionPipeline",
     "UltrasoundReconstructionPipelineOutput",
-    "create_model_card",
-    "push_to_hub",
-    "save_model_card",
-    "write_remote_code_files",
 ]

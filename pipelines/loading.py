@@ -1,8 +1,8 @@
 """Reading and writing pipeline folders: model_index.json, classes, components and the remote-code files.
 
 This module is the loader behind :meth:`ultrasound_diffusers.DiffusionPipeline.from_pretrained` and the folder
-layout behind :meth:`~ultrasound_diffusers.DiffusionPipeline.save_pretrained`. It imports neither the pipeline
-classes nor the Hub helpers (:mod:`.hub`), so both can use it.
+layout behind :meth:`~ultrasound_diffusers.DiffusionPipeline.save_pretrained`. It imports no pipeline class, so
+every pipeline module can use it; the cards and uploads are :mod:`ultrasound_diffusers.hub_utils`'s.
 
 * :func:`read_model_index` parses ``model_index.json``.
 * :func:`resolve_class` turns an entry ``[library_or_module, ClassName]`` into a class. Classes are taken only
@@ -25,10 +25,11 @@ classes nor the Hub helpers (:mod:`.hub`), so both can use it.
   ``HF_HUB_OFFLINE=1`` loads from the Hub cache), instead of diffusers' ``download`` that refuses components
   whose classes are not in diffusers.
 
-How the package is installed (:data:`INSTALL_COMMAND`, :func:`install_hint`): ultrasound-diffusers is not
-published on PyPI, so installing it by name from the package index fails (or installs an unrelated project that
-took the name). It is installed from its source folder, or from the wheel built there; cards and remote-code files say
-so.
+How the package is installed (:data:`~ultrasound_diffusers.utils.packaging.INSTALL_COMMAND`,
+:func:`~ultrasound_diffusers.utils.packaging.install_hint`): ultrasound-diffusers is not published on PyPI, so
+installing it by name from the package index fails (or installs an unrelated project that took the name). It is
+installed from its source folder, or from the wheel built there; cards, remote-code files and the loader's errors
+say so in the words of :mod:`ultrasound_diffusers.utils.packaging`.
 """
 
 from __future__ import annotations
@@ -50,82 +51,40 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 
+from ultrasound_diffusers.utils.constants import MODEL_INDEX_NAME
 from ultrasound_diffusers.utils.io import atomic_write_text
+# PACKAGE_NAME: the package whose classes the loader may import (the only one besides diffusers / transformers)
+from ultrasound_diffusers.utils.packaging import (
+    INSTALL_COMMAND,
+    PACKAGE_NAME,
+    WHEEL_BUILD_COMMAND,
+    install_hint,
+    package_version,
+    wheel_install_command,
+)
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
-#: Name of the package whose classes the loader may import (and the only one besides diffusers / transformers).
-PACKAGE_NAME = "ultrasound_diffusers"
-#: Name of the distribution (what pip calls the project).
-DISTRIBUTION_NAME = "ultrasound-diffusers"
-MODEL_INDEX_NAME = "model_index.json"
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
-REMOTE_CODE_TEMPLATE = TEMPLATES_DIR / "remote_code_shim.py.tmpl"
-
-#: How to install the package from its source folder (a clone or an unpacked source archive): it is not on PyPI.
-INSTALL_COMMAND = "pip install ./ultrasound-diffusers"
-#: How to build the wheel inside the source folder with pip alone (``python -m build`` needs the ``build`` package).
-WHEEL_BUILD_COMMAND = "pip wheel --no-deps -w dist ."
+#: The remote-code file template (package data of ``ultrasound_diffusers.pipelines``).
+REMOTE_CODE_TEMPLATE = Path(__file__).resolve().parent / "templates" / "remote_code_shim.py.tmpl"
 
 __all__ = [
-    "DISTRIBUTION_NAME",
-    "INSTALL_COMMAND",
-    "MODEL_INDEX_NAME",
-    "WHEEL_BUILD_COMMAND",
-    "PACKAGE_NAME",
     "MAX_TRAIN_TIMESTEPS",
+    "REMOTE_CODE_TEMPLATE",
     "check_scheduler_config",
     "import_component_libraries",
-    "install_hint",
     "is_component_module",
     "load_component",
     "load_components",
     "move_into",
-    "package_version",
     "read_model_index",
     "remote_code_module_name",
     "remote_code_target",
     "render_remote_code",
     "resolve_class",
     "snapshot_folder",
-    "wheel_filename",
     "write_remote_code_files",
 ]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The package: version and how to install it
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def package_version() -> str:
-    """Version of the installed ultrasound_diffusers (``"unknown"`` if it cannot be read)."""
-    try:
-        from ultrasound_diffusers import __version__
-
-        return __version__
-    except ImportError:  # pragma: no cover
-        return "unknown"
-
-
-def wheel_filename(version: Optional[str] = None) -> str:
-    """File name of the wheel that :data:`WHEEL_BUILD_COMMAND` (or ``python -m build --wheel``) writes for
-    ``version`` (default: the installed one), e.g. ``ultrasound_diffusers-0.1.0-py3-none-any.whl``."""
-    return f"{PACKAGE_NAME}-{version or package_version()}-py3-none-any.whl"
-
-
-def wheel_install_command(version: Optional[str] = None) -> str:
-    """``pip install dist/<wheel>``: installs the wheel built in the source folder."""
-    return f"pip install dist/{wheel_filename(version)}"
-
-
-def install_hint(version: Optional[str] = None) -> str:
-    """One sentence saying how to install ultrasound-diffusers (for error messages and remote-code files)."""
-    return (
-        f"{DISTRIBUTION_NAME} is not on PyPI: install it from its source folder (`{INSTALL_COMMAND}`, or "
-        f"`pip install -e .` inside it) or from a wheel built there (`{WHEEL_BUILD_COMMAND}`, then "
-        f"`{wheel_install_command(version)}`)"
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -138,7 +97,7 @@ def install_hint(version: Optional[str] = None) -> str:
 _TRUSTED_LIBRARIES = ("diffusers", "transformers")
 # The modules of this package that define components, the only ones of it the loader imports: the package and
 # its component sub-packages, and the one-file-per-component modules in them. Never an entry point
-# (``__main__``, ``cli``, ``commands.*``) or any other module (``pipelines.loading``, ``pipelines.hub``), so that
+# (``__main__``, ``cli``, ``commands.*``) or any other module (``pipelines.loading``, ``hub_utils``), so that
 # a doctored model_index.json cannot run anything by naming it.
 _COMPONENT_MODULE = re.compile(
     r"^" + PACKAGE_NAME + r"(?:\.(?:pipelines|models|schedulers))?$"
@@ -659,7 +618,3 @@ def move_into(source: Path, target: Path) -> None:
         else:
             os.replace(entry, dest)
 
-
-# Names of 0.1.0 (kept so that code importing them keeps working).
-_shim_target = remote_code_target
-_move_into = move_into

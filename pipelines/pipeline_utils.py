@@ -9,12 +9,10 @@ derives from and that is exported as ``ultrasound_diffusers.DiffusionPipeline``:
   over to diffusers' own loader).
 * :meth:`DiffusionPipeline.save_pretrained` writes the folder atomically, with the remote-code files that
   ``trust_remote_code=True`` users of plain diffusers need; :meth:`DiffusionPipeline.push_to_hub` uploads it
-  with a model card (:mod:`.hub`).
+  with a model card (:mod:`ultrasound_diffusers.hub_utils`).
 
 The loader itself (model_index.json, class resolution, strict component loading, both halves of the
-remote-code files, Hub snapshots) lives in :mod:`.loading`; its names are re-exported here (``resolve_class``,
-``is_component_module``, ``load_component``, ``read_model_index``, ...) so that code written against 0.1.0 keeps
-working.
+remote-code files, Hub snapshots) lives in :mod:`.loading`.
 """
 
 from __future__ import annotations
@@ -37,33 +35,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ultrasound_diffusers.image_processor import LabelMapProcessor
 from ultrasound_diffusers.image_processor import describe_value as describe
+from ultrasound_diffusers.utils.constants import MODEL_INDEX_NAME
 
 from . import loading
-
-# The loader's names, re-exported for code written against 0.1.0 (they lived here).
-from .loading import (  # noqa: F401
-    _COMPONENT_MODULE,
-    _HUB_KWARGS,
-    _MODEL_LOAD_KWARGS,
-    _SHIM_IMPORT,
-    _TRUSTED_LIBRARIES,
-    MODEL_INDEX_NAME,
-    PACKAGE_NAME,
-    _as_dtype,
-    _check_is_class,
-    _component_dtypes,
-    _component_variants,
-    _import_attr,
-    _known_scheduler_keys,
-    _move_into,
-    _refuse_module,
-    _shim_target,
-    check_scheduler_config,
-    is_component_module,
-    load_component,
-    read_model_index,
-    resolve_class,
-)
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
@@ -89,7 +63,6 @@ __all__ = [
     "postprocess_images",
     "prepare_extra_step_kwargs",
     "prepare_segmap",
-    "read_model_index",
     "resolve_sample_size",
 ]
 
@@ -665,10 +638,10 @@ class DiffusionPipeline(_DiffusersPipeline):
     ) -> str:
         """Upload the pipeline (saved with its remote-code files) and a model card to the Hub repo ``repo_id``.
 
-        ``model_card_kwargs`` go to :func:`ultrasound_diffusers.pipelines.hub.create_model_card` (license,
+        ``model_card_kwargs`` go to :func:`ultrasound_diffusers.hub_utils.create_model_card` (license,
         datasets, training_data, evaluation_results, label_names, ...). Returns the commit URL.
         """
-        from .hub import push_to_hub
+        from ultrasound_diffusers.hub_utils import push_to_hub
 
         return push_to_hub(
             self,

@@ -291,7 +291,7 @@ def test_export_space_writes_a_folder_a_gradio_space_runs(tmp_path, capsys):
 
     from ultrasound_diffusers.cli import main
     from ultrasound_diffusers.demo import DEMO_PIPELINE_PATH
-    from ultrasound_diffusers.pipelines.hub import read_card_metadata
+    from ultrasound_diffusers.hub_utils import read_card_metadata
 
     out = tmp_path / "space"
     assert main(["app", "--export_space", str(out), "--title", "Echo phantoms"]) == 0

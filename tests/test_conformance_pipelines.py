@@ -255,7 +255,7 @@ def test_load_component_is_strict_for_diffusers_models_too(tmp_path):
     from diffusers import UNet2DModel
     from safetensors.torch import load_file, save_file
 
-    from ultrasound_diffusers.pipelines.pipeline_utils import load_component
+    from ultrasound_diffusers.pipelines.loading import load_component
 
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
@@ -343,7 +343,7 @@ def test_diffusers_classes_come_from_the_top_level_package(saved, tmp_path, monk
 
 
 def test_component_modules_are_allowed():
-    from ultrasound_diffusers.pipelines.pipeline_utils import is_component_module
+    from ultrasound_diffusers.pipelines.loading import is_component_module
 
     for name in ["ultrasound_diffusers", "ultrasound_diffusers.pipelines", "ultrasound_diffusers.models.unet_semantic_2d",
                  "ultrasound_diffusers.schedulers.scheduling_bmap_attenuation",

@@ -22,8 +22,9 @@ from _pipeline_fixtures import (
 )
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
-import ultrasound_diffusers.pipelines.hub as hub
+import ultrasound_diffusers.hub_utils as hub
 import ultrasound_diffusers.pipelines.loading as loading
+import ultrasound_diffusers.utils.packaging as packaging
 from ultrasound_diffusers.pipelines import DiffusionPipeline, SemanticUltrasoundPipeline
 
 STEPS = 3
@@ -86,20 +87,20 @@ def test_saved_folder_has_remote_code_files_and_points_to_them(saved):
     ]:
         text = shim.read_text()
         assert f"from {module} import {cls}" in text
-        assert hub.INSTALL_COMMAND in text and hub.wheel_install_command() in text
+        assert packaging.INSTALL_COMMAND in text and packaging.wheel_install_command() in text
         assert not INDEX_INSTALL.search(text)
         compile(text, str(shim), "exec")
 
 
 def test_remote_code_file_explains_how_to_install_when_the_package_is_missing(saved, monkeypatch):
     code = (saved / "unet" / "unet_semantic_2d.py").read_text()
-    wheel = hub.wheel_filename()  # (read while the package is importable)
+    wheel = packaging.wheel_filename()  # (read while the package is importable)
     for name in ("ultrasound_diffusers", "ultrasound_diffusers.models", "ultrasound_diffusers.models.unet_semantic_2d"):
         monkeypatch.setitem(sys.modules, name, None)  # makes the import fail as if the package were missing
     with pytest.raises(ImportError, match="not on PyPI") as info:
         exec(compile(code, "unet_semantic_2d.py", "exec"), {"__name__": "shim_test"})
     message = str(info.value)
-    assert hub.INSTALL_COMMAND in message and wheel in message and not INDEX_INSTALL.search(message)
+    assert packaging.INSTALL_COMMAND in message and wheel in message and not INDEX_INSTALL.search(message)
 
 
 def test_write_remote_code_files_is_idempotent(saved, tmp_path):
@@ -108,7 +109,7 @@ def test_write_remote_code_files_is_idempotent(saved, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(saved, copy)
     before = json.loads((copy / "model_index.json").read_text())
-    hub.write_remote_code_files(copy)
+    loading.write_remote_code_files(copy)
     assert json.loads((copy / "model_index.json").read_text()) == before
 
 
@@ -361,9 +362,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_one_model_card_template_and_model_cards_points_to_it():
     assert hub.MODEL_CARD_TEMPLATE.is_file()
     assert hub.MODEL_CARD_TEMPLATE.parent == Path(hub.__file__).resolve().parent / "templates"  # package data
+    assert hub.MODEL_CARD_TEMPLATE.parent == ROOT / "ultrasound_diffusers" / "templates"  # beside hub_utils, not in pipelines/
     templates = [p for p in ROOT.rglob("*card_template*") if ".git" not in p.parts and "build" not in p.parts]
     assert [p.resolve() for p in templates if "egg-info" not in str(p)] == [hub.MODEL_CARD_TEMPLATE.resolve()]
-    assert "pipelines/templates/model_card_template.md" in (ROOT / "model_cards" / "README.md").read_text()
+    assert "ultrasound_diffusers/templates/model_card_template.md" in (ROOT / "model_cards" / "README.md").read_text()
 
 
 def test_bundled_demo_card_is_the_model_cards_copy_with_truthful_metadata():
@@ -375,7 +377,7 @@ def test_bundled_demo_card_is_the_model_cards_copy_with_truthful_metadata():
     assert meta["library_name"] == "diffusers" and meta["license"] == "apache-2.0"
     assert "diffusers-training" in meta["tags"] and "ultrasound" in meta["tags"]
     assert "datasets" not in meta and "base_model" not in meta  # phantoms and a local stage 1: nothing on the Hub
-    assert "phantoms" in body and hub.INSTALL_COMMAND in body and hub.wheel_filename() in body
+    assert "phantoms" in body and packaging.INSTALL_COMMAND in body and packaging.wheel_filename() in body
 
 
 def test_model_card_content(pipe):
@@ -581,9 +583,9 @@ def test_card_sampler_advice_comes_from_one_place_and_recommends_no_ddim(pipe):
 def test_card_install_lines_need_nothing_that_is_not_installed():
     """The wheel route builds with pip alone (``python -m build`` needs the ``build`` package), and says where
     the source folder is."""
-    card = hub.MODEL_CARD_TEMPLATE.read_text() + loading.REMOTE_CODE_TEMPLATE.read_text() + loading.install_hint()
+    card = hub.MODEL_CARD_TEMPLATE.read_text() + loading.REMOTE_CODE_TEMPLATE.read_text() + packaging.install_hint()
     assert "python -m build" not in card and "{{ wheel_build_command }}" in hub.MODEL_CARD_TEMPLATE.read_text()
-    assert loading.WHEEL_BUILD_COMMAND == "pip wheel --no-deps -w dist ." and loading.WHEEL_BUILD_COMMAND in loading.install_hint()
+    assert packaging.WHEEL_BUILD_COMMAND == "pip wheel --no-deps -w dist ." and packaging.WHEEL_BUILD_COMMAND in packaging.install_hint()
     assert "setup.cfg" in hub.MODEL_CARD_TEMPLATE.read_text() and "setup.cfg" in loading.REMOTE_CODE_TEMPLATE.read_text()
 
 
@@ -614,7 +616,7 @@ def test_training_card_on_phantoms_has_license_tag_and_the_last_grid(pipe, tmp_p
     assert "phantoms:echo" in body and "no patient data" in body
     assert upload["model_card"] == text
     assert set(upload["extra_files"]) == {"validation_grid.png", "training_args.json"}
-    assert not INDEX_INSTALL.search(text) and hub.INSTALL_COMMAND in text
+    assert not INDEX_INSTALL.search(text) and packaging.INSTALL_COMMAND in text
     ts.check_output_dir(str(out))  # the copy of the grid is part of a run: the folder can be resumed into
 
     # without any grid the card has no Samples section and no stale copy is left
@@ -672,10 +674,8 @@ def _generation_settings(model):
 
 
 def test_dataset_card_names_the_source_model_and_its_license(saved, tmp_path, offline_hub_cache):
-    from ultrasound_diffusers import generation
     from ultrasound_diffusers.demo import DEMO_PIPELINE_PATH
 
-    assert generation.create_dataset_card is hub.create_dataset_card  # still importable from generation
     meta, body = _split_card(hub.create_dataset_card(_generation_settings(str(DEMO_PIPELINE_PATH)), 2))
     assert meta["source_model"] == str(DEMO_PIPELINE_PATH)
     assert meta["license"] == "apache-2.0" == meta["source_model_license"]  # read from the bundled card
@@ -706,7 +706,7 @@ def test_no_card_or_remote_code_file_names_an_install_that_would_fail(pipe, save
         "remote-code template": loading.REMOTE_CODE_TEMPLATE.read_text(),
         "rendered model card": str(hub.create_model_card(pipe, REPO_ID)),
         "dataset card": hub.create_dataset_card(_generation_settings("org/x"), 2),
-        "install hint": loading.install_hint(),
+        "install hint": packaging.install_hint(),
     }
     shims = [p for p in ROOT.rglob("*.py") if ".git" not in p.parts and p.read_text(errors="ignore").startswith("# Remote-code file written")]
     assert len(shims) >= 3  # the bundled demo pipeline's at least
@@ -721,7 +721,7 @@ def test_no_card_or_remote_code_file_names_an_install_that_would_fail(pipe, save
     bad = {name: INDEX_INSTALL.search(text).group(0) for name, text in texts.items() if INDEX_INSTALL.search(text)}
     assert not bad
     for name in ("rendered model card", "install hint", str(saved / "unet" / "unet_semantic_2d.py")):
-        assert hub.INSTALL_COMMAND in texts[name] and hub.wheel_filename() in texts[name], name
+        assert packaging.INSTALL_COMMAND in texts[name] and packaging.wheel_filename() in texts[name], name
     # the regular expression itself catches what it must
     for wrong in ("pip install ultrasound-diffusers", "pip install -U ultrasound-diffusers`", "pip install 'ultrasound-diffusers[metrics]'"):
         assert INDEX_INSTALL.search(wrong), wrong
@@ -733,7 +733,7 @@ def test_card_of_a_bmap_scheduler_at_bmap_min_1_says_plain_ddpm(tmp_path):
     """bmap_min = 1 is exactly DDPM: no b-map tag, no B-map description (the lung model is such a pipeline)."""
     from _pipeline_fixtures import tiny_bmap_scheduler, tiny_unconditional_pipeline
 
-    from ultrasound_diffusers.pipelines.hub import create_model_card
+    from ultrasound_diffusers.hub_utils import create_model_card
 
     cards = {}
     for bmap_min in (1.0, 0.97):

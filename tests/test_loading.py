@@ -1,5 +1,6 @@
-"""The loader module (pipelines/loading.py): where it sits in the import graph, the names kept for 0.1.0 code,
-both halves of the remote-code files, and folders saved by 0.1.0 (old remote-code text) still loading."""
+"""The loader module (pipelines/loading.py): where it and the cards module (hub_utils.py) sit in the import graph,
+no 0.1.0 names left on pipelines/, both halves of the remote-code files, and folders saved by 0.1.0 (old
+remote-code text) still loading."""
 
 import ast
 import json
@@ -12,9 +13,9 @@ import pytest
 import torch
 from _pipeline_fixtures import echo_label_map, isolate_remote_code_cache, tiny_semantic_pipeline
 
-import ultrasound_diffusers.pipelines.hub as hub
 import ultrasound_diffusers.pipelines.loading as loading
 import ultrasound_diffusers.pipelines.pipeline_utils as pipeline_utils
+import ultrasound_diffusers.utils.packaging as packaging
 from ultrasound_diffusers.pipelines import DiffusionPipeline, SemanticUltrasoundPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +59,9 @@ def _module_files():
     return modules
 
 
-def _imports(name, path, modules):
-    """Modules of the package that ``name`` imports anywhere in its file (top level and inside functions)."""
+def _import_targets(name, path):
+    """Every dotted name ``name`` imports anywhere in its file (top level and inside functions), relative imports
+    resolved: the module of each ``from ... import`` and ``module.name`` for each of its names."""
     is_package = path.name == "__init__.py"
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -75,11 +77,18 @@ def _imports(name, path, modules):
             targets = [prefix] + [f"{prefix}.{alias.name}" for alias in node.names]
         else:
             continue
-        for target in targets:
-            while target and target not in modules:
-                target = target.rpartition(".")[0]
-            if target and target != name and target not in ("ultrasound_diffusers", "ultrasound_diffusers.pipelines"):
-                found.add(target)
+        found.update(targets)
+    return found
+
+
+def _imports(name, path, modules):
+    """Modules of the package that ``name`` imports anywhere in its file (top level and inside functions)."""
+    found = set()
+    for target in _import_targets(name, path):
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        if target and target != name and target not in ("ultrasound_diffusers", "ultrasound_diffusers.pipelines"):
+            found.add(target)
     return found
 
 
@@ -96,48 +105,42 @@ def _cycles_through(start, graph):
     return cycles
 
 
-def test_the_loader_and_the_hub_module_sit_in_no_import_circle():
+def test_the_cards_sit_below_the_pipelines_and_the_loader_in_no_import_circle():
     modules = _module_files()
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
-    loader, cards, base = ("ultrasound_diffusers.pipelines." + m for m in ("loading", "hub", "pipeline_utils"))
-    assert base in graph[cards] or loader in graph[cards]  # the graph sees imports at all
+    cards, loader, base = "ultrasound_diffusers.hub_utils", *("ultrasound_diffusers.pipelines." + m for m in ("loading", "pipeline_utils"))
+    assert "ultrasound_diffusers.utils.packaging" in graph[cards]  # the graph sees imports at all
+    assert cards in graph[base] and cards in graph["ultrasound_diffusers.generation"]  # push_to_hub, dataset cards
+    into_pipelines = sorted(t for t in _import_targets(cards, modules[cards]) if t.startswith("ultrasound_diffusers.pipelines"))
+    assert not into_pipelines, f"hub_utils.py must import nothing of pipelines/: {into_pipelines}"
     pipeline_modules = {m for m in modules if m.startswith("ultrasound_diffusers.pipelines.")} - {loader}
     assert not graph[loader] & pipeline_modules, "loading.py must import no other module of pipelines/"
-    assert base not in graph[cards], "hub.py must not import pipeline_utils.py"
     for module in (loader, cards, base):
         assert not _cycles_through(module, graph), _cycles_through(module, graph)[:3]
 
 
-# ------------------------------------------------------------------ names kept for 0.1.0 code
+# ------------------------------------------------------------------ no names kept for 0.1.0 code
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["resolve_class", "is_component_module", "read_model_index", "load_component", "check_scheduler_config",
-     "_shim_target", "_move_into", "_component_dtypes", "_component_variants", "_import_attr", "_refuse_module",
-     "_known_scheduler_keys", "PACKAGE_NAME", "MODEL_INDEX_NAME", "_TRUSTED_LIBRARIES", "_HUB_KWARGS",
-     "_MODEL_LOAD_KWARGS", "_COMPONENT_MODULE", "_SHIM_IMPORT"],
-)
-def test_pipeline_utils_keeps_the_loader_names(name):
-    assert getattr(pipeline_utils, name) is getattr(loading, name)
+def test_pipelines_hold_pipelines_and_no_0_1_0_names():
+    """The cards left pipelines/ (no ``pipelines.hub``, no card functions on the package), and the loader's names
+    live in loading.py only: nothing of the unpublished 0.1.0 is re-exported."""
+    import importlib.util
 
+    import ultrasound_diffusers.pipelines as pipelines
 
-@pytest.mark.parametrize("name", ["write_remote_code_files", "remote_code_module_name", "render_remote_code",
-                                  "REMOTE_CODE_TEMPLATE", "INSTALL_COMMAND", "_package_version"])
-def test_hub_keeps_the_remote_code_names(name):
-    assert getattr(hub, name) is getattr(loading, name.replace("_package_version", "package_version"))
-
-
-def test_generation_keeps_the_dataset_card_names():
-    from ultrasound_diffusers import generation
-
-    assert generation.create_dataset_card is hub.create_dataset_card
-    assert callable(generation.push_dataset_to_hub)
+    assert importlib.util.find_spec("ultrasound_diffusers.pipelines.hub") is None
+    assert not (Path(pipelines.__file__).parent / "templates" / "model_card_template.md").exists()
+    for name in ("create_model_card", "push_to_hub", "save_model_card", "write_remote_code_files"):
+        assert name not in pipelines.__all__ and not hasattr(pipelines, name), name
+    for name in ("resolve_class", "load_component", "read_model_index", "_shim_target", "_move_into", "_import_attr"):
+        assert not hasattr(pipeline_utils, name), name
+    assert not hasattr(loading, "_shim_target") and not hasattr(loading, "_move_into")
 
 
 def test_the_loader_and_cards_modules_are_not_component_modules():
     """A model_index.json naming them is refused, like any module that defines no component."""
-    for module in ("ultrasound_diffusers.pipelines.loading", "ultrasound_diffusers.pipelines.hub"):
+    for module in ("ultrasound_diffusers.pipelines.loading", "ultrasound_diffusers.hub_utils"):
         assert not loading.is_component_module(module)
     assert loading.is_component_module("ultrasound_diffusers.pipelines.pipeline_semantic_ultrasound")
 
@@ -232,6 +235,6 @@ def test_import_component_libraries_refuses_other_libraries(tmp_path, monkeypatc
 
 
 def test_install_hint_names_the_source_folder_and_the_wheel():
-    hint = loading.install_hint("9.9.9")
-    assert "not on PyPI" in hint and loading.INSTALL_COMMAND in hint
-    assert "dist/ultrasound_diffusers-9.9.9-py3-none-any.whl" in hint and loading.WHEEL_BUILD_COMMAND in hint
+    hint = packaging.install_hint("9.9.9")
+    assert "not on PyPI" in hint and packaging.INSTALL_COMMAND in hint
+    assert "dist/ultrasound_diffusers-9.9.9-py3-none-any.whl" in hint and packaging.WHEEL_BUILD_COMMAND in hint

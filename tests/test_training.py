@@ -274,7 +274,7 @@ def test_accelerate_run_checkpoints_resumes_exactly_and_loads(saved_dataset, tmp
     assert not np.array_equal(grid[:16, :16, 0], grid[:16, :16, 1])  # the label map is in colour
     assert list((full / "logs").rglob("events.out.tfevents*"))
     assert "train_semantic.py" in (full / "README.md").read_text()
-    from ultrasound_diffusers.pipelines.hub import read_card_metadata
+    from ultrasound_diffusers.hub_utils import read_card_metadata
 
     assert read_card_metadata(full / "README.md")["license"] == "cc-by-nc-sa-4.0"  # --license reaches the card
 

@@ -33,7 +33,9 @@ CHECKS = textwrap.dedent(
     import numpy as np
     import ultrasound_diffusers as ud
     from ultrasound_diffusers import DiffusionPipeline, SemanticUNet2DModel, BMapAttenuationScheduler
-    from ultrasound_diffusers.pipelines import hub, loading, pipeline_utils, SemanticUltrasoundPipeline
+    from ultrasound_diffusers import hub_utils as hub
+    from ultrasound_diffusers.pipelines import loading, pipeline_utils, SemanticUltrasoundPipeline
+    from ultrasound_diffusers.utils.packaging import wheel_filename
     from ultrasound_diffusers.demo import DEMO_PIPELINE_PATH
     from ultrasound_diffusers.data.phantoms import generate_phantoms
     from ultrasound_diffusers.evaluation import physics
@@ -57,7 +59,7 @@ CHECKS = textwrap.dedent(
         "pipeline": type(pipe).__name__,
         "card_renders": hub.NOT_FOR_DIAGNOSIS in str(hub.create_model_card(pipe, "me/demo")),
         "phantoms": len(phantoms),
-        "wheel_name": loading.wheel_filename(),
+        "wheel_name": wheel_filename(),
         "torch_from": str(Path(__import__("torch").__file__).resolve().parents[1]),
     }
     print("REPORT " + json.dumps(report))
@@ -109,7 +111,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_there(tmp_path):
                    "ultrasound_diffusers/assets/bmap-echo-phantom-64/scheduler/scheduler_config.json",
                    "ultrasound_diffusers/assets/bmap-echo-phantom-64/model_index.json",
                    "ultrasound_diffusers/assets/bmap-echo-phantom-64/README.md",
-                   "ultrasound_diffusers/pipelines/templates/model_card_template.md",
+                   "ultrasound_diffusers/templates/model_card_template.md",
                    "ultrasound_diffusers/pipelines/templates/remote_code_shim.py.tmpl",
                    "ultrasound_diffusers/pipelines/loading.py"):
         assert needed in names, needed

@@ -362,7 +362,7 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
     # ---------------------------------------------------------------- the few-step pipeline
     if accelerator.is_main_process:
         from ultrasound_diffusers.pipelines import SemanticUltrasoundPipeline
-        from ultrasound_diffusers.pipelines.hub import save_model_card
+        from ultrasound_diffusers.hub_utils import save_model_card
         from ultrasound_diffusers.utils.io import atomic_write_text
 
         target.eval()

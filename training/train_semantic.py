@@ -40,8 +40,8 @@ from ultrasound_diffusers.data.sources import is_phantoms_spec
 # the training entry point's label reader (tests/test_image_processor.py checks that all entry points agree)
 from ultrasound_diffusers.data.paired import read_label_cell as label_array  # noqa: F401
 from ultrasound_diffusers.geometry import CAMUS_FAN_APEX, CAMUS_FAN_HALF_ANGLE_DEG, CAMUS_FAN_RADII, PROBE_GEOMETRIES, FanGeometry
+from ultrasound_diffusers.hub_utils import license_metadata
 from ultrasound_diffusers.image_processor import parse_size
-from ultrasound_diffusers.pipelines.hub import license_metadata
 from ultrasound_diffusers.schedulers.bmaps import BMAP_SCHEDULES
 from ultrasound_diffusers.schedulers.scheduling_bmap_attenuation import SCHEDULER_PRESETS
 from ultrasound_diffusers.training_utils import (
@@ -465,13 +465,13 @@ def save_final_pipeline(pipeline, args: argparse.Namespace, num_examples: int, g
     The card's metadata carries the license (``--license``, ``--license_name``, ``--license_link``; ``other`` /
     ``unknown`` when not given), the Hub dataset id of ``--dataset_name`` (none for phantoms and
     local data), ``base_model`` when ``--pretrained_model_name_or_path`` is a Hub id, and the
-    ``diffusers-training`` tag (:func:`ultrasound_diffusers.pipelines.hub.training_card_fields`).
+    ``diffusers-training`` tag (:func:`ultrasound_diffusers.hub_utils.training_card_fields`).
 
     Returns:
         the keyword arguments that upload this card and the files it links to with ``pipeline.push_to_hub``:
         ``{"model_card": text, "extra_files": {name: path}}``.
     """
-    from ultrasound_diffusers.pipelines.hub import save_model_card, training_card_fields
+    from ultrasound_diffusers.hub_utils import save_model_card, training_card_fields
     from ultrasound_diffusers.utils.io import atomic_write_bytes, atomic_write_text
 
     out = Path(args.output_dir)

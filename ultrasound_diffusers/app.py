@@ -452,7 +452,7 @@ if __name__ == "__main__":
 def _space_card(title: str, license_fields: Dict[str, str], gradio_version: str, wheel: str, source: str) -> str:
     import yaml
 
-    from .pipelines.hub import NOT_FOR_DIAGNOSIS
+    from .hub_utils import NOT_FOR_DIAGNOSIS
 
     meta = {
         "title": title, "colorFrom": "gray", "colorTo": "blue", "sdk": "gradio", "sdk_version": gradio_version,
@@ -502,10 +502,10 @@ def export_space(
     """
     import shutil
 
-    from .pipelines.hub import CARD_NAME, license_metadata, read_card_metadata
-    from .pipelines.loading import wheel_filename
+    from .hub_utils import license_metadata, read_card_metadata
+    from .utils.constants import CARD_NAME
     from .utils.io import atomic_write_text, check_output_dir, replace_directory
-    from .utils.packaging import build_wheel, require_source_root
+    from .utils.packaging import build_wheel, require_source_root, wheel_filename
 
     if not isinstance(title, str) or not title.strip():
         raise ValueError(f"`title` must be a non-empty string, got {title!r}")

@@ -57,8 +57,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .hub_utils import create_dataset_card
 from .image_processor import to_label_array
-from .pipelines.hub import create_dataset_card  # the dataset card lives with the other cards; importable from here
 from .utils.io import remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,6 @@ __all__ = [
     "GenerationSettings",
     "LabelSource",
     "chunk_ranges",
-    "create_dataset_card",
     "derive_seeds",
     "generate_dataset",
     "generation_features",
@@ -360,11 +359,11 @@ def _hub_api(token: Optional[str] = None):
 
 def push_dataset_to_hub(dataset, repo_id: str, card: str, private: Optional[bool] = None,
                         token: Optional[str] = None) -> str:
-    """Upload the dataset card, then the dataset: :func:`ultrasound_diffusers.pipelines.hub.push_dataset_to_hub`.
+    """Upload the dataset card, then the dataset: :func:`ultrasound_diffusers.hub_utils.push_dataset_to_hub`.
     Returns the repository id."""
-    from .pipelines import hub
+    from . import hub_utils
 
-    return hub.push_dataset_to_hub(dataset, repo_id, card, private=private, token=token, api=_hub_api(token))
+    return hub_utils.push_dataset_to_hub(dataset, repo_id, card, private=private, token=token, api=_hub_api(token))
 
 
 def export_png_folders(dataset, folder: PathLike) -> Path:

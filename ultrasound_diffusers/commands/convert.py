@@ -200,7 +200,7 @@ def _head_text(config, layouts, source: str, given: bool) -> str:
 def _write_card(pipeline, folder, args: argparse.Namespace, head_text: str) -> None:
     """A model card for the converted pipeline that records where it came from and the head layout chosen."""
     try:
-        from ..pipelines.hub import save_model_card
+        from ..hub_utils import save_model_card
     except ImportError:  # pragma: no cover - the pipelines ship with the package
         return
     details = (

@@ -1,9 +1,15 @@
-"""Building the package wheel from its source folder, offline (for Space folders and the wheel test).
+"""How the package is installed, and building its wheel from the source folder, offline.
 
-The package is not on PyPI: a Hugging Face Space or a fresh environment installs it from a wheel built here with
-``pip wheel --no-deps --no-build-isolation`` (nothing downloaded). The build runs on a clean copy of the parts the
-wheel is made of, so that the source folder gets no ``build/`` or ``*.egg-info`` folders and a stale ``build/``
-folder never leaks old modules into the wheel.
+ultrasound-diffusers is not published on PyPI, so installing it by name from the package index fails (or installs
+an unrelated project that took the name). It is installed from its source folder, or from the wheel built there:
+:data:`INSTALL_COMMAND`, :data:`WHEEL_BUILD_COMMAND`, :func:`wheel_install_command` and :func:`install_hint` are
+the one wording of that, used by the model cards (:mod:`ultrasound_diffusers.hub_utils`), the remote-code files
+and the loader's errors (``ultrasound_diffusers.pipelines.loading``).
+
+A Hugging Face Space or a fresh environment installs the package from a wheel built here (:func:`build_wheel`)
+with ``pip wheel --no-deps --no-build-isolation`` (nothing downloaded). The build runs on a clean copy of the
+parts the wheel is made of, so that the source folder gets no ``build/`` or ``*.egg-info`` folders and a stale
+``build/`` folder never leaks old modules into the wheel.
 """
 
 from __future__ import annotations
@@ -16,12 +22,58 @@ import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
+from ..version import __version__
+
+#: Name of the package (what Python imports, and the name of its wheel).
+PACKAGE_NAME = "ultrasound_diffusers"
+#: Name of the distribution (what pip calls the project).
+DISTRIBUTION_NAME = "ultrasound-diffusers"
+#: How to install the package from its source folder (a clone or an unpacked source archive): it is not on PyPI.
+INSTALL_COMMAND = "pip install ./ultrasound-diffusers"
+#: How to build the wheel inside the source folder with pip alone (``python -m build`` needs the ``build`` package).
+WHEEL_BUILD_COMMAND = "pip wheel --no-deps -w dist ."
+
 #: What the wheel is built from, relative to the source folder.
 SOURCE_FILES = ("setup.cfg", "pyproject.toml", "README.md")
 SOURCE_DIRS = ("ultrasound_diffusers", "pipelines")
 
 _PROBE = ("import importlib.util as u, sys; "
           "sys.exit(not (u.find_spec('setuptools.command.bdist_wheel') or u.find_spec('wheel')))")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The package: version and how to install it
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def package_version() -> str:
+    """Version of the installed ultrasound_diffusers."""
+    return __version__
+
+
+def wheel_filename(version: Optional[str] = None) -> str:
+    """File name of the wheel that :data:`WHEEL_BUILD_COMMAND` (or ``python -m build --wheel``) writes for
+    ``version`` (default: the installed one), e.g. ``ultrasound_diffusers-0.1.0-py3-none-any.whl``."""
+    return f"{PACKAGE_NAME}-{version or package_version()}-py3-none-any.whl"
+
+
+def wheel_install_command(version: Optional[str] = None) -> str:
+    """``pip install dist/<wheel>``: installs the wheel built in the source folder."""
+    return f"pip install dist/{wheel_filename(version)}"
+
+
+def install_hint(version: Optional[str] = None) -> str:
+    """One sentence saying how to install ultrasound-diffusers (for error messages and remote-code files)."""
+    return (
+        f"{DISTRIBUTION_NAME} is not on PyPI: install it from its source folder (`{INSTALL_COMMAND}`, or "
+        f"`pip install -e .` inside it) or from a wheel built there (`{WHEEL_BUILD_COMMAND}`, then "
+        f"`{wheel_install_command(version)}`)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building the wheel
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def source_root() -> Optional[Path]:

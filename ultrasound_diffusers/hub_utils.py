@@ -1,20 +1,24 @@
-"""Sharing on the Hub: model cards, dataset cards and uploads.
+"""Sharing on the Hub: model cards, dataset cards and uploads (diffusers keeps its own in ``diffusers.utils.hub_utils``).
 
 * :func:`create_model_card` renders the one model card template, ``templates/model_card_template.md`` (package
-  data of ``ultrasound_diffusers.pipelines``; ``model_cards/`` of the repository refers to it), and
+  data of ``ultrasound_diffusers``; ``model_cards/`` of the repository refers to it), and
   :func:`save_model_card` writes it. :func:`push_to_hub` uploads a freshly saved pipeline folder with that card
   (and any extra files, such as the training script's validation grid).
+* :func:`training_card_fields` gives the card fields of a model made by ``training/train_semantic.py`` (license,
+  datasets, base model) from where its data and starting weights came from.
 * :func:`create_dataset_card` writes the card of a dataset made by ``ultrasound-diffusers generate`` (which
   model made it, with which settings, under which license), :func:`push_dataset_to_hub` uploads such a dataset.
 * :func:`read_card_metadata` and :func:`model_card_metadata` read the YAML metadata of a card back (the license
   of a source model or dataset), from a folder or from the Hub cache, never from the network.
 
-The remote-code files that ``save_pretrained`` writes for ``trust_remote_code=True`` users of plain diffusers
-are made (and read) by :mod:`.loading`; :func:`write_remote_code_files` and its helpers are re-exported here
-for code written against 0.1.0.
+This module sits below the pipelines: it imports nothing from ``ultrasound_diffusers.pipelines`` (a pipeline is
+only handed in, and used through its components, configs and ``save_pretrained``), so that the pipelines and
+their ``push_to_hub`` can use it. The remote-code files that ``save_pretrained`` writes for
+``trust_remote_code=True`` users of plain diffusers are the loader's (``ultrasound_diffusers.pipelines.loading``).
 
 ultrasound-diffusers is not on PyPI. The cards say how it is installed (its source folder, or the wheel built
-there: :data:`~.loading.INSTALL_COMMAND`, :func:`~.loading.wheel_install_command`).
+there: :data:`~ultrasound_diffusers.utils.packaging.INSTALL_COMMAND`,
+:func:`~ultrasound_diffusers.utils.packaging.wheel_install_command`).
 """
 
 from __future__ import annotations
@@ -27,26 +31,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ultrasound_diffusers.utils.io import atomic_write_text
+from .utils.constants import CARD_NAME, MODEL_INDEX_NAME
+from .utils.io import atomic_write_text
+from .utils.packaging import INSTALL_COMMAND, WHEEL_BUILD_COMMAND, package_version, wheel_install_command
 
-# Remote-code files and install instructions live in the loader; re-exported for 0.1.0 code (`hub.<name>`).
-from .loading import (  # noqa: F401
-    DISTRIBUTION_NAME,
-    INSTALL_COMMAND,
-    MODEL_INDEX_NAME,
-    WHEEL_BUILD_COMMAND,
-    PACKAGE_NAME,
-    REMOTE_CODE_TEMPLATE,
-    TEMPLATES_DIR,
-    install_hint,
-    package_version,
-    remote_code_module_name,
-    render_remote_code,
-    wheel_filename,
-    wheel_install_command,
-    write_remote_code_files,
-)
-
+#: The templates of this module (package data of ``ultrasound_diffusers``, shipped in the wheel).
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 #: The one model card template (``model_cards/README.md`` of the repository points here).
 MODEL_CARD_TEMPLATE = TEMPLATES_DIR / "model_card_template.md"
 BASE_TAGS = ("ultrasound", "medical-imaging", "diffusers", "diffusion", "ultrasound-diffusers")
@@ -56,7 +46,6 @@ TRAINING_TAG = "diffusers-training"
 NOT_FOR_DIAGNOSIS = "Not for diagnosis"
 #: ``license_name`` of cards whose license nobody stated (``license: other``).
 UNKNOWN_LICENSE_NAME = "unknown"
-CARD_NAME = "README.md"
 
 #: Which sampler to use, the one place the cards take it from (``{bmap: text}``; markdown with a code block).
 #: B-map models: the ancestral default, or SDE-DPM-Solver++ for fewer steps; the deterministic samplers leave a
@@ -89,7 +78,11 @@ SAMPLER_ADVICE = {
 _LICENSE_ID = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*\+*$")
 
 __all__ = [
+    "BASE_TAGS",
+    "MODEL_CARD_TEMPLATE",
     "NOT_FOR_DIAGNOSIS",
+    "PHANTOM_MODEL_LICENSE",
+    "SAMPLER_ADVICE",
     "TRAINING_TAG",
     "create_dataset_card",
     "create_model_card",
@@ -98,13 +91,9 @@ __all__ = [
     "push_dataset_to_hub",
     "push_to_hub",
     "read_card_metadata",
-    "remote_code_module_name",
     "save_model_card",
     "training_card_fields",
-    "write_remote_code_files",
 ]
-
-_package_version = package_version  # 0.1.0 name
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -163,7 +152,7 @@ def read_card_metadata(card: Union[str, os.PathLike, None]) -> Dict[str, Any]:
 
 
 def _looks_like_hub_id(value: str) -> bool:
-    from ultrasound_diffusers.data.sources import looks_like_hub_id
+    from .data.sources.spelling import looks_like_hub_id
 
     return looks_like_hub_id(value) and not os.path.exists(value)
 
@@ -484,7 +473,7 @@ def training_card_fields(
       ``license_notes`` says where each term came from.
     * ``tags``: ``diffusers-training``.
     """
-    from ultrasound_diffusers.data.sources.spelling import is_phantoms_spec
+    from .data.sources.spelling import is_phantoms_spec
 
     notes: List[str] = []
     datasets: Optional[List[str]] = None
