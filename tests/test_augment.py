@@ -13,7 +13,7 @@ from ultrasound_diffusers.data.labels import (
     remap_labels,
 )
 from ultrasound_diffusers.data.phantoms import phantom_label_maps
-from ultrasound_diffusers.schedulers.bmaps import fan_mask
+from ultrasound_diffusers.geometry import fan_mask
 
 
 @pytest.fixture(scope="module")

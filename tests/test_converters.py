@@ -332,7 +332,7 @@ def _write_monochrome_us(path, pixels, photometric, bits_stored=8):
 def test_dicom_monochrome1_and_monochrome2(tmp_path):
     """MONOCHROME2 (8 and 12 bits, single frame and cine) and inverted MONOCHROME1: same grayscale frames."""
     from ultrasound_diffusers.data.dicom import convert_dicom
-    from ultrasound_diffusers.schedulers.bmaps import fan_mask
+    from ultrasound_diffusers.geometry import fan_mask
 
     rng = np.random.default_rng(0)
     fan = fan_mask(96, 128, apex=(0.5, 0.05), radii=(0.0, 0.7), half_angle_deg=35.0).numpy()

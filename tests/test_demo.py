@@ -33,7 +33,7 @@ def test_bundled_pipeline_generates_plausible_echo(demo_pipe):
     The strict outside-fan check is on the median image of the batch (the model card reports a faint haze in some
     samples), with a looser bound on every image; contrasts must reach at least 40 % of the phantoms'."""
     from ultrasound_diffusers.data.phantoms import generate_phantoms
-    from ultrasound_diffusers.schedulers.bmaps import fan_mask
+    from ultrasound_diffusers.geometry import fan_mask
 
     labels = default_label_maps(4, size=64, seed=7)
     phantoms = generate_phantoms(4, anatomy="echo", size=64, seed=7)

@@ -26,7 +26,7 @@ BANNER = (slice(0, 15), slice(88, 156))  # rows, columns of the banner next to t
 
 
 def _fan():
-    from ultrasound_diffusers.schedulers.bmaps import fan_mask
+    from ultrasound_diffusers.geometry import fan_mask
 
     return fan_mask(H, W, apex=(0.5, 0.05), radii=(0.0, 0.92), half_angle_deg=38.0).numpy().astype(bool)
 

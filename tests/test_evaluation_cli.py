@@ -22,7 +22,7 @@ from ultrasound_diffusers.evaluation.report import (
     parse_metrics,
     select_metrics,
 )
-from ultrasound_diffusers.schedulers.bmaps import depth_map
+from ultrasound_diffusers.geometry import depth_map
 
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ultrasound_diffusers.evaluation import physics as P
-from ultrasound_diffusers.schedulers.bmaps import depth_map
+from ultrasound_diffusers.geometry import depth_map
 
 
 def _fan(size=64):

@@ -16,7 +16,7 @@ from ultrasound_diffusers.operators import (
     shadow_mask,
 )
 from ultrasound_diffusers.operator_registry import OPERATOR_BUILDERS, OPERATOR_SPECS, make_operator, operator_kinds
-from ultrasound_diffusers.schedulers.bmaps import fan_mask
+from ultrasound_diffusers.geometry import fan_mask
 from ultrasound_diffusers.schedulers.scheduling_bmap_attenuation import BMapAttenuationScheduler
 
 SIZE = (32, 24)

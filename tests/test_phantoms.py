@@ -5,7 +5,7 @@ import pytest
 
 from ultrasound_diffusers.data import phantoms as P
 from ultrasound_diffusers.data.labels import NUM_ECHO_CLASSES
-from ultrasound_diffusers.schedulers.bmaps import (
+from ultrasound_diffusers.geometry import (
     CAMUS_FAN_APEX,
     CAMUS_FAN_HALF_ANGLE_DEG,
     CAMUS_FAN_RADII,

@@ -39,7 +39,8 @@ _LAZY = {
     ".evaluation": (
         "evaluate", "load_image_set", "ImageSet", "load_inception", "frechet_distance", "kernel_inception_distance",
     ),
-    ".generation": ("generate_dataset", "load_label_source"),  # generation at scale
+    ".generation": ("generate_dataset",),  # generation at scale
+    ".data.label_sources": ("load_label_source",),  # label maps a run reads (files, datasets, phantoms)
     ".pipelines": ("UltrasoundReconstructionPipeline",),
     ".operator_registry": ("make_operator",),  # forward models from their CLI text
     ".operators": (  # forward models of the reconstruction

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 # Samplers offered on the page: ``"ddpm"`` (ancestral, the default) and the other ``generate --scheduler`` choices.
-from .samplers import SAMPLER_LABELS, SAMPLERS, check_sampler  # noqa: F401
+from .samplers import SAMPLER_LABELS, SAMPLERS, check_sampler
 
 #: Install hint when gradio is missing.
 GRADIO_HINT = "the web demo needs gradio: pip install './ultrasound-diffusers[app]'"

@@ -78,40 +78,22 @@ NNUNET_DIR = "nnunet_raw"
 _CHUNK_RE = re.compile(r"^chunk-(\d+)-(\d+)$")
 
 __all__ = [
-    "ArrayLabelSource",
-    "DatasetLabelSource",
-    "FolderLabelSource",
-    "check_label_source",
     "export_png_folders",
     "push_dataset_to_hub",
     "GenerationOptions",
     "GenerationSettings",
-    "LabelSource",
     "chunk_ranges",
     "derive_seeds",
     "generate_dataset",
     "generation_features",
-    "load_label_source",
-    "parse_phantom_spec",
     "pipeline_digest",
     "process_state",
-    "read_label_image",
     "to_label_array",
 ]
 
 
-# Label-map sources live in ultrasound_diffusers.data.label_sources; re-exported for earlier imports.
-from .data.label_sources import (  # noqa: E402,F401
-    ArrayLabelSource,
-    DatasetLabelSource,
-    FolderLabelSource,
-    LabelSource,
-    check_label_source,
-    load_label_source,
-    parse_phantom_spec,
-    read_label_image,
-)
-from .data.label_sources import _prepare_label  # noqa: E402
+# The label-map sources (ultrasound_diffusers.data.label_sources) that a run reads its label maps from.
+from .data.label_sources import LabelSource, _prepare_label, check_label_source, load_label_source  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------------
 # Seeds, chunks, fingerprints

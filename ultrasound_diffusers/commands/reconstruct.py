@@ -18,22 +18,8 @@ from __future__ import annotations
 
 from ._common import MAX_SEED, device_type, finite_float, int_range, pipeline_source
 
-# The library code (inputs, the run, the benchmark, the figure) lives in ultrasound_diffusers.reconstruction; the
-# names stay importable from here for code written against earlier releases.
-from ..reconstruction import (  # noqa: F401
-    HELD_OUT_SEED,
-    load_image,
-    resolve_phantom_image,
-    load_pipeline,
-    make_reconstruction_figure,
-    phantom_anatomy,
-    psnr,
-    reconstruct_image,
-    run_benchmark,
-    run_reconstruction,
-    ssim,
-)
-from ..reconstruction import make_operator_for as _operator  # noqa: F401
+# The library code (inputs, the run, the benchmark, the figure) lives in ultrasound_diffusers.reconstruction.
+from ..reconstruction import run_benchmark, run_reconstruction
 
 
 def register(subparsers) -> None:

@@ -23,19 +23,6 @@ import math
 
 import torch
 
-# The probe (fan constants, depth map, fan mask, validation) lives in ultrasound_diffusers.geometry; the names are
-# re-exported here for code written against earlier releases.
-from ..geometry import (  # noqa: F401
-    CAMUS_FAN_APEX,
-    CAMUS_FAN_HALF_ANGLE_DEG,
-    CAMUS_FAN_RADII,
-    PROBE_GEOMETRIES,
-    depth_map,
-    fan_mask,
-    fan_polar_coordinates,
-)
-from ..geometry import check_fan as _check_fan  # noqa: F401
-
 BMAP_SCHEDULES = ("linear", "cosine", "normal_cosine", "sqrt")
 #: b value of the buffer steps (the published code uses 1e-8 rather than 0).
 BUFFER_VALUE = 1e-8
