@@ -30,7 +30,6 @@ Operators:
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import CAMUS_FAN_APEX, CAMUS_FAN_HALF_ANGLE_DEG, CAMUS_FAN_RADII, FanGeometry
+from .utils.deprecation import deprecate
 
 __all__ = [
     "AreaDownsample",
@@ -89,8 +89,8 @@ def _probe(owner: str, geometry: Optional[FanGeometry], probe_geometry: str, fan
     """The operator's probe: ``geometry`` when given, else ``FanGeometry(probe_geometry)`` (CAMUS fan).
 
     ``fan_keywords`` are the loose ``fan_apex`` / ``fan_radii`` / ``fan_half_angle_deg`` of earlier releases: still
-    read (with a FutureWarning that gives the ``geometry=`` spelling); any other keyword is a TypeError, as for
-    an ordinary signature."""
+    read until 0.2.0 (with the FutureWarning of :func:`~ultrasound_diffusers.utils.deprecation.deprecate`, which
+    gives the ``geometry=`` spelling); any other keyword is a TypeError, as for an ordinary signature."""
     unknown = sorted(set(fan_keywords) - set(_FAN_KEYWORDS))
     if unknown:
         raise TypeError(f"{owner}() got an unexpected keyword argument {unknown[0]!r}")
@@ -101,10 +101,10 @@ def _probe(owner: str, geometry: Optional[FanGeometry], probe_geometry: str, fan
             raise ValueError(f"{owner}(): give the probe as `geometry` or as {sorted(fan_keywords)}, not both")
         return geometry
     if fan_keywords:
-        warnings.warn(
-            f"{owner}(): the keywords {sorted(fan_keywords)} are the spelling of earlier releases; pass "
-            "geometry=FanGeometry(probe_geometry, apex, radii, half_angle_deg) (ultrasound_diffusers.geometry)",
-            FutureWarning, stacklevel=3,
+        deprecate(
+            f"{owner}({', '.join(f'{k}=...' for k in sorted(fan_keywords))})", "0.2.0",
+            "Pass geometry=FanGeometry(probe_geometry, apex, radii, half_angle_deg) (ultrasound_diffusers.geometry).",
+            stacklevel=3,
         )
     return FanGeometry(
         probe_geometry,
@@ -472,7 +472,7 @@ class MissingScanLines(_ProbeAttributes, PixelSubsampling):
     * ``probe_geometry="linear"``: scan lines are image columns; columns ``offset, offset + k, ...`` are kept and
       the measurements are the kept columns, [B, C, H, ceil((W - offset) / k)].
     * ``probe_geometry="convex"``: scan lines are the beams of the sector fan (the geometry of
-      :func:`ultrasound_diffusers.schedulers.bmaps.fan_mask`), ``num_beams`` of them (default: W) evenly spread
+      :func:`ultrasound_diffusers.geometry.fan_mask`), ``num_beams`` of them (default: W) evenly spread
       over the opening angle; every pixel of the fan belongs to its nearest beam, and the pixels of beams
       ``offset, offset + k, ...`` are kept. Pixels outside the fan carry no echo and count as measured (their
       known background value) unless ``measure_outside_fan=False``. Measurements are [B, C, N].
@@ -484,7 +484,7 @@ class MissingScanLines(_ProbeAttributes, PixelSubsampling):
             CAMUS fan; ``geometry`` overrides it.
         geometry (`FanGeometry`, *optional*): the probe (:mod:`ultrasound_diffusers.geometry`), e.g. another fan.
             The loose ``fan_apex`` / ``fan_radii`` / ``fan_half_angle_deg`` keywords of earlier releases still
-            work, with a FutureWarning.
+            work until 0.2.0, with a FutureWarning.
         num_beams (`int`, *optional*): beams of the full sector acquisition (convex only).
         measure_outside_fan (`bool`): count pixels outside the fan as measured (convex only).
         noise_std: measurement noise.
@@ -761,7 +761,7 @@ class DepthAttenuation(_ProbeAttributes, LinearOperator):
         probe_geometry (`str`): ``"linear"`` (default) or ``"convex"`` with the CAMUS fan; ``geometry`` overrides it.
         geometry (`FanGeometry`, *optional*): the probe that defines the depth of each pixel (rows for a linear
             probe, distance from the apex for a convex one; outside the fan the depth is 0). The loose
-            ``fan_*`` keywords of earlier releases still work, with a FutureWarning.
+            ``fan_*`` keywords of earlier releases still work until 0.2.0, with a FutureWarning.
     """
 
     name = "attenuation"

@@ -114,11 +114,11 @@ def resolve_phantom_image(spec: Optional[str], pipe=None, index: int = 0) -> Opt
     or the package's one phantoms spelling ``phantoms:ANATOMY[:N[:SEED]]``
     (:func:`~ultrasound_diffusers.data.sources.parse_phantoms_spec`; phantom ``index`` of that set, which must be
     below N when N is given). The spelling of earlier releases, ``phantom`` / ``phantom:INDEX`` (held-out set,
-    the pipeline's anatomy), still works with a FutureWarning.
+    the pipeline's anatomy), still works until 0.2.0, with the FutureWarning of
+    :func:`~ultrasound_diffusers.utils.deprecation.deprecate` that gives the new spelling.
     """
-    import warnings
-
     from .data.sources import PHANTOMS_PREFIX
+    from .utils.deprecation import deprecate
 
     if not isinstance(index, int) or isinstance(index, bool) or index < 0:
         raise ValueError(f"`image_index` must be a non-negative integer, got {index!r}")
@@ -134,11 +134,11 @@ def resolve_phantom_image(spec: Optional[str], pipe=None, index: int = 0) -> Opt
             raise ValueError(
                 f"`--image` must be {PHANTOMS_PREFIX}:ANATOMY[:N[:SEED]] or an image file, got {spec!r}"
             ) from None
-        warnings.warn(
-            f"`--image {spec}` is the spelling of earlier releases; write `--image "
-            f"{PHANTOMS_PREFIX}:{anatomy}:{old_index + index + 1}:{HELD_OUT_SEED} --image_index {old_index + index}` "
-            "(or leave --image out for held-out phantom --image_index)",
-            FutureWarning, stacklevel=2,
+        deprecate(
+            f"`--image {spec}`", "0.2.0",
+            f"Write `--image {PHANTOMS_PREFIX}:{anatomy}:{old_index + index + 1}:{HELD_OUT_SEED} "
+            f"--image_index {old_index + index}` (or leave --image out for held-out phantom --image_index).",
+            stacklevel=2,
         )
         return anatomy, HELD_OUT_SEED, old_index + index
     if spec.startswith(PHANTOMS_PREFIX + ":"):
