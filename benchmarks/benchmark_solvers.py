@@ -35,7 +35,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -61,10 +61,12 @@ def sampler_table(with_250: bool = False, extra: bool = False, fewstep: bool = T
     return table
 
 
-def held_out(num_images: int, seed: int = 4242) -> Tuple[np.ndarray, np.ndarray]:
+def held_out(num_images: int, seed: int = 4242, physics: Optional[Dict[str, float]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """The held-out phantoms (images float [N, 64, 64] in [0, 1], labels int [N, 64, 64]); ``physics`` overrides
+    fields of ``PhysicsParameters`` (the label maps never depend on them)."""
     from ultrasound_diffusers.data.phantoms import generate_phantoms
 
-    ds = generate_phantoms(num_images, anatomy="echo", size=64, seed=seed)
+    ds = generate_phantoms(num_images, anatomy="echo", size=64, seed=seed, **(physics or {}))
     images = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in ds["image"]])
     labels = np.stack([np.asarray(im, dtype=np.int64) for im in ds["label"]])
     return images, labels
@@ -194,6 +196,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="figure path (default: CACHE_DIR/<run>/solvers.png, untracked)")
     p.add_argument("--docs_figure", action="store_true", help="also write the tracked docs/images/solvers.png")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+    p.add_argument("--phantom_physics", default=None, metavar="KEY=VALUE,...",
+                   help="PhysicsParameters overrides for the held-out phantoms, to compare a model with the phantoms "
+                   "it was trained on: models trained before issue 32's far-field recalibration take "
+                   "beam_spreading=0,gain_db=0 (the label maps are the same either way)")
     args = p.parse_args(argv)
     if args.num_images < 2:
         p.error("--num_images must be at least 2 (KID compares subsets)")
@@ -209,7 +215,16 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown sampler names {unknown}; choose from {list(table)}"
                 + ("" if args.fewstep_pipeline else " (consistency-N needs --fewstep_pipeline)"))
-    real_images, labels = held_out(args.num_images)
+    physics = {}
+    for item in filter(None, (args.phantom_physics or "").split(",")):
+        key, sep, value = item.partition("=")
+        try:
+            physics[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            p.error(f"--phantom_physics: expected KEY=NUMBER items separated by commas, got {item!r}")
+    real_images, labels = held_out(args.num_images, physics=physics)
     pipe = DiffusionPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
     if args.x0_probe:

@@ -44,7 +44,7 @@ def _as_file(value, folder: Path, name: str) -> Path:
 def entry_points(folder: Path):
     from ultrasound_diffusers.demo import load_label_maps
     from ultrasound_diffusers.evaluation.io import label_to_array
-    from ultrasound_diffusers.generation import to_label_array as generation_reader
+    from ultrasound_diffusers.image_processor import to_label_array as generation_reader
     from ultrasound_diffusers.models.unet_semantic_2d import prepare_segmap as model_prepare
     from ultrasound_diffusers.pipelines.pipeline_utils import prepare_segmap
 

@@ -58,7 +58,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .hub_utils import create_dataset_card
-from .image_processor import to_label_array
 from .utils.io import remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
@@ -88,7 +87,6 @@ __all__ = [
     "generation_features",
     "pipeline_digest",
     "process_state",
-    "to_label_array",
 ]
 
 

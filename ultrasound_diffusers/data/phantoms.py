@@ -141,7 +141,7 @@ class ProbeGeometry:
         geometry: ``"convex"`` (sector scan from a phased / curvilinear probe; beams fan out from ``apex``)
             or ``"linear"`` (parallel beams, one per image column).
         apex, radii, half_angle_deg: the fan, in units of the image width (as in
-            :func:`ultrasound_diffusers.schedulers.bmaps.fan_mask`); convex only.
+            :func:`ultrasound_diffusers.geometry.fan_mask`); convex only.
         depth_cm: physical depth of the deepest image point (outer fan radius, or the bottom row).
         center_frequency_mhz: transmit centre frequency f0.
         fractional_bandwidth: -6 dB bandwidth as a fraction of f0 (sets the pulse length).
@@ -1145,7 +1145,7 @@ def _make_one(anatomy, size, seed, index, probe, physics, envelope: bool):
     return out[0][0], out[1][0], meta, (out[2][0] if envelope else None)
 
 
-def make_phantom(anatomy: str = "echo", size: SizeLike = 64, seed: int = 0, index: int = 0, probe=None, return_envelope: bool = False, **physics):
+def make_phantom(anatomy: str = "echo", size: SizeLike = 64, seed: int = 0, index: int = 0, probe=None, **physics):
     """One phantom example.
 
     Args:
@@ -1154,18 +1154,11 @@ def make_phantom(anatomy: str = "echo", size: SizeLike = 64, seed: int = 0, inde
         seed, index: the example is fully determined by ``(seed, index)`` (and the parameters); it equals
             example ``index`` of ``generate_phantoms(..., seed=seed)``.
         probe: see :func:`resolve_probe`.
-        return_envelope: deprecated (it changed the number of return values); use :func:`phantom_envelope`.
         **physics: fields of :class:`PhysicsParameters`.
 
     Returns:
         ``(image, label, metadata)``: float32 [H, W] in [0, 1], uint8 [H, W], dict.
     """
-    if return_envelope:
-        import warnings
-
-        warnings.warn("make_phantom(return_envelope=True) is deprecated; use phantom_envelope(...) for the envelope",
-                      FutureWarning, stacklevel=2)
-        return _make_one(anatomy, size, seed, index, probe, physics, envelope=True)
     return _make_one(anatomy, size, seed, index, probe, physics, envelope=False)[:3]
 
 
