@@ -261,8 +261,10 @@ def test_label_sources(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_label_source(str(tmp_path / "missing"))
     rgb = Image.fromarray(np.stack([maps[0], maps[0] * 0, maps[0]], -1))
+    from ultrasound_diffusers.image_processor import to_label_array
+
     with pytest.raises(ValueError, match="colour"):
-        generation.to_label_array(rgb)
+        to_label_array(rgb)
 
 
 def test_png_folders(pipe, tmp_path):

@@ -106,7 +106,7 @@ def _entry_points():
     from pathlib import Path
 
     from ultrasound_diffusers.evaluation.io import label_to_array
-    from ultrasound_diffusers.generation import to_label_array as generation_reader
+    from ultrasound_diffusers.image_processor import to_label_array as generation_reader
     from ultrasound_diffusers.pipelines.pipeline_utils import prepare_segmap
 
     root = Path(__file__).resolve().parents[1] / "training"
