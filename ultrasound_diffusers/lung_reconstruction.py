@@ -353,9 +353,9 @@ def make_lung_rf_figure(cases, title: str = ""):
     from .visualization import new_figure
 
     rows = len(cases)
-    height = 1.55 * rows + 1.6
+    height = 1.55 * rows + 1.9
     fig = new_figure(figsize=(17, height))
-    fig.subplots_adjust(top=1 - 0.75 / height, bottom=0.55 / height)
+    fig.subplots_adjust(top=1 - 1.05 / height, bottom=0.55 / height)  # room for the two-line title above the headers
     axes = np.atleast_2d(fig.subplots(rows, 6))
     names = ("true map", "RF data, centre recorded transmitter", "DAS envelope (dB)", "posterior mean", "90 % interval width",
              "|mean - truth|")
@@ -382,7 +382,7 @@ def make_lung_rf_figure(cases, title: str = ""):
             if r == rows - 1:
                 fig.colorbar(im, ax=axes[:, c], orientation="horizontal", fraction=0.04, pad=0.02)
     fig.suptitle((title + "\n" if title else "") + "maps 38.4 mm wide x 24 mm deep (8 x 256); RF: receivers across, "
-                 "fast time down", fontsize=10)
+                 "fast time down", fontsize=10, y=1 - 0.12 / height)
     return fig
 
 
