@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -74,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance_scale", type=float, default=1.5,
                    help="Classifier-free guidance w of the teacher, distilled into the student (1 = none).")
     g.add_argument("--num_ddim_timesteps", type=int, default=50, help="N of the teacher's DDIM grid (k = T / N).")
+    g.add_argument("--teacher_solver", choices=("ddim", "heun"), default="ddim",
+                   help="The teacher's ODE step from t to s on the grid: 'ddim' (first order, one guided teacher call) "
+                   "or 'heun' (second order: the DDIM step's clean-image prediction averaged with the teacher's at the "
+                   "predicted x_s, two calls). The student learns the path of this step, haze included.")
     g.add_argument("--timestep_scaling", type=float, default=10.0, help="s of the boundary scalings c_skip, c_out.")
     g.add_argument("--loss_type", type=str, default="huber", choices=("huber", "l2"))
     g.add_argument("--huber_c", type=float, default=0.001, help="c of the pseudo-Huber loss sqrt(d^2 + c^2) - c.")
@@ -166,6 +169,30 @@ def teacher_ddim_step(prediction: torch.Tensor, x_t: torch.Tensor, a_t: torch.Te
     if clip is not None:
         x0 = x0.clamp(-clip, clip)
     return a_s.sqrt() * x0 + (1.0 - a_s).sqrt() * eps
+
+
+def teacher_heun_step(predict, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, a_t: torch.Tensor, a_s: torch.Tensor,
+                      prediction_type: str, clip: Optional[float] = 1.0) -> torch.Tensor:
+    """One second-order (Heun / trapezoidal) per-pixel step of the teacher's probability-flow ODE from level a_t to
+    a_s, in the DDIM form: a DDIM step gives a provisional x_s; the clean-image predictions at (x_t, t) and at
+    (x_s, s) are averaged, and the DDIM step from x_t is taken again with that average (the noise implied by it at
+    x_t). ``predict(x, t)`` returns the guided model output. Shapes [B, C, H, W]; ``a_t``, ``a_s`` [B, 1, H, W].
+    Where s = t (the grid's first step clamps to 0 only at t = k - 1) it is the DDIM step."""
+    from ultrasound_diffusers.schedulers.diffusion_math import original_from_model_output
+
+    def clean(out, x, a):
+        x0 = original_from_model_output(out, x, a, prediction_type)
+        return x0.clamp(-clip, clip) if clip is not None else x0
+
+    dtype = x_t.dtype  # the network's; the step's arithmetic is float64
+    x = x_t.double()
+    x0_t = clean(predict(x_t, t).double(), x, a_t)
+    eps_t = (x - a_t.sqrt() * x0_t) / (1.0 - a_t).clamp(min=1e-12).sqrt()
+    x_s = a_s.sqrt() * x0_t + (1.0 - a_s).sqrt() * eps_t
+    x0_s = clean(predict(x_s.to(dtype), s).double(), x_s, a_s)
+    x0 = 0.5 * (x0_t + x0_s)
+    eps = (x - a_t.sqrt() * x0) / (1.0 - a_t).clamp(min=1e-12).sqrt()
+    return (a_s.sqrt() * x0 + (1.0 - a_s).sqrt() * eps).to(dtype)
 
 
 def distillation_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "huber", huber_c: float = 0.001) -> torch.Tensor:
@@ -328,13 +355,18 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
             a_t = cm.signal_level(t.tolist(), clean.shape, device=clean.device, dtype=torch.float64)
             a_s = cm.signal_level(s.tolist(), clean.shape, device=clean.device, dtype=torch.float64)
             with torch.no_grad():
-                if args.guidance_scale != 1.0:
-                    out = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), segmap=torch.cat([segmap, torch.zeros_like(segmap)])).sample
+                def guided(x, steps):  # the guided teacher: labelled and null maps in one batched pass
+                    if args.guidance_scale == 1.0:
+                        return teacher(x, steps, segmap=segmap).sample[:, :channels]
+                    out = teacher(torch.cat([x, x]), torch.cat([steps, steps]),
+                                  segmap=torch.cat([segmap, torch.zeros_like(segmap)])).sample
                     cond, uncond = out[:, :channels].chunk(2)
-                    guided = uncond + args.guidance_scale * (cond - uncond)
+                    return uncond + args.guidance_scale * (cond - uncond)
+
+                if args.teacher_solver == "heun":
+                    x_s = teacher_heun_step(guided, x_t, t, s, a_t, a_s, prediction_type, clip)
                 else:
-                    guided = teacher(x_t, t, segmap=segmap).sample[:, :channels]
-                x_s = teacher_ddim_step(guided.double(), x_t.double(), a_t, a_s, prediction_type, clip).to(clean.dtype)
+                    x_s = teacher_ddim_step(guided(x_t, t).double(), x_t.double(), a_t, a_s, prediction_type, clip).to(clean.dtype)
                 target_out = target(x_s, s, segmap=segmap).sample[:, :channels]
                 f_target = cm.denoise(target_out, s, x_s)
             with accelerator.accumulate(student):
