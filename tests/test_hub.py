@@ -522,6 +522,16 @@ def test_model_card_metadata_licenses_base_model_and_samples(pipe, tmp_path):
         hub.create_model_card(pipe, "me/x", sample_image="/abs/grid.png")
     with pytest.raises(ValueError, match="license_name"):
         hub.create_model_card(pipe, "me/x", license="other", license_name="My Terms")
+    # the card's fields as one object (issue 28: 23 keyword parameters became ModelCardFields); keywords win
+    fields = hub.ModelCardFields(license="apache-2.0", sample_caption="from the object")
+    meta, body = _split_card(str(hub.create_model_card(pipe, "me/x", fields, license="mit", sample_image="g.png")))
+    assert meta["license"] == "mit" and "*from the object*" in body
+    assert str(hub.create_model_card(pipe, "me/x", fields)) == str(hub.create_model_card(
+        pipe, "me/x", license="apache-2.0", sample_caption="from the object"))
+    with pytest.raises(TypeError, match="licence"):
+        hub.create_model_card(pipe, "me/x", licence="mit")
+    with pytest.raises(ValueError, match="base_model"):
+        hub.ModelCardFields(base_model="../local")
 
 
 def test_license_must_have_the_form_of_a_hub_license_id(pipe):

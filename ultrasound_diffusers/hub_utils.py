@@ -23,11 +23,13 @@ there: :data:`~ultrasound_diffusers.utils.packaging.INSTALL_COMMAND`,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -85,6 +87,7 @@ __all__ = [
     "SAMPLER_ADVICE",
     "TRAINING_TAG",
     "create_dataset_card",
+    "ModelCardFields",
     "create_model_card",
     "license_metadata",
     "model_card_metadata",
@@ -262,32 +265,60 @@ def _license_text(meta: Mapping[str, str], notes: Optional[str]) -> str:
     return text + (f"\n\n{notes}" if notes else "")
 
 
-def create_model_card(
-    pipeline,
-    repo_id: str,
-    *,
-    model_name: Optional[str] = None,
-    description: Optional[str] = None,
-    license: Optional[str] = None,
-    license_name: Optional[str] = None,
-    license_link: Optional[str] = None,
-    license_notes: Optional[str] = None,
-    datasets: Optional[Sequence[str]] = None,
-    training_data: Optional[str] = None,
-    training_details: Optional[str] = None,
-    evaluation_results: Union[Mapping[str, Any], Iterable[Tuple[str, Any]], None] = None,
-    evaluation_dataset: Optional[str] = None,
-    evaluation_notes: Optional[str] = None,
-    label_names: Union[Mapping[Any, str], Sequence[str], None] = None,
-    limitations: Optional[Sequence[str]] = None,
-    tags: Optional[Sequence[str]] = None,
-    base_model: Optional[str] = None,
-    sample_image: Optional[str] = None,
-    sample_caption: Optional[str] = None,
-    num_inference_steps: int = 50,
-    guidance_scale: float = 1.5,
-    template_path: Union[str, os.PathLike, None] = None,
-):
+@dataclass(frozen=True)
+class ModelCardFields:
+    """What the uploader says about a model, for :func:`create_model_card` (every field optional; see there).
+
+    Raises:
+        ValueError: ``base_model`` is not a Hub repo id, or ``sample_image`` is not a path relative to the card.
+    """
+
+    model_name: Optional[str] = None
+    description: Optional[str] = None
+    license: Optional[str] = None
+    license_name: Optional[str] = None
+    license_link: Optional[str] = None
+    license_notes: Optional[str] = None
+    datasets: Optional[Sequence[str]] = None
+    training_data: Optional[str] = None
+    training_details: Optional[str] = None
+    evaluation_results: Union[Mapping[str, Any], Iterable[Tuple[str, Any]], None] = None
+    evaluation_dataset: Optional[str] = None
+    evaluation_notes: Optional[str] = None
+    label_names: Union[Mapping[Any, str], Sequence[str], None] = None
+    limitations: Optional[Sequence[str]] = None
+    tags: Optional[Sequence[str]] = None
+    base_model: Optional[str] = None
+    sample_image: Optional[str] = None
+    sample_caption: Optional[str] = None
+    num_inference_steps: int = 50
+    guidance_scale: float = 1.5
+
+    def __post_init__(self) -> None:
+        if self.base_model is not None and (not isinstance(self.base_model, str) or not _looks_like_hub_id(self.base_model)):
+            raise ValueError(
+                f"`base_model` must be the Hub repo id the model was fine-tuned from ('org/name'), got {self.base_model!r}; "
+                "describe a local starting point in `training_details` instead"
+            )
+        if self.sample_image is not None and (os.path.isabs(self.sample_image) or ".." in Path(self.sample_image).parts):
+            raise ValueError(f"`sample_image` must be a path relative to the card (e.g. 'samples.png'), got {self.sample_image!r}")
+
+    @classmethod
+    def build(cls, fields: Optional["ModelCardFields"], values: Mapping[str, Any], caller: str) -> "ModelCardFields":
+        """``fields`` (default: all unset) with ``values`` replacing its entries; an unknown name is a TypeError."""
+        if fields is None:
+            fields = cls()
+        elif not isinstance(fields, cls):
+            raise TypeError(f"{caller}(): `fields` must be a ModelCardFields, got {type(fields).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise TypeError(f"{caller}() got unexpected keyword arguments {unknown}; the card's fields are {names}")
+        return dataclasses.replace(fields, **values) if values else fields
+
+
+def create_model_card(pipeline, repo_id: str, fields: Optional[ModelCardFields] = None, *,
+                      template_path: Union[str, os.PathLike, None] = None, **values: Any):
     """Render the model card of ``pipeline`` for the Hub repository ``repo_id``.
 
     The YAML metadata holds ``library_name: diffusers``, the tags (ultrasound, medical-imaging, diffusers, ...,
@@ -299,6 +330,13 @@ def create_model_card(
     diagnosis), the license and citations.
 
     Args:
+        pipeline: the pipeline the card describes (its network and scheduler configs fill the tables).
+        repo_id: the Hub repository, ``"org/name"``.
+        fields: what the uploader says about the model (:class:`ModelCardFields`); its fields may also be given
+            as keywords (``license="apache-2.0"``), which replace those of ``fields``.
+        template_path: another Jinja template (default: ``templates/model_card_template.md``).
+
+    Fields (:class:`ModelCardFields`):
         license, license_name, license_link: see :func:`license_metadata`; ``license_notes`` adds a paragraph to
             the License section (for example the terms of the base model and of the data).
         datasets: Hub dataset ids the model was trained on (local or generated data belong in ``training_data``).
@@ -309,131 +347,140 @@ def create_model_card(
         evaluation_results: ``{"FID": 41.2, "SSIM": 0.61}`` (any metric names and values).
         sample_image: path, relative to the card, of a picture of samples (shown in a Samples section);
             ``sample_caption`` says what it shows.
-        template_path: another Jinja template (default: ``templates/model_card_template.md``).
 
     Returns:
         a :class:`huggingface_hub.ModelCard`.
     """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
 
-    if base_model is not None and (not isinstance(base_model, str) or not _looks_like_hub_id(base_model)):
-        raise ValueError(
-            f"`base_model` must be the Hub repo id the model was fine-tuned from ('org/name'), got {base_model!r}; "
-            "describe a local starting point in `training_details` instead"
-        )
-    if sample_image is not None and (os.path.isabs(sample_image) or ".." in Path(sample_image).parts):
-        raise ValueError(f"`sample_image` must be a path relative to the card (e.g. 'samples.png'), got {sample_image!r}")
-    unet = getattr(pipeline, "unet", None)
-    scheduler = getattr(pipeline, "scheduler", None)
-    unet_config = dict(getattr(unet, "config", {}) or {})
-    scheduler_config = dict(getattr(scheduler, "config", {}) or {})
-    pipeline_class = type(pipeline).__name__
-    num_classes = int(unet_config.get("num_classes", 0) or 0)
-    is_semantic = num_classes > 0
-    # B-maps attenuate only with bmap_min < 1: a B-map scheduler at bmap_min = 1 is plain DDPM, and its card says so
-    bmap = "bmap_schedule" in scheduler_config and float(scheduler_config.get("bmap_min", 1.0)) < 1.0
-    pipeline_tag = "image-to-image" if is_semantic else "unconditional-image-generation"
-
-    if label_names is None:
-        label_names = getattr(getattr(pipeline, "config", None), "label_names", None)
-
-    all_tags = list(BASE_TAGS)
-    all_tags.append("semantic-image-synthesis" if is_semantic else "unconditional-image-generation")
-    if bmap:
-        all_tags.append("b-map")
-    for tag in tags or []:
-        if tag not in all_tags:
-            all_tags.append(tag)
-
-    eval_results = None
-    if evaluation_dataset and evaluation_results:
-        eval_results = [
-            EvalResult(
-                task_type=pipeline_tag,
-                dataset_type=evaluation_dataset,
-                dataset_name=evaluation_dataset,
-                metric_type=str(name).lower(),
-                metric_name=str(name),
-                metric_value=float(value),
-            )
-            for name, value in (evaluation_results.items() if isinstance(evaluation_results, Mapping) else evaluation_results)
-            if isinstance(value, (int, float))
-        ] or None
-    model_name = model_name or repo_id.split("/")[-1]
-    licence = license_metadata(license, license_name, license_link)
-    card_data = ModelCardData(
-        library_name="diffusers",
-        tags=all_tags,
-        datasets=list(datasets) if datasets else None,
-        pipeline_tag=pipeline_tag,
-        base_model=base_model,
-        model_name=model_name if eval_results else None,
-        eval_results=eval_results,
-        **licence,
-    )
-
-    model_rows: List[Tuple[str, str]] = []
-    if unet is not None:
-        model_rows.append(("Network", f"`{type(unet).__name__}`"))
-        n_params = sum(p.numel() for p in unet.parameters()) if hasattr(unet, "parameters") else None
-        if n_params is not None:
-            model_rows.append(("Parameters", f"{n_params / 1e6:.2f} M"))
-        model_rows.append(("Image size", _size_text(unet_config.get("sample_size"))))
-        model_rows.append(("Image channels", _fmt(unet_config.get("in_channels", "?"))))
-        if is_semantic:
-            model_rows.append(("Label classes", str(num_classes)))
-        for key in ("learn_sigma", "model_channels", "channel_mult", "num_res_blocks", "attention_resolutions"):
-            if key in unet_config:
-                model_rows.append((key, _fmt(unet_config[key])))
-    if base_model:
-        model_rows.append(("Fine-tuned from", f"[`{base_model}`](https://huggingface.co/{base_model})"))
-
-    geometry = scheduler_config.get("probe_geometry")
-    if geometry == "linear":
-        geometry_text = "linear probe: d is the row index over the image height"
-    else:
-        geometry_text = (
-            f"convex probe: d is the distance from the fan apex {_fmt(scheduler_config.get('fan_apex'))}, between the "
-            f"radii {_fmt(scheduler_config.get('fan_radii'))} (in image widths), within "
-            f"{_fmt(scheduler_config.get('fan_half_angle_deg'))} degrees of the vertical; pixels outside the fan are "
-            "not attenuated"
-        )
-
+    # 1. what the uploader says, checked; what the pipeline is, read from its configs
+    f = ModelCardFields.build(fields, values, "create_model_card")
+    facts = _pipeline_facts(pipeline)
+    label_names = f.label_names if f.label_names is not None else getattr(getattr(pipeline, "config", None), "label_names", None)
+    # 2. the YAML metadata
+    model_name = f.model_name or repo_id.split("/")[-1]
+    licence = license_metadata(f.license, f.license_name, f.license_link)
+    card_data = _card_data(f, facts, model_name, licence)
+    # 3. the text
     version = package_version()
+    config = facts["scheduler_config"]
     template = Path(template_path) if template_path is not None else MODEL_CARD_TEMPLATE
     return ModelCard.from_template(
         card_data,
         template_path=str(template),
         model_name=model_name,
         repo_id=repo_id,
-        description=description
+        description=f.description
         or "A physics-inspired diffusion model for ultrasound images, shared with ultrasound-diffusers.",
-        pipeline_class=pipeline_class,
-        is_semantic=is_semantic,
-        sample_size_text=_size_text(unet_config.get("sample_size")),
+        pipeline_class=type(pipeline).__name__,
+        is_semantic=facts["is_semantic"],
+        sample_size_text=_size_text(facts["unet_config"].get("sample_size")),
         install_command=INSTALL_COMMAND,
         wheel_install_command=wheel_install_command(version),
         wheel_build_command=WHEEL_BUILD_COMMAND,
-        sampler_advice=SAMPLER_ADVICE[bool(bmap)].replace("{steps}", str(int(num_inference_steps))),
-        num_inference_steps=int(num_inference_steps),
-        guidance_scale=_fmt(float(guidance_scale)),
-        scheduler_class=type(scheduler).__name__ if scheduler is not None else "none",
-        scheduler_rows=[(k, _fmt(scheduler_config[k])) for k in _SCHEDULER_KEYS if k in scheduler_config],
-        bmap=bmap,
-        bmap_rows=[(k, _fmt(scheduler_config[k])) for k in _BMAP_KEYS if k in scheduler_config],
-        bmap_geometry_text=geometry_text,
-        model_rows=model_rows,
-        label_rows=_label_rows(label_names, num_classes),
-        training_data=training_data or "Not documented by the uploader.",
-        training_details=training_details,
-        datasets=list(datasets or []),
-        sample_image=sample_image,
-        sample_caption=sample_caption or "Samples of the model.",
-        evaluation_rows=_evaluation_rows(evaluation_results),
-        evaluation_notes=evaluation_notes,
-        limitations=list(limitations or []),
-        license_text=_license_text(licence, license_notes),
+        sampler_advice=SAMPLER_ADVICE[facts["bmap"]].replace("{steps}", str(int(f.num_inference_steps))),
+        num_inference_steps=int(f.num_inference_steps),
+        guidance_scale=_fmt(float(f.guidance_scale)),
+        scheduler_class=type(facts["scheduler"]).__name__ if facts["scheduler"] is not None else "none",
+        scheduler_rows=[(k, _fmt(config[k])) for k in _SCHEDULER_KEYS if k in config],
+        bmap=facts["bmap"],
+        bmap_rows=[(k, _fmt(config[k])) for k in _BMAP_KEYS if k in config],
+        bmap_geometry_text=_geometry_text(config),
+        model_rows=_model_rows(facts, f.base_model),
+        label_rows=_label_rows(label_names, facts["num_classes"]),
+        training_data=f.training_data or "Not documented by the uploader.",
+        training_details=f.training_details,
+        datasets=list(f.datasets or []),
+        sample_image=f.sample_image,
+        sample_caption=f.sample_caption or "Samples of the model.",
+        evaluation_rows=_evaluation_rows(f.evaluation_results),
+        evaluation_notes=f.evaluation_notes,
+        limitations=list(f.limitations or []),
+        license_text=_license_text(licence, f.license_notes),
         package_version=version,
+    )
+
+
+def _pipeline_facts(pipeline) -> Dict[str, Any]:
+    """What a card says of a pipeline, from its network's and scheduler's configs: ``unet``, ``scheduler``,
+    their configs, ``num_classes``, ``is_semantic``, ``bmap`` (B-maps attenuate only with bmap_min < 1: a B-map
+    scheduler at bmap_min = 1 is plain DDPM, and its card says so) and the Hub ``pipeline_tag``."""
+    unet = getattr(pipeline, "unet", None)
+    scheduler = getattr(pipeline, "scheduler", None)
+    unet_config = dict(getattr(unet, "config", {}) or {})
+    scheduler_config = dict(getattr(scheduler, "config", {}) or {})
+    num_classes = int(unet_config.get("num_classes", 0) or 0)
+    return {
+        "unet": unet, "scheduler": scheduler, "unet_config": unet_config, "scheduler_config": scheduler_config,
+        "num_classes": num_classes, "is_semantic": num_classes > 0,
+        "bmap": bool("bmap_schedule" in scheduler_config and float(scheduler_config.get("bmap_min", 1.0)) < 1.0),
+        "pipeline_tag": "image-to-image" if num_classes > 0 else "unconditional-image-generation",
+    }
+
+
+def _card_data(f: ModelCardFields, facts: Mapping[str, Any], model_name: str, licence: Mapping[str, Any]):
+    """The card's YAML metadata (``huggingface_hub.ModelCardData``): tags, license, datasets, base model and, when
+    ``evaluation_dataset`` is given, the numeric evaluation results as model-index entries."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    all_tags = list(BASE_TAGS)
+    all_tags.append("semantic-image-synthesis" if facts["is_semantic"] else "unconditional-image-generation")
+    if facts["bmap"]:
+        all_tags.append("b-map")
+    for tag in f.tags or []:
+        if tag not in all_tags:
+            all_tags.append(tag)
+    eval_results = None
+    if f.evaluation_dataset and f.evaluation_results:
+        results = f.evaluation_results.items() if isinstance(f.evaluation_results, Mapping) else f.evaluation_results
+        eval_results = [
+            EvalResult(task_type=facts["pipeline_tag"], dataset_type=f.evaluation_dataset,
+                       dataset_name=f.evaluation_dataset, metric_type=str(name).lower(), metric_name=str(name),
+                       metric_value=float(value))
+            for name, value in results if isinstance(value, (int, float))
+        ] or None
+    return ModelCardData(
+        library_name="diffusers",
+        tags=all_tags,
+        datasets=list(f.datasets) if f.datasets else None,
+        pipeline_tag=facts["pipeline_tag"],
+        base_model=f.base_model,
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results,
+        **licence,
+    )
+
+
+def _model_rows(facts: Mapping[str, Any], base_model: Optional[str]) -> List[Tuple[str, str]]:
+    """The Model table: network class, parameters, image size and channels, label classes, architecture keys."""
+    unet, unet_config = facts["unet"], facts["unet_config"]
+    rows: List[Tuple[str, str]] = []
+    if unet is not None:
+        rows.append(("Network", f"`{type(unet).__name__}`"))
+        n_params = sum(p.numel() for p in unet.parameters()) if hasattr(unet, "parameters") else None
+        if n_params is not None:
+            rows.append(("Parameters", f"{n_params / 1e6:.2f} M"))
+        rows.append(("Image size", _size_text(unet_config.get("sample_size"))))
+        rows.append(("Image channels", _fmt(unet_config.get("in_channels", "?"))))
+        if facts["is_semantic"]:
+            rows.append(("Label classes", str(facts["num_classes"])))
+        for key in ("learn_sigma", "model_channels", "channel_mult", "num_res_blocks", "attention_resolutions"):
+            if key in unet_config:
+                rows.append((key, _fmt(unet_config[key])))
+    if base_model:
+        rows.append(("Fine-tuned from", f"[`{base_model}`](https://huggingface.co/{base_model})"))
+    return rows
+
+
+def _geometry_text(scheduler_config: Mapping[str, Any]) -> str:
+    """How the card explains the depth d of the B-maps for the scheduler's probe geometry."""
+    if scheduler_config.get("probe_geometry") == "linear":
+        return "linear probe: d is the row index over the image height"
+    return (
+        f"convex probe: d is the distance from the fan apex {_fmt(scheduler_config.get('fan_apex'))}, between the "
+        f"radii {_fmt(scheduler_config.get('fan_radii'))} (in image widths), within "
+        f"{_fmt(scheduler_config.get('fan_half_angle_deg'))} degrees of the vertical; pixels outside the fan are "
+        "not attenuated"
     )
 
 
