@@ -41,9 +41,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from ultrasound_diffusers.image_processor import parse_size
+from ultrasound_diffusers.image_processor import LabelMapProcessor, parse_size
 from ultrasound_diffusers.training_utils import (
     CHECKPOINT_PATTERN,
     EpochShuffleSampler,
@@ -187,12 +186,9 @@ def teacher_heun_step(predict, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tens
     dtype = x_t.dtype  # the network's; the step's arithmetic is float64
     x = x_t.double()
     x0_t = clean(predict(x_t, t).double(), x, a_t)
-    eps_t = (x - a_t.sqrt() * x0_t) / (1.0 - a_t).clamp(min=1e-12).sqrt()
-    x_s = a_s.sqrt() * x0_t + (1.0 - a_s).sqrt() * eps_t
+    x_s = teacher_ddim_step(x0_t, x, a_t, a_s, "sample", clip=None)  # the provisional first-order step
     x0_s = clean(predict(x_s.to(dtype), s).double(), x_s, a_s)
-    x0 = 0.5 * (x0_t + x0_s)
-    eps = (x - a_t.sqrt() * x0) / (1.0 - a_t).clamp(min=1e-12).sqrt()
-    return (a_s.sqrt() * x0 + (1.0 - a_s).sqrt() * eps).to(dtype)
+    return teacher_ddim_step(0.5 * (x0_t + x0_s), x, a_t, a_s, "sample", clip=None).to(dtype)
 
 
 def distillation_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "huber", huber_c: float = 0.001) -> torch.Tensor:
@@ -249,6 +245,7 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
     num_classes = int(teacher.config.num_classes)
     if num_classes < 1:
         raise ValueError(f"--teacher {args.teacher!r} is unconditional; the distillation needs a label-map model")
+    label_processor = LabelMapProcessor(num_classes)
     splits = load_paired_splits(
         args.dataset_name, args.train_data_dir, size=tuple(args.resolution), num_phantoms=args.phantoms,
         seed=args.seed, max_train_samples=args.max_train_samples, arguments=DATA_FLAGS,
@@ -346,7 +343,7 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
             gen = torch.Generator().manual_seed(derive_seed(args.seed, epoch, batch_index, accelerator.process_index))
             clean = batch["pixel_values"]
             bsz = clean.shape[0]
-            segmap = F.one_hot(batch["labels"], num_classes).permute(0, 3, 1, 2).to(clean.dtype)
+            segmap = label_processor.one_hot(batch["labels"], clean.dtype)
             index = torch.randint(0, len(grid), (bsz,), generator=gen)
             t = grid[index]
             s = (t - k).clamp(min=0)

@@ -454,9 +454,7 @@ def _read_segmaps(segmap: Any, num_classes: int) -> List[Tuple[Any, bool]]:
     """The pipeline's ``segmap`` argument read and checked, at the maps' own size (nothing is resized or one-hot
     encoded yet, so that size guards can run first): a list of ``(tensor, is_soft)``, each long labels
     [B, H, W] (``is_soft=False``) or float one-hot / soft maps [B, num_classes, H, W]. See :meth:`LabelMapProcessor.preprocess`
-    for the accepted forms; raises ValueError naming ``segmap``."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"`num_classes` must be >= 1 for a label-conditioned model, got {num_classes!r}")
+    for the accepted forms; raises ValueError naming ``segmap``. ``num_classes`` is checked by the processor."""
     if segmap is None:
         raise ValueError("`segmap` is required: the network is conditioned on label maps")
     if _is_nested_list(segmap):

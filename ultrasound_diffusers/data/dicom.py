@@ -560,12 +560,9 @@ def upright_strokes(q: np.ndarray, candidates: np.ndarray, min_run: int = 4, min
         length[y] = np.where(link[y], length[y - 1] + 1, 0)
     ends = length >= min_run - 1
     out = ends.copy()
-    for k in range(1, H):
-        if not ends[k:].any():
-            break
-        grow = np.zeros((H, W), bool)
-        grow[:-k] = ends[k:] & (length[k:] >= k)
-        out |= grow
+    longest = int(length[ends].max()) if ends.any() else 0
+    for k in range(1, longest + 1):  # the pixels above each run's end, up to its length
+        out[:-k] |= ends[k:] & (length[k:] >= k)
     return out
 
 
