@@ -123,18 +123,20 @@ def plot(rows: List[dict], path: Path, reference: str, title: str) -> None:
     for r in rows:
         families.setdefault(r["name"].rsplit("-", 1)[0], []).append(r)
     ref = next(r for r in rows if r["name"] == reference)
-    for ax, key, label in zip(axes, ("kid", "outside_fan", "depth_l1"), ("KID", "mean outside the fan", "depth-profile L1")):
+    for ax, key, label in zip(axes, ("kid", "outside_fan", "depth_l1"), ("KID (x 1e3)", "mean outside the fan", "depth-profile L1")):
         for fam, rs in families.items():
             rs = sorted(rs, key=lambda r: r["steps"])
             x = [r["steps"] for r in rs]
             y = [r[key] for r in rs]
-            if key == "kid":
-                ax.errorbar(x, y, yerr=[r["kid_std"] for r in rs], marker="o", capsize=3, label=fam)
+            if key == "kid":  # x 1e3, as the printed table
+                ax.errorbar(x, [1e3 * v for v in y], yerr=[1e3 * r["kid_std"] for r in rs], marker="o", capsize=3,
+                            label=fam)
             else:
                 ax.plot(x, y, marker="o", label=fam)
-        ax.axhline(ref[key], color="grey", ls="--", lw=1)
+        scale = 1e3 if key == "kid" else 1.0
+        ax.axhline(scale * ref[key], color="grey", ls="--", lw=1)
         if key == "kid":
-            ax.axhspan(ref["kid"] - ref["kid_std"], ref["kid"] + ref["kid_std"], color="grey", alpha=0.15)
+            ax.axhspan(1e3 * (ref["kid"] - ref["kid_std"]), 1e3 * (ref["kid"] + ref["kid_std"]), color="grey", alpha=0.15)
         ax.set_xscale("log")
         ticks = sorted({r["steps"] for r in rows})
         ax.set_xticks(ticks)
@@ -195,6 +197,7 @@ def main(argv=None) -> int:
     p.add_argument("--cache_dir", default=str(REPO / "benchmarks" / ".solver_cache"))
     p.add_argument("--out", default=None, help="figure path (default: CACHE_DIR/<run>/solvers.png, untracked)")
     p.add_argument("--docs_figure", action="store_true", help="also write the tracked docs/images/solvers.png")
+    p.add_argument("--title", default=None, help="the figure's title (default: the pipeline folders' names)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
     p.add_argument("--phantom_physics", default=None, metavar="KEY=VALUE,...",
                    help="PhysicsParameters overrides for the held-out phantoms, to compare a model with the phantoms "
@@ -295,8 +298,8 @@ def main(argv=None) -> int:
               f"{r['seconds']:.2f} |")
     (cache / "results.json").write_text(json.dumps({"rows": rows}, indent=2))
     if any(r["name"] == "ancestral-50" for r in rows):
-        title = f"{Path(args.pipeline).name} (guidance {args.guidance_scale})"
-        if student is not None:
+        title = args.title or f"{Path(args.pipeline).name} (guidance {args.guidance_scale})"
+        if student is not None and args.title is None:
             title += f" and {Path(args.fewstep_pipeline).name}"
         outputs = [Path(args.out) if args.out else cache / "solvers.png"]
         if args.docs_figure:
