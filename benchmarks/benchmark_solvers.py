@@ -20,8 +20,10 @@ in and runs at scale 1 (one pass of half the batch).
 
 Samplers (default grid, issue 30): ancestral B-map DDPM 50 and per-pixel DDIM (eta 0) 50
 (``BMapAttenuationScheduler``); DPM-Solver++ 2M (ODE) and SDE-DPM-Solver++ 2M at 10 / 15 / 20 steps
-(``BMapDPMSolverMultistepScheduler``); the consistency sampler (``BMapConsistencyScheduler``) of
-``--fewstep_pipeline`` at 1 / 2 / 4 / 8 calls. ``--extra`` adds DPM-Solver++ at 8 / 25, SDE at 8 / 25 / 50 and
+(``BMapDPMSolverMultistepScheduler``); the student of ``--fewstep_pipeline`` with its own sampler: a
+consistency student (``BMapConsistencyScheduler``) at 1 / 2 / 4 / 8 calls, or a progressive-distillation student
+(trailing per-pixel DDIM, ``training/train_progressive_distillation.py``) at 2 / 4 / 8 calls next to its teacher's
+sampler (trailing DDIM 64). ``--extra`` adds DPM-Solver++ at 8 / 25, SDE at 8 / 25 / 50 and
 DDIM at 10 / 25 (and ``--with_ancestral_250`` ancestral 250). Generated images are cached in ``--cache_dir`` (one
 folder per pipeline, size and guidance), so an interrupted run resumes and several processes can share the work
 (``--only NAME,NAME --no_report``). ``--x0_probe`` prints the mean x_0 prediction outside the fan against t (the
@@ -43,8 +45,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sampler_table(with_250: bool = False, extra: bool = False, fewstep: bool = True) -> Dict[str, Tuple[str, int, dict]]:
-    """name -> (sampler name of scheduler_for_sampler, or "consistency", steps, scheduler overrides)."""
+def sampler_table(with_250: bool = False, extra: bool = False, fewstep: Optional[str] = "consistency") -> Dict[str, Tuple[str, int, dict]]:
+    """name -> (sampler name of scheduler_for_sampler, or "student", steps, scheduler overrides). ``fewstep``: the
+    kind of student (``"consistency"``: rows consistency-1/2/4/8; ``"progressive"``, a DDIM student of
+    train_progressive_distillation.py: rows progressive-2/4/8 and its teacher's sampler, trailing DDIM 64), or
+    None."""
     table: Dict[str, Tuple[str, int, dict]] = {"ancestral-50": ("ddpm", 50, {}), "ddim-50": ("ddim", 50, {})}
     for n in (8, 10, 15, 20, 25) if extra else (10, 15, 20):
         table[f"dpm++2M-{n}"] = ("dpm++", n, {})
@@ -55,10 +60,30 @@ def sampler_table(with_250: bool = False, extra: bool = False, fewstep: bool = T
             table[f"ddim-{n}"] = ("ddim", n, {})
     if with_250:
         table["ancestral-250"] = ("ddpm", 250, {})
-    if fewstep:
+    if fewstep == "consistency":
         for n in (1, 2, 4, 8):
-            table[f"consistency-{n}"] = ("consistency", n, {})
+            table[f"consistency-{n}"] = ("student", n, {})
+    elif fewstep == "progressive":
+        table["ddim-trailing-64"] = ("ddim", 64, {"timestep_spacing": "trailing"})
+        for n in (2, 4, 8):
+            table[f"progressive-{n}"] = ("student", n, {})
+    elif fewstep is not None:
+        raise ValueError(f"fewstep must be 'consistency', 'progressive' or None, got {fewstep!r}")
     return table
+
+
+def student_kind(scheduler) -> str:
+    """"consistency" for a BMapConsistencyScheduler student, "progressive" for a (trailing DDIM) B-map one."""
+    from ultrasound_diffusers.schedulers import BMapConsistencyScheduler
+
+    return "consistency" if isinstance(scheduler, BMapConsistencyScheduler) else "progressive"
+
+
+def student_cache_name(folder: str, num_images: int) -> str:
+    """The cache folder of a student: its folder's name (with its parent's for a progressive run's round-N)."""
+    path = Path(folder).resolve()
+    name = f"{path.parent.name}-{path.name}" if path.name.startswith("round-") else path.name
+    return f"{name}-n{num_images}"
 
 
 def held_out(num_images: int, seed: int = 4242, physics: Optional[Dict[str, float]] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -185,7 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--pipeline", default=str(assets / "bmap-echo-phantom-64"), help="the (teacher) diffusion pipeline")
     default_fewstep = assets / "bmap-echo-phantom-64-fewstep"
     p.add_argument("--fewstep_pipeline", default=str(default_fewstep) if default_fewstep.is_dir() else None,
-                   help="the distilled few-step pipeline (BMapConsistencyScheduler); default: the bundled one, if any")
+                   help="the distilled few-step pipeline (consistency or progressive student); default: the bundled one, if any")
     p.add_argument("--num_images", type=int, default=64)
     p.add_argument("--guidance_scale", type=float, default=1.5, help="guidance of the teacher's samplers")
     p.add_argument("--batch_size", type=int, default=16)
@@ -209,15 +234,19 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, args.threads))
 
     from ultrasound_diffusers.pipelines import DiffusionPipeline
-    from ultrasound_diffusers.schedulers import BMapConsistencyScheduler
     from ultrasound_diffusers.schedulers.scheduling_bmap_dpmsolver_multistep import scheduler_for_sampler
 
-    table = sampler_table(args.with_ancestral_250, args.extra, fewstep=args.fewstep_pipeline is not None)
+    student = None
+    if args.fewstep_pipeline is not None:
+        student = DiffusionPipeline.from_pretrained(args.fewstep_pipeline)
+        student.set_progress_bar_config(disable=True)
+    table = sampler_table(args.with_ancestral_250, args.extra,
+                          fewstep=None if student is None else student_kind(student.scheduler))
     names = list(table) if args.only is None else [n.strip() for n in args.only.split(",")]
     unknown = [n for n in names if n not in table]
     if unknown:
         p.error(f"unknown sampler names {unknown}; choose from {list(table)}"
-                + ("" if args.fewstep_pipeline else " (consistency-N needs --fewstep_pipeline)"))
+                + ("" if args.fewstep_pipeline else " (consistency-N / progressive-N need --fewstep_pipeline)"))
     physics = {}
     for item in filter(None, (args.phantom_physics or "").split(",")):
         key, sep, value = item.partition("=")
@@ -237,29 +266,25 @@ def main(argv=None) -> int:
         for r in x0_probe(pipe, labels, real_images, args.guidance_scale):
             print(f"| {r['t']} | {r['outside_raw']:.3f} | {r['outside_clipped']:.3f} | {r['rmse_inside']:.3f} |")
         return 0
-    student = None
-    if args.fewstep_pipeline is not None:
-        student = DiffusionPipeline.from_pretrained(args.fewstep_pipeline)
-        student.set_progress_bar_config(disable=True)
     base_config = dict(pipe.scheduler.config)
     run = f"{Path(args.pipeline).resolve().name}-n{args.num_images}-g{args.guidance_scale}"
     cache = Path(args.cache_dir) / run
     cache.mkdir(parents=True, exist_ok=True)
     fewstep_cache = None
     if student is not None:
-        fewstep_cache = Path(args.cache_dir) / f"{Path(args.fewstep_pipeline).resolve().name}-n{args.num_images}"
+        fewstep_cache = Path(args.cache_dir) / student_cache_name(args.fewstep_pipeline, args.num_images)
         fewstep_cache.mkdir(parents=True, exist_ok=True)
 
     def where(name: str) -> Path:
-        return (fewstep_cache if table[name][0] == "consistency" else cache) / f"{name}.npz"
+        return (fewstep_cache if table[name][0] == "student" else cache) / f"{name}.npz"
 
     for name in names:
         target = where(name)
         if target.is_file():
             continue
         kind, steps, overrides = table[name]
-        if kind == "consistency":
-            scheduler = BMapConsistencyScheduler.from_config(student.scheduler.config, **overrides)
+        if kind == "student":  # the student's own sampler, guidance distilled in
+            scheduler = type(student.scheduler).from_config(student.scheduler.config, **overrides)
             images, seconds = generate(student, scheduler, labels, steps, 1.0, args.batch_size)
         else:
             scheduler = scheduler_for_sampler(kind, base_config, **overrides)

@@ -42,6 +42,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ultrasound_diffusers.distillation import ddim_step, distillation_loss, ema_update, guided_output, heun_step
 from ultrasound_diffusers.image_processor import LabelMapProcessor, parse_size
 from ultrasound_diffusers.training_utils import (
     CHECKPOINT_PATTERN,
@@ -154,56 +155,11 @@ def ddim_grid(num_train_timesteps: int, num_ddim_timesteps: int) -> torch.Tensor
     return torch.arange(1, num_ddim_timesteps + 1, dtype=torch.int64) * k - 1
 
 
-def teacher_ddim_step(prediction: torch.Tensor, x_t: torch.Tensor, a_t: torch.Tensor, a_s: torch.Tensor,
-                      prediction_type: str, clip: Optional[float] = 1.0) -> torch.Tensor:
-    """One per-pixel DDIM (eta 0) step of the teacher from level a_t to a_s: ``sqrt(a_s) x0 + sqrt(1 - a_s) eps``.
-
-    x0 is clipped to [-clip, clip] (as the teacher's scheduler samples, ``clip_sample``; None: no clipping), eps is
-    the model's own. Shapes [B, C, H, W]; ``a_t``, ``a_s`` [B, 1, H, W] in (0, 1].
-    """
-    from ultrasound_diffusers.schedulers.diffusion_math import noise_from_model_output, original_from_model_output
-
-    x0 = original_from_model_output(prediction, x_t, a_t, prediction_type)
-    eps = noise_from_model_output(prediction, x_t, a_t, prediction_type)
-    if clip is not None:
-        x0 = x0.clamp(-clip, clip)
-    return a_s.sqrt() * x0 + (1.0 - a_s).sqrt() * eps
-
-
-def teacher_heun_step(predict, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, a_t: torch.Tensor, a_s: torch.Tensor,
-                      prediction_type: str, clip: Optional[float] = 1.0) -> torch.Tensor:
-    """One second-order (Heun / trapezoidal) per-pixel step of the teacher's probability-flow ODE from level a_t to
-    a_s, in the DDIM form: a DDIM step gives a provisional x_s; the clean-image predictions at (x_t, t) and at
-    (x_s, s) are averaged, and the DDIM step from x_t is taken again with that average (the noise implied by it at
-    x_t). ``predict(x, t)`` returns the guided model output. Shapes [B, C, H, W]; ``a_t``, ``a_s`` [B, 1, H, W].
-    Where s = t (the grid's first step clamps to 0 only at t = k - 1) it is the DDIM step."""
-    from ultrasound_diffusers.schedulers.diffusion_math import original_from_model_output
-
-    def clean(out, x, a):
-        x0 = original_from_model_output(out, x, a, prediction_type)
-        return x0.clamp(-clip, clip) if clip is not None else x0
-
-    dtype = x_t.dtype  # the network's; the step's arithmetic is float64
-    x = x_t.double()
-    x0_t = clean(predict(x_t, t).double(), x, a_t)
-    x_s = teacher_ddim_step(x0_t, x, a_t, a_s, "sample", clip=None)  # the provisional first-order step
-    x0_s = clean(predict(x_s.to(dtype), s).double(), x_s, a_s)
-    return teacher_ddim_step(0.5 * (x0_t + x0_s), x, a_t, a_s, "sample", clip=None).to(dtype)
-
-
-def distillation_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "huber", huber_c: float = 0.001) -> torch.Tensor:
-    """Mean pseudo-Huber ``sqrt(d^2 + c^2) - c`` (or squared) difference of two [B, C, H, W] tensors (a scalar)."""
-    diff = (pred.float() - target.float())
-    if loss_type == "l2":
-        return diff.pow(2).mean()
-    return (torch.sqrt(diff.pow(2) + huber_c**2) - huber_c).mean()
-
-
-@torch.no_grad()
-def update_target(target: torch.nn.Module, online: torch.nn.Module, decay: float) -> None:
-    """theta_target <- decay theta_target + (1 - decay) theta_online (parameters, in place)."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.lerp_(o.detach().to(t.dtype), 1.0 - decay)
+# The per-pixel steps, loss and EMA live in ultrasound_diffusers.distillation (shared with the progressive
+# distillation); the names below are the ones this script has always had.
+teacher_ddim_step = ddim_step
+teacher_heun_step = heun_step
+update_target = ema_update
 
 
 def student_scheduler_config(teacher_config, timestep_scaling: float, num_ddim_timesteps: int) -> dict:
@@ -353,12 +309,7 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
             a_s = cm.signal_level(s.tolist(), clean.shape, device=clean.device, dtype=torch.float64)
             with torch.no_grad():
                 def guided(x, steps):  # the guided teacher: labelled and null maps in one batched pass
-                    if args.guidance_scale == 1.0:
-                        return teacher(x, steps, segmap=segmap).sample[:, :channels]
-                    out = teacher(torch.cat([x, x]), torch.cat([steps, steps]),
-                                  segmap=torch.cat([segmap, torch.zeros_like(segmap)])).sample
-                    cond, uncond = out[:, :channels].chunk(2)
-                    return uncond + args.guidance_scale * (cond - uncond)
+                    return guided_output(teacher, x, steps, segmap, args.guidance_scale, channels)
 
                 if args.teacher_solver == "heun":
                     x_s = teacher_heun_step(guided, x_t, t, s, a_t, a_s, prediction_type, clip)
