@@ -45,11 +45,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sampler_table(with_250: bool = False, extra: bool = False, fewstep: Optional[str] = "consistency") -> Dict[str, Tuple[str, int, dict]]:
+def sampler_table(with_250: bool = False, extra: bool = False, fewstep: Optional[str] = "consistency",
+                  student_steps: Optional[List[int]] = None) -> Dict[str, Tuple[str, int, dict]]:
     """name -> (sampler name of scheduler_for_sampler, or "student", steps, scheduler overrides). ``fewstep``: the
     kind of student (``"consistency"``: rows consistency-1/2/4/8; ``"progressive"``, a DDIM student of
     train_progressive_distillation.py: rows progressive-2/4/8 and its teacher's sampler, trailing DDIM 64), or
-    None."""
+    None; ``student_steps`` replaces the student's default call counts."""
     table: Dict[str, Tuple[str, int, dict]] = {"ancestral-50": ("ddpm", 50, {}), "ddim-50": ("ddim", 50, {})}
     for n in (8, 10, 15, 20, 25) if extra else (10, 15, 20):
         table[f"dpm++2M-{n}"] = ("dpm++", n, {})
@@ -61,11 +62,11 @@ def sampler_table(with_250: bool = False, extra: bool = False, fewstep: Optional
     if with_250:
         table["ancestral-250"] = ("ddpm", 250, {})
     if fewstep == "consistency":
-        for n in (1, 2, 4, 8):
+        for n in student_steps or (1, 2, 4, 8):
             table[f"consistency-{n}"] = ("student", n, {})
     elif fewstep == "progressive":
         table["ddim-trailing-64"] = ("ddim", 64, {"timestep_spacing": "trailing"})
-        for n in (2, 4, 8):
+        for n in student_steps or (2, 4, 8):
             table[f"progressive-{n}"] = ("student", n, {})
     elif fewstep is not None:
         raise ValueError(f"fewstep must be 'consistency', 'progressive' or None, got {fewstep!r}")
@@ -211,6 +212,9 @@ def main(argv=None) -> int:
     default_fewstep = assets / "bmap-echo-phantom-64-fewstep"
     p.add_argument("--fewstep_pipeline", default=str(default_fewstep) if default_fewstep.is_dir() else None,
                    help="the distilled few-step pipeline (consistency or progressive student); default: the bundled one, if any")
+    p.add_argument("--student_steps", default=None, metavar="N,N,...",
+                   help="call counts of the student's rows (default: 1,2,4,8 consistency, 2,4,8 progressive; "
+                   "a progressive run's round-N folder samples best at N)")
     p.add_argument("--num_images", type=int, default=64)
     p.add_argument("--guidance_scale", type=float, default=1.5, help="guidance of the teacher's samplers")
     p.add_argument("--batch_size", type=int, default=16)
@@ -240,8 +244,12 @@ def main(argv=None) -> int:
     if args.fewstep_pipeline is not None:
         student = DiffusionPipeline.from_pretrained(args.fewstep_pipeline)
         student.set_progress_bar_config(disable=True)
+    try:
+        student_steps = [int(v) for v in args.student_steps.split(",")] if args.student_steps else None
+    except ValueError:
+        p.error(f"--student_steps: expected comma-separated integers, got {args.student_steps!r}")
     table = sampler_table(args.with_ancestral_250, args.extra,
-                          fewstep=None if student is None else student_kind(student.scheduler))
+                          fewstep=None if student is None else student_kind(student.scheduler), student_steps=student_steps)
     names = list(table) if args.only is None else [n.strip() for n in args.only.split(",")]
     unknown = [n for n in names if n not in table]
     if unknown:

@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -51,6 +50,7 @@ from ultrasound_diffusers.training_utils import (
     derive_seed,
     list_checkpoints,
 )
+from ultrasound_diffusers.training_utils import save_checkpoint as save_training_checkpoint
 
 logger = logging.getLogger("train_consistency_distillation")
 
@@ -274,15 +274,7 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
             logger.info("resumed from %s", path)
 
     def save_checkpoint(step: int) -> None:
-        tmp = os.path.join(args.output_dir, f".checkpoint-{step}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.save_state(tmp)
-        final = os.path.join(args.output_dir, f"checkpoint-{step}")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for _, old in list_checkpoints(args.output_dir)[: -args.checkpoints_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
-        logger.info("saved %s", final)
+        save_training_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit, logger)
 
     # ---------------------------------------------------------------- loop
     steps_per_epoch = max(len(loader), 1)
@@ -333,7 +325,7 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
             if global_step % 10 == 0 or global_step == args.max_train_steps:
                 rate = (time.perf_counter() - start_time) / (global_step - start_step)
                 logger.info("step %d/%d loss %.5f (%.2f s/step)", global_step, args.max_train_steps, float(loss.detach()), rate)
-            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0 and accelerator.is_main_process:
+            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                 save_checkpoint(global_step)
             if global_step >= args.max_train_steps:
                 break

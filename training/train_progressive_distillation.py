@@ -58,6 +58,7 @@ from ultrasound_diffusers.training_utils import (
     derive_seed,
     list_checkpoints,
 )
+from ultrasound_diffusers.training_utils import save_checkpoint as save_training_checkpoint
 
 logger = logging.getLogger("train_progressive_distillation")
 
@@ -304,15 +305,7 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
     ends = [sum(args.round_steps[: r + 1]) for r in range(len(args.rounds))]
 
     def save_checkpoint(step: int) -> None:
-        tmp = os.path.join(args.output_dir, f".checkpoint-{step}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.save_state(tmp)
-        final = os.path.join(args.output_dir, f"checkpoint-{step}")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for _, old in list_checkpoints(args.output_dir)[: -args.checkpoints_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
-        logger.info("saved %s", final)
+        save_training_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit, logger)
 
     start_time, start_step = time.perf_counter(), global_step
     student = None
@@ -391,7 +384,7 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
                                 steps_this_round, global_step, float(loss.detach()), rate)
                 if local >= steps_this_round:
                     break
-                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0 and accelerator.is_main_process:
+                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                     save_checkpoint(global_step)
             epoch += 1
         progress.close()
@@ -399,9 +392,9 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
         if accelerator.is_main_process:
             student_unet = accelerator.unwrap_model(student).eval()
             _save_pipeline(student_unet, config, round_dir, args, global_step, n, data)
-            save_checkpoint(global_step)
             logger.info("round %d done: %s", r + 1, round_dir)
         accelerator.wait_for_everyone()
+        save_checkpoint(global_step)
         resume_path = None
         accelerator.free_memory()
         del teacher, optimizer, loader, lr_scheduler

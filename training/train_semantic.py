@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -53,6 +52,7 @@ from ultrasound_diffusers.training_utils import (
     list_checkpoints,
     make_grid,
 )
+from ultrasound_diffusers.training_utils import save_checkpoint as save_training_checkpoint
 
 #: The published scheduler settings the flags default to (one source: the scheduler presets).
 PUBLISHED = SCHEDULER_PRESETS["camus-sdm"]
@@ -730,24 +730,7 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
             resume_batches = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
 
     def save_checkpoint(step: int) -> None:
-        # written under a temporary name and renamed when complete; older checkpoints beyond
-        # --checkpoints_total_limit are removed only after that, so a kill at any moment leaves a usable one
-        tmp = os.path.join(args.output_dir, f".checkpoint-{step}.tmp")
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(tmp)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            final = os.path.join(args.output_dir, f"checkpoint-{step}")
-            if os.path.isdir(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            logger.info("saved %s", final)
-            if args.checkpoints_total_limit is not None:
-                existing = list_checkpoints(args.output_dir)
-                for _, old in existing[: max(0, len(existing) - args.checkpoints_total_limit)]:
-                    shutil.rmtree(old, ignore_errors=True)
+        save_training_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit, logger)
         accelerator.wait_for_everyone()
 
     def run_validation(step: int) -> None:

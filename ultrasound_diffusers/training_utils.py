@@ -8,14 +8,18 @@ Like ``diffusers.training_utils``, this module holds the reusable pieces of the 
   generator in a fixed order, so that a resumed run trains on exactly the batches of an uninterrupted one.
 * Mask-ablated training: :func:`drop_classes` removes whole classes from label maps at random (the
   "mask ablation" of segmentation-guided diffusion, Konz et al., MICCAI 2024).
-* Checkpoints: :func:`checkpoint_is_complete` and :func:`list_checkpoints` find the ``checkpoint-N`` folders that
+* Checkpoints: :func:`save_checkpoint` writes one atomically (every training script calls it),
+  :func:`checkpoint_is_complete` and :func:`list_checkpoints` find the ``checkpoint-N`` folders that
   ``Accelerator.save_state`` finished writing.
 * :func:`make_grid`: the ``label map | sample`` grid of the validation images.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, List, Optional, Tuple, Union
 
@@ -33,6 +37,7 @@ __all__ = [
     "drop_classes",
     "list_checkpoints",
     "make_grid",
+    "save_checkpoint",
 ]
 
 #: Name of a finished checkpoint folder; the group is the optimisation step.
@@ -237,6 +242,31 @@ def list_checkpoints(output_dir: Union[str, Path]) -> List[Tuple[int, Path]]:
         if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name)) and checkpoint_is_complete(p)
     ]
     return sorted(found)
+
+
+def save_checkpoint(accelerator, output_dir: Union[str, Path], step: int, total_limit: Optional[int] = None,
+                    logger: Optional[logging.Logger] = None) -> Path:
+    """``accelerator.save_state`` into ``output_dir/checkpoint-<step>``, atomically: written under
+    ``.checkpoint-<step>.tmp`` and renamed when complete; older checkpoints beyond ``total_limit`` are removed only
+    after that, so a kill at any moment leaves a usable one. Call it on every process (it waits for all of them)."""
+    tmp = os.path.join(output_dir, f".checkpoint-{step}.tmp")
+    final = Path(output_dir) / f"checkpoint-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.is_dir():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if logger is not None:
+            logger.info("saved %s", final)
+        if total_limit is not None:
+            existing = list_checkpoints(output_dir)
+            for _, old in existing[: max(0, len(existing) - int(total_limit))]:
+                shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 # ---------------------------------------------------------------------------------------------------- grids
