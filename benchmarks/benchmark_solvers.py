@@ -22,7 +22,8 @@ Samplers (default grid, issue 30): ancestral B-map DDPM 50 and per-pixel DDIM (e
 (``BMapAttenuationScheduler``); DPM-Solver++ 2M (ODE) and SDE-DPM-Solver++ 2M at 10 / 15 / 20 steps
 (``BMapDPMSolverMultistepScheduler``); the student of ``--fewstep_pipeline`` with its own sampler: a
 consistency student (``BMapConsistencyScheduler``) at 1 / 2 / 4 / 8 calls, or a progressive-distillation student
-(trailing per-pixel DDIM, ``training/train_progressive_distillation.py``) at 2 / 4 / 8 calls next to its teacher's
+(trailing per-pixel DDIM, ``training/train_progressive_distillation.py``) at 1 / 2 / 4 / 8 calls, each by the round
+of the run that learned that many steps (``round-N/`` of the run folder, where it has one), next to the teacher's
 sampler (trailing DDIM 64). ``--extra`` adds DPM-Solver++ at 8 / 25, SDE at 8 / 25 / 50 and
 DDIM at 10 / 25 (and ``--with_ancestral_250`` ancestral 250). Generated images are cached in ``--cache_dir`` (one
 folder per pipeline, size and guidance), so an interrupted run resumes and several processes can share the work
@@ -49,7 +50,7 @@ def sampler_table(with_250: bool = False, extra: bool = False, fewstep: Optional
                   student_steps: Optional[List[int]] = None) -> Dict[str, Tuple[str, int, dict]]:
     """name -> (sampler name of scheduler_for_sampler, or "student", steps, scheduler overrides). ``fewstep``: the
     kind of student (``"consistency"``: rows consistency-1/2/4/8; ``"progressive"``, a DDIM student of
-    train_progressive_distillation.py: rows progressive-2/4/8 and its teacher's sampler, trailing DDIM 64), or
+    train_progressive_distillation.py: rows progressive-1/2/4/8 and its teacher's sampler, trailing DDIM 64), or
     None; ``student_steps`` replaces the student's default call counts."""
     table: Dict[str, Tuple[str, int, dict]] = {"ancestral-50": ("ddpm", 50, {}), "ddim-50": ("ddim", 50, {})}
     for n in (8, 10, 15, 20, 25) if extra else (10, 15, 20):
@@ -66,7 +67,7 @@ def sampler_table(with_250: bool = False, extra: bool = False, fewstep: Optional
             table[f"consistency-{n}"] = ("student", n, {})
     elif fewstep == "progressive":
         table["ddim-trailing-64"] = ("ddim", 64, {"timestep_spacing": "trailing"})
-        for n in student_steps or (2, 4, 8):
+        for n in student_steps or (1, 2, 4, 8):
             table[f"progressive-{n}"] = ("student", n, {})
     elif fewstep is not None:
         raise ValueError(f"fewstep must be 'consistency', 'progressive' or None, got {fewstep!r}")
@@ -213,8 +214,8 @@ def main(argv=None) -> int:
     p.add_argument("--fewstep_pipeline", default=str(default_fewstep) if default_fewstep.is_dir() else None,
                    help="the distilled few-step pipeline (consistency or progressive student); default: the bundled one, if any")
     p.add_argument("--student_steps", default=None, metavar="N,N,...",
-                   help="call counts of the student's rows (default: 1,2,4,8 consistency, 2,4,8 progressive; "
-                   "a progressive run's round-N folder samples best at N)")
+                   help="call counts of the student's rows (default: 1,2,4,8; a progressive run's row N uses its round-N "
+                   "student where the run folder has one)")
     p.add_argument("--num_images", type=int, default=64)
     p.add_argument("--guidance_scale", type=float, default=1.5, help="guidance of the teacher's samplers")
     p.add_argument("--batch_size", type=int, default=16)
@@ -283,8 +284,23 @@ def main(argv=None) -> int:
         fewstep_cache = Path(args.cache_dir) / student_cache_name(args.fewstep_pipeline, args.num_images)
         fewstep_cache.mkdir(parents=True, exist_ok=True)
 
+    def student_for(steps: int) -> Tuple[object, Path]:
+        """A progressive run's row N samples the round-N student of the run folder, where there is one (each round
+        learned its own number of steps); every other row the --fewstep_pipeline itself."""
+        folder = Path(args.fewstep_pipeline) / f"round-{steps}"
+        if student_kind(student.scheduler) != "progressive" or not (folder / "unet").is_dir():
+            return student, fewstep_cache
+        pipeline = DiffusionPipeline.from_pretrained(folder)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline, Path(args.cache_dir) / student_cache_name(str(folder), args.num_images)
+
     def where(name: str) -> Path:
-        return (fewstep_cache if table[name][0] == "student" else cache) / f"{name}.npz"
+        if table[name][0] != "student":
+            return cache / f"{name}.npz"
+        folder = Path(args.fewstep_pipeline) / f"round-{table[name][1]}"
+        if student_kind(student.scheduler) == "progressive" and (folder / "unet").is_dir():
+            return Path(args.cache_dir) / student_cache_name(str(folder), args.num_images) / f"{name}.npz"
+        return fewstep_cache / f"{name}.npz"
 
     for name in names:
         target = where(name)
@@ -292,8 +308,10 @@ def main(argv=None) -> int:
             continue
         kind, steps, overrides = table[name]
         if kind == "student":  # the student's own sampler, guidance distilled in
-            scheduler = type(student.scheduler).from_config(student.scheduler.config, **overrides)
-            images, seconds = generate(student, scheduler, labels, steps, 1.0, args.batch_size)
+            model, folder = student_for(steps)
+            folder.mkdir(parents=True, exist_ok=True)
+            scheduler = type(model.scheduler).from_config(model.scheduler.config, **overrides)
+            images, seconds = generate(model, scheduler, labels, steps, 1.0, args.batch_size)
         else:
             scheduler = scheduler_for_sampler(kind, base_config, **overrides)
             images, seconds = generate(pipe, scheduler, labels, steps, args.guidance_scale, args.batch_size)

@@ -62,6 +62,30 @@ def test_progressive_target_lands_the_one_step_on_the_two_steps_at_every_pixel()
     assert (ddim_step(wrong, x_t, a_t, a_s, "sample", clip=None) - x_s).abs().max() > 1e-2
 
 
+def test_clipped_noise_keeps_the_target_inside_the_clipped_predictions():
+    """Two teacher steps that clip an out-of-range clean image: with the model's own noise beside the clipped image
+    the implied target can leave [-1, 1] by far (what hazed the first progressive run); with the noise recomputed
+    from the clipped image it is a convex combination of the two clipped predictions."""
+    g = torch.Generator().manual_seed(4)
+    shape = (1, 1, 8, 8)
+    a_t, a_m, a_s = _levels(shape, 0.30, 0.35, 5), _levels(shape, 0.40, 0.45, 6), _levels(shape, 0.50, 0.55, 7)
+    x_t = torch.randn(shape, generator=g).double()
+    x0_first, x0_second = 1.8 * torch.randn(shape, generator=g).double(), 1.8 * torch.randn(shape, generator=g).double()
+    from ultrasound_diffusers.schedulers.diffusion_math import model_output_from_original
+
+    def two_steps(clipped_noise):
+        v1 = model_output_from_original(x0_first, x_t, a_t, "v_prediction")
+        x_m = ddim_step(v1, x_t, a_t, a_m, "v_prediction", clip=1.0, clipped_noise=clipped_noise)
+        v2 = model_output_from_original(x0_second, x_m, a_m, "v_prediction")
+        return progressive_target(x_t, ddim_step(v2, x_m, a_m, a_s, "v_prediction", clip=1.0, clipped_noise=clipped_noise), a_t, a_s)
+
+    inside = two_steps(True)
+    low = torch.minimum(x0_first.clamp(-1, 1), x0_second.clamp(-1, 1))
+    high = torch.maximum(x0_first.clamp(-1, 1), x0_second.clamp(-1, 1))
+    assert bool(((inside >= low - 1e-9) & (inside <= high + 1e-9)).all())
+    assert float(two_steps(False).abs().max()) > 2.0
+
+
 def test_rounds_steps_and_grids(pd):
     assert pd.round_sizes(64, 4) == [32, 16, 8, 4]
     assert pd.round_sizes(8, 4) == [4]

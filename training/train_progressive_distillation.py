@@ -173,7 +173,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------------- maths
 def ddim_scheduler_config(teacher_config) -> dict:
-    """The students' scheduler: the teacher's B-map schedule, sampled by per-pixel DDIM (eta 0), trailing spacing."""
+    """The students' scheduler: the teacher's B-map schedule, sampled by per-pixel DDIM (eta 0), trailing spacing.
+    (The teacher's steps in training clip the clean image and recompute the noise from it, so the targets are
+    convex combinations of clipped predictions, inside [-1, 1]: the student's own prediction rarely needs the
+    sampler's clipping.)"""
     config = {k: v for k, v in dict(teacher_config).items() if not k.startswith("_")}
     config.update(sampler="ddim", ddim_eta=0.0, timestep_spacing="trailing")
     return config
@@ -360,9 +363,9 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
                 with torch.no_grad():  # two teacher DDIM steps, then the clean image of the student's one step
                     device_t = t.to(clean.device)
                     x_mid = ddim_step(guided_output(teacher, x_t, device_t, segmap, w, channels).double(),
-                                      x_t.double(), levels[0], levels[1], prediction_type, clip)
+                                      x_t.double(), levels[0], levels[1], prediction_type, clip, clipped_noise=True)
                     out_mid = guided_output(teacher, x_mid.to(clean.dtype), t_mid.clamp(min=0).to(clean.device), segmap, w, channels)
-                    x_end = ddim_step(out_mid.double(), x_mid, levels[1], levels[2], prediction_type, clip)
+                    x_end = ddim_step(out_mid.double(), x_mid, levels[1], levels[2], prediction_type, clip, clipped_noise=True)
                     target_x0 = progressive_target(x_t.double(), x_end, levels[0], levels[2])
                 with accelerator.accumulate(student):
                     out = student(x_t, device_t, segmap=segmap).sample[:, :channels]

@@ -39,16 +39,21 @@ def guided_output(unet, sample: torch.Tensor, timesteps: torch.Tensor, segmap: t
 
 
 def ddim_step(prediction: torch.Tensor, x_t: torch.Tensor, a_t: torch.Tensor, a_s: torch.Tensor,
-              prediction_type: str, clip: Optional[float] = 1.0) -> torch.Tensor:
+              prediction_type: str, clip: Optional[float] = 1.0, clipped_noise: bool = False) -> torch.Tensor:
     """One per-pixel DDIM (eta 0) step from level a_t to a_s: ``sqrt(a_s) x0 + sqrt(1 - a_s) eps``.
 
-    x0 is clipped to [-clip, clip] (as the schedulers sample with ``clip_sample``; None: no clipping), eps is the
-    model's own (not recomputed from the clipped x0, as diffusers' DDIM by default). a_s = 1 returns x0.
+    x0 is clipped to [-clip, clip] (as the schedulers sample with ``clip_sample``; None: no clipping). eps is the
+    model's own (diffusers' DDIM default), or with ``clipped_noise`` the one the clipped x0 implies at x_t,
+    ``(x_t - sqrt(a_t) x0) / sqrt(1 - a_t)`` (``use_clipped_model_output``): then the step is an exact DDIM step of
+    one consistent (x0, eps) pair, and two such steps compose to one whose implied clean image
+    (:func:`progressive_target`) is a convex combination of the two clipped predictions. a_s = 1 returns x0.
     """
     x0 = original_from_model_output(prediction, x_t, a_t, prediction_type)
     eps = noise_from_model_output(prediction, x_t, a_t, prediction_type)
     if clip is not None:
         x0 = x0.clamp(-clip, clip)
+        if clipped_noise:
+            eps = (x_t - a_t.sqrt() * x0) / (1.0 - a_t).clamp(min=1e-12).sqrt()
     return a_s.sqrt() * x0 + (1.0 - a_s).sqrt() * eps
 
 
@@ -78,7 +83,10 @@ def progressive_target(x_t: torch.Tensor, x_s: torch.Tensor, a_t: torch.Tensor, 
     With ``alpha = sqrt(a)``, ``sigma = sqrt(1 - a)``, the DDIM step is ``x_s = alpha_s x~ + sigma_s eps~`` with
     ``eps~ = (x_t - alpha_t x~) / sigma_t``; solving for x~:
     ``x~ = (sigma_t x_s - sigma_s x_t) / (alpha_s sigma_t - sigma_s alpha_t)``. The denominator is positive
-    wherever the signal-to-noise ratio grows from t to s; a_s = 1 (the end of the chain) gives ``x~ = x_s``.
+    wherever the signal-to-noise ratio grows from t to s; a_s = 1 (the end of the chain) gives ``x~ = x_s``. When
+    x_s comes from DDIM steps whose noise was recomputed from clipped clean images (``ddim_step(...,
+    clipped_noise=True)``), x~ is a convex combination of those clean images (no outliers); with the model's own
+    noise beside a clipped clean image it is not, and can lie far outside [-1, 1].
     """
     alpha_t, sigma_t = a_t.sqrt(), (1.0 - a_t).clamp(min=0).sqrt()
     alpha_s, sigma_s = a_s.sqrt(), (1.0 - a_s).clamp(min=0).sqrt()
