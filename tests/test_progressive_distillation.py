@@ -163,6 +163,7 @@ def test_two_rounds_save_samplers_and_resume_exactly(pd, v_teacher, tmp_path, mo
 
     pipe = DiffusionPipeline.from_pretrained(straight)
     assert pipe.scheduler.config.sampler == "ddim" and pipe.scheduler.config.timestep_spacing == "trailing"
+    assert pipe.scheduler.config.clip_sample is False  # the student learned unclipped, in-range predictions
     assert "num_inference_steps=2" in (straight / "README.md").read_text()
     pipe.set_progress_bar_config(disable=True)
     images = pipe(echo_label_map(), num_inference_steps=2, guidance_scale=1.0, output_type="np",
