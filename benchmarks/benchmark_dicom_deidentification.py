@@ -15,6 +15,7 @@ on its own at default settings; an identifier is *kept* when a kept frame shows 
 unchanged. Beside it, the clean frames falsely dropped: synthetic speckle (plain, with a saturating specular
 reflector, with a needle and its reverberations), the package's echo and thyroid phantoms, and the real files
 above (their frames with no text inside the fitted scan area, judged by eye: see ``REAL_TEXT_INSIDE``).
+``--learned_text_detector`` runs every conversion with the learned ink detector on (opt-in, see the README).
 """
 
 from __future__ import annotations
@@ -183,6 +184,8 @@ def clean_cases(n, seed=7):
 
 
 VERDICTS_ONLY = dict(keep_uncertain_frames=True, mask_text_inside_scan_area=True)
+#: policy fields every conversion of this run gets (--learned_text_detector)
+EXTRA: Dict[str, bool] = {}
 
 
 def _convert_one(folder, **kwargs):
@@ -191,7 +194,7 @@ def _convert_one(folder, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            dd, report = convert_dicom(folder, crop=False, return_report=True, **kwargs)
+            dd, report = convert_dicom(folder, crop=False, return_report=True, **EXTRA, **kwargs)
         except ValueError as err:
             return [], str(err)
     return [(row["frame"], np.asarray(row["image"])) for row in dd["train"]], report
@@ -245,7 +248,6 @@ def text_benchmark(n_cases: int) -> None:
 def clean_benchmark(n_cases: int, real_paths) -> None:
     from _dicom_fixtures import write_ultrasound_dicom
 
-    from ultrasound_diffusers.data.dicom import deidentification_report
 
     per_kind: Dict[str, Counter] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -282,7 +284,7 @@ def clean_benchmark(n_cases: int, real_paths) -> None:
             c["dropped as text or uncertain"] += text["text"] + text["uncertain"]
             for entry in text["frames"]:
                 c[f"  {name}: {entry['verdict']}" + (" (too flat to tell)" if entry["too_flat_to_tell"] else "")] += 1
-    print(f"\nclean frames (no text inside the scan area), default settings:")
+    print("\nclean frames (no text inside the scan area), default settings:")
     print(f"{'case':45s} {'frames':>6s} {'kept':>6s} {'dropped as text/uncertain':>26s} {'dropped, other':>15s}")
     frames = dropped = 0
     for kind in sorted(per_kind):
@@ -304,7 +306,9 @@ def main() -> None:
     parser.add_argument("folders", nargs="*")
     parser.add_argument("--max_frames", type=int, default=10)
     parser.add_argument("--text_cases", type=int, default=20, help="cases per kind of text inside the scan area (0: skip)")
+    parser.add_argument("--learned_text_detector", action="store_true", help="convert with the learned text detector on")
     args = parser.parse_args()
+    EXTRA.update(learned_text_detector=args.learned_text_detector)
     paths = [p for f in args.folders for p in sorted(glob.glob(os.path.join(f, "**", "*"), recursive=True)) if os.path.isfile(p)] or ultrasound_files()
     print(f"{'file':34s} {'frames':>6s} {'shape':>10s} {'area':>6s} {'s':>6s}  reason")
     for path in paths:
@@ -327,9 +331,14 @@ def main() -> None:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _, report = convert_dicom(tmp, max_frames=args.max_frames, return_report=True)
+            try:
+                _, report = convert_dicom(tmp, max_frames=args.max_frames, return_report=True, **EXTRA)
+            except ValueError as err:  # every file dropped
+                report = None
+                print(f"convert_dicom: {err}")
         print(f"\nconvert_dicom on {len(paths)} files (max_frames={args.max_frames}): {time.perf_counter() - start:.1f} s")
-    print(deidentification_report(report))
+    if report is not None:
+        print(deidentification_report(report))
     if args.text_cases > 0:
         start = time.perf_counter()
         text_benchmark(args.text_cases)

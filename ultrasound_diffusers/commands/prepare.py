@@ -101,6 +101,11 @@ def register(subparsers) -> None:
         "--mask_text_inside_scan_area", action="store_true",
         help="keep frames with burned-in text found inside the scan area, with boxes around the marks zeroed; default: drop them",
     )
+    d.add_argument(
+        "--learned_text_detector", action="store_true",
+        help="also look for text inside the scan area with the bundled learned detector (finds thin mid-grey text on "
+        "synthetic speckle; trained on synthetic frames only, it also drops clean frames of real files: check the report)",
+    )
 
 
 def run(args) -> int:
@@ -136,7 +141,8 @@ def run(args) -> int:
             require_ultrasound=not args.any_modality, fractions=args.split_fractions,
             keep_frames_without_scan_area=args.keep_frames_without_scan_area,
             accept_burned_in_annotation=args.accept_burned_in_annotation, keep_uncertain_frames=args.keep_uncertain_frames,
-            mask_text_inside_scan_area=args.mask_text_inside_scan_area, return_report=True, **common,
+            mask_text_inside_scan_area=args.mask_text_inside_scan_area,
+            learned_text_detector=args.learned_text_detector, return_report=True, **common,
         )
         print(deidentification_report(report))
         import json

@@ -35,7 +35,9 @@ De-identification fails closed (the switches below are the fields of :class:`Dei
   ``keep_uncertain_frames=True``. The report's ``text_inside_scan_area`` lists each such frame (its
   pseudonymous ``source_id`` and index, verdict, action, marks, pixels, cues). Not found: thin anti-aliased
   text in a grey inside the speckle range that keeps almost no pixel of full ink (fewer than a few dozen pixels, no
-  upright stem of 4), and dark text;
+  upright stem of 4), and dark text. ``learned_text_detector=True`` adds a learned cue that finds most of that text
+  on synthetic speckle, but, trained on synthetic frames only, it also drops clean frames of real files: off by
+  default;
 * only an allow-list of technical values is copied (:data:`COPIED_TAGS`): Modality and Photometric
   Interpretation (checked against DICOM's defined terms), the frame count, frame time and the physical
   pixel size of the ultrasound regions. ``Manufacturer`` is replaced by a canonical vendor name from a
@@ -697,6 +699,28 @@ def text_rows(boxes: Sequence[Tuple[int, int, int, int]], weights: Sequence[int]
     return sorted(rows, key=lambda r: -r[1])
 
 
+def text_band_window(height: int, width: int) -> Tuple[int, int]:
+    """The (rows, columns) of a line of text at this frame size: 5 x 41 px at 240 px, scaled with min(H, W)."""
+    scale = min(height, width) / 240.0
+    return max(3, int(round(5 * scale)) | 1), max(15, int(round(41 * scale)) | 1)
+
+
+def text_bands(probability: np.ndarray, region: np.ndarray, threshold: float) -> List[Tuple[int, int, int, int]]:
+    """Boxes (x0, y0, x1, y1, exclusive) of the lines of text the detector's probability (float [H, W]) shows
+    inside ``region``: where its mean over a :func:`text_band_window` reaches ``threshold``, each connected stretch
+    of such window centres grown by half a window."""
+    h, w = text_band_window(*probability.shape)
+    mean = ndi.uniform_filter(np.where(region, probability, 0.0).astype(np.float32), size=(h, w), mode="constant")
+    labels, n = ndi.label(mean >= threshold)
+    boxes = []
+    for s in ndi.find_objects(labels):
+        if s is None:
+            continue
+        H, W = probability.shape
+        boxes.append((max(s[1].start - w // 2, 0), max(s[0].start - h // 2, 0), min(s[1].stop + w // 2, W), min(s[0].stop + h // 2, H)))
+    return boxes
+
+
 def find_text_marks(
     frame: np.ndarray,
     region: np.ndarray,
@@ -710,6 +734,10 @@ def find_text_marks(
     min_contrast: float = 40.0,
     max_height: Optional[int] = None,
     min_row: int = 3,
+    ink_probability: Optional[np.ndarray] = None,
+    ink_threshold: float = 0.5,
+    min_ink_area: int = 8,
+    band_threshold: float = 0.1,
 ) -> Tuple[np.ndarray, Dict[str, Any]]:
     """Text-like marks burned into the scan area of one frame, and the frame's verdict.
 
@@ -723,7 +751,15 @@ def find_text_marks(
       identical in this frame and a neighbouring one, used only where the scan area otherwise changes (fewer than
       5 % of its pixels still): text shown in some frames of a moving cine;
     * ``colour`` (``chroma`` float [H, W] and ``use_colour``, for a colour file whose scan area is grey):
-      pixels with a chroma above 24.
+      pixels with a chroma above 24;
+    * ``text detector`` (``ink_probability`` float [H, W] in 0-1, from
+      :func:`~ultrasound_diffusers.models.text_ink_detector.ink_probability`): pieces of pixels above
+      ``ink_threshold``, at least ``min_ink_area`` of them, no taller than ``max_height``: the learned cue that finds
+      thin text in a grey inside the speckle range, which the cues above miss. Pieces are shaped as the other cues'
+      (:func:`mark_shape`: glyphs, words, strokes); alone, outside a row, one is no evidence (a piece of a reflector).
+      And a band: where the probability averaged over a line of text (:func:`text_band_window`: 5 x 41 px at a
+      240-px frame, scaled with the frame) reaches ``band_threshold``, that window is a row of text, even when no
+      single pixel is sure (faint text: the detector's evidence is spread along the line).
 
     Pieces shaped like glyphs or words (:func:`mark_shape`, at most ``max_height`` px tall: default
     ``max(20, 0.15 * min(H, W))``) are grouped into rows (:func:`text_rows`, a word counts as 3 glyphs).
@@ -793,6 +829,24 @@ def find_text_marks(
     if use_colour and chroma is not None:
         labels = ndi.label(region & (np.asarray(chroma) > 24.0), structure=np.ones((3, 3), bool))[0]
         add(labels, _marks_of(labels, frame, region, max_height, "colour"))
+    if ink_probability is not None:
+        probability = np.asarray(ink_probability, dtype=np.float32)
+        if probability.shape != frame.shape:
+            raise ValueError(f"`ink_probability` must have the frame's shape {frame.shape}, got {probability.shape}")
+        labels = ndi.label(region & (probability > ink_threshold), structure=np.ones((3, 3), bool))[0]
+        found = []
+        for i, s in enumerate(ndi.find_objects(labels), start=1):
+            if s is None:
+                continue
+            piece = labels[s] == i
+            shape = mark_shape(piece, max_height, min_area=min_ink_area) if piece.sum() >= min_ink_area else None
+            if shape is not None:  # glyphs, words, strokes; not bands along a reflector, blobs or specks
+                found.append({"box": (s[1].start, s[0].start, s[1].stop, s[0].stop), "shape": shape,
+                              "cue": "text detector", "pixels": int(piece.sum()), "label": i})
+        add(labels, found)
+        band_rows = text_bands(probability, region, band_threshold)
+    else:
+        band_rows = []
     out = ndi.binary_dilation(out, iterations=1)
     rows = text_rows([m["box"] for m in marks], [3 if m["shape"] == "word" else 1 for m in marks]) if marks else []
     longest = rows[0][1] if rows else 0
@@ -801,14 +855,20 @@ def find_text_marks(
         if weight >= min_row:
             boxes = np.array([marks[i]["box"] for i in members])
             row_boxes.append((int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()), int(boxes[:, 3].max())))
-    # alone (outside a row of text), a straight stroke, a bright blob or a still one is no evidence: pieces of
-    # needles and reflectors, bright speckle, a region that happens to stay still
-    glyphs = sum(m["shape"] != "stroke" and m["cue"] not in ("brighter than the speckle", "still across frames") for m in marks)
+    # alone (outside a row of text), a straight stroke, a bright blob, a still one or one piece the learned detector
+    # marks is no evidence: pieces of needles and reflectors, bright speckle, a region that happens to stay still
+    glyphs = sum(m["shape"] != "stroke" and m["cue"] not in ("brighter than the speckle", "still across frames", "text detector")
+                 for m in marks)
+    if band_rows:
+        row_boxes.extend(band_rows)
+        longest = max(longest, min_row)
     verdict = "text" if longest >= min_row else ("uncertain" if glyphs or flat_fraction > max_flat_fraction else "clean")
     if verdict == "clean":
         marks = []
         out[:] = False
     cues = Counter(m["cue"] for m in marks)
+    if band_rows:
+        cues["text detector (band)"] += len(band_rows)
     if verdict == "clean":
         row_boxes, longest = [], 0
     return out, {"verdict": verdict, "marks": len(marks), "pixels": int(sum(m["pixels"] for m in marks)), "longest_row": int(longest), "rows": row_boxes,
@@ -916,6 +976,12 @@ class DeidentificationPolicy:
         mask_text_inside_scan_area: keep frames with burned-in text inside the scan area, with the rows of text
             found zeroed (:func:`cover_rows`, :func:`cover_marks`); default: drop them (the detector finds marks, not
             necessarily every pixel of them, and a zeroed box is an artefact a model would learn).
+        learned_text_detector: also look for text with the bundled
+            :class:`~ultrasound_diffusers.models.text_ink_detector.TextInkDetector`, trained on synthetic frames
+            only: it finds most thin text in a grey inside the speckle range on synthetic speckle, but on real files
+            it also fires on colour Doppler, graphics and real speckle and drops clean frames (see
+            the README's de-identification numbers), so it is off by default; use it on grey B-mode archives after
+            checking the report's drops.
 
     Raises:
         TypeError: a switch that is not True / False (or 0 / 1), or a ``min_frame_fill`` that is not a number;
@@ -936,6 +1002,7 @@ class DeidentificationPolicy:
     min_frame_fill: float = 0.25
     keep_uncertain_frames: bool = False
     mask_text_inside_scan_area: bool = False
+    learned_text_detector: bool = False
 
     def __post_init__(self):
         for name in POLICY_FIELDS:
@@ -970,7 +1037,8 @@ class DeidentificationPolicy:
         return {"keep_frames_without_scan_area": bool(self.keep_frames_without_scan_area),
                 "accept_burned_in_annotation": bool(self.accept_burned_in_annotation),
                 "min_frame_fill": float(self.min_frame_fill), "keep_uncertain_frames": bool(self.keep_uncertain_frames),
-                "mask_text_inside_scan_area": bool(self.mask_text_inside_scan_area)}
+                "mask_text_inside_scan_area": bool(self.mask_text_inside_scan_area),
+                "learned_text_detector": bool(self.learned_text_detector)}
 
 
 #: The field names of :class:`DeidentificationPolicy`, in order (the policy keywords of :func:`convert_dicom`).
@@ -1018,6 +1086,7 @@ class _Conversion:
     key: bytes  # pseudonym key of this conversion: never stored, never reused
     failures: FailureLog
     tally: _Tally = field(default_factory=_Tally)
+    text_detector: Any = None  # the TextInkDetector of policy.learned_text_detector, loaded once per conversion
 
 
 @dataclass
@@ -1107,7 +1176,13 @@ def _check_text(conv: _Conversion, frames: np.ndarray, chroma, t: int, area: _Sc
     policy, tally = conv.policy, conv.tally
     T = frames.shape[0]
     neighbours = [frames[k] for k in (t - 1, t + 1) if 0 <= k < T] if T >= 3 else []
-    marks, found = find_text_marks(frames[t], area.mask & ~area.overlay, neighbours, None if chroma is None else chroma[t], use_colour=area.grey_scan)
+    probability = None
+    if conv.text_detector is not None:
+        from ..models.text_ink_detector import ink_probability
+
+        probability = ink_probability(conv.text_detector, frames[t])
+    marks, found = find_text_marks(frames[t], area.mask & ~area.overlay, neighbours, None if chroma is None else chroma[t],
+                                   use_colour=area.grey_scan, ink_probability=probability)
     verdict = found["verdict"]
     tally.text_counts[verdict] += 1
     if verdict == "clean":
@@ -1282,7 +1357,8 @@ def convert_dicom(
         return_report: also return the de-identification report (a dict of counts).
         **policy_fields: fields of :class:`DeidentificationPolicy` (``require_ultrasound``, ``strict``,
             ``keep_frames_without_scan_area``, ``accept_burned_in_annotation``, ``min_frame_fill``,
-            ``keep_uncertain_frames``, ``mask_text_inside_scan_area``), replacing those of ``policy``. Any other
+            ``keep_uncertain_frames``, ``mask_text_inside_scan_area``, ``learned_text_detector``), replacing those of
+            ``policy``. Any other
             name is a TypeError.
 
     Returns:
@@ -1308,6 +1384,10 @@ def convert_dicom(
     # 2. the state of this conversion: a fresh pseudonym key (never stored, never reused), skipped files, counts
     conv = _Conversion(pydicom=pydicom, invalid_dicom_error=InvalidDicomError, policy=policy, crop=crop, out_size=out_size,
                        frame_step=frame_step, max_frames=max_frames, key=secrets.token_bytes(32), failures=FailureLog(policy.strict))
+    if policy.learned_text_detector:
+        from ..models.text_ink_detector import load_text_detector
+
+        conv.text_detector = load_text_detector()
 
     # 3. every file: read and decode, find the scan area, check and encode its frames
     per_file: List[Tuple[str, List[Dict[str, Any]]]] = []
