@@ -50,29 +50,22 @@ from typing import List, Optional, Sequence
 import torch
 
 from ultrasound_diffusers.distillation import ddim_step, guided_output, progressive_target
-from ultrasound_diffusers.image_processor import LabelMapProcessor, parse_size
+from ultrasound_diffusers.image_processor import LabelMapProcessor
 from ultrasound_diffusers.training_utils import (
     CHECKPOINT_PATTERN,
     EpochShuffleSampler,
-    checkpoint_is_complete,
     derive_seed,
+    add_paired_data_arguments,
+    check_distillation_arguments,
     list_checkpoints,
 )
+from ultrasound_diffusers.training_utils import PAIRED_DATA_FLAGS
 from ultrasound_diffusers.training_utils import save_checkpoint as save_training_checkpoint
 
 logger = logging.getLogger("train_progressive_distillation")
 
-#: How data errors name the flags (see ultrasound_diffusers.data.paired).
-DATA_FLAGS = {"dataset_name": "--dataset_name", "data_dir": "--train_data_dir", "image_column": "--image_column",
-              "label_column": "--label_column", "num_classes": "--num_classes"}
-#: What a run writes into --output_dir (anything else there is the user's).
-RUN_ENTRIES = {"model_index.json", "unet", "scheduler", "README.md", "training_args.json", "logs",
-               "pipeline_semantic_ultrasound.py", ".ultrasound-diffusers.json"}
+DATA_FLAGS = PAIRED_DATA_FLAGS
 ROUND_PREFIX = "round-"
-
-
-def parse_resolution(value: str):
-    return parse_size(value, as_pair=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,14 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps_per_round", type=str, default="400",
                    help="Optimiser steps of each round: one integer, or a comma-separated list with one per round.")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset_name", type=str, default="phantoms:echo",
-                   help="phantoms:<anatomy>, a save_to_disk folder, a Hub dataset or a dataset script.")
-    g.add_argument("--train_data_dir", type=str, default=None, help="An imagefolder with paired label maps.")
-    g.add_argument("--phantoms", type=int, default=256, help="Number of phantoms for --dataset_name phantoms:*.")
-    g.add_argument("--resolution", type=parse_resolution, default=(64, 64), help="int or H,W")
-    g.add_argument("--image_column", type=str, default="image")
-    g.add_argument("--label_column", type=str, default="label")
-    g.add_argument("--max_train_samples", type=int, default=None)
+    add_paired_data_arguments(g)
     g = p.add_argument_group("optimisation")
     g.add_argument("--output_dir", type=str, required=True)
     g.add_argument("--seed", type=int, default=0)
@@ -154,20 +140,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             raise ValueError(f"{flag} must be {expected}, got {getattr(args, flag[2:])!r}")
     args.rounds = round_sizes(args.teacher_steps, args.student_steps)
     args.round_steps = parse_steps_per_round(args.steps_per_round, len(args.rounds))
-    teacher = Path(args.teacher)
-    if not (teacher / "unet").is_dir() or not (teacher / "scheduler").is_dir():
-        raise ValueError(f"--teacher {args.teacher!r} must be a pipeline folder with unet/ and scheduler/ subfolders")
-    if args.train_data_dir is not None:
-        args.dataset_name = None
-    out = Path(args.output_dir)
-    if out.is_dir() and any(p.name not in RUN_ENTRIES and not CHECKPOINT_PATTERN.match(p.name)
-                            and not p.name.startswith((".checkpoint-", ROUND_PREFIX, f".{ROUND_PREFIX}"))
-                            for p in out.iterdir()):
-        raise ValueError(f"--output_dir {args.output_dir!r} holds files that are not a distillation run's")
-    if args.resume_from_checkpoint not in (None, "latest"):
-        path = Path(args.resume_from_checkpoint)
-        if not path.is_dir() or not CHECKPOINT_PATTERN.match(path.name) or not checkpoint_is_complete(path):
-            raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a complete checkpoint-N folder")
+    check_distillation_arguments(args, run_prefixes=(ROUND_PREFIX,))
     return args
 
 

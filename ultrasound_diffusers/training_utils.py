@@ -12,6 +12,8 @@ Like ``diffusers.training_utils``, this module holds the reusable pieces of the 
   :func:`checkpoint_is_complete` and :func:`list_checkpoints` find the ``checkpoint-N`` folders that
   ``Accelerator.save_state`` finished writing.
 * :func:`make_grid`: the ``label map | sample`` grid of the validation images.
+* The distillation scripts' shared flags and checks: :func:`add_paired_data_arguments`,
+  :func:`check_distillation_arguments`, :data:`PAIRED_DATA_FLAGS`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ __all__ = [
     "list_checkpoints",
     "make_grid",
     "save_checkpoint",
+    "PAIRED_DATA_FLAGS",
+    "add_paired_data_arguments",
+    "check_distillation_arguments",
 ]
 
 #: Name of a finished checkpoint folder; the group is the optimisation step.
@@ -307,3 +312,48 @@ def make_grid(
         rows.append(np.concatenate([p for part in parts for p in (part, sep)][:-1], axis=1))
     hsep = np.full((pad, rows[0].shape[1], 3), 255, dtype=np.uint8)
     return np.concatenate([r for row in rows for r in (row, hsep)][:-1], axis=0)
+
+
+# ---------------------------------------------------------------------------------------------------- distillation scripts
+#: How paired-data errors name the distillation scripts' flags (the ``arguments`` of ultrasound_diffusers.data.paired).
+PAIRED_DATA_FLAGS = {"dataset_name": "--dataset_name", "data_dir": "--train_data_dir", "image_column": "--image_column",
+                     "label_column": "--label_column", "num_classes": "--num_classes"}
+#: What a distillation run writes into its --output_dir (anything else there is the user's).
+DISTILLATION_RUN_ENTRIES = {"model_index.json", "unet", "scheduler", "README.md", "training_args.json", "logs",
+                            "pipeline_semantic_ultrasound.py", ".ultrasound-diffusers.json"}
+
+
+def add_paired_data_arguments(group, default_phantoms: int = 256) -> None:
+    """The data flags of the distillation scripts (an argparse group): ``--dataset_name``, ``--train_data_dir``,
+    ``--phantoms``, ``--resolution``, ``--image_column``, ``--label_column``, ``--max_train_samples``."""
+    from .image_processor import parse_size
+
+    group.add_argument("--dataset_name", type=str, default="phantoms:echo",
+                       help="phantoms:<anatomy>, a save_to_disk folder, a Hub dataset or a dataset script.")
+    group.add_argument("--train_data_dir", type=str, default=None, help="An imagefolder with paired label maps.")
+    group.add_argument("--phantoms", type=int, default=default_phantoms, help="Number of phantoms for --dataset_name phantoms:*.")
+    group.add_argument("--resolution", type=lambda v: parse_size(v, as_pair=True), default=(64, 64), help="int or H,W")
+    group.add_argument("--image_column", type=str, default="image")
+    group.add_argument("--label_column", type=str, default="label")
+    group.add_argument("--max_train_samples", type=int, default=None)
+
+
+def check_distillation_arguments(args, run_prefixes: Tuple[str, ...] = ()) -> None:
+    """The checks every distillation script makes of its parsed flags: ``--teacher`` is a pipeline folder,
+    ``--output_dir`` holds nothing but a distillation run's entries (checkpoints, and names starting with
+    ``run_prefixes``), ``--resume_from_checkpoint`` is ``latest`` or a complete checkpoint; ``--train_data_dir``
+    replaces ``--dataset_name``. Raises ValueError naming the flag."""
+    teacher = Path(args.teacher)
+    if not (teacher / "unet").is_dir() or not (teacher / "scheduler").is_dir():
+        raise ValueError(f"--teacher {args.teacher!r} must be a pipeline folder with unet/ and scheduler/ subfolders")
+    if args.train_data_dir is not None:
+        args.dataset_name = None
+    out = Path(args.output_dir)
+    prefixes = (".checkpoint-",) + tuple(run_prefixes) + tuple(f".{p}" for p in run_prefixes)
+    if out.is_dir() and any(p.name not in DISTILLATION_RUN_ENTRIES and not CHECKPOINT_PATTERN.match(p.name)
+                            and not p.name.startswith(prefixes) for p in out.iterdir()):
+        raise ValueError(f"--output_dir {args.output_dir!r} holds files that are not a distillation run's")
+    if args.resume_from_checkpoint not in (None, "latest"):
+        path = Path(args.resume_from_checkpoint)
+        if not path.is_dir() or not CHECKPOINT_PATTERN.match(path.name) or not checkpoint_is_complete(path):
+            raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a complete checkpoint-N folder")
