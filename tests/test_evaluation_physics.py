@@ -46,6 +46,11 @@ def test_profile_distance_detects_attenuation_change():
     assert d_att["l1"] > 5 * d_same["l1"]
     assert d_att["mean_difference"] < 0
     assert P.profile_slope(p_att) < P.profile_slope(p_real) - 0.2
+    # the shape distance ignores a global offset (an over-bright image with the same fall-off) but not a fall-off
+    brighter = P.depth_intensity_profile(np.clip(real + 0.15 * inside, 0, 1))
+    d_bright = P.profile_distance(p_real, brighter)
+    assert d_bright["l1"] > 0.1 and d_bright["shape_l1"] < 0.2 * d_bright["l1"]
+    assert d_att["shape_l1"] > 3 * d_same["shape_l1"] and d_att["shape_l1"] > d_bright["shape_l1"]
 
 
 def test_speckle_rayleigh_and_log_compressed():

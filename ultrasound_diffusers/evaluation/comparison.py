@@ -362,14 +362,19 @@ def _profile_mean(d: _SetData, idx: np.ndarray) -> np.ndarray:
         return np.nanmean(d.profiles[idx], axis=0)
 
 
-def _profile_l1(band: Optional[int]) -> Callable:
+def _profile_l1(band: Optional[int], shape: bool = False) -> Callable:
+    """Mean |difference| of the two depth profiles (in a depth band); ``shape``: with the mean difference (the
+    global offset) removed first, so that only a different fall-off with depth counts."""
     def stat(d, idx, r, ridx):
         a, b = _profile_mean(d, idx), _profile_mean(r, ridx)
         sel = np.isfinite(a) & np.isfinite(b)
         if band is not None:
             _, lo, hi = DEPTH_BANDS[band]
             sel &= (d.bin_centers >= lo) & (d.bin_centers < hi)
-        return float(np.abs(a[sel] - b[sel]).mean()) if sel.any() else float("nan")
+        if not sel.any():
+            return float("nan")
+        diff = a[sel] - b[sel]
+        return float(np.abs(diff - diff.mean() if shape else diff).mean())
 
     return stat
 
@@ -468,6 +473,8 @@ def _metric_specs(wanted: Sequence[str], contrast_pairs, paired: bool, have_feat
         add("depth_profile_l1", "depth profile distance to real (L1)", _profile_l1(None), real=False)
         for k, (band, _, _) in enumerate(DEPTH_BANDS):
             add(f"depth_profile_l1[{band}]", "depth profile distance to real (L1)", _profile_l1(k), band, real=False)
+        add("depth_profile_shape_l1", "depth profile distance to real, offset removed (L1)", _profile_l1(None, shape=True),
+            real=False)
         add("depth_profile_slope", "depth profile slope", _profile_slope)
         if have_outside:
             add("mean_outside_fan", "mean intensity outside fan", _outside_mean(None))

@@ -107,7 +107,9 @@ def depth_intensity_profile(
 
 def profile_distance(profile_a: Mapping[str, np.ndarray], profile_b: Mapping[str, np.ndarray]) -> Dict[str, float]:
     """Distances between two depth profiles over the bins both cover: mean |diff| (``l1``), max |diff|
-    (``linf``) and root-mean-square (``rmse``), in intensity units ([0, 1] scale)."""
+    (``linf``) and root-mean-square (``rmse``), in intensity units ([0, 1] scale); ``mean_difference`` (b - a, the
+    global offset) and ``shape_l1``, the mean |diff| once that offset is removed: how differently the two fade with
+    depth, whatever their overall brightness (an over-bright image with the right fall-off has ``shape_l1`` 0)."""
     a, b = np.asarray(profile_a["mean"], np.float64), np.asarray(profile_b["mean"], np.float64)
     if a.shape != b.shape:
         raise ValueError(f"profiles must have the same number of bins, got {a.shape} and {b.shape}")
@@ -120,6 +122,7 @@ def profile_distance(profile_a: Mapping[str, np.ndarray], profile_b: Mapping[str
         "linf": float(np.abs(diff).max()),
         "rmse": float(np.sqrt((diff**2).mean())),
         "mean_difference": float((b[valid] - a[valid]).mean()),
+        "shape_l1": float(np.abs(diff - diff.mean()).mean()),
     }
 
 
