@@ -43,3 +43,25 @@ def test_seed_and_strength_pick_the_run_folder_and_the_flag(tmp_path):
     assert (tmp_path / "seed1" / "strong").is_dir()
     out = run(tmp_path, "nonsense")
     assert out.returncode == 2 and "unknown step 'nonsense'" in out.stderr
+
+
+def test_training_resumes_and_skips_finished_stages(tmp_path):
+    """An interrupted stage continues from its latest checkpoint (--resume_from_checkpoint latest in both stages); a
+    finished stage is not run again (stage 1 skipped from checkpoint-2400, both from checkpoint-3200)."""
+    pipeline = tmp_path / "seed0" / "bmap" / "pipeline"
+
+    def stages(**env):
+        out = run(tmp_path, "train-bmap", **env)
+        assert out.returncode == 0, out.stderr
+        return [line for line in out.stdout.splitlines() if "train_semantic.py" in line]
+
+    fresh = stages()
+    assert len(fresh) == 2 and all("--resume_from_checkpoint latest" in line for line in fresh)
+    assert "--max_train_steps 2400" in fresh[0] and "--max_train_steps 3200" in fresh[1]
+    (pipeline / "checkpoint-2400").mkdir(parents=True)
+    (pipeline / "checkpoint-800").mkdir()
+    after_stage_one = stages()
+    assert len(after_stage_one) == 1 and "--max_train_steps 3200" in after_stage_one[0]
+    (pipeline / "checkpoint-3200").mkdir()
+    assert stages() == []
+    assert len(stages(STAGE1_STEPS="4000", FINETUNE="0")) == 1  # a longer stage 1 resumes past 3200

@@ -22,6 +22,8 @@
 #
 # A stronger B-map arm (issue 32): train-strong / generate-strong use --bmap_min ${STRONG_BMAP_MIN:-0.9} (every
 # other flag the same); evaluate adds it to the report when WORK_DIR/generated-strong exists.
+# Training is resumable: rerun the same step after an interruption (each stage continues from its latest checkpoint,
+# written every 400 steps; finished stages are skipped).
 # Shorter runs (the same for both arms): STAGE1_STEPS=1200 FINETUNE=0 bash training/ablation.sh W ...
 # SEED=1 bash training/ablation.sh W ... trains (and generates) the arms with another training seed.
 # trains stage 1 for 1200 steps (the linear decay then reaches 0 at step 1200) and skips the offset-noise stage.
@@ -39,22 +41,34 @@ PY="${PYTHON:-python}"
 
 RUN="$WORK/seed$SEED"
 
-train_arm() {  # $1 = arm name, $2 = bmap_min
+latest_checkpoint() {  # the highest N of pipeline/checkpoint-N in the current folder (0 when none)
+  local n=0 d
+  for d in pipeline/checkpoint-*; do
+    [ -d "$d" ] || continue
+    d="${d##*-}"
+    [ "$d" -gt "$n" ] && n="$d"
+  done
+  echo "$n"
+}
+
+train_arm() {  # $1 = arm name, $2 = bmap_min. Resumable: an interrupted stage continues from its latest
+  # checkpoint (every 400 steps), a finished stage is skipped.
   mkdir -p "$RUN/$1"
   cd "$RUN/$1"
   # training/demo_model.sh's data, network and B-map flags, with this arm's --bmap_min
   local data_and_model=(--dataset_name phantoms:echo --phantoms 2000 --resolution 64 --model_config tiny-64 --learn_sigma
     --drop_rate 0.2 --beta_schedule squaredcos_cap_v2 --bmap_schedule cosine --bmap_min "$2" --probe_geometry convex)
-  # Stage 1: identical to training/demo_model.sh step 1a but for --bmap_min.
-  ACCELERATE_USE_CPU=true "$PY" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
-    --mixed_precision no --dynamo_backend no "$REPO/training/train_semantic.py" \
+  # Stage 1: identical to training/demo_model.sh step 1a but for --bmap_min (and the resume).
+  [ "$(latest_checkpoint)" -ge "$STAGE1_STEPS" ] || ACCELERATE_USE_CPU=true "$PY" -m accelerate.commands.launch \
+    --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no "$REPO/training/train_semantic.py" \
     "${data_and_model[@]}" \
     --train_batch_size 8 --max_train_steps "$STAGE1_STEPS" --learning_rate 2e-4 --lr_scheduler linear --lr_warmup_steps 100 \
     --adam_weight_decay 1e-3 --use_ema --ema_decay 0.999 --checkpointing_steps 400 --checkpoints_total_limit 2 \
-    --logger tensorboard --seed "$SEED" --output_dir pipeline
+    --logger tensorboard --seed "$SEED" --output_dir pipeline --resume_from_checkpoint latest
   # Stage 2: identical to training/demo_model.sh step 1b (offset-noise fine-tune) but for --bmap_min. As there, the
   # resumed optimizer and schedule keep the restored lr 2e-4 (constant) and EMA decay 0.999 whatever the flags say.
   [ "$FINETUNE" = 1 ] || { cd "$REPO"; return 0; }
+  [ "$(latest_checkpoint)" -lt 3200 ] || { cd "$REPO"; return 0; }
   ACCELERATE_USE_CPU=true "$PY" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
     --mixed_precision no --dynamo_backend no "$REPO/training/train_semantic.py" \
     "${data_and_model[@]}" \
