@@ -165,7 +165,10 @@ def plot(rows: List[dict], path: Path, reference: str, title: str) -> None:
         if key == "kid":
             ax.axhspan(1e3 * (ref["kid"] - ref["kid_std"]), 1e3 * (ref["kid"] + ref["kid_std"]), color="grey", alpha=0.15)
         ax.set_xscale("log")
-        ticks = sorted({r["steps"] for r in rows})
+        ticks = []
+        for t in sorted({r["steps"] for r in rows}):  # labels closer than 12 % on the log axis overlap: keep the first
+            if not ticks or t >= 1.12 * ticks[-1]:
+                ticks.append(t)
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(t) for t in ticks])
         ax.minorticks_off()
