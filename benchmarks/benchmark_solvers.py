@@ -287,11 +287,15 @@ def main(argv=None) -> int:
         fewstep_cache = Path(args.cache_dir) / student_cache_name(args.fewstep_pipeline, args.num_images)
         fewstep_cache.mkdir(parents=True, exist_ok=True)
 
-    def student_for(steps: int) -> Tuple[object, Path]:
+    def round_folder(steps: int) -> Optional[Path]:
         """A progressive run's row N samples the round-N student of the run folder, where there is one (each round
-        learned its own number of steps); every other row the --fewstep_pipeline itself."""
+        learned its own number of steps); None: the row samples the --fewstep_pipeline itself."""
         folder = Path(args.fewstep_pipeline) / f"round-{steps}"
-        if student_kind(student.scheduler) != "progressive" or not (folder / "unet").is_dir():
+        return folder if student_kind(student.scheduler) == "progressive" and (folder / "unet").is_dir() else None
+
+    def student_for(steps: int) -> Tuple[object, Path]:
+        folder = round_folder(steps)
+        if folder is None:
             return student, fewstep_cache
         pipeline = DiffusionPipeline.from_pretrained(folder)
         pipeline.set_progress_bar_config(disable=True)
@@ -300,10 +304,9 @@ def main(argv=None) -> int:
     def where(name: str) -> Path:
         if table[name][0] != "student":
             return cache / f"{name}.npz"
-        folder = Path(args.fewstep_pipeline) / f"round-{table[name][1]}"
-        if student_kind(student.scheduler) == "progressive" and (folder / "unet").is_dir():
-            return Path(args.cache_dir) / student_cache_name(str(folder), args.num_images) / f"{name}.npz"
-        return fewstep_cache / f"{name}.npz"
+        folder = round_folder(table[name][1])
+        base = fewstep_cache if folder is None else Path(args.cache_dir) / student_cache_name(str(folder), args.num_images)
+        return base / f"{name}.npz"
 
     for name in names:
         target = where(name)

@@ -709,14 +709,14 @@ def text_bands(probability: np.ndarray, region: np.ndarray, threshold: float) ->
     """Boxes (x0, y0, x1, y1, exclusive) of the lines of text the detector's probability (float [H, W]) shows
     inside ``region``: where its mean over a :func:`text_band_window` reaches ``threshold``, each connected stretch
     of such window centres grown by half a window."""
-    h, w = text_band_window(*probability.shape)
+    H, W = probability.shape
+    h, w = text_band_window(H, W)
     mean = ndi.uniform_filter(np.where(region, probability, 0.0).astype(np.float32), size=(h, w), mode="constant")
-    labels, n = ndi.label(mean >= threshold)
+    labels = ndi.label(mean >= threshold)[0]
     boxes = []
     for s in ndi.find_objects(labels):
         if s is None:
             continue
-        H, W = probability.shape
         boxes.append((max(s[1].start - w // 2, 0), max(s[0].start - h // 2, 0), min(s[1].stop + w // 2, W), min(s[0].stop + h // 2, H)))
     return boxes
 
