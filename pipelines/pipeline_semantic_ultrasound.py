@@ -18,6 +18,7 @@ from .pipeline_utils import (
     check_callback_inputs,
     check_callback_outputs,
     check_eta,
+    check_use_clipped_model_output,
     check_finite_result,
     check_generation_size,
     check_generator,
@@ -144,6 +145,7 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
         num_inference_steps: int = 50,
         guidance_scale: float = 1.0,
         eta: Optional[float] = None,
+        use_clipped_model_output: Optional[bool] = None,
         generator: Union[torch.Generator, List[torch.Generator], None] = None,
         num_images_per_prompt: int = 1,
         latents: Optional[torch.Tensor] = None,
@@ -170,6 +172,10 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
             eta (`float`, *optional*): DDIM's eta. ``None`` (default) leaves it to the scheduler: DDIMScheduler
                 uses 0.0, BMapAttenuationScheduler its configured ``sampler``; schedulers without eta (DDPM)
                 ignore it.
+            use_clipped_model_output (`bool`, *optional*): DDIM only, as in diffusers' DDIMPipeline: recompute the
+                noise from the clipped x_0 estimate, so that every DDIM step moves towards an image inside
+                [-1, 1]. ``None`` (default) keeps the scheduler's default (False, diffusers' behaviour). On the
+                B-map models it removes the grey haze outside the fan of deterministic DDIM (docs/fewstep.md).
             generator: a ``torch.Generator`` or a list of them, one per generated image (image k is then what
                 generator k draws alone); anything else (a seed integer, a numpy generator) is a TypeError.
             num_images_per_prompt (`int`, defaults to 1): images drawn per label map.
@@ -208,6 +214,7 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
         num_images_per_prompt = as_count("num_images_per_prompt", num_images_per_prompt)
         guidance_scale = check_guidance_scale(guidance_scale)
         eta = check_eta(eta)
+        use_clipped_model_output = check_use_clipped_model_output(use_clipped_model_output)
         check_output_type(output_type)
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
@@ -240,7 +247,7 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
 
         # 4. initial noise
         latents = prepare_latents(shape, generator, latents, device, dtype, self.scheduler.init_noise_sigma)
-        extra_step_kwargs = prepare_extra_step_kwargs(self.scheduler, generator, eta)
+        extra_step_kwargs = prepare_extra_step_kwargs(self.scheduler, generator, eta, use_clipped_model_output)
 
         # 5. denoising loop
         segmap = one_hot  # exposed to callbacks

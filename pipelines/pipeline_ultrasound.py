@@ -15,6 +15,7 @@ from .pipeline_utils import (
     check_callback_inputs,
     check_callback_outputs,
     check_eta,
+    check_use_clipped_model_output,
     check_finite_result,
     check_generation_size,
     check_generator,
@@ -70,6 +71,7 @@ class UltrasoundPipeline(DiffusionPipeline):
         batch_size: int = 1,
         num_inference_steps: int = 50,
         eta: Optional[float] = None,
+        use_clipped_model_output: Optional[bool] = None,
         generator: Union[torch.Generator, List[torch.Generator], None] = None,
         latents: Optional[torch.Tensor] = None,
         height: Optional[int] = None,
@@ -87,6 +89,8 @@ class UltrasoundPipeline(DiffusionPipeline):
             num_inference_steps (`int`, defaults to 50): number of denoising steps.
             eta (`float`, *optional*): DDIM's eta; ``None`` (default) leaves it to the scheduler (DDIMScheduler:
                 0.0, BMapAttenuationScheduler: its configured ``sampler``; DDPMScheduler has none).
+            use_clipped_model_output (`bool`, *optional*): DDIM only (diffusers' DDIMPipeline argument): recompute
+                the noise from the clipped x_0 estimate; ``None`` keeps the scheduler's default (False).
             generator: torch generator(s) for reproducible results (one, or one per image).
             latents (`torch.Tensor`, *optional*): initial noise [batch_size, C, H, W].
             height, width (`int`, *optional*): image size; defaults to the network's ``sample_size`` (an int or
@@ -120,6 +124,7 @@ class UltrasoundPipeline(DiffusionPipeline):
         if timesteps is None:
             num_inference_steps = as_count("num_inference_steps", num_inference_steps)
         eta = check_eta(eta)
+        use_clipped_model_output = check_use_clipped_model_output(use_clipped_model_output)
         check_output_type(output_type)
         self._interrupt = False
 
@@ -134,7 +139,7 @@ class UltrasoundPipeline(DiffusionPipeline):
         latents = prepare_latents(shape, generator, latents, device, dtype, self.scheduler.init_noise_sigma)
         schedule = prepare_timesteps(self.scheduler, num_inference_steps, timesteps, device)
         self._num_timesteps = len(schedule)
-        extra_step_kwargs = prepare_extra_step_kwargs(self.scheduler, generator, eta)
+        extra_step_kwargs = prepare_extra_step_kwargs(self.scheduler, generator, eta, use_clipped_model_output)
 
         for i, t in enumerate(self.progress_bar(schedule)):
             if self.interrupt:

@@ -62,6 +62,7 @@ __all__ = [
     "labels_to_output",
     "postprocess_images",
     "prepare_extra_step_kwargs",
+    "check_use_clipped_model_output",
     "prepare_segmap",
     "resolve_sample_size",
 ]
@@ -257,12 +258,23 @@ def check_eta(eta: Any) -> Optional[float]:
     return float(eta)
 
 
-def prepare_extra_step_kwargs(scheduler, generator=None, eta: Optional[float] = None) -> Dict[str, Any]:
+def check_use_clipped_model_output(value: Any) -> Optional[bool]:
+    """``use_clipped_model_output`` as a bool or None; ValueError for anything else (a string "False" is not False)."""
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return None if value is None else bool(value)
+    raise ValueError(f"`use_clipped_model_output` must be True, False or None, got {describe(value)}")
+
+
+def prepare_extra_step_kwargs(
+    scheduler, generator=None, eta: Optional[float] = None, use_clipped_model_output: Optional[bool] = None
+) -> Dict[str, Any]:
     """Keyword arguments for ``scheduler.step`` that the scheduler accepts.
 
     ``eta=None`` leaves eta to the scheduler (DDIMScheduler uses 0.0, BMapAttenuationScheduler its configured
     ``sampler``); a float is passed to schedulers whose ``step`` takes ``eta`` and ignored, with a warning, by
-    others (DDPMScheduler). The generator is passed when ``step`` takes one.
+    others (DDPMScheduler). ``use_clipped_model_output`` (DDIM: the noise recomputed from the clipped x_0, as in
+    diffusers' DDIMPipeline) likewise: None leaves the scheduler's default. The generator is passed when ``step``
+    takes one.
     """
     params = set(inspect.signature(scheduler.step).parameters)
     kwargs: Dict[str, Any] = {}
@@ -272,6 +284,15 @@ def prepare_extra_step_kwargs(scheduler, generator=None, eta: Optional[float] = 
             kwargs["eta"] = float(eta)
         else:
             logger.warning(f"`eta`={eta} is ignored: {type(scheduler).__name__}.step takes no eta")
+    use_clipped_model_output = check_use_clipped_model_output(use_clipped_model_output)
+    if use_clipped_model_output is not None:
+        if "use_clipped_model_output" in params:
+            kwargs["use_clipped_model_output"] = use_clipped_model_output
+        else:
+            logger.warning(
+                f"`use_clipped_model_output`={use_clipped_model_output} is ignored: {type(scheduler).__name__}.step "
+                "takes no use_clipped_model_output"
+            )
     if "generator" in params:
         kwargs["generator"] = generator
     return kwargs

@@ -7,6 +7,7 @@ import torch
 from _pipeline_fixtures import (
     NUM_CLASSES,
     echo_label_map,
+    tiny_bmap_scheduler,
     tiny_semantic_pipeline,
     tiny_semantic_unet,
 )
@@ -270,6 +271,33 @@ def test_ddim_eta_none_is_deterministic_given_the_latents(pipe):
     e = run(pipe, labels, seed=1, latents=latents).images
     f = run(pipe, labels, seed=2, latents=latents).images
     assert np.abs(e - f).max() > 1e-4
+
+
+def test_use_clipped_model_output_reaches_the_ddim_step(pipe_fixed):
+    """DDIMPipeline's argument: the noise recomputed from the clipped x_0 changes DDIM where clipping acts, and only
+    there; schedulers without it ignore it; a non-bool is refused by name."""
+    labels = echo_label_map(16)
+    latents = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def with_scheduler(scheduler, **kwargs):
+        p = SemanticUltrasoundPipeline(unet=pipe_fixed.unet, scheduler=scheduler)
+        p.set_progress_bar_config(disable=True)
+        return run(p, labels, latents=latents, guidance_scale=1.5, **kwargs).images
+
+    ddim = tiny_bmap_scheduler("fixed_small", sampler="ddim")
+    plain, clipped = with_scheduler(ddim), with_scheduler(ddim, use_clipped_model_output=True)
+    assert np.abs(plain - clipped).max() > 1e-3  # the random network's x_0 leaves [-1, 1] at high noise
+    np.testing.assert_array_equal(plain, with_scheduler(ddim, use_clipped_model_output=False))
+    unclipped = tiny_bmap_scheduler("fixed_small", sampler="ddim", clip_sample=False)
+    np.testing.assert_allclose(  # nothing clipped: the recomputed noise is the model's own
+        with_scheduler(unclipped), with_scheduler(unclipped, use_clipped_model_output=True), atol=1e-5
+    )
+    # diffusers' DDIMScheduler takes the same argument
+    diffusers_ddim = DDIMScheduler.from_config(ddim.config)
+    assert np.abs(with_scheduler(diffusers_ddim) - with_scheduler(diffusers_ddim, use_clipped_model_output=True)).max() > 1e-3
+    assert "use_clipped_model_output" not in prepare_extra_step_kwargs(DDPMScheduler(num_train_timesteps=10), None, None, True)
+    with pytest.raises(ValueError, match="use_clipped_model_output"):
+        with_scheduler(ddim, use_clipped_model_output="yes")
 
 
 # ------------------------------------------------------------------ callbacks, progress bar, construction
