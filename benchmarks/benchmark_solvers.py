@@ -53,8 +53,8 @@ def sampler_table(with_250: bool = False, extra: bool = False, fewstep: Optional
     train_progressive_distillation.py: rows progressive-1/2/4/8 and its teacher's sampler, trailing DDIM 64), or
     None; ``student_steps`` replaces the student's default call counts."""
     table: Dict[str, Tuple[str, int, dict]] = {"ancestral-50": ("ddpm", 50, {}), "ddim-50": ("ddim", 50, {})}
-    for n in (20, 50):  # DDIM with the noise recomputed from the clipped x_0 (a pipeline argument, CALL_OPTIONS)
-        table[f"ddim-clipped-{n}"] = ("ddim", n, {"use_clipped_model_output": True})
+    for n in (10, 15, 20, 50):  # DDIM with the noise recomputed from the clipped x_0
+        table[f"ddim-clipped-{n}"] = ("ddim-clipped", n, {})
     for n in (8, 10, 15, 20, 25) if extra else (10, 15, 20):
         table[f"dpm++2M-{n}"] = ("dpm++", n, {})
     for n in (8, 10, 15, 20, 25, 50) if extra else (10, 15, 20):
@@ -71,19 +71,11 @@ def sampler_table(with_250: bool = False, extra: bool = False, fewstep: Optional
         table["ddim-trailing-64"] = ("ddim", 64, {"timestep_spacing": "trailing"})
         for n in student_steps or (1, 2, 4, 8):
             table[f"progressive-{n}"] = ("student", n, {})
+        for n in student_steps or (1, 2, 4, 8):  # the same students with x_0 clipped and the noise recomputed from it
+            table[f"progressive-clipped-{n}"] = ("student", n, {"clip_sample": True, "use_clipped_model_output": True})
     elif fewstep is not None:
         raise ValueError(f"fewstep must be 'consistency', 'progressive' or None, got {fewstep!r}")
     return table
-
-
-#: entries of a row's overrides that are pipeline-call arguments, not scheduler config
-CALL_OPTIONS = ("use_clipped_model_output",)
-
-
-def split_overrides(overrides: dict) -> Tuple[dict, dict]:
-    """(scheduler config overrides, pipeline call arguments) of a row."""
-    call = {k: v for k, v in overrides.items() if k in CALL_OPTIONS}
-    return {k: v for k, v in overrides.items() if k not in CALL_OPTIONS}, call
 
 
 def student_kind(scheduler) -> str:
@@ -111,10 +103,8 @@ def held_out(num_images: int, seed: int = 4242, physics: Optional[Dict[str, floa
     return images, labels
 
 
-def generate(pipe, scheduler, labels: np.ndarray, steps: int, guidance: float, batch_size: int,
-             **call_options) -> Tuple[np.ndarray, float]:
-    """Images [N, H, W] in [0, 1] and seconds per image; noise and generator seeds depend only on the batch;
-    ``call_options`` go to the pipeline call."""
+def generate(pipe, scheduler, labels: np.ndarray, steps: int, guidance: float, batch_size: int) -> Tuple[np.ndarray, float]:
+    """Images [N, H, W] in [0, 1] and seconds per image; noise and generator seeds depend only on the batch."""
     pipe.scheduler = scheduler
     out, start = [], time.perf_counter()
     for b, lo in enumerate(range(0, len(labels), batch_size)):
@@ -122,7 +112,7 @@ def generate(pipe, scheduler, labels: np.ndarray, steps: int, guidance: float, b
         latents = torch.randn((len(chunk), 1, 64, 64), generator=torch.Generator().manual_seed(1000 + b))
         images = pipe(
             list(chunk), num_inference_steps=steps, guidance_scale=guidance, latents=latents,
-            generator=torch.Generator().manual_seed(2000 + b), output_type="np", **call_options,
+            generator=torch.Generator().manual_seed(2000 + b), output_type="np",
         ).images
         out.append(np.asarray(images)[..., 0])
     return np.concatenate(out).astype(np.float32), (time.perf_counter() - start) / len(labels)
@@ -327,7 +317,6 @@ def main(argv=None) -> int:
         if target.is_file():
             continue
         kind, steps, overrides = table[name]
-        overrides, call_options = split_overrides(overrides)
         if kind == "student":  # the student's own sampler, guidance distilled in
             model, folder = student_for(steps)
             folder.mkdir(parents=True, exist_ok=True)
@@ -335,7 +324,7 @@ def main(argv=None) -> int:
             images, seconds = generate(model, scheduler, labels, steps, 1.0, args.batch_size)
         else:
             scheduler = scheduler_for_sampler(kind, base_config, **overrides)
-            images, seconds = generate(pipe, scheduler, labels, steps, args.guidance_scale, args.batch_size, **call_options)
+            images, seconds = generate(pipe, scheduler, labels, steps, args.guidance_scale, args.batch_size)
         np.savez_compressed(target, images=images, seconds=seconds, threads=torch.get_num_threads())
         print(f"generated {name}: {seconds:.2f} s/image", flush=True)
     if args.no_report:

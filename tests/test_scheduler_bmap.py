@@ -233,6 +233,33 @@ def test_bmap_min_one_is_ddim(prediction_type, eta):
         x = b
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_bmap_min_one_with_clipped_model_output_is_ddim(prediction_type, tmp_path):
+    """use_clipped_model_output (a step argument, or the configured default) matches DDIMScheduler's; outputs
+    large enough that x_0 is clipped, where it changes the step."""
+    ddim = DDIMScheduler(prediction_type=prediction_type)
+    configured = BMapAttenuationScheduler(bmap_min=1.0, prediction_type=prediction_type, use_clipped_model_output=True)
+    configured.save_pretrained(tmp_path)
+    assert BMapAttenuationScheduler.from_pretrained(tmp_path).config.use_clipped_model_output is True
+    per_call = BMapAttenuationScheduler(bmap_min=1.0, prediction_type=prediction_type)
+    for s in (ddim, configured, per_call):
+        s.set_timesteps(10)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 1, 9, 9, generator=g)
+    changed = 0.0
+    for t in ddim.timesteps:
+        out = 3.0 * torch.randn(2, 1, 9, 9, generator=g)
+        b = ddim.step(out, t, x, eta=0.0, use_clipped_model_output=True).prev_sample
+        torch.testing.assert_close(configured.step(out, t, x, eta=0.0).prev_sample, b, rtol=1e-4, atol=2e-5)
+        torch.testing.assert_close(per_call.step(out, t, x, eta=0.0, use_clipped_model_output=True).prev_sample, b,
+                                   rtol=1e-4, atol=2e-5)
+        changed = max(changed, float((per_call.step(out, t, x, eta=0.0).prev_sample - b).abs().max()))
+        x = b
+    assert changed > 1e-2  # the default (False) is diffusers' plain DDIM step, which differs where x_0 is clipped
+    with pytest.raises(ValueError, match="use_clipped_model_output"):
+        BMapAttenuationScheduler(use_clipped_model_output="yes")
+
+
 def test_sampler_config_selects_ddim():
     s = BMapAttenuationScheduler(sampler="ddim")
     s.set_timesteps(5)

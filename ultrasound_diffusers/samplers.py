@@ -3,7 +3,8 @@
 command-line parsers and the web page can list them cheaply).
 
 * :data:`SAMPLERS`: ``"ddpm"`` (ancestral sampling with the B-map posterior), ``"ddim"`` (the per-pixel DDIM
-  update, eta 0), ``"dpm++"`` (second-order DPM-Solver++, ODE) and ``"sde-dpm++"`` (its stochastic variant);
+  update, eta 0, as diffusers' DDIM), ``"ddim-clipped"`` (the same with the noise recomputed from the clipped x_0:
+  ``use_clipped_model_output``), ``"dpm++"`` (second-order DPM-Solver++, ODE) and ``"sde-dpm++"`` (its stochastic variant);
 * :data:`SAMPLER_LABELS` / :data:`SAMPLER_HELP`: what the web page and the ``--scheduler`` flags say of them;
 * :func:`sampler_recipe`: the scheduler class and config keys a sampler is built from (used by
   :func:`ultrasound_diffusers.schedulers.scheduling_bmap_dpmsolver_multistep.scheduler_for_sampler`);
@@ -16,22 +17,25 @@ from typing import Any, Dict, Optional, Tuple
 
 __all__ = ["SAMPLERS", "SAMPLER_HELP", "SAMPLER_LABELS", "check_sampler", "sampler_name", "sampler_recipe"]
 
-SAMPLERS = ("ddpm", "ddim", "dpm++", "sde-dpm++")
+SAMPLERS = ("ddpm", "ddim", "ddim-clipped", "dpm++", "sde-dpm++")
 SAMPLER_LABELS = {
     "ddpm": "ddpm (ancestral)",
     "ddim": "ddim (eta 0)",
+    "ddim-clipped": "ddim-clipped (eta 0, noise from the clipped image)",
     "dpm++": "dpm++ (DPM-Solver++ 2M)",
     "sde-dpm++": "sde-dpm++ (stochastic DPM-Solver++ 2M)",
 }
 SAMPLER_HELP = (
-    "ddpm (ancestral, the B-map posterior), ddim (deterministic, eta 0), dpm++ (DPM-Solver++ 2M, 15-25 steps) or "
+    "ddpm (ancestral, the B-map posterior), ddim (deterministic, eta 0), ddim-clipped (the same with the noise "
+    "recomputed from the clipped clean image: no haze outside the fan), dpm++ (DPM-Solver++ 2M, 15-25 steps) or "
     "sde-dpm++ (its stochastic variant)"
 )
 
 #: sampler -> (scheduler class name, the config keys that select it)
 _RECIPES: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "ddpm": ("BMapAttenuationScheduler", {"sampler": "ddpm", "ddim_eta": 0.0}),
-    "ddim": ("BMapAttenuationScheduler", {"sampler": "ddim", "ddim_eta": 0.0}),
+    "ddim": ("BMapAttenuationScheduler", {"sampler": "ddim", "ddim_eta": 0.0, "use_clipped_model_output": False}),
+    "ddim-clipped": ("BMapAttenuationScheduler", {"sampler": "ddim", "ddim_eta": 0.0, "use_clipped_model_output": True}),
     "dpm++": ("BMapDPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
     "sde-dpm++": ("BMapDPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
 }
@@ -60,6 +64,8 @@ def sampler_name(scheduler: Any, requested: Optional[str] = None) -> str:
     algorithm = get("algorithm_type")
     if algorithm is not None:
         return "sde-dpm++" if str(algorithm).startswith("sde") else "dpm++"
+    if get("sampler") == "ddim" and get("use_clipped_model_output"):
+        return "ddim-clipped"
     if get("sampler") in ("ddpm", "ddim"):
         return str(get("sampler"))
     return type(scheduler).__name__

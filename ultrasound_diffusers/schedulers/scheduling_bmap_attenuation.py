@@ -160,6 +160,10 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
             (ancestral sampling with the B-map posterior) or `"ddim"` (deterministic DDIM generalised to
             per-pixel signal levels, with `ddim_eta`).
         ddim_eta (`float`, defaults to 0.0): eta of the `"ddim"` sampler.
+        use_clipped_model_output (`bool`, defaults to `False`): the default of :meth:`step`'s argument of that
+            name (DDIM updates only): recompute the noise from the clipped x_0, so that each DDIM step is an exact
+            step of one (x_0, noise) pair. `False` is diffusers' DDIM; `True` removes the grey haze outside the fan
+            that deterministic DDIM leaves on the B-map models (docs/fewstep.md).
 
     The DDPM options (`num_train_timesteps`, `beta_start`, `beta_end`, `beta_schedule`, `trained_betas`,
     `variance_type`, `clip_sample`, `prediction_type`, `thresholding`, `dynamic_thresholding_ratio`,
@@ -210,6 +214,7 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         fan_half_angle_deg: float = CAMUS_FAN_HALF_ANGLE_DEG,
         sampler: str = "ddpm",
         ddim_eta: float = 0.0,
+        use_clipped_model_output: bool = False,
     ):
         _check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES, allow=trained_betas is not None)
         _check_choice("variance_type", variance_type, VARIANCE_TYPES)
@@ -224,7 +229,7 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
             thresholding=thresholding, dynamic_thresholding_ratio=dynamic_thresholding_ratio,
             clip_sample_range=clip_sample_range, sample_max_value=sample_max_value, steps_offset=steps_offset,
             rescale_betas_zero_snr=rescale_betas_zero_snr, bmap_min=bmap_min, bmap_buffer=bmap_buffer,
-            preserve_length=preserve_length, ddim_eta=ddim_eta,
+            preserve_length=preserve_length, ddim_eta=ddim_eta, use_clipped_model_output=use_clipped_model_output,
         )
         check_fan(fan_apex, fan_radii, fan_half_angle_deg)
         # The config holds JSON types (lists, not tuples or arrays), so that a saved and reloaded scheduler has
@@ -640,7 +645,7 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
         generator: Optional[torch.Generator] = None,
         eta: Optional[float] = None,
         variance_noise: Optional[torch.Tensor] = None,
-        use_clipped_model_output: bool = False,
+        use_clipped_model_output: Optional[bool] = None,
         return_dict: bool = True,
     ) -> Union[BMapSchedulerOutput, Tuple[torch.Tensor, torch.Tensor]]:
         """One reverse step x_t -> x_{t_prev} with per-pixel signal levels.
@@ -654,7 +659,8 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
             eta (`float`, *optional*): None uses the configured ``sampler``; a float runs the DDIM-style update with
                 that eta (0 = deterministic).
             variance_noise (`torch.Tensor` [B, C, H, W], *optional*): noise to use instead of drawing it.
-            use_clipped_model_output (`bool`): DDIM only: recompute epsilon from the clipped x_0.
+            use_clipped_model_output (`bool`, *optional*): DDIM only: recompute epsilon from the clipped x_0;
+                ``None`` uses the configured ``use_clipped_model_output`` (default False, as diffusers' DDIM).
             return_dict (`bool`): return a :class:`BMapSchedulerOutput` rather than a tuple.
         """
         if sample.dim() < 3:
@@ -720,6 +726,8 @@ class BMapAttenuationScheduler(SchedulerMixin, ConfigMixin):
                     std = torch.exp(0.5 * log_var)
                 prev = prev + std * draw_noise()
         else:  # DDIM generalised to per-pixel signal levels
+            if use_clipped_model_output is None:
+                use_clipped_model_output = self.config.use_clipped_model_output
             if use_clipped_model_output:
                 eps = noise_from_model_output(x0, x_t, a_t, "sample")
             variance = ddim_variance(a_t, a_prev)
@@ -838,7 +846,7 @@ def _flag(name: str, value) -> None:
 def _check_config_values(
     num_train_timesteps, beta_start, beta_end, beta_schedule, clip_sample, thresholding, dynamic_thresholding_ratio,
     clip_sample_range, sample_max_value, steps_offset, rescale_betas_zero_snr, bmap_min, bmap_buffer,
-    preserve_length, ddim_eta,
+    preserve_length, ddim_eta, use_clipped_model_output=False,
 ) -> None:
     """Refuse settings that would break sampling (each error names the key and what was expected).
 
@@ -863,7 +871,7 @@ def _check_config_values(
             raise ValueError(f"`beta_start` ({start}) must not exceed `beta_end` ({end})")
     for name, value in (("clip_sample", clip_sample), ("thresholding", thresholding),
                         ("rescale_betas_zero_snr", rescale_betas_zero_snr), ("bmap_buffer", bmap_buffer),
-                        ("preserve_length", preserve_length)):
+                        ("preserve_length", preserve_length), ("use_clipped_model_output", use_clipped_model_output)):
         _flag(name, value)
     ratio = _real("dynamic_thresholding_ratio", dynamic_thresholding_ratio)
     if not 0.0 <= ratio <= 1.0:
