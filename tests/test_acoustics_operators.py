@@ -21,7 +21,6 @@ from ultrasound_diffusers.acoustics import (
 )
 from ultrasound_diffusers.acoustics.simulation import (
     ChannelAcquisition,
-    beamform_bmode,
     channel_data_operator,
     image_points,
     num_fast_time_samples,

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from _pipeline_fixtures import NUM_CLASSES, echo_label_map, tiny_semantic_unet
+from _pipeline_fixtures import echo_label_map, tiny_semantic_unet
 
 from ultrasound_diffusers.models.unet_semantic_2d import SemanticUNet2DModel
 

@@ -18,7 +18,6 @@ import torch
 from _pipeline_fixtures import (
     echo_label_map,
     tiny_semantic_pipeline,
-    tiny_unconditional_pipeline,
 )
 from diffusers import DDIMScheduler, DDPMScheduler
 

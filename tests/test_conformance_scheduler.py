@@ -9,7 +9,6 @@ refusal of configs that would break sampling.
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest

@@ -73,7 +73,6 @@ def test_the_phantoms_spelling_gives_count_and_seed():
 
 
 def test_a_saved_folder_named_phantoms_is_a_folder(tmp_path):
-    import datasets
 
     _pairs(3).save_to_disk(str(tmp_path / "phantoms_thyroid"))
     splits = load_paired_splits(str(tmp_path / "phantoms_thyroid"), num_phantoms=256)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from ultrasound_diffusers.evaluation.memorization import memorization_statistics, nearest_neighbours
 

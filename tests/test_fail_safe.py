@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
-import math
 import os
 import re
 from pathlib import Path
@@ -20,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from _pipeline_fixtures import echo_label_map, tiny_semantic_pipeline
+from _pipeline_fixtures import echo_label_map
 from ultrasound_diffusers.cli import main as cli
 from ultrasound_diffusers.utils import io as uio
 

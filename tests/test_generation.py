@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from _net import free_tcp_port
-from _pipeline_fixtures import LABEL_NAMES, tiny_semantic_pipeline
+from _pipeline_fixtures import LABEL_NAMES
 from ultrasound_diffusers import generation
 from ultrasound_diffusers.generation import derive_seeds, generate_dataset, load_label_source
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _pipeline_fixtures import echo_label_map, isolate_remote_code_cache, tiny_semantic_pipeline
+from _pipeline_fixtures import echo_label_map, isolate_remote_code_cache
 
 import ultrasound_diffusers.pipelines.loading as loading
 import ultrasound_diffusers.pipelines.pipeline_utils as pipeline_utils
