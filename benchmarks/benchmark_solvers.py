@@ -18,14 +18,16 @@ Network calls count forward passes per image: the teacher's classifier-free guid
 labelled and the null map in one batched pass, which counts once; the few-step student has the guidance distilled
 in and runs at scale 1 (one pass of half the batch).
 
-Samplers (default grid, issue 30): ancestral B-map DDPM 50 and per-pixel DDIM (eta 0) 50
+Samplers (default grid, issue 30): ancestral B-map DDPM 50, per-pixel DDIM (eta 0) 50 and the ``ddim-clipped``
+sampler (the same with the noise recomputed from the clipped clean image) at 10 / 15 / 20 / 50
 (``BMapAttenuationScheduler``); DPM-Solver++ 2M (ODE) and SDE-DPM-Solver++ 2M at 10 / 15 / 20 steps
 (``BMapDPMSolverMultistepScheduler``); the student of ``--fewstep_pipeline`` with its own sampler: a
 consistency student (``BMapConsistencyScheduler``) at 1 / 2 / 4 / 8 calls, or a progressive-distillation student
 (trailing per-pixel DDIM, ``training/train_progressive_distillation.py``) at 1 / 2 / 4 / 8 calls, each by the round
 of the run that learned that many steps (``round-N/`` of the run folder, where it has one), next to the teacher's
 sampler (trailing DDIM 64). ``--extra`` adds DPM-Solver++ at 8 / 25, SDE at 8 / 25 / 50 and
-DDIM at 10 / 25 (and ``--with_ancestral_250`` ancestral 250). Generated images are cached in ``--cache_dir`` (one
+DDIM at 10 / 25, and for a progressive student the same students sampled with clipping (``progressive-clipped``)
+(and ``--with_ancestral_250`` ancestral 250). Generated images are cached in ``--cache_dir`` (one
 folder per pipeline, size and guidance), so an interrupted run resumes and several processes can share the work
 (``--only NAME,NAME --no_report``). ``--x0_probe`` prints the mean x_0 prediction outside the fan against t (the
 diagnostic of the haze of deterministic samplers, docs/fewstep.md) and exits.
@@ -71,8 +73,9 @@ def sampler_table(with_250: bool = False, extra: bool = False, fewstep: Optional
         table["ddim-trailing-64"] = ("ddim", 64, {"timestep_spacing": "trailing"})
         for n in student_steps or (1, 2, 4, 8):
             table[f"progressive-{n}"] = ("student", n, {})
-        for n in student_steps or (1, 2, 4, 8):  # the same students with x_0 clipped and the noise recomputed from it
-            table[f"progressive-clipped-{n}"] = ("student", n, {"clip_sample": True, "use_clipped_model_output": True})
+        if extra:  # the same students with x_0 clipped and the noise recomputed from it (docs/fewstep.md: no change)
+            for n in student_steps or (1, 2, 4, 8):
+                table[f"progressive-clipped-{n}"] = ("student", n, {"clip_sample": True, "use_clipped_model_output": True})
     elif fewstep is not None:
         raise ValueError(f"fewstep must be 'consistency', 'progressive' or None, got {fewstep!r}")
     return table

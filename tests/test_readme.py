@@ -71,6 +71,7 @@ PYTHON_SUBSTITUTIONS = {
         ("num_inference_steps=50", f"num_inference_steps={SHRUNK_STEPS}"),
     ],
     "Which sampler: fewer steps with SDE-DPM-Solver++#1": [("num_inference_steps=20", f"num_inference_steps={SHRUNK_STEPS}")],
+    "Which sampler: fewer steps with SDE-DPM-Solver++#2": [("num_inference_steps=20", f"num_inference_steps={SHRUNK_STEPS}")],
     "Loading and sharing on the Hub#1": [('from_pretrained("org/echo-sdm")', "from_pretrained(DEMO_PIPELINE_PATH)")],
 }
 
@@ -95,6 +96,13 @@ def _check_sampler(ns, cwd):
     assert len(ns["out"].images) == 4
 
 
+def _check_clipped_ddim(ns, cwd):
+    from ultrasound_diffusers.samplers import sampler_name
+
+    assert sampler_name(ns["pipe"].scheduler) == "ddim-clipped"  # what `generate --scheduler ddim-clipped` builds
+    assert len(ns["out"].images) == 4
+
+
 def _check_hub(ns, cwd):
     assert (cwd / "echo-sdm" / "model_index.json").is_file()
     assert ns["_uploads"] and ns["_uploads"][-1]["repo_id"] == "org/echo-sdm"
@@ -106,6 +114,7 @@ PYTHON_CHECKS = {
     "B-maps: noise that follows sound#1": _check_bmaps,
     "Generate labelled images (Python)#1": _check_generate,
     "Which sampler: fewer steps with SDE-DPM-Solver++#1": _check_sampler,
+    "Which sampler: fewer steps with SDE-DPM-Solver++#2": _check_clipped_ddim,
     "Loading and sharing on the Hub#1": _check_hub,
 }
 

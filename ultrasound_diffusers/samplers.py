@@ -56,16 +56,22 @@ def sampler_recipe(name: str, argument: str = "scheduler") -> Tuple[str, Dict[st
 
 def sampler_name(scheduler: Any, requested: Optional[str] = None) -> str:
     """The name (:data:`SAMPLERS`) of the sampler a scheduler or scheduler config runs, or the scheduler's class
-    name for one this package does not name; ``requested`` (a ``--scheduler`` choice) wins."""
+    name for one this package does not name; ``requested`` (a ``--scheduler`` choice) wins.
+
+    The class decides which keys count: a config carries the keys of the compatible schedulers it was swapped
+    through (a B-map scheduler built from a DPM-Solver config keeps ``algorithm_type``), which its own class
+    ignores."""
     if requested is not None:
         return str(requested)
     config = getattr(scheduler, "config", scheduler)
     get = config.get if hasattr(config, "get") else (lambda key: None)
+    cls = type(scheduler).__name__ if hasattr(scheduler, "config") else (get("_class_name") or "")
     algorithm = get("algorithm_type")
-    if algorithm is not None:
+    if algorithm is not None and cls in ("", "BMapDPMSolverMultistepScheduler"):
         return "sde-dpm++" if str(algorithm).startswith("sde") else "dpm++"
-    if get("sampler") == "ddim" and get("use_clipped_model_output"):
-        return "ddim-clipped"
-    if get("sampler") in ("ddpm", "ddim"):
-        return str(get("sampler"))
-    return type(scheduler).__name__
+    if cls in ("", "BMapAttenuationScheduler"):
+        if get("sampler") == "ddim" and get("use_clipped_model_output"):
+            return "ddim-clipped"
+        if get("sampler") in ("ddpm", "ddim"):
+            return str(get("sampler"))
+    return type(scheduler).__name__ if hasattr(scheduler, "config") else str(cls or type(scheduler).__name__)
