@@ -50,15 +50,17 @@ NOT_FOR_DIAGNOSIS = "Not for diagnosis"
 UNKNOWN_LICENSE_NAME = "unknown"
 
 #: Which sampler to use, the one place the cards take it from (``{bmap: text}``; markdown with a code block).
-#: B-map models: the ancestral default, or SDE-DPM-Solver++ for fewer steps; the deterministic samplers leave a
-#: grey haze outside the fan and smooth the speckle (the package README's sampler table).
+#: B-map models: the ancestral default, or SDE-DPM-Solver++ for fewer steps; diffusers' DDIM step leaves a grey
+#: haze outside the fan, the ddim-clipped sampler removes most of it (the package README's sampler tables).
 SAMPLER_ADVICE = {
     True: (
         "Sampling: keep the default ancestral sampler (`eta=None`, {steps} steps), or for fewer steps use\n"
-        "SDE-DPM-Solver++ for per-pixel signal levels (20-50 steps). Deterministic samplers (DDIM with `eta=0`,\n"
-        "diffusers' `DDIMScheduler`, DPM-Solver++ ODE) suit this model poorly: they leave a grey haze outside the\n"
-        "fan and smooth the speckle. diffusers' own schedulers know no B-maps: swapped in, they sample another\n"
-        "forward process than the one the model was trained with.\n\n"
+        "SDE-DPM-Solver++ for per-pixel signal levels (20-50 steps). diffusers' DDIM step (`eta=0`) keeps the\n"
+        "model's own noise beside the clipped clean image and leaves a grey haze outside the fan; for a\n"
+        "deterministic sampler use `ddim-clipped` instead (`BMapAttenuationScheduler` with `sampler=\"ddim\"`,\n"
+        "`use_clipped_model_output=True`: the noise recomputed from the clipped image), which removes most of it\n"
+        "(all of it on v-prediction models). diffusers' own schedulers know no B-maps: swapped in, they sample\n"
+        "another forward process than the one the model was trained with.\n\n"
         "```python\n"
         "from ultrasound_diffusers import BMapDPMSolverMultistepScheduler\n\n"
         "pipe.scheduler = BMapDPMSolverMultistepScheduler.from_config(pipe.scheduler.config, "
