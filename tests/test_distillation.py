@@ -143,3 +143,19 @@ def test_heun_teacher_step_is_exact_on_the_true_path_and_second_order(cd):
     err = {(h, n): float((solve(a0, a1, n, heun=h) - reference).abs().max()) for h in (False, True) for n in (2, 4)}
     assert err[(True, 2)] < err[(False, 2)] and err[(True, 4)] < err[(False, 4)]
     assert err[(False, 2)] / err[(False, 4)] < 2.6 < err[(True, 2)] / err[(True, 4)]  # ~2x vs ~4x: orders 1 and 2
+
+
+def test_the_ddim_teacher_step_recomputes_the_noise_unless_asked_not_to(cd, saved, tmp_path, monkeypatch):
+    """--teacher_solver ddim: the consistent step (noise from the clipped clean image, the ddim-clipped sampler);
+    ddim-model-noise: diffusers' step, for the runs documented before the fix."""
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("clipped_noise", False))
+        return cd.ddim_step(*args, **kwargs)
+
+    monkeypatch.setattr(cd, "teacher_ddim_step", recording)
+    _run(cd, saved, tmp_path / "a", 1)
+    _run(cd, saved, tmp_path / "b", 1, "--teacher_solver", "ddim-model-noise")
+    assert seen == [True, False]

@@ -64,10 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance_scale", type=float, default=1.5,
                    help="Classifier-free guidance w of the teacher, distilled into the student (1 = none).")
     g.add_argument("--num_ddim_timesteps", type=int, default=50, help="N of the teacher's DDIM grid (k = T / N).")
-    g.add_argument("--teacher_solver", choices=("ddim", "heun"), default="ddim",
-                   help="The teacher's ODE step from t to s on the grid: 'ddim' (first order, one guided teacher call) "
-                   "or 'heun' (second order: the DDIM step's clean-image prediction averaged with the teacher's at the "
-                   "predicted x_s, two calls). The student learns the path of this step, haze included.")
+    g.add_argument("--teacher_solver", choices=("ddim", "ddim-model-noise", "heun"), default="ddim",
+                   help="The teacher's ODE step from t to s on the grid: 'ddim' (first order, one guided teacher call; "
+                   "the noise recomputed from the clipped clean image, as the ddim-clipped sampler), "
+                   "'ddim-model-noise' (diffusers' DDIM step: the model's own noise beside the clipped image, which "
+                   "hazes outside the fan; the runs of docs/fewstep.md before the fix) or 'heun' (second order: the "
+                   "DDIM step's clean-image prediction averaged with the teacher's at the predicted x_s, two calls). "
+                   "The student learns the path of this step, haze included.")
     g.add_argument("--timestep_scaling", type=float, default=10.0, help="s of the boundary scalings c_skip, c_out.")
     g.add_argument("--loss_type", type=str, default="huber", choices=("huber", "l2"))
     g.add_argument("--huber_c", type=float, default=0.001, help="c of the pseudo-Huber loss sqrt(d^2 + c^2) - c.")
@@ -278,7 +281,8 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
                 if args.teacher_solver == "heun":
                     x_s = teacher_heun_step(guided, x_t, t, s, a_t, a_s, prediction_type, clip)
                 else:
-                    x_s = teacher_ddim_step(guided(x_t, t).double(), x_t.double(), a_t, a_s, prediction_type, clip).to(clean.dtype)
+                    x_s = teacher_ddim_step(guided(x_t, t).double(), x_t.double(), a_t, a_s, prediction_type, clip,
+                                            clipped_noise=args.teacher_solver == "ddim").to(clean.dtype)
                 target_out = target(x_s, s, segmap=segmap).sample[:, :channels]
                 f_target = cm.denoise(target_out, s, x_s)
             with accelerator.accumulate(student):
