@@ -36,6 +36,6 @@ python training/train_progressive_distillation.py --teacher "$WORK/vpred" --guid
 #    of docs/fewstep.md come from models trained before issue 32 recalibrated the phantoms' far field, compared with
 #    those phantoms: --phantom_physics beam_spreading=0,gain_db=0. Run as here, every stage uses today's phantoms.)
 python benchmarks/benchmark_solvers.py --num_images 48 --pipeline ultrasound_diffusers/assets/bmap-echo-phantom-64 \
-  --only ancestral-50,ddim-50,dpm++2M-20 --cache_dir "$WORK/solver_cache"
+  --only ancestral-50,ddim-50,ddim-clipped-50,dpm++2M-20 --cache_dir "$WORK/solver_cache"
 python benchmarks/benchmark_solvers.py --num_images 48 --pipeline "$WORK/vpred" --fewstep_pipeline "$WORK/fewstep" \
   --cache_dir "$WORK/solver_cache"
