@@ -395,6 +395,24 @@ def test_cine_with_text_in_some_frames(tmp_path):
     assert report["files_with_static_marks_masked_inside_scan_area"] == 0  # not in every frame: not a static mark
 
 
+def test_mid_grey_text_in_two_frames_of_a_cine_is_found_by_its_still_grey(tmp_path):
+    """Text in the speckle's own grey, shown in two consecutive frames only: its full-ink pixels are identical in
+    both frames and all hold one grey, which no level of moving speckle does (the "still across frames" cue)."""
+    import cv2
+    from _dicom_fixtures import sector, speckle_frame
+
+    rng = np.random.default_rng(11)
+    cine = np.stack([speckle_frame(rng, TH, TW) for _ in range(6)])
+    ink = int(np.median(cine[2][sector(TH, TW)]))
+    for t in (2, 3):
+        cv2.putText(cine[t], "HOLMES 4471", (70, 130), cv2.FONT_HERSHEY_SIMPLEX, 0.6, ink, 2, cv2.LINE_AA)
+    rows, report, _ = _convert(_text_file(tmp_path, "grey_cine", cine))
+    assert sorted(rows["frame"]) == [0, 1, 4, 5]
+    text = report["text_inside_scan_area"]
+    assert [(f["frame"], f["verdict"]) for f in text["frames"]] == [(2, "text"), (3, "text")]
+    assert all(f["cues"].get("still across frames", 0) >= 1 for f in text["frames"])
+
+
 def test_clean_speckle_with_a_bright_reflector_is_kept(tmp_path):
     from _dicom_fixtures import sector, speckle_frame
 

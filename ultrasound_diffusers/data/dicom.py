@@ -748,8 +748,10 @@ def find_text_marks(
       ``min_texture``: flat ink in speckle, e.g. mid-grey text; or a contrast of ``min_contrast``: white text
       on a smooth region);
     * ``still across frames`` (cines; ``neighbours`` are the frames before and after, float [H, W]): pixels
-      identical in this frame and a neighbouring one, used only where the scan area otherwise changes (fewer than
-      5 % of its pixels still): text shown in some frames of a moving cine;
+      identical in this frame and its neighbours, used only where the scan area otherwise changes (fewer than
+      5 % of its pixels still): text shown in some frames of a moving cine; and, for text shown in two frames, the
+      pixels identical in this frame and one neighbour at a grey level whose pixels are still at least 6 times as
+      often as the median level's (text drawn in one grey, even the speckle's own), grown by 1 px;
     * ``colour`` (``chroma`` float [H, W] and ``use_colour``, for a colour file whose scan area is grey):
       pixels with a chroma above 24;
     * ``text detector`` (``ink_probability`` float [H, W] in 0-1, from
@@ -819,13 +821,28 @@ def find_text_marks(
                       "pixels": int((labels[s] == i).sum()), "label": i}
                      for i, s in enumerate(ndi.find_objects(labels), start=1) if s is not None and s[0].stop - s[0].start <= max_height])
     if len(neighbours):
-        still = inked.copy()
-        for other in neighbours:
-            still &= np.abs(np.asarray(other, np.float32) - frame) < 0.5
-        still &= inked
+        equal = [np.abs(np.asarray(other, np.float32) - frame) < 0.5 for other in neighbours]
+        still = inked & np.logical_and.reduce(equal)  # identical in this frame and every neighbour
         if still.sum() < 0.05 * max(int(region.sum()), 1):
             labels = ndi.label(still, structure=np.ones((3, 3), bool))[0]
             add(labels, _marks_of(labels, frame, region, max_height, "still across frames"))
+            still = inked & np.logical_or.reduce(equal)  # in at least one neighbour: text shown in two frames
+            # text drawn in one grey keeps that grey where it is shown: a level whose pixels are still far more
+            # often than the other levels' (at least 6x the median share, 20 pixels; chance equalities of moving
+            # speckle, and a real cine's slowly changing dark pixels, come at every level alike), its still pixels
+            # joined across the anti-aliased gaps of the strokes
+            levels = np.clip(q, 0, 255).astype(np.int64)
+            still_at = np.bincount(levels[still], minlength=256)
+            all_at = np.bincount(levels[inked], minlength=256)
+            counted = all_at >= 20
+            if counted.any():
+                share = still_at / np.maximum(all_at, 1)
+                ink_levels = counted & (still_at >= 20) & (share >= 6.0 * float(np.median(share[counted])))
+                at_ink = still & ink_levels[levels]
+                if at_ink.any():
+                    grown = ndi.binary_dilation(at_ink, structure=np.ones((3, 3), bool)) & region
+                    labels = ndi.label(grown, structure=np.ones((3, 3), bool))[0]
+                    add(labels, _marks_of(labels, frame, region, max_height, "still across frames"))
     if use_colour and chroma is not None:
         labels = ndi.label(region & (np.asarray(chroma) > 24.0), structure=np.ones((3, 3), bool))[0]
         add(labels, _marks_of(labels, frame, region, max_height, "colour"))
