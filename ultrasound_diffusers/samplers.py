@@ -74,4 +74,4 @@ def sampler_name(scheduler: Any, requested: Optional[str] = None) -> str:
             return "ddim-clipped"
         if get("sampler") in ("ddpm", "ddim"):
             return str(get("sampler"))
-    return type(scheduler).__name__ if hasattr(scheduler, "config") else str(cls or type(scheduler).__name__)
+    return str(cls or type(scheduler).__name__)

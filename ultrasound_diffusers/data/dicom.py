@@ -670,6 +670,25 @@ def _marks_of(labels: np.ndarray, image: np.ndarray, region: np.ndarray, max_hei
     return marks
 
 
+def still_at_ink_level(q: np.ndarray, still: np.ndarray, candidates: np.ndarray, min_pixels: int = 20,
+                       min_ratio: float = 6.0) -> np.ndarray:
+    """The ``still`` pixels (bool [H, W]) whose grey level (integer image ``q`` [H, W], 0-255) is still far more often
+    than the others: at least ``min_ratio`` times the median level's share of still pixels among the ``candidates``,
+    and at least ``min_pixels`` of them. Text drawn in one grey keeps that grey where it is shown, even the speckle's
+    own; chance equalities of moving speckle, and a real cine's slowly changing dark pixels, come at every level
+    alike (at most 2.4x the median share on the benchmark's real cines). Levels with fewer than ``min_pixels``
+    candidates are not judged."""
+    levels = np.clip(q, 0, 255).astype(np.int64)
+    still_at = np.bincount(levels[still], minlength=256)
+    all_at = np.bincount(levels[candidates], minlength=256)
+    counted = all_at >= min_pixels
+    if not counted.any():
+        return np.zeros_like(still)
+    share = still_at / np.maximum(all_at, 1)
+    ink_levels = counted & (still_at >= min_pixels) & (share >= min_ratio * float(np.median(share[counted])))
+    return still & ink_levels[levels]
+
+
 def text_rows(boxes: Sequence[Tuple[int, int, int, int]], weights: Sequence[int]) -> List[Tuple[List[int], int]]:
     """Group marks into rows of text: two marks are in one row when their boxes (x0, y0, x1, y1) overlap
     vertically by at least half the smaller height, their heights differ by at most 3x and the horizontal gap
@@ -826,23 +845,13 @@ def find_text_marks(
         if still.sum() < 0.05 * max(int(region.sum()), 1):
             labels = ndi.label(still, structure=np.ones((3, 3), bool))[0]
             add(labels, _marks_of(labels, frame, region, max_height, "still across frames"))
-            still = inked & np.logical_or.reduce(equal)  # in at least one neighbour: text shown in two frames
-            # text drawn in one grey keeps that grey where it is shown: a level whose pixels are still far more
-            # often than the other levels' (at least 6x the median share, 20 pixels; chance equalities of moving
-            # speckle, and a real cine's slowly changing dark pixels, come at every level alike), its still pixels
-            # joined across the anti-aliased gaps of the strokes
-            levels = np.clip(q, 0, 255).astype(np.int64)
-            still_at = np.bincount(levels[still], minlength=256)
-            all_at = np.bincount(levels[inked], minlength=256)
-            counted = all_at >= 20
-            if counted.any():
-                share = still_at / np.maximum(all_at, 1)
-                ink_levels = counted & (still_at >= 20) & (share >= 6.0 * float(np.median(share[counted])))
-                at_ink = still & ink_levels[levels]
-                if at_ink.any():
-                    grown = ndi.binary_dilation(at_ink, structure=np.ones((3, 3), bool)) & region
-                    labels = ndi.label(grown, structure=np.ones((3, 3), bool))[0]
-                    add(labels, _marks_of(labels, frame, region, max_height, "still across frames"))
+            # text shown in two frames: still in at least one neighbour, at a grey level of its own, joined across
+            # the anti-aliased gaps of the strokes
+            at_ink = still_at_ink_level(q, inked & np.logical_or.reduce(equal), inked)
+            if at_ink.any():
+                grown = ndi.binary_dilation(at_ink, structure=np.ones((3, 3), bool)) & region
+                labels = ndi.label(grown, structure=np.ones((3, 3), bool))[0]
+                add(labels, _marks_of(labels, frame, region, max_height, "still across frames"))
     if use_colour and chroma is not None:
         labels = ndi.label(region & (np.asarray(chroma) > 24.0), structure=np.ones((3, 3), bool))[0]
         add(labels, _marks_of(labels, frame, region, max_height, "colour"))
