@@ -162,3 +162,41 @@ def test_disk_refusals_are_one_line(tmp_path, monkeypatch, capsys):
     assert code == 1 and "disk is full" in err and "Traceback" not in err
     assert io_module.write_failure_message(OSError(errno.EROFS, "Read-only file system", "x")).startswith("cannot write x")
     assert io_module.write_failure_message(RuntimeError("a bug")) is None
+
+
+@pytest.mark.parametrize("command", sorted(FOLDER_WRITERS) + sorted(FILE_WRITERS))
+def test_an_unwritable_target_is_refused_before_any_work(command, tmp_path, monkeypatch, capsys):
+    """A target under a file (or any place the disk refuses) ends in one line naming the flag, at once: before
+    the command's work (demo, reconstruct, generate would otherwise sample first and fail on the write)."""
+    from ultrasound_diffusers.utils import io as io_module
+
+    inputs = _inputs(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    build, _ = {**FOLDER_WRITERS, **FILE_WRITERS}[command]
+    target = blocker / ("out.png" if command in FILE_WRITERS else "out")
+    work = []
+    monkeypatch.setattr(io_module, "replace_directory", lambda *a, **k: work.append("wrote"))
+    assert main(build(target, inputs)) == 2
+    err = capsys.readouterr().err
+    assert "cannot be written" in err and "Not a directory" in err and str(target) in err and "Traceback" not in err
+    assert blocker.read_text() == "not a folder" and not work
+
+
+def test_write_probe_names_a_read_only_disk(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from ultrasound_diffusers.utils import io as io_module
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(io_module.tempfile, "mkdtemp", read_only)
+    with pytest.raises(ValueError, match=r"--output_dir .*new cannot be written \(in .*, where it would be made\): the file system is read-only"):
+        io_module.check_output_dir(tmp_path / "new", "phantoms")
+    with pytest.raises(ValueError, match="--out .*x.png cannot be written: the file system is read-only"):
+        io_module.check_output_file(tmp_path / "x.png", argument="--out")
+    monkeypatch.undo()
+    io_module.check_output_dir(tmp_path / "new", "phantoms")  # a writable place passes and leaves nothing behind
+    assert list(tmp_path.iterdir()) == []

@@ -207,6 +207,7 @@ def check_output_dir(
             raise ValueError(
                 f"{argument} {path} contains the input {item}; writing there would delete it: give another folder"
             )
+    check_writable(path, argument)
     if not path.is_dir() or not any(path.iterdir()):
         return path
     marker = read_marker(path)
@@ -225,6 +226,31 @@ def check_output_dir(
         f"{argument} {path} is not empty and was not written by `ultrasound-diffusers {kind}`{holds}; choose a new "
         "or empty folder, or pass --overwrite to replace it and everything in it"
     )
+
+
+def check_writable(target: PathLike, argument: str = "--output_dir", shown: Optional[PathLike] = None) -> None:
+    """Refuse, before any work, an output folder that cannot be written: a temporary folder is made and removed
+    in ``target`` (when it exists) or in its nearest existing parent (where ``target`` will be made). A read-only
+    or full disk, a parent that is a file, a path under ``/proc``: the command says so at once instead of after
+    minutes of work. ``shown``: the path the message names (default ``target``; an output file's own name when
+    ``target`` is its folder).
+
+    Raises:
+        ValueError: naming ``argument``, the folder and the reason.
+    """
+    path = Path(target).absolute()
+    probe_in = path
+    while not probe_in.exists() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
+    try:
+        if not probe_in.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(probe_in))
+        os.rmdir(tempfile.mkdtemp(prefix=".ud-write-probe-", dir=probe_in))
+    except OSError as err:
+        reason = _WRITE_FAILURES.get(err.errno, os.strerror(err.errno) if err.errno else str(err))
+        where = "" if probe_in == path else f" (in {probe_in}, where it would be made)"
+        raise ValueError(f"{argument} {target if shown is None else shown} cannot be written{where}: {reason}; "
+                         "choose another location") from err
 
 
 def foreign_entries(folder: PathLike, own_entries: Callable[[str], bool]) -> list:
@@ -271,6 +297,7 @@ def check_output_file(
     if path.exists() and not overwrite and not _package_figure(path):
         raise ValueError(f"{argument} {path} exists and was not written by ultrasound-diffusers; choose another file "
                          "name, or pass --overwrite to replace it")
+    check_writable(path.absolute().parent, argument, shown=path)
     return path
 
 
