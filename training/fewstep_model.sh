@@ -5,7 +5,7 @@
 # Usage: bash training/fewstep_model.sh [WORK_DIR]      (one torch thread per job: OMP_NUM_THREADS=1)
 #
 # On 2 CPU cores shared with other jobs (the conditions of docs/fewstep.md) stage 1 ran at 3-11 s/step and
-# stage 2 at about 3 s/step (1,500 steps in all, about 80 min); on two idle cores both are faster.
+# stage 2 at about 3-4 s/step (2,500 steps in all, about 2.5 h; rounds 3 and 4 took 1,000 steps each: docs/fewstep.md "Longer rounds"); on two idle cores both are faster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${1:-fewstep_work}"
@@ -28,7 +28,7 @@ python training/train_semantic.py --dataset_name phantoms:echo --phantoms 2000 -
 #    distilled in during the first round. The consistency distillation of docs/fewstep.md (section 2) stays
 #    available: training/train_consistency_distillation.py --teacher_solver heun.
 python training/train_progressive_distillation.py --teacher "$WORK/vpred" --guidance_scale 1.5 --teacher_steps 64 \
-  --student_steps 4 --steps_per_round 250,250,400,600 --dataset_name phantoms:echo --phantoms 2000 --resolution 64 \
+  --student_steps 4 --steps_per_round 250,250,1000,1000 --dataset_name phantoms:echo --phantoms 2000 --resolution 64 \
   --train_batch_size 8 --learning_rate 1e-4 --checkpointing_steps 50 --checkpoints_total_limit 2 --seed 0 \
   --output_dir "$WORK/fewstep" --resume_from_checkpoint latest
 
