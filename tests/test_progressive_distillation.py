@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ultrasound_diffusers.distillation import ddim_step, progressive_target
+from ultrasound_diffusers.distillation import ddim_step, pin_background, progressive_target
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "training" / "train_progressive_distillation.py"
@@ -84,6 +84,45 @@ def test_clipped_noise_keeps_the_target_inside_the_clipped_predictions():
     high = torch.maximum(x0_first.clamp(-1, 1), x0_second.clamp(-1, 1))
     assert bool(((inside >= low - 1e-9) & (inside <= high + 1e-9)).all())
     assert float(two_steps(False).abs().max()) > 2.0
+
+
+def test_pinned_background_removes_the_clipping_bias_and_touches_nothing_else():
+    """Teacher estimates scattered around black outside the fan, clipped to [-1, 1]: their mean sits above -1 (the
+    students' grey veil). Pinning sets exactly the background label's pixels to -1 and leaves the others; a label
+    that is not black in the training images is refused, naming the flag."""
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 3, (2, 8, 8), generator=g)
+    clean = torch.where(labels[:, None] == 0, -1.0, torch.rand(2, 1, 8, 8, generator=g) * 2 - 1).double()
+    scattered = (clean + 0.05 * torch.randn(clean.shape, generator=g).double()).clamp(-1, 1)
+    outside = (labels == 0)[:, None]
+    assert float(scattered[outside].mean()) > -0.99  # the bias: clipping keeps the scatter above black only
+    pinned = pin_background(scattered, labels, clean, background_label=0)
+    assert bool((pinned[outside] == -1).all())
+    torch.testing.assert_close(pinned[~outside], scattered[~outside])
+    with pytest.raises(ValueError, match="--background_label 1"):
+        pin_background(scattered, labels, clean, background_label=1)
+    torch.testing.assert_close(pin_background(scattered, labels, clean, background_label=7), scattered)  # absent
+
+
+def test_background_label_flag_pins_the_targets_of_a_run(pd, saved, v_teacher, tmp_path, monkeypatch):
+    base = ["--teacher", str(saved), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match="--background_label"):
+        pd.parse_args(base + ["--teacher_steps", "8", "--student_steps", "4", "--background_label", "-1"])
+    assert pd.parse_args(base + ["--teacher_steps", "8", "--student_steps", "4"]).background_label is None
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    from safetensors.torch import load_file
+
+    def trained(name, *extra):
+        _run(pd, v_teacher, tmp_path / name, "--student_steps", "4", "--checkpointing_steps", "0", *extra)
+        return load_file(str(next((tmp_path / name / "unet").glob("*.safetensors"))))
+
+    plain, pinned = trained("plain"), trained("pinned", "--background_label", "0")
+    assert any(not torch.equal(plain[k], pinned[k]) for k in plain)  # the loop trains on the pinned targets
+    assert json.loads((tmp_path / "pinned" / "training_args.json").read_text())["background_label"] == 0
+    wrong = ["--teacher", str(v_teacher), "--output_dir", str(tmp_path / "wrong"), "--phantoms", "4", "--resolution",
+             "16", "--teacher_steps", "8", "--student_steps", "4", "--background_label", "2"]
+    with pytest.raises(ValueError, match="--background_label 2"):  # the tissue label is not black: refused
+        pd.train(wrong)
 
 
 def test_rounds_steps_and_grids(pd):

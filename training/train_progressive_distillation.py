@@ -49,7 +49,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ultrasound_diffusers.distillation import ddim_step, guided_output, progressive_target
+from ultrasound_diffusers.distillation import ddim_step, guided_output, pin_background, progressive_target
 from ultrasound_diffusers.image_processor import LabelMapProcessor
 from ultrasound_diffusers.training_utils import (
     CHECKPOINT_PATTERN,
@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DDIM steps of the final student: --teacher_steps halved once per round down to this.")
     g.add_argument("--steps_per_round", type=str, default="400",
                    help="Optimiser steps of each round: one integer, or a comma-separated list with one per round.")
+    g.add_argument("--background_label", type=int, default=None,
+                   help="A label whose pixels are black in every training image (0 for the built-in phantoms: "
+                   "outside the fan). Its targets are set to black instead of the teacher's estimate, which the "
+                   "clipping of its predictions biases upwards (the grey outside the fan of docs/fewstep.md). "
+                   "Default: off.")
     g = p.add_argument_group("data")
     add_paired_data_arguments(g)
     g = p.add_argument_group("optimisation")
@@ -134,6 +139,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         ("--max_grad_norm", math.isfinite(args.max_grad_norm) and args.max_grad_norm >= 0, "a non-negative number"),
         ("--checkpointing_steps", args.checkpointing_steps >= 0, "a non-negative integer"),
         ("--checkpoints_total_limit", args.checkpoints_total_limit >= 1, "a positive integer"),
+        ("--background_label", args.background_label is None or args.background_label >= 0, "a label value >= 0"),
     ]
     for flag, ok, expected in checks:
         if not ok:
@@ -342,6 +348,8 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
                     out_mid = guided_output(teacher, x_mid.to(clean.dtype), t_mid.clamp(min=0).to(clean.device), segmap, w, channels)
                     x_end = ddim_step(out_mid.double(), x_mid, levels[1], levels[2], prediction_type, clip, clipped_noise=True)
                     target_x0 = progressive_target(x_t.double(), x_end, levels[0], levels[2])
+                    if args.background_label is not None:
+                        target_x0 = pin_background(target_x0, batch["labels"], clean, args.background_label)
                 with accelerator.accumulate(student):
                     out = student(x_t, device_t, segmap=segmap).sample[:, :channels]
                     loss = student_loss(out, x_t, levels[0], target_x0, prediction_type)

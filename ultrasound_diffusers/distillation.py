@@ -23,7 +23,7 @@ import torch
 
 from .schedulers.diffusion_math import noise_from_model_output, original_from_model_output
 
-__all__ = ["ddim_step", "distillation_loss", "ema_update", "guided_output", "heun_step", "progressive_target"]
+__all__ = ["ddim_step", "distillation_loss", "ema_update", "guided_output", "heun_step", "pin_background", "progressive_target"]
 
 
 def guided_output(unet, sample: torch.Tensor, timesteps: torch.Tensor, segmap: torch.Tensor, guidance_scale: float,
@@ -91,6 +91,28 @@ def progressive_target(x_t: torch.Tensor, x_s: torch.Tensor, a_t: torch.Tensor, 
     alpha_t, sigma_t = a_t.sqrt(), (1.0 - a_t).clamp(min=0).sqrt()
     alpha_s, sigma_s = a_s.sqrt(), (1.0 - a_s).clamp(min=0).sqrt()
     return (sigma_t * x_s - sigma_s * x_t) / (alpha_s * sigma_t - sigma_s * alpha_t)
+
+
+def pin_background(target_x0: torch.Tensor, labels: torch.Tensor, clean: torch.Tensor, background_label: int,
+                   value: float = -1.0, atol: float = 1e-4) -> torch.Tensor:
+    """``target_x0`` [B, C, H, W] with the pixels of ``background_label`` (``labels`` [B, H, W]) set to ``value``.
+
+    Where every training image holds the same constant (outside the scan area: black, -1 in model units), the
+    clean image given the label map is that constant, whatever x_t. The teacher's estimate there is not: its
+    clean-image predictions are clipped to [-1, 1], so their scatter around -1 keeps only the part above it and
+    the distillation targets (convex combinations of them) sit above black on average, an offset each round
+    inherits and that a student reproduces as a grey veil outside the fan. Pinning the target removes that bias
+    without touching any pixel the data does not fix. ValueError if ``clean`` ([B, C, H, W], model units) is not
+    ``value`` on those pixels (then the label is not a constant background and pinning would be wrong).
+    """
+    mask = (labels == background_label)[:, None].expand_as(target_x0)
+    if mask.any():
+        off = (clean.to(target_x0.dtype)[mask] - value).abs().max()
+        if float(off) > atol:
+            raise ValueError(f"--background_label {background_label}: the training images are not {value} (black) "
+                             f"on every pixel of that label (off by up to {float(off):.3g}); pin only a label whose "
+                             "pixels are black in every image")
+    return torch.where(mask, torch.full_like(target_x0, value), target_x0)
 
 
 def distillation_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "huber", huber_c: float = 0.001) -> torch.Tensor:
