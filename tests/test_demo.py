@@ -82,7 +82,7 @@ def test_demo_reads_user_label_maps(tmp_path):
         load_label_maps([tmp_path / "bad.npy"])
 
 
-@pytest.mark.parametrize("sampler, short", [(None, "ddpm"), ("sde-dpm++", "sde-dpm++")])
+@pytest.mark.parametrize("sampler, short", [(None, "ddim-clipped"), ("ddpm", "ddpm"), ("sde-dpm++", "sde-dpm++")])
 def test_demo_figure_title_is_one_line_naming_the_sampler(tmp_path, monkeypatch, sampler, short):
     """The title once printed the scheduler object (its whole JSON config, ~30 lines)."""
     import ultrasound_diffusers.visualization as visualization

@@ -504,4 +504,36 @@ def test_bundled_phantom_prior_beats_interpolation_and_fits_to_the_noise():
     gain = psnr(result["truth"], result["reconstruction"]) - psnr(result["truth"], result["baseline"])
     assert gain > 0.5, gain
     assert np.all(result["final_residual"] > 0.8 * noise) and np.all(result["final_residual"] < 1.5 * noise)
-    assert np.all(result["residuals"][:, -1] < 0.5 * result["residuals"][:, 0])
+    first, last = result["residuals"][:, 0], result["residuals"][:, -1]
+    assert np.all(last - noise < 0.25 * (first - noise))  # most of the way from the prior's guess to the noise
+
+
+def test_reconstruction_samples_ancestrally_by_default_whatever_the_prior_own_sampler(tiny_label_unet, tmp_path):
+    """The bundled prior's own sampler is the deterministic ddim-clipped; posterior sampling runs ancestral steps
+    unless --scheduler says otherwise (`pipeline`: the prior's own). The caller's pipeline is not changed."""
+    from ultrasound_diffusers.cli import main
+    from ultrasound_diffusers.pipelines.pipeline_semantic_ultrasound import SemanticUltrasoundPipeline
+    from ultrasound_diffusers.reconstruction import ReconstructionSettings, with_sampler
+
+    scheduler = BMapAttenuationScheduler(num_train_timesteps=100, variance_type="learned_range", sampler="ddim",
+                                         use_clipped_model_output=True)
+    pipe = tiny_pipeline(tiny_label_unet, scheduler)
+    assert ReconstructionSettings().scheduler == "ddpm"
+    ancestral = with_sampler(pipe, "ddpm")
+    assert ancestral.scheduler.config.sampler == "ddpm" and ancestral.unet is pipe.unet
+    assert ancestral.scheduler.config.bmap_min == scheduler.config.bmap_min
+    assert pipe.scheduler.config.sampler == "ddim" and with_sampler(pipe, None) is pipe
+    with pytest.raises(ValueError, match="--scheduler"):
+        ReconstructionSettings(scheduler="euler")
+
+    SemanticUltrasoundPipeline(unet=tiny_label_unet, scheduler=scheduler).save_pretrained(tmp_path / "pipe")
+    outputs = {}
+    for name in ("ddpm", "pipeline", None):
+        out = tmp_path / f"out-{name}"
+        flags = [] if name is None else ["--scheduler", name]
+        assert main(["reconstruct", "--pipeline", str(tmp_path / "pipe"), "--image", "phantoms:echo:1:4242",
+                     "--method", "dps", "--num_samples", "1", "--num_inference_steps", "3", "--out", str(out),
+                     *flags]) == 0
+        outputs[name] = np.load(out / "reconstruction.npz")["samples"]
+    np.testing.assert_array_equal(outputs[None], outputs["ddpm"])  # the default is ancestral
+    assert np.abs(outputs["pipeline"] - outputs["ddpm"]).max() > 1e-4  # and the prior's own sampler differs

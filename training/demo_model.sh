@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Reproduces the bundled demonstration pipeline (ultrasound_diffusers/assets/bmap-echo-phantom-64) and the
-# evaluation numbers in its model card. About 45 + 8 + 25 min of training on 2 CPU cores, then ~10 min of evaluation.
+# evaluation numbers in its model card. About 45 + 8 + 25 + 40 min of training on 2 CPU cores, then ~40 min of
+# generation and ~10 min of evaluation.
 # Usage: bash training/demo_model.sh [WORK_DIR]
 #
 # Stages 1a and 1b trained on the phantoms of version 0.1.0 (before their calibration against real scans; run them
-# from a checkout of commit 15c20db: `git worktree add ../ud-0.1.0 15c20db`). Stage 1c fine-tunes that model on the
-# calibrated phantoms of this version; it is what the bundled pipeline is now.
+# from a checkout of commit 15c20db: `git worktree add ../ud-0.1.0 15c20db`). Stage 1c fine-tuned that model on the
+# calibrated phantoms of the next version (run it from commit 3f77932 or earlier: the phantoms' far field changed
+# after it, issue 32). Stage 1d fine-tunes it to v-prediction on the phantoms of this version (far field that fades
+# on tissue, speckle contrast in the real range); it is what the bundled pipeline is now, and its scheduler config
+# selects the `ddim-clipped` sampler (deterministic DDIM with the noise recomputed from the clipped image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${1:-demo_model_work}"
@@ -47,12 +51,30 @@ ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --num_machines 1 --m
   --validation_steps 0 --logger tensorboard --seed 0 --noise_offset 0.1 \
   --pretrained_model_name_or_path "$WORK/pipeline" --output_dir "$WORK/calibrated/pipeline"
 
+# 1d. Fine-tune 800 steps to v-prediction (the network's target becomes v = sqrt(a) eps - sqrt(1 - a) x0, per
+#     pixel), on the phantoms of this version, from the stage-1c weights (a fresh optimizer and EMA), no offset
+#     noise. Then select the `ddim-clipped` sampler in its scheduler config (docs/fewstep.md: it beats ancestral
+#     sampling on this model).
+ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+  training/train_semantic.py \
+  "${DATA_AND_MODEL[@]}" --prediction_type v_prediction --noise_offset 0.0 \
+  --train_batch_size 8 --max_train_steps 800 --learning_rate 1e-4 --lr_scheduler constant --lr_warmup_steps 0 \
+  --adam_weight_decay 1e-3 --use_ema --ema_decay 0.995 --checkpointing_steps 400 --checkpoints_total_limit 2 \
+  --validation_steps 0 --logger tensorboard --seed 0 \
+  --pretrained_model_name_or_path "$WORK/calibrated/pipeline" --output_dir "$WORK/vpred/pipeline"
+python - "$WORK/vpred/pipeline/scheduler/scheduler_config.json" <<'PY'
+import json, sys
+config = json.load(open(sys.argv[1]))
+config.update(sampler="ddim", ddim_eta=0.0, use_clipped_model_output=True)
+open(sys.argv[1], "w").write(json.dumps(config, indent=2) + "\n")
+PY
+
 # 2. Held-out phantoms (seed 4242, never seen in training) and a reference slice of the training set.
 python -m ultrasound_diffusers phantoms --num_images 200 --anatomy echo --size 64 --seed 4242 --output_dir "$WORK/heldout"
 python -m ultrasound_diffusers phantoms --num_images 500 --anatomy echo --size 64 --seed 0 --output_dir "$WORK/train_ref"
 
-# 3. One generated image per held-out label map.
-python -m ultrasound_diffusers generate --pipeline "$WORK/calibrated/pipeline" --labels phantoms:echo:200:4242 \
+# 3. One generated image per held-out label map (the pipeline's own sampler, ddim-clipped).
+python -m ultrasound_diffusers generate --pipeline "$WORK/vpred/pipeline" --labels phantoms:echo:200:4242 \
   --num_inference_steps 50 --guidance_scale 1.5 --batch_size 25 --seed 0 --output_dir "$WORK/generated"
 
 # 4. Evaluation report (FID/KID, memorisation, depth profile, speckle, class contrast, downstream Dice).

@@ -440,7 +440,7 @@ def run_lung_reconstruction(pipeline=None, image: Optional[str] = None, operator
     """
     from .data.lung_media import LUNG_CATEGORIES, lung_maps
     from .data.sources import PHANTOMS_PREFIX, parse_phantoms_spec
-    from .reconstruction import HELD_OUT_SEED, KIND, load_pipeline, write_reconstruction_folder
+    from .reconstruction import HELD_OUT_SEED, KIND, load_pipeline, with_sampler, write_reconstruction_folder
     from .utils.io import check_output_dir
 
     settings, method = _lung_settings(settings, options)
@@ -457,7 +457,7 @@ def run_lung_reconstruction(pipeline=None, image: Optional[str] = None, operator
         if not (bundled / "model_index.json").is_file():
             raise FileNotFoundError(f"no --pipeline given and the bundled lung model is missing from {bundled}")
         pipeline = bundled
-    pipe = load_pipeline(pipeline, settings.device)
+    pipe = with_sampler(load_pipeline(pipeline, settings.device), settings.scheduler)
     if int(getattr(pipe.unet.config, "num_classes", 0) or 0) != 0:
         raise ValueError("the lung reconstruction needs an unconditional lung prior (num_classes=0) as --pipeline")
     kind, _, arg = str(operator).partition(":")

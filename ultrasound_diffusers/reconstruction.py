@@ -39,6 +39,11 @@ class ReconstructionSettings:
         num_resample: RePaint-style resampling passes per step.
         seed: seed of the sampler (the measurement noise uses ``seed + 1``).
         device: torch device of the pipeline.
+        scheduler: the sampler the prior runs with, built from its scheduler config (the names of ``generate
+            --scheduler``: ``"ddpm"``, ``"ddim"``, ``"ddim-clipped"``, ``"dpm++"``, ``"sde-dpm++"``), or None for the
+            pipeline's own. Default ``"ddpm"``, ancestral steps: diffusion posterior sampling is derived for them,
+            and their fresh noise lets later steps correct a guidance step that overshoots (the bundled pipeline's
+            own sampler is the deterministic ``ddim-clipped``).
     """
 
     method: str = "dps"
@@ -50,10 +55,15 @@ class ReconstructionSettings:
     num_resample: int = 0
     seed: int = 0
     device: str = "cpu"
+    scheduler: Optional[str] = "ddpm"
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"`method` (--method) must be one of {METHODS}, got {self.method!r}")
+        from .samplers import SAMPLERS
+
+        if self.scheduler is not None and self.scheduler not in SAMPLERS:
+            raise ValueError(f"`scheduler` (--scheduler) must be one of {SAMPLERS} or None, got {self.scheduler!r}")
         for name, low in (("num_samples", 1), ("num_inference_steps", 1), ("num_resample", 0), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -96,6 +106,17 @@ def load_pipeline(source=None, device: str = "cpu"):
     if hasattr(source, "unet") and hasattr(source, "scheduler"):
         return UltrasoundReconstructionPipeline(unet=source.unet, scheduler=source.scheduler)
     return UltrasoundReconstructionPipeline.from_pretrained(str(source)).to(device)
+
+
+def with_sampler(pipe, sampler: Optional[str]):
+    """``pipe`` itself when ``sampler`` is None, else an ``UltrasoundReconstructionPipeline`` on the same network
+    whose scheduler is ``sampler`` built from ``pipe``'s scheduler config (same B-maps; ``pipe`` is not changed)."""
+    if sampler is None:
+        return pipe
+    from .pipelines.pipeline_ultrasound_reconstruction import UltrasoundReconstructionPipeline
+    from .schedulers.scheduling_bmap_dpmsolver_multistep import scheduler_for_sampler
+
+    return UltrasoundReconstructionPipeline(unet=pipe.unet, scheduler=scheduler_for_sampler(sampler, pipe.scheduler.config))
 
 
 def phantom_anatomy(pipe) -> str:
@@ -247,6 +268,7 @@ def reconstruct_image(pipe, image, labels, operator, settings: Optional[Reconstr
     import torch
 
     settings = _settings(settings, options)
+    pipe = with_sampler(pipe, settings.scheduler)
     seed = settings.seed
     height, width = image.shape
     x = torch.from_numpy(2.0 * np.asarray(image, np.float32) - 1.0)[None, None]

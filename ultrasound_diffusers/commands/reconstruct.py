@@ -16,6 +16,7 @@ held-out ones) and writes ``benchmark.md`` and ``benchmark.json``.
 
 from __future__ import annotations
 
+from ..samplers import SAMPLER_HELP, SAMPLERS
 from ._common import MAX_SEED, device_type, finite_float, int_range, pipeline_source
 
 # The library code (inputs, the run, the benchmark, the figure) lives in ultrasound_diffusers.reconstruction.
@@ -44,6 +45,10 @@ def register(subparsers) -> None:
     p.add_argument("--guidance_scale", type=finite_float("--guidance_scale"), default=1.0, help="classifier-free guidance of label-conditioned models")
     p.add_argument("--seed", type=int_range("--seed", 0, MAX_SEED), default=0)
     p.add_argument("--device", default="cpu", type=device_type())
+    p.add_argument("--scheduler", default="ddpm", choices=SAMPLERS + ("pipeline",),
+                   help=f"the prior's sampler, built from its scheduler config (same B-maps): {SAMPLER_HELP}; "
+                   "\"pipeline\": the pipeline's own. Default ddpm (ancestral): posterior sampling is derived for "
+                   "ancestral steps, whose fresh noise lets later steps correct an overshooting guidance step")
     p.add_argument("--benchmark", default=None, help="comma-separated keep_every values K (fraction 1/K of the scan lines): write a PSNR / SSIM table instead")
     p.add_argument("--num_images", type=int_range("--num_images", 1, 1000000), default=4, help="held-out phantoms in --benchmark")
     p.add_argument("--output_dir", "--out", dest="out", metavar="OUTPUT_DIR", default="reconstruction_output", help="output folder")
@@ -58,6 +63,8 @@ def run(args) -> int:
 
     from ..reconstruction import ReconstructionSettings
 
+    if args.scheduler == "pipeline":
+        args.scheduler = None
     settings = ReconstructionSettings.from_args(args)  # checked before any work
     if args.benchmark:
         try:
