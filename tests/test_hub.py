@@ -26,6 +26,7 @@ import ultrasound_diffusers.hub_utils as hub
 import ultrasound_diffusers.pipelines.loading as loading
 import ultrasound_diffusers.utils.packaging as packaging
 from ultrasound_diffusers.pipelines import DiffusionPipeline, SemanticUltrasoundPipeline
+from ultrasound_diffusers.schedulers import BMapAttenuationScheduler
 
 STEPS = 3
 REPO_ID = "us-org/tiny-echo"
@@ -581,6 +582,19 @@ def test_card_sampler_advice_comes_from_one_place_and_recommends_no_ddim(pipe):
     assert type(swapped.scheduler).__name__ == "BMapDPMSolverMultistepScheduler"
     assert swapped.scheduler.config.algorithm_type == "sde-dpmsolver++"
     assert swapped.scheduler.config.bmap_min == pipe.scheduler.config.bmap_min
+    # a model whose config selects ddim-clipped is told to keep it (and how to go ancestral); a distilled student
+    # keeps its own steps at guidance 1; neither is told to keep "the default ancestral sampler"
+    clipped = SemanticUltrasoundPipeline(unet=pipe.unet, scheduler=BMapAttenuationScheduler.from_config(
+        pipe.scheduler.config, sampler="ddim", use_clipped_model_output=True))
+    student = SemanticUltrasoundPipeline(unet=pipe.unet, scheduler=BMapAttenuationScheduler.from_config(
+        pipe.scheduler.config, sampler="ddim", timestep_spacing="trailing", clip_sample=False))
+    for other, key, steps in ((clipped, "ddim-clipped", 50), (student, "student", 4)):
+        assert hub.sampler_advice_key(other.scheduler.config, True) == key
+        _, body = _split_card(str(hub.create_model_card(other, "me/x", num_inference_steps=steps)))
+        assert hub.SAMPLER_ADVICE[key].replace("{steps}", str(steps)) in body and "default ancestral" not in body
+    code = hub.SAMPLER_ADVICE["ddim-clipped"].split("```python\n")[1].split("```")[0]
+    exec(code, {"pipe": clipped})
+    assert clipped.scheduler.config.sampler == "ddpm" and clipped.scheduler.config.bmap_min == pipe.scheduler.config.bmap_min
     plain = SemanticUltrasoundPipeline(unet=pipe.unet, scheduler=DDPMScheduler(num_train_timesteps=100))
     _, body = _split_card(str(hub.create_model_card(plain, "me/x")))
     assert hub.SAMPLER_ADVICE[False] in body

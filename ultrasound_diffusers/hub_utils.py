@@ -49,9 +49,10 @@ NOT_FOR_DIAGNOSIS = "Not for diagnosis"
 #: ``license_name`` of cards whose license nobody stated (``license: other``).
 UNKNOWN_LICENSE_NAME = "unknown"
 
-#: Which sampler to use, the one place the cards take it from (``{bmap: text}``; markdown with a code block).
+#: Which sampler to use, the one place the cards take it from (:func:`sampler_advice_key` picks the entry; markdown).
 #: B-map models: the ancestral default, or SDE-DPM-Solver++ for fewer steps; diffusers' DDIM step leaves a grey
-#: haze outside the fan, the ddim-clipped sampler removes most of it (the package README's sampler tables).
+#: haze outside the fan, the ddim-clipped sampler removes most of it (the package README's sampler tables); a
+#: model whose config selects ddim-clipped keeps it; a distilled student keeps its own steps.
 SAMPLER_ADVICE = {
     True: (
         "Sampling: keep the default ancestral sampler (`eta=None`, {steps} steps), or for fewer steps use\n"
@@ -67,6 +68,23 @@ SAMPLER_ADVICE = {
         "algorithm_type=\"sde-dpmsolver++\")\n"
         "```"
     ),
+    "ddim-clipped": (
+        "Sampling: the scheduler config selects the deterministic `ddim-clipped` sampler ({steps} steps): per-pixel\n"
+        "DDIM with eta 0 and the noise recomputed from the clipped clean image, which on v-prediction B-map models\n"
+        "matches or beats ancestral sampling and leaves no haze outside the fan. For the ancestral B-map sampler set\n"
+        "`sampler=\"ddpm\"`. diffusers' own schedulers know no B-maps: swapped in, they sample another forward\n"
+        "process than the one the model was trained with.\n\n"
+        "```python\n"
+        "from ultrasound_diffusers import BMapAttenuationScheduler\n\n"
+        "pipe.scheduler = BMapAttenuationScheduler.from_config(pipe.scheduler.config, sampler=\"ddpm\")  # ancestral\n"
+        "```"
+    ),
+    "student": (
+        "Sampling: a distilled few-step model. Keep its scheduler (per-pixel DDIM, trailing time steps, no\n"
+        "clipping) at the {steps} steps it learned, with `guidance_scale=1`: classifier-free guidance is distilled\n"
+        "in, so each step is one network call. Fewer steps than it learned, or another sampler, take it off the path\n"
+        "it was trained to jump along."
+    ),
     False: (
         "Sampling: the scheduler swaps as usual; for fewer steps use diffusers' SDE-DPM-Solver++ (20-50 steps):\n\n"
         "```python\n"
@@ -76,6 +94,21 @@ SAMPLER_ADVICE = {
         "```"
     ),
 }
+
+
+def sampler_advice_key(config, bmap: bool):
+    """The key of :data:`SAMPLER_ADVICE` for a scheduler ``config``: ``"student"`` (a distilled few-step model:
+    DDIM on trailing steps without clipping, as ``training/train_progressive_distillation.py`` saves it),
+    ``"ddim-clipped"`` (a B-map model whose config selects that sampler), else ``bmap`` (True: a B-map model on the
+    ancestral default; False: a plain diffusers scheduler)."""
+    config = dict(config or {})
+    if bmap and config.get("sampler") == "ddim":
+        if config.get("timestep_spacing") == "trailing" and not config.get("clip_sample", True):
+            return "student"
+        if config.get("use_clipped_model_output"):
+            return "ddim-clipped"
+    return bmap
+
 
 #: The form of a Hub license id (``apache-2.0``, ``cc-by-nc-sa-4.0``, ``openrail++``): lowercase letters and
 #: digits in groups joined by ``.`` or ``-``, optionally ending in ``+`` signs.
@@ -87,6 +120,7 @@ __all__ = [
     "NOT_FOR_DIAGNOSIS",
     "PHANTOM_MODEL_LICENSE",
     "SAMPLER_ADVICE",
+    "sampler_advice_key",
     "TRAINING_TAG",
     "create_dataset_card",
     "ModelCardFields",
@@ -380,7 +414,8 @@ def create_model_card(pipeline, repo_id: str, fields: Optional[ModelCardFields] 
         install_command=INSTALL_COMMAND,
         wheel_install_command=wheel_install_command(version),
         wheel_build_command=WHEEL_BUILD_COMMAND,
-        sampler_advice=SAMPLER_ADVICE[facts["bmap"]].replace("{steps}", str(int(f.num_inference_steps))),
+        sampler_advice=SAMPLER_ADVICE[sampler_advice_key(config, facts["bmap"])].replace(
+            "{steps}", str(int(f.num_inference_steps))),
         num_inference_steps=int(f.num_inference_steps),
         guidance_scale=_fmt(float(f.guidance_scale)),
         scheduler_class=type(facts["scheduler"]).__name__ if facts["scheduler"] is not None else "none",
