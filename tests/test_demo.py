@@ -82,8 +82,9 @@ def test_demo_reads_user_label_maps(tmp_path):
         load_label_maps([tmp_path / "bad.npy"])
 
 
-@pytest.mark.parametrize("sampler, short", [(None, "ddim-clipped"), ("ddpm", "ddpm"), ("sde-dpm++", "sde-dpm++")])
-def test_demo_figure_title_is_one_line_naming_the_sampler(tmp_path, monkeypatch, sampler, short):
+@pytest.mark.parametrize("sampler, short, fewstep", [(None, "ddim-clipped", False), ("ddpm", "ddpm", False),
+                                                     ("sde-dpm++", "sde-dpm++", False), (None, "ddim", None)])
+def test_demo_figure_title_is_one_line_naming_the_sampler(tmp_path, monkeypatch, sampler, short, fewstep):
     """The title once printed the scheduler object (its whole JSON config, ~30 lines)."""
     import ultrasound_diffusers.visualization as visualization
 
@@ -95,8 +96,57 @@ def test_demo_figure_title_is_one_line_naming_the_sampler(tmp_path, monkeypatch,
         return original(fig, path, **kwargs)
 
     monkeypatch.setattr(visualization, "save_figure", capture)
-    run_demo(num_images=1, num_inference_steps=2, output_dir=tmp_path / "out", scheduler=sampler)
+    run_demo(num_images=1, num_inference_steps=2, output_dir=tmp_path / "out", scheduler=sampler, fewstep=fewstep)
     (title,) = titles
     assert "\n" not in title and len(title) < 100, title
     assert f"sampler {short}," in title and "2 steps" in title and "seed 0" in title
-    assert title.startswith("bmap-echo-phantom-64")
+    assert title.startswith("bmap-echo-phantom-64" + ("-fewstep" if fewstep is None else " |"))
+
+
+def test_fewstep_student_is_bundled_and_plausible_in_four_calls():
+    """The bundled few-step student (progressive distillation, guidance distilled in): 4 unguided calls give a fan,
+    dark outside it, a cavity darker than the myocardium, with the same bounds as the 50-step model's test above."""
+    from ultrasound_diffusers import DiffusionPipeline
+    from ultrasound_diffusers.data.phantoms import generate_phantoms
+    from ultrasound_diffusers.demo import FEWSTEP_DEFAULTS, FEWSTEP_PIPELINE_PATH, demo_source
+    from ultrasound_diffusers.geometry import fan_mask
+
+    assert demo_source() == demo_source(fewstep=True) == (str(FEWSTEP_PIPELINE_PATH), 4, 1.0) == (str(FEWSTEP_PIPELINE_PATH), *FEWSTEP_DEFAULTS)
+    assert demo_source(fewstep=False) == (str(DEMO_PIPELINE_PATH), 50, 1.5)
+    assert demo_source(DEMO_PIPELINE_PATH) == demo_source(DEMO_PIPELINE_PATH, fewstep=False) == (str(DEMO_PIPELINE_PATH), 50, 1.5)
+    with pytest.raises(ValueError, match="--fewstep"):
+        demo_source(DEMO_PIPELINE_PATH, fewstep=True)
+    pipe = DiffusionPipeline.from_pretrained(FEWSTEP_PIPELINE_PATH)
+    assert pipe.scheduler.config.sampler == "ddim" and pipe.scheduler.config.timestep_spacing == "trailing"
+    calls = []
+    pipe.unet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    labels = default_label_maps(4, size=64, seed=7)
+    phantoms = generate_phantoms(4, anatomy="echo", size=64, seed=7)
+    images = np.asarray(pipe(labels, num_inference_steps=4, guidance_scale=1.0, generator=torch.Generator().manual_seed(0),
+                             output_type="np").images)[..., 0]
+    assert calls == [4, 4, 4, 4]  # four calls of the batch itself: no null-map half
+    outside = ~fan_mask(64, 64).numpy()
+    outside_means = [image[outside].mean() for image in images]
+    assert np.median(outside_means) < 0.05 and max(outside_means) < 0.15, outside_means
+    for image, real, label in zip(images, phantoms["image"], labels):
+        real = np.asarray(real, np.float32) / 255.0
+        assert image[label > 0].mean() - image[outside].mean() > 0.4 * (real[label > 0].mean() - real[outside].mean())
+        assert image[label == 3].mean() - image[label == 1].mean() > 0.4 * (real[label == 3].mean() - real[label == 1].mean())
+
+
+def test_demo_runs_the_student_by_default_and_the_50_step_model_with_no_fewstep(tmp_path, monkeypatch):
+    """The command's default is the few-step student at 4 calls and guidance 1; --no-fewstep the 50-step model at
+    guidance 1.5 (steps shortened here with --num_inference_steps); --fewstep beside --pipeline is refused."""
+    import ultrasound_diffusers.demo as demo
+    from ultrasound_diffusers.cli import main
+
+    calls = []
+    original = demo.demo_title
+    monkeypatch.setattr(demo, "demo_title", lambda *args: calls.append(args) or original(*args))
+    assert main(["demo", "--num_images", "2", "--output_dir", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "demo.png").stat().st_size > 10_000 and len(list((tmp_path / "a").glob("generated_*.png"))) == 2
+    assert main(["demo", "--no-fewstep", "--num_images", "1", "--num_inference_steps", "2", "--output_dir", str(tmp_path / "b")]) == 0
+    (source_a, _, steps_a, guidance_a, _), (source_b, _, steps_b, guidance_b, _) = calls
+    assert (source_a, steps_a, guidance_a) == (str(demo.FEWSTEP_PIPELINE_PATH), 4, 1.0)
+    assert (source_b, steps_b, guidance_b) == (str(DEMO_PIPELINE_PATH), 2, 1.5)
+    assert main(["demo", "--fewstep", "--pipeline", str(DEMO_PIPELINE_PATH), "--output_dir", str(tmp_path / "c")]) == 2

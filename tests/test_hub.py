@@ -369,11 +369,13 @@ def test_one_model_card_template_and_model_cards_points_to_it():
     assert "ultrasound_diffusers/templates/model_card_template.md" in (ROOT / "model_cards" / "README.md").read_text()
 
 
-def test_bundled_demo_card_is_the_model_cards_copy_with_truthful_metadata():
-    from ultrasound_diffusers.demo import DEMO_PIPELINE_PATH
+@pytest.mark.parametrize("folder", ["DEMO_PIPELINE_PATH", "FEWSTEP_PIPELINE_PATH"])
+def test_bundled_demo_card_is_the_model_cards_copy_with_truthful_metadata(folder):
+    import ultrasound_diffusers.demo as demo
 
-    bundled = (DEMO_PIPELINE_PATH / "README.md").read_bytes()
-    assert bundled == (ROOT / "model_cards" / "bmap-echo-phantom-64.md").read_bytes()
+    path = getattr(demo, folder)
+    bundled = (path / "README.md").read_bytes()
+    assert bundled == (ROOT / "model_cards" / f"{path.name}.md").read_bytes()
     meta, body = _split_card(bundled.decode())
     assert meta["library_name"] == "diffusers" and meta["license"] == "apache-2.0"
     assert "diffusers-training" in meta["tags"] and "ultrasound" in meta["tags"]

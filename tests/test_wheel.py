@@ -111,6 +111,9 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_there(tmp_path):
                    "ultrasound_diffusers/assets/bmap-echo-phantom-64/scheduler/scheduler_config.json",
                    "ultrasound_diffusers/assets/bmap-echo-phantom-64/model_index.json",
                    "ultrasound_diffusers/assets/bmap-echo-phantom-64/README.md",
+                   "ultrasound_diffusers/assets/bmap-echo-phantom-64-fewstep/unet/diffusion_pytorch_model.safetensors",
+                   "ultrasound_diffusers/assets/bmap-echo-phantom-64-fewstep/scheduler/scheduler_config.json",
+                   "ultrasound_diffusers/assets/bmap-echo-phantom-64-fewstep/model_index.json",
                    "ultrasound_diffusers/templates/model_card_template.md",
                    "ultrasound_diffusers/pipelines/templates/remote_code_shim.py.tmpl",
                    "ultrasound_diffusers/pipelines/loading.py"):

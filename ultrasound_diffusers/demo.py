@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -21,6 +21,31 @@ from .samplers import sampler_name  # noqa: F401  (the demo title names the samp
 
 #: Folder of the bundled demonstration pipeline (model_index.json, unet/, scheduler/, README.md).
 DEMO_PIPELINE_PATH = Path(__file__).resolve().parent / "assets" / "bmap-echo-phantom-64"
+#: The few-step student of the demo pipeline (progressive distillation, guidance distilled in; docs/fewstep.md):
+#: what ``ultrasound-diffusers demo`` runs by default, at :data:`FEWSTEP_DEFAULTS`.
+FEWSTEP_PIPELINE_PATH = Path(__file__).resolve().parent / "assets" / "bmap-echo-phantom-64-fewstep"
+#: (num_inference_steps, guidance_scale) of the bundled few-step pipeline, and of every other pipeline.
+FEWSTEP_DEFAULTS = (4, 1.0)
+FULL_DEFAULTS = (50, 1.5)
+
+
+def demo_source(pipeline=None, fewstep: Optional[bool] = None) -> Tuple[str, int, float]:
+    """(pipeline folder or repo id, default steps, default guidance) of a demo run.
+
+    ``pipeline`` given: that pipeline, 50 steps, guidance 1.5 (``fewstep=True`` beside it is refused). Else the
+    bundled few-step student (4 steps, guidance 1: the guidance is distilled in) when ``fewstep`` is True or None
+    (the default), or the bundled 50-step pipeline it was distilled from (50 steps, guidance 1.5) when
+    ``fewstep`` is False.
+    """
+    if pipeline is not None:
+        if fewstep:
+            raise ValueError("give either `pipeline` (--pipeline) or `fewstep` (--fewstep), not both")
+        return str(pipeline), *FULL_DEFAULTS
+    use_student = fewstep is None or bool(fewstep)
+    folder, defaults = (FEWSTEP_PIPELINE_PATH, FEWSTEP_DEFAULTS) if use_student else (DEMO_PIPELINE_PATH, FULL_DEFAULTS)
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"the bundled demo pipeline is missing from {folder}")
+    return str(folder), *defaults
 
 
 def load_label_maps(paths: Sequence[Union[str, os.PathLike]]) -> List[np.ndarray]:
@@ -90,20 +115,26 @@ def run_demo(
     pipeline: Optional[Union[str, os.PathLike]] = None,
     labels: Optional[Sequence[Union[str, os.PathLike]]] = None,
     num_images: int = 4,
-    num_inference_steps: int = 50,
-    guidance_scale: float = 1.5,
+    num_inference_steps: Optional[int] = None,
+    guidance_scale: Optional[float] = None,
     seed: int = 0,
     output_dir: Union[str, os.PathLike] = "demo_output",
     device: str = "cpu",
     scheduler: Optional[str] = None,
     overwrite: bool = False,
+    fewstep: Optional[bool] = None,
 ) -> Path:
     """Generate images for label maps with a pipeline and write ``demo.png`` plus the images; returns the figure path.
 
     ``output_dir`` follows the package's output rule (checked before any work): it is written whole, replacing a
     folder an earlier demo wrote; a folder another command or the user wrote needs ``overwrite``.
 
-    ``scheduler``: None keeps the pipeline's own; ``"ddpm"``, ``"ddim"``, ``"dpm++"`` or ``"sde-dpm++"`` builds that
+    ``pipeline`` None runs the bundled few-step student (4 network calls, guidance 1: distilled in), or with
+    ``fewstep=False`` the 50-step pipeline it was distilled from (guidance 1.5): :func:`demo_source`.
+    ``num_inference_steps`` and ``guidance_scale`` None take those defaults (50 and 1.5 for a given ``pipeline``).
+
+    ``scheduler``: None keeps the pipeline's own; ``"ddpm"``, ``"ddim"``, ``"ddim-clipped"``, ``"dpm++"`` or
+    ``"sde-dpm++"`` builds that
     sampler from the pipeline's scheduler config (see
     :func:`~ultrasound_diffusers.schedulers.scheduling_bmap_dpmsolver_multistep.scheduler_for_sampler`)."""
     from .pipelines import DiffusionPipeline
@@ -114,9 +145,9 @@ def run_demo(
         raise ValueError(f"`num_images` (--num_images) must be an integer >= 1, got {num_images!r}")
     inputs = [pipeline, *(labels or [])]
     check_output_dir(output_dir, KIND, inputs=inputs, overwrite=overwrite)
-    source = str(pipeline) if pipeline is not None else str(DEMO_PIPELINE_PATH)
-    if pipeline is None and not (DEMO_PIPELINE_PATH / "model_index.json").is_file():
-        raise FileNotFoundError(f"the bundled demo pipeline is missing from {DEMO_PIPELINE_PATH}")
+    source, default_steps, default_guidance = demo_source(pipeline, fewstep)
+    num_inference_steps = default_steps if num_inference_steps is None else num_inference_steps
+    guidance_scale = default_guidance if guidance_scale is None else guidance_scale
     start = time.perf_counter()
     pipe = DiffusionPipeline.from_pretrained(source).to(device)
     if scheduler is not None:
