@@ -71,6 +71,7 @@ PYTHON_SUBSTITUTIONS = {
         ("num_inference_steps=50", f"num_inference_steps={SHRUNK_STEPS}"),
     ],
     "Which sampler: `ddim-clipped`, or SDE-DPM-Solver++ for fewer steps#1": [("num_inference_steps=20", f"num_inference_steps={SHRUNK_STEPS}")],
+    "Few-step sampling: 4 network calls under B-maps#1": [],
     "Loading and sharing on the Hub#1": [('from_pretrained("org/echo-sdm")', "from_pretrained(DEMO_PIPELINE_PATH)")],
 }
 
@@ -95,6 +96,17 @@ def _check_sampler(ns, cwd):
     assert len(ns["out"].images) == 4
 
 
+def _check_fewstep(ns, cwd):
+    """The snippet's student runs 4 calls of the labelled batch alone (guidance distilled in) and gives images."""
+    calls = []
+    handle = ns["student"].unet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    try:
+        again = ns["student"](list(ns["labels"]), num_inference_steps=4, guidance_scale=1.0).images
+    finally:
+        handle.remove()
+    assert calls == [len(ns["labels"])] * 4 and len(again) == len(ns["out"].images) == len(ns["labels"])
+
+
 def _check_hub(ns, cwd):
     assert (cwd / "echo-sdm" / "model_index.json").is_file()
     assert ns["_uploads"] and ns["_uploads"][-1]["repo_id"] == "org/echo-sdm"
@@ -106,6 +118,7 @@ PYTHON_CHECKS = {
     "B-maps: noise that follows sound#1": _check_bmaps,
     "Generate labelled images (Python)#1": _check_generate,
     "Which sampler: `ddim-clipped`, or SDE-DPM-Solver++ for fewer steps#1": _check_sampler,
+    "Few-step sampling: 4 network calls under B-maps#1": _check_fewstep,
     "Loading and sharing on the Hub#1": _check_hub,
 }
 
