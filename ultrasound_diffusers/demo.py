@@ -1,10 +1,12 @@
 """The package's main job on a built-in default: label maps in, labelled ultrasound images out.
 
-``ultrasound-diffusers demo`` loads the demonstration pipeline bundled with the package (a small
-``SemanticUNet2DModel`` trained with ``training/train_semantic.py`` on the built-in echo phantoms, with the
-published convex B-map schedule) through ``DiffusionPipeline.from_pretrained``, generates one image per label
-map with a fixed seed and writes a picture: label map, generated image, and the image's signal as the B-map
-forward process attenuates it at a few steps (deep tissue fades first).
+``ultrasound-diffusers demo`` loads a demonstration pipeline bundled with the package through
+``DiffusionPipeline.from_pretrained``: by default the 4-step student (``bmap-echo-phantom-64-fewstep``, distilled
+with ``training/train_progressive_distillation.py``), with ``--no-fewstep`` the 50-step model it was distilled
+from (a small ``SemanticUNet2DModel`` trained with ``training/train_semantic.py`` on the built-in echo phantoms,
+with the published convex B-map schedule). It generates one image per label map with a fixed seed and writes a
+picture: label map, generated image, and the image's signal as the B-map forward process attenuates it at a few
+steps (deep tissue fades first).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ DEMO_PIPELINE_PATH = Path(__file__).resolve().parent / "assets" / "bmap-echo-pha
 #: The few-step student of the demo pipeline (progressive distillation, guidance distilled in; docs/fewstep.md):
 #: what ``ultrasound-diffusers demo`` runs by default, at :data:`FEWSTEP_DEFAULTS`.
 FEWSTEP_PIPELINE_PATH = Path(__file__).resolve().parent / "assets" / "bmap-echo-phantom-64-fewstep"
-#: (num_inference_steps, guidance_scale) of the bundled few-step pipeline, and of every other pipeline.
+#: (num_inference_steps, guidance_scale) of the bundled few-step pipeline (its guidance is distilled in) ...
 FEWSTEP_DEFAULTS = (4, 1.0)
+#: ... and of the bundled 50-step pipeline and every pipeline given with ``--pipeline``.
 FULL_DEFAULTS = (50, 1.5)
 
 
@@ -134,9 +137,9 @@ def run_demo(
     ``num_inference_steps`` and ``guidance_scale`` None take those defaults (50 and 1.5 for a given ``pipeline``).
 
     ``scheduler``: None keeps the pipeline's own; ``"ddpm"``, ``"ddim"``, ``"ddim-clipped"``, ``"dpm++"`` or
-    ``"sde-dpm++"`` builds that
-    sampler from the pipeline's scheduler config (see
-    :func:`~ultrasound_diffusers.schedulers.scheduling_bmap_dpmsolver_multistep.scheduler_for_sampler`)."""
+    ``"sde-dpm++"`` builds that sampler from the pipeline's scheduler config (see
+    :func:`~ultrasound_diffusers.schedulers.scheduling_bmap_dpmsolver_multistep.scheduler_for_sampler`); a distilled
+    student is trained for its own sampler only."""
     from .pipelines import DiffusionPipeline
     from .utils.io import check_output_dir, write_output_folder
     from .visualization import save_figure
