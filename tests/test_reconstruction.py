@@ -523,6 +523,11 @@ def test_reconstruction_samples_ancestrally_by_default_whatever_the_prior_own_sa
     assert ancestral.scheduler.config.sampler == "ddpm" and ancestral.unet is pipe.unet
     assert ancestral.scheduler.config.bmap_min == scheduler.config.bmap_min
     assert pipe.scheduler.config.sampler == "ddim" and with_sampler(pipe, None) is pipe
+    assert ancestral._progress_bar_config == {"disable": True}  # the caller's progress-bar settings carry over
+    from diffusers import ScoreSdeVeScheduler
+
+    ve = tiny_pipeline(tiny_label_unet, ScoreSdeVeScheduler())
+    assert with_sampler(ve, "ddpm") is ve  # not DDPM-type: left for the pipeline to refuse, never rebuilt as one
     with pytest.raises(ValueError, match="--scheduler"):
         ReconstructionSettings(scheduler="euler")
 

@@ -110,13 +110,18 @@ def load_pipeline(source=None, device: str = "cpu"):
 
 def with_sampler(pipe, sampler: Optional[str]):
     """``pipe`` itself when ``sampler`` is None, else an ``UltrasoundReconstructionPipeline`` on the same network
-    whose scheduler is ``sampler`` built from ``pipe``'s scheduler config (same B-maps; ``pipe`` is not changed)."""
-    if sampler is None:
+    whose scheduler is ``sampler`` built from ``pipe``'s scheduler config (same B-maps; ``pipe`` is not changed; its
+    progress-bar settings carry over). A scheduler that is not of the DDPM type (no ``alphas_cumprod``, or noise in
+    sigma units) is left as it is, for the pipeline to refuse with its own message."""
+    scheduler = getattr(pipe, "scheduler", None)
+    if sampler is None or float(getattr(scheduler, "init_noise_sigma", 1.0)) != 1.0 or not hasattr(scheduler, "alphas_cumprod"):
         return pipe
     from .pipelines.pipeline_ultrasound_reconstruction import UltrasoundReconstructionPipeline
     from .schedulers.scheduling_bmap_dpmsolver_multistep import scheduler_for_sampler
 
-    return UltrasoundReconstructionPipeline(unet=pipe.unet, scheduler=scheduler_for_sampler(sampler, pipe.scheduler.config))
+    swapped = UltrasoundReconstructionPipeline(unet=pipe.unet, scheduler=scheduler_for_sampler(sampler, scheduler.config))
+    swapped.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    return swapped
 
 
 def phantom_anatomy(pipe) -> str:
