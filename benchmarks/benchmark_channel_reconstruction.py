@@ -199,10 +199,10 @@ def main(argv=None) -> dict:
 
 
 def make_figure(data, cases, path):
-    from ultrasound_diffusers.visualization import _pyplot, save_figure
+    from ultrasound_diffusers.visualization import new_figure, save_figure
 
-    plt = _pyplot()
-    fig, axes = plt.subplots(len(cases), 4, figsize=(10, 2.7 * len(cases)), squeeze=False)
+    fig = new_figure(figsize=(10, 2.7 * len(cases)))
+    axes = fig.subplots(len(cases), 4, squeeze=False)
     for row, case in zip(axes, cases):
         d = data[case]
         panels = [(f"DAS, {case.replace('_', ' ')}", d["das"]), ("DPS reconstruction", d["dps"]),
