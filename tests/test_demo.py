@@ -89,13 +89,13 @@ def test_demo_figure_title_is_one_line_naming_the_sampler(tmp_path, monkeypatch,
     import ultrasound_diffusers.visualization as visualization
 
     titles = []
-    original = visualization.save_figure
+    original = visualization.tile_figure
 
-    def capture(fig, path, **kwargs):
-        titles.append(fig._suptitle.get_text())
-        return original(fig, path, **kwargs)
+    def capture(rows, column_titles=(), title="", **kwargs):
+        titles.append(title)
+        return original(rows, column_titles, title, **kwargs)
 
-    monkeypatch.setattr(visualization, "save_figure", capture)
+    monkeypatch.setattr(visualization, "tile_figure", capture)
     run_demo(num_images=1, num_inference_steps=2, output_dir=tmp_path / "out", scheduler=sampler, fewstep=fewstep)
     (title,) = titles
     assert "\n" not in title and len(title) < 100, title

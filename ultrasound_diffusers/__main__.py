@@ -2,7 +2,7 @@
 
 import sys
 
-from .cli import main
+from .cli import console_main
 
 if __name__ == "__main__":  # only when run as `python -m ultrasound_diffusers`, never on import
-    sys.exit(main())
+    sys.exit(console_main())

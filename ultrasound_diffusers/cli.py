@@ -71,5 +71,19 @@ EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectory
                    PermissionError)
 
 
+def console_main() -> int:
+    """The ``ultrasound-diffusers`` executable: :func:`main`, then :func:`settle_before_exit` (the process ends
+    next, so the interpreter's exit need not walk every object of torch and diffusers again: 0.8 s saved per
+    command). Call :func:`main` from Python code that goes on running."""
+    from .utils.garbage_collection import settle_before_exit
+
+    try:
+        return main()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        settle_before_exit()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console_main())

@@ -77,30 +77,17 @@ def attenuated_signal(scheduler, image: np.ndarray, steps: Sequence[int]) -> np.
 
 def make_demo_figure(label_maps, images, scheduler, num_classes: int, steps: Sequence[int], title: str = ""):
     """Rows: examples. Columns: label map, generated image, the image attenuated by the cumulative B-maps at
-    ``steps`` (deep tissue fades first, as sound does)."""
+    ``steps`` (deep tissue fades first, as sound does). Returns an RGB ``PIL.Image.Image``
+    (:func:`~ultrasound_diffusers.visualization.tile_figure`)."""
     from .data.labels import colorize_labels
-    from .visualization import new_figure
+    from .visualization import tile_figure
 
-    n = len(images)
-    cols = 2 + len(steps)
-    fig = new_figure(figsize=(2.6 * cols, 2.6 * n + 0.6))
-    axes = fig.subplots(n, cols, squeeze=False)
-    for i, (labels, image) in enumerate(zip(label_maps, images)):
-        axes[i, 0].imshow(colorize_labels(labels, num_classes))
-        axes[i, 1].imshow(image, cmap="gray", vmin=0, vmax=1)
-        for j, signal in enumerate(attenuated_signal(scheduler, image, steps)):
-            axes[i, 2 + j].imshow(signal, cmap="gray", vmin=0, vmax=1)
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    axes[0, 0].set_title("label map", fontsize=9)
-    axes[0, 1].set_title("generated", fontsize=9)
-    for j, t in enumerate(steps):
-        axes[0, 2 + j].set_title(f"B-map attenuation, t={t}", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    rows = [
+        [colorize_labels(labels, num_classes), image, *attenuated_signal(scheduler, image, steps)]
+        for labels, image in zip(label_maps, images)
+    ]
+    heads = ["label map", "generated", *(f"B-map attenuation, t={t}" for t in steps)]
+    return tile_figure(rows, heads, title)
 
 
 #: ``kind`` of the output-folder marker of ``ultrasound-diffusers demo``.
