@@ -27,6 +27,7 @@ from .pipeline_utils import (
     check_output_type,
     denoise_step_output,
     guided_segmap,
+    label_feature_cache,
     labels_to_output,
     postprocess_images,
     prepare_extra_step_kwargs,
@@ -251,18 +252,20 @@ class SemanticUltrasoundPipeline(DiffusionPipeline):
 
         # 5. denoising loop
         segmap = one_hot  # exposed to callbacks
-        for i, t in enumerate(self.progress_bar(schedule)):
-            if self.interrupt:
-                continue
-            output = denoise_step_output(
-                self.unet, self.scheduler, latents, t, channels, segmap=model_segmap, guidance_scale=self._guidance_scale
-            )
-            latents = self.scheduler.step(output, t, latents, **extra_step_kwargs).prev_sample
+        with label_feature_cache(self.unet):  # the label maps stay fixed: their SPADE features are computed once
+            for i, t in enumerate(self.progress_bar(schedule)):
+                if self.interrupt:
+                    continue
+                output = denoise_step_output(
+                    self.unet, self.scheduler, latents, t, channels, segmap=model_segmap,
+                    guidance_scale=self._guidance_scale,
+                )
+                latents = self.scheduler.step(output, t, latents, **extra_step_kwargs).prev_sample
 
-            if callback_on_step_end is not None:
-                local = {"latents": latents, "segmap": segmap}
-                callback_outputs = callback_on_step_end(self, i, t, {k: local[k] for k in tensor_inputs})
-                latents = check_callback_outputs(callback_on_step_end, callback_outputs, i, latents)
+                if callback_on_step_end is not None:
+                    local = {"latents": latents, "segmap": segmap}
+                    callback_outputs = callback_on_step_end(self, i, t, {k: local[k] for k in tensor_inputs})
+                    latents = check_callback_outputs(callback_on_step_end, callback_outputs, i, latents)
 
         self.maybe_free_model_hooks()
         check_finite_result(latents, "the generated images", unet=self.unet)

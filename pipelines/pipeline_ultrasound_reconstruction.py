@@ -66,6 +66,7 @@ from .pipeline_utils import (
     check_output_type,
     denoise_step_output,
     guided_segmap,
+    label_feature_cache,
     postprocess_images,
     prepare_extra_step_kwargs,
     prepare_latents,
@@ -454,41 +455,43 @@ class UltrasoundReconstructionPipeline(DiffusionPipeline):
 
         level_shape = (1, channels, height, width)
         residuals = []
-        for i, t in enumerate(self.progress_bar(schedule)):
-            a_t = levels.signal_level(t, level_shape, device=device, dtype=dtype)
-            t_prev = int(schedule[i + 1]) if i + 1 < len(schedule) else -1
-            a_prev = levels.signal_level(t_prev, level_shape, device=device, dtype=dtype)
-            guided = method == "dps" and step_sizes[i] > 0
-            prior_var = (1.0 - a_t).clamp(min=MIN_PRIOR_VAR).expand(image_shape)
-            precondition, step_scale = (
-                _dps_terms(operator, *gain_terms, prior_var, a_t, a_prev, step_sizes[i]) if guided else (None, None)
-            )
-
-            x_t = latents.detach()
-            for repeat in range(num_resample + 1 if i + 1 < len(schedule) else 1):
-                if repeat > 0:
-                    # RePaint-style resampling: back from t_prev to t with the forward transition of the
-                    # scheduler (per-pixel factor a_t / a_prev for the B-map process), then step again
-                    noise = randn_tensor(image_shape, generator=generator, device=device, dtype=dtype)
-                    x_t = forward_transition(latents, a_prev, a_t, noise)
-                output, x0, residual, grad = self._predict(
-                    x_t, t, a_t, levels, model_segmap, float(guidance_scale), operator, y_rep, precondition
+        # the label maps stay fixed: their SPADE features are computed once (gradients still reach x_t)
+        with label_feature_cache(self.unet):
+            for i, t in enumerate(self.progress_bar(schedule)):
+                a_t = levels.signal_level(t, level_shape, device=device, dtype=dtype)
+                t_prev = int(schedule[i + 1]) if i + 1 < len(schedule) else -1
+                a_prev = levels.signal_level(t_prev, level_shape, device=device, dtype=dtype)
+                guided = method == "dps" and step_sizes[i] > 0
+                prior_var = (1.0 - a_t).clamp(min=MIN_PRIOR_VAR).expand(image_shape)
+                precondition, step_scale = (
+                    _dps_terms(operator, *gain_terms, prior_var, a_t, a_prev, step_sizes[i]) if guided else (None, None)
                 )
 
-                if method == "projection":
-                    x0 = operator.project(x0, y_rep, prior_var=prior_var)
-                    new_prediction = levels.model_output_from_original(x0, x_t.detach(), a_t)
-                    output = torch.cat([new_prediction, output[:, channels:]], dim=1)
+                x_t = latents.detach()
+                for repeat in range(num_resample + 1 if i + 1 < len(schedule) else 1):
+                    if repeat > 0:
+                        # RePaint-style resampling: back from t_prev to t with the forward transition of the
+                        # scheduler (per-pixel factor a_t / a_prev for the B-map process), then step again
+                        noise = randn_tensor(image_shape, generator=generator, device=device, dtype=dtype)
+                        x_t = forward_transition(latents, a_prev, a_t, noise)
+                    output, x0, residual, grad = self._predict(
+                        x_t, t, a_t, levels, model_segmap, float(guidance_scale), operator, y_rep, precondition
+                    )
 
-                latents = self.scheduler.step(output, t, x_t.detach(), **extra_step_kwargs).prev_sample
-                if guided:
-                    latents = latents - step_scale * grad
-            residuals.append(_rms(residual).cpu())
+                    if method == "projection":
+                        x0 = operator.project(x0, y_rep, prior_var=prior_var)
+                        new_prediction = levels.model_output_from_original(x0, x_t.detach(), a_t)
+                        output = torch.cat([new_prediction, output[:, channels:]], dim=1)
 
-            if callback_on_step_end is not None:
-                local = {"latents": latents, "pred_original_sample": x0}
-                callback_outputs = callback_on_step_end(self, i, t, {k: local[k] for k in tensor_inputs})
-                latents = callback_outputs.pop("latents", latents)
+                    latents = self.scheduler.step(output, t, x_t.detach(), **extra_step_kwargs).prev_sample
+                    if guided:
+                        latents = latents - step_scale * grad
+                residuals.append(_rms(residual).cpu())
+
+                if callback_on_step_end is not None:
+                    local = {"latents": latents, "pred_original_sample": x0}
+                    callback_outputs = callback_on_step_end(self, i, t, {k: local[k] for k in tensor_inputs})
+                    latents = callback_outputs.pop("latents", latents)
 
         latents = latents.detach()
         if method == "projection" and operator.is_noise_free:

@@ -449,6 +449,14 @@ def guided_segmap(one_hot: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     return torch.cat([one_hot, torch.zeros_like(one_hot)]) if float(guidance_scale) != 1.0 else one_hot
 
 
+def label_feature_cache(unet):
+    """``unet.label_feature_cache()`` (the SPADE label features computed once per label map and reused at every
+    step, see :meth:`~ultrasound_diffusers.SemanticUNet2DModel.label_feature_cache`) when the network has it, else
+    a block that does nothing. Sampling loops run inside it."""
+    enter = getattr(unet, "label_feature_cache", None)
+    return enter() if callable(enter) else contextlib.nullcontext()
+
+
 def denoise_step_output(
     unet, scheduler, sample: torch.Tensor, t, channels: int, segmap: Optional[torch.Tensor] = None,
     guidance_scale: float = 1.0,

@@ -18,10 +18,11 @@ The layer layout follows the original one block for block, so that the original 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -225,13 +226,87 @@ class SPADEGroupNorm(nn.Module):
         self.mlp_gamma = nn.Conv2d(hidden_channels, channels, kernel_size=3, padding=1)
         self.mlp_beta = nn.Conv2d(hidden_channels, channels, kernel_size=3, padding=1)
 
+    #: The :class:`LabelFeatureCache` of the enclosing :meth:`SemanticUNet2DModel.label_feature_cache` block, or
+    #: None (the default: the modulation is computed on every call).
+    label_cache: Optional["LabelFeatureCache"] = None
+
+    def modulation(self, segmap: torch.Tensor, size: Sequence[int], dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(gamma, beta)``, each [B, C, *size], from the label map ``segmap`` [B, K, H, W] (resized to ``size``
+        with nearest interpolation). They depend on the label map only, not on the noisy sample or the step."""
+        if tuple(segmap.shape[-2:]) != tuple(size):
+            segmap = F.interpolate(segmap, size=tuple(size), mode="nearest")
+        actv = F.relu(self.mlp_shared(segmap.to(dtype)))
+        return self.mlp_gamma(actv), self.mlp_beta(actv)
+
     def forward(self, x: torch.Tensor, segmap: torch.Tensor) -> torch.Tensor:
         """x: [B, C, h, w]; segmap: [B, K, H, W] float. Returns [B, C, h, w]."""
         normalized = self.norm(x)
-        if segmap.shape[-2:] != x.shape[-2:]:
-            segmap = F.interpolate(segmap, size=x.shape[-2:], mode="nearest")
-        actv = F.relu(self.mlp_shared(segmap.to(x.dtype)))
-        return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+        if self.label_cache is not None:
+            gamma, beta = self.label_cache.lookup(self, segmap, x.shape[-2:], x.dtype)
+        else:
+            gamma, beta = self.modulation(segmap, x.shape[-2:], x.dtype)
+        return normalized * (1 + gamma) + beta
+
+
+#: Default memory bound of :meth:`SemanticUNet2DModel.label_feature_cache`, in bytes.
+LABEL_CACHE_MAX_BYTES = 512 * 2**20
+
+
+class LabelFeatureCache:
+    """The SPADE modulations (``gamma``, ``beta`` of every :class:`SPADEGroupNorm`) of one label-map batch, kept
+    while the same label maps are denoised step after step.
+
+    In SDM the modulations are convolutions of the label map alone: at every step of a sampling loop they come
+    out the same, and they are about half of the network's arithmetic (two 3x3 convolutions from the SPADE hidden
+    width to the feature width at every SPADE norm). Reusing them gives the same numbers as recomputing them.
+
+    The network calls :meth:`begin` with each forward's prepared label map: another label map (content, shape,
+    dtype or device) empties the cache. Modulations are kept in the order the norms run until ``max_bytes`` is
+    used; later norms compute theirs on every call. They are computed without autograd: inside the cache the
+    label features are constants (a gradient reaches the sample and the timestep, not the SPADE weights), so
+    training never uses it. Made and removed by :meth:`SemanticUNet2DModel.label_feature_cache`.
+    """
+
+    def __init__(self, max_bytes: int = LABEL_CACHE_MAX_BYTES):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"`max_bytes` must be an integer >= 0, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self.segmap: Optional[torch.Tensor] = None
+        self.features: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def clear(self) -> None:
+        self.segmap, self.features, self.nbytes = None, {}, 0
+
+    def begin(self, segmap: torch.Tensor) -> None:
+        """Called by the network with the prepared label map [B, K, H, W] of a forward pass."""
+        held = self.segmap
+        same = (
+            held is not None and held.shape == segmap.shape and held.dtype == segmap.dtype
+            and held.device == segmap.device and bool(torch.equal(held, segmap))
+        )
+        if not same:
+            self.clear()
+            self.segmap = segmap.detach()
+
+    def lookup(self, norm: SPADEGroupNorm, segmap: torch.Tensor, size: Sequence[int], dtype: torch.dtype):
+        """``norm``'s ``(gamma, beta)`` for ``segmap`` at ``size`` in ``dtype``: kept, or computed (and kept while
+        the memory bound allows)."""
+        key = id(norm)
+        kept = self.features.get(key)
+        if kept is not None and kept[0].dtype == dtype and tuple(kept[0].shape[-2:]) == tuple(size):
+            self.hits += 1
+            return kept
+        self.misses += 1
+        with torch.no_grad():
+            gamma, beta = norm.modulation(segmap, size, dtype)
+        cost = gamma.numel() * gamma.element_size() * 2
+        if self.segmap is not None and self.nbytes + cost <= self.max_bytes:
+            self.features[key] = (gamma, beta)
+            self.nbytes += cost
+        return gamma, beta
 
 
 def _upsample_nearest(x: torch.Tensor, output_size: Optional[Sequence[int]]) -> torch.Tensor:
@@ -651,6 +726,8 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    #: the :class:`LabelFeatureCache` of an enclosing :meth:`label_feature_cache` block, or None
+    _label_cache: Optional[LabelFeatureCache] = None
     _skip_layerwise_casting_patterns = ["norm"]
     # Regional compilation (diffusers' ``model.compile_repeated_blocks()``): the blocks that repeat through the
     # network are compiled once per class instead of the whole forward.
@@ -900,6 +977,40 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
         """True when the network takes a label map (``num_classes > 0``)."""
         return self.config.num_classes > 0
 
+    @contextlib.contextmanager
+    def label_feature_cache(self, max_bytes: int = LABEL_CACHE_MAX_BYTES) -> Iterator[Optional[LabelFeatureCache]]:
+        """Within the block, the label features (SPADE ``gamma``, ``beta``) of a label map are computed once and
+        reused while the network is called again with the same label maps, as in a sampling loop: the same outputs,
+        with about half the arithmetic per call after the first (see :class:`LabelFeatureCache`; at most
+        ``max_bytes`` of them are kept, 512 MiB by default). The pipelines of this package sample inside it.
+
+        Inside the block the label features carry no gradient: do not train inside it. A nested block reuses the
+        outer cache; an unconditional network yields None and caches nothing. Not for two threads sharing one
+        network at once (neither is a diffusers pipeline).
+
+        Example::
+
+            with unet.label_feature_cache():
+                for t in scheduler.timesteps:
+                    eps = unet(x, t, segmap=labels).sample
+                    x = scheduler.step(eps, t, x).prev_sample
+        """
+        norms = [m for m in self.modules() if isinstance(m, SPADEGroupNorm)]
+        if not norms or norms[0].label_cache is not None:
+            yield norms[0].label_cache if norms else None
+            return
+        cache = LabelFeatureCache(max_bytes)
+        self._label_cache = cache
+        for norm in norms:
+            norm.label_cache = cache
+        try:
+            yield cache
+        finally:
+            for norm in norms:
+                norm.label_cache = None
+            self._label_cache = None
+            cache.clear()
+
     def _run(self, module: nn.Module, *args: Any) -> torch.Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return self._gradient_checkpointing_func(module, *args)
@@ -966,6 +1077,8 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
                 dtype=sample.dtype,
                 device=sample.device,
             )
+            if self._label_cache is not None:
+                self._label_cache.begin(segmap)
         elif segmap is not None:
             raise ValueError("`segmap` must be None for an unconditional model (num_classes=0)")
 
