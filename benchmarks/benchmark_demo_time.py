@@ -1,12 +1,18 @@
 """Benchmark of the whole ``ultrasound-diffusers demo`` command: the few-step default against the 50-step model.
 
-Run: ``python benchmarks/benchmark_demo_time.py [--pairs 3] [--threads 2]`` (prints a table; nothing is asserted).
+Run: ``python benchmarks/benchmark_demo_time.py [--pairs 3] [--threads 2] [--baseline_rev 0bbada0]`` (prints a
+table; nothing is asserted).
 
 Each command is timed from outside, as a user meets it: a fresh ``python -m ultrasound_diffusers demo`` process from
 start to exit (interpreter start, imports, loading, sampling, the picture, the exit). The two commands run in turn,
-A B A B ..., after one unmeasured warm-up of each (file caches), and the ratio is taken pair by pair so that a drift
+A B A B ..., after one unmeasured warm-up of each (file caches), and the ratios are taken run by run so that a drift
 in the machine's speed moves both. A third row times ``import ultrasound_diffusers`` alone in a fresh process: the
 floor that no sampler can go under. The ``in process`` column is what the demo prints itself (loading to picture).
+
+``--baseline_rev`` adds the demo as it was at an earlier commit of this repository (default ``0bbada0``, the last
+commit before the few-step work of issue 30: the 50-step demo of that day), run from a copy of that commit's package
+(``git archive``; its ``pipelines/`` folder placed as ``setup.cfg`` maps it) in turn with the others. Give ``none``
+to leave it out.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 
-def timed(command: Sequence[str], env: dict) -> Tuple[float, Optional[float]]:
-    """(wall seconds of ``command`` from start to exit, the in-process seconds it printed or None)."""
+def timed(command: Sequence[str], env: dict, cwd: str) -> Tuple[float, Optional[float]]:
+    """(wall seconds of ``command`` from start to exit, the in-process seconds it printed or None). ``cwd`` must not
+    hold a package of the same name (``python -m`` puts the working directory first on the import path)."""
     start = time.perf_counter()
-    done = subprocess.run(list(command), env=env, capture_output=True, text=True)
+    done = subprocess.run(list(command), env=env, capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
@@ -38,9 +45,30 @@ def spread(values: List[float]) -> str:
     return f"{statistics.median(values):6.2f} s  ({min(values):.2f} - {max(values):.2f})"
 
 
+#: The last commit before the few-step work of issue 30: "today's" demo when the issue was filed.
+FILING_REV = "0bbada0"
+
+
+def package_at(rev: str, folder: Path) -> Path:
+    """The package ``ultrasound_diffusers`` as it was at git revision ``rev``, importable from ``folder``
+    (put on PYTHONPATH): the commit's ``ultrasound_diffusers/`` with its top-level ``pipelines/`` inside it."""
+    root = Path(__file__).resolve().parents[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "ultrasound_diffusers", "pipelines"],
+                             capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise SystemExit(f"git archive {rev} failed: {archive.stderr.decode(errors='replace')[-500:]}")
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    (folder / "pipelines").rename(folder / "ultrasound_diffusers" / "pipelines")
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3, help="measured A/B pairs (default 3)")
+    parser.add_argument("--baseline_rev", default=FILING_REV,
+                        help=f"git revision whose demo is also timed (default {FILING_REV}: the demo when issue 30 was "
+                        "filed); 'none' to skip")
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS for the children (default: as this process has it, else torch's own)")
     args = parser.parse_args()
@@ -50,35 +78,52 @@ def main() -> None:
     if args.threads is not None:
         env["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        demo = [sys.executable, "-m", "ultrasound_diffusers", "demo", "--overwrite", "--output_dir"]
+        runs = iter(range(10**6))
+
+        def demo(*extra):  # a new output folder for every run: no run depends on another's folder or flags
+            return lambda: [sys.executable, "-m", "ultrasound_diffusers", "demo", *extra, "--output_dir",
+                            str(Path(tmp) / f"run-{next(runs)}")]
+
         commands = {
-            "few-step (default, 4 calls)": demo + [str(Path(tmp) / "fewstep")],
-            "50-step (--no-fewstep, 50 guided calls)": demo + [str(Path(tmp) / "full"), "--no-fewstep"],
+            "few-step (default, 4 calls)": demo(),
+            "50-step (--no-fewstep, 50 guided calls)": demo("--no-fewstep"),
         }
-        floor = [sys.executable, "-c", "import ultrasound_diffusers"]
-        for command in (*commands.values(), floor):  # warm-up: file caches, compiled bytecode
-            timed(command, env)
+        envs = {name: env for name in commands}
+        if args.baseline_rev.lower() != "none":
+            old = package_at(args.baseline_rev, Path(tmp) / "baseline")
+            name = f"demo at {args.baseline_rev} (when filed)"
+            commands[name] = demo()
+            envs[name] = {**env, "PYTHONPATH": os.pathsep.join([str(old), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+            where = subprocess.run([sys.executable, "-c", "import ultrasound_diffusers as u; print(u.__file__)"],
+                                   env=envs[name], cwd=tmp, capture_output=True, text=True).stdout.strip()
+            if not where.startswith(str(old)):
+                raise SystemExit(f"the baseline imports {where!r}, not the copy of {args.baseline_rev} in {old}")
+        floor = [sys.executable, "-m", "ultrasound_diffusers", "--version"]
+        for name, command in commands.items():  # warm-up: file caches, compiled bytecode
+            timed(command(), envs[name], tmp)
+        timed(floor, env, tmp)
         walls = {name: [] for name in commands}
         inside = {name: [] for name in commands}
         imports: List[float] = []
         for _ in range(args.pairs):
             for name, command in commands.items():
-                wall, own = timed(command, env)
+                wall, own = timed(command(), envs[name], tmp)
                 walls[name].append(wall)
                 if own is not None:
                     inside[name].append(own)
-            imports.append(timed(floor, env)[0])
+            imports.append(timed(floor, env, tmp)[0])
     names = list(commands)
-    ratios = [a / b for a, b in zip(walls[names[0]], walls[names[1]])]
     print(f"whole command, median (min - max) of {args.pairs}, python {sys.version.split()[0]}, "
           f"{os.cpu_count()} cores, OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}")
     print(f"{'':42s} {'whole command':28s} in process")
     for name in names:
         own = spread(inside[name]) if inside[name] else "-"
         print(f"{name:42s} {spread(walls[name]):28s} {own}")
-    print(f"{'import ultrasound_diffusers (the floor)':42s} {spread(imports)}")
-    print(f"ratio few-step / 50-step, pair by pair: median {statistics.median(ratios):.3f} "
-          f"({min(ratios):.3f} - {max(ratios):.3f})")
+    print(f"{'ultrasound-diffusers --version (the floor)':42s} {spread(imports)}")
+    for other in names[1:]:
+        ratios = [a / b for a, b in zip(walls[names[0]], walls[other])]
+        print(f"ratio few-step / {other}, run by run: median {statistics.median(ratios):.3f} "
+              f"({min(ratios):.3f} - {max(ratios):.3f})")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ exit of the console script.
 Both are about start-up and shut-down time, not memory. Loading torch, diffusers and (through diffusers)
 transformers creates millions of container objects, and the collector walks them again and again while they load;
 at interpreter exit it walks them once more to free memory the operating system frees anyway. On the reference
-2-core machine that is 0.7 s of a 4 s ``import ultrasound_diffusers`` and 0.8 s after the last line of every
-command (``benchmarks/benchmark_demo_time.py`` measures the demo with and without).
+2-core machine that was 0.7 s of a 4 s ``import ultrasound_diffusers`` and 0.8 s after the last line of every
+command (``benchmarks/benchmark_demo_time.py`` times the whole demo command; docs/fewstep.md has the figures).
 """
 
 from __future__ import annotations
