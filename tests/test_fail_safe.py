@@ -319,4 +319,4 @@ def test_importing_main_runs_nothing(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["x", "phantoms", "--num_images", "1"])
     sys.modules.pop("ultrasound_diffusers.__main__", None)
     module = importlib.import_module("ultrasound_diffusers.__main__")  # no SystemExit, no work
-    assert callable(module.main)
+    assert callable(module.console_main)
