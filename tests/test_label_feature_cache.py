@@ -161,3 +161,17 @@ def test_the_reconstruction_pipeline_uses_it_for_guided_sampling(monkeypatch):
     monkeypatch.setattr(unet, "label_feature_cache", lambda *a, **k: contextlib.nullcontext())
     plain = pipe(y, op, generator=torch.Generator().manual_seed(3), **kwargs).samples
     assert torch.allclose(cached, plain, atol=1e-5)
+
+
+def test_a_compiled_network_samples_inside_it_without_graph_breaks():
+    """torch.compile(fullgraph=True) refuses any graph break: the cache's data-dependent lookups stay out of the
+    compiled graph, which computes the features itself (same outputs)."""
+    unet = _unet()
+    x, labels = _inputs()
+    with torch.no_grad():
+        expected = unet(x, 500, segmap=labels).sample
+        compiled = torch.compile(unet, backend="eager", fullgraph=True)
+        with unet.label_feature_cache() as cache:
+            for _ in range(2):
+                assert torch.allclose(compiled(x, 500, segmap=labels).sample, expected, atol=1e-5)
+        assert cache.hits == 0

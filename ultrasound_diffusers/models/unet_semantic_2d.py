@@ -32,7 +32,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ..image_processor import LabelMapProcessor
+from ..image_processor import LabelMapProcessor, _compiling
 
 __all__ = [
     "SEMANTIC_UNET_PRESETS",
@@ -241,7 +241,7 @@ class SPADEGroupNorm(nn.Module):
     def forward(self, x: torch.Tensor, segmap: torch.Tensor) -> torch.Tensor:
         """x: [B, C, h, w]; segmap: [B, K, H, W] float. Returns [B, C, h, w]."""
         normalized = self.norm(x)
-        if self.label_cache is not None:
+        if self.label_cache is not None and not _compiling():  # a compiled graph computes them (no data-dependent branch)
             gamma, beta = self.label_cache.lookup(self, segmap, x.shape[-2:], x.dtype)
         else:
             gamma, beta = self.modulation(segmap, x.shape[-2:], x.dtype)
@@ -1077,7 +1077,7 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
                 dtype=sample.dtype,
                 device=sample.device,
             )
-            if self._label_cache is not None:
+            if self._label_cache is not None and not _compiling():
                 self._label_cache.begin(segmap)
         elif segmap is not None:
             raise ValueError("`segmap` must be None for an unconditional model (num_classes=0)")
