@@ -175,3 +175,19 @@ def test_a_compiled_network_samples_inside_it_without_graph_breaks():
             for _ in range(2):
                 assert torch.allclose(compiled(x, 500, segmap=labels).sample, expected, atol=1e-5)
         assert cache.hits == 0
+
+
+def test_a_block_around_the_pipeline_call_sets_the_bound(monkeypatch):
+    """The README's way to change the bound or turn the cache off: the pipeline's own block reuses the caller's."""
+    pipe = tiny_semantic_pipeline()
+    norms = [m for m in pipe.unet.modules() if isinstance(m, SPADEGroupNorm)]
+    labels = echo_label_map(pipe.unet.config.sample_size)
+    calls = _count_modulations(monkeypatch)
+    with pipe.unet.label_feature_cache(max_bytes=0):
+        pipe(labels, num_inference_steps=3, output_type="np")
+    assert len(calls) == 3 * len(norms)  # off: computed at every step
+    calls.clear()
+    with pipe.unet.label_feature_cache(max_bytes=10 * 2**30) as cache:
+        pipe(labels, num_inference_steps=3, output_type="np")
+        assert cache.nbytes > 0
+    assert len(calls) == len(norms)
