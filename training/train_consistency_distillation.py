@@ -274,7 +274,7 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
             x_t = cm.add_noise(clean, noise, t)
             a_t = cm.signal_level(t.tolist(), clean.shape, device=clean.device, dtype=torch.float64)
             a_s = cm.signal_level(s.tolist(), clean.shape, device=clean.device, dtype=torch.float64)
-            with torch.no_grad():
+            with torch.no_grad(), teacher.label_feature_cache():  # Heun's two teacher calls share the label features
                 def guided(x, steps):  # the guided teacher: labelled and null maps in one batched pass
                     return guided_output(teacher, x, steps, segmap, args.guidance_scale, channels)
 

@@ -341,7 +341,9 @@ def train(argv: Optional[Sequence[str]] = None) -> int:
                 levels = [scheduler.signal_level(s.tolist(), clean.shape, device=clean.device, dtype=torch.float64)
                           for s in (t, t_mid, t_end)]
                 x_t = (levels[0].sqrt() * clean.double() + (1 - levels[0]).sqrt() * noise.double()).to(clean.dtype)
-                with torch.no_grad():  # two teacher DDIM steps, then the clean image of the student's one step
+                # two teacher DDIM steps on one label map (its SPADE features computed once), then the clean image
+                # of the student's one step
+                with torch.no_grad(), teacher.label_feature_cache():
                     device_t = t.to(clean.device)
                     x_mid = ddim_step(guided_output(teacher, x_t, device_t, segmap, w, channels).double(),
                                       x_t.double(), levels[0], levels[1], prediction_type, clip, clipped_noise=True)
