@@ -82,6 +82,30 @@ def test_demo_reads_user_label_maps(tmp_path):
         load_label_maps([tmp_path / "bad.npy"])
 
 
+def test_demo_shows_label_maps_of_another_size_as_the_network_saw_them(tmp_path, monkeypatch):
+    """Label maps of another size than the model's are resized by the pipeline; the figure's first column shows
+    them at that size (a 128 px map beside 64 px images once stopped the PIL grid)."""
+    import ultrasound_diffusers.visualization as visualization
+    from ultrasound_diffusers.data.labels import colorize_labels
+    from ultrasound_diffusers.image_processor import resize_label_map
+
+    big = default_label_maps(1, size=128, seed=3)[0].astype(np.uint8)
+    np.save(tmp_path / "big.npy", big)
+    grids = []
+    original = visualization.tile_figure
+
+    def capture(rows, *args, **kwargs):
+        grids.append(rows)
+        return original(rows, *args, **kwargs)
+
+    monkeypatch.setattr(visualization, "tile_figure", capture)
+    path = run_demo(labels=[tmp_path / "big.npy"], num_inference_steps=2, output_dir=tmp_path / "out")
+    assert path.is_file()
+    (rows,) = grids
+    assert rows[0][0].shape == (64, 64, 3) and rows[0][1].shape == (64, 64)
+    np.testing.assert_array_equal(rows[0][0], colorize_labels(resize_label_map(big, (64, 64)), 5))
+
+
 @pytest.mark.parametrize("sampler, short, fewstep", [(None, "ddim-clipped", False), ("ddpm", "ddpm", False),
                                                      ("sde-dpm++", "sde-dpm++", False), (None, "ddim", None)])
 def test_demo_figure_title_is_one_line_naming_the_sampler(tmp_path, monkeypatch, sampler, short, fewstep):

@@ -150,9 +150,12 @@ def run_demo(
     size = sample_size if isinstance(sample_size, int) else int(sample_size[0])
     maps = load_label_maps(labels) if labels else default_label_maps(num_images, size=size)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    images = pipe(
+    output = pipe(
         maps, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator, output_type="np"
-    ).images
+    )
+    images = output.images
+    # the label maps as the network saw them (resized to its sample size): the figure's first column
+    shown_maps = [np.asarray(m) for m in output.segmaps] if output.segmaps is not None else list(maps)
     images = [np.asarray(im, dtype=np.float64).squeeze() for im in images]
     if images[0].ndim == 3:  # RGB models: show the mean channel
         images = [im.mean(-1) for im in images]
@@ -164,7 +167,7 @@ def run_demo(
 
         attenuation = BMapAttenuationScheduler(num_train_timesteps=T)
     title = demo_title(source, sampler_name(pipe.scheduler, scheduler), num_inference_steps, guidance_scale, seed)
-    fig = make_demo_figure([m for m in maps], images, attenuation, num_classes, steps, title)
+    fig = make_demo_figure(shown_maps, images, attenuation, num_classes, steps, title)
 
     from PIL import Image
 
