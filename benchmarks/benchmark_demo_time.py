@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -29,16 +30,20 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 
-def timed(command: Sequence[str], env: dict, cwd: str) -> Tuple[float, Optional[float]]:
-    """(wall seconds of ``command`` from start to exit, the in-process seconds it printed or None). ``cwd`` must not
-    hold a package of the same name (``python -m`` puts the working directory first on the import path)."""
+def timed(command: Sequence[str], env: dict, cwd: str) -> Tuple[float, float, Optional[float]]:
+    """(wall seconds of ``command`` from start to exit, its CPU seconds (user + system, the operating system's
+    accounting of the finished child), the in-process seconds it printed or None). ``cwd`` must not hold a package
+    of the same name (``python -m`` puts the working directory first on the import path)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(list(command), env=env, capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     found = re.search(r"generated \d+ images in ([0-9.]+) s", done.stdout)
-    return wall, float(found.group(1)) if found else None
+    return wall, cpu, float(found.group(1)) if found else None
 
 
 def spread(values: List[float]) -> str:
@@ -103,27 +108,33 @@ def main() -> None:
             timed(command(), envs[name], tmp)
         timed(floor, env, tmp)
         walls = {name: [] for name in commands}
+        cpus = {name: [] for name in commands}
         inside = {name: [] for name in commands}
         imports: List[float] = []
+        import_cpus: List[float] = []
         for _ in range(args.pairs):
             for name, command in commands.items():
-                wall, own = timed(command(), envs[name], tmp)
+                wall, cpu, own = timed(command(), envs[name], tmp)
                 walls[name].append(wall)
+                cpus[name].append(cpu)
                 if own is not None:
                     inside[name].append(own)
-            imports.append(timed(floor, env, tmp)[0])
+            wall, cpu, _ = timed(floor, env, tmp)
+            imports.append(wall)
+            import_cpus.append(cpu)
     names = list(commands)
-    print(f"whole command, median (min - max) of {args.pairs}, python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} cores, OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}")
-    print(f"{'':42s} {'whole command':28s} in process")
+    print(f"median (min - max) of {args.pairs}, python {sys.version.split()[0]}, {os.cpu_count()} cores, "
+          f"OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}")
+    print(f"{'':42s} {'whole command, wall':28s} {'whole command, CPU':28s} in process (wall)")
     for name in names:
         own = spread(inside[name]) if inside[name] else "-"
-        print(f"{name:42s} {spread(walls[name]):28s} {own}")
-    print(f"{'ultrasound-diffusers --version (the floor)':42s} {spread(imports)}")
+        print(f"{name:42s} {spread(walls[name]):28s} {spread(cpus[name]):28s} {own}")
+    print(f"{'ultrasound-diffusers --version (the floor)':42s} {spread(imports):28s} {spread(import_cpus)}")
     for other in names[1:]:
-        ratios = [a / b for a, b in zip(walls[names[0]], walls[other])]
-        print(f"ratio few-step / {other}, run by run: median {statistics.median(ratios):.3f} "
-              f"({min(ratios):.3f} - {max(ratios):.3f})")
+        for what, values in (("wall", walls), ("CPU", cpus)):
+            ratios = [a / b for a, b in zip(values[names[0]], values[other])]
+            print(f"ratio few-step / {other}, {what}, run by run: median {statistics.median(ratios):.3f} "
+                  f"({min(ratios):.3f} - {max(ratios):.3f})")
 
 
 if __name__ == "__main__":
