@@ -1,6 +1,7 @@
 """Benchmark of ``generate_dataset``: images per second, and the cost of chunked, resumable writing.
 
-Run: ``python benchmarks/benchmark_generation.py [--pipeline PATH] [--steps 10] [--num_labels 16]``
+Run: ``python benchmarks/benchmark_generation.py [--pipeline PATH] [--steps 10] [--guidance_scale 1.5]
+[--num_labels 16]``
 (prints a table; nothing is asserted). Without ``--pipeline`` it uses the bundled demo pipeline when the
 package ships one, otherwise a small random SemanticUNet2DModel (64 px, 32 base channels) with a B-map scheduler.
 For each batch size it times the bare pipeline on the same label maps and the whole ``generate_dataset`` run
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--num_labels", type=int, default=16)
     parser.add_argument("--batch_sizes", default="1,4,8")
+    parser.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance (1 = off)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -70,7 +72,7 @@ def main() -> None:
     labels = phantom_label_maps(args.num_labels, "echo", size=size, seed=0)
     params = sum(p.numel() for p in pipe.unet.parameters())
     print(f"model: {name}, {params / 1e6:.2f}M parameters, {size[0]}x{size[1]} px, {args.steps} steps, "
-          f"{args.num_labels} images, {torch.get_num_threads()} torch threads")
+          f"guidance {args.guidance_scale:g}, {args.num_labels} images, {torch.get_num_threads()} torch threads")
     print(f"{'batch':>5} | {'pipeline img/s':>14} | {'generate_dataset img/s':>22} | {'overhead':>8}")
     pipe(labels[:2], num_inference_steps=2)  # warm-up (first-call allocations)
     work = Path(tempfile.mkdtemp(prefix="bench-generate-"))
@@ -80,11 +82,13 @@ def main() -> None:
             for b0 in range(0, len(labels), batch_size):
                 idx = range(b0, min(b0 + batch_size, len(labels)))
                 gens = [torch.Generator().manual_seed(derive_seeds(0, i, 0)[0]) for i in idx]
-                pipe(labels[b0: b0 + len(idx)], num_inference_steps=args.steps, generator=gens)
+                pipe(labels[b0: b0 + len(idx)], num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                     generator=gens)
             bare = len(labels) / (time.perf_counter() - start)
             start = time.perf_counter()
             generate_dataset(pipe, labels, work / f"b{batch_size}", num_inference_steps=args.steps,
-                             batch_size=batch_size, chunk_size=max(batch_size, 8), progress=False)
+                             guidance_scale=args.guidance_scale, batch_size=batch_size, chunk_size=max(batch_size, 8),
+                             progress=False)
             full = len(labels) / (time.perf_counter() - start)
             print(f"{batch_size:>5} | {bare:>14.2f} | {full:>22.2f} | {100 * (bare / full - 1):>7.1f}%")
     finally:
