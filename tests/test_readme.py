@@ -64,6 +64,7 @@ def readme_commands():
 # --------------------------------------------------------------------------------------------------- Python snippets
 
 DEMO = "ultrasound_diffusers/assets/bmap-echo-phantom-64"
+FEWSTEP = "ultrasound_diffusers/assets/bmap-echo-phantom-64-fewstep"
 PYTHON_SUBSTITUTIONS = {
     "B-maps: noise that follows sound#1": [],
     "Generate labelled images (Python)#1": [
@@ -201,6 +202,13 @@ COMMANDS = {
         ("run", [("--pipeline echo-phantom-64", f"--pipeline {ROOT / DEMO}"), ("phantoms:echo:500", "phantoms:echo:3"),
                  ("--images_per_label 5", "--images_per_label 1"),
                  ("--num_inference_steps 50", f"--num_inference_steps {SHRUNK_STEPS}")]),
+    'FEWSTEP=$(python -c "from ultrasound_diffusers.demo import FEWSTEP_PIPELINE_PATH as p; print(p)")':
+        ("skip", "sets a shell variable; the next entry puts FEWSTEP_PIPELINE_PATH, the value it prints, in its place "
+                 "(test_readme_fewstep_variable_names_the_bundled_student checks the expression)"),
+    'ultrasound-diffusers generate --pipeline "$FEWSTEP" --labels phantoms:echo:500 --num_inference_steps 4 '
+    '--guidance_scale 1 --batch_size 16 --seed 0 --output_dir synthetic-echo-fast':
+        ("run", [('"$FEWSTEP"', str(ROOT / FEWSTEP)), ("phantoms:echo:500", "phantoms:echo:2"),
+                 ("--batch_size 16", "--batch_size 2")]),
     'ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m ultrasound_diffusers generate ...':
         ("skip", "the line above under two processes ('...' stands for its flags); tests/test_generation.py runs "
                  "generation under accelerate with two processes"),
@@ -230,6 +238,7 @@ COMPARISON_SETUP = [
 OUTPUTS = {
     'python -m ultrasound_diffusers demo': ["demo_output/demo.png"],
     'ultrasound-diffusers phantoms': ["phantoms-echo"],
+    'ultrasound-diffusers generate --pipeline "$FEWSTEP"': ["synthetic-echo-fast/dataset"],
     'ultrasound-diffusers generate': ["synthetic-echo/dataset"],
     'ultrasound-diffusers evaluate --real heldout/ --generated synthetic-echo': ["report/metrics.json", "report/report.md"],
     'ultrasound-diffusers evaluate --real heldout/ --generated bmap=': ["ablation-report/metrics.json"],
@@ -288,3 +297,14 @@ def test_readme_commands_run(tmp_path, monkeypatch):
 
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert "segmentation" in report["skipped"] and "fid" in report and "depth_profile" in report
+
+
+def test_readme_fewstep_variable_names_the_bundled_student():
+    """The README's FEWSTEP=$(python -c ...) line prints the bundled few-step pipeline folder."""
+    import subprocess
+    import sys
+
+    line = next(c for c in readme_commands() if c.startswith("FEWSTEP="))
+    code = re.search(r'python -c "(.*)"\)$', line).group(1)
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout.strip()
+    assert Path(printed) == ROOT / FEWSTEP and (Path(printed) / "model_index.json").is_file()
