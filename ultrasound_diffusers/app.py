@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -175,12 +175,6 @@ def set_sampler(pipeline, sampler: str, base_config) -> None:
     pipeline.scheduler = scheduler_for_sampler(check_sampler(sampler, "sampler"), base_config)
 
 
-def attenuation_steps(num_train_timesteps: int) -> List[int]:
-    """The train steps the attenuation view shows: T/2, 3T/4 and T-1 (as ``ultrasound-diffusers demo``)."""
-    T = int(num_train_timesteps)
-    return [T // 2, (3 * T) // 4, T - 1]
-
-
 def generate_image(
     pipeline,
     labels: np.ndarray,
@@ -207,7 +201,7 @@ def generate_image(
         ``{"image": float [h, w] in [0, 1] at the model size, "attenuation": float [3, h, w] (the image under the
         cumulative B-map alone, sqrt(Bbar_t) x_0), "steps": the three train steps, "labels": int [H, W]}``.
     """
-    from .demo import attenuated_signal
+    from .demo import attenuated_signal, attenuation_view
 
     steps = _check_int("num_inference_steps", num_inference_steps, 1, MAX_STEPS)
     seed = _check_int("seed", seed, 0, 2**63 - 1)
@@ -234,12 +228,7 @@ def generate_image(
     image = np.asarray(output.images[0], dtype=np.float64)
     image = image.mean(-1) if image.ndim == 3 else image  # [h, w, C] -> [h, w] (RGB models: mean channel)
     image = np.clip(image, 0.0, 1.0)
-    scheduler = pipeline.scheduler
-    if not hasattr(scheduler, "cumulative_bmap"):  # a plain diffusers scheduler: show the published B-maps
-        from .schedulers import BMapAttenuationScheduler
-
-        scheduler = BMapAttenuationScheduler(num_train_timesteps=scheduler.config.num_train_timesteps)
-    shown = attenuation_steps(scheduler.config.num_train_timesteps)
+    scheduler, shown = attenuation_view(pipeline.scheduler)  # the published B-maps for a plain diffusers scheduler
     return {"image": image, "attenuation": attenuated_signal(scheduler, image, shown), "steps": shown, "labels": labels}
 
 

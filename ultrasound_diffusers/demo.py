@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -73,6 +73,18 @@ def attenuated_signal(scheduler, image: np.ndarray, steps: Sequence[int]) -> np.
     x0 = torch.from_numpy(np.asarray(image, dtype=np.float64))[None, None]
     bbar = scheduler.cumulative_bmap(torch.tensor(list(steps)), (len(steps), 1) + tuple(x0.shape[-2:]))
     return (bbar.sqrt() * x0).numpy()[:, 0]
+
+
+def attenuation_view(scheduler) -> Tuple[Any, List[int]]:
+    """(scheduler, train steps) of the attenuation columns: ``scheduler`` itself when it computes cumulative
+    B-maps, else a ``BMapAttenuationScheduler`` from its config (the same B-maps for a B-map scheduler without
+    that method, the published ones for a diffusers scheduler), and the steps T/2, 3T/4 and T - 1."""
+    T = int(scheduler.config.num_train_timesteps)
+    if not hasattr(scheduler, "cumulative_bmap"):
+        from .schedulers import BMapAttenuationScheduler
+
+        scheduler = BMapAttenuationScheduler.from_config(scheduler.config)
+    return scheduler, [T // 2, (3 * T) // 4, T - 1]
 
 
 def make_demo_figure(label_maps, images, scheduler, num_classes: int, steps: Sequence[int], title: str = ""):
@@ -159,13 +171,7 @@ def run_demo(
     images = [np.asarray(im, dtype=np.float64).squeeze() for im in images]
     if images[0].ndim == 3:  # RGB models: show the mean channel
         images = [im.mean(-1) for im in images]
-    T = pipe.scheduler.config.num_train_timesteps
-    steps = [T // 2, (3 * T) // 4, T - 1]
-    attenuation = pipe.scheduler
-    if not hasattr(attenuation, "signal_level"):  # a diffusers scheduler was swapped in: show the published B-maps
-        from .schedulers import BMapAttenuationScheduler
-
-        attenuation = BMapAttenuationScheduler(num_train_timesteps=T)
+    attenuation, steps = attenuation_view(pipe.scheduler)
     title = demo_title(source, sampler_name(pipe.scheduler, scheduler), num_inference_steps, guidance_scale, seed)
     fig = make_demo_figure(shown_maps, images, attenuation, num_classes, steps, title)
 

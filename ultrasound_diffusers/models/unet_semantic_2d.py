@@ -996,8 +996,8 @@ class SemanticUNet2DModel(ModelMixin, ConfigMixin):
                     x = scheduler.step(eps, t, x).prev_sample
         """
         norms = [m for m in self.modules() if isinstance(m, SPADEGroupNorm)]
-        if not norms or norms[0].label_cache is not None:
-            yield norms[0].label_cache if norms else None
+        if not norms or self._label_cache is not None:  # unconditional, or inside an outer block: nothing to add
+            yield self._label_cache
             return
         cache = LabelFeatureCache(max_bytes)
         self._label_cache = cache
